@@ -1,0 +1,461 @@
+//! The SMTP client: one connection to one next hop, any number of transactions on it.
+//!
+//! Hand-written over tokio rather than mail-send: delivery needs per-recipient replies, RFC 2920
+//! pipelining of MAIL/RCPT, DSN parameters passed through, a TLS step whose verifier pins the
+//! peer's certificate DN, and the guarantee that bytes a server sends along with its STARTTLS
+//! reply are discarded; mail-send 0.6 exposes none of these as a whole.
+
+use crate::net::{read_line, BoxStream, Line};
+use crate::message::{Envelope, Ret, NOTIFY_DELAY, NOTIFY_FAILURE, NOTIFY_NEVER, NOTIFY_SUCCESS};
+use crate::reply::Reply;
+use std::net::SocketAddr;
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+use tokio::io::{AsyncWriteExt, BufReader};
+use tokio::net::TcpStream;
+
+/// What became of one recipient in one attempt.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum RcptOutcome {
+    Delivered(String),
+    Deferred(String),
+    Failed(String),
+}
+
+/// A failure of the whole session (before any per-recipient answer).
+#[derive(Debug, Clone, thiserror::Error)]
+pub enum SessionError {
+    #[error("connect to {0}: {1}")]
+    Connect(String, String),
+    #[error("{0}: {1}")]
+    Io(String, String),
+    #[error("{0}: TLS: {1}")]
+    Tls(String, String),
+    /// The server refused the session or the transaction as a whole.
+    #[error("{0} said: {1}")]
+    Refused(String, Reply),
+}
+
+impl SessionError {
+    /// Only an explicit 5xx from the server is permanent; network trouble is always retried.
+    pub fn is_permanent(&self) -> bool {
+        matches!(self, SessionError::Refused(_, r) if r.is_permanent())
+    }
+}
+
+#[derive(Debug, Default, Clone)]
+pub struct Caps {
+    pub pipelining: bool,
+    pub starttls: bool,
+    pub size: Option<u64>,
+    pub eightbit: bool,
+    pub smtputf8: bool,
+    pub dsn: bool,
+}
+
+impl Caps {
+    fn from_ehlo(r: &Reply) -> Caps {
+        let mut c = Caps::default();
+        for line in r.text.lines().skip(1) {
+            let mut words = line.split_whitespace();
+            let kw = words.next().unwrap_or("").to_ascii_uppercase();
+            match kw.as_str() {
+                "PIPELINING" => c.pipelining = true,
+                "STARTTLS" => c.starttls = true,
+                "8BITMIME" => c.eightbit = true,
+                "SMTPUTF8" => c.smtputf8 = true,
+                "DSN" => c.dsn = true,
+                "SIZE" => c.size = words.next().and_then(|s| s.parse().ok()).filter(|&n| n > 0),
+                _ => {}
+            }
+        }
+        c
+    }
+}
+
+/// How the TLS step goes for this connection.
+#[derive(Clone)]
+pub enum TlsMode {
+    None,
+    /// Use STARTTLS when offered; without it, go on in clear.
+    Opportunistic(Arc<rustls::ClientConfig>),
+    /// STARTTLS is mandatory; the config's verifier decides whether the peer is acceptable.
+    Required(Arc<rustls::ClientConfig>),
+}
+
+pub struct ClientOptions {
+    pub helo: String,
+    /// The name the certificate is checked against (next hop or MX host).
+    pub server_name: String,
+    pub tls: TlsMode,
+    pub connect_timeout: Duration,
+    pub command_timeout: Duration,
+}
+
+pub struct Client {
+    r: BufReader<BoxStream>,
+    pub caps: Caps,
+    /// `TLSv1.3 with cipher ...` once encrypted.
+    pub tls: Option<String>,
+    /// `host[ip]:port`, for logs and DSNs.
+    pub peer: String,
+    pub transactions: usize,
+    pub last_used: Instant,
+    command_timeout: Duration,
+    line: Vec<u8>,
+}
+
+const REPLY_LINE_MAX: usize = 4096;
+
+impl Client {
+    pub async fn connect(addr: SocketAddr, opts: &ClientOptions) -> Result<Client, SessionError> {
+        let peer = format!("{}[{}]:{}", opts.server_name, addr.ip(), addr.port());
+        let tcp = tokio::time::timeout(opts.connect_timeout, TcpStream::connect(addr))
+            .await
+            .map_err(|_| SessionError::Connect(peer.clone(), "timeout".into()))?
+            .map_err(|e| SessionError::Connect(peer.clone(), e.to_string()))?;
+        let _ = tcp.set_nodelay(true);
+        let mut c = Client {
+            r: BufReader::with_capacity(16 * 1024, Box::new(tcp) as BoxStream),
+            caps: Caps::default(),
+            tls: None,
+            peer,
+            transactions: 0,
+            last_used: Instant::now(),
+            command_timeout: opts.command_timeout,
+            line: Vec::with_capacity(512),
+        };
+        let banner = c.read_reply().await?;
+        if banner.code != 220 {
+            return Err(SessionError::Refused(c.peer.clone(), banner));
+        }
+        c.ehlo(&opts.helo).await?;
+        let config = match &opts.tls {
+            TlsMode::None => None,
+            TlsMode::Opportunistic(cfg) => c.caps.starttls.then(|| cfg.clone()),
+            TlsMode::Required(cfg) => {
+                if !c.caps.starttls {
+                    return Err(SessionError::Tls(
+                        c.peer.clone(),
+                        "STARTTLS not offered; TLS is required, not sending in clear".into(),
+                    ));
+                }
+                Some(cfg.clone())
+            }
+        };
+        if let Some(cfg) = config {
+            c = c.starttls(cfg, &opts.server_name).await?;
+            c.ehlo(&opts.helo).await?;
+        }
+        Ok(c)
+    }
+
+    async fn ehlo(&mut self, helo: &str) -> Result<(), SessionError> {
+        let r = self.command(&format!("EHLO {helo}\r\n")).await?;
+        if r.code == 250 {
+            self.caps = Caps::from_ehlo(&r);
+            return Ok(());
+        }
+        let r = self.command(&format!("HELO {helo}\r\n")).await?;
+        if r.code != 250 {
+            return Err(SessionError::Refused(self.peer.clone(), r));
+        }
+        self.caps = Caps::default();
+        Ok(())
+    }
+
+    async fn starttls(mut self, cfg: Arc<rustls::ClientConfig>, name: &str) -> Result<Client, SessionError> {
+        let r = self.command("STARTTLS\r\n").await?;
+        if r.code != 220 {
+            return Err(SessionError::Tls(self.peer.clone(), format!("STARTTLS refused: {r}")));
+        }
+        // into_inner drops whatever the server sent after its 220: bytes injected before the
+        // handshake must never be read as if they came over TLS.
+        let stream = self.r.into_inner();
+        let server_name = rustls::pki_types::ServerName::try_from(name.to_string())
+            .map_err(|e| SessionError::Tls(self.peer.clone(), format!("bad server name {name:?}: {e}")))?;
+        let connector = tokio_rustls::TlsConnector::from(cfg);
+        let tls = tokio::time::timeout(self.command_timeout, connector.connect(server_name, stream))
+            .await
+            .map_err(|_| SessionError::Tls(self.peer.clone(), "handshake timeout".into()))?
+            .map_err(|e| SessionError::Tls(self.peer.clone(), e.to_string()))?;
+        let desc = crate::tls::describe(tls.get_ref().1);
+        Ok(Client {
+            r: BufReader::with_capacity(16 * 1024, Box::new(tls) as BoxStream),
+            caps: Caps::default(),
+            tls: Some(desc),
+            ..self
+        })
+    }
+
+    async fn write(&mut self, data: &[u8]) -> Result<(), SessionError> {
+        let peer = &self.peer;
+        let w = self.r.get_mut();
+        tokio::time::timeout(self.command_timeout, async {
+            w.write_all(data).await?;
+            w.flush().await
+        })
+        .await
+        .map_err(|_| SessionError::Io(peer.clone(), "write timeout".into()))?
+        .map_err(|e| SessionError::Io(peer.clone(), e.to_string()))
+    }
+
+    async fn command(&mut self, cmd: &str) -> Result<Reply, SessionError> {
+        self.write(cmd.as_bytes()).await?;
+        self.read_reply().await
+    }
+
+    /// Reads one (possibly multi-line) reply.
+    pub async fn read_reply(&mut self) -> Result<Reply, SessionError> {
+        let mut text = String::new();
+        let mut code = 0u16;
+        for _ in 0..100 {
+            let l = read_line(&mut self.r, &mut self.line, REPLY_LINE_MAX, self.command_timeout)
+                .await
+                .map_err(|e| SessionError::Io(self.peer.clone(), e.to_string()))?;
+            match l {
+                Line::Complete => {}
+                Line::TooLong => return Err(SessionError::Io(self.peer.clone(), "reply line too long".into())),
+                Line::Eof => return Err(SessionError::Io(self.peer.clone(), "connection closed".into())),
+            }
+            let s = String::from_utf8_lossy(&self.line);
+            let s = s.trim_end_matches(['\r', '\n']);
+            let c: u16 = s
+                .get(..3)
+                .and_then(|c| c.parse().ok())
+                .filter(|c| (200..600).contains(c))
+                .ok_or_else(|| SessionError::Io(self.peer.clone(), format!("malformed reply {s:?}")))?;
+            if code != 0 && c != code {
+                return Err(SessionError::Io(self.peer.clone(), "inconsistent multi-line reply".into()));
+            }
+            code = c;
+            if !text.is_empty() {
+                text.push('\n');
+            }
+            text.push_str(s.get(4..).unwrap_or(""));
+            if s.as_bytes().get(3) != Some(&b'-') {
+                return Ok(split_status(code, text));
+            }
+        }
+        Err(SessionError::Io(self.peer.clone(), "reply has too many lines".into()))
+    }
+
+    /// One transaction. `rcpts` are (index, address, notify, orcpt). Returns one outcome per
+    /// recipient, or a session error when nothing could be decided per recipient.
+    pub async fn send(
+        &mut self,
+        env: &Envelope,
+        rcpts: &[(usize, &crate::message::Recipient)],
+        body: &[u8],
+    ) -> Result<Vec<(usize, RcptOutcome)>, SessionError> {
+        self.last_used = Instant::now();
+        let mut mail = format!("MAIL FROM:<{}>", env.mail_from);
+        if self.caps.size.is_some() {
+            mail.push_str(&format!(" SIZE={}", body.len()));
+        }
+        if env.eight_bit && self.caps.eightbit {
+            mail.push_str(" BODY=8BITMIME");
+        }
+        if env.smtputf8 && self.caps.smtputf8 {
+            mail.push_str(" SMTPUTF8");
+        }
+        if self.caps.dsn {
+            match env.ret {
+                Some(Ret::Full) => mail.push_str(" RET=FULL"),
+                Some(Ret::Hdrs) => mail.push_str(" RET=HDRS"),
+                None => {}
+            }
+            if let Some(id) = &env.envid {
+                mail.push_str(&format!(" ENVID={}", xtext(id)));
+            }
+        }
+        mail.push_str("\r\n");
+        let mut cmds = vec![mail];
+        for (_, r) in rcpts {
+            let mut c = format!("RCPT TO:<{}>", r.address);
+            if self.caps.dsn {
+                if r.notify != 0 {
+                    let mut n = Vec::new();
+                    if r.notify & NOTIFY_NEVER != 0 {
+                        n.push("NEVER");
+                    } else {
+                        for (f, w) in [(NOTIFY_SUCCESS, "SUCCESS"), (NOTIFY_FAILURE, "FAILURE"), (NOTIFY_DELAY, "DELAY")] {
+                            if r.notify & f != 0 {
+                                n.push(w);
+                            }
+                        }
+                    }
+                    c.push_str(&format!(" NOTIFY={}", n.join(",")));
+                }
+                if let Some(o) = &r.orcpt {
+                    c.push_str(&format!(" ORCPT=rfc822;{}", xtext(o)));
+                }
+            }
+            c.push_str("\r\n");
+            cmds.push(c);
+        }
+        // RFC 2920: MAIL and every RCPT in one write when the server pipelines.
+        let replies = if self.caps.pipelining {
+            self.write(cmds.concat().as_bytes()).await?;
+            let mut v = Vec::with_capacity(cmds.len());
+            for _ in 0..cmds.len() {
+                v.push(self.read_reply().await?);
+            }
+            v
+        } else {
+            let mut v = Vec::with_capacity(cmds.len());
+            for (i, c) in cmds.iter().enumerate() {
+                let r = self.command(c).await?;
+                let stop = i == 0 && !r.is_positive();
+                v.push(r);
+                if stop {
+                    break;
+                }
+            }
+            v
+        };
+        let mail_reply = &replies[0];
+        if !mail_reply.is_positive() {
+            let _ = self.command("RSET\r\n").await;
+            return Err(SessionError::Refused(self.peer.clone(), mail_reply.clone()));
+        }
+        let mut out = Vec::with_capacity(rcpts.len());
+        let mut accepted = Vec::new();
+        for (k, (idx, _)) in rcpts.iter().enumerate() {
+            let r = &replies[k + 1];
+            if r.is_positive() {
+                accepted.push(*idx);
+            } else {
+                out.push((*idx, self.outcome(r)));
+            }
+        }
+        if accepted.is_empty() {
+            let _ = self.command("RSET\r\n").await;
+            return Ok(out);
+        }
+        let r = self.command("DATA\r\n").await?;
+        if r.code != 354 {
+            let _ = self.command("RSET\r\n").await;
+            for idx in accepted {
+                out.push((idx, self.outcome(&r)));
+            }
+            return Ok(out);
+        }
+        let stuffed = dot_stuff(body);
+        self.write(&stuffed).await?;
+        let r = self.read_reply().await?;
+        self.transactions += 1;
+        self.last_used = Instant::now();
+        for idx in accepted {
+            out.push((idx, self.outcome(&r)));
+        }
+        Ok(out)
+    }
+
+    fn outcome(&self, r: &Reply) -> RcptOutcome {
+        let text = format!("host {} said: {}", self.peer, r.to_string().replace('\n', " "));
+        if r.is_positive() {
+            RcptOutcome::Delivered(text)
+        } else if r.is_permanent() {
+            RcptOutcome::Failed(text)
+        } else {
+            RcptOutcome::Deferred(text)
+        }
+    }
+
+    /// Checks a cached connection is still alive before reuse.
+    pub async fn reset(&mut self) -> bool {
+        matches!(self.command("RSET\r\n").await, Ok(r) if r.code == 250)
+    }
+
+    pub async fn quit(mut self) {
+        let _ = tokio::time::timeout(Duration::from_secs(2), self.command("QUIT\r\n")).await;
+    }
+}
+
+fn split_status(code: u16, text: String) -> Reply {
+    let first = text.split(' ').next().unwrap_or("");
+    let is_status = first.split('.').count() == 3
+        && first.starts_with(char::from(b'0' + (code / 100) as u8))
+        && first.split('.').all(|p| !p.is_empty() && p.bytes().all(|b| b.is_ascii_digit()));
+    if is_status && !text.contains('\n') {
+        let rest = text[first.len()..].trim_start().to_string();
+        Reply { code, status: Some(first.to_string()), text: rest }
+    } else {
+        Reply { code, status: None, text }
+    }
+}
+
+/// RFC 3461 xtext.
+pub fn xtext(s: &str) -> String {
+    let mut o = String::with_capacity(s.len());
+    for b in s.bytes() {
+        if (33..=126).contains(&b) && b != b'+' && b != b'=' {
+            o.push(b as char);
+        } else {
+            o.push_str(&format!("+{b:02X}"));
+        }
+    }
+    o
+}
+
+/// Dot-stuffs a message and appends the terminator. Line ends are forced to CRLF: a bare CR
+/// or LF never leaves this gateway (intake refuses them, so stored mail is already clean and
+/// passes through unchanged).
+pub fn dot_stuff(body: &[u8]) -> Vec<u8> {
+    let mut out = Vec::with_capacity(body.len() + body.len() / 64 + 8);
+    let mut at_line_start = true;
+    let mut i = 0;
+    while i < body.len() {
+        let b = body[i];
+        if at_line_start && b == b'.' {
+            out.push(b'.');
+        }
+        match b {
+            b'\r' => {
+                out.extend_from_slice(b"\r\n");
+                if body.get(i + 1) == Some(&b'\n') {
+                    i += 1;
+                }
+                at_line_start = true;
+            }
+            b'\n' => {
+                out.extend_from_slice(b"\r\n");
+                at_line_start = true;
+            }
+            _ => {
+                out.push(b);
+                at_line_start = false;
+            }
+        }
+        i += 1;
+    }
+    if !at_line_start {
+        out.extend_from_slice(b"\r\n");
+    }
+    out.extend_from_slice(b".\r\n");
+    out
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn stuffing() {
+        assert_eq!(dot_stuff(b"a\r\n.b\r\n..\r\n"), b"a\r\n..b\r\n...\r\n.\r\n");
+        assert_eq!(dot_stuff(b".x"), b"..x\r\n.\r\n");
+        assert_eq!(dot_stuff(b"bare\nlf\rcr\r\n"), b"bare\r\nlf\r\ncr\r\n.\r\n");
+        assert_eq!(dot_stuff(b""), b".\r\n");
+    }
+
+    #[test]
+    fn replies() {
+        let r = split_status(550, "5.1.1 no such user".into());
+        assert_eq!((r.status.as_deref(), r.text.as_str()), (Some("5.1.1"), "no such user"));
+        let r = split_status(250, "mx.example\nPIPELINING\nSIZE 1000\nSTARTTLS\nDSN".into());
+        let c = Caps::from_ehlo(&r);
+        assert!(c.pipelining && c.starttls && c.dsn && c.size == Some(1000) && !c.eightbit);
+        assert_eq!(xtext("a+b=c d"), "a+2Bb+3Dc+20d");
+    }
+}

@@ -1,0 +1,292 @@
+//! Delivery: turns one queued message into SMTP transactions, one per (transport, next hop),
+//! each carrying all of its recipients, and reports an outcome per recipient.
+//! Connections are cached for reuse and limited per destination.
+
+pub mod client;
+pub mod resolve;
+
+pub use client::{Client, ClientOptions, RcptOutcome, SessionError, TlsMode};
+pub use resolve::{Hop, ResolveError, Resolver};
+
+use crate::config::{Config, QueueConfig, TlsPolicy, TransportConfig, TransportKind};
+use crate::message::{Envelope, RcptStatus, Recipient, State};
+use crate::tls::{AcceptAnyServer, TlsMaterial};
+use std::collections::{BTreeMap, HashMap};
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+use tokio::sync::Semaphore;
+
+/// `host:port` with a mandatory port; `[v6]:port` accepted.
+pub fn split_host_port(s: &str) -> Option<(&str, u16)> {
+    let (h, p) = s.rsplit_once(':')?;
+    let port: u16 = p.parse().ok().filter(|&p| p > 0)?;
+    let h = h.strip_prefix('[').and_then(|x| x.strip_suffix(']')).unwrap_or(h);
+    (!h.is_empty()).then_some((h, port))
+}
+
+/// What delivery needs from a config snapshot; rebuilt on reload.
+pub struct DeliveryConfig {
+    pub hostname: String,
+    pub transports: BTreeMap<String, TransportConfig>,
+    pub queue: QueueConfig,
+    /// Encrypt without authenticating (opportunistic), presenting our certificate if we have one.
+    pub tls_any: Option<Arc<rustls::ClientConfig>>,
+    /// Chain and name verified against our trust anchors and CRLs (required).
+    pub tls_verified: Option<Arc<rustls::ClientConfig>>,
+}
+
+impl DeliveryConfig {
+    pub fn new(cfg: &Config, tls: Option<&TlsMaterial>) -> Result<DeliveryConfig, String> {
+        let (tls_any, tls_verified) = match tls {
+            Some(m) => {
+                let any = m
+                    .client_config(Arc::new(AcceptAnyServer(crate::tls::provider())))
+                    .map_err(|e| e.to_string())?;
+                let verified = m
+                    .client_config(m.webpki_server_verifier().map_err(|e| e.to_string())?)
+                    .map_err(|e| e.to_string())?;
+                (Some(any), Some(verified))
+            }
+            None => {
+                // Opportunistic TLS still works without our own certificate.
+                let any = rustls::ClientConfig::builder_with_provider(crate::tls::provider())
+                    .with_protocol_versions(&[&rustls::version::TLS13, &rustls::version::TLS12])
+                    .map_err(|e| e.to_string())?
+                    .dangerous()
+                    .with_custom_certificate_verifier(Arc::new(AcceptAnyServer(crate::tls::provider())))
+                    .with_no_client_auth();
+                (Some(Arc::new(any)), None)
+            }
+        };
+        Ok(DeliveryConfig {
+            hostname: cfg.server.hostname.clone(),
+            transports: cfg.transport.clone(),
+            queue: cfg.queue.clone(),
+            tls_any,
+            tls_verified,
+        })
+    }
+
+    fn tls_mode(&self, t: &TransportConfig) -> Result<TlsMode, String> {
+        match t.tls {
+            TlsPolicy::None => Ok(TlsMode::None),
+            TlsPolicy::Opportunistic => Ok(self.tls_any.clone().map_or(TlsMode::None, TlsMode::Opportunistic)),
+            TlsPolicy::Required | TlsPolicy::Mutual => self
+                .tls_verified
+                .clone()
+                .map(TlsMode::Required)
+                .ok_or_else(|| "TLS required but no [tls] material loaded".to_string()),
+        }
+    }
+}
+
+/// A group of recipients that share one transaction.
+struct Group<'a> {
+    transport: String,
+    /// next_hop for relay, the recipient domain for mx.
+    destination: String,
+    rcpts: Vec<(usize, &'a Recipient)>,
+}
+
+pub struct Agent {
+    config: arc_swap::ArcSwap<DeliveryConfig>,
+    resolver: Resolver,
+    pool: Mutex<HashMap<String, Vec<Client>>>,
+    limits: Mutex<HashMap<String, Arc<Semaphore>>>,
+}
+
+impl Agent {
+    pub fn new(config: DeliveryConfig, resolver: Resolver) -> Arc<Agent> {
+        let agent = Arc::new(Agent {
+            config: arc_swap::ArcSwap::from_pointee(config),
+            resolver,
+            pool: Mutex::new(HashMap::new()),
+            limits: Mutex::new(HashMap::new()),
+        });
+        let weak = Arc::downgrade(&agent);
+        tokio::spawn(async move {
+            loop {
+                tokio::time::sleep(Duration::from_millis(500)).await;
+                let Some(a) = weak.upgrade() else { break };
+                a.sweep_pool().await;
+            }
+        });
+        agent
+    }
+
+    pub fn reconfigure(&self, config: DeliveryConfig) {
+        self.config.store(Arc::new(config));
+    }
+
+    /// One attempt at every pending recipient of the message.
+    pub async fn deliver(&self, env: &Envelope, state: &State, body: &[u8]) -> Vec<(usize, RcptOutcome)> {
+        let cfg = self.config.load_full();
+        let mut groups: Vec<Group> = Vec::new();
+        let mut out = Vec::new();
+        for (i, r) in env.recipients.iter().enumerate() {
+            if state.rcpts.get(i).map(|s| s.status) != Some(RcptStatus::Pending) {
+                continue;
+            }
+            let Some(t) = cfg.transports.get(&r.transport) else {
+                out.push((i, RcptOutcome::Deferred(format!("transport {:?} is not configured", r.transport))));
+                continue;
+            };
+            let destination = match t.kind {
+                TransportKind::Relay => t.next_hop.clone().unwrap_or_default(),
+                TransportKind::Mx => r.address.rsplit_once('@').map(|(_, d)| d.to_ascii_lowercase()).unwrap_or_default(),
+            };
+            match groups.iter_mut().find(|g| g.transport == r.transport && g.destination == destination) {
+                Some(g) => g.rcpts.push((i, r)),
+                None => groups.push(Group { transport: r.transport.clone(), destination, rcpts: vec![(i, r)] }),
+            }
+        }
+        let futs = groups.iter().map(|g| self.deliver_group(&cfg, env, g, body));
+        for results in futures::future::join_all(futs).await {
+            out.extend(results);
+        }
+        out
+    }
+
+    async fn deliver_group(&self, cfg: &DeliveryConfig, env: &Envelope, g: &Group<'_>, body: &[u8]) -> Vec<(usize, RcptOutcome)> {
+        let all = |o: &dyn Fn() -> RcptOutcome| g.rcpts.iter().map(|(i, _)| (*i, o())).collect::<Vec<_>>();
+        let Some(t) = cfg.transports.get(&g.transport) else {
+            return all(&|| RcptOutcome::Deferred("transport vanished".into()));
+        };
+        let tls = match cfg.tls_mode(t) {
+            Ok(m) => m,
+            Err(e) => return all(&|| RcptOutcome::Deferred(e.clone())),
+        };
+        let key = format!("{}|{}", g.transport, g.destination);
+        let sem = {
+            let mut l = self.limits.lock().unwrap_or_else(|p| p.into_inner());
+            l.entry(key.clone())
+                .or_insert_with(|| Arc::new(Semaphore::new(cfg.queue.destination_concurrency)))
+                .clone()
+        };
+        let Ok(_permit) = sem.acquire_owned().await else {
+            return all(&|| RcptOutcome::Deferred("shutting down".into()));
+        };
+
+        // A cached connection first; a dead one is replaced by a fresh one, once.
+        if let Some(mut c) = self.take_pooled(&key, cfg) {
+            match c.send(env, &g.rcpts, body).await {
+                Ok(res) => {
+                    self.give_back(key, c, cfg);
+                    return res;
+                }
+                Err(e) => tracing::debug!(error = %e, "cached connection failed; reconnecting"),
+            }
+        }
+        let hops = match t.kind {
+            TransportKind::Relay => self.resolver.static_hop(&g.destination).await,
+            TransportKind::Mx => self.resolver.mx_hops(&g.destination, t.port).await,
+        };
+        let hops = match hops {
+            Ok(h) => h,
+            Err(ResolveError::Permanent(e)) => return all(&|| RcptOutcome::Failed(e.clone())),
+            Err(ResolveError::Temporary(e)) => return all(&|| RcptOutcome::Deferred(e.clone())),
+        };
+        let mut last: Option<SessionError> = None;
+        for hop in &hops {
+            for addr in &hop.addrs {
+                let opts = ClientOptions {
+                    helo: cfg.hostname.clone(),
+                    server_name: hop.name.clone(),
+                    tls: tls.clone(),
+                    connect_timeout: cfg.queue.connect_timeout,
+                    command_timeout: cfg.queue.command_timeout,
+                };
+                let mut c = match Client::connect(*addr, &opts).await {
+                    Ok(c) => c,
+                    Err(e) => {
+                        tracing::info!(queue_id = %env.id, error = %e, "next hop unusable");
+                        last = Some(e);
+                        continue;
+                    }
+                };
+                match c.send(env, &g.rcpts, body).await {
+                    Ok(res) => {
+                        self.give_back(key, c, cfg);
+                        return res;
+                    }
+                    Err(e) if e.is_permanent() => {
+                        let msg = e.to_string();
+                        c.quit().await;
+                        return all(&|| RcptOutcome::Failed(msg.clone()));
+                    }
+                    Err(e) => {
+                        tracing::info!(queue_id = %env.id, error = %e, "transaction failed");
+                        last = Some(e);
+                    }
+                }
+            }
+        }
+        let msg = last.map(|e| e.to_string()).unwrap_or_else(|| "no next hop".into());
+        all(&|| RcptOutcome::Deferred(msg.clone()))
+    }
+
+    fn take_pooled(&self, key: &str, cfg: &DeliveryConfig) -> Option<Client> {
+        let mut pool = self.pool.lock().unwrap_or_else(|p| p.into_inner());
+        let v = pool.get_mut(key)?;
+        while let Some(c) = v.pop() {
+            if c.last_used.elapsed() < cfg.queue.connection_cache_time {
+                return Some(c);
+            }
+            tokio::spawn(c.quit());
+        }
+        None
+    }
+
+    fn give_back(&self, key: String, c: Client, cfg: &DeliveryConfig) {
+        if c.transactions >= cfg.queue.connection_reuse_limit || cfg.queue.connection_cache_time.is_zero() {
+            tokio::spawn(c.quit());
+            return;
+        }
+        let mut pool = self.pool.lock().unwrap_or_else(|p| p.into_inner());
+        pool.entry(key).or_default().push(c);
+    }
+
+    async fn sweep_pool(&self) {
+        let ttl = self.config.load().queue.connection_cache_time;
+        let expired: Vec<Client> = {
+            let mut pool = self.pool.lock().unwrap_or_else(|p| p.into_inner());
+            let mut out = Vec::new();
+            for v in pool.values_mut() {
+                let (keep, old): (Vec<_>, Vec<_>) = v.drain(..).partition(|c| c.last_used.elapsed() < ttl);
+                *v = keep;
+                out.extend(old);
+            }
+            pool.retain(|_, v| !v.is_empty());
+            out
+        };
+        for c in expired {
+            c.quit().await;
+        }
+    }
+
+    /// Closes every cached connection (shutdown).
+    pub async fn close_all(&self) {
+        let all: Vec<Client> = {
+            let mut pool = self.pool.lock().unwrap_or_else(|p| p.into_inner());
+            pool.drain().flat_map(|(_, v)| v).collect()
+        };
+        for c in all {
+            c.quit().await;
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn host_port() {
+        assert_eq!(split_host_port("127.0.0.1:25"), Some(("127.0.0.1", 25)));
+        assert_eq!(split_host_port("mx.example.fr:2525"), Some(("mx.example.fr", 2525)));
+        assert_eq!(split_host_port("[::1]:25"), Some(("::1", 25)));
+        assert_eq!(split_host_port("nohost"), None);
+        assert_eq!(split_host_port("h:0"), None);
+        assert_eq!(split_host_port(":25"), None);
+    }
+}

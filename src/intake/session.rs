@@ -1,0 +1,721 @@
+//! One SMTP session (RFC 5321 state machine), one task per connection.
+//!
+//! The command parser is hand-written: smtp-proto's parser normalises addresses (drops source
+//! routes, unquotes local parts, tolerates bare CR), and the relay guard must see exactly what
+//! the client sent.
+
+use super::data::{check_bdat, count_received, read_data, DataEnd, DataLimits};
+use super::Shared;
+use crate::config::{ClientCert, StartTls};
+use crate::message::{new_queue_id, now_ms, Envelope, Recipient, Ret, State, NOTIFY_DELAY, NOTIFY_FAILURE, NOTIFY_NEVER, NOTIFY_SUCCESS};
+use crate::net::{read_line, BoxStream, Line};
+use crate::policy::{parse_path, RcptDecision};
+use crate::reply::Reply;
+use std::net::SocketAddr;
+use std::sync::Arc;
+use std::time::Duration;
+use tokio::io::{AsyncReadExt, AsyncWriteExt, BufReader};
+
+/// The transaction being built between MAIL and the end of data.
+#[derive(Default)]
+struct Transaction {
+    mail_from: Option<String>,
+    ret: Option<Ret>,
+    envid: Option<String>,
+    eight_bit: bool,
+    smtputf8: bool,
+    recipients: Vec<Recipient>,
+    /// BDAT chunks so far.
+    bdat: Vec<u8>,
+    bdat_failed: bool,
+}
+
+pub struct Session {
+    r: BufReader<BoxStream>,
+    out: Vec<u8>,
+    shared: Arc<Shared>,
+    peer: SocketAddr,
+    helo: Option<String>,
+    esmtp: bool,
+    tls: Option<String>,
+    /// Subject DN of a verified client certificate.
+    client_dn: Option<String>,
+    has_client_cert: bool,
+    tx: Transaction,
+    errors: u32,
+    junk: u32,
+    line: Vec<u8>,
+}
+
+enum Flow {
+    Continue,
+    Close,
+}
+
+impl Session {
+    pub fn new(stream: BoxStream, peer: SocketAddr, shared: Arc<Shared>) -> Session {
+        Session {
+            r: BufReader::with_capacity(16 * 1024, stream),
+            out: Vec::with_capacity(1024),
+            shared,
+            peer,
+            helo: None,
+            esmtp: false,
+            tls: None,
+            client_dn: None,
+            has_client_cert: false,
+            tx: Transaction::default(),
+            errors: 0,
+            junk: 0,
+            line: Vec::with_capacity(512),
+        }
+    }
+
+    fn reply(&mut self, r: &Reply) {
+        if r.code >= 400 {
+            self.errors += 1;
+        }
+        self.out.extend_from_slice(r.to_wire().as_bytes());
+    }
+
+    fn raw(&mut self, s: &str) {
+        self.out.extend_from_slice(s.as_bytes());
+    }
+
+    async fn flush(&mut self) -> std::io::Result<()> {
+        if self.out.is_empty() {
+            return Ok(());
+        }
+        let w = self.r.get_mut();
+        let res = tokio::time::timeout(self.shared.limits.timeout, async {
+            w.write_all(&self.out).await?;
+            w.flush().await
+        })
+        .await;
+        self.out.clear();
+        match res {
+            Ok(r) => r,
+            Err(_) => Err(std::io::Error::new(std::io::ErrorKind::TimedOut, "write timeout")),
+        }
+    }
+
+    pub async fn run(mut self, mut shutdown: tokio::sync::watch::Receiver<bool>) {
+        let banner = format!("220 {} ESMTP passerelle\r\n", self.shared.hostname);
+        self.raw(&banner);
+        loop {
+            // Replies to pipelined commands go out together, once the client's batch is read.
+            if self.r.buffer().is_empty() {
+                if let Err(e) = self.flush().await {
+                    tracing::debug!(client = %self.peer, error = %e, "write failed");
+                    return;
+                }
+            }
+            let limit = self.shared.limits.command_line_limit;
+            let timeout = self.shared.limits.timeout;
+            let read = tokio::select! {
+                r = read_line(&mut self.r, &mut self.line, limit, timeout) => r,
+                _ = shutdown.changed() => {
+                    self.raw("421 4.3.2 Service shutting down, closing connection\r\n");
+                    let _ = self.flush().await;
+                    return;
+                }
+            };
+            let flow = match read {
+                Err(e) if e.kind() == std::io::ErrorKind::TimedOut => {
+                    self.raw("421 4.4.2 Error: timeout exceeded\r\n");
+                    Flow::Close
+                }
+                Err(_) | Ok(Line::Eof) => {
+                    tracing::debug!(client = %self.peer, "client disconnected");
+                    return;
+                }
+                Ok(Line::TooLong) => {
+                    self.reply(&Reply::new(500, "5.5.2", "Error: line too long"));
+                    Flow::Continue
+                }
+                Ok(Line::Complete) => {
+                    let line = std::mem::take(&mut self.line);
+                    let f = self.command(&line).await;
+                    self.line = line;
+                    f
+                }
+            };
+            if matches!(flow, Flow::Close) {
+                let _ = self.flush().await;
+                return;
+            }
+            if self.errors > self.shared.limits.hard_error_limit {
+                self.raw("421 4.7.0 Error: too many errors\r\n");
+                let _ = self.flush().await;
+                tracing::info!(client = %self.peer, errors = self.errors, "too many errors; disconnected");
+                return;
+            }
+            if self.junk > self.shared.limits.junk_command_limit {
+                self.raw("421 4.7.0 Error: too many commands without mail\r\n");
+                let _ = self.flush().await;
+                return;
+            }
+        }
+    }
+
+    async fn command(&mut self, line: &[u8]) -> Flow {
+        let Some(text) = line.strip_suffix(b"\r\n") else {
+            self.reply(&Reply::new(500, "5.5.2", "Error: bare LF in command, use CRLF"));
+            return Flow::Continue;
+        };
+        if text.contains(&b'\r') || text.contains(&0) {
+            self.reply(&Reply::new(500, "5.5.2", "Error: bare CR or NUL in command"));
+            return Flow::Continue;
+        }
+        let Ok(text) = std::str::from_utf8(text) else {
+            self.reply(&Reply::new(500, "5.5.2", "Error: command is not valid UTF-8"));
+            return Flow::Continue;
+        };
+        let (verb, arg) = match text.split_once(' ') {
+            Some((v, a)) => (v, a.trim()),
+            None => (text, ""),
+        };
+        let verb = verb.to_ascii_uppercase();
+        let needs_tls = self.shared.listener.starttls == StartTls::Require && self.tls.is_none();
+        match verb.as_str() {
+            "EHLO" | "HELO" => self.helo(&verb, arg),
+            "MAIL" | "RCPT" | "DATA" | "BDAT" if needs_tls => {
+                if verb == "BDAT" {
+                    if let Some((n, _)) = parse_bdat(arg) {
+                        if self.discard(n).await.is_err() {
+                            return Flow::Close;
+                        }
+                    }
+                }
+                self.reply(&Reply::new(530, "5.7.0", "Must issue a STARTTLS command first"));
+            }
+            "MAIL" => self.mail(arg),
+            "RCPT" => self.rcpt(arg).await,
+            "DATA" => return self.data(arg).await,
+            "BDAT" => return self.bdat(arg).await,
+            "RSET" => {
+                self.junk += 1;
+                self.tx = Transaction::default();
+                self.reply(&Reply::new(250, "2.0.0", "Ok"));
+            }
+            "NOOP" => {
+                self.junk += 1;
+                self.reply(&Reply::new(250, "2.0.0", "Ok"));
+            }
+            "VRFY" => {
+                self.junk += 1;
+                self.reply(&Reply::new(252, "2.5.2", "Cannot VRFY user, but will accept message and attempt delivery"));
+            }
+            "HELP" => {
+                self.junk += 1;
+                self.reply(&Reply::new(214, "2.0.0", "Commands: EHLO HELO MAIL RCPT DATA BDAT RSET NOOP VRFY HELP QUIT STARTTLS"));
+            }
+            "QUIT" => {
+                self.reply(&Reply::new(221, "2.0.0", "Bye"));
+                return Flow::Close;
+            }
+            "STARTTLS" => return self.starttls(arg).await,
+            _ => {
+                tracing::debug!(client = %self.peer, verb = %verb.chars().take(16).collect::<String>(), "unknown command");
+                self.reply(&Reply::new(500, "5.5.2", "Error: command not recognized"));
+            }
+        }
+        Flow::Continue
+    }
+
+    fn helo(&mut self, verb: &str, arg: &str) {
+        self.junk += 1;
+        if arg.is_empty() || arg.contains(char::is_whitespace) {
+            self.reply(&Reply::new(501, "5.5.4", format!("Syntax: {verb} hostname")));
+            return;
+        }
+        self.helo = Some(arg.to_string());
+        self.esmtp = verb == "EHLO";
+        self.tx = Transaction::default();
+        if !self.esmtp {
+            let r = format!("250 {}\r\n", self.shared.hostname);
+            self.raw(&r);
+            return;
+        }
+        let mut caps = vec![
+            self.shared.hostname.clone(),
+            "PIPELINING".into(),
+            format!("SIZE {}", self.shared.limits.message_size_limit),
+            "VRFY".into(),
+        ];
+        if self.tls.is_none() && self.shared.tls.is_some() && self.shared.listener.starttls != StartTls::Off {
+            caps.push("STARTTLS".into());
+        }
+        caps.extend(["ENHANCEDSTATUSCODES", "8BITMIME", "DSN", "SMTPUTF8", "CHUNKING"].map(String::from));
+        self.reply(&Reply::new(250, "", caps.join("\n")));
+    }
+
+    fn mail(&mut self, arg: &str) {
+        if self.helo.is_none() {
+            self.reply(&Reply::new(503, "5.5.1", "Error: send HELO/EHLO first"));
+            return;
+        }
+        if self.tx.mail_from.is_some() {
+            self.reply(&Reply::new(503, "5.5.1", "Error: nested MAIL command"));
+            return;
+        }
+        if self.shared.listener.client_certificate == ClientCert::Require && !self.has_client_cert {
+            self.reply(&Reply::new(530, "5.7.0", "Error: a valid client certificate is required"));
+            return;
+        }
+        let Some((path, params)) = split_path(arg, "FROM:") else {
+            self.reply(&Reply::new(501, "5.5.4", "Syntax: MAIL FROM:<address>"));
+            return;
+        };
+        let sender = match parse_path(path) {
+            Ok(a) => a.map(|a| a.to_string()).unwrap_or_default(),
+            Err(e) => {
+                self.reply(&Reply::new(501, "5.1.7", format!("Bad sender address syntax: {e}")));
+                return;
+            }
+        };
+        let mut tx = Transaction { mail_from: Some(sender), ..Transaction::default() };
+        for p in params.split_whitespace() {
+            let (k, v) = p.split_once('=').unwrap_or((p, ""));
+            match k.to_ascii_uppercase().as_str() {
+                "SIZE" => match v.parse::<usize>() {
+                    Ok(n) if n > self.shared.limits.message_size_limit => {
+                        self.reply(&Reply::new(552, "5.3.4", "Message size exceeds fixed limit"));
+                        return;
+                    }
+                    Ok(_) => {}
+                    Err(_) => return self.reply(&Reply::new(501, "5.5.4", "Bad SIZE parameter")),
+                },
+                "BODY" => match v.to_ascii_uppercase().as_str() {
+                    "7BIT" => {}
+                    "8BITMIME" => tx.eight_bit = true,
+                    _ => return self.reply(&Reply::new(501, "5.5.4", "Unsupported BODY parameter")),
+                },
+                "SMTPUTF8" if v.is_empty() => tx.smtputf8 = true,
+                "RET" => match v.to_ascii_uppercase().as_str() {
+                    "FULL" => tx.ret = Some(Ret::Full),
+                    "HDRS" => tx.ret = Some(Ret::Hdrs),
+                    _ => return self.reply(&Reply::new(501, "5.5.4", "Bad RET parameter")),
+                },
+                "ENVID" => match xtext_decode(v) {
+                    Some(s) if !s.is_empty() && s.len() <= 100 => tx.envid = Some(s),
+                    _ => return self.reply(&Reply::new(501, "5.5.4", "Bad ENVID parameter")),
+                },
+                "AUTH" => {}
+                _ => {
+                    return self.reply(&Reply::new(555, "5.5.4", format!("Unsupported parameter {k}")));
+                }
+            }
+        }
+        tracing::debug!(client = %self.peer, from = %tx.mail_from.as_deref().unwrap_or(""), "MAIL");
+        self.tx = tx;
+        self.junk = 0;
+        self.reply(&Reply::new(250, "2.1.0", "Ok"));
+    }
+
+    async fn rcpt(&mut self, arg: &str) {
+        if self.tx.mail_from.is_none() {
+            self.reply(&Reply::new(503, "5.5.1", "Error: need MAIL command"));
+            return;
+        }
+        let Some((path, params)) = split_path(arg, "TO:") else {
+            self.reply(&Reply::new(501, "5.5.4", "Syntax: RCPT TO:<address>"));
+            return;
+        };
+        if self.tx.recipients.len() >= self.shared.limits.recipient_limit {
+            self.reply(&Reply::new(452, "4.5.3", "Error: too many recipients"));
+            return;
+        }
+        let addr = match parse_path(path) {
+            Ok(Some(a)) => a,
+            Ok(None) => {
+                self.reply(&Reply::new(501, "5.1.3", "Bad recipient address syntax"));
+                return;
+            }
+            Err(e) => {
+                let r = if e.is_relay_attempt() {
+                    Reply::new(554, "5.7.1", format!("<{path}>: Relay access denied: {e}"))
+                } else {
+                    Reply::new(501, "5.1.3", format!("Bad recipient address syntax: {e}"))
+                };
+                tracing::info!(client = %self.peer, to = %path, reply = %r, "recipient refused");
+                self.reply(&r);
+                return;
+            }
+        };
+        let mut notify = 0u8;
+        let mut orcpt = None;
+        for p in params.split_whitespace() {
+            let (k, v) = p.split_once('=').unwrap_or((p, ""));
+            match k.to_ascii_uppercase().as_str() {
+                "NOTIFY" => {
+                    for f in v.split(',') {
+                        notify |= match f.to_ascii_uppercase().as_str() {
+                            "NEVER" => NOTIFY_NEVER,
+                            "SUCCESS" => NOTIFY_SUCCESS,
+                            "FAILURE" => NOTIFY_FAILURE,
+                            "DELAY" => NOTIFY_DELAY,
+                            _ => return self.reply(&Reply::new(501, "5.5.4", "Bad NOTIFY parameter")),
+                        };
+                    }
+                    if notify & NOTIFY_NEVER != 0 && notify != NOTIFY_NEVER {
+                        return self.reply(&Reply::new(501, "5.5.4", "NOTIFY=NEVER cannot be combined"));
+                    }
+                }
+                "ORCPT" => {
+                    let decoded = v.split_once(';').and_then(|(_, a)| xtext_decode(a));
+                    match decoded {
+                        Some(a) if !a.is_empty() && a.len() <= 500 => orcpt = Some(a),
+                        _ => return self.reply(&Reply::new(501, "5.5.4", "Bad ORCPT parameter")),
+                    }
+                }
+                _ => return self.reply(&Reply::new(555, "5.5.4", format!("Unsupported parameter {k}"))),
+            }
+        }
+        let decision = self.shared.policy.load().check_recipient(&self.shared.listener.routes, &addr).await;
+        match decision {
+            RcptDecision::Accept { route, transport, bal_type } => {
+                tracing::info!(client = %self.peer, from = %self.tx.mail_from.as_deref().unwrap_or(""),
+                    to = %addr, route = %route, transport = %transport, bal_type = bal_type.as_deref().unwrap_or("-"),
+                    "recipient accepted");
+                self.tx.recipients.push(Recipient { address: addr.to_string(), orcpt, notify, route, transport });
+                self.reply(&Reply::new(250, "2.1.5", "Ok"));
+            }
+            RcptDecision::Reject(r) => {
+                tracing::info!(client = %self.peer, from = %self.tx.mail_from.as_deref().unwrap_or(""),
+                    to = %addr, reply = %r, "recipient refused");
+                self.reply(&r);
+            }
+        }
+    }
+
+    fn data_ready(&mut self) -> bool {
+        if self.tx.mail_from.is_none() {
+            self.reply(&Reply::new(503, "5.5.1", "Error: need MAIL command"));
+            false
+        } else if self.tx.recipients.is_empty() {
+            self.reply(&Reply::new(554, "5.5.1", "Error: no valid recipients"));
+            false
+        } else {
+            true
+        }
+    }
+
+    async fn data(&mut self, arg: &str) -> Flow {
+        if !arg.is_empty() {
+            self.reply(&Reply::new(501, "5.5.4", "Syntax: DATA"));
+            return Flow::Continue;
+        }
+        if !self.data_ready() {
+            return Flow::Continue;
+        }
+        self.raw("354 End data with <CR><LF>.<CR><LF>\r\n");
+        if self.flush().await.is_err() {
+            return Flow::Close;
+        }
+        let lim = DataLimits {
+            max_size: self.shared.limits.message_size_limit,
+            max_line: self.shared.limits.line_length_limit,
+            timeout: self.shared.limits.timeout,
+            min_rate: self.shared.limits.min_data_rate,
+        };
+        let mut body = Vec::with_capacity(8 * 1024);
+        match read_data(&mut self.r, &mut body, &lim).await {
+            DataEnd::Ok => {
+                self.accept_message(body).await;
+                Flow::Continue
+            }
+            DataEnd::Refused(e) => {
+                let r = e.reply(lim.max_size, lim.max_line);
+                tracing::info!(client = %self.peer, reply = %r, "message refused");
+                self.reply(&r);
+                self.tx = Transaction::default();
+                Flow::Continue
+            }
+            DataEnd::Lost(why) => {
+                tracing::info!(client = %self.peer, why = %why, "connection lost during DATA; nothing queued");
+                if why.contains("timeout") || why.contains("rate") {
+                    self.raw("421 4.4.2 Error: timeout exceeded\r\n");
+                }
+                Flow::Close
+            }
+        }
+    }
+
+    async fn bdat(&mut self, arg: &str) -> Flow {
+        let Some((size, last)) = parse_bdat(arg) else {
+            self.reply(&Reply::new(501, "5.5.4", "Syntax: BDAT size [LAST]"));
+            return Flow::Close;
+        };
+        if !self.data_ready() {
+            // The chunk still has to be read off the wire to stay in sync.
+            return if self.discard(size).await.is_ok() { Flow::Continue } else { Flow::Close };
+        }
+        let max = self.shared.limits.message_size_limit;
+        let too_big = self.tx.bdat.len() + size > max;
+        if too_big || self.tx.bdat_failed {
+            if self.discard(size).await.is_err() {
+                return Flow::Close;
+            }
+            self.tx.bdat_failed = true;
+            self.tx.bdat.clear();
+            if last || too_big {
+                self.reply(&Reply::new(552, "5.3.4", format!("Message size exceeds fixed limit of {max} bytes")));
+                self.tx = Transaction::default();
+            } else {
+                self.reply(&Reply::new(250, "2.0.0", format!("{size} octets received")));
+            }
+            return Flow::Continue;
+        }
+        let start = self.tx.bdat.len();
+        self.tx.bdat.resize(start + size, 0);
+        let read = tokio::time::timeout(
+            self.shared.limits.timeout + Duration::from_secs((size / self.shared.limits.min_data_rate.max(1)) as u64),
+            self.r.read_exact(&mut self.tx.bdat[start..]),
+        )
+        .await;
+        if !matches!(read, Ok(Ok(_))) {
+            tracing::info!(client = %self.peer, "connection lost during BDAT; nothing queued");
+            return Flow::Close;
+        }
+        if !last {
+            self.reply(&Reply::new(250, "2.0.0", format!("{size} octets received")));
+            return Flow::Continue;
+        }
+        let body = std::mem::take(&mut self.tx.bdat);
+        if let Err(e) = check_bdat(&body, self.shared.limits.line_length_limit) {
+            let r = e.reply(max, self.shared.limits.line_length_limit);
+            self.reply(&r);
+            self.tx = Transaction::default();
+            return Flow::Continue;
+        }
+        self.accept_message(body).await;
+        Flow::Continue
+    }
+
+    async fn discard(&mut self, n: usize) -> std::io::Result<()> {
+        let mut left = n as u64;
+        let mut sink = tokio::io::sink();
+        let mut take = (&mut self.r).take(left);
+        let copied = tokio::time::timeout(self.shared.limits.timeout, tokio::io::copy(&mut take, &mut sink))
+            .await
+            .map_err(|_| std::io::Error::new(std::io::ErrorKind::TimedOut, "timeout"))??;
+        left -= copied;
+        if left > 0 {
+            return Err(std::io::Error::new(std::io::ErrorKind::UnexpectedEof, "short chunk"));
+        }
+        Ok(())
+    }
+
+    /// Loop check, Received header, durable store, then 250.
+    async fn accept_message(&mut self, body: Vec<u8>) {
+        let tx = std::mem::take(&mut self.tx);
+        let hops = count_received(&body);
+        if hops >= self.shared.limits.hop_count_limit {
+            let r = Reply::new(554, "5.4.0", format!("Error: too many hops ({hops} Received headers): mail loop?"));
+            tracing::warn!(client = %self.peer, reply = %r, "message refused");
+            self.reply(&r);
+            return;
+        }
+        let id = new_queue_id();
+        let received = self.received_header(&id, &tx);
+        let now = now_ms();
+        let env = Envelope {
+            id: id.clone(),
+            received: now / 1000,
+            listener: self.shared.listener.name.clone(),
+            client: self.peer.ip().to_string(),
+            helo: self.helo.clone().unwrap_or_default(),
+            mail_from: tx.mail_from.clone().unwrap_or_default(),
+            ret: tx.ret,
+            envid: tx.envid.clone(),
+            eight_bit: tx.eight_bit,
+            smtputf8: tx.smtputf8,
+            recipients: tx.recipients,
+        };
+        let mut state = State::new(env.recipients.len());
+        state.next_attempt = now;
+        let size = body.len() + received.len();
+        match self.shared.spool.store(&env, &state, vec![received.into_bytes(), body]).await {
+            Ok(loc) => {
+                tracing::info!(queue_id = %id, client = %self.peer, from = %env.mail_from, nrcpt = env.recipients.len(),
+                    size, tls = self.tls.as_deref().unwrap_or("-"), "queued");
+                self.shared.queue.submit(env, state, loc);
+                self.reply(&Reply::new(250, "2.0.0", format!("Ok: queued as {id}")));
+            }
+            Err(e) => {
+                tracing::error!(client = %self.peer, error = %e, "spool write failed; message refused with 4xx");
+                let r = if e.is_full() {
+                    Reply::new(452, "4.3.1", "Insufficient system storage")
+                } else {
+                    Reply::new(451, "4.3.0", "Error: queue file write error")
+                };
+                self.reply(&r);
+            }
+        }
+    }
+
+    fn received_header(&self, id: &str, tx: &Transaction) -> String {
+        let proto = match (self.esmtp, self.tls.is_some()) {
+            (false, _) => "SMTP",
+            (true, false) => "ESMTP",
+            (true, true) => "ESMTPS",
+        };
+        let proto = if tx.smtputf8 { format!("UTF8{proto}") } else { proto.to_string() };
+        let mut h = format!(
+            "Received: from {} ({} [{}])\r\n",
+            self.helo.as_deref().unwrap_or("unknown"),
+            self.peer.ip(),
+            self.peer.ip()
+        );
+        if let Some(t) = &self.tls {
+            h.push_str(&format!("\t(using {t})\r\n"));
+        }
+        if let Some(dn) = &self.client_dn {
+            h.push_str(&format!("\t(client certificate \"{}\")\r\n", dn.replace(['"', '\\'], "_")));
+        }
+        h.push_str(&format!("\tby {} (passerelle) with {proto} id {id}", self.shared.hostname));
+        if tx.recipients.len() == 1 {
+            h.push_str(&format!("\r\n\tfor <{}>", tx.recipients[0].address));
+        }
+        h.push_str(&format!("; {}\r\n", crate::dsn::rfc5322_date(now_ms() / 1000)));
+        h
+    }
+
+    async fn starttls(&mut self, arg: &str) -> Flow {
+        let Some(cfg) = self.shared.tls.clone() else {
+            self.reply(&Reply::new(502, "5.5.1", "Error: command not implemented"));
+            return Flow::Continue;
+        };
+        if self.shared.listener.starttls == StartTls::Off {
+            self.reply(&Reply::new(502, "5.5.1", "Error: command not implemented"));
+            return Flow::Continue;
+        }
+        if self.tls.is_some() {
+            self.reply(&Reply::new(503, "5.5.1", "Error: TLS already active"));
+            return Flow::Continue;
+        }
+        if !arg.is_empty() {
+            self.reply(&Reply::new(501, "5.5.4", "Syntax: STARTTLS"));
+            return Flow::Continue;
+        }
+        self.raw("220 2.0.0 Ready to start TLS\r\n");
+        if self.flush().await.is_err() {
+            return Flow::Close;
+        }
+        // into_inner drops any command pipelined after STARTTLS (RFC 3207 §4.2, CVE-2011-0411).
+        let r = std::mem::replace(&mut self.r, BufReader::new(Box::new(tokio::io::empty()) as BoxStream));
+        let plain = r.into_inner();
+        let acceptor = tokio_rustls::TlsAcceptor::from(cfg);
+        let tls = match tokio::time::timeout(self.shared.limits.timeout, acceptor.accept(plain)).await {
+            Ok(Ok(s)) => s,
+            Ok(Err(e)) => {
+                tracing::info!(client = %self.peer, error = %e, "TLS handshake failed");
+                return Flow::Close;
+            }
+            Err(_) => {
+                tracing::info!(client = %self.peer, "TLS handshake timeout");
+                return Flow::Close;
+            }
+        };
+        let conn = tls.get_ref().1;
+        let desc = crate::tls::describe(conn);
+        if let Some(cert) = conn.peer_certificates().and_then(|c| c.first()) {
+            self.has_client_cert = true;
+            self.client_dn = crate::pki::subject_dn_rfc4514(cert.as_ref()).ok();
+        }
+        tracing::info!(client = %self.peer, tls = %desc, client_dn = self.client_dn.as_deref().unwrap_or("-"), "TLS established");
+        self.tls = Some(desc);
+        self.r = BufReader::with_capacity(16 * 1024, Box::new(tls) as BoxStream);
+        self.helo = None;
+        self.esmtp = false;
+        self.tx = Transaction::default();
+        Flow::Continue
+    }
+}
+
+/// `FROM:<path> params` -> (path, params). Tolerates a space after the colon.
+fn split_path<'a>(arg: &'a str, keyword: &str) -> Option<(&'a str, &'a str)> {
+    let head = arg.get(..keyword.len())?;
+    if !head.eq_ignore_ascii_case(keyword) {
+        return None;
+    }
+    let rest = arg[keyword.len()..].trim_start();
+    let rest = rest.strip_prefix('<')?;
+    // The path ends at the first '>' outside a quoted string.
+    let mut in_quote = false;
+    let mut escaped = false;
+    for (i, c) in rest.char_indices() {
+        match c {
+            _ if escaped => escaped = false,
+            '\\' if in_quote => escaped = true,
+            '"' => in_quote = !in_quote,
+            '>' if !in_quote => {
+                let params = &rest[i + 1..];
+                if !params.is_empty() && !params.starts_with(' ') {
+                    return None;
+                }
+                return Some((&rest[..i], params.trim()));
+            }
+            _ => {}
+        }
+    }
+    None
+}
+
+fn parse_bdat(arg: &str) -> Option<(usize, bool)> {
+    let mut it = arg.split_whitespace();
+    let n: usize = it.next()?.parse().ok()?;
+    let last = match it.next() {
+        None => false,
+        Some(w) if w.eq_ignore_ascii_case("LAST") => true,
+        Some(_) => return None,
+    };
+    it.next().is_none().then_some((n, last))
+}
+
+/// RFC 3461 xtext decoding.
+fn xtext_decode(s: &str) -> Option<String> {
+    let b = s.as_bytes();
+    let mut out = Vec::with_capacity(b.len());
+    let mut i = 0;
+    while i < b.len() {
+        if b[i] == b'+' {
+            let hex = std::str::from_utf8(b.get(i + 1..i + 3)?).ok()?;
+            out.push(u8::from_str_radix(hex, 16).ok()?);
+            i += 3;
+        } else if (33..=126).contains(&b[i]) && b[i] != b'=' {
+            out.push(b[i]);
+            i += 1;
+        } else {
+            return None;
+        }
+    }
+    String::from_utf8(out).ok()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn paths() {
+        assert_eq!(split_path("FROM:<a@b.fr> SIZE=10", "FROM:"), Some(("a@b.fr", "SIZE=10")));
+        assert_eq!(split_path("from: <a@b.fr>", "FROM:"), Some(("a@b.fr", "")));
+        assert_eq!(split_path("TO:<\"x>y\"@b.fr>", "TO:"), Some(("\"x>y\"@b.fr", "")));
+        assert_eq!(split_path("FROM:<>", "FROM:"), Some(("", "")));
+        assert_eq!(split_path("FROM:a@b.fr", "FROM:"), None);
+        assert_eq!(split_path("FROM:<a@b.fr>SIZE=1", "FROM:"), None);
+        assert_eq!(split_path("TO:<a@b.fr", "TO:"), None);
+    }
+
+    #[test]
+    fn bdat_args_and_xtext() {
+        assert_eq!(parse_bdat("100 LAST"), Some((100, true)));
+        assert_eq!(parse_bdat("0"), Some((0, false)));
+        assert_eq!(parse_bdat("x"), None);
+        assert_eq!(parse_bdat("1 LAST x"), None);
+        assert_eq!(xtext_decode("a+2Bb"), Some("a+b".into()));
+        assert_eq!(xtext_decode("a+zz"), None);
+    }
+}

@@ -1,0 +1,19 @@
+//! passerelle: a mail gateway between an establishment's MTA and the MSSanté trust space.
+//!
+//! The modules follow the mail's path: [`intake`] (SMTP server) -> [`policy`] (who may relay,
+//! where each recipient goes) -> [`queue`] (durable spool, scheduler) -> [`delivery`] (SMTP
+//! client, DNS, TLS) -> [`dsn`] (reports to the sender). Beside the path: [`config`], [`tls`],
+//! [`pki`], and [`server`], which wires them together.
+
+pub mod config;
+pub mod delivery;
+pub mod dsn;
+pub mod intake;
+pub mod message;
+pub mod net;
+pub mod pki;
+pub mod policy;
+pub mod queue;
+pub mod reply;
+pub mod server;
+pub mod tls;

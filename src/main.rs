@@ -1,0 +1,183 @@
+//! The `passerelle` command line: thin wrappers over the library, one clear line per error.
+
+use clap::{Parser, Subcommand, ValueEnum};
+use passerelle::config::{Config, DEFAULT_CONFIG};
+use std::path::PathBuf;
+use std::process::ExitCode;
+
+#[derive(Parser)]
+#[command(name = "passerelle", version, about = "MSSanté mail gateway")]
+struct Cli {
+    /// Configuration file.
+    #[arg(long, global = true, default_value = DEFAULT_CONFIG)]
+    config: PathBuf,
+    /// Log format on stderr.
+    #[arg(long, global = true, value_enum, default_value_t = LogFormat::Text)]
+    log_format: LogFormat,
+    #[command(subcommand)]
+    command: Command,
+}
+
+#[derive(Clone, Copy, ValueEnum)]
+enum LogFormat {
+    Text,
+    Json,
+}
+
+#[derive(Subcommand)]
+enum Command {
+    /// Run the gateway in the foreground (SIGTERM/SIGINT stop it, SIGHUP reloads).
+    Serve,
+    /// Validate the configuration and everything it refers to.
+    CheckConfig,
+    /// Development PKI.
+    Pki {
+        #[command(subcommand)]
+        what: PkiCommand,
+    },
+    /// Explain what happens to an address, like `postmap -q`.
+    Route {
+        #[command(subcommand)]
+        what: RouteCommand,
+    },
+}
+
+#[derive(Subcommand)]
+enum PkiCommand {
+    /// Make a development PKI standing for IGC-Santé (never for production).
+    Dev {
+        #[arg(long, default_value = passerelle::pki::DEFAULT_DEV_DIR)]
+        out: PathBuf,
+        /// Overwrite existing files.
+        #[arg(long)]
+        force: bool,
+    },
+}
+
+#[derive(Subcommand)]
+enum RouteCommand {
+    /// Which route an address takes, and why.
+    Test {
+        address: String,
+        #[arg(long)]
+        listener: Option<String>,
+        #[arg(long)]
+        from: Option<String>,
+    },
+}
+
+fn init_logging(format: LogFormat) {
+    use tracing_subscriber::EnvFilter;
+    let filter = EnvFilter::try_from_env("PASSERELLE_LOG").unwrap_or_else(|_| EnvFilter::new("info"));
+    let b = tracing_subscriber::fmt().with_env_filter(filter).with_writer(std::io::stderr);
+    match format {
+        LogFormat::Text => b.init(),
+        LogFormat::Json => b.json().flatten_event(true).init(),
+    }
+}
+
+fn main() -> ExitCode {
+    let cli = Cli::parse();
+    init_logging(cli.log_format);
+    match run(cli) {
+        Ok(code) => code,
+        Err(e) => {
+            for line in format!("{e:#}").lines() {
+                eprintln!("passerelle: {line}");
+            }
+            ExitCode::from(1)
+        }
+    }
+}
+
+fn run(cli: Cli) -> anyhow::Result<ExitCode> {
+    match cli.command {
+        Command::Serve => {
+            let rt = tokio::runtime::Builder::new_multi_thread().enable_all().build()?;
+            rt.block_on(passerelle::server::serve(&cli.config))?;
+            Ok(ExitCode::SUCCESS)
+        }
+        Command::CheckConfig => {
+            let cfg = Config::load_unvalidated(&cli.config)?;
+            let mut problems = cfg.validate();
+            if problems.is_empty() {
+                if let Err(e) = passerelle::server::Snapshot::load(&cli.config) {
+                    problems.extend(format!("{e:#}").lines().map(String::from));
+                }
+            }
+            if problems.is_empty() {
+                println!("{}: ok", cli.config.display());
+                Ok(ExitCode::SUCCESS)
+            } else {
+                for p in &problems {
+                    println!("{}: {p}", cli.config.display());
+                }
+                Ok(ExitCode::from(1))
+            }
+        }
+        Command::Pki { what: PkiCommand::Dev { out, force } } => {
+            let hostname = Config::load_unvalidated(&cli.config)
+                .map(|c| c.server.hostname)
+                .unwrap_or_else(|_| "passerelle.localhost".into());
+            let report = passerelle::pki::generate_dev_pki(&passerelle::pki::DevPkiOptions { out, hostname, force })?;
+            for f in &report.files {
+                println!("{}", f.display());
+            }
+            println!("gateway DN: {}", report.gateway_dn);
+            Ok(ExitCode::SUCCESS)
+        }
+        Command::Route { what: RouteCommand::Test { address, listener, from } } => {
+            let rt = tokio::runtime::Builder::new_current_thread().enable_all().build()?;
+            rt.block_on(route_test(&cli.config, &address, listener.as_deref(), from.as_deref()))
+        }
+    }
+}
+
+/// `passerelle route test`: the same decision RCPT makes, explained.
+async fn route_test(config: &std::path::Path, address: &str, listener: Option<&str>, _from: Option<&str>) -> anyhow::Result<ExitCode> {
+    use passerelle::policy::{parse_path, RcptDecision, RouteAction};
+    let snap = passerelle::server::Snapshot::load(config)?;
+    let cfg = &snap.config;
+    let l = match listener {
+        Some(n) => cfg.listener(n).ok_or_else(|| anyhow::anyhow!("no listener named {n:?}"))?,
+        None => cfg.listener.first().ok_or_else(|| anyhow::anyhow!("no listener configured"))?,
+    };
+    println!("listener: {} ({})", l.name, l.address);
+    let addr = match parse_path(address.trim_matches(['<', '>'])) {
+        Ok(Some(a)) => a,
+        Ok(None) => anyhow::bail!("the null address cannot be a recipient"),
+        Err(e) => {
+            println!("refused: {e}");
+            return Ok(ExitCode::from(1));
+        }
+    };
+    let p = &snap.policy;
+    let declared = |d: &str| p.is_declared(d);
+    for step in p.routes.explain(&l.routes, &addr.domain, &declared) {
+        match step.matched {
+            Some(pat) => println!("route {}: matched by pattern {pat}", step.route.name),
+            None => println!("route {}: no pattern matches {}", step.route.name, addr.domain),
+        }
+        if step.matched.is_some() {
+            if let RouteAction::Transport(t) = &step.route.action {
+                if let Some(tc) = cfg.transport.get(t) {
+                    let hop = match tc.kind {
+                        passerelle::config::TransportKind::Relay => format!("relay to {}", tc.next_hop.as_deref().unwrap_or("?")),
+                        passerelle::config::TransportKind::Mx => format!("MX of {} on port {}", addr.domain, tc.port),
+                    };
+                    println!("transport: {t} ({hop}), tls {}", tc.tls.as_str());
+                }
+            }
+        }
+    }
+    match p.check_recipient(&l.routes, &addr).await {
+        RcptDecision::Accept { route, transport, bal_type } => {
+            println!("verdict: accepted (route {route}, transport {transport}{})", bal_type.map(|b| format!(", directory BAL type {b}")).unwrap_or_default());
+            Ok(ExitCode::SUCCESS)
+        }
+        RcptDecision::Reject(r) => {
+            println!("verdict: refused: {r}");
+            Ok(ExitCode::from(1))
+        }
+    }
+}

@@ -1,0 +1,227 @@
+//! `passerelle serve`: builds everything from the config, runs until SIGTERM/SIGINT, reloads on
+//! SIGHUP. A reload builds a whole new snapshot beside the old one and swaps it in only if every
+//! part loaded; new sessions see it, sessions in flight keep theirs.
+
+use crate::config::{Config, DirectoryKind};
+use crate::delivery::{Agent, DeliveryConfig, Resolver};
+use crate::intake::{listener, Shared};
+use crate::message::Envelope;
+use crate::policy::{Directory, NoDirectory, Policy, Route, RouteAction, RouteTable};
+use crate::queue::{DsnRouter, QueueHandle, Scheduler, Spool};
+use crate::tls::TlsMaterial;
+use anyhow::{anyhow, Context};
+use arc_swap::ArcSwap;
+use std::collections::HashMap;
+use std::path::Path;
+use std::sync::Arc;
+use tokio::net::TcpListener;
+use tokio::sync::watch;
+
+/// Everything derived from one config file.
+pub struct Snapshot {
+    pub config: Config,
+    pub tls: Option<TlsMaterial>,
+    pub policy: Arc<Policy>,
+}
+
+/// Generates the development PKI when the config points into a missing `certs/dev`.
+pub fn ensure_dev_pki(cfg: &Config) -> anyhow::Result<()> {
+    let Some(tls) = &cfg.tls else { return Ok(()) };
+    let Some(dir) = tls.certificate.parent() else { return Ok(()) };
+    if tls.certificate.exists() || !dir.ends_with("certs/dev") {
+        return Ok(());
+    }
+    let report = crate::pki::generate_dev_pki(&crate::pki::DevPkiOptions {
+        out: dir.to_path_buf(),
+        hostname: cfg.server.hostname.clone(),
+        force: false,
+    })
+    .with_context(|| format!("generating the development PKI in {}", dir.display()))?;
+    tracing::warn!(dir = %dir.display(), dn = %report.gateway_dn,
+        "generated a DEVELOPMENT PKI (never use it in production)");
+    Ok(())
+}
+
+pub fn build_policy(cfg: &Config) -> anyhow::Result<Policy> {
+    let routes = cfg
+        .route
+        .iter()
+        .map(Route::from_config)
+        .collect::<Result<Vec<_>, _>>()
+        .map_err(|e| anyhow!(e))?;
+    let declared: Option<Arc<dyn Fn(&str) -> bool + Send + Sync>> = match &cfg.whitelist {
+        Some(w) => return Err(anyhow!("whitelist {}: WIRE-ME", w.file.display())),
+        None => None,
+    };
+    let directory: Arc<dyn Directory> = match cfg.directory.kind {
+        DirectoryKind::None => Arc::new(NoDirectory),
+        DirectoryKind::Extract => {
+            let file = cfg.directory.file.as_ref().ok_or_else(|| anyhow!("directory.file: required"))?;
+            return Err(anyhow!("directory {}: WIRE-ME", file.display()));
+        }
+        DirectoryKind::Ldap => return Err(anyhow!("directory.kind = \"ldap\" is not available in this build yet")),
+    };
+    Ok(Policy { routes: RouteTable::new(routes), directory, declared })
+}
+
+impl Snapshot {
+    pub fn load(path: &Path) -> anyhow::Result<Snapshot> {
+        let config = Config::load_unvalidated(path)?;
+        ensure_dev_pki(&config)?;
+        let problems = config.validate();
+        if !problems.is_empty() {
+            return Err(anyhow!("{}", problems.join("\n")));
+        }
+        let tls = config.tls.as_ref().map(TlsMaterial::load).transpose()?;
+        let policy = Arc::new(build_policy(&config)?);
+        Ok(Snapshot { config, tls, policy })
+    }
+
+    fn server_tls(&self, l: &crate::config::ListenerConfig) -> anyhow::Result<Option<Arc<rustls::ServerConfig>>> {
+        use crate::config::{ClientCert, StartTls};
+        let Some(m) = &self.tls else { return Ok(None) };
+        if l.starttls == StartTls::Off {
+            return Ok(None);
+        }
+        let verifier = match l.client_certificate {
+            ClientCert::Off => None,
+            // Unauthenticated clients are let through the handshake so the SMTP layer can
+            // answer them with a proper reply; MAIL then refuses them.
+            ClientCert::Request | ClientCert::Require => {
+                let mut b = rustls::server::WebPkiClientVerifier::builder_with_provider(m.roots.clone(), crate::tls::provider());
+                if !m.crls.is_empty() {
+                    b = b.with_crls(m.crls.clone());
+                }
+                Some(b.allow_unauthenticated().build().map_err(|e| anyhow!("listener {}: {e}", l.name))?)
+            }
+        };
+        Ok(Some(m.server_config(verifier)?))
+    }
+}
+
+/// Where a DSN to the original sender goes: the receiving listener's routes first, then every
+/// route in config order; reject routes are skipped, the directory is not consulted.
+fn dsn_router(policy: Arc<ArcSwap<Policy>>, listeners: Arc<ArcSwap<HashMap<String, Vec<String>>>>) -> DsnRouter {
+    Arc::new(move |env: &Envelope| {
+        let p = policy.load();
+        let to = env.recipients.first()?;
+        let domain = to.address.rsplit_once('@')?.1.to_ascii_lowercase();
+        let declared = |d: &str| p.is_declared(d);
+        let usable = |r: &Route| matches!(r.action, RouteAction::Transport(_)) && r.patterns.iter().any(|pat| pat.matches(&domain, &declared));
+        let own = listeners.load().get(&env.listener).cloned().unwrap_or_default();
+        let from_listener = own.iter().filter_map(|n| p.routes.get(n)).find(|r| usable(r));
+        let route = from_listener.or_else(|| p.routes.all().iter().find(|r| usable(r)))?;
+        match &route.action {
+            RouteAction::Transport(t) => Some((route.name.clone(), t.clone())),
+            RouteAction::Reject(_) => None,
+        }
+    })
+}
+
+pub async fn serve(config_path: &Path) -> anyhow::Result<()> {
+    let snap = Snapshot::load(config_path)?;
+    let cfg = &snap.config;
+    let (spool, recovered, report) = Spool::open(&cfg.server.spool)?;
+    tracing::info!(spool = %cfg.server.spool.display(), messages = report.messages, segments = report.segments,
+        quarantined = report.quarantined, "queue recovered");
+    let resolver = Resolver::new(&cfg.dns).map_err(|e| anyhow!(e))?;
+    let agent = Agent::new(DeliveryConfig::new(cfg, snap.tls.as_ref()).map_err(|e| anyhow!(e))?, resolver);
+    let policy = Arc::new(ArcSwap::new(snap.policy.clone()));
+    let listener_routes: HashMap<String, Vec<String>> = cfg.listener.iter().map(|l| (l.name.clone(), l.routes.clone())).collect();
+    let listener_routes = Arc::new(ArcSwap::from_pointee(listener_routes));
+    let queue_cfg = Arc::new(ArcSwap::from_pointee(cfg.queue.clone()));
+    let queue = Scheduler::start(
+        spool.clone(),
+        agent.clone(),
+        queue_cfg.clone(),
+        cfg.server.hostname.clone(),
+        dsn_router(policy.clone(), listener_routes.clone()),
+        recovered,
+    );
+
+    let (shutdown_tx, shutdown_rx) = watch::channel(false);
+    let mut listeners: HashMap<String, Arc<ArcSwap<Shared>>> = HashMap::new();
+    let mut tasks = Vec::new();
+    for l in &cfg.listener {
+        let sock = TcpListener::bind(&l.address).await.with_context(|| format!("listener {}: bind {}", l.name, l.address))?;
+        let shared = Arc::new(ArcSwap::from_pointee(shared_for(&snap, l, &policy, &spool, &queue)?));
+        tracing::info!(listener = %l.name, address = %l.address, "listening");
+        listeners.insert(l.name.clone(), shared.clone());
+        tasks.push(tokio::spawn(listener::run(sock, shared, shutdown_rx.clone())));
+    }
+
+    use tokio::signal::unix::{signal, SignalKind};
+    let mut term = signal(SignalKind::terminate())?;
+    let mut int = signal(SignalKind::interrupt())?;
+    let mut hup = signal(SignalKind::hangup())?;
+    loop {
+        tokio::select! {
+            _ = term.recv() => break,
+            _ = int.recv() => break,
+            _ = hup.recv() => {
+                match reload(config_path, &listeners, &policy, &spool, &queue, &agent, &queue_cfg, &listener_routes) {
+                    Ok(()) => tracing::info!(config = %config_path.display(), "configuration reloaded"),
+                    Err(e) => tracing::error!(config = %config_path.display(), "reload refused, keeping the running configuration: {e:#}"),
+                }
+            }
+        }
+    }
+    tracing::info!("shutting down: no new connections, finishing sessions in flight");
+    let _ = shutdown_tx.send(true);
+    for t in tasks {
+        let _ = t.await;
+    }
+    queue.shutdown().await;
+    agent.close_all().await;
+    tracing::info!("stopped; the queue is safe on disk");
+    Ok(())
+}
+
+fn shared_for(
+    snap: &Snapshot,
+    l: &crate::config::ListenerConfig,
+    policy: &Arc<ArcSwap<Policy>>,
+    spool: &Spool,
+    queue: &QueueHandle,
+) -> anyhow::Result<Shared> {
+    Ok(Shared {
+        listener: l.clone(),
+        hostname: snap.config.server.hostname.clone(),
+        limits: snap.config.smtp.clone(),
+        policy: policy.clone(),
+        tls: snap.server_tls(l)?,
+        spool: spool.clone(),
+        queue: queue.clone(),
+    })
+}
+
+#[allow(clippy::too_many_arguments)]
+fn reload(
+    path: &Path,
+    listeners: &HashMap<String, Arc<ArcSwap<Shared>>>,
+    policy: &Arc<ArcSwap<Policy>>,
+    spool: &Spool,
+    queue: &QueueHandle,
+    agent: &Arc<Agent>,
+    queue_cfg: &Arc<ArcSwap<crate::config::QueueConfig>>,
+    listener_routes: &Arc<ArcSwap<HashMap<String, Vec<String>>>>,
+) -> anyhow::Result<()> {
+    let snap = Snapshot::load(path)?;
+    // Build every part first; swap only when all succeeded.
+    let delivery = DeliveryConfig::new(&snap.config, snap.tls.as_ref()).map_err(|e| anyhow!(e))?;
+    let mut shareds = Vec::new();
+    for l in &snap.config.listener {
+        match listeners.get(&l.name) {
+            Some(slot) => shareds.push((slot, shared_for(&snap, l, policy, spool, queue)?)),
+            None => tracing::warn!(listener = %l.name, "new listener in the config: restart to bind it"),
+        }
+    }
+    policy.store(snap.policy.clone());
+    for (slot, sh) in shareds {
+        slot.store(Arc::new(sh));
+    }
+    agent.reconfigure(delivery);
+    queue_cfg.store(Arc::new(snap.config.queue.clone()));
+    listener_routes.store(Arc::new(snap.config.listener.iter().map(|l| (l.name.clone(), l.routes.clone())).collect()));
+    Ok(())
+}

@@ -1,0 +1,786 @@
+"""End-to-end test harness for passerelle (Python 3 stdlib only).
+
+Pieces reused by every e2e test:
+
+* ``free_port``, ``wait_port``, ``wait_until``  -- bounded waits, loopback only
+* ``Postfix``   -- a private Postfix instance (``postfix -c DIR start``) rendered from
+                   tests/postfix/{main,master}.cf with its own queue/data/log directories
+* ``Peer``      -- the project's SMTP test peer ``mss-peer`` (a sink standing for a next hop)
+* ``Gateway``   -- ``passerelle serve --config FILE`` with its log in a file
+* ``swaks``, ``smtp_session``, ``RawSMTP`` -- SMTP clients
+* ``E2ETestCase`` -- unittest base class: one temporary directory per test, every process
+                   started through it is stopped on teardown (even on failure), a per-test
+                   time limit (SIGALRM), and the logs of all components printed on failure.
+
+Environment knobs:
+  PASSERELLE_BIN     gateway binary        (default <repo>/target/release/passerelle)
+  MSS_PEER_BIN       test peer binary      (default <repo>/target/testpeer/release/mss-peer)
+  E2E_TEST_TIMEOUT   seconds per test      (default 120)
+  E2E_KEEP           1 = keep temporary directories even when the test passed
+                     (they are always kept when a test fails; the path is printed)
+"""
+
+import contextlib
+import email
+import email.policy
+import json
+import os
+import re
+import shutil
+import signal
+import smtplib
+import socket
+import string
+import subprocess
+import sys
+import tempfile
+import time
+import unittest
+
+REPO = os.path.abspath(os.path.join(os.path.dirname(__file__), "..", ".."))
+POSTFIX_TEMPLATES = os.path.join(REPO, "tests", "postfix")
+PASSERELLE_BIN = os.environ.get("PASSERELLE_BIN", os.path.join(REPO, "target", "release", "passerelle"))
+MSS_PEER_BIN = os.environ.get("MSS_PEER_BIN", os.path.join(REPO, "target", "testpeer", "release", "mss-peer"))
+TEST_TIMEOUT = int(os.environ.get("E2E_TEST_TIMEOUT", "120"))
+LOOPBACK = "127.0.0.1"
+
+
+class HarnessError(Exception):
+    """A component of the test bed could not be started/stopped as expected."""
+
+
+class TestTimeout(Exception):
+    """Raised by the per-test SIGALRM guard."""
+
+
+# --------------------------------------------------------------------------- waits
+
+_used_ports = set()
+
+
+def free_port(host=LOOPBACK):
+    """A TCP port free on host right now (never the same one twice in this process)."""
+    for _ in range(50):
+        with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as s:
+            s.bind((host, 0))
+            port = s.getsockname()[1]
+        if port not in _used_ports:
+            _used_ports.add(port)
+            return port
+    raise HarnessError("no free port found")
+
+
+def port_open(host, port, timeout=0.5):
+    try:
+        with socket.create_connection((host, port), timeout=timeout):
+            return True
+    except OSError:
+        return False
+
+
+def wait_until(pred, timeout=10.0, interval=0.05, what=None):
+    """Poll pred() until it returns a truthy value (returned) or timeout (raises)."""
+    deadline = time.monotonic() + timeout
+    while True:
+        v = pred()
+        if v:
+            return v
+        if time.monotonic() >= deadline:
+            raise TimeoutError("timed out after %.1fs waiting for %s" % (timeout, what or getattr(pred, "__name__", "condition")))
+        time.sleep(interval)
+
+
+def wait_port(host, port, timeout=10.0, proc=None):
+    """Wait until host:port accepts TCP connections. If proc (a Popen) exits first, raise."""
+    def ready():
+        if proc is not None and proc.poll() is not None:
+            raise HarnessError("process %s exited with %s before listening on %s:%s" % (proc.args, proc.returncode, host, port))
+        return port_open(host, port)
+    return wait_until(ready, timeout, what="%s:%s to listen" % (host, port))
+
+
+def split_hostport(addr):
+    host, _, port = addr.rpartition(":")
+    return host.strip("[]"), int(port)
+
+
+def read_text(path):
+    try:
+        with open(path, "rb") as f:
+            return f.read().decode("utf-8", "replace")
+    except FileNotFoundError:
+        return ""
+
+
+def tail(text, n=60):
+    lines = text.splitlines()
+    return "\n".join(lines[-n:])
+
+
+def wait_file_regex(path, regex, timeout, what=None):
+    """Wait until the file's text matches regex; returns the match object."""
+    rx = re.compile(regex, re.M)
+
+    def found():
+        return rx.search(read_text(path))
+    return wait_until(found, timeout, interval=0.1, what=what or "/%s/ in %s" % (regex, path))
+
+
+def _kill_group(proc, sig):
+    try:
+        os.killpg(proc.pid, sig)
+    except (ProcessLookupError, PermissionError):
+        try:
+            proc.send_signal(sig)
+        except ProcessLookupError:
+            pass
+
+
+def stop_process(proc, grace=10.0, sig=signal.SIGTERM):
+    """Signal a process (started in its own process group), wait, SIGKILL the group after grace."""
+    if proc is None:
+        return None
+    if proc.poll() is None:
+        _kill_group(proc, sig)
+        try:
+            proc.wait(timeout=grace)
+        except subprocess.TimeoutExpired:
+            _kill_group(proc, signal.SIGKILL)
+            proc.wait(timeout=10)
+    else:
+        # reap leftovers of the group (children of a dead leader)
+        with contextlib.suppress(Exception):
+            os.killpg(proc.pid, signal.SIGKILL)
+    return proc.returncode
+
+
+# --------------------------------------------------------------------------- TOML
+
+def _toml_key(k):
+    return k if re.fullmatch(r"[A-Za-z0-9_-]+", k) else json.dumps(k)
+
+
+def _toml_value(v):
+    if isinstance(v, bool):
+        return "true" if v else "false"
+    if isinstance(v, (int, float)):
+        return repr(v)
+    if isinstance(v, str):
+        return json.dumps(v, ensure_ascii=False)  # a JSON string is a valid TOML basic string
+    if isinstance(v, (list, tuple)):
+        return "[" + ", ".join(_toml_value(x) for x in v) + "]"
+    if isinstance(v, dict):
+        return "{ " + ", ".join("%s = %s" % (_toml_key(k), _toml_value(x)) for k, x in v.items()) + " }"
+    raise TypeError("cannot write %r as TOML" % (v,))
+
+
+def _is_table_array(v):
+    return isinstance(v, (list, tuple)) and v and all(isinstance(x, dict) for x in v)
+
+
+def toml_dumps(data, _prefix=""):
+    """Minimal TOML writer: nested dicts become [tables], lists of dicts [[arrays of tables]]."""
+    out = []
+    for k, v in data.items():
+        if not isinstance(v, dict) and not _is_table_array(v):
+            out.append("%s = %s" % (_toml_key(k), _toml_value(v)))
+    for k, v in data.items():
+        name = _prefix + _toml_key(k)
+        if isinstance(v, dict):
+            scalars = {a: b for a, b in v.items() if not isinstance(b, dict) and not _is_table_array(b)}
+            if scalars or not v:
+                out.append("\n[%s]" % name)
+            out.append(toml_dumps(v, name + "."))
+        elif _is_table_array(v):
+            for item in v:
+                out.append("\n[[%s]]" % name)
+                out.append(toml_dumps(item, name + "."))
+    return "\n".join(x for x in out if x != "")
+
+
+# --------------------------------------------------------------------------- PKI
+
+_pki_cache = {}
+
+
+def dev_pki(base_dir=None):
+    """Certificates for the gateway: passerelle.crt, passerelle.key, ca.pem, ca.crl.
+
+    Made by ``passerelle pki dev --out DIR`` when the binary supports it, else with openssl
+    (root CA -> intermediate -> leaf with serverAuth+clientAuth, SAN localhost/127.0.0.1).
+    Cached for the whole test process; returns a dict of absolute paths (+ 'how')."""
+    if "pki" in _pki_cache:
+        return _pki_cache["pki"]
+    d = base_dir or tempfile.mkdtemp(prefix="pe2e-pki-")
+    os.chmod(d, 0o755)
+    names = ["passerelle.crt", "passerelle.key", "ca.pem", "ca.crl"]
+    how = None
+    if os.access(PASSERELLE_BIN, os.X_OK):
+        out = os.path.join(d, "gw")
+        try:
+            r = subprocess.run([PASSERELLE_BIN, "pki", "dev", "--out", out], cwd=d, timeout=60,
+                               stdout=subprocess.PIPE, stderr=subprocess.STDOUT)
+            if r.returncode == 0 and all(os.path.exists(os.path.join(out, n)) for n in names):
+                how = "passerelle pki dev"
+        except (OSError, subprocess.TimeoutExpired):
+            pass
+    if how is None:
+        out = os.path.join(d, "openssl")
+        _openssl_pki(out)
+        how = "openssl"
+    res = {n.replace(".", "_"): os.path.join(out, n) for n in names}
+    res.update(certificate=res["passerelle_crt"], private_key=res["passerelle_key"],
+               trust_anchors=res["ca_pem"], crl=res["ca_crl"], dir=out, how=how)
+    _pki_cache["pki"] = res
+    return res
+
+
+def _openssl_pki(out):
+    os.makedirs(out, exist_ok=True)
+
+    def ossl(*args, stdin=None):
+        r = subprocess.run(["openssl"] + list(args), cwd=out, input=stdin, timeout=60,
+                           stdout=subprocess.PIPE, stderr=subprocess.STDOUT)
+        if r.returncode != 0:
+            raise HarnessError("openssl %s failed: %s" % (" ".join(args), r.stdout.decode(errors="replace")))
+    ec = ["-newkey", "ec", "-pkeyopt", "ec_paramgen_curve:prime256v1", "-nodes"]
+    ossl("req", "-x509", *ec, "-keyout", "root.key", "-out", "root.pem", "-days", "3650",
+         "-subj", "/C=FR/O=Test IGC-Sante/CN=Test Root CA",
+         "-addext", "basicConstraints=critical,CA:TRUE", "-addext", "keyUsage=critical,keyCertSign,cRLSign")
+    ossl("req", *ec, "-keyout", "int.key", "-out", "int.csr", "-subj", "/C=FR/O=Test IGC-Sante/CN=Test Intermediate CA")
+    with open(os.path.join(out, "int.ext"), "w") as f:
+        f.write("basicConstraints=critical,CA:TRUE,pathlen:0\nkeyUsage=critical,keyCertSign,cRLSign\n"
+                "subjectKeyIdentifier=hash\nauthorityKeyIdentifier=keyid\n")
+    ossl("x509", "-req", "-in", "int.csr", "-CA", "root.pem", "-CAkey", "root.key", "-CAcreateserial",
+         "-out", "int.pem", "-days", "3650", "-extfile", "int.ext")
+    ossl("req", *ec, "-keyout", "passerelle.key", "-out", "leaf.csr",
+         "-subj", "/C=FR/O=Test/CN=passerelle.chu-test.mssante.fr")
+    with open(os.path.join(out, "leaf.ext"), "w") as f:
+        f.write("basicConstraints=critical,CA:FALSE\nkeyUsage=critical,digitalSignature,keyEncipherment\n"
+                "extendedKeyUsage=serverAuth,clientAuth\n"
+                "subjectAltName=DNS:passerelle.chu-test.mssante.fr,DNS:localhost,IP:127.0.0.1\n"
+                "subjectKeyIdentifier=hash\nauthorityKeyIdentifier=keyid\n")
+    ossl("x509", "-req", "-in", "leaf.csr", "-CA", "int.pem", "-CAkey", "int.key", "-CAcreateserial",
+         "-out", "leaf.pem", "-days", "825", "-extfile", "leaf.ext")
+    with open(os.path.join(out, "passerelle.crt"), "wb") as f:
+        for n in ("leaf.pem", "int.pem"):
+            with open(os.path.join(out, n), "rb") as g:
+                f.write(g.read())
+    with open(os.path.join(out, "ca.pem"), "wb") as f:
+        with open(os.path.join(out, "root.pem"), "rb") as g:
+            f.write(g.read())
+    # an (empty) CRL issued by the root, through a minimal `openssl ca` setup
+    open(os.path.join(out, "index.txt"), "w").close()
+    with open(os.path.join(out, "crlnumber"), "w") as f:
+        f.write("01\n")
+    with open(os.path.join(out, "ca.cnf"), "w") as f:
+        f.write("[ca]\ndefault_ca=CA_default\n[CA_default]\ndatabase=index.txt\ncrlnumber=crlnumber\n"
+                "default_md=sha256\ndefault_crl_days=30\n")
+    ossl("ca", "-config", "ca.cnf", "-gencrl", "-keyfile", "root.key", "-cert", "root.pem", "-out", "ca.crl")
+    os.chmod(os.path.join(out, "passerelle.key"), 0o600)
+
+
+# --------------------------------------------------------------------------- SMTP clients
+
+def swaks(*args, timeout=60):
+    """Run swaks with the given arguments; returns (returncode, combined output)."""
+    try:
+        r = subprocess.run(["swaks"] + [str(a) for a in args], stdin=subprocess.DEVNULL,
+                           stdout=subprocess.PIPE, stderr=subprocess.STDOUT, timeout=timeout)
+    except subprocess.TimeoutExpired as e:
+        return 124, (e.output or b"").decode("utf-8", "replace") + "\n[swaks timed out]"
+    return r.returncode, r.stdout.decode("utf-8", "replace")
+
+
+@contextlib.contextmanager
+def smtp_session(host, port, helo="client.chu-test.mssante.fr", timeout=30, ehlo=True):
+    """smtplib.SMTP connected (and EHLO'd) to host:port; closed on exit."""
+    s = smtplib.SMTP(timeout=timeout)
+    try:
+        s.connect(host, port)
+        if ehlo:
+            s.ehlo(helo)
+        yield s
+    finally:
+        with contextlib.suppress(Exception):
+            s.quit()
+        with contextlib.suppress(Exception):
+            s.close()
+
+
+def queued_id(reply_text):
+    """The queue ID of a `250 ... queued as ID` reply (bytes or str), or None."""
+    if isinstance(reply_text, bytes):
+        reply_text = reply_text.decode("utf-8", "replace")
+    m = re.search(r"queued as ([^\s]+)", reply_text)
+    return m.group(1) if m else None
+
+
+class RawSMTP:
+    """Byte-level SMTP client for protocol tests (bare LF, BDAT, odd addresses)."""
+
+    def __init__(self, host, port, timeout=20):
+        self.sock = socket.create_connection((host, port), timeout=timeout)
+        self.buf = b""
+        self.transcript = []
+
+    def send(self, data):
+        if isinstance(data, str):
+            data = data.encode()
+        self.transcript.append(b"C: " + data[:300])
+        self.sock.sendall(data)
+
+    def _line(self):
+        while b"\r\n" not in self.buf:
+            chunk = self.sock.recv(65536)
+            if not chunk:
+                raise ConnectionError("connection closed by server; transcript:\n" + self.dump())
+            self.buf += chunk
+        line, self.buf = self.buf.split(b"\r\n", 1)
+        return line
+
+    def reply(self):
+        """Read one (possibly multi-line) reply: (code:int, text:str with lines joined by \\n)."""
+        lines = []
+        while True:
+            line = self._line()
+            self.transcript.append(b"S: " + line)
+            lines.append(line)
+            if len(line) < 4 or line[3:4] != b"-":
+                break
+        code = int(lines[0][:3])
+        return code, "\n".join(l[4:].decode("utf-8", "replace") for l in lines)
+
+    def cmd(self, line):
+        self.send(line + "\r\n" if isinstance(line, str) else line + b"\r\n")
+        return self.reply()
+
+    def dump(self):
+        return "\n".join(x.decode("utf-8", "replace") for x in self.transcript)
+
+    def close(self):
+        with contextlib.suppress(Exception):
+            self.sock.sendall(b"QUIT\r\n")
+        with contextlib.suppress(Exception):
+            self.sock.close()
+
+
+# --------------------------------------------------------------------------- processes
+
+class _Proc:
+    """Common bits: a subprocess in its own process group with output in a log file."""
+
+    proc = None
+    logfile = None
+
+    def running(self):
+        return self.proc is not None and self.proc.poll() is None
+
+    def log(self):
+        return read_text(self.logfile)
+
+    def wait_log(self, regex, timeout=10.0):
+        return wait_file_regex(self.logfile, regex, timeout, what="/%s/ in %s" % (regex, self.logfile))
+
+    def _spawn(self, argv, cwd, env=None):
+        lf = open(self.logfile, "ab")
+        try:
+            self.proc = subprocess.Popen(argv, cwd=cwd, env=env, stdin=subprocess.DEVNULL,
+                                         stdout=lf, stderr=subprocess.STDOUT, start_new_session=True)
+        finally:
+            lf.close()
+        return self.proc
+
+
+class Peer(_Proc):
+    """The project's SMTP test peer (mss-peer) as a next-hop sink.
+
+    Peer(tmpdir, "a", listen="127.0.0.1:PORT", rcpt_reply=["bob=550 5.1.1 no"], require_tls=True)
+    Keyword options map to mss-peer flags: foo_bar=value -> --foo-bar value, True -> --foo-bar,
+    a list -> the flag repeated.  start=False creates it stopped (its port is reserved)."""
+
+    def __init__(self, tmpdir, name="peer", listen=None, start=True, **opts):
+        self.name = name
+        self.root = os.path.join(tmpdir, "peer-" + name)
+        self.dir = os.path.join(self.root, "mail")
+        os.makedirs(self.dir, exist_ok=True)
+        self.listen = listen or "%s:%d" % (LOOPBACK, free_port())
+        self.host, self.port = split_hostport(self.listen)
+        self.logfile = os.path.join(self.root, "stdout.log")
+        self.protolog = os.path.join(self.root, "peer.log")
+        self.opts = opts
+        if start:
+            self.start()
+
+    def argv(self):
+        argv = [MSS_PEER_BIN, "--listen", self.listen, "--dir", self.dir, "--log", self.protolog]
+        for k, v in self.opts.items():
+            flag = "--" + k.replace("_", "-")
+            if v is None or v is False:
+                continue
+            if v is True:
+                argv.append(flag)
+            elif isinstance(v, (list, tuple)):
+                for x in v:
+                    argv += [flag, str(x)]
+            else:
+                argv += [flag, str(v)]
+        return argv
+
+    def start(self, timeout=10.0):
+        if self.running():
+            return self
+        if not os.access(MSS_PEER_BIN, os.X_OK):
+            raise HarnessError("test peer binary missing: %s (build: CARGO_TARGET_DIR=target/testpeer "
+                               "cargo build --release --manifest-path testpeer/Cargo.toml)" % MSS_PEER_BIN)
+        start_len = len(self.log())
+        self._spawn(self.argv(), cwd=self.root)
+
+        def banner():
+            if self.proc.poll() is not None:
+                raise HarnessError("mss-peer %s exited with %s:\n%s" % (self.name, self.proc.returncode, tail(self.log())))
+            return "mss-peer listening on" in self.log()[start_len:]
+        wait_until(banner, timeout, what="mss-peer %s banner" % self.name)
+        return self
+
+    def stop(self):
+        stop_process(self.proc, grace=5)
+
+    def messages(self):
+        """[(envelope dict, eml bytes)] of every complete message, in arrival order."""
+        res = []
+        try:
+            names = os.listdir(self.dir)
+        except FileNotFoundError:
+            return res
+        nums = sorted(int(n[:-5]) for n in names if n.endswith(".json") and n[:-5].isdigit())
+        for n in nums:
+            with open(os.path.join(self.dir, "%d.json" % n), "rb") as f:
+                meta = json.load(f)
+            with open(os.path.join(self.dir, "%d.eml" % n), "rb") as f:
+                eml = f.read()
+            meta.setdefault("n", n)
+            res.append((meta, eml))
+        return res
+
+    def count(self):
+        return len(self.messages())
+
+    def wait_messages(self, n, timeout=15.0):
+        """Wait until at least n messages arrived; returns messages()."""
+        def enough():
+            m = self.messages()
+            return m if len(m) >= n else None
+        try:
+            return wait_until(enough, timeout, interval=0.1, what="%d message(s) at peer %s" % (n, self.name))
+        except TimeoutError as e:
+            raise AssertionError("%s (got %d)" % (e, len(self.messages())))
+
+    def proto_log(self):
+        return read_text(self.protolog)
+
+
+def addr(a):
+    """Bare address of an envelope address as the peer reports it ('<x>' -> 'x', None -> '')."""
+    if a is None:
+        return ""
+    a = a.strip()
+    if a.startswith("<") and a.endswith(">"):
+        a = a[1:-1]
+    return a
+
+
+def rcpts(meta):
+    return [addr(r) for r in meta.get("rcpt_to", [])]
+
+
+def parse_eml(eml):
+    return email.message_from_bytes(eml, policy=email.policy.default)
+
+
+class Postfix:
+    """A private Postfix instance on loopback: postfix -c <root>/etc start.
+
+    Postfix(tmpdir, "mta", listen="127.0.0.1:PORT", relayhost="[127.0.0.1]:2525",
+            transport_map_lines=["example.org smtp:[127.0.0.1]:2600"], extra_main_cf={...})"""
+
+    def __init__(self, tmpdir, name="mta", listen=None, relayhost="", transport_map_lines=(),
+                 extra_main_cf=None, myhostname=None, mydomain="chu-test.mssante.fr",
+                 smtp_tls_security_level="none", start=True):
+        if not shutil.which("postfix") and not os.path.exists("/usr/sbin/postfix"):
+            raise HarnessError("postfix is not installed (run tests/install-deps.sh)")
+        self.name = name
+        self.root = os.path.join(tmpdir, "postfix-" + name)
+        self.etc = os.path.join(self.root, "etc")
+        for d in ("etc", "spool", "log"):
+            os.makedirs(os.path.join(self.root, d), exist_ok=True)
+        self.listen = listen or "%s:%d" % (LOOPBACK, free_port())
+        self.host, self.port = split_hostport(self.listen)
+        self.logfile = os.path.join(self.root, "log", "postfix.log")
+        self.pidfile = os.path.join(self.root, "spool", "pid", "master.pid")
+        self.master_pid = None
+        values = dict(root=self.root, config_directory=self.etc, listen=self.listen,
+                      syslog_name="pf-e2e-%s-%d" % (name, self.port),
+                      myhostname=myhostname or "%s.%s" % (name, mydomain), mydomain=mydomain,
+                      relayhost=relayhost, smtp_tls_security_level=smtp_tls_security_level)
+        main_cf = self._render("main.cf", values)
+        main_cf = self._override(main_cf, extra_main_cf or {})
+        with open(os.path.join(self.etc, "main.cf"), "w") as f:
+            f.write(main_cf)
+        with open(os.path.join(self.etc, "master.cf"), "w") as f:
+            f.write(self._render("master.cf", values))
+        with open(os.path.join(self.etc, "transport"), "w") as f:
+            f.write("".join(l + "\n" for l in transport_map_lines))
+        if start:
+            self.start()
+
+    @staticmethod
+    def _render(name, values):
+        with open(os.path.join(POSTFIX_TEMPLATES, name)) as f:
+            return string.Template(f.read()).substitute(values)
+
+    @staticmethod
+    def _override(main_cf, extra):
+        if not extra:
+            return main_cf
+        keys = set(extra)
+        lines = [l for l in main_cf.splitlines()
+                 if not (re.match(r"^\s*([a-z0-9_]+)\s*=", l) and re.match(r"^\s*([a-z0-9_]+)", l).group(1) in keys)]
+        lines.append("# --- per-test settings")
+        lines += ["%s = %s" % (k, v) for k, v in extra.items()]
+        return "\n".join(lines) + "\n"
+
+    def _postfix(self, *args, timeout=60):
+        r = subprocess.run(["postfix", "-c", self.etc] + list(args), stdin=subprocess.DEVNULL,
+                           stdout=subprocess.PIPE, stderr=subprocess.STDOUT, timeout=timeout,
+                           start_new_session=True)
+        return r.returncode, r.stdout.decode("utf-8", "replace")
+
+    def start(self, timeout=15.0):
+        rc, out = self._postfix("check")
+        if rc != 0:
+            raise HarnessError("postfix -c %s check failed:\n%s" % (self.etc, out))
+        rc, out = self._postfix("start")
+        if rc != 0:
+            raise HarnessError("postfix -c %s start failed:\n%s\n%s" % (self.etc, out, tail(self.log())))
+        try:
+            self.master_pid = int(wait_until(lambda: read_text(self.pidfile).strip(), 5, what="postfix master.pid"))
+        except TimeoutError:
+            self.master_pid = None
+        wait_port(self.host, self.port, timeout)
+        return self
+
+    def running(self):
+        if not self.master_pid:
+            return False
+        try:
+            os.kill(self.master_pid, 0)
+            return True
+        except ProcessLookupError:
+            return False
+
+    def stop(self):
+        if not self.master_pid:
+            return
+        with contextlib.suppress(Exception):
+            self._postfix("stop", timeout=20)
+        try:
+            wait_until(lambda: not self.running(), 10, what="postfix master to exit")
+        except TimeoutError:
+            # master started its own session: its pid is also its process group
+            with contextlib.suppress(ProcessLookupError, PermissionError):
+                os.killpg(self.master_pid, signal.SIGKILL)
+            with contextlib.suppress(ProcessLookupError):
+                os.kill(self.master_pid, signal.SIGKILL)
+        self.master_pid = None
+
+    def log(self):
+        return read_text(self.logfile)
+
+    def wait_log(self, regex, timeout=10.0):
+        return wait_file_regex(self.logfile, regex, timeout, what="/%s/ in postfix %s log" % (regex, self.name))
+
+    def flush(self):
+        """Ask the queue manager to retry deferred mail now (postqueue -f)."""
+        subprocess.run(["postqueue", "-c", self.etc, "-f"], stdin=subprocess.DEVNULL,
+                       stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, timeout=30)
+
+    def queue(self):
+        """postqueue -p output."""
+        r = subprocess.run(["postqueue", "-c", self.etc, "-p"], stdin=subprocess.DEVNULL,
+                           stdout=subprocess.PIPE, stderr=subprocess.STDOUT, timeout=30)
+        return r.stdout.decode("utf-8", "replace")
+
+
+class Gateway(_Proc):
+    """passerelle serve --config <tmp>/gw/passerelle.toml (cwd = that directory).
+
+    config: TOML text or a dict (written with toml_dumps).  env: extra environment
+    (e.g. {"PASSERELLE__QUEUE__LIFETIME": "10s"}).  Listener addresses are read from
+    the config to know when the gateway is up."""
+
+    def __init__(self, tmpdir, config, env=None, name="gw", start=True):
+        self.name = name
+        self.root = os.path.join(tmpdir, name)
+        os.makedirs(self.root, exist_ok=True)
+        self.config_path = os.path.join(self.root, "passerelle.toml")
+        self.logfile = os.path.join(self.root, "passerelle.log")
+        self.env = dict(env or {})
+        self.set_config(config)
+        if start:
+            self.start()
+
+    def set_config(self, config):
+        self.config = config
+        text = config if isinstance(config, str) else toml_dumps(config)
+        with open(self.config_path, "w") as f:
+            f.write(text + "\n")
+        self.listeners = []
+        for m in re.finditer(r'^\s*address\s*=\s*"([^"]+)"', text, re.M):
+            self.listeners.append(split_hostport(m.group(1)))
+        m = re.search(r'^\s*admin\s*=\s*"([^"]+)"', text, re.M)
+        self.admin = split_hostport(m.group(1)) if m else None
+
+    def listener(self, name=None):
+        """(host, port) of a listener (by name when config is a dict, else the first)."""
+        if name and isinstance(self.config, dict):
+            for l in self.config.get("listener", []):
+                if l.get("name") == name:
+                    return split_hostport(l["address"])
+            raise KeyError(name)
+        return self.listeners[0]
+
+    def _env(self):
+        env = dict(os.environ)
+        env.setdefault("RUST_LOG", "info")
+        env.setdefault("RUST_BACKTRACE", "1")
+        env.update(self.env)
+        return env
+
+    def start(self, timeout=20.0):
+        if self.running():
+            return self
+        if not os.access(PASSERELLE_BIN, os.X_OK):
+            raise HarnessError("gateway binary missing: %s (cargo build --release)" % PASSERELLE_BIN)
+        with open(self.logfile, "ab") as f:
+            f.write(("==== start %s ====\n" % time.strftime("%H:%M:%S")).encode())
+        self._spawn([PASSERELLE_BIN, "serve", "--config", self.config_path], cwd=self.root, env=self._env())
+        try:
+            for host, port in self.listeners:
+                wait_port(host, port, timeout, proc=self.proc)
+        except (HarnessError, TimeoutError) as e:
+            raise HarnessError("gateway did not start: %s\n--- gateway log:\n%s" % (e, tail(self.log())))
+        return self
+
+    def stop(self, grace=10.0):
+        """SIGTERM, wait up to grace seconds, then SIGKILL. Returns the exit status."""
+        return stop_process(self.proc, grace=grace, sig=signal.SIGTERM)
+
+    def kill9(self):
+        if self.proc is not None and self.proc.poll() is None:
+            _kill_group(self.proc, signal.SIGKILL)
+            self.proc.wait(timeout=10)
+        return self.proc.returncode if self.proc else None
+
+    def restart(self, kill=False):
+        self.kill9() if kill else self.stop()
+        # the listening ports must be free again before we start (TIME_WAIT is fine with SO_REUSEADDR)
+        return self.start()
+
+    def cli(self, *args, timeout=30):
+        """Run another passerelle command against the same config: (rc, output)."""
+        r = subprocess.run([PASSERELLE_BIN] + [str(a) for a in args] + ["--config", self.config_path],
+                           cwd=self.root, env=self._env(), stdin=subprocess.DEVNULL,
+                           stdout=subprocess.PIPE, stderr=subprocess.STDOUT, timeout=timeout)
+        return r.returncode, r.stdout.decode("utf-8", "replace")
+
+
+# --------------------------------------------------------------------------- test case base
+
+def _alarm(signum, frame):
+    raise TestTimeout("test exceeded its time limit of %ds (E2E_TEST_TIMEOUT)" % TEST_TIMEOUT)
+
+
+class E2ETestCase(unittest.TestCase):
+    """Base class: self.tmp (chmod 755 so Postfix's unprivileged daemons can enter it),
+    self.postfix()/self.peer()/self.gateway() start components that are always stopped,
+    a SIGALRM per-test time limit, component logs printed when the test fails."""
+
+    timeout = TEST_TIMEOUT
+
+    def setUp(self):
+        super().setUp()
+        self.tmp = tempfile.mkdtemp(prefix="pe2e-")
+        os.chmod(self.tmp, 0o755)
+        self._components = []
+        self.addCleanup(self._cleanup_tmp)
+        self.addCleanup(self._stop_all)
+        self.addCleanup(self._report_on_failure)
+        self._old_alarm = signal.signal(signal.SIGALRM, _alarm)
+        signal.alarm(self.timeout)
+        self.addCleanup(self._cancel_alarm)
+
+    def _cancel_alarm(self):
+        signal.alarm(0)
+        signal.signal(signal.SIGALRM, self._old_alarm or signal.SIG_DFL)
+
+    def _failed(self):
+        outcome = getattr(self, "_outcome", None)
+        if outcome is None:
+            return True
+        if not getattr(outcome, "success", True):
+            return True
+        result = getattr(outcome, "result", None)
+        if result is not None:
+            for _, lst in (("f", getattr(result, "failures", [])), ("e", getattr(result, "errors", []))):
+                if any(t is self for t, _ in lst):
+                    return True
+        return False
+
+    def _report_on_failure(self):
+        # runs first among cleanups (LIFO): components still have their files
+        if not self._failed():
+            return
+        out = ["", "=" * 70, "logs of %s (kept in %s)" % (self.id(), self.tmp)]
+        for c in self._components:
+            label = "%s %s" % (type(c).__name__, getattr(c, "name", ""))
+            out.append("--- %s: %s" % (label, getattr(c, "logfile", "")))
+            out.append(tail(c.log(), 40))
+            if isinstance(c, Peer) and c.proto_log():
+                out.append("--- %s protocol log" % label)
+                out.append(tail(c.proto_log(), 30))
+        sys.stderr.write("\n".join(out) + "\n")
+
+    def _stop_all(self):
+        signal.alarm(0)
+        for c in reversed(self._components):
+            with contextlib.suppress(Exception):
+                c.stop()
+
+    def _cleanup_tmp(self):
+        if self._failed() or os.environ.get("E2E_KEEP"):
+            return
+        shutil.rmtree(self.tmp, ignore_errors=True)
+
+    def track(self, component):
+        self._components.append(component)
+        return component
+
+    def postfix(self, name="mta", **kw):
+        start = kw.pop("start", True)
+        p = self.track(Postfix(self.tmp, name, start=False, **kw))
+        return p.start() if start else p
+
+    def peer(self, name="peer", **kw):
+        start = kw.pop("start", True)
+        p = self.track(Peer(self.tmp, name, start=False, **kw))
+        return p.start() if start else p
+
+    def gateway(self, config, env=None, name="gw", start=True):
+        g = self.track(Gateway(self.tmp, config, env=env, name=name, start=False))
+        return g.start() if start else g
+
+    def assertNoNewMessages(self, peer, count, wait=2.0, msg=None):
+        """Wait `wait` seconds and check peer still holds exactly `count` messages."""
+        time.sleep(wait)
+        self.assertEqual(peer.count(), count, msg or "unexpected message(s) at peer %s" % peer.name)
