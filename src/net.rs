@@ -14,7 +14,8 @@ pub enum Line {
     /// A complete line; the buffer holds it with its terminator.
     Complete,
     /// The line exceeded the limit; the rest of it (up to LF) was consumed and discarded.
-    TooLong,
+    /// `crlf` tells whether it ended with CRLF (rather than a bare LF).
+    TooLong { crlf: bool },
     /// The peer closed (a partial line, if any, is in the buffer).
     Eof,
 }
@@ -35,6 +36,7 @@ pub async fn read_line<R: AsyncBufRead + Unpin>(
 
 async fn read_line_inner<R: AsyncBufRead + Unpin>(r: &mut R, buf: &mut Vec<u8>, max: usize) -> std::io::Result<Line> {
     let mut too_long = false;
+    let mut last = 0u8;
     loop {
         let avail = r.fill_buf().await?;
         if avail.is_empty() {
@@ -44,6 +46,8 @@ async fn read_line_inner<R: AsyncBufRead + Unpin>(r: &mut R, buf: &mut Vec<u8>, 
             Some(i) => (i + 1, true),
             None => (avail.len(), false),
         };
+        let prev = if used >= 2 { avail[used - 2] } else { last };
+        last = avail[used - 1];
         if !too_long {
             if buf.len() + used > max {
                 too_long = true;
@@ -54,7 +58,7 @@ async fn read_line_inner<R: AsyncBufRead + Unpin>(r: &mut R, buf: &mut Vec<u8>, 
         }
         r.consume(used);
         if done {
-            return Ok(if too_long { Line::TooLong } else { Line::Complete });
+            return Ok(if too_long { Line::TooLong { crlf: prev == b'\r' } } else { Line::Complete });
         }
     }
 }
@@ -76,7 +80,7 @@ mod tests {
         let t = Duration::from_secs(1);
         assert_eq!(read_line(&mut r, &mut buf, 10, t).await.unwrap(), Line::Complete);
         assert_eq!(buf, b"EHLO x\r\n");
-        assert_eq!(read_line(&mut r, &mut buf, 10, t).await.unwrap(), Line::TooLong);
+        assert_eq!(read_line(&mut r, &mut buf, 10, t).await.unwrap(), Line::TooLong { crlf: true });
         assert_eq!(read_line(&mut r, &mut buf, 10, t).await.unwrap(), Line::Complete);
         assert_eq!(buf, b"QUIT\r\n");
         assert_eq!(read_line(&mut r, &mut buf, 10, t).await.unwrap(), Line::Eof);

@@ -215,7 +215,7 @@ impl Client {
                 .map_err(|e| SessionError::Io(self.peer.clone(), e.to_string()))?;
             match l {
                 Line::Complete => {}
-                Line::TooLong => return Err(SessionError::Io(self.peer.clone(), "reply line too long".into())),
+                Line::TooLong { .. } => return Err(SessionError::Io(self.peer.clone(), "reply line too long".into())),
                 Line::Eof => return Err(SessionError::Io(self.peer.clone(), "connection closed".into())),
             }
             let s = String::from_utf8_lossy(&self.line);

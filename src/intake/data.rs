@@ -70,6 +70,8 @@ pub async fn read_data<R: AsyncBufRead + Unpin>(r: &mut R, body: &mut Vec<u8>, l
     let mut line = Vec::with_capacity(1024);
     let mut error: Option<DataError> = None;
     let mut received = 0usize;
+    // The terminating "." counts only right after a CRLF (or first, right after the 354).
+    let mut after_crlf = true;
     loop {
         // The whole transfer must keep up min_rate beyond the base timeout.
         if lim.min_rate > 0 {
@@ -81,15 +83,17 @@ pub async fn read_data<R: AsyncBufRead + Unpin>(r: &mut R, body: &mut Vec<u8>, l
         match read_line(r, &mut line, lim.max_line, lim.timeout).await {
             Err(e) => return DataEnd::Lost(e.to_string()),
             Ok(Line::Eof) => return DataEnd::Lost("connection closed during DATA".into()),
-            Ok(Line::TooLong) => {
+            Ok(Line::TooLong { crlf }) => {
                 received += lim.max_line;
                 error.get_or_insert(DataError::LineTooLong);
+                after_crlf = crlf;
                 continue;
             }
             Ok(Line::Complete) => {}
         }
         received += line.len();
-        if line == b".\r\n" {
+        let was_after_crlf = std::mem::replace(&mut after_crlf, line.ends_with(b"\r\n"));
+        if line == b".\r\n" && was_after_crlf {
             return match error {
                 None => DataEnd::Ok,
                 Some(e) => DataEnd::Refused(e),

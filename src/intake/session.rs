@@ -129,7 +129,7 @@ impl Session {
                     tracing::debug!(client = %self.peer, "client disconnected");
                     return;
                 }
-                Ok(Line::TooLong) => {
+                Ok(Line::TooLong { .. }) => {
                     self.reply(&Reply::new(500, "5.5.2", "Error: line too long"));
                     Flow::Continue
                 }

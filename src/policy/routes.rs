@@ -20,8 +20,12 @@ pub enum DomainPattern {
 
 impl DomainPattern {
     pub fn parse(s: &str) -> Result<DomainPattern, String> {
-        let t = s.trim().to_ascii_lowercase();
-        let t = t.trim_end_matches('.');
+        let lower = s.trim().to_ascii_lowercase();
+        // One trailing dot (an absolute name) is allowed on a real domain, not on "*.".
+        let t = match lower.strip_suffix('.') {
+            Some(x) if !x.ends_with('*') && !x.is_empty() => x,
+            _ => lower.as_str(),
+        };
         let valid = |d: &str| {
             !d.is_empty()
                 && d.split('.').all(|l| {
