@@ -194,3 +194,141 @@ pub fn describe(conn: &rustls::CommonState) -> String {
     let s = conn.negotiated_cipher_suite().map(|s| format!("{:?}", s.suite())).unwrap_or_default();
     format!("{} with cipher {}", v.replace("TLSv1_", "TLSv1."), s)
 }
+
+/// Which end of the connection the certificate belongs to (the EKU it must carry).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum PeerRole {
+    Server,
+    Client,
+}
+
+/// Validates a peer's chain against our trust anchors, CRLs and the clock.
+///
+/// Done at the SMTP layer rather than inside the handshake: an inbound peer with an expired,
+/// revoked or foreign certificate then gets an SMTP reply saying so (the ANS audits this), and
+/// an outbound peer is checked before a single byte of mail is sent to it.
+#[derive(Clone)]
+pub struct PeerValidator {
+    roots: Arc<RootCertStore>,
+    crls: Arc<Vec<webpki::CertRevocationList<'static>>>,
+}
+
+impl std::fmt::Debug for PeerValidator {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(f, "PeerValidator({} anchors, {} CRLs)", self.roots.len(), self.crls.len())
+    }
+}
+
+impl PeerValidator {
+    pub fn new(m: &TlsMaterial) -> Result<PeerValidator, TlsError> {
+        let crls = m
+            .crls
+            .iter()
+            .map(|c| {
+                webpki::OwnedCertRevocationList::from_der(c.as_ref())
+                    .map(webpki::CertRevocationList::from)
+                    .map_err(|e| TlsError::Rustls(format!("CRL: {e:?}")))
+            })
+            .collect::<Result<Vec<_>, _>>()?;
+        Ok(PeerValidator { roots: m.roots.clone(), crls: Arc::new(crls) })
+    }
+
+    /// `Ok(())` when the leaf chains to an anchor, is in its validity period, carries the
+    /// right EKU and is not revoked by any configured CRL. The error says why in words.
+    pub fn validate(&self, chain: &[CertificateDer<'_>], role: PeerRole) -> Result<(), String> {
+        let (leaf, intermediates) = chain.split_first().ok_or("no certificate presented")?;
+        let ee = webpki::EndEntityCert::try_from(leaf).map_err(|e| format!("unreadable certificate: {e:?}"))?;
+        let crl_refs: Vec<&webpki::CertRevocationList<'_>> = self.crls.iter().collect();
+        let revocation = if crl_refs.is_empty() {
+            None
+        } else {
+            webpki::RevocationOptionsBuilder::new(&crl_refs).ok().map(|b| {
+                b.with_depth(webpki::RevocationCheckDepth::Chain)
+                    .with_status_policy(webpki::UnknownStatusPolicy::Deny)
+                    .build()
+            })
+        };
+        let usage = match role {
+            PeerRole::Server => webpki::KeyUsage::server_auth(),
+            PeerRole::Client => webpki::KeyUsage::client_auth(),
+        };
+        ee.verify_for_usage(
+            webpki::ALL_VERIFICATION_ALGS,
+            &self.roots.roots,
+            intermediates,
+            UnixTime::now(),
+            usage,
+            revocation,
+            None,
+        )
+        .map(|_| ())
+        .map_err(|e| describe_webpki_error(&e))
+    }
+}
+
+fn describe_webpki_error(e: &webpki::Error) -> String {
+    use webpki::Error as E;
+    match e {
+        E::CertExpired { .. } => "certificate expired".into(),
+        E::CertNotValidYet { .. } => "certificate not yet valid".into(),
+        E::CertRevoked => "certificate revoked".into(),
+        E::UnknownIssuer => "certificate not issued by a trusted authority".into(),
+        E::UnknownRevocationStatus => "no CRL covers this certificate's issuer".into(),
+        E::CrlExpired { .. } => "the issuer's CRL has expired".into(),
+        E::RequiredEkuNotFoundContext(_) => "certificate lacks the required extended key usage".into(),
+        other => format!("certificate rejected: {other:?}"),
+    }
+}
+
+/// Handshake-level verifiers that ask for (client) or accept (server) any certificate, checking
+/// only the handshake signature; the chain is judged afterwards by [`PeerValidator`].
+#[derive(Debug)]
+pub struct DeferredClientVerifier {
+    provider: Arc<CryptoProvider>,
+    hints: Vec<rustls::DistinguishedName>,
+}
+
+impl DeferredClientVerifier {
+    pub fn new(m: &TlsMaterial) -> DeferredClientVerifier {
+        DeferredClientVerifier { provider: provider(), hints: m.roots.subjects() }
+    }
+}
+
+impl rustls::server::danger::ClientCertVerifier for DeferredClientVerifier {
+    fn offer_client_auth(&self) -> bool {
+        true
+    }
+    fn client_auth_mandatory(&self) -> bool {
+        false
+    }
+    fn root_hint_subjects(&self) -> &[rustls::DistinguishedName] {
+        &self.hints
+    }
+    fn verify_client_cert(
+        &self,
+        _: &CertificateDer<'_>,
+        _: &[CertificateDer<'_>],
+        _: UnixTime,
+    ) -> Result<rustls::server::danger::ClientCertVerified, rustls::Error> {
+        Ok(rustls::server::danger::ClientCertVerified::assertion())
+    }
+    fn verify_tls12_signature(
+        &self,
+        message: &[u8],
+        cert: &CertificateDer<'_>,
+        dss: &DigitallySignedStruct,
+    ) -> Result<HandshakeSignatureValid, rustls::Error> {
+        rustls::crypto::verify_tls12_signature(message, cert, dss, &self.provider.signature_verification_algorithms)
+    }
+    fn verify_tls13_signature(
+        &self,
+        message: &[u8],
+        cert: &CertificateDer<'_>,
+        dss: &DigitallySignedStruct,
+    ) -> Result<HandshakeSignatureValid, rustls::Error> {
+        rustls::crypto::verify_tls13_signature(message, cert, dss, &self.provider.signature_verification_algorithms)
+    }
+    fn supported_verify_schemes(&self) -> Vec<SignatureScheme> {
+        self.provider.signature_verification_algorithms.supported_schemes()
+    }
+}

@@ -35,6 +35,7 @@ import subprocess
 import sys
 import tempfile
 import time
+import tomllib
 import unittest
 
 REPO = os.path.abspath(os.path.join(os.path.dirname(__file__), "..", ".."))
@@ -278,6 +279,47 @@ def _openssl_pki(out):
                 "default_md=sha256\ndefault_crl_days=30\n")
     ossl("ca", "-config", "ca.cnf", "-gencrl", "-keyfile", "root.key", "-cert", "root.pem", "-out", "ca.crl")
     os.chmod(os.path.join(out, "passerelle.key"), 0o600)
+
+
+def relay_transport(port, host=LOOPBACK, tls="none", **extra):
+    """[transport.X] table of a static next hop."""
+    t = {"kind": "relay", "next_hop": "%s:%d" % (host, port), "tls": tls}
+    t.update(extra)
+    return t
+
+
+def listener(name, port, routes, host=LOOPBACK, starttls="offer", client_certificate="off",
+             clients=("127.0.0.0/8",), **extra):
+    """One [[listener]] table."""
+    l = {"name": name, "address": "%s:%d" % (host, port), "clients": list(clients),
+         "starttls": starttls, "client_certificate": client_certificate, "routes": list(routes)}
+    l.update(extra)
+    return l
+
+
+def gateway_config(tmpdir, listeners, routes, transports, queue=None, name="gw",
+                   hostname="passerelle.chu-test.mssante.fr", directory=None, pki=None, **sections):
+    """A complete gateway config as a dict (see CONTRACT.md), absolute paths under tmpdir.
+
+    queue: overrides of the test defaults retry=["1s"], lifetime="1h", delay_warning="0".
+    directory: the [directory] table (default kind = "none").  Extra keyword arguments
+    become further top-level sections (e.g. whitelist={...}, dns={...}, smtp={...})."""
+    pki = pki or dev_pki()
+    q = {"retry": ["1s"], "lifetime": "1h", "delay_warning": "0"}
+    q.update(queue or {})
+    cfg = {
+        "server": {"hostname": hostname, "spool": os.path.join(tmpdir, name, "spool"),
+                   "admin": "%s:%d" % (LOOPBACK, free_port())},
+        "tls": {"certificate": pki["certificate"], "private_key": pki["private_key"],
+                "trust_anchors": pki["trust_anchors"], "crls": [pki["crl"]]},
+        "listener": list(listeners),
+        "directory": directory or {"kind": "none"},
+        "route": list(routes),
+        "transport": dict(transports),
+        "queue": q,
+    }
+    cfg.update(sections)
+    return cfg
 
 
 # --------------------------------------------------------------------------- SMTP clients
@@ -617,7 +659,7 @@ class Gateway(_Proc):
 
     config: TOML text or a dict (written with toml_dumps).  env: extra environment
     (e.g. {"PASSERELLE__QUEUE__LIFETIME": "10s"}).  Listener addresses are read from
-    the config to know when the gateway is up."""
+    the config to know when the gateway is up; self.config is the parsed config."""
 
     def __init__(self, tmpdir, config, env=None, name="gw", start=True):
         self.name = name
@@ -631,24 +673,26 @@ class Gateway(_Proc):
             self.start()
 
     def set_config(self, config):
-        self.config = config
+        """Write a new config (TOML text or dict); takes effect at the next start()."""
         text = config if isinstance(config, str) else toml_dumps(config)
+        self.config = tomllib.loads(text)
         with open(self.config_path, "w") as f:
             f.write(text + "\n")
-        self.listeners = []
-        for m in re.finditer(r'^\s*address\s*=\s*"([^"]+)"', text, re.M):
-            self.listeners.append(split_hostport(m.group(1)))
-        m = re.search(r'^\s*admin\s*=\s*"([^"]+)"', text, re.M)
-        self.admin = split_hostport(m.group(1)) if m else None
+        self.listeners = [split_hostport(l["address"]) for l in self.config.get("listener", [])]
+        admin = self.config.get("server", {}).get("admin")
+        self.admin = split_hostport(admin) if admin else None
 
     def listener(self, name=None):
-        """(host, port) of a listener (by name when config is a dict, else the first)."""
-        if name and isinstance(self.config, dict):
-            for l in self.config.get("listener", []):
-                if l.get("name") == name:
-                    return split_hostport(l["address"])
-            raise KeyError(name)
-        return self.listeners[0]
+        """(host, port) of a listener by name (default: the first one)."""
+        for l in self.config.get("listener", []):
+            if name is None or l.get("name") == name:
+                return split_hostport(l["address"])
+        raise KeyError(name)
+
+    @property
+    def address(self):
+        """'host:port' of the first listener."""
+        return "%s:%d" % self.listener()
 
     def _env(self):
         env = dict(os.environ)

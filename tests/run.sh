@@ -1,0 +1,89 @@
+#!/usr/bin/env bash
+# The whole test suite: dependencies, release build, test peer, unit tests, end-to-end tests.
+# Runnable from any directory; ends with one line "N passed, M failed" and exits non-zero
+# when anything failed.
+#
+#   tests/run.sh                      everything
+#   E2E_ARGS="-k bdat" tests/run.sh   pass arguments to tests/e2e/run_all.py
+#   E2E_TIMEOUT=1200                  bound (seconds) on the end-to-end run
+#   SKIP_INSTALL=1                    do not run tests/install-deps.sh
+set -euo pipefail
+cd "$(dirname "$0")/.."
+ROOT=$(pwd)
+LOGDIR="$ROOT/target/test-logs"
+mkdir -p "$LOGDIR"
+
+passed=0
+failed=0
+summary() {
+    echo
+    echo "$passed passed, $failed failed"
+    [ "$failed" -eq 0 ]
+}
+step_failed() { # a step that produced no per-test count counts as one failure
+    echo "FAILED: $*" >&2
+    failed=$((failed + 1))
+}
+
+echo "== dependencies"
+if [ -z "${SKIP_INSTALL:-}" ]; then
+    if [ "$(id -u)" -eq 0 ]; then
+        sh tests/install-deps.sh || step_failed "tests/install-deps.sh"
+    elif command -v sudo >/dev/null 2>&1; then
+        sudo sh tests/install-deps.sh || step_failed "sudo tests/install-deps.sh"
+    else
+        echo "not root and no sudo: skipping tests/install-deps.sh (postfix, swaks must be installed)" >&2
+    fi
+fi
+
+echo "== cargo build --release"
+if ! cargo build --release; then
+    step_failed "cargo build --release"
+    summary
+    exit 1
+fi
+
+echo "== test peer (mss-peer)"
+if ! CARGO_TARGET_DIR=target/testpeer cargo build --release --manifest-path testpeer/Cargo.toml; then
+    step_failed "building testpeer"
+fi
+
+echo "== unit tests: cargo test --release"
+set +e
+cargo test --release 2>&1 | tee "$LOGDIR/cargo-test.log"
+rc=${PIPESTATUS[0]}
+set -e
+read -r up uf < <(awk '/^test result: /{
+        for (i = 1; i <= NF; i++) { if ($(i+1) ~ /^passed/) p += $i; if ($(i+1) ~ /^failed/) f += $i }
+    } END { print p + 0, f + 0 }' "$LOGDIR/cargo-test.log")
+passed=$((passed + up))
+failed=$((failed + uf))
+if [ "$rc" -ne 0 ] && [ "$uf" -eq 0 ]; then
+    step_failed "cargo test --release (exit $rc, see $LOGDIR/cargo-test.log)"
+fi
+echo "unit tests: $up passed, $uf failed"
+
+echo "== end-to-end tests (tests/e2e)"
+counts="$LOGDIR/e2e-counts"
+rm -f "$counts"
+set +e
+# shellcheck disable=SC2086
+timeout --kill-after=30 "${E2E_TIMEOUT:-1200}" python3 tests/e2e/run_all.py --counts "$counts" ${E2E_ARGS:-} 2>&1 \
+    | tee "$LOGDIR/e2e.log"
+rc=${PIPESTATUS[0]}
+set -e
+ep=0; ef=0
+if [ -s "$counts" ]; then
+    read -r ep ef _ < "$counts"
+fi
+passed=$((passed + ep))
+failed=$((failed + ef))
+if [ "$rc" -ne 0 ] && [ "$ef" -eq 0 ]; then
+    if [ "$rc" -eq 124 ] || [ "$rc" -eq 137 ]; then
+        step_failed "end-to-end tests timed out after ${E2E_TIMEOUT:-1200}s"
+    else
+        step_failed "end-to-end tests (exit $rc, see $LOGDIR/e2e.log)"
+    fi
+fi
+
+summary
