@@ -85,14 +85,11 @@ impl Snapshot {
         }
         let verifier = match l.client_certificate {
             ClientCert::Off => None,
-            // Unauthenticated clients are let through the handshake so the SMTP layer can
-            // answer them with a proper reply; MAIL then refuses them.
+            // Any certificate gets through the handshake; the SMTP layer judges it and answers
+            // with a proper reply (PeerValidator), so nothing is ever queued from a bad one.
             ClientCert::Request | ClientCert::Require => {
-                let mut b = rustls::server::WebPkiClientVerifier::builder_with_provider(m.roots.clone(), crate::tls::provider());
-                if !m.crls.is_empty() {
-                    b = b.with_crls(m.crls.clone());
-                }
-                Some(b.allow_unauthenticated().build().map_err(|e| anyhow!("listener {}: {e}", l.name))?)
+                let v: Arc<dyn rustls::server::danger::ClientCertVerifier> = Arc::new(crate::tls::DeferredClientVerifier::new(m));
+                Some(v)
             }
         };
         Ok(Some(m.server_config(verifier)?))
@@ -190,6 +187,10 @@ fn shared_for(
         limits: snap.config.smtp.clone(),
         policy: policy.clone(),
         tls: snap.server_tls(l)?,
+        validator: match &snap.tls {
+            Some(m) if l.client_certificate != crate::config::ClientCert::Off => Some(crate::tls::PeerValidator::new(m)?),
+            _ => None,
+        },
         spool: spool.clone(),
         queue: queue.clone(),
     })

@@ -20,6 +20,8 @@ pub struct Shared {
     pub policy: Arc<ArcSwap<Policy>>,
     /// Present when this listener can do STARTTLS.
     pub tls: Option<Arc<rustls::ServerConfig>>,
+    /// Judges client certificates after the handshake (listeners that ask for one).
+    pub validator: Option<crate::tls::PeerValidator>,
     pub spool: Spool,
     pub queue: QueueHandle,
 }

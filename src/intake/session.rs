@@ -38,9 +38,10 @@ pub struct Session {
     helo: Option<String>,
     esmtp: bool,
     tls: Option<String>,
-    /// Subject DN of a verified client certificate.
+    /// Subject DN of the client certificate (for logs and the Received header).
     client_dn: Option<String>,
-    has_client_cert: bool,
+    /// The client certificate's verdict: `None` when none was presented.
+    client_cert: Option<Result<Vec<u8>, String>>,
     tx: Transaction,
     errors: u32,
     junk: u32,
@@ -63,7 +64,7 @@ impl Session {
             esmtp: false,
             tls: None,
             client_dn: None,
-            has_client_cert: false,
+            client_cert: None,
             tx: Transaction::default(),
             errors: 0,
             junk: 0,
@@ -259,9 +260,19 @@ impl Session {
             self.reply(&Reply::new(503, "5.5.1", "Error: nested MAIL command"));
             return;
         }
-        if self.shared.listener.client_certificate == ClientCert::Require && !self.has_client_cert {
-            self.reply(&Reply::new(530, "5.7.0", "Error: a valid client certificate is required"));
-            return;
+        if self.shared.listener.client_certificate == ClientCert::Require {
+            match &self.client_cert {
+                None => {
+                    tracing::info!(client = %self.peer, "MAIL refused: no client certificate");
+                    return self.reply(&Reply::new(530, "5.7.0", "Error: a client certificate is required"));
+                }
+                Some(Err(why)) => {
+                    let r = Reply::new(550, "5.7.1", format!("Error: client certificate refused: {why}"));
+                    tracing::info!(client = %self.peer, dn = self.client_dn.as_deref().unwrap_or("-"), reply = %r, "MAIL refused");
+                    return self.reply(&r);
+                }
+                Some(Ok(_)) => {}
+            }
         }
         let Some((path, params)) = split_path(arg, "FROM:") else {
             self.reply(&Reply::new(501, "5.5.4", "Syntax: MAIL FROM:<address>"));
@@ -620,9 +631,16 @@ impl Session {
         };
         let conn = tls.get_ref().1;
         let desc = crate::tls::describe(conn);
-        if let Some(cert) = conn.peer_certificates().and_then(|c| c.first()) {
-            self.has_client_cert = true;
-            self.client_dn = crate::pki::subject_dn_rfc4514(cert.as_ref()).ok();
+        if let Some(chain) = conn.peer_certificates().filter(|c| !c.is_empty()) {
+            self.client_dn = crate::pki::subject_dn_rfc4514(chain[0].as_ref()).ok();
+            let verdict = match &self.shared.validator {
+                Some(v) => v.validate(chain, crate::tls::PeerRole::Client).map(|_| chain[0].to_vec()),
+                None => Err("no trust anchors configured".to_string()),
+            };
+            if let Err(why) = &verdict {
+                tracing::info!(client = %self.peer, dn = self.client_dn.as_deref().unwrap_or("-"), why = %why, "client certificate not valid");
+            }
+            self.client_cert = Some(verdict);
         }
         tracing::info!(client = %self.peer, tls = %desc, client_dn = self.client_dn.as_deref().unwrap_or("-"), "TLS established");
         self.tls = Some(desc);

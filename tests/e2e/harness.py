@@ -20,6 +20,7 @@ Environment knobs:
                      (they are always kept when a test fails; the path is printed)
 """
 
+import atexit
 import contextlib
 import email
 import email.policy
@@ -212,7 +213,10 @@ def dev_pki(base_dir=None):
     Cached for the whole test process; returns a dict of absolute paths (+ 'how')."""
     if "pki" in _pki_cache:
         return _pki_cache["pki"]
-    d = base_dir or tempfile.mkdtemp(prefix="pe2e-pki-")
+    d = base_dir
+    if d is None:
+        d = tempfile.mkdtemp(prefix="pe2e-pki-")
+        atexit.register(shutil.rmtree, d, True)
     os.chmod(d, 0o755)
     names = ["passerelle.crt", "passerelle.key", "ca.pem", "ca.crl"]
     how = None
@@ -407,13 +411,26 @@ class RawSMTP:
             self.sock.close()
 
 
+def http_get(host, port, path="/", timeout=10):
+    """(status, body bytes) of a plain HTTP GET (the gateway's admin endpoint)."""
+    import http.client
+    c = http.client.HTTPConnection(host, port, timeout=timeout)
+    try:
+        c.request("GET", path)
+        r = c.getresponse()
+        return r.status, r.read()
+    finally:
+        c.close()
+
+
 # --------------------------------------------------------------------------- processes
 
 class _Proc:
     """Common bits: a subprocess in its own process group with output in a log file."""
 
     proc = None
-    logfile = None
+    logfile = None   # what log() reads
+    outfile = None   # where the process' stdout+stderr go (default: logfile)
 
     def running(self):
         return self.proc is not None and self.proc.poll() is None
@@ -424,8 +441,12 @@ class _Proc:
     def wait_log(self, regex, timeout=10.0):
         return wait_file_regex(self.logfile, regex, timeout, what="/%s/ in %s" % (regex, self.logfile))
 
+    def output(self):
+        """The process' own stdout+stderr."""
+        return read_text(self.outfile or self.logfile)
+
     def _spawn(self, argv, cwd, env=None):
-        lf = open(self.logfile, "ab")
+        lf = open(self.outfile or self.logfile, "ab")
         try:
             self.proc = subprocess.Popen(argv, cwd=cwd, env=env, stdin=subprocess.DEVNULL,
                                          stdout=lf, stderr=subprocess.STDOUT, start_new_session=True)
@@ -437,25 +458,28 @@ class _Proc:
 class Peer(_Proc):
     """The project's SMTP test peer (mss-peer) as a next-hop sink.
 
-    Peer(tmpdir, "a", listen="127.0.0.1:PORT", rcpt_reply=["bob=550 5.1.1 no"], require_tls=True)
+    Peer(tmpdir, "127.0.0.1:PORT", name="a", rcpt_reply=["bob=550 5.1.1 no"], require_tls=True)
+    (listen defaults to a free loopback port; Peer(tmpdir, "a") is Peer(tmpdir, name="a"))
     Keyword options map to mss-peer flags: foo_bar=value -> --foo-bar value, True -> --foo-bar,
     a list -> the flag repeated.  start=False creates it stopped (its port is reserved)."""
 
-    def __init__(self, tmpdir, name="peer", listen=None, start=True, **opts):
-        self.name = name
+    def __init__(self, tmpdir, listen=None, name=None, start=True, **opts):
+        if listen and ":" not in listen and name is None:  # Peer(tmpdir, "a") names it
+            name, listen = listen, None
+        self.listen = listen or "%s:%d" % (LOOPBACK, free_port())
+        self.host, self.port = split_hostport(self.listen)
+        self.name = name = name or "p%d" % self.port
         self.root = os.path.join(tmpdir, "peer-" + name)
         self.dir = os.path.join(self.root, "mail")
         os.makedirs(self.dir, exist_ok=True)
-        self.listen = listen or "%s:%d" % (LOOPBACK, free_port())
-        self.host, self.port = split_hostport(self.listen)
-        self.logfile = os.path.join(self.root, "stdout.log")
-        self.protolog = os.path.join(self.root, "peer.log")
+        self.outfile = os.path.join(self.root, "stdout.log")
+        self.logfile = os.path.join(self.root, "peer.log")  # --log: connect/cmd/tls/stored lines
         self.opts = opts
         if start:
             self.start()
 
     def argv(self):
-        argv = [MSS_PEER_BIN, "--listen", self.listen, "--dir", self.dir, "--log", self.protolog]
+        argv = [MSS_PEER_BIN, "--listen", self.listen, "--dir", self.dir, "--log", self.logfile]
         for k, v in self.opts.items():
             flag = "--" + k.replace("_", "-")
             if v is None or v is False:
@@ -475,13 +499,13 @@ class Peer(_Proc):
         if not os.access(MSS_PEER_BIN, os.X_OK):
             raise HarnessError("test peer binary missing: %s (build: CARGO_TARGET_DIR=target/testpeer "
                                "cargo build --release --manifest-path testpeer/Cargo.toml)" % MSS_PEER_BIN)
-        start_len = len(self.log())
+        start_len = len(self.output())
         self._spawn(self.argv(), cwd=self.root)
 
         def banner():
             if self.proc.poll() is not None:
-                raise HarnessError("mss-peer %s exited with %s:\n%s" % (self.name, self.proc.returncode, tail(self.log())))
-            return "mss-peer listening on" in self.log()[start_len:]
+                raise HarnessError("mss-peer %s exited with %s:\n%s" % (self.name, self.proc.returncode, tail(self.output())))
+            return "mss-peer listening on" in self.output()[start_len:]
         wait_until(banner, timeout, what="mss-peer %s banner" % self.name)
         return self
 
@@ -517,9 +541,6 @@ class Peer(_Proc):
             return wait_until(enough, timeout, interval=0.1, what="%d message(s) at peer %s" % (n, self.name))
         except TimeoutError as e:
             raise AssertionError("%s (got %d)" % (e, len(self.messages())))
-
-    def proto_log(self):
-        return read_text(self.protolog)
 
 
 def addr(a):
@@ -790,9 +811,9 @@ class E2ETestCase(unittest.TestCase):
             label = "%s %s" % (type(c).__name__, getattr(c, "name", ""))
             out.append("--- %s: %s" % (label, getattr(c, "logfile", "")))
             out.append(tail(c.log(), 40))
-            if isinstance(c, Peer) and c.proto_log():
-                out.append("--- %s protocol log" % label)
-                out.append(tail(c.proto_log(), 30))
+            if getattr(c, "outfile", None) and c.output().strip():
+                out.append("--- %s output: %s" % (label, c.outfile))
+                out.append(tail(c.output(), 20))
         sys.stderr.write("\n".join(out) + "\n")
 
     def _stop_all(self):
@@ -817,7 +838,7 @@ class E2ETestCase(unittest.TestCase):
 
     def peer(self, name="peer", **kw):
         start = kw.pop("start", True)
-        p = self.track(Peer(self.tmp, name, start=False, **kw))
+        p = self.track(Peer(self.tmp, name=name, start=False, **kw))
         return p.start() if start else p
 
     def gateway(self, config, env=None, name="gw", start=True):

@@ -298,6 +298,77 @@ class QueueTests(RelayTestCase):
         self.assertEqual(self.pa.count(), 0, "bounced message was still delivered")
         self.assertEqual(self.pb.count(), 1, "more than one DSN")
 
+    def dsn_of(self, eml):
+        """Checks common to every DSN; returns (message, text of the whole DSN)."""
+        msg = parse_eml(eml)
+        self.assertEqual(msg.get_content_type(), "multipart/report", eml[:1500])
+        self.assertEqual(msg.get_param("report-type"), "delivery-status")
+        self.assertIn("message/delivery-status", [p.get_content_type() for p in msg.walk()])
+        return msg, eml.decode("utf-8", "replace")
+
+    def test_d2_permanent_failure_dsn_per_recipient(self):
+        """The next hop refuses one of two recipients with 550: the other is delivered, and a
+        DSN for the refused one only goes to the sender at once (no waiting for the lifetime)."""
+        self.start_bed(peer_a=False)
+        self.pa.opts["rcpt_reply"] = ["nobody=550 5.1.1 no such user here"]
+        self.pa.start()
+        msgid = "<partial-%s@%s>" % (uuid.uuid4().hex, LOCAL_DOMAIN)
+        self.send_direct(simple_message("partial", msgid=msgid), to=[MSS_RCPT, "nobody@autre.mssante.fr"])
+        meta, eml = self.pa.wait_messages(1)[0]
+        self.assertEqual(rcpts(meta), [MSS_RCPT])
+        meta, eml = self.pb.wait_messages(1, 15)[0]
+        self.assertEqual(addr(meta["mail_from"]), "")
+        self.assertEqual(rcpts(meta), [SENDER])
+        msg, text = self.dsn_of(eml)
+        self.assertRegex(text, r"(?im)^Final-Recipient:\s*rfc822;\s*nobody@autre\.mssante\.fr\s*$")
+        self.assertNotRegex(text, r"(?im)^Final-Recipient:\s*rfc822;\s*dr\.x@")
+        self.assertRegex(text, r"(?im)^Action:\s*failed\s*$")
+        self.assertRegex(text, r"(?im)^Status:\s*5\.1\.1\s*$")
+        self.assertRegex(text, r"(?im)^Diagnostic-Code:\s*smtp;.*550 5\.1\.1 no such user here")
+        self.assertIn(msgid, text)
+        self.assertNoNewMessages(self.pa, 1)
+        self.assertEqual(self.pb.count(), 1)
+
+    def test_d3_no_dsn_to_null_sender(self):
+        """A bounce (MAIL FROM:<>) that fails is never answered with a DSN."""
+        self.start_bed(peer_a=False)
+        self.pa.opts["rcpt_reply"] = ["nobody=550 5.1.1 no such user here"]
+        self.pa.start()
+        self.send_direct(simple_message("bounce of a bounce", frm="MAILER-DAEMON@" + LOCAL_DOMAIN,
+                                        to="nobody@autre.mssante.fr"),
+                         to=["nobody@autre.mssante.fr"], frm="")
+        self.pa.wait_log(r"cmd RCPT", 10)  # the gateway tried
+        time.sleep(3)
+        self.assertEqual(self.pa.count(), 0)
+        self.assertEqual(self.pb.count(), 0, "a DSN was sent for a null-sender message")
+        self.assertTrue(self.gw.running())
+
+    def test_d4_delay_warning_then_delivery(self):
+        """delay_warning: one 'delayed' DSN while the next hop is down, then normal delivery."""
+        self.start_bed(peer_a=False, queue={"delay_warning": "2s", "lifetime": "1h"})
+        msgid = "<late-%s@%s>" % (uuid.uuid4().hex, LOCAL_DOMAIN)
+        self.send_direct(simple_message("late", msgid=msgid))
+        meta, eml = self.pb.wait_messages(1, 20)[0]
+        self.assertEqual(addr(meta["mail_from"]), "")
+        self.assertEqual(rcpts(meta), [SENDER])
+        msg, text = self.dsn_of(eml)
+        self.assertRegex(text, r"(?im)^Action:\s*delayed\s*$")
+        self.assertRegex(text, r"(?im)^Final-Recipient:\s*rfc822;\s*dr\.x@autre\.mssante\.fr\s*$")
+        self.assertRegex(text, r"(?im)^Status:\s*4\.\d{1,3}\.\d{1,3}")
+        self.pa.start()
+        meta, eml = self.pa.wait_messages(1, 10)[0]
+        self.assertIn(msgid.encode(), eml)
+        self.assertNoNewMessages(self.pb, 1, msg="only one delay warning expected")
+        self.assertEqual(self.pa.count(), 1)
+
+    def test_d5_lifetime_from_environment(self):
+        """PASSERELLE__QUEUE__LIFETIME overrides [queue] lifetime of the file."""
+        self.start_bed(peer_a=False, queue={"lifetime": "1h"}, env={"PASSERELLE__QUEUE__LIFETIME": "3s"})
+        self.send_direct(simple_message("env-lifetime"))
+        meta, eml = self.pb.wait_messages(1, 20)[0]
+        msg, text = self.dsn_of(eml)
+        self.assertRegex(text, r"(?im)^Action:\s*failed\s*$")
+
     def _restart_with_queue(self, kill):
         self.start_bed(peer_a=False)
         expected = set()
@@ -309,10 +380,10 @@ class QueueTests(RelayTestCase):
                 self.assertEqual(s.rcpt(MSS_RCPT)[0], 250)
                 code, msg = s.data(simple_message("restart %d" % i, msgid=msgid))
                 self.assertEqual(code, 250, msg)
-        time.sleep(1.5)  # let a delivery attempt fail
         if kill:
-            self.gw.kill9()
+            self.gw.kill9()  # right after the last 250: it must already be on disk
         else:
+            time.sleep(1.5)  # let delivery attempts fail first
             rc = self.gw.stop()
             self.assertEqual(rc, 0, "SIGTERM should be a clean exit (status 0), got %s" % rc)
         self.gw.start()
