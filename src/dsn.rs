@@ -123,7 +123,7 @@ pub fn build(req: &DsnRequest) -> Vec<u8> {
          Content-Type: message/delivery-status\r\n\
          \r\n\
          Reporting-MTA: dns; {mta}\r\n\
-         X-Postfix-Queue-ID: {qid}\r\n\
+         X-Passerelle-Queue-ID: {qid}\r\n\
          Arrival-Date: {arrival}\r\n",
         mta = req.reporting_mta,
         qid = env.id,

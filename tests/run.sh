@@ -11,6 +11,7 @@ set -euo pipefail
 cd "$(dirname "$0")/.."
 ROOT=$(pwd)
 LOGDIR="$ROOT/target/test-logs"
+export PYTHONDONTWRITEBYTECODE=1
 mkdir -p "$LOGDIR"
 
 passed=0

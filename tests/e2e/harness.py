@@ -26,6 +26,7 @@ import email
 import email.policy
 import json
 import os
+import random
 import re
 import shutil
 import signal
@@ -58,13 +59,35 @@ class TestTimeout(Exception):
 # --------------------------------------------------------------------------- waits
 
 _used_ports = set()
+_rnd = random.Random()
+
+
+def _ephemeral_range():
+    try:
+        with open("/proc/sys/net/ipv4/ip_local_port_range") as f:
+            lo, hi = (int(x) for x in f.read().split())
+            return lo, hi
+    except (OSError, ValueError):
+        return 32768, 60999
 
 
 def free_port(host=LOOPBACK):
-    """A TCP port free on host right now (never the same one twice in this process)."""
-    for _ in range(50):
+    """A TCP port free on host right now, never the same one twice in this process, and
+    outside the kernel's ephemeral range when possible (a port reserved for a peer started
+    later must not be taken meanwhile as the local port of some outgoing connection)."""
+    lo, _ = _ephemeral_range()
+    candidates = []
+    if lo > 12000:
+        candidates = [_rnd.randrange(10000, lo) for _ in range(200)]
+    candidates += [0] * 50
+    for want in candidates:
+        if want in _used_ports:
+            continue
         with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as s:
-            s.bind((host, 0))
+            try:
+                s.bind((host, want))
+            except OSError:
+                continue
             port = s.getsockname()[1]
         if port not in _used_ports:
             _used_ports.add(port)
@@ -154,6 +177,30 @@ def stop_process(proc, grace=10.0, sig=signal.SIGTERM):
         with contextlib.suppress(Exception):
             os.killpg(proc.pid, signal.SIGKILL)
     return proc.returncode
+
+
+_LIVE = []  # every component started and not yet stopped, for stop_everything()
+
+
+def _register(c):
+    if c not in _LIVE:
+        _LIVE.append(c)
+
+
+def _unregister(c):
+    with contextlib.suppress(ValueError):
+        _LIVE.remove(c)
+
+
+def stop_everything():
+    """Stop every process the harness started (atexit, SIGTERM of the runner)."""
+    for c in reversed(list(_LIVE)):
+        with contextlib.suppress(Exception):
+            c.stop()
+    del _LIVE[:]
+
+
+atexit.register(stop_everything)
 
 
 # --------------------------------------------------------------------------- TOML
@@ -452,6 +499,7 @@ class _Proc:
                                          stdout=lf, stderr=subprocess.STDOUT, start_new_session=True)
         finally:
             lf.close()
+        _register(self)
         return self.proc
 
 
@@ -511,6 +559,7 @@ class Peer(_Proc):
 
     def stop(self):
         stop_process(self.proc, grace=5)
+        _unregister(self)
 
     def messages(self):
         """[(envelope dict, eml bytes)] of every complete message, in arrival order."""
@@ -623,6 +672,7 @@ class Postfix:
         rc, out = self._postfix("check")
         if rc != 0:
             raise HarnessError("postfix -c %s check failed:\n%s" % (self.etc, out))
+        _register(self)
         rc, out = self._postfix("start")
         if rc != 0:
             raise HarnessError("postfix -c %s start failed:\n%s\n%s" % (self.etc, out, tail(self.log())))
@@ -633,17 +683,25 @@ class Postfix:
         wait_port(self.host, self.port, timeout)
         return self
 
-    def running(self):
-        if not self.master_pid:
-            return False
+    def _is_our_master(self, pid):
+        """pid is alive and is the master of this instance (not a recycled pid)."""
         try:
-            os.kill(self.master_pid, 0)
-            return True
-        except ProcessLookupError:
+            with open("/proc/%d/environ" % pid, "rb") as f:
+                env = f.read().split(b"\0")
+        except (FileNotFoundError, ProcessLookupError, PermissionError):
             return False
+        return ("MAIL_CONFIG=" + self.etc).encode() in env
+
+    def running(self):
+        return bool(self.master_pid) and self._is_our_master(self.master_pid)
 
     def stop(self):
+        if not self.master_pid:  # start() failed half-way: the pid file may still name it
+            with contextlib.suppress(ValueError):
+                pid = int(read_text(self.pidfile).strip() or 0)
+                self.master_pid = pid if pid and self._is_our_master(pid) else None
         if not self.master_pid:
+            _unregister(self)
             return
         with contextlib.suppress(Exception):
             self._postfix("stop", timeout=20)
@@ -652,10 +710,11 @@ class Postfix:
         except TimeoutError:
             # master started its own session: its pid is also its process group
             with contextlib.suppress(ProcessLookupError, PermissionError):
+                if not self._is_our_master(self.master_pid):
+                    raise ProcessLookupError
                 os.killpg(self.master_pid, signal.SIGKILL)
-            with contextlib.suppress(ProcessLookupError):
-                os.kill(self.master_pid, signal.SIGKILL)
         self.master_pid = None
+        _unregister(self)
 
     def log(self):
         return read_text(self.logfile)
@@ -739,12 +798,15 @@ class Gateway(_Proc):
 
     def stop(self, grace=10.0):
         """SIGTERM, wait up to grace seconds, then SIGKILL. Returns the exit status."""
-        return stop_process(self.proc, grace=grace, sig=signal.SIGTERM)
+        rc = stop_process(self.proc, grace=grace, sig=signal.SIGTERM)
+        _unregister(self)
+        return rc
 
     def kill9(self):
         if self.proc is not None and self.proc.poll() is None:
             _kill_group(self.proc, signal.SIGKILL)
             self.proc.wait(timeout=10)
+        _unregister(self)
         return self.proc.returncode if self.proc else None
 
     def restart(self, kill=False):

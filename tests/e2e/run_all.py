@@ -11,6 +11,7 @@ least one test ran.
 
 import argparse
 import os
+import signal
 import sys
 import time
 import unittest
@@ -47,7 +48,17 @@ def main():
     ap.add_argument("-q", "--quiet", action="store_true")
     args = ap.parse_args()
 
+    sys.dont_write_bytecode = True
     sys.path.insert(0, HERE)
+    import harness
+
+    def on_term(signum, frame):
+        # killed by `timeout` (tests/run.sh) or CI: leave no Postfix/peer/gateway behind
+        harness.stop_everything()
+        print("e2e: interrupted by signal %d" % signum, flush=True)
+        os._exit(128 + signum)
+    signal.signal(signal.SIGTERM, on_term)
+    signal.signal(signal.SIGHUP, on_term)
     loader = unittest.TestLoader()
     if args.k:
         loader.testNamePatterns = ["*%s*" % k for k in args.k]

@@ -120,7 +120,7 @@ class RelayTestCase(E2ETestCase):
     """Builds the test bed; each test says which parts run at first."""
 
     def start_bed(self, peer_a=True, peer_b=True, postfix=False, queue=None, env=None,
-                  postfix_tls="none", starttls="offer"):
+                  postfix_tls="none", starttls="offer", **sections):
         self.pa = self.peer("a", start=peer_a)   # MSSante side (trust space)
         self.pb = self.peer("b", start=peer_b)   # the establishment's mailbox server
         self.gw_port = free_port()
@@ -131,7 +131,7 @@ class RelayTestCase(E2ETestCase):
             routes=ROUTES,
             transports={"trust-space": relay_transport(self.pa.port),
                         "etablissement": relay_transport(self.pb.port)},
-            queue=queue)
+            queue=queue, **sections)
         self.gw = self.gateway(cfg, env=env)
         self.gw_addr = "127.0.0.1:%d" % self.gw_port
         if postfix:
@@ -430,6 +430,18 @@ class ContentTests(RelayTestCase):
         self.assertIn(b"by mta.chu-test.mssante.fr (Postfix)", fields[1])
         self._check_content(eml, zipdata)
 
+    def test_e3_large_message_byte_exact(self):
+        """6 MiB of base64 with long and dotted lines, straight at the gateway: exact copy."""
+        self.start_bed()
+        blob = base64.encodebytes(os.urandom(4_500_000)).replace(b"\n", b"\r\n")
+        body = (b"Content-Type: application/octet-stream\r\nContent-Transfer-Encoding: base64\r\n\r\n"
+                + blob + b"." * 900 + b"\r\n.\r\n..\r\n")
+        raw = simple_message("big").split(b"\r\n\r\n", 1)[0] + b"\r\nMIME-Version: 1.0\r\n" + body
+        self.send_direct(raw)
+        meta, eml = self.pa.wait_messages(1, 30)[0]
+        self.assertGreater(len(raw), 6_000_000)
+        self.assertOnlyReceivedPrepended(eml, raw)
+
     def _check_content(self, eml, zipdata):
         msg = parse_eml(eml)
         self.assertEqual(msg["X-MSS-Sender-Mssante-Id"], "810001234567/sender")
@@ -551,6 +563,32 @@ class ProtocolTests(RelayTestCase):
         meta, eml = self.pb.wait_messages(1)[0]
         self.assertEqual(rcpts(meta), [LOCAL_RCPT])
         self.assertOnlyReceivedPrepended(eml, two)
+
+    def test_g7_size_and_recipient_limits(self):
+        """[smtp] limits: SIZE= above the limit -> 552 at MAIL, oversized DATA -> 552,
+        one recipient too many -> 452; nothing relayed from the refused transactions."""
+        self.start_bed(smtp={"message_size_limit": 100_000, "recipient_limit": 3})
+        with smtp_session("127.0.0.1", self.gw_port) as s:
+            self.assertTrue(s.has_extn("size"))
+            self.assertEqual(s.esmtp_features["size"].strip(), "100000")
+            code, msg = s.mail(SENDER, ["SIZE=200000"])
+            self.assertEqual(code, 552, msg)
+            s.rset()
+            self.assertEqual(s.mail(SENDER)[0], 250)
+            self.assertEqual(s.rcpt(MSS_RCPT)[0], 250)
+            code, msg = s.data(simple_message("too big", body="y" * 998 + "\r\n") + (b"y" * 998 + b"\r\n") * 150)
+            self.assertEqual(code, 552, msg)
+            self.assertEqual(s.mail(SENDER)[0], 250)
+            for i in range(3):
+                self.assertEqual(s.rcpt("dr.%d@autre.mssante.fr" % i)[0], 250)
+            code, msg = s.rcpt("dr.3@autre.mssante.fr")
+            self.assertEqual(code, 452, msg)
+            code, msg = s.data(simple_message("three recipients"))
+            self.assertEqual(code, 250, msg)
+        meta, eml = self.pa.wait_messages(1)[0]
+        self.assertEqual(sorted(rcpts(meta)), ["dr.%d@autre.mssante.fr" % i for i in range(3)])
+        self.assertIn(b"Subject: three recipients", eml)
+        self.assertNoNewMessages(self.pa, 1)
 
     def test_g6_starttls_from_postfix_and_swaks(self):
         """Postfix with smtp_tls_security_level = encrypt relays through the gateway's STARTTLS."""
