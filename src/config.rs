@@ -238,7 +238,10 @@ impl QueueConfig {
     /// The wait after `attempts` failed attempts (1-based).
     pub fn retry_after(&self, attempts: u32) -> Duration {
         let i = (attempts.max(1) as usize - 1).min(self.retry.len().saturating_sub(1));
-        self.retry.get(i).copied().unwrap_or(Duration::from_secs(300))
+        self.retry
+            .get(i)
+            .copied()
+            .unwrap_or(Duration::from_secs(300))
     }
 }
 
@@ -464,7 +467,9 @@ impl Config {
                 }
             }
             if l.routes.is_empty() {
-                p.push(format!("{key}.routes: empty, every recipient would be refused"));
+                p.push(format!(
+                    "{key}.routes: empty, every recipient would be refused"
+                ));
             }
             if (l.starttls != StartTls::Off || l.client_certificate != ClientCert::Off)
                 && self.tls.is_none()

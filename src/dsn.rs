@@ -40,7 +40,8 @@ pub struct DsnRequest<'a> {
 }
 
 pub fn rfc5322_date(unix: u64) -> String {
-    let t = time::OffsetDateTime::from_unix_timestamp(unix as i64).unwrap_or(time::OffsetDateTime::UNIX_EPOCH);
+    let t = time::OffsetDateTime::from_unix_timestamp(unix as i64)
+        .unwrap_or(time::OffsetDateTime::UNIX_EPOCH);
     t.format(&time::format_description::well_known::Rfc2822)
         .unwrap_or_else(|_| "Thu, 01 Jan 1970 00:00:00 +0000".into())
 }
@@ -51,7 +52,9 @@ pub fn status_from_text(text: &str, default: &str) -> String {
         let parts: Vec<&str> = w.split('.').collect();
         if parts.len() == 3
             && matches!(parts[0], "2" | "4" | "5")
-            && parts[1..].iter().all(|p| !p.is_empty() && p.len() <= 3 && p.bytes().all(|b| b.is_ascii_digit()))
+            && parts[1..]
+                .iter()
+                .all(|p| !p.is_empty() && p.len() <= 3 && p.bytes().all(|b| b.is_ascii_digit()))
         {
             return w.to_string();
         }
@@ -152,7 +155,11 @@ pub fn build(req: &DsnRequest) -> Vec<u8> {
         if let Some(mta) = &r.remote_mta {
             let _ = write!(m, "Remote-MTA: dns; {}\r\n", ascii_line(mta));
         }
-        let _ = write!(m, "Diagnostic-Code: smtp; {}\r\n", ascii_line(&r.diagnostic));
+        let _ = write!(
+            m,
+            "Diagnostic-Code: smtp; {}\r\n",
+            ascii_line(&r.diagnostic)
+        );
     }
     let full = env.ret == Some(Ret::Full) && req.kind == DsnKind::Failure;
     let _ = write!(
@@ -161,11 +168,23 @@ pub fn build(req: &DsnRequest) -> Vec<u8> {
          Content-Description: {}\r\n\
          Content-Type: {}\r\n\
          \r\n",
-        if full { "Undelivered Message" } else { "Undelivered Message Headers" },
-        if full { "message/rfc822" } else { "text/rfc822-headers" },
+        if full {
+            "Undelivered Message"
+        } else {
+            "Undelivered Message Headers"
+        },
+        if full {
+            "message/rfc822"
+        } else {
+            "text/rfc822-headers"
+        },
     );
     let mut out = m.into_bytes();
-    let part: &[u8] = if full { req.original } else { header_section(req.original) };
+    let part: &[u8] = if full {
+        req.original
+    } else {
+        header_section(req.original)
+    };
     out.extend_from_slice(part);
     if !out.ends_with(b"\r\n") {
         out.extend_from_slice(b"\r\n");
@@ -177,7 +196,13 @@ pub fn build(req: &DsnRequest) -> Vec<u8> {
 /// DSN fields are 7-bit single lines.
 fn ascii_line(s: &str) -> String {
     s.chars()
-        .map(|c| if c.is_ascii() && !c.is_ascii_control() { c } else { '?' })
+        .map(|c| {
+            if c.is_ascii() && !c.is_ascii_control() {
+                c
+            } else {
+                '?'
+            }
+        })
         .collect()
 }
 
@@ -230,10 +255,15 @@ mod tests {
         let s = String::from_utf8(dsn).unwrap();
         assert!(s.contains("Content-Type: multipart/report; report-type=delivery-status;"));
         assert!(s.contains("Content-Type: message/delivery-status"));
-        assert!(s.contains("Final-Recipient: rfc822; dr@autre.mssante.fr\r\nAction: failed\r\nStatus: 5.1.1"));
+        assert!(s.contains(
+            "Final-Recipient: rfc822; dr@autre.mssante.fr\r\nAction: failed\r\nStatus: 5.1.1"
+        ));
         assert!(s.contains("Original-Envelope-Id: ENV1"));
         assert!(s.contains("Content-Type: text/rfc822-headers\r\n\r\nReceived: x\r\nSubject: hello\r\nX-MSS-Id: 1\r\n\r\n"));
-        assert!(!s.contains("secret body"), "RET=HDRS by default: headers only");
+        assert!(
+            !s.contains("secret body"),
+            "RET=HDRS by default: headers only"
+        );
         assert!(!s.replace("\r\n", "").contains('\n'), "CRLF only");
         assert!(s.starts_with("From: MAILER-DAEMON@gw.test"));
         assert!(s.contains("To: <sender@chu.mssante.fr>"));

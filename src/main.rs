@@ -68,9 +68,13 @@ enum RouteCommand {
 
 fn init_logging(format: LogFormat) {
     use tracing_subscriber::EnvFilter;
-    let filter = EnvFilter::try_from_env("PASSERELLE_LOG").unwrap_or_else(|_| EnvFilter::new("info"));
+    let filter =
+        EnvFilter::try_from_env("PASSERELLE_LOG").unwrap_or_else(|_| EnvFilter::new("info"));
     let ansi = std::io::IsTerminal::is_terminal(&std::io::stderr());
-    let b = tracing_subscriber::fmt().with_env_filter(filter).with_ansi(ansi).with_writer(std::io::stderr);
+    let b = tracing_subscriber::fmt()
+        .with_env_filter(filter)
+        .with_ansi(ansi)
+        .with_writer(std::io::stderr);
     match format {
         LogFormat::Text => b.init(),
         LogFormat::Json => b.json().flatten_event(true).init(),
@@ -94,7 +98,9 @@ fn main() -> ExitCode {
 fn run(cli: Cli) -> anyhow::Result<ExitCode> {
     match cli.command {
         Command::Serve => {
-            let rt = tokio::runtime::Builder::new_multi_thread().enable_all().build()?;
+            let rt = tokio::runtime::Builder::new_multi_thread()
+                .enable_all()
+                .build()?;
             rt.block_on(passerelle::server::serve(&cli.config))?;
             Ok(ExitCode::SUCCESS)
         }
@@ -116,32 +122,62 @@ fn run(cli: Cli) -> anyhow::Result<ExitCode> {
                 Ok(ExitCode::from(1))
             }
         }
-        Command::Pki { what: PkiCommand::Dev { out, force } } => {
+        Command::Pki {
+            what: PkiCommand::Dev { out, force },
+        } => {
             let hostname = Config::load_unvalidated(&cli.config)
                 .map(|c| c.server.hostname)
                 .unwrap_or_else(|_| "passerelle.localhost".into());
-            let report = passerelle::pki::generate_dev_pki(&passerelle::pki::DevPkiOptions { out, hostname, force })?;
+            let report = passerelle::pki::generate_dev_pki(&passerelle::pki::DevPkiOptions {
+                out,
+                hostname,
+                force,
+            })?;
             for f in &report.files {
                 println!("{}", f.display());
             }
             println!("gateway DN: {}", report.gateway_dn);
             Ok(ExitCode::SUCCESS)
         }
-        Command::Route { what: RouteCommand::Test { address, listener, from } } => {
-            let rt = tokio::runtime::Builder::new_current_thread().enable_all().build()?;
-            rt.block_on(route_test(&cli.config, &address, listener.as_deref(), from.as_deref()))
+        Command::Route {
+            what:
+                RouteCommand::Test {
+                    address,
+                    listener,
+                    from,
+                },
+        } => {
+            let rt = tokio::runtime::Builder::new_current_thread()
+                .enable_all()
+                .build()?;
+            rt.block_on(route_test(
+                &cli.config,
+                &address,
+                listener.as_deref(),
+                from.as_deref(),
+            ))
         }
     }
 }
 
 /// `passerelle route test`: the same decision RCPT makes, explained.
-async fn route_test(config: &std::path::Path, address: &str, listener: Option<&str>, _from: Option<&str>) -> anyhow::Result<ExitCode> {
+async fn route_test(
+    config: &std::path::Path,
+    address: &str,
+    listener: Option<&str>,
+    _from: Option<&str>,
+) -> anyhow::Result<ExitCode> {
     use passerelle::policy::{parse_path, RcptDecision, RouteAction};
     let snap = passerelle::server::Snapshot::load(config)?;
     let cfg = &snap.config;
     let l = match listener {
-        Some(n) => cfg.listener(n).ok_or_else(|| anyhow::anyhow!("no listener named {n:?}"))?,
-        None => cfg.listener.first().ok_or_else(|| anyhow::anyhow!("no listener configured"))?,
+        Some(n) => cfg
+            .listener(n)
+            .ok_or_else(|| anyhow::anyhow!("no listener named {n:?}"))?,
+        None => cfg
+            .listener
+            .first()
+            .ok_or_else(|| anyhow::anyhow!("no listener configured"))?,
     };
     println!("listener: {} ({})", l.name, l.address);
     let addr = match parse_path(address.trim_matches(['<', '>'])) {
@@ -157,14 +193,21 @@ async fn route_test(config: &std::path::Path, address: &str, listener: Option<&s
     for step in p.routes.explain(&l.routes, &addr.domain, &declared) {
         match step.matched {
             Some(pat) => println!("route {}: matched by pattern {pat}", step.route.name),
-            None => println!("route {}: no pattern matches {}", step.route.name, addr.domain),
+            None => println!(
+                "route {}: no pattern matches {}",
+                step.route.name, addr.domain
+            ),
         }
         if step.matched.is_some() {
             if let RouteAction::Transport(t) = &step.route.action {
                 if let Some(tc) = cfg.transport.get(t) {
                     let hop = match tc.kind {
-                        passerelle::config::TransportKind::Relay => format!("relay to {}", tc.next_hop.as_deref().unwrap_or("?")),
-                        passerelle::config::TransportKind::Mx => format!("MX of {} on port {}", addr.domain, tc.port),
+                        passerelle::config::TransportKind::Relay => {
+                            format!("relay to {}", tc.next_hop.as_deref().unwrap_or("?"))
+                        }
+                        passerelle::config::TransportKind::Mx => {
+                            format!("MX of {} on port {}", addr.domain, tc.port)
+                        }
                     };
                     println!("transport: {t} ({hop}), tls {}", tc.tls.as_str());
                 }
@@ -172,8 +215,17 @@ async fn route_test(config: &std::path::Path, address: &str, listener: Option<&s
         }
     }
     match p.check_recipient(&l.routes, &addr).await {
-        RcptDecision::Accept { route, transport, bal_type } => {
-            println!("verdict: accepted (route {route}, transport {transport}{})", bal_type.map(|b| format!(", directory BAL type {b}")).unwrap_or_default());
+        RcptDecision::Accept {
+            route,
+            transport,
+            bal_type,
+        } => {
+            println!(
+                "verdict: accepted (route {route}, transport {transport}{})",
+                bal_type
+                    .map(|b| format!(", directory BAL type {b}"))
+                    .unwrap_or_default()
+            );
             Ok(ExitCode::SUCCESS)
         }
         RcptDecision::Reject(r) => {

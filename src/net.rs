@@ -34,7 +34,11 @@ pub async fn read_line<R: AsyncBufRead + Unpin>(
         .map_err(|_| std::io::Error::new(std::io::ErrorKind::TimedOut, "timeout"))?
 }
 
-async fn read_line_inner<R: AsyncBufRead + Unpin>(r: &mut R, buf: &mut Vec<u8>, max: usize) -> std::io::Result<Line> {
+async fn read_line_inner<R: AsyncBufRead + Unpin>(
+    r: &mut R,
+    buf: &mut Vec<u8>,
+    max: usize,
+) -> std::io::Result<Line> {
     let mut too_long = false;
     let mut last = 0u8;
     loop {
@@ -58,7 +62,13 @@ async fn read_line_inner<R: AsyncBufRead + Unpin>(r: &mut R, buf: &mut Vec<u8>, 
         }
         r.consume(used);
         if done {
-            return Ok(if too_long { Line::TooLong { crlf: prev == b'\r' } } else { Line::Complete });
+            return Ok(if too_long {
+                Line::TooLong {
+                    crlf: prev == b'\r',
+                }
+            } else {
+                Line::Complete
+            });
         }
     }
 }
@@ -78,10 +88,19 @@ mod tests {
         let mut r = BufReader::with_capacity(4, data);
         let mut buf = Vec::new();
         let t = Duration::from_secs(1);
-        assert_eq!(read_line(&mut r, &mut buf, 10, t).await.unwrap(), Line::Complete);
+        assert_eq!(
+            read_line(&mut r, &mut buf, 10, t).await.unwrap(),
+            Line::Complete
+        );
         assert_eq!(buf, b"EHLO x\r\n");
-        assert_eq!(read_line(&mut r, &mut buf, 10, t).await.unwrap(), Line::TooLong { crlf: true });
-        assert_eq!(read_line(&mut r, &mut buf, 10, t).await.unwrap(), Line::Complete);
+        assert_eq!(
+            read_line(&mut r, &mut buf, 10, t).await.unwrap(),
+            Line::TooLong { crlf: true }
+        );
+        assert_eq!(
+            read_line(&mut r, &mut buf, 10, t).await.unwrap(),
+            Line::Complete
+        );
         assert_eq!(buf, b"QUIT\r\n");
         assert_eq!(read_line(&mut r, &mut buf, 10, t).await.unwrap(), Line::Eof);
         assert_eq!(buf, b"partial");

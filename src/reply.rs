@@ -32,7 +32,11 @@ impl Reply {
 
     /// The wire form, multi-line when the text holds several lines.
     pub fn to_wire(&self) -> String {
-        let lines: Vec<&str> = self.text.split('\n').map(|l| l.trim_end_matches('\r')).collect();
+        let lines: Vec<&str> = self
+            .text
+            .split('\n')
+            .map(|l| l.trim_end_matches('\r'))
+            .collect();
         let mut out = String::with_capacity(self.text.len() + 16 * lines.len());
         for (i, line) in lines.iter().enumerate() {
             let sep = if i + 1 == lines.len() { ' ' } else { '-' };
@@ -67,7 +71,9 @@ impl Reply {
         };
         if let Some(st) = &status {
             if st.as_bytes()[0] != b'0' + (code / 100) as u8 {
-                return Err(format!("{s:?}: enhanced code {st} does not match class {code}"));
+                return Err(format!(
+                    "{s:?}: enhanced code {st} does not match class {code}"
+                ));
             }
         }
         Ok(Reply { code, status, text })

@@ -27,7 +27,9 @@ pub struct Snapshot {
 /// Generates the development PKI when the config points into a missing `certs/dev`.
 pub fn ensure_dev_pki(cfg: &Config) -> anyhow::Result<()> {
     let Some(tls) = &cfg.tls else { return Ok(()) };
-    let Some(dir) = tls.certificate.parent() else { return Ok(()) };
+    let Some(dir) = tls.certificate.parent() else {
+        return Ok(());
+    };
     if tls.certificate.exists() || !dir.ends_with("certs/dev") {
         return Ok(());
     }
@@ -49,19 +51,31 @@ pub fn build_policy(cfg: &Config) -> anyhow::Result<Policy> {
         .map(Route::from_config)
         .collect::<Result<Vec<_>, _>>()
         .map_err(|e| anyhow!(e))?;
-    let declared: Option<Arc<dyn Fn(&str) -> bool + Send + Sync>> = match &cfg.whitelist {
+    let declared: Option<crate::policy::DeclaredFn> = match &cfg.whitelist {
         Some(w) => return Err(anyhow!("whitelist {}: WIRE-ME", w.file.display())),
         None => None,
     };
     let directory: Arc<dyn Directory> = match cfg.directory.kind {
         DirectoryKind::None => Arc::new(NoDirectory),
         DirectoryKind::Extract => {
-            let file = cfg.directory.file.as_ref().ok_or_else(|| anyhow!("directory.file: required"))?;
+            let file = cfg
+                .directory
+                .file
+                .as_ref()
+                .ok_or_else(|| anyhow!("directory.file: required"))?;
             return Err(anyhow!("directory {}: WIRE-ME", file.display()));
         }
-        DirectoryKind::Ldap => return Err(anyhow!("directory.kind = \"ldap\" is not available in this build yet")),
+        DirectoryKind::Ldap => {
+            return Err(anyhow!(
+                "directory.kind = \"ldap\" is not available in this build yet"
+            ))
+        }
     };
-    Ok(Policy { routes: RouteTable::new(routes), directory, declared })
+    Ok(Policy {
+        routes: RouteTable::new(routes),
+        directory,
+        declared,
+    })
 }
 
 impl Snapshot {
@@ -74,10 +88,17 @@ impl Snapshot {
         }
         let tls = config.tls.as_ref().map(TlsMaterial::load).transpose()?;
         let policy = Arc::new(build_policy(&config)?);
-        Ok(Snapshot { config, tls, policy })
+        Ok(Snapshot {
+            config,
+            tls,
+            policy,
+        })
     }
 
-    fn server_tls(&self, l: &crate::config::ListenerConfig) -> anyhow::Result<Option<Arc<rustls::ServerConfig>>> {
+    fn server_tls(
+        &self,
+        l: &crate::config::ListenerConfig,
+    ) -> anyhow::Result<Option<Arc<rustls::ServerConfig>>> {
         use crate::config::{ClientCert, StartTls};
         let Some(m) = &self.tls else { return Ok(None) };
         if l.starttls == StartTls::Off {
@@ -88,7 +109,8 @@ impl Snapshot {
             // Any certificate gets through the handshake; the SMTP layer judges it and answers
             // with a proper reply (PeerValidator), so nothing is ever queued from a bad one.
             ClientCert::Request | ClientCert::Require => {
-                let v: Arc<dyn rustls::server::danger::ClientCertVerifier> = Arc::new(crate::tls::DeferredClientVerifier::new(m));
+                let v: Arc<dyn rustls::server::danger::ClientCertVerifier> =
+                    Arc::new(crate::tls::DeferredClientVerifier::new(m));
                 Some(v)
             }
         };
@@ -98,15 +120,28 @@ impl Snapshot {
 
 /// Where a DSN to the original sender goes: the receiving listener's routes first, then every
 /// route in config order; reject routes are skipped, the directory is not consulted.
-fn dsn_router(policy: Arc<ArcSwap<Policy>>, listeners: Arc<ArcSwap<HashMap<String, Vec<String>>>>) -> DsnRouter {
+fn dsn_router(
+    policy: Arc<ArcSwap<Policy>>,
+    listeners: Arc<ArcSwap<HashMap<String, Vec<String>>>>,
+) -> DsnRouter {
     Arc::new(move |env: &Envelope| {
         let p = policy.load();
         let to = env.recipients.first()?;
         let domain = to.address.rsplit_once('@')?.1.to_ascii_lowercase();
         let declared = |d: &str| p.is_declared(d);
-        let usable = |r: &Route| matches!(r.action, RouteAction::Transport(_)) && r.patterns.iter().any(|pat| pat.matches(&domain, &declared));
-        let own = listeners.load().get(&env.listener).cloned().unwrap_or_default();
-        let from_listener = own.iter().filter_map(|n| p.routes.get(n)).find(|r| usable(r));
+        let usable = |r: &Route| {
+            matches!(r.action, RouteAction::Transport(_))
+                && r.patterns.iter().any(|pat| pat.matches(&domain, &declared))
+        };
+        let own = listeners
+            .load()
+            .get(&env.listener)
+            .cloned()
+            .unwrap_or_default();
+        let from_listener = own
+            .iter()
+            .filter_map(|n| p.routes.get(n))
+            .find(|r| usable(r));
         let route = from_listener.or_else(|| p.routes.all().iter().find(|r| usable(r)))?;
         match &route.action {
             RouteAction::Transport(t) => Some((route.name.clone(), t.clone())),
@@ -122,9 +157,16 @@ pub async fn serve(config_path: &Path) -> anyhow::Result<()> {
     tracing::info!(spool = %cfg.server.spool.display(), messages = report.messages, segments = report.segments,
         quarantined = report.quarantined, "queue recovered");
     let resolver = Resolver::new(&cfg.dns).map_err(|e| anyhow!(e))?;
-    let agent = Agent::new(DeliveryConfig::new(cfg, snap.tls.as_ref()).map_err(|e| anyhow!(e))?, resolver);
+    let agent = Agent::new(
+        DeliveryConfig::new(cfg, snap.tls.as_ref()).map_err(|e| anyhow!(e))?,
+        resolver,
+    );
     let policy = Arc::new(ArcSwap::new(snap.policy.clone()));
-    let listener_routes: HashMap<String, Vec<String>> = cfg.listener.iter().map(|l| (l.name.clone(), l.routes.clone())).collect();
+    let listener_routes: HashMap<String, Vec<String>> = cfg
+        .listener
+        .iter()
+        .map(|l| (l.name.clone(), l.routes.clone()))
+        .collect();
     let listener_routes = Arc::new(ArcSwap::from_pointee(listener_routes));
     let queue_cfg = Arc::new(ArcSwap::from_pointee(cfg.queue.clone()));
     let queue = Scheduler::start(
@@ -140,11 +182,19 @@ pub async fn serve(config_path: &Path) -> anyhow::Result<()> {
     let mut listeners: HashMap<String, Arc<ArcSwap<Shared>>> = HashMap::new();
     let mut tasks = Vec::new();
     for l in &cfg.listener {
-        let sock = TcpListener::bind(&l.address).await.with_context(|| format!("listener {}: bind {}", l.name, l.address))?;
-        let shared = Arc::new(ArcSwap::from_pointee(shared_for(&snap, l, &policy, &spool, &queue)?));
+        let sock = TcpListener::bind(&l.address)
+            .await
+            .with_context(|| format!("listener {}: bind {}", l.name, l.address))?;
+        let shared = Arc::new(ArcSwap::from_pointee(shared_for(
+            &snap, l, &policy, &spool, &queue,
+        )?));
         tracing::info!(listener = %l.name, address = %l.address, "listening");
         listeners.insert(l.name.clone(), shared.clone());
-        tasks.push(tokio::spawn(listener::run(sock, shared, shutdown_rx.clone())));
+        tasks.push(tokio::spawn(listener::run(
+            sock,
+            shared,
+            shutdown_rx.clone(),
+        )));
     }
 
     use tokio::signal::unix::{signal, SignalKind};
@@ -188,7 +238,9 @@ fn shared_for(
         policy: policy.clone(),
         tls: snap.server_tls(l)?,
         validator: match &snap.tls {
-            Some(m) if l.client_certificate != crate::config::ClientCert::Off => Some(crate::tls::PeerValidator::new(m)?),
+            Some(m) if l.client_certificate != crate::config::ClientCert::Off => {
+                Some(crate::tls::PeerValidator::new(m)?)
+            }
             _ => None,
         },
         spool: spool.clone(),
@@ -214,7 +266,9 @@ fn reload(
     for l in &snap.config.listener {
         match listeners.get(&l.name) {
             Some(slot) => shareds.push((slot, shared_for(&snap, l, policy, spool, queue)?)),
-            None => tracing::warn!(listener = %l.name, "new listener in the config: restart to bind it"),
+            None => {
+                tracing::warn!(listener = %l.name, "new listener in the config: restart to bind it")
+            }
         }
     }
     policy.store(snap.policy.clone());
@@ -223,6 +277,12 @@ fn reload(
     }
     agent.reconfigure(delivery);
     queue_cfg.store(Arc::new(snap.config.queue.clone()));
-    listener_routes.store(Arc::new(snap.config.listener.iter().map(|l| (l.name.clone(), l.routes.clone())).collect()));
+    listener_routes.store(Arc::new(
+        snap.config
+            .listener
+            .iter()
+            .map(|l| (l.name.clone(), l.routes.clone()))
+            .collect(),
+    ));
     Ok(())
 }

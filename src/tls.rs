@@ -8,7 +8,9 @@
 use crate::config::TlsConfig;
 use rustls::client::danger::{HandshakeSignatureValid, ServerCertVerified, ServerCertVerifier};
 use rustls::crypto::{ring, CryptoProvider};
-use rustls::pki_types::{CertificateDer, CertificateRevocationListDer, PrivateKeyDer, ServerName, UnixTime};
+use rustls::pki_types::{
+    CertificateDer, CertificateRevocationListDer, PrivateKeyDer, ServerName, UnixTime,
+};
 use rustls::{DigitallySignedStruct, RootCertStore, SignatureScheme};
 use std::path::Path;
 use std::sync::Arc;
@@ -16,7 +18,11 @@ use std::sync::Arc;
 #[derive(Debug, thiserror::Error)]
 pub enum TlsError {
     #[error("{key}: {path}: {msg}")]
-    File { key: &'static str, path: String, msg: String },
+    File {
+        key: &'static str,
+        path: String,
+        msg: String,
+    },
     #[error("tls: {0}")]
     Rustls(String),
 }
@@ -42,7 +48,8 @@ pub fn provider() -> Arc<CryptoProvider> {
     })
 }
 
-const VERSIONS: &[&rustls::SupportedProtocolVersion] = &[&rustls::version::TLS13, &rustls::version::TLS12];
+const VERSIONS: &[&rustls::SupportedProtocolVersion] =
+    &[&rustls::version::TLS13, &rustls::version::TLS12];
 
 /// Our identity, our trust anchors and CRLs, read from the files named in `[tls]`.
 #[derive(Clone, Debug)]
@@ -54,14 +61,25 @@ pub struct TlsMaterial {
 }
 
 fn read(key: &'static str, path: &Path) -> Result<Vec<u8>, TlsError> {
-    std::fs::read(path).map_err(|e| TlsError::File { key, path: path.display().to_string(), msg: e.to_string() })
+    std::fs::read(path).map_err(|e| TlsError::File {
+        key,
+        path: path.display().to_string(),
+        msg: e.to_string(),
+    })
 }
 
 fn file_err(key: &'static str, path: &Path, msg: impl ToString) -> TlsError {
-    TlsError::File { key, path: path.display().to_string(), msg: msg.to_string() }
+    TlsError::File {
+        key,
+        path: path.display().to_string(),
+        msg: msg.to_string(),
+    }
 }
 
-pub fn load_certs(key: &'static str, path: &Path) -> Result<Vec<CertificateDer<'static>>, TlsError> {
+pub fn load_certs(
+    key: &'static str,
+    path: &Path,
+) -> Result<Vec<CertificateDer<'static>>, TlsError> {
     let data = read(key, path)?;
     let certs: Vec<_> = rustls_pemfile::certs(&mut data.as_slice())
         .collect::<Result<_, _>>()
@@ -78,7 +96,11 @@ pub fn load_crl(path: &Path) -> Result<Vec<CertificateRevocationListDer<'static>
     let pem: Vec<_> = rustls_pemfile::crls(&mut data.as_slice())
         .collect::<Result<_, _>>()
         .map_err(|e| file_err("tls.crls", path, e))?;
-    let crls = if pem.is_empty() { vec![CertificateRevocationListDer::from(data)] } else { pem };
+    let crls = if pem.is_empty() {
+        vec![CertificateRevocationListDer::from(data)]
+    } else {
+        pem
+    };
     // Parse now so a broken file is refused at load, not at the first handshake.
     for c in &crls {
         webpki::OwnedCertRevocationList::from_der(c.as_ref())
@@ -93,18 +115,31 @@ impl TlsMaterial {
         let kdata = read("tls.private_key", &cfg.private_key)?;
         let key = rustls_pemfile::private_key(&mut kdata.as_slice())
             .map_err(|e| file_err("tls.private_key", &cfg.private_key, e))?
-            .ok_or_else(|| file_err("tls.private_key", &cfg.private_key, "no PEM private key found"))?;
+            .ok_or_else(|| {
+                file_err(
+                    "tls.private_key",
+                    &cfg.private_key,
+                    "no PEM private key found",
+                )
+            })?;
         let mut roots = RootCertStore::empty();
         if let Some(ta) = &cfg.trust_anchors {
             for c in load_certs("tls.trust_anchors", ta)? {
-                roots.add(c).map_err(|e| file_err("tls.trust_anchors", ta, e))?;
+                roots
+                    .add(c)
+                    .map_err(|e| file_err("tls.trust_anchors", ta, e))?;
             }
         }
         let mut crls = Vec::new();
         for path in &cfg.crls {
             crls.extend(load_crl(path)?);
         }
-        let m = TlsMaterial { chain, key: Arc::new(key), roots: Arc::new(roots), crls };
+        let m = TlsMaterial {
+            chain,
+            key: Arc::new(key),
+            roots: Arc::new(roots),
+            crls,
+        };
         // Prove that key and certificate belong together.
         m.server_config(None)?;
         Ok(m)
@@ -129,7 +164,10 @@ impl TlsMaterial {
     }
 
     /// Client side, presenting our certificate, with the given server verifier.
-    pub fn client_config(&self, verifier: Arc<dyn ServerCertVerifier>) -> Result<Arc<rustls::ClientConfig>, TlsError> {
+    pub fn client_config(
+        &self,
+        verifier: Arc<dyn ServerCertVerifier>,
+    ) -> Result<Arc<rustls::ClientConfig>, TlsError> {
         let cfg = rustls::ClientConfig::builder_with_provider(provider())
             .with_protocol_versions(VERSIONS)
             .map_err(|e| TlsError::Rustls(e.to_string()))?
@@ -142,7 +180,10 @@ impl TlsMaterial {
 
     /// Chain + name verification against our trust anchors and CRLs (`tls = "required"`).
     pub fn webpki_server_verifier(&self) -> Result<Arc<dyn ServerCertVerifier>, TlsError> {
-        let mut b = rustls::client::WebPkiServerVerifier::builder_with_provider(self.roots.clone(), provider());
+        let mut b = rustls::client::WebPkiServerVerifier::builder_with_provider(
+            self.roots.clone(),
+            provider(),
+        );
         if !self.crls.is_empty() {
             b = b.with_crls(self.crls.clone());
         }
@@ -173,7 +214,12 @@ impl ServerCertVerifier for AcceptAnyServer {
         cert: &CertificateDer<'_>,
         dss: &DigitallySignedStruct,
     ) -> Result<HandshakeSignatureValid, rustls::Error> {
-        rustls::crypto::verify_tls12_signature(message, cert, dss, &self.0.signature_verification_algorithms)
+        rustls::crypto::verify_tls12_signature(
+            message,
+            cert,
+            dss,
+            &self.0.signature_verification_algorithms,
+        )
     }
     fn verify_tls13_signature(
         &self,
@@ -181,7 +227,12 @@ impl ServerCertVerifier for AcceptAnyServer {
         cert: &CertificateDer<'_>,
         dss: &DigitallySignedStruct,
     ) -> Result<HandshakeSignatureValid, rustls::Error> {
-        rustls::crypto::verify_tls13_signature(message, cert, dss, &self.0.signature_verification_algorithms)
+        rustls::crypto::verify_tls13_signature(
+            message,
+            cert,
+            dss,
+            &self.0.signature_verification_algorithms,
+        )
     }
     fn supported_verify_schemes(&self) -> Vec<SignatureScheme> {
         self.0.signature_verification_algorithms.supported_schemes()
@@ -190,8 +241,14 @@ impl ServerCertVerifier for AcceptAnyServer {
 
 /// A short description of a finished handshake, for logs and Received headers.
 pub fn describe(conn: &rustls::CommonState) -> String {
-    let v = conn.protocol_version().map(|v| format!("{v:?}")).unwrap_or_default();
-    let s = conn.negotiated_cipher_suite().map(|s| format!("{:?}", s.suite())).unwrap_or_default();
+    let v = conn
+        .protocol_version()
+        .map(|v| format!("{v:?}"))
+        .unwrap_or_default();
+    let s = conn
+        .negotiated_cipher_suite()
+        .map(|s| format!("{:?}", s.suite()))
+        .unwrap_or_default();
     format!("{} with cipher {}", v.replace("TLSv1_", "TLSv1."), s)
 }
 
@@ -215,7 +272,12 @@ pub struct PeerValidator {
 
 impl std::fmt::Debug for PeerValidator {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        write!(f, "PeerValidator({} anchors, {} CRLs)", self.roots.len(), self.crls.len())
+        write!(
+            f,
+            "PeerValidator({} anchors, {} CRLs)",
+            self.roots.len(),
+            self.crls.len()
+        )
     }
 }
 
@@ -230,23 +292,29 @@ impl PeerValidator {
                     .map_err(|e| TlsError::Rustls(format!("CRL: {e:?}")))
             })
             .collect::<Result<Vec<_>, _>>()?;
-        Ok(PeerValidator { roots: m.roots.clone(), crls: Arc::new(crls) })
+        Ok(PeerValidator {
+            roots: m.roots.clone(),
+            crls: Arc::new(crls),
+        })
     }
 
     /// `Ok(())` when the leaf chains to an anchor, is in its validity period, carries the
     /// right EKU and is not revoked by any configured CRL. The error says why in words.
     pub fn validate(&self, chain: &[CertificateDer<'_>], role: PeerRole) -> Result<(), String> {
         let (leaf, intermediates) = chain.split_first().ok_or("no certificate presented")?;
-        let ee = webpki::EndEntityCert::try_from(leaf).map_err(|e| format!("unreadable certificate: {e:?}"))?;
+        let ee = webpki::EndEntityCert::try_from(leaf)
+            .map_err(|e| format!("unreadable certificate: {e:?}"))?;
         let crl_refs: Vec<&webpki::CertRevocationList<'_>> = self.crls.iter().collect();
         let revocation = if crl_refs.is_empty() {
             None
         } else {
-            webpki::RevocationOptionsBuilder::new(&crl_refs).ok().map(|b| {
-                b.with_depth(webpki::RevocationCheckDepth::Chain)
-                    .with_status_policy(webpki::UnknownStatusPolicy::Deny)
-                    .build()
-            })
+            webpki::RevocationOptionsBuilder::new(&crl_refs)
+                .ok()
+                .map(|b| {
+                    b.with_depth(webpki::RevocationCheckDepth::Chain)
+                        .with_status_policy(webpki::UnknownStatusPolicy::Deny)
+                        .build()
+                })
         };
         let usage = match role {
             PeerRole::Server => webpki::KeyUsage::server_auth(),
@@ -275,7 +343,9 @@ fn describe_webpki_error(e: &webpki::Error) -> String {
         E::UnknownIssuer => "certificate not issued by a trusted authority".into(),
         E::UnknownRevocationStatus => "no CRL covers this certificate's issuer".into(),
         E::CrlExpired { .. } => "the issuer's CRL has expired".into(),
-        E::RequiredEkuNotFoundContext(_) => "certificate lacks the required extended key usage".into(),
+        E::RequiredEkuNotFoundContext(_) => {
+            "certificate lacks the required extended key usage".into()
+        }
         other => format!("certificate rejected: {other:?}"),
     }
 }
@@ -290,7 +360,10 @@ pub struct DeferredClientVerifier {
 
 impl DeferredClientVerifier {
     pub fn new(m: &TlsMaterial) -> DeferredClientVerifier {
-        DeferredClientVerifier { provider: provider(), hints: m.roots.subjects() }
+        DeferredClientVerifier {
+            provider: provider(),
+            hints: m.roots.subjects(),
+        }
     }
 }
 
@@ -318,7 +391,12 @@ impl rustls::server::danger::ClientCertVerifier for DeferredClientVerifier {
         cert: &CertificateDer<'_>,
         dss: &DigitallySignedStruct,
     ) -> Result<HandshakeSignatureValid, rustls::Error> {
-        rustls::crypto::verify_tls12_signature(message, cert, dss, &self.provider.signature_verification_algorithms)
+        rustls::crypto::verify_tls12_signature(
+            message,
+            cert,
+            dss,
+            &self.provider.signature_verification_algorithms,
+        )
     }
     fn verify_tls13_signature(
         &self,
@@ -326,9 +404,16 @@ impl rustls::server::danger::ClientCertVerifier for DeferredClientVerifier {
         cert: &CertificateDer<'_>,
         dss: &DigitallySignedStruct,
     ) -> Result<HandshakeSignatureValid, rustls::Error> {
-        rustls::crypto::verify_tls13_signature(message, cert, dss, &self.provider.signature_verification_algorithms)
+        rustls::crypto::verify_tls13_signature(
+            message,
+            cert,
+            dss,
+            &self.provider.signature_verification_algorithms,
+        )
     }
     fn supported_verify_schemes(&self) -> Vec<SignatureScheme> {
-        self.provider.signature_verification_algorithms.supported_schemes()
+        self.provider
+            .signature_verification_algorithms
+            .supported_schemes()
     }
 }

@@ -5,8 +5,8 @@
 //! peer's certificate DN, and the guarantee that bytes a server sends along with its STARTTLS
 //! reply are discarded; mail-send 0.6 exposes none of these as a whole.
 
-use crate::net::{read_line, BoxStream, Line};
 use crate::message::{Envelope, Ret, NOTIFY_DELAY, NOTIFY_FAILURE, NOTIFY_NEVER, NOTIFY_SUCCESS};
+use crate::net::{read_line, BoxStream, Line};
 use crate::reply::Reply;
 use std::net::SocketAddr;
 use std::sync::Arc;
@@ -164,21 +164,31 @@ impl Client {
         Ok(())
     }
 
-    async fn starttls(mut self, cfg: Arc<rustls::ClientConfig>, name: &str) -> Result<Client, SessionError> {
+    async fn starttls(
+        mut self,
+        cfg: Arc<rustls::ClientConfig>,
+        name: &str,
+    ) -> Result<Client, SessionError> {
         let r = self.command("STARTTLS\r\n").await?;
         if r.code != 220 {
-            return Err(SessionError::Tls(self.peer.clone(), format!("STARTTLS refused: {r}")));
+            return Err(SessionError::Tls(
+                self.peer.clone(),
+                format!("STARTTLS refused: {r}"),
+            ));
         }
         // into_inner drops whatever the server sent after its 220: bytes injected before the
         // handshake must never be read as if they came over TLS.
         let stream = self.r.into_inner();
-        let server_name = rustls::pki_types::ServerName::try_from(name.to_string())
-            .map_err(|e| SessionError::Tls(self.peer.clone(), format!("bad server name {name:?}: {e}")))?;
+        let server_name =
+            rustls::pki_types::ServerName::try_from(name.to_string()).map_err(|e| {
+                SessionError::Tls(self.peer.clone(), format!("bad server name {name:?}: {e}"))
+            })?;
         let connector = tokio_rustls::TlsConnector::from(cfg);
-        let tls = tokio::time::timeout(self.command_timeout, connector.connect(server_name, stream))
-            .await
-            .map_err(|_| SessionError::Tls(self.peer.clone(), "handshake timeout".into()))?
-            .map_err(|e| SessionError::Tls(self.peer.clone(), e.to_string()))?;
+        let tls =
+            tokio::time::timeout(self.command_timeout, connector.connect(server_name, stream))
+                .await
+                .map_err(|_| SessionError::Tls(self.peer.clone(), "handshake timeout".into()))?
+                .map_err(|e| SessionError::Tls(self.peer.clone(), e.to_string()))?;
         let desc = crate::tls::describe(tls.get_ref().1);
         Ok(Client {
             r: BufReader::with_capacity(16 * 1024, Box::new(tls) as BoxStream),
@@ -210,13 +220,28 @@ impl Client {
         let mut text = String::new();
         let mut code = 0u16;
         for _ in 0..100 {
-            let l = read_line(&mut self.r, &mut self.line, REPLY_LINE_MAX, self.command_timeout)
-                .await
-                .map_err(|e| SessionError::Io(self.peer.clone(), e.to_string()))?;
+            let l = read_line(
+                &mut self.r,
+                &mut self.line,
+                REPLY_LINE_MAX,
+                self.command_timeout,
+            )
+            .await
+            .map_err(|e| SessionError::Io(self.peer.clone(), e.to_string()))?;
             match l {
                 Line::Complete => {}
-                Line::TooLong { .. } => return Err(SessionError::Io(self.peer.clone(), "reply line too long".into())),
-                Line::Eof => return Err(SessionError::Io(self.peer.clone(), "connection closed".into())),
+                Line::TooLong { .. } => {
+                    return Err(SessionError::Io(
+                        self.peer.clone(),
+                        "reply line too long".into(),
+                    ))
+                }
+                Line::Eof => {
+                    return Err(SessionError::Io(
+                        self.peer.clone(),
+                        "connection closed".into(),
+                    ))
+                }
             }
             let s = String::from_utf8_lossy(&self.line);
             let s = s.trim_end_matches(['\r', '\n']);
@@ -224,9 +249,14 @@ impl Client {
                 .get(..3)
                 .and_then(|c| c.parse().ok())
                 .filter(|c| (200..600).contains(c))
-                .ok_or_else(|| SessionError::Io(self.peer.clone(), format!("malformed reply {s:?}")))?;
+                .ok_or_else(|| {
+                    SessionError::Io(self.peer.clone(), format!("malformed reply {s:?}"))
+                })?;
             if code != 0 && c != code {
-                return Err(SessionError::Io(self.peer.clone(), "inconsistent multi-line reply".into()));
+                return Err(SessionError::Io(
+                    self.peer.clone(),
+                    "inconsistent multi-line reply".into(),
+                ));
             }
             code = c;
             if !text.is_empty() {
@@ -237,7 +267,10 @@ impl Client {
                 return Ok(split_status(code, text));
             }
         }
-        Err(SessionError::Io(self.peer.clone(), "reply has too many lines".into()))
+        Err(SessionError::Io(
+            self.peer.clone(),
+            "reply has too many lines".into(),
+        ))
     }
 
     /// One transaction. `rcpts` are (index, address, notify, orcpt). Returns one outcome per
@@ -279,7 +312,11 @@ impl Client {
                     if r.notify & NOTIFY_NEVER != 0 {
                         n.push("NEVER");
                     } else {
-                        for (f, w) in [(NOTIFY_SUCCESS, "SUCCESS"), (NOTIFY_FAILURE, "FAILURE"), (NOTIFY_DELAY, "DELAY")] {
+                        for (f, w) in [
+                            (NOTIFY_SUCCESS, "SUCCESS"),
+                            (NOTIFY_FAILURE, "FAILURE"),
+                            (NOTIFY_DELAY, "DELAY"),
+                        ] {
                             if r.notify & f != 0 {
                                 n.push(w);
                             }
@@ -353,7 +390,11 @@ impl Client {
     }
 
     fn outcome(&self, r: &Reply) -> RcptOutcome {
-        let text = format!("host {} said: {}", self.peer, r.to_string().replace('\n', " "));
+        let text = format!(
+            "host {} said: {}",
+            self.peer,
+            r.to_string().replace('\n', " ")
+        );
         if r.is_positive() {
             RcptOutcome::Delivered(text)
         } else if r.is_permanent() {
@@ -377,12 +418,22 @@ fn split_status(code: u16, text: String) -> Reply {
     let first = text.split(' ').next().unwrap_or("");
     let is_status = first.split('.').count() == 3
         && first.starts_with(char::from(b'0' + (code / 100) as u8))
-        && first.split('.').all(|p| !p.is_empty() && p.bytes().all(|b| b.is_ascii_digit()));
+        && first
+            .split('.')
+            .all(|p| !p.is_empty() && p.bytes().all(|b| b.is_ascii_digit()));
     if is_status && !text.contains('\n') {
         let rest = text[first.len()..].trim_start().to_string();
-        Reply { code, status: Some(first.to_string()), text: rest }
+        Reply {
+            code,
+            status: Some(first.to_string()),
+            text: rest,
+        }
     } else {
-        Reply { code, status: None, text }
+        Reply {
+            code,
+            status: None,
+            text,
+        }
     }
 }
 
@@ -452,8 +503,14 @@ mod tests {
     #[test]
     fn replies() {
         let r = split_status(550, "5.1.1 no such user".into());
-        assert_eq!((r.status.as_deref(), r.text.as_str()), (Some("5.1.1"), "no such user"));
-        let r = split_status(250, "mx.example\nPIPELINING\nSIZE 1000\nSTARTTLS\nDSN".into());
+        assert_eq!(
+            (r.status.as_deref(), r.text.as_str()),
+            (Some("5.1.1"), "no such user")
+        );
+        let r = split_status(
+            250,
+            "mx.example\nPIPELINING\nSIZE 1000\nSTARTTLS\nDSN".into(),
+        );
         let c = Caps::from_ehlo(&r);
         assert!(c.pipelining && c.starttls && c.dsn && c.size == Some(1000) && !c.eightbit);
         assert_eq!(xtext("a+b=c d"), "a+2Bb+3Dc+20d");

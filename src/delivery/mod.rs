@@ -20,7 +20,10 @@ use tokio::sync::Semaphore;
 pub fn split_host_port(s: &str) -> Option<(&str, u16)> {
     let (h, p) = s.rsplit_once(':')?;
     let port: u16 = p.parse().ok().filter(|&p| p > 0)?;
-    let h = h.strip_prefix('[').and_then(|x| x.strip_suffix(']')).unwrap_or(h);
+    let h = h
+        .strip_prefix('[')
+        .and_then(|x| x.strip_suffix(']'))
+        .unwrap_or(h);
     (!h.is_empty()).then_some((h, port))
 }
 
@@ -53,7 +56,9 @@ impl DeliveryConfig {
                     .with_protocol_versions(&[&rustls::version::TLS13, &rustls::version::TLS12])
                     .map_err(|e| e.to_string())?
                     .dangerous()
-                    .with_custom_certificate_verifier(Arc::new(AcceptAnyServer(crate::tls::provider())))
+                    .with_custom_certificate_verifier(Arc::new(AcceptAnyServer(
+                        crate::tls::provider(),
+                    )))
                     .with_no_client_auth();
                 (Some(Arc::new(any)), None)
             }
@@ -70,7 +75,10 @@ impl DeliveryConfig {
     fn tls_mode(&self, t: &TransportConfig) -> Result<TlsMode, String> {
         match t.tls {
             TlsPolicy::None => Ok(TlsMode::None),
-            TlsPolicy::Opportunistic => Ok(self.tls_any.clone().map_or(TlsMode::None, TlsMode::Opportunistic)),
+            TlsPolicy::Opportunistic => Ok(self
+                .tls_any
+                .clone()
+                .map_or(TlsMode::None, TlsMode::Opportunistic)),
             TlsPolicy::Required | TlsPolicy::Mutual => self
                 .tls_verified
                 .clone()
@@ -119,7 +127,12 @@ impl Agent {
     }
 
     /// One attempt at every pending recipient of the message.
-    pub async fn deliver(&self, env: &Envelope, state: &State, body: &[u8]) -> Vec<(usize, RcptOutcome)> {
+    pub async fn deliver(
+        &self,
+        env: &Envelope,
+        state: &State,
+        body: &[u8],
+    ) -> Vec<(usize, RcptOutcome)> {
         let cfg = self.config.load_full();
         let mut groups: Vec<Group> = Vec::new();
         let mut out = Vec::new();
@@ -128,27 +141,51 @@ impl Agent {
                 continue;
             }
             let Some(t) = cfg.transports.get(&r.transport) else {
-                out.push((i, RcptOutcome::Deferred(format!("transport {:?} is not configured", r.transport))));
+                out.push((
+                    i,
+                    RcptOutcome::Deferred(format!("transport {:?} is not configured", r.transport)),
+                ));
                 continue;
             };
             let destination = match t.kind {
                 TransportKind::Relay => t.next_hop.clone().unwrap_or_default(),
-                TransportKind::Mx => r.address.rsplit_once('@').map(|(_, d)| d.to_ascii_lowercase()).unwrap_or_default(),
+                TransportKind::Mx => r
+                    .address
+                    .rsplit_once('@')
+                    .map(|(_, d)| d.to_ascii_lowercase())
+                    .unwrap_or_default(),
             };
-            match groups.iter_mut().find(|g| g.transport == r.transport && g.destination == destination) {
+            match groups
+                .iter_mut()
+                .find(|g| g.transport == r.transport && g.destination == destination)
+            {
                 Some(g) => g.rcpts.push((i, r)),
-                None => groups.push(Group { transport: r.transport.clone(), destination, rcpts: vec![(i, r)] }),
+                None => groups.push(Group {
+                    transport: r.transport.clone(),
+                    destination,
+                    rcpts: vec![(i, r)],
+                }),
             }
         }
-        let futs = groups.iter().map(|g| self.deliver_group(&cfg, env, g, body));
+        let futs = groups
+            .iter()
+            .map(|g| self.deliver_group(&cfg, env, g, body));
         for results in futures::future::join_all(futs).await {
             out.extend(results);
         }
         out
     }
 
-    async fn deliver_group(&self, cfg: &DeliveryConfig, env: &Envelope, g: &Group<'_>, body: &[u8]) -> Vec<(usize, RcptOutcome)> {
-        let all = |o: &dyn Fn() -> RcptOutcome| g.rcpts.iter().map(|(i, _)| (*i, o())).collect::<Vec<_>>();
+    async fn deliver_group(
+        &self,
+        cfg: &DeliveryConfig,
+        env: &Envelope,
+        g: &Group<'_>,
+        body: &[u8],
+    ) -> Vec<(usize, RcptOutcome)> {
+        let all = |o: &dyn Fn() -> RcptOutcome| {
+            g.rcpts.iter().map(|(i, _)| (*i, o())).collect::<Vec<_>>()
+        };
         let Some(t) = cfg.transports.get(&g.transport) else {
             return all(&|| RcptOutcome::Deferred("transport vanished".into()));
         };
@@ -221,7 +258,9 @@ impl Agent {
                 }
             }
         }
-        let msg = last.map(|e| e.to_string()).unwrap_or_else(|| "no next hop".into());
+        let msg = last
+            .map(|e| e.to_string())
+            .unwrap_or_else(|| "no next hop".into());
         all(&|| RcptOutcome::Deferred(msg.clone()))
     }
 
@@ -238,7 +277,9 @@ impl Agent {
     }
 
     fn give_back(&self, key: String, c: Client, cfg: &DeliveryConfig) {
-        if c.transactions >= cfg.queue.connection_reuse_limit || cfg.queue.connection_cache_time.is_zero() {
+        if c.transactions >= cfg.queue.connection_reuse_limit
+            || cfg.queue.connection_cache_time.is_zero()
+        {
             tokio::spawn(c.quit());
             return;
         }
@@ -252,7 +293,8 @@ impl Agent {
             let mut pool = self.pool.lock().unwrap_or_else(|p| p.into_inner());
             let mut out = Vec::new();
             for v in pool.values_mut() {
-                let (keep, old): (Vec<_>, Vec<_>) = v.drain(..).partition(|c| c.last_used.elapsed() < ttl);
+                let (keep, old): (Vec<_>, Vec<_>) =
+                    v.drain(..).partition(|c| c.last_used.elapsed() < ttl);
                 *v = keep;
                 out.extend(old);
             }
@@ -283,7 +325,10 @@ mod tests {
     #[test]
     fn host_port() {
         assert_eq!(split_host_port("127.0.0.1:25"), Some(("127.0.0.1", 25)));
-        assert_eq!(split_host_port("mx.example.fr:2525"), Some(("mx.example.fr", 2525)));
+        assert_eq!(
+            split_host_port("mx.example.fr:2525"),
+            Some(("mx.example.fr", 2525))
+        );
         assert_eq!(split_host_port("[::1]:25"), Some(("::1", 25)));
         assert_eq!(split_host_port("nohost"), None);
         assert_eq!(split_host_port("h:0"), None);

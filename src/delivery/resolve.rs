@@ -63,10 +63,16 @@ impl Resolver {
         let (host, port) = super::split_host_port(next_hop)
             .ok_or_else(|| ResolveError::Permanent(format!("bad next hop {next_hop:?}")))?;
         if let Ok(ip) = host.parse::<IpAddr>() {
-            return Ok(vec![Hop { name: host.to_string(), addrs: vec![SocketAddr::new(ip, port)] }]);
+            return Ok(vec![Hop {
+                name: host.to_string(),
+                addrs: vec![SocketAddr::new(ip, port)],
+            }]);
         }
         let addrs = self.addresses(host, port).await?;
-        Ok(vec![Hop { name: host.to_string(), addrs }])
+        Ok(vec![Hop {
+            name: host.to_string(),
+            addrs,
+        }])
     }
 
     /// MX hosts of `domain` by preference, each with its addresses on `port`.
@@ -92,10 +98,15 @@ impl Resolver {
         if mxs.is_empty() {
             // No MX: the domain itself is the implicit MX.
             let addrs = self.addresses(domain, port).await?;
-            return Ok(vec![Hop { name: domain.to_string(), addrs }]);
+            return Ok(vec![Hop {
+                name: domain.to_string(),
+                addrs,
+            }]);
         }
         if mxs.len() == 1 && (mxs[0].1 == "." || mxs[0].1.is_empty()) {
-            return Err(ResolveError::Permanent(format!("{domain} does not accept mail (null MX)")));
+            return Err(ResolveError::Permanent(format!(
+                "{domain} does not accept mail (null MX)"
+            )));
         }
         mxs.sort_by_key(|(p, _)| *p);
         let mut hops = Vec::new();

@@ -21,10 +21,26 @@ impl DataError {
     pub fn reply(self, max_size: usize, max_line: usize) -> crate::reply::Reply {
         use crate::reply::Reply;
         match self {
-            DataError::BareLf => Reply::new(550, "5.6.0", "Message refused: bare LF is not allowed, use CRLF"),
-            DataError::BareCr => Reply::new(550, "5.6.0", "Message refused: bare CR is not allowed, use CRLF"),
-            DataError::Nul => Reply::new(550, "5.6.0", "Message refused: NUL characters are not allowed"),
-            DataError::TooBig => Reply::new(552, "5.3.4", format!("Message size exceeds fixed limit of {max_size} bytes")),
+            DataError::BareLf => Reply::new(
+                550,
+                "5.6.0",
+                "Message refused: bare LF is not allowed, use CRLF",
+            ),
+            DataError::BareCr => Reply::new(
+                550,
+                "5.6.0",
+                "Message refused: bare CR is not allowed, use CRLF",
+            ),
+            DataError::Nul => Reply::new(
+                550,
+                "5.6.0",
+                "Message refused: NUL characters are not allowed",
+            ),
+            DataError::TooBig => Reply::new(
+                552,
+                "5.3.4",
+                format!("Message size exceeds fixed limit of {max_size} bytes"),
+            ),
             DataError::LineTooLong => Reply::new(
                 550,
                 "5.6.0",
@@ -65,7 +81,11 @@ fn check_line(line: &[u8]) -> Option<DataError> {
 }
 
 /// Reads DATA content after the 354, appending the unstuffed message to `body`.
-pub async fn read_data<R: AsyncBufRead + Unpin>(r: &mut R, body: &mut Vec<u8>, lim: &DataLimits) -> DataEnd {
+pub async fn read_data<R: AsyncBufRead + Unpin>(
+    r: &mut R,
+    body: &mut Vec<u8>,
+    lim: &DataLimits,
+) -> DataEnd {
     let start = Instant::now();
     let mut line = Vec::with_capacity(1024);
     let mut error: Option<DataError> = None;
@@ -74,9 +94,8 @@ pub async fn read_data<R: AsyncBufRead + Unpin>(r: &mut R, body: &mut Vec<u8>, l
     let mut after_crlf = true;
     loop {
         // The whole transfer must keep up min_rate beyond the base timeout.
-        if lim.min_rate > 0 {
-            let allowed = lim.timeout + Duration::from_secs((received / lim.min_rate) as u64);
-            if start.elapsed() > allowed {
+        if let Some(secs) = received.checked_div(lim.min_rate) {
+            if start.elapsed() > lim.timeout + Duration::from_secs(secs as u64) {
                 return DataEnd::Lost("data rate too low".into());
             }
         }
@@ -105,7 +124,11 @@ pub async fn read_data<R: AsyncBufRead + Unpin>(r: &mut R, body: &mut Vec<u8>, l
         if error.is_some() {
             continue;
         }
-        let content: &[u8] = if line.first() == Some(&b'.') { &line[1..] } else { &line };
+        let content: &[u8] = if line.first() == Some(&b'.') {
+            &line[1..]
+        } else {
+            &line
+        };
         if body.len() + content.len() > lim.max_size {
             error = Some(DataError::TooBig);
             continue;
@@ -118,14 +141,24 @@ pub async fn read_data<R: AsyncBufRead + Unpin>(r: &mut R, body: &mut Vec<u8>, l
 pub fn check_bdat(body: &[u8], max_line: usize) -> Result<(), DataError> {
     let mut rest = body;
     while !rest.is_empty() {
-        let end = rest.iter().position(|&b| b == b'\n').map(|i| i + 1).unwrap_or(rest.len());
+        let end = rest
+            .iter()
+            .position(|&b| b == b'\n')
+            .map(|i| i + 1)
+            .unwrap_or(rest.len());
         let line = &rest[..end];
         if line.len() > max_line {
             return Err(DataError::LineTooLong);
         }
         if !line.ends_with(b"\n") {
             // The last chunk must end with CRLF like any message.
-            return Err(if line.contains(&0) { DataError::Nul } else if line.contains(&b'\r') { DataError::BareCr } else { DataError::BareLf });
+            return Err(if line.contains(&0) {
+                DataError::Nul
+            } else if line.contains(&b'\r') {
+                DataError::BareCr
+            } else {
+                DataError::BareLf
+            });
         }
         if let Some(e) = check_line(line) {
             return Err(e);
@@ -155,7 +188,12 @@ mod tests {
     use tokio::io::BufReader;
 
     fn lim() -> DataLimits {
-        DataLimits { max_size: 1000, max_line: 100, timeout: Duration::from_secs(5), min_rate: 0 }
+        DataLimits {
+            max_size: 1000,
+            max_line: 100,
+            timeout: Duration::from_secs(5),
+            min_rate: 0,
+        }
     }
 
     async fn run(input: &[u8]) -> (DataEnd, Vec<u8>, Vec<u8>) {
@@ -163,7 +201,9 @@ mod tests {
         let mut body = Vec::new();
         let end = read_data(&mut r, &mut body, &lim()).await;
         let mut rest = Vec::new();
-        tokio::io::AsyncReadExt::read_to_end(&mut r, &mut rest).await.unwrap();
+        tokio::io::AsyncReadExt::read_to_end(&mut r, &mut rest)
+            .await
+            .unwrap();
         (end, body, rest)
     }
 
@@ -177,12 +217,25 @@ mod tests {
 
     #[tokio::test]
     async fn smuggling_variants_do_not_end_data() {
-        for sep in [&b"\n.\n"[..], b"\n.\r\n", b"\r.\r\n", b"\r\n.\n", b"\r\n.\r\r\n", b"\r\n\x00.\r\n"] {
+        for sep in [
+            &b"\n.\n"[..],
+            b"\n.\r\n",
+            b"\r.\r\n",
+            b"\r\n.\n",
+            b"\r\n.\r\r\n",
+            b"\r\n\x00.\r\n",
+        ] {
             let mut input = b"Subject: a\r\n\r\nbody".to_vec();
             input.extend_from_slice(sep);
-            input.extend_from_slice(b"MAIL FROM:<evil@x>\r\nRCPT TO:<v@y>\r\nDATA\r\nsmuggled\r\n.\r\nQUIT\r\n");
+            input.extend_from_slice(
+                b"MAIL FROM:<evil@x>\r\nRCPT TO:<v@y>\r\nDATA\r\nsmuggled\r\n.\r\nQUIT\r\n",
+            );
             let (end, _, rest) = run(&input).await;
-            assert!(matches!(end, DataEnd::Refused(_)), "{:?}: {end:?}", String::from_utf8_lossy(sep));
+            assert!(
+                matches!(end, DataEnd::Refused(_)),
+                "{:?}: {end:?}",
+                String::from_utf8_lossy(sep)
+            );
             // Everything up to the real CRLF.CRLF was swallowed as one (refused) message.
             assert_eq!(rest, b"QUIT\r\n", "{:?}", String::from_utf8_lossy(sep));
         }
@@ -191,9 +244,18 @@ mod tests {
     #[tokio::test]
     async fn limits() {
         let big = format!("{}\r\n.\r\n", "a".repeat(200));
-        assert!(matches!(run(big.as_bytes()).await.0, DataEnd::Refused(DataError::LineTooLong)));
-        let many = format!("{}.\r\n", "0123456789012345678901234567890123456789\r\n".repeat(30));
-        assert!(matches!(run(many.as_bytes()).await.0, DataEnd::Refused(DataError::TooBig)));
+        assert!(matches!(
+            run(big.as_bytes()).await.0,
+            DataEnd::Refused(DataError::LineTooLong)
+        ));
+        let many = format!(
+            "{}.\r\n",
+            "0123456789012345678901234567890123456789\r\n".repeat(30)
+        );
+        assert!(matches!(
+            run(many.as_bytes()).await.0,
+            DataEnd::Refused(DataError::TooBig)
+        ));
         assert!(matches!(run(b"partial\r\n").await.0, DataEnd::Lost(_)));
     }
 
@@ -203,7 +265,8 @@ mod tests {
         assert_eq!(check_bdat(b"a\nb\r\n", 100), Err(DataError::BareLf));
         assert_eq!(check_bdat(b"a\rb\r\n", 100), Err(DataError::BareCr));
         assert_eq!(check_bdat(b"a\r\nno end", 100), Err(DataError::BareLf));
-        let msg = b"Received: a\r\nreceived: b\r\n\tcont\r\nSubject: s\r\n\r\nReceived: in body\r\n";
+        let msg =
+            b"Received: a\r\nreceived: b\r\n\tcont\r\nSubject: s\r\n\r\nReceived: in body\r\n";
         assert_eq!(count_received(msg), 2);
     }
 }

@@ -42,13 +42,20 @@ impl PerClient {
             return None;
         }
         *n += 1;
-        Some(ClientSlot { table: self.clone(), ip })
+        Some(ClientSlot {
+            table: self.clone(),
+            ip,
+        })
     }
 }
 
 /// Runs until `shutdown` turns true, then waits for the sessions in flight (they are told to
 /// finish: idle ones get 421 at once, one inside DATA completes its message first).
-pub async fn run(listener: TcpListener, shared: Arc<ArcSwap<Shared>>, mut shutdown: watch::Receiver<bool>) {
+pub async fn run(
+    listener: TcpListener,
+    shared: Arc<ArcSwap<Shared>>,
+    mut shutdown: watch::Receiver<bool>,
+) {
     let per_client = Arc::new(PerClient::default());
     let mut sessions = JoinSet::new();
     loop {
@@ -71,23 +78,35 @@ pub async fn run(listener: TcpListener, shared: Arc<ArcSwap<Shared>>, mut shutdo
         let name = sh.listener.name.clone();
         if !ClientAccess::new(&sh.listener.clients).allows(peer.ip()) {
             tracing::info!(listener = %name, client = %peer, "connection refused: client not in listener.clients");
-            let msg = format!("554 5.7.1 {} ESMTP access denied for {}\r\n", sh.hostname, peer.ip());
+            let msg = format!(
+                "554 5.7.1 {} ESMTP access denied for {}\r\n",
+                sh.hostname,
+                peer.ip()
+            );
             tokio::spawn(async move {
-                let _ = tokio::time::timeout(std::time::Duration::from_secs(5), stream.write_all(msg.as_bytes())).await;
+                let _ = tokio::time::timeout(
+                    std::time::Duration::from_secs(5),
+                    stream.write_all(msg.as_bytes()),
+                )
+                .await;
             });
             continue;
         }
         if sessions.len() >= sh.limits.max_connections {
             tracing::warn!(listener = %name, client = %peer, "too many connections");
             tokio::spawn(async move {
-                let _ = stream.write_all(b"421 4.7.0 Too many connections, try again later\r\n").await;
+                let _ = stream
+                    .write_all(b"421 4.7.0 Too many connections, try again later\r\n")
+                    .await;
             });
             continue;
         }
         let Some(slot) = per_client.acquire(peer.ip(), sh.limits.client_connection_limit) else {
             tracing::warn!(listener = %name, client = %peer, "too many connections from this client");
             tokio::spawn(async move {
-                let _ = stream.write_all(b"421 4.7.0 Too many connections from your address\r\n").await;
+                let _ = stream
+                    .write_all(b"421 4.7.0 Too many connections from your address\r\n")
+                    .await;
             });
             continue;
         };
@@ -95,13 +114,18 @@ pub async fn run(listener: TcpListener, shared: Arc<ArcSwap<Shared>>, mut shutdo
         let rx = shutdown.clone();
         sessions.spawn(async move {
             let _slot = slot;
-            Session::new(Box::new(stream) as BoxStream, peer, sh).run(rx).await;
+            Session::new(Box::new(stream) as BoxStream, peer, sh)
+                .run(rx)
+                .await;
         });
     }
     drop(listener);
     // Sessions in flight get a bounded time to finish.
     let drain = async { while sessions.join_next().await.is_some() {} };
-    if tokio::time::timeout(std::time::Duration::from_secs(30), drain).await.is_err() {
+    if tokio::time::timeout(std::time::Duration::from_secs(30), drain)
+        .await
+        .is_err()
+    {
         sessions.abort_all();
     }
 }

@@ -7,7 +7,10 @@
 use super::data::{check_bdat, count_received, read_data, DataEnd, DataLimits};
 use super::Shared;
 use crate::config::{ClientCert, StartTls};
-use crate::message::{new_queue_id, now_ms, Envelope, Recipient, Ret, State, NOTIFY_DELAY, NOTIFY_FAILURE, NOTIFY_NEVER, NOTIFY_SUCCESS};
+use crate::message::{
+    new_queue_id, now_ms, Envelope, Recipient, Ret, State, NOTIFY_DELAY, NOTIFY_FAILURE,
+    NOTIFY_NEVER, NOTIFY_SUCCESS,
+};
 use crate::net::{read_line, BoxStream, Line};
 use crate::policy::{parse_path, RcptDecision};
 use crate::reply::Reply;
@@ -96,7 +99,10 @@ impl Session {
         self.out.clear();
         match res {
             Ok(r) => r,
-            Err(_) => Err(std::io::Error::new(std::io::ErrorKind::TimedOut, "write timeout")),
+            Err(_) => Err(std::io::Error::new(
+                std::io::ErrorKind::TimedOut,
+                "write timeout",
+            )),
         }
     }
 
@@ -161,15 +167,27 @@ impl Session {
 
     async fn command(&mut self, line: &[u8]) -> Flow {
         let Some(text) = line.strip_suffix(b"\r\n") else {
-            self.reply(&Reply::new(500, "5.5.2", "Error: bare LF in command, use CRLF"));
+            self.reply(&Reply::new(
+                500,
+                "5.5.2",
+                "Error: bare LF in command, use CRLF",
+            ));
             return Flow::Continue;
         };
         if text.contains(&b'\r') || text.contains(&0) {
-            self.reply(&Reply::new(500, "5.5.2", "Error: bare CR or NUL in command"));
+            self.reply(&Reply::new(
+                500,
+                "5.5.2",
+                "Error: bare CR or NUL in command",
+            ));
             return Flow::Continue;
         }
         let Ok(text) = std::str::from_utf8(text) else {
-            self.reply(&Reply::new(500, "5.5.2", "Error: command is not valid UTF-8"));
+            self.reply(&Reply::new(
+                500,
+                "5.5.2",
+                "Error: command is not valid UTF-8",
+            ));
             return Flow::Continue;
         };
         let (verb, arg) = match text.split_once(' ') {
@@ -188,7 +206,11 @@ impl Session {
                         }
                     }
                 }
-                self.reply(&Reply::new(530, "5.7.0", "Must issue a STARTTLS command first"));
+                self.reply(&Reply::new(
+                    530,
+                    "5.7.0",
+                    "Must issue a STARTTLS command first",
+                ));
             }
             "MAIL" => self.mail(arg),
             "RCPT" => self.rcpt(arg).await,
@@ -205,11 +227,19 @@ impl Session {
             }
             "VRFY" => {
                 self.junk += 1;
-                self.reply(&Reply::new(252, "2.5.2", "Cannot VRFY user, but will accept message and attempt delivery"));
+                self.reply(&Reply::new(
+                    252,
+                    "2.5.2",
+                    "Cannot VRFY user, but will accept message and attempt delivery",
+                ));
             }
             "HELP" => {
                 self.junk += 1;
-                self.reply(&Reply::new(214, "2.0.0", "Commands: EHLO HELO MAIL RCPT DATA BDAT RSET NOOP VRFY HELP QUIT STARTTLS"));
+                self.reply(&Reply::new(
+                    214,
+                    "2.0.0",
+                    "Commands: EHLO HELO MAIL RCPT DATA BDAT RSET NOOP VRFY HELP QUIT STARTTLS",
+                ));
             }
             "QUIT" => {
                 self.reply(&Reply::new(221, "2.0.0", "Bye"));
@@ -227,7 +257,11 @@ impl Session {
     fn helo(&mut self, verb: &str, arg: &str) {
         self.junk += 1;
         if arg.is_empty() || arg.contains(char::is_whitespace) {
-            self.reply(&Reply::new(501, "5.5.4", format!("Syntax: {verb} hostname")));
+            self.reply(&Reply::new(
+                501,
+                "5.5.4",
+                format!("Syntax: {verb} hostname"),
+            ));
             return;
         }
         self.helo = Some(arg.to_string());
@@ -244,10 +278,22 @@ impl Session {
             format!("SIZE {}", self.shared.limits.message_size_limit),
             "VRFY".into(),
         ];
-        if self.tls.is_none() && self.shared.tls.is_some() && self.shared.listener.starttls != StartTls::Off {
+        if self.tls.is_none()
+            && self.shared.tls.is_some()
+            && self.shared.listener.starttls != StartTls::Off
+        {
             caps.push("STARTTLS".into());
         }
-        caps.extend(["ENHANCEDSTATUSCODES", "8BITMIME", "DSN", "SMTPUTF8", "CHUNKING"].map(String::from));
+        caps.extend(
+            [
+                "ENHANCEDSTATUSCODES",
+                "8BITMIME",
+                "DSN",
+                "SMTPUTF8",
+                "CHUNKING",
+            ]
+            .map(String::from),
+        );
         self.reply(&Reply::new(250, "", caps.join("\n")));
     }
 
@@ -264,10 +310,18 @@ impl Session {
             match &self.client_cert {
                 None => {
                     tracing::info!(client = %self.peer, "MAIL refused: no client certificate");
-                    return self.reply(&Reply::new(530, "5.7.0", "Error: a client certificate is required"));
+                    return self.reply(&Reply::new(
+                        530,
+                        "5.7.0",
+                        "Error: a client certificate is required",
+                    ));
                 }
                 Some(Err(why)) => {
-                    let r = Reply::new(550, "5.7.1", format!("Error: client certificate refused: {why}"));
+                    let r = Reply::new(
+                        550,
+                        "5.7.1",
+                        format!("Error: client certificate refused: {why}"),
+                    );
                     tracing::info!(client = %self.peer, dn = self.client_dn.as_deref().unwrap_or("-"), reply = %r, "MAIL refused");
                     return self.reply(&r);
                 }
@@ -281,17 +335,28 @@ impl Session {
         let sender = match parse_path(path) {
             Ok(a) => a.map(|a| a.to_string()).unwrap_or_default(),
             Err(e) => {
-                self.reply(&Reply::new(501, "5.1.7", format!("Bad sender address syntax: {e}")));
+                self.reply(&Reply::new(
+                    501,
+                    "5.1.7",
+                    format!("Bad sender address syntax: {e}"),
+                ));
                 return;
             }
         };
-        let mut tx = Transaction { mail_from: Some(sender), ..Transaction::default() };
+        let mut tx = Transaction {
+            mail_from: Some(sender),
+            ..Transaction::default()
+        };
         for p in params.split_whitespace() {
             let (k, v) = p.split_once('=').unwrap_or((p, ""));
             match k.to_ascii_uppercase().as_str() {
                 "SIZE" => match v.parse::<usize>() {
                     Ok(n) if n > self.shared.limits.message_size_limit => {
-                        self.reply(&Reply::new(552, "5.3.4", "Message size exceeds fixed limit"));
+                        self.reply(&Reply::new(
+                            552,
+                            "5.3.4",
+                            "Message size exceeds fixed limit",
+                        ));
                         return;
                     }
                     Ok(_) => {}
@@ -300,7 +365,9 @@ impl Session {
                 "BODY" => match v.to_ascii_uppercase().as_str() {
                     "7BIT" => {}
                     "8BITMIME" => tx.eight_bit = true,
-                    _ => return self.reply(&Reply::new(501, "5.5.4", "Unsupported BODY parameter")),
+                    _ => {
+                        return self.reply(&Reply::new(501, "5.5.4", "Unsupported BODY parameter"))
+                    }
                 },
                 "SMTPUTF8" if v.is_empty() => tx.smtputf8 = true,
                 "RET" => match v.to_ascii_uppercase().as_str() {
@@ -314,7 +381,11 @@ impl Session {
                 },
                 "AUTH" => {}
                 _ => {
-                    return self.reply(&Reply::new(555, "5.5.4", format!("Unsupported parameter {k}")));
+                    return self.reply(&Reply::new(
+                        555,
+                        "5.5.4",
+                        format!("Unsupported parameter {k}"),
+                    ));
                 }
             }
         }
@@ -366,11 +437,21 @@ impl Session {
                             "SUCCESS" => NOTIFY_SUCCESS,
                             "FAILURE" => NOTIFY_FAILURE,
                             "DELAY" => NOTIFY_DELAY,
-                            _ => return self.reply(&Reply::new(501, "5.5.4", "Bad NOTIFY parameter")),
+                            _ => {
+                                return self.reply(&Reply::new(
+                                    501,
+                                    "5.5.4",
+                                    "Bad NOTIFY parameter",
+                                ))
+                            }
                         };
                     }
                     if notify & NOTIFY_NEVER != 0 && notify != NOTIFY_NEVER {
-                        return self.reply(&Reply::new(501, "5.5.4", "NOTIFY=NEVER cannot be combined"));
+                        return self.reply(&Reply::new(
+                            501,
+                            "5.5.4",
+                            "NOTIFY=NEVER cannot be combined",
+                        ));
                     }
                 }
                 "ORCPT" => {
@@ -380,16 +461,37 @@ impl Session {
                         _ => return self.reply(&Reply::new(501, "5.5.4", "Bad ORCPT parameter")),
                     }
                 }
-                _ => return self.reply(&Reply::new(555, "5.5.4", format!("Unsupported parameter {k}"))),
+                _ => {
+                    return self.reply(&Reply::new(
+                        555,
+                        "5.5.4",
+                        format!("Unsupported parameter {k}"),
+                    ))
+                }
             }
         }
-        let decision = self.shared.policy.load().check_recipient(&self.shared.listener.routes, &addr).await;
+        let decision = self
+            .shared
+            .policy
+            .load()
+            .check_recipient(&self.shared.listener.routes, &addr)
+            .await;
         match decision {
-            RcptDecision::Accept { route, transport, bal_type } => {
+            RcptDecision::Accept {
+                route,
+                transport,
+                bal_type,
+            } => {
                 tracing::info!(client = %self.peer, from = %self.tx.mail_from.as_deref().unwrap_or(""),
                     to = %addr, route = %route, transport = %transport, bal_type = bal_type.as_deref().unwrap_or("-"),
                     "recipient accepted");
-                self.tx.recipients.push(Recipient { address: addr.to_string(), orcpt, notify, route, transport });
+                self.tx.recipients.push(Recipient {
+                    address: addr.to_string(),
+                    orcpt,
+                    notify,
+                    route,
+                    transport,
+                });
                 self.reply(&Reply::new(250, "2.1.5", "Ok"));
             }
             RcptDecision::Reject(r) => {
@@ -460,7 +562,11 @@ impl Session {
         };
         if !self.data_ready() {
             // The chunk still has to be read off the wire to stay in sync.
-            return if self.discard(size).await.is_ok() { Flow::Continue } else { Flow::Close };
+            return if self.discard(size).await.is_ok() {
+                Flow::Continue
+            } else {
+                Flow::Close
+            };
         }
         let max = self.shared.limits.message_size_limit;
         let too_big = self.tx.bdat.len() + size > max;
@@ -471,7 +577,11 @@ impl Session {
             self.tx.bdat_failed = true;
             self.tx.bdat.clear();
             if last || too_big {
-                self.reply(&Reply::new(552, "5.3.4", format!("Message size exceeds fixed limit of {max} bytes")));
+                self.reply(&Reply::new(
+                    552,
+                    "5.3.4",
+                    format!("Message size exceeds fixed limit of {max} bytes"),
+                ));
                 self.tx = Transaction::default();
             } else {
                 self.reply(&Reply::new(250, "2.0.0", format!("{size} octets received")));
@@ -481,7 +591,8 @@ impl Session {
         let start = self.tx.bdat.len();
         self.tx.bdat.resize(start + size, 0);
         let read = tokio::time::timeout(
-            self.shared.limits.timeout + Duration::from_secs((size / self.shared.limits.min_data_rate.max(1)) as u64),
+            self.shared.limits.timeout
+                + Duration::from_secs((size / self.shared.limits.min_data_rate.max(1)) as u64),
             self.r.read_exact(&mut self.tx.bdat[start..]),
         )
         .await;
@@ -508,12 +619,18 @@ impl Session {
         let mut left = n as u64;
         let mut sink = tokio::io::sink();
         let mut take = (&mut self.r).take(left);
-        let copied = tokio::time::timeout(self.shared.limits.timeout, tokio::io::copy(&mut take, &mut sink))
-            .await
-            .map_err(|_| std::io::Error::new(std::io::ErrorKind::TimedOut, "timeout"))??;
+        let copied = tokio::time::timeout(
+            self.shared.limits.timeout,
+            tokio::io::copy(&mut take, &mut sink),
+        )
+        .await
+        .map_err(|_| std::io::Error::new(std::io::ErrorKind::TimedOut, "timeout"))??;
         left -= copied;
         if left > 0 {
-            return Err(std::io::Error::new(std::io::ErrorKind::UnexpectedEof, "short chunk"));
+            return Err(std::io::Error::new(
+                std::io::ErrorKind::UnexpectedEof,
+                "short chunk",
+            ));
         }
         Ok(())
     }
@@ -523,7 +640,11 @@ impl Session {
         let tx = std::mem::take(&mut self.tx);
         let hops = count_received(&body);
         if hops >= self.shared.limits.hop_count_limit {
-            let r = Reply::new(554, "5.4.0", format!("Error: too many hops ({hops} Received headers): mail loop?"));
+            let r = Reply::new(
+                554,
+                "5.4.0",
+                format!("Error: too many hops ({hops} Received headers): mail loop?"),
+            );
             tracing::warn!(client = %self.peer, reply = %r, "message refused");
             self.reply(&r);
             return;
@@ -547,7 +668,12 @@ impl Session {
         let mut state = State::new(env.recipients.len());
         state.next_attempt = now;
         let size = body.len() + received.len();
-        match self.shared.spool.store(&env, &state, vec![received.into_bytes(), body]).await {
+        match self
+            .shared
+            .spool
+            .store(&env, &state, vec![received.into_bytes(), body])
+            .await
+        {
             Ok(loc) => {
                 tracing::info!(queue_id = %id, client = %self.peer, from = %env.mail_from, nrcpt = env.recipients.len(),
                     size, tls = self.tls.as_deref().unwrap_or("-"), "queued");
@@ -572,7 +698,11 @@ impl Session {
             (true, false) => "ESMTP",
             (true, true) => "ESMTPS",
         };
-        let proto = if tx.smtputf8 { format!("UTF8{proto}") } else { proto.to_string() };
+        let proto = if tx.smtputf8 {
+            format!("UTF8{proto}")
+        } else {
+            proto.to_string()
+        };
         let mut h = format!(
             "Received: from {} ({} [{}])\r\n",
             self.helo.as_deref().unwrap_or("unknown"),
@@ -583,13 +713,22 @@ impl Session {
             h.push_str(&format!("\t(using {t})\r\n"));
         }
         if let Some(dn) = &self.client_dn {
-            h.push_str(&format!("\t(client certificate \"{}\")\r\n", dn.replace(['"', '\\'], "_")));
+            h.push_str(&format!(
+                "\t(client certificate \"{}\")\r\n",
+                dn.replace(['"', '\\'], "_")
+            ));
         }
-        h.push_str(&format!("\tby {} (passerelle) with {proto} id {id}", self.shared.hostname));
+        h.push_str(&format!(
+            "\tby {} (passerelle) with {proto} id {id}",
+            self.shared.hostname
+        ));
         if tx.recipients.len() == 1 {
             h.push_str(&format!("\r\n\tfor <{}>", tx.recipients[0].address));
         }
-        h.push_str(&format!("; {}\r\n", crate::dsn::rfc5322_date(now_ms() / 1000)));
+        h.push_str(&format!(
+            "; {}\r\n",
+            crate::dsn::rfc5322_date(now_ms() / 1000)
+        ));
         h
     }
 
@@ -615,26 +754,32 @@ impl Session {
             return Flow::Close;
         }
         // into_inner drops any command pipelined after STARTTLS (RFC 3207 §4.2, CVE-2011-0411).
-        let r = std::mem::replace(&mut self.r, BufReader::new(Box::new(tokio::io::empty()) as BoxStream));
+        let r = std::mem::replace(
+            &mut self.r,
+            BufReader::new(Box::new(tokio::io::empty()) as BoxStream),
+        );
         let plain = r.into_inner();
         let acceptor = tokio_rustls::TlsAcceptor::from(cfg);
-        let tls = match tokio::time::timeout(self.shared.limits.timeout, acceptor.accept(plain)).await {
-            Ok(Ok(s)) => s,
-            Ok(Err(e)) => {
-                tracing::info!(client = %self.peer, error = %e, "TLS handshake failed");
-                return Flow::Close;
-            }
-            Err(_) => {
-                tracing::info!(client = %self.peer, "TLS handshake timeout");
-                return Flow::Close;
-            }
-        };
+        let tls =
+            match tokio::time::timeout(self.shared.limits.timeout, acceptor.accept(plain)).await {
+                Ok(Ok(s)) => s,
+                Ok(Err(e)) => {
+                    tracing::info!(client = %self.peer, error = %e, "TLS handshake failed");
+                    return Flow::Close;
+                }
+                Err(_) => {
+                    tracing::info!(client = %self.peer, "TLS handshake timeout");
+                    return Flow::Close;
+                }
+            };
         let conn = tls.get_ref().1;
         let desc = crate::tls::describe(conn);
         if let Some(chain) = conn.peer_certificates().filter(|c| !c.is_empty()) {
             self.client_dn = crate::pki::subject_dn_rfc4514(chain[0].as_ref()).ok();
             let verdict = match &self.shared.validator {
-                Some(v) => v.validate(chain, crate::tls::PeerRole::Client).map(|_| chain[0].to_vec()),
+                Some(v) => v
+                    .validate(chain, crate::tls::PeerRole::Client)
+                    .map(|_| chain[0].to_vec()),
                 None => Err("no trust anchors configured".to_string()),
             };
             if let Err(why) = &verdict {
@@ -718,9 +863,15 @@ mod tests {
 
     #[test]
     fn paths() {
-        assert_eq!(split_path("FROM:<a@b.fr> SIZE=10", "FROM:"), Some(("a@b.fr", "SIZE=10")));
+        assert_eq!(
+            split_path("FROM:<a@b.fr> SIZE=10", "FROM:"),
+            Some(("a@b.fr", "SIZE=10"))
+        );
         assert_eq!(split_path("from: <a@b.fr>", "FROM:"), Some(("a@b.fr", "")));
-        assert_eq!(split_path("TO:<\"x>y\"@b.fr>", "TO:"), Some(("\"x>y\"@b.fr", "")));
+        assert_eq!(
+            split_path("TO:<\"x>y\"@b.fr>", "TO:"),
+            Some(("\"x>y\"@b.fr", ""))
+        );
         assert_eq!(split_path("FROM:<>", "FROM:"), Some(("", "")));
         assert_eq!(split_path("FROM:a@b.fr", "FROM:"), None);
         assert_eq!(split_path("FROM:<a@b.fr>SIZE=1", "FROM:"), None);

@@ -75,7 +75,10 @@ pub fn parse_path(raw: &str) -> Result<Option<Address>, AddressError> {
                 }
                 Some(_) => {
                     // Push the whole UTF-8 character.
-                    let ch = raw[i..].chars().next().ok_or(AddressError::Syntax("utf-8"))?;
+                    let ch = raw[i..]
+                        .chars()
+                        .next()
+                        .ok_or(AddressError::Syntax("utf-8"))?;
                     content.push(ch);
                     i += ch.len_utf8();
                 }
@@ -92,7 +95,9 @@ pub fn parse_path(raw: &str) -> Result<Option<Address>, AddressError> {
         }
         (&raw[..=i], &raw[i + 1..])
     } else {
-        let at = raw.rfind('@').ok_or(AddressError::Syntax("missing @domain"))?;
+        let at = raw
+            .rfind('@')
+            .ok_or(AddressError::Syntax("missing @domain"))?;
         (&raw[..at], &raw[at..])
     };
     let domain = rest
@@ -198,9 +203,21 @@ mod tests {
 
     #[test]
     fn refuses_bad_syntax() {
-        for bad in ["nodomain", "a@", "@", ".a@b.fr", "a..b@b.fr", "a@-b.fr", "a@b..fr", "a b@c.fr"] {
+        for bad in [
+            "nodomain",
+            "a@",
+            "@",
+            ".a@b.fr",
+            "a..b@b.fr",
+            "a@-b.fr",
+            "a@b..fr",
+            "a b@c.fr",
+        ] {
             assert!(p(bad).is_err(), "{bad}");
         }
-        assert_eq!(p(&format!("{}@b.fr", "a".repeat(65))), Err(AddressError::TooLong));
+        assert_eq!(
+            p(&format!("{}@b.fr", "a".repeat(65))),
+            Err(AddressError::TooLong)
+        );
     }
 }

@@ -9,7 +9,9 @@ pub type BoxFuture<'a, T> = Pin<Box<dyn Future<Output = T> + Send + 'a>>;
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum Lookup {
     /// Known; carries the BAL type (PER, ORG, APP, ...) for the log.
-    Found { bal_type: String },
+    Found {
+        bal_type: String,
+    },
     NotFound,
 }
 

@@ -60,12 +60,15 @@ pub enum RcptDecision {
     Reject(Reply),
 }
 
+/// Answers "is this domain declared in the ANS whitelist?".
+pub type DeclaredFn = Arc<dyn Fn(&str) -> bool + Send + Sync>;
+
 /// The routing part of a config snapshot, plus the whitelist and directory handles.
 pub struct Policy {
     pub routes: RouteTable,
     pub directory: Arc<dyn Directory>,
     /// Declared domains (ANS whitelist); `None` when no whitelist is configured.
-    pub declared: Option<Arc<dyn Fn(&str) -> bool + Send + Sync>>,
+    pub declared: Option<DeclaredFn>,
 }
 
 impl Policy {
@@ -176,7 +179,9 @@ mod tests {
     #[tokio::test]
     async fn decisions() {
         let order = vec!["mss".to_string(), "others".to_string()];
-        let found = Ok(Lookup::Found { bal_type: "PER".into() });
+        let found = Ok(Lookup::Found {
+            bal_type: "PER".into(),
+        });
         let p = policy(found);
         assert_eq!(
             p.check_recipient(&order, &addr("a@ok.mssante.fr")).await,

@@ -28,9 +28,8 @@ impl DomainPattern {
         };
         let valid = |d: &str| {
             !d.is_empty()
-                && d.split('.').all(|l| {
-                    !l.is_empty() && l.chars().all(|c| c.is_alphanumeric() || c == '-')
-                })
+                && d.split('.')
+                    .all(|l| !l.is_empty() && l.chars().all(|c| c.is_alphanumeric() || c == '-'))
         };
         match t {
             "*" => Ok(DomainPattern::Any),
@@ -97,7 +96,12 @@ impl Route {
         let action = match (&c.transport, &c.reject) {
             (Some(t), None) => RouteAction::Transport(t.clone()),
             (None, Some(r)) => RouteAction::Reject(Reply::parse(r)?),
-            _ => return Err(format!("route {}: needs exactly one of transport/reject", c.name)),
+            _ => {
+                return Err(format!(
+                    "route {}: needs exactly one of transport/reject",
+                    c.name
+                ))
+            }
         };
         Ok(Route {
             name: c.name.clone(),
@@ -143,8 +147,13 @@ impl RouteTable {
     ) -> Vec<Considered<'a>> {
         let mut steps = Vec::new();
         for name in order {
-            let Some(route) = self.get(name) else { continue };
-            let matched = route.patterns.iter().find(|p| p.matches(domain, is_declared));
+            let Some(route) = self.get(name) else {
+                continue;
+            };
+            let matched = route
+                .patterns
+                .iter()
+                .find(|p| p.matches(domain, is_declared));
             steps.push(Considered { route, matched });
             if matched.is_some() {
                 break;
@@ -209,9 +218,18 @@ mod tests {
         ]);
         let order: Vec<String> = ["local", "mss", "others"].map(String::from).to_vec();
         let none = |_: &str| false;
-        assert_eq!(t.select(&order, "chu.mssante.fr", &none).unwrap().0.name, "local");
-        assert_eq!(t.select(&order, "autre.mssante.fr", &none).unwrap().0.name, "mss");
-        assert_eq!(t.select(&order, "gmail.com", &none).unwrap().0.name, "others");
+        assert_eq!(
+            t.select(&order, "chu.mssante.fr", &none).unwrap().0.name,
+            "local"
+        );
+        assert_eq!(
+            t.select(&order, "autre.mssante.fr", &none).unwrap().0.name,
+            "mss"
+        );
+        assert_eq!(
+            t.select(&order, "gmail.com", &none).unwrap().0.name,
+            "others"
+        );
         let only_local = vec!["local".to_string()];
         assert!(t.select(&only_local, "autre.mssante.fr", &none).is_none());
         assert_eq!(t.explain(&order, "gmail.com", &none).len(), 3);

@@ -9,7 +9,10 @@ use super::spool::{BodyLoc, Spool};
 use crate::config::QueueConfig;
 use crate::delivery::{Agent, RcptOutcome};
 use crate::dsn::{self, DsnKind, DsnRecipient, DsnRequest};
-use crate::message::{new_queue_id, now_ms, Envelope, RcptStatus, Recipient, State, NOTIFY_DELAY, NOTIFY_FAILURE, NOTIFY_SUCCESS};
+use crate::message::{
+    new_queue_id, now_ms, Envelope, RcptStatus, Recipient, State, NOTIFY_DELAY, NOTIFY_FAILURE,
+    NOTIFY_SUCCESS,
+};
 use std::cmp::Reverse;
 use std::collections::{BinaryHeap, HashMap};
 use std::sync::Arc;
@@ -42,7 +45,11 @@ pub struct QueueRcpt {
 
 pub enum Command {
     /// A message just stored by intake (or a DSN).
-    New { envelope: Envelope, state: State, body: BodyLoc },
+    New {
+        envelope: Box<Envelope>,
+        state: State,
+        body: BodyLoc,
+    },
     List(oneshot::Sender<Vec<QueueItem>>),
     /// Retry now: one id, or all when `None`.
     Retry(Option<String>, oneshot::Sender<Result<usize, String>>),
@@ -60,7 +67,11 @@ pub struct QueueHandle {
 
 impl QueueHandle {
     pub fn submit(&self, envelope: Envelope, state: State, body: BodyLoc) {
-        let _ = self.tx.send(Command::New { envelope, state, body });
+        let _ = self.tx.send(Command::New {
+            envelope: Box::new(envelope),
+            state,
+            body,
+        });
     }
     pub fn send(&self, c: Command) -> bool {
         self.tx.send(c).is_ok()
@@ -141,7 +152,15 @@ impl Scheduler {
         if !state.held {
             self.heap.push(Reverse((state.next_attempt, id.clone())));
         }
-        self.entries.insert(id, Entry { env: Arc::new(env), state, body, running: false });
+        self.entries.insert(
+            id,
+            Entry {
+                env: Arc::new(env),
+                state,
+                body,
+                running: false,
+            },
+        );
     }
 
     async fn run(mut self, mut rx: mpsc::UnboundedReceiver<Command>) {
@@ -183,9 +202,15 @@ impl Scheduler {
             if *due > now {
                 break;
             }
-            let Ok(permit) = self.permits.clone().try_acquire_owned() else { break };
-            let Some(Reverse((due, id))) = self.heap.pop() else { break };
-            let Some(e) = self.entries.get_mut(&id) else { continue };
+            let Ok(permit) = self.permits.clone().try_acquire_owned() else {
+                break;
+            };
+            let Some(Reverse((due, id))) = self.heap.pop() else {
+                break;
+            };
+            let Some(e) = self.entries.get_mut(&id) else {
+                continue;
+            };
             // Stale heap items (rescheduled, held, or already running) are skipped.
             if e.running || e.state.held || e.state.next_attempt != due {
                 continue;
@@ -200,7 +225,9 @@ impl Scheduler {
                 config: self.config.load_full(),
                 hostname: self.hostname.clone(),
                 router: self.router.clone(),
-                queue: QueueHandle { tx: self.tx.clone() },
+                queue: QueueHandle {
+                    tx: self.tx.clone(),
+                },
             };
             let done = done.clone();
             tokio::spawn(async move {
@@ -231,9 +258,13 @@ impl Scheduler {
 
     fn command(&mut self, c: Command) {
         match c {
-            Command::New { envelope, state, body } => self.insert(envelope, state, body),
+            Command::New {
+                envelope,
+                state,
+                body,
+            } => self.insert(*envelope, state, body),
             Command::List(reply) => {
-                let mut items: Vec<QueueItem> = self.entries.values().map(|e| item(e)).collect();
+                let mut items: Vec<QueueItem> = self.entries.values().map(item).collect();
                 items.sort_by(|a, b| a.id.cmp(&b.id));
                 let _ = reply.send(items);
             }
@@ -363,7 +394,9 @@ impl Job {
         let mut failed = Vec::new();
         let mut relayed = Vec::new();
         for (i, o) in outcomes {
-            let Some(rs) = self.state.rcpts.get_mut(i) else { continue };
+            let Some(rs) = self.state.rcpts.get_mut(i) else {
+                continue;
+            };
             let rcpt = &self.env.recipients[i];
             match o {
                 RcptOutcome::Delivered(text) => {
@@ -392,15 +425,24 @@ impl Job {
         if !self.state.is_done() && age >= self.config.lifetime {
             for (i, rs) in self.state.rcpts.iter_mut().enumerate() {
                 if rs.status == RcptStatus::Pending {
-                    let why = rs.last_error.clone().unwrap_or_else(|| "no attempt succeeded".into());
+                    let why = rs
+                        .last_error
+                        .clone()
+                        .unwrap_or_else(|| "no attempt succeeded".into());
                     tracing::info!(queue_id = %id, to = %self.env.recipients[i].address, status = "expired", "{why}");
                     rs.status = RcptStatus::Failed;
-                    rs.last_error = Some(format!("message expired after {}: last error: {why}", humantime::format_duration(self.config.lifetime)));
+                    rs.last_error = Some(format!(
+                        "message expired after {}: last error: {why}",
+                        humantime::format_duration(self.config.lifetime)
+                    ));
                     failed.push(i);
                 }
             }
         }
-        let fail_dsn: Vec<usize> = failed.into_iter().filter(|&i| self.env.recipients[i].wants(NOTIFY_FAILURE)).collect();
+        let fail_dsn: Vec<usize> = failed
+            .into_iter()
+            .filter(|&i| self.env.recipients[i].wants(NOTIFY_FAILURE))
+            .collect();
         self.notify(DsnKind::Failure, &fail_dsn, &body).await;
         self.notify(DsnKind::Success, &relayed, &body).await;
 
@@ -412,14 +454,23 @@ impl Job {
             } else {
                 tracing::info!(queue_id = %id, "removed");
             }
-            return Finished { id, state: None, body: self.body };
+            return Finished {
+                id,
+                state: None,
+                body: self.body,
+            };
         }
 
-        let warn = !self.config.delay_warning.is_zero() && !self.state.delay_warned && age >= self.config.delay_warning;
+        let warn = !self.config.delay_warning.is_zero()
+            && !self.state.delay_warned
+            && age >= self.config.delay_warning;
         if warn {
             self.state.delay_warned = true;
             let delayed: Vec<usize> = (0..self.env.recipients.len())
-                .filter(|&i| self.state.rcpts[i].status == RcptStatus::Pending && self.env.recipients[i].wants(NOTIFY_DELAY))
+                .filter(|&i| {
+                    self.state.rcpts[i].status == RcptStatus::Pending
+                        && self.env.recipients[i].wants(NOTIFY_DELAY)
+                })
                 .collect();
             self.notify(DsnKind::Delay, &delayed, &body).await;
         }
@@ -434,21 +485,41 @@ impl Job {
     async fn persist(self, body: Vec<u8>) -> Finished {
         let id = self.env.id.clone();
         if self.spool.should_relocate(self.body) {
-            match self.spool.relocate(&self.env, &self.state, body, self.body).await {
-                Ok(loc) => return Finished { id, state: Some(self.state), body: loc },
-                Err(e) => tracing::warn!(queue_id = %id, error = %e, "relocation failed; updating in place"),
+            match self
+                .spool
+                .relocate(&self.env, &self.state, body, self.body)
+                .await
+            {
+                Ok(loc) => {
+                    return Finished {
+                        id,
+                        state: Some(self.state),
+                        body: loc,
+                    }
+                }
+                Err(e) => {
+                    tracing::warn!(queue_id = %id, error = %e, "relocation failed; updating in place")
+                }
             }
         }
         if let Err(e) = self.spool.update(&id, &self.state).await {
             tracing::error!(queue_id = %id, error = %e, "cannot record delivery state");
         }
-        Finished { id, state: Some(self.state), body: self.body }
+        Finished {
+            id,
+            state: Some(self.state),
+            body: self.body,
+        }
     }
 
     fn retry_later(mut self, why: String) -> Finished {
         tracing::error!(queue_id = %self.env.id, error = %why, "delivery postponed");
         self.state.next_attempt = now_ms() + 60_000;
-        Finished { id: self.env.id.clone(), state: Some(self.state), body: self.body }
+        Finished {
+            id: self.env.id.clone(),
+            state: Some(self.state),
+            body: self.body,
+        }
     }
 
     /// Sends a DSN about `rcpts` to the envelope sender (never for the null sender).
@@ -524,12 +595,18 @@ impl Job {
             dsn_id,
             dsn::rfc5322_date(now)
         );
-        match self.spool.store(&env, &state, vec![received.into_bytes(), msg]).await {
+        match self
+            .spool
+            .store(&env, &state, vec![received.into_bytes(), msg])
+            .await
+        {
             Ok(loc) => {
                 tracing::info!(queue_id = %self.env.id, dsn_id = %dsn_id, to = %self.env.mail_from, "sender notification ({kind:?}) queued");
                 self.queue.submit(env, state, loc);
             }
-            Err(e) => tracing::error!(queue_id = %self.env.id, error = %e, "cannot queue {kind:?} notification"),
+            Err(e) => {
+                tracing::error!(queue_id = %self.env.id, error = %e, "cannot queue {kind:?} notification")
+            }
         }
     }
 }
@@ -540,4 +617,3 @@ fn remote_host(diag: &str) -> Option<String> {
     let name = rest.split(['[', ' ']).next()?;
     (!name.is_empty()).then(|| name.to_string())
 }
-

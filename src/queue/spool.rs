@@ -61,7 +61,10 @@ impl SpoolError {
         match self {
             SpoolError::Write(s) => s.contains("No space") || s.contains("quota"),
             SpoolError::Io { source, .. } => {
-                matches!(source.raw_os_error(), Some(libc::ENOSPC) | Some(libc::EDQUOT))
+                matches!(
+                    source.raw_os_error(),
+                    Some(libc::ENOSPC) | Some(libc::EDQUOT)
+                )
             }
             _ => false,
         }
@@ -138,7 +141,10 @@ fn list_segments(dir: &Path) -> io::Result<Vec<u64>> {
     for e in fs::read_dir(dir)? {
         let name = e?.file_name();
         let name = name.to_string_lossy();
-        if let Some(n) = name.strip_suffix(".seg").and_then(|s| s.parse::<u64>().ok()) {
+        if let Some(n) = name
+            .strip_suffix(".seg")
+            .and_then(|s| s.parse::<u64>().ok())
+        {
             v.push(n);
         }
     }
@@ -173,14 +179,20 @@ struct UpdateRec {
 
 /// The messages of a spool as recovery finds them, without opening it for writing.
 /// Used by `serve` at start and by the `queue` verbs when the server is stopped.
-pub fn scan(spool_dir: &Path, repair: bool) -> Result<(Vec<Recovered>, RecoveryReport), SpoolError> {
+pub fn scan(
+    spool_dir: &Path,
+    repair: bool,
+) -> Result<(Vec<Recovered>, RecoveryReport), SpoolError> {
     let (msgs, report, _) = recover(spool_dir, repair)?;
     Ok((msgs.into_values().map(|(r, _)| r).collect(), report))
 }
 
 type Live = HashMap<String, (Recovered, u64)>;
 
-fn recover(spool_dir: &Path, repair: bool) -> Result<(Live, RecoveryReport, BTreeMap<u64, usize>), SpoolError> {
+fn recover(
+    spool_dir: &Path,
+    repair: bool,
+) -> Result<(Live, RecoveryReport, BTreeMap<u64, usize>), SpoolError> {
     let qdir = spool_dir.join("queue");
     let mut report = RecoveryReport::default();
     let mut live: Live = HashMap::new();
@@ -209,7 +221,10 @@ fn recover(spool_dir: &Path, repair: bool) -> Result<(Live, RecoveryReport, BTre
                             // Torn tail: a write that never got its fsync, never acknowledged.
                             report.truncated_bytes += (data.len() - pos) as u64;
                             if repair {
-                                let f = OpenOptions::new().write(true).open(&path).map_err(io_err(&path))?;
+                                let f = OpenOptions::new()
+                                    .write(true)
+                                    .open(&path)
+                                    .map_err(io_err(&path))?;
                                 f.set_len(pos as u64).map_err(io_err(&path))?;
                                 f.sync_all().map_err(io_err(&path))?;
                             }
@@ -293,7 +308,17 @@ fn apply(kind: u8, payload: &[u8], seg: u64, payload_off: u64, live: &mut Live) 
                 offset: payload_off + body_off as u64,
                 len: (payload.len() - body_off) as u64,
             };
-            live.insert(id, (Recovered { envelope: env, state, body }, seg));
+            live.insert(
+                id,
+                (
+                    Recovered {
+                        envelope: env,
+                        state,
+                        body,
+                    },
+                    seg,
+                ),
+            );
         }
         KIND_UPDATE => match serde_json::from_slice::<UpdateRec>(payload) {
             Ok(u) => {
@@ -301,7 +326,9 @@ fn apply(kind: u8, payload: &[u8], seg: u64, payload_off: u64, live: &mut Live) 
                     r.state = u.state;
                 }
             }
-            Err(e) => tracing::error!(segment = seg, error = %e, "spool: undecodable update skipped"),
+            Err(e) => {
+                tracing::error!(segment = seg, error = %e, "spool: undecodable update skipped")
+            }
         },
         KIND_REMOVE => {
             if let Ok(id) = std::str::from_utf8(payload) {
@@ -345,53 +372,106 @@ impl Spool {
         let head = counts.keys().next_back().map_or(1, |n| n + 1);
         let oldest = Arc::new(AtomicU64::new(head));
         let head_n = Arc::new(AtomicU64::new(head));
-        let mut writer = Writer::new(qdir.clone(), head, counts, lock, oldest.clone(), head_n.clone())?;
+        let mut writer = Writer::new(
+            qdir.clone(),
+            head,
+            counts,
+            lock,
+            oldest.clone(),
+            head_n.clone(),
+        )?;
         writer.collect_garbage();
         let (tx, rx) = mpsc::channel();
         std::thread::Builder::new()
             .name("spool-writer".into())
             .spawn(move || writer.run(rx))
             .map_err(io_err(spool_dir))?;
-        Ok((Spool { tx, queue_dir: qdir, oldest, head: head_n }, msgs, report))
+        Ok((
+            Spool {
+                tx,
+                queue_dir: qdir,
+                oldest,
+                head: head_n,
+            },
+            msgs,
+            report,
+        ))
     }
 
     /// Stores a new message durably; returns once it is fsync'd. `body` is written as the
     /// concatenation of its parts (the Received header, then the client's bytes).
-    pub async fn store(&self, env: &Envelope, state: &State, body: Vec<Vec<u8>>) -> Result<BodyLoc, SpoolError> {
+    pub async fn store(
+        &self,
+        env: &Envelope,
+        state: &State,
+        body: Vec<Vec<u8>>,
+    ) -> Result<BodyLoc, SpoolError> {
         self.store_inner(env, state, body, None).await
     }
 
     /// Stores a message again at the head so its old segment can be reclaimed.
-    pub async fn relocate(&self, env: &Envelope, state: &State, body: Vec<u8>, old: BodyLoc) -> Result<BodyLoc, SpoolError> {
-        self.store_inner(env, state, vec![body], Some(old.segment)).await
+    pub async fn relocate(
+        &self,
+        env: &Envelope,
+        state: &State,
+        body: Vec<u8>,
+        old: BodyLoc,
+    ) -> Result<BodyLoc, SpoolError> {
+        self.store_inner(env, state, vec![body], Some(old.segment))
+            .await
     }
 
-    async fn store_inner(&self, env: &Envelope, state: &State, body: Vec<Vec<u8>>, replaces: Option<u64>) -> Result<BodyLoc, SpoolError> {
+    async fn store_inner(
+        &self,
+        env: &Envelope,
+        state: &State,
+        body: Vec<Vec<u8>>,
+        replaces: Option<u64>,
+    ) -> Result<BodyLoc, SpoolError> {
         let envelope = serde_json::to_vec(env).map_err(|e| SpoolError::Write(e.to_string()))?;
         let state = serde_json::to_vec(state).map_err(|e| SpoolError::Write(e.to_string()))?;
         let (done, rx) = oneshot::channel();
         self.tx
-            .send(Op::Store { envelope, state, body, replaces, done })
+            .send(Op::Store {
+                envelope,
+                state,
+                body,
+                replaces,
+                done,
+            })
             .map_err(|_| SpoolError::Stopped)?;
-        rx.await.map_err(|_| SpoolError::Stopped)?.map_err(SpoolError::Write)
+        rx.await
+            .map_err(|_| SpoolError::Stopped)?
+            .map_err(SpoolError::Write)
     }
 
     pub async fn update(&self, id: &str, state: &State) -> Result<(), SpoolError> {
-        let rec = UpdateRec { id: id.to_string(), state: state.clone() };
+        let rec = UpdateRec {
+            id: id.to_string(),
+            state: state.clone(),
+        };
         let state = serde_json::to_vec(&rec).map_err(|e| SpoolError::Write(e.to_string()))?;
         let (done, rx) = oneshot::channel();
         self.tx
             .send(Op::Update { state, done })
             .map_err(|_| SpoolError::Stopped)?;
-        rx.await.map_err(|_| SpoolError::Stopped)?.map_err(SpoolError::Write)
+        rx.await
+            .map_err(|_| SpoolError::Stopped)?
+            .map_err(SpoolError::Write)
     }
 
     pub async fn remove(&self, id: &str, home: BodyLoc) -> Result<(), SpoolError> {
         let (done, rx) = oneshot::channel();
         self.tx
-            .send(Op::Remove { id: id.to_string(), home: home.segment, done })
+            .send(Op::Remove {
+                id: id.to_string(),
+                home: home.segment,
+                done,
+            })
             .map_err(|_| SpoolError::Stopped)?;
-        rx.await.map_err(|_| SpoolError::Stopped)?.map_err(SpoolError::Write)
+        rx.await
+            .map_err(|_| SpoolError::Stopped)?
+            .map_err(SpoolError::Write)
     }
 
     /// Reads a body (blocking: call from `spawn_blocking`).
@@ -406,7 +486,8 @@ impl Spool {
     /// True when a message stored at `loc` pins the oldest segment (and is not at the head):
     /// storing it again lets that segment go.
     pub fn should_relocate(&self, loc: BodyLoc) -> bool {
-        loc.segment == self.oldest.load(Ordering::Relaxed) && loc.segment != self.head.load(Ordering::Relaxed)
+        loc.segment == self.oldest.load(Ordering::Relaxed)
+            && loc.segment != self.head.load(Ordering::Relaxed)
     }
 }
 
@@ -414,7 +495,8 @@ pub fn read_body(queue_dir: &Path, loc: BodyLoc) -> Result<Vec<u8>, SpoolError> 
     let path = segment_path(queue_dir, loc.segment);
     let f = File::open(&path).map_err(io_err(&path))?;
     let mut buf = vec![0u8; loc.len as usize];
-    f.read_exact_at(&mut buf, loc.offset).map_err(io_err(&path))?;
+    f.read_exact_at(&mut buf, loc.offset)
+        .map_err(io_err(&path))?;
     Ok(buf)
 }
 
@@ -448,7 +530,16 @@ impl Writer {
             .map_err(io_err(&path))?;
         fsync_dir(&dir).map_err(io_err(&dir))?;
         counts.insert(head, 0);
-        Ok(Writer { dir, head, file, size: 0, counts, _lock: lock, oldest, head_shared })
+        Ok(Writer {
+            dir,
+            head,
+            file,
+            size: 0,
+            counts,
+            _lock: lock,
+            oldest,
+            head_shared,
+        })
     }
 
     fn run(mut self, rx: mpsc::Receiver<Op>) {
@@ -477,7 +568,12 @@ impl Writer {
         let mut locs = Vec::with_capacity(batch.len());
         for op in &batch {
             match op {
-                Op::Store { envelope, state, body, .. } => {
+                Op::Store {
+                    envelope,
+                    state,
+                    body,
+                    ..
+                } => {
                     let el = (envelope.len() as u32).to_le_bytes();
                     let sl = (state.len() as u32).to_le_bytes();
                     let mut parts: Vec<&[u8]> = vec![&el, envelope, &sl, state];
@@ -486,7 +582,11 @@ impl Writer {
                     encode(KIND_STORE, &parts, buf);
                     let body_len: usize = body.iter().map(|b| b.len()).sum();
                     let body_off = rec_start + (HEADER + 8 + envelope.len() + state.len()) as u64;
-                    locs.push(Some(BodyLoc { segment: self.head, offset: body_off, len: body_len as u64 }));
+                    locs.push(Some(BodyLoc {
+                        segment: self.head,
+                        offset: body_off,
+                        len: body_len as u64,
+                    }));
                 }
                 Op::Update { state, .. } => {
                     encode(KIND_UPDATE, &[state], buf);
@@ -520,7 +620,13 @@ impl Writer {
                             self.decrement(old);
                         }
                     }
-                    let _ = done.send(result.clone().map(|_| loc.unwrap_or(BodyLoc { segment: 0, offset: 0, len: 0 })));
+                    let _ = done.send(result.clone().map(|_| {
+                        loc.unwrap_or(BodyLoc {
+                            segment: 0,
+                            offset: 0,
+                            len: 0,
+                        })
+                    }));
                 }
                 Op::Update { done, .. } => {
                     let _ = done.send(result.clone());
@@ -577,11 +683,10 @@ impl Writer {
     }
 }
 
-
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::message::{Recipient, RcptStatus};
+    use crate::message::{RcptStatus, Recipient};
 
     fn env(id: &str) -> Envelope {
         Envelope {
@@ -611,8 +716,18 @@ mod tests {
         let (spool, msgs, _) = Spool::open(dir.path()).unwrap();
         assert!(msgs.is_empty());
         let mut st = State::new(1);
-        let l1 = spool.store(&env("A"), &st, vec![b"Received: x\r\n".to_vec(), b"body\r\n".to_vec()]).await.unwrap();
-        let l2 = spool.store(&env("B"), &st, vec![b"two\r\n".to_vec()]).await.unwrap();
+        let l1 = spool
+            .store(
+                &env("A"),
+                &st,
+                vec![b"Received: x\r\n".to_vec(), b"body\r\n".to_vec()],
+            )
+            .await
+            .unwrap();
+        let l2 = spool
+            .store(&env("B"), &st, vec![b"two\r\n".to_vec()])
+            .await
+            .unwrap();
         assert_eq!(spool.read_body(l1).unwrap(), b"Received: x\r\nbody\r\n");
         st.attempts = 3;
         st.rcpts[0].status = RcptStatus::Failed;
@@ -626,7 +741,10 @@ mod tests {
         assert_eq!(msgs.len(), 1);
         assert_eq!(msgs[0].envelope.id, "A");
         assert_eq!(msgs[0].state.attempts, 3);
-        assert_eq!(spool.read_body(msgs[0].body).unwrap(), b"Received: x\r\nbody\r\n");
+        assert_eq!(
+            spool.read_body(msgs[0].body).unwrap(),
+            b"Received: x\r\nbody\r\n"
+        );
     }
 
     #[tokio::test]
@@ -636,7 +754,10 @@ mod tests {
             let (spool, _, _) = Spool::open(dir.path()).unwrap();
             let st = State::new(1);
             for id in ["A", "B", "C"] {
-                spool.store(&env(id), &st, vec![b"hello\r\n".to_vec()]).await.unwrap();
+                spool
+                    .store(&env(id), &st, vec![b"hello\r\n".to_vec()])
+                    .await
+                    .unwrap();
             }
         }
         std::thread::sleep(std::time::Duration::from_millis(50));
@@ -656,14 +777,20 @@ mod tests {
         assert_eq!(ids, vec!["A", "C"]);
         assert_eq!(report.quarantined, 1);
         assert!(report.truncated_bytes > 0);
-        assert_eq!(fs::read_dir(dir.path().join("quarantine")).unwrap().count(), 1);
+        assert_eq!(
+            fs::read_dir(dir.path().join("quarantine")).unwrap().count(),
+            1
+        );
     }
 
     #[tokio::test]
     async fn second_open_is_refused() {
         let dir = tempfile::tempdir().unwrap();
         let (_s, _, _) = Spool::open(dir.path()).unwrap();
-        assert!(matches!(Spool::open(dir.path()), Err(SpoolError::Locked(_))));
+        assert!(matches!(
+            Spool::open(dir.path()),
+            Err(SpoolError::Locked(_))
+        ));
     }
 
     #[tokio::test]
@@ -671,7 +798,10 @@ mod tests {
         let dir = tempfile::tempdir().unwrap();
         {
             let (spool, _, _) = Spool::open(dir.path()).unwrap();
-            let l = spool.store(&env("A"), &State::new(1), vec![b"x\r\n".to_vec()]).await.unwrap();
+            let l = spool
+                .store(&env("A"), &State::new(1), vec![b"x\r\n".to_vec()])
+                .await
+                .unwrap();
             spool.remove("A", l).await.unwrap();
         }
         std::thread::sleep(std::time::Duration::from_millis(50));
