@@ -6,7 +6,7 @@ use crate::config::{Config, DirectoryKind};
 use crate::delivery::{Agent, DeliveryConfig, Resolver};
 use crate::intake::{listener, Shared};
 use crate::message::Envelope;
-use crate::policy::{Directory, NoDirectory, Policy, Route, RouteAction, RouteTable};
+use crate::policy::{Directory, NoDirectory, Policy, Route, RouteAction, RouteTable, Whitelist};
 use crate::queue::{DsnRouter, QueueHandle, Scheduler, Spool};
 use crate::tls::TlsMaterial;
 use anyhow::{anyhow, Context};
@@ -44,6 +44,18 @@ pub fn ensure_dev_pki(cfg: &Config) -> anyhow::Result<()> {
     Ok(())
 }
 
+/// Loads the ANS whitelist and logs what it found, warnings included.
+pub fn load_whitelist(path: &Path) -> anyhow::Result<Whitelist> {
+    let list =
+        Whitelist::load(path).with_context(|| format!("whitelist.file {}", path.display()))?;
+    for w in list.warnings().iter().take(20) {
+        tracing::warn!(file = %path.display(), "whitelist: {w}");
+    }
+    tracing::info!(file = %path.display(), domains = list.domain_count(), entries = list.entry_count(),
+        generated = list.generated().unwrap_or("-"), "whitelist loaded");
+    Ok(list)
+}
+
 pub fn build_policy(cfg: &Config) -> anyhow::Result<Policy> {
     let routes = cfg
         .route
@@ -51,8 +63,8 @@ pub fn build_policy(cfg: &Config) -> anyhow::Result<Policy> {
         .map(Route::from_config)
         .collect::<Result<Vec<_>, _>>()
         .map_err(|e| anyhow!(e))?;
-    let declared: Option<crate::policy::DeclaredFn> = match &cfg.whitelist {
-        Some(w) => return Err(anyhow!("whitelist {}: WIRE-ME", w.file.display())),
+    let whitelist = match &cfg.whitelist {
+        Some(w) => Some(Arc::new(load_whitelist(&w.file)?)),
         None => None,
     };
     let directory: Arc<dyn Directory> = match cfg.directory.kind {
@@ -63,7 +75,10 @@ pub fn build_policy(cfg: &Config) -> anyhow::Result<Policy> {
                 .file
                 .as_ref()
                 .ok_or_else(|| anyhow!("directory.file: required"))?;
-            return Err(anyhow!("directory {}: WIRE-ME", file.display()));
+            Arc::new(
+                crate::policy::directory::ExtractDirectory::load(file)
+                    .with_context(|| format!("directory.file {}", file.display()))?,
+            )
         }
         DirectoryKind::Ldap => {
             return Err(anyhow!(
@@ -74,7 +89,7 @@ pub fn build_policy(cfg: &Config) -> anyhow::Result<Policy> {
     Ok(Policy {
         routes: RouteTable::new(routes),
         directory,
-        declared,
+        whitelist,
     })
 }
 

@@ -37,3 +37,49 @@ impl Directory for NoDirectory {
         "none".into()
     }
 }
+
+/// `directory.kind = "extract"`: the ANS extract held in memory.
+pub struct ExtractDirectory {
+    extract: super::extract::Extract,
+    name: String,
+}
+
+impl ExtractDirectory {
+    pub fn load(path: &std::path::Path) -> Result<ExtractDirectory, super::extract::ExtractError> {
+        let (extract, report) = super::extract::Extract::load(path)?;
+        for (line, why) in report.bad_lines.iter().take(20) {
+            tracing::warn!(file = %path.display(), line, "directory extract: line skipped: {why}");
+        }
+        if report.bad_lines.len() > 20 {
+            tracing::warn!(file = %path.display(), "directory extract: {} more bad lines skipped", report.bad_lines.len() - 20);
+        }
+        tracing::info!(file = %path.display(), addresses = report.addresses, lines = report.lines,
+            bad_lines = report.bad_lines.len(), "directory extract loaded");
+        let name = path
+            .file_name()
+            .map(|n| n.to_string_lossy().into_owned())
+            .unwrap_or_else(|| path.display().to_string());
+        Ok(ExtractDirectory {
+            extract,
+            name: format!("extract {name}"),
+        })
+    }
+}
+
+impl Directory for ExtractDirectory {
+    fn lookup<'a>(&'a self, address: &'a str) -> BoxFuture<'a, Result<Lookup, DirectoryError>> {
+        let r = match self.extract.lookup(address) {
+            Some(entries) => Lookup::Found {
+                bal_type: entries
+                    .first()
+                    .map(|e| e.bal_type.clone())
+                    .unwrap_or_default(),
+            },
+            None => Lookup::NotFound,
+        };
+        Box::pin(async move { Ok(r) })
+    }
+    fn describe(&self) -> String {
+        self.name.clone()
+    }
+}

@@ -4,11 +4,14 @@
 
 pub mod address;
 pub mod directory;
+pub mod extract;
 pub mod routes;
+pub mod whitelist;
 
 pub use address::{parse_path, Address, AddressError};
 pub use directory::{Directory, DirectoryError, Lookup, NoDirectory};
 pub use routes::{DomainPattern, Route, RouteAction, RouteTable};
+pub use whitelist::{Dn, Whitelist};
 
 use crate::reply::Reply;
 use ipnet::IpNet;
@@ -60,20 +63,26 @@ pub enum RcptDecision {
     Reject(Reply),
 }
 
-/// Answers "is this domain declared in the ANS whitelist?".
-pub type DeclaredFn = Arc<dyn Fn(&str) -> bool + Send + Sync>;
-
 /// The routing part of a config snapshot, plus the whitelist and directory handles.
 pub struct Policy {
     pub routes: RouteTable,
     pub directory: Arc<dyn Directory>,
-    /// Declared domains (ANS whitelist); `None` when no whitelist is configured.
-    pub declared: Option<DeclaredFn>,
+    /// The ANS whitelist; `None` when no `[whitelist]` is configured.
+    pub whitelist: Option<Arc<Whitelist>>,
 }
 
 impl Policy {
     pub fn is_declared(&self, domain: &str) -> bool {
-        self.declared.as_ref().is_some_and(|f| f(domain))
+        self.whitelist.as_ref().is_some_and(|w| w.contains(domain))
+    }
+
+    /// The same routes and directory with another whitelist (periodic whitelist reload).
+    pub fn with_whitelist(&self, whitelist: Arc<Whitelist>) -> Policy {
+        Policy {
+            routes: self.routes.clone(),
+            directory: self.directory.clone(),
+            whitelist: Some(whitelist),
+        }
     }
 
     /// The RCPT decision for `rcpt` on a listener whose routes are `order`.
@@ -168,7 +177,15 @@ mod tests {
                 r("others", "*", None, false),
             ]),
             directory: Arc::new(Fixed(dir)),
-            declared: Some(Arc::new(|d: &str| d == "ok.mssante.fr")),
+            whitelist: Some(Arc::new(
+                Whitelist::parse(
+                    r#"<ListeBlancheMSSante xmlns="https://listeblanche.mssante.fr/schema"><ListeDomaines>
+                    <Domaine><Nom>ok.mssante.fr</Nom><DNCertificatOperateur>CN=op,O=Op,C=FR</DNCertificatOperateur></Domaine>
+                    </ListeDomaines></ListeBlancheMSSante>"#,
+                    "test",
+                )
+                .unwrap(),
+            )),
         }
     }
 
