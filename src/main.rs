@@ -40,6 +40,28 @@ enum Command {
         #[command(subcommand)]
         what: RouteCommand,
     },
+    /// The ANS whitelist as loaded.
+    Whitelist {
+        #[command(subcommand)]
+        what: WhitelistCommand,
+    },
+    /// The recipient directory.
+    Directory {
+        #[command(subcommand)]
+        what: DirectoryCommand,
+    },
+}
+
+#[derive(Subcommand)]
+enum WhitelistCommand {
+    /// Whether DOMAIN is declared, and with which operator certificate DNs.
+    Show { domain: String },
+}
+
+#[derive(Subcommand)]
+enum DirectoryCommand {
+    /// What the configured directory says of one address.
+    Lookup { address: String },
 }
 
 #[derive(Subcommand)]
@@ -139,6 +161,17 @@ fn run(cli: Cli) -> anyhow::Result<ExitCode> {
             println!("gateway DN: {}", report.gateway_dn);
             Ok(ExitCode::SUCCESS)
         }
+        Command::Whitelist {
+            what: WhitelistCommand::Show { domain },
+        } => whitelist_show(&cli.config, &domain),
+        Command::Directory {
+            what: DirectoryCommand::Lookup { address },
+        } => {
+            let rt = tokio::runtime::Builder::new_current_thread()
+                .enable_all()
+                .build()?;
+            rt.block_on(directory_lookup(&cli.config, &address))
+        }
         Command::Route {
             what:
                 RouteCommand::Test {
@@ -157,6 +190,56 @@ fn run(cli: Cli) -> anyhow::Result<ExitCode> {
                 from.as_deref(),
             ))
         }
+    }
+}
+
+fn whitelist_show(config: &std::path::Path, domain: &str) -> anyhow::Result<ExitCode> {
+    let cfg = Config::load_unvalidated(config)?;
+    let w = cfg
+        .whitelist
+        .as_ref()
+        .ok_or_else(|| anyhow::anyhow!("no [whitelist] section in {}", config.display()))?;
+    let list = passerelle::server::load_whitelist(&w.file)?;
+    let domain = domain.trim().trim_end_matches('.').to_ascii_lowercase();
+    let entries = list.entries(&domain);
+    if entries.is_empty() {
+        println!(
+            "{domain}: not declared in {} ({} domains, generated {})",
+            w.file.display(),
+            list.domain_count(),
+            list.generated().unwrap_or("?")
+        );
+        return Ok(ExitCode::from(1));
+    }
+    println!(
+        "{domain}: declared, {} operator certificate DN(s):",
+        entries.len()
+    );
+    for e in entries {
+        println!("  {}", e.dn);
+        println!("    description: {}; updated {}", e.description, e.date_maj);
+    }
+    Ok(ExitCode::SUCCESS)
+}
+
+async fn directory_lookup(config: &std::path::Path, address: &str) -> anyhow::Result<ExitCode> {
+    use passerelle::policy::Lookup;
+    let cfg = Config::load_unvalidated(config)?;
+    let policy = passerelle::server::build_policy(&cfg)?;
+    let address = address.trim().trim_matches(['<', '>']);
+    match policy.directory.lookup(address).await {
+        Ok(Lookup::Found { bal_type }) => {
+            println!(
+                "{address}: known to {} (BAL type {bal_type})",
+                policy.directory.describe()
+            );
+            Ok(ExitCode::SUCCESS)
+        }
+        Ok(Lookup::NotFound) => {
+            println!("{address}: unknown to {}", policy.directory.describe());
+            Ok(ExitCode::from(1))
+        }
+        Err(e) => Err(anyhow::anyhow!("{address}: {e}")),
     }
 }
 
@@ -210,6 +293,22 @@ async fn route_test(
                         }
                     };
                     println!("transport: {t} ({hop}), tls {}", tc.tls.as_str());
+                    if tc.tls == passerelle::config::TlsPolicy::Mutual {
+                        println!("tls: the peer must show a valid, unrevoked certificate chaining to tls.trust_anchors whose subject DN is one of the whitelist DNs below");
+                    }
+                }
+                let entries = p
+                    .whitelist
+                    .as_ref()
+                    .map(|w| w.entries(&addr.domain))
+                    .unwrap_or(&[]);
+                if step.route.whitelist || !entries.is_empty() {
+                    if entries.is_empty() {
+                        println!("whitelist: {} is not declared", addr.domain);
+                    }
+                    for e in entries {
+                        println!("whitelist: {} declared with DN {}", addr.domain, e.dn);
+                    }
                 }
             }
         }
