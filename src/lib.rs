@@ -7,6 +7,7 @@
 
 pub mod config;
 pub mod delivery;
+pub mod dn;
 pub mod dsn;
 pub mod intake;
 pub mod message;
