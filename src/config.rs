@@ -115,6 +115,11 @@ pub struct ListenerConfig {
     /// Ordered route names: the first whose domains match a recipient wins.
     #[serde(default)]
     pub routes: Vec<String>,
+    /// Subject DNs (RFC 4514) of client certificates that may relay from outside `clients`
+    /// (with `client_certificate = "request"` or `"require"`): an establishment MTA
+    /// authenticated by its certificate instead of its address.
+    #[serde(default)]
+    pub client_dns: Vec<String>,
 }
 
 fn default_starttls() -> StartTls {
@@ -479,6 +484,16 @@ impl Config {
             if l.client_certificate != ClientCert::Off && l.starttls == StartTls::Off {
                 p.push(format!(
                     "{key}.client_certificate: needs starttls = \"offer\" or \"require\""
+                ));
+            }
+            for dn in &l.client_dns {
+                if let Err(e) = crate::dn::Dn::parse_rfc4514(dn) {
+                    p.push(format!("{key}.client_dns: {dn:?}: {e}"));
+                }
+            }
+            if !l.client_dns.is_empty() && l.client_certificate == ClientCert::Off {
+                p.push(format!(
+                    "{key}.client_dns: needs client_certificate = \"request\" or \"require\""
                 ));
             }
             if self.listener[..i].iter().any(|o| o.name == l.name) {

@@ -74,6 +74,37 @@ enum PkiCommand {
         #[arg(long)]
         force: bool,
     },
+    /// Issue a leaf certificate from a dev PKI's intermediate (test peers, audit cases).
+    Issue {
+        /// The dev PKI directory (made by `pki dev`).
+        #[arg(long, default_value = passerelle::pki::DEFAULT_DEV_DIR)]
+        dir: PathBuf,
+        /// File stem: writes NAME.crt (leaf + intermediate) and NAME.key into --out.
+        #[arg(long)]
+        name: String,
+        /// Subject in RFC 4514 order, e.g. "CN=mx.op.test,OU=123,O=OP,ST=Rhone (69),C=FR".
+        #[arg(long)]
+        subject: String,
+        #[arg(long)]
+        dns: Vec<String>,
+        #[arg(long)]
+        ip: Vec<std::net::IpAddr>,
+        /// Already expired (validity ended yesterday).
+        #[arg(long)]
+        expired: bool,
+        /// Days of validity from now.
+        #[arg(long, default_value_t = 365)]
+        days: i64,
+        /// Output directory (default: --dir).
+        #[arg(long)]
+        out: Option<PathBuf>,
+    },
+    /// Revoke certificates issued from a dev PKI: re-signs its ca.crl listing them.
+    Revoke {
+        #[arg(long, default_value = passerelle::pki::DEFAULT_DEV_DIR)]
+        dir: PathBuf,
+        certificates: Vec<PathBuf>,
+    },
 }
 
 #[derive(Subcommand)]
@@ -159,6 +190,66 @@ fn run(cli: Cli) -> anyhow::Result<ExitCode> {
                 println!("{}", f.display());
             }
             println!("gateway DN: {}", report.gateway_dn);
+            Ok(ExitCode::SUCCESS)
+        }
+        Command::Pki {
+            what:
+                PkiCommand::Issue {
+                    dir,
+                    name,
+                    subject,
+                    dns,
+                    ip,
+                    expired,
+                    days,
+                    out,
+                },
+        } => {
+            use passerelle::pki;
+            let now = time::OffsetDateTime::now_utc();
+            let (not_before, not_after) = if expired {
+                (
+                    now - time::Duration::days(30),
+                    now - time::Duration::days(1),
+                )
+            } else {
+                (
+                    now - time::Duration::days(1),
+                    now + time::Duration::days(days),
+                )
+            };
+            let spec = pki::LeafSpec {
+                name,
+                subject: pki::parse_subject(&subject)?,
+                dns_names: dns,
+                ips: ip,
+                not_before,
+                not_after,
+                server_auth: true,
+                client_auth: true,
+            };
+            let issuer = pki::Issuer::load(
+                &dir.join(pki::INTERMEDIATE_CERT_FILE),
+                &dir.join(pki::INTERMEDIATE_KEY_FILE),
+            )?;
+            let out = out.unwrap_or(dir);
+            std::fs::create_dir_all(&out)?;
+            let crt = issuer.issue(&spec, &out)?;
+            println!("{}", crt.display());
+            Ok(ExitCode::SUCCESS)
+        }
+        Command::Pki {
+            what: PkiCommand::Revoke { dir, certificates },
+        } => {
+            let serials = certificates
+                .iter()
+                .map(|c| passerelle::pki::serial_of(c))
+                .collect::<Result<Vec<_>, _>>()?;
+            let n = passerelle::pki::revoke_in_dev_pki(&dir, &serials)?;
+            println!(
+                "{}: {n} certificate(s) revoked",
+                dir.join(passerelle::pki::CRL_FILE).display()
+            );
             Ok(ExitCode::SUCCESS)
         }
         Command::Whitelist {

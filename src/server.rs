@@ -165,6 +165,24 @@ fn dsn_router(
     })
 }
 
+/// The whitelist DNs of a domain, from whichever whitelist is current when delivery asks.
+fn dn_pins(policy: &Arc<ArcSwap<Policy>>) -> crate::delivery::DnPins {
+    let policy = policy.clone();
+    Arc::new(move |domain: &str| {
+        policy
+            .load()
+            .whitelist
+            .as_ref()
+            .map(|w| {
+                w.entries(domain)
+                    .iter()
+                    .map(|e| e.dn_norm.clone())
+                    .collect()
+            })
+            .unwrap_or_default()
+    })
+}
+
 pub async fn serve(config_path: &Path) -> anyhow::Result<()> {
     let snap = Snapshot::load(config_path)?;
     let cfg = &snap.config;
@@ -172,11 +190,11 @@ pub async fn serve(config_path: &Path) -> anyhow::Result<()> {
     tracing::info!(spool = %cfg.server.spool.display(), messages = report.messages, segments = report.segments,
         quarantined = report.quarantined, "queue recovered");
     let resolver = Resolver::new(&cfg.dns).map_err(|e| anyhow!(e))?;
+    let policy = Arc::new(ArcSwap::new(snap.policy.clone()));
     let agent = Agent::new(
-        DeliveryConfig::new(cfg, snap.tls.as_ref()).map_err(|e| anyhow!(e))?,
+        DeliveryConfig::new(cfg, snap.tls.as_ref(), dn_pins(&policy)).map_err(|e| anyhow!(e))?,
         resolver,
     );
-    let policy = Arc::new(ArcSwap::new(snap.policy.clone()));
     let listener_routes: HashMap<String, Vec<String>> = cfg
         .listener
         .iter()
@@ -252,6 +270,11 @@ fn shared_for(
         limits: snap.config.smtp.clone(),
         policy: policy.clone(),
         tls: snap.server_tls(l)?,
+        client_dns: l
+            .client_dns
+            .iter()
+            .filter_map(|d| crate::dn::Dn::parse_rfc4514(d).ok())
+            .collect(),
         validator: match &snap.tls {
             Some(m) if l.client_certificate != crate::config::ClientCert::Off => {
                 Some(crate::tls::PeerValidator::new(m)?)
@@ -276,7 +299,8 @@ fn reload(
 ) -> anyhow::Result<()> {
     let snap = Snapshot::load(path)?;
     // Build every part first; swap only when all succeeded.
-    let delivery = DeliveryConfig::new(&snap.config, snap.tls.as_ref()).map_err(|e| anyhow!(e))?;
+    let delivery = DeliveryConfig::new(&snap.config, snap.tls.as_ref(), dn_pins(policy))
+        .map_err(|e| anyhow!(e))?;
     let mut shareds = Vec::new();
     for l in &snap.config.listener {
         match listeners.get(&l.name) {

@@ -81,6 +81,15 @@ pub enum TlsMode {
     Opportunistic(Arc<rustls::ClientConfig>),
     /// STARTTLS is mandatory; the config's verifier decides whether the peer is acceptable.
     Required(Arc<rustls::ClientConfig>),
+    /// The MSSanté trust space: STARTTLS mandatory, our certificate presented, the peer's
+    /// chain validated against our anchors and CRLs, and its subject DN one of `allowed`
+    /// (the whitelist DNs of `domain`). The DN pin replaces the host name check.
+    Mutual {
+        config: Arc<rustls::ClientConfig>,
+        validator: crate::tls::PeerValidator,
+        allowed: Arc<[crate::dn::Dn]>,
+        domain: String,
+    },
 }
 
 pub struct ClientOptions {
@@ -133,8 +142,9 @@ impl Client {
         let config = match &opts.tls {
             TlsMode::None => None,
             TlsMode::Opportunistic(cfg) => c.caps.starttls.then(|| cfg.clone()),
-            TlsMode::Required(cfg) => {
+            TlsMode::Required(cfg) | TlsMode::Mutual { config: cfg, .. } => {
                 if !c.caps.starttls {
+                    let _ = c.command("QUIT\r\n").await;
                     return Err(SessionError::Tls(
                         c.peer.clone(),
                         "STARTTLS not offered; TLS is required, not sending in clear".into(),
@@ -144,7 +154,7 @@ impl Client {
             }
         };
         if let Some(cfg) = config {
-            c = c.starttls(cfg, &opts.server_name).await?;
+            c = c.starttls(cfg, &opts.server_name, &opts.tls).await?;
             c.ehlo(&opts.helo).await?;
         }
         Ok(c)
@@ -168,6 +178,7 @@ impl Client {
         mut self,
         cfg: Arc<rustls::ClientConfig>,
         name: &str,
+        mode: &TlsMode,
     ) -> Result<Client, SessionError> {
         let r = self.command("STARTTLS\r\n").await?;
         if r.code != 220 {
@@ -190,6 +201,17 @@ impl Client {
                 .map_err(|_| SessionError::Tls(self.peer.clone(), "handshake timeout".into()))?
                 .map_err(|e| SessionError::Tls(self.peer.clone(), e.to_string()))?;
         let desc = crate::tls::describe(tls.get_ref().1);
+        if let TlsMode::Mutual {
+            validator,
+            allowed,
+            domain,
+            ..
+        } = mode
+        {
+            let chain = tls.get_ref().1.peer_certificates().unwrap_or(&[]);
+            check_trust_space_peer(chain, validator, allowed, domain)
+                .map_err(|why| SessionError::Tls(self.peer.clone(), why))?;
+        }
         Ok(Client {
             r: BufReader::with_capacity(16 * 1024, Box::new(tls) as BoxStream),
             caps: Caps::default(),
@@ -412,6 +434,27 @@ impl Client {
     pub async fn quit(mut self) {
         let _ = tokio::time::timeout(Duration::from_secs(2), self.command("QUIT\r\n")).await;
     }
+}
+
+/// The trust-space check of an outbound peer, after the handshake and before any mail.
+fn check_trust_space_peer(
+    chain: &[rustls::pki_types::CertificateDer<'_>],
+    validator: &crate::tls::PeerValidator,
+    allowed: &[crate::dn::Dn],
+    domain: &str,
+) -> Result<(), String> {
+    validator
+        .validate(chain, crate::tls::PeerRole::Server)
+        .map_err(|why| format!("peer certificate refused: {why}"))?;
+    let dn = crate::dn::Dn::from_cert_der(chain[0].as_ref())
+        .map_err(|e| format!("peer certificate refused: unreadable subject: {e}"))?;
+    if allowed.contains(&dn) {
+        return Ok(());
+    }
+    Err(format!(
+        "peer certificate DN \"{dn}\" is not declared in the MSSante whitelist for {domain} (declared: {})",
+        allowed.iter().map(|d| format!("\"{d}\"")).collect::<Vec<_>>().join(", ")
+    ))
 }
 
 fn split_status(code: u16, text: String) -> Reply {

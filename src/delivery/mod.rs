@@ -27,6 +27,10 @@ pub fn split_host_port(s: &str) -> Option<(&str, u16)> {
     (!h.is_empty()).then_some((h, port))
 }
 
+/// The operator certificate DNs declared for a recipient domain (the ANS whitelist, read at
+/// delivery time so a reloaded list applies at once).
+pub type DnPins = Arc<dyn Fn(&str) -> Vec<crate::dn::Dn> + Send + Sync>;
+
 /// What delivery needs from a config snapshot; rebuilt on reload.
 pub struct DeliveryConfig {
     pub hostname: String,
@@ -36,10 +40,25 @@ pub struct DeliveryConfig {
     pub tls_any: Option<Arc<rustls::ClientConfig>>,
     /// Chain and name verified against our trust anchors and CRLs (required).
     pub tls_verified: Option<Arc<rustls::ClientConfig>>,
+    /// Our certificate presented, the peer judged after the handshake (mutual).
+    pub tls_mutual: Option<(Arc<rustls::ClientConfig>, crate::tls::PeerValidator)>,
+    pub pins: DnPins,
 }
 
 impl DeliveryConfig {
-    pub fn new(cfg: &Config, tls: Option<&TlsMaterial>) -> Result<DeliveryConfig, String> {
+    pub fn new(
+        cfg: &Config,
+        tls: Option<&TlsMaterial>,
+        pins: DnPins,
+    ) -> Result<DeliveryConfig, String> {
+        let tls_mutual = match tls {
+            Some(m) => Some((
+                m.client_config(Arc::new(AcceptAnyServer(crate::tls::provider())))
+                    .map_err(|e| e.to_string())?,
+                crate::tls::PeerValidator::new(m).map_err(|e| e.to_string())?,
+            )),
+            None => None,
+        };
         let (tls_any, tls_verified) = match tls {
             Some(m) => {
                 let any = m
@@ -69,17 +88,36 @@ impl DeliveryConfig {
             queue: cfg.queue.clone(),
             tls_any,
             tls_verified,
+            tls_mutual,
+            pins,
         })
     }
 
-    fn tls_mode(&self, t: &TransportConfig) -> Result<TlsMode, String> {
+    fn tls_mode(&self, t: &TransportConfig, domain: &str) -> Result<TlsMode, String> {
         match t.tls {
+            TlsPolicy::Mutual => {
+                let (config, validator) = self.tls_mutual.clone().ok_or_else(|| {
+                    "tls = \"mutual\" but no [tls] certificate is loaded".to_string()
+                })?;
+                let allowed: Arc<[crate::dn::Dn]> = (self.pins)(domain).into();
+                if allowed.is_empty() {
+                    return Err(format!(
+                        "{domain} is not declared in the MSSante whitelist: no operator certificate to expect, not sending"
+                    ));
+                }
+                Ok(TlsMode::Mutual {
+                    config,
+                    validator,
+                    allowed,
+                    domain: domain.to_string(),
+                })
+            }
             TlsPolicy::None => Ok(TlsMode::None),
             TlsPolicy::Opportunistic => Ok(self
                 .tls_any
                 .clone()
                 .map_or(TlsMode::None, TlsMode::Opportunistic)),
-            TlsPolicy::Required | TlsPolicy::Mutual => self
+            TlsPolicy::Required => self
                 .tls_verified
                 .clone()
                 .map(TlsMode::Required)
@@ -93,6 +131,8 @@ struct Group<'a> {
     transport: String,
     /// next_hop for relay, the recipient domain for mx.
     destination: String,
+    /// The recipients' domain when the DN pin depends on it (mutual TLS), else empty.
+    domain: String,
     rcpts: Vec<(usize, &'a Recipient)>,
 }
 
@@ -147,22 +187,29 @@ impl Agent {
                 ));
                 continue;
             };
+            let rcpt_domain = r
+                .address
+                .rsplit_once('@')
+                .map(|(_, d)| d.to_ascii_lowercase())
+                .unwrap_or_default();
             let destination = match t.kind {
                 TransportKind::Relay => t.next_hop.clone().unwrap_or_default(),
-                TransportKind::Mx => r
-                    .address
-                    .rsplit_once('@')
-                    .map(|(_, d)| d.to_ascii_lowercase())
-                    .unwrap_or_default(),
+                TransportKind::Mx => rcpt_domain.clone(),
             };
-            match groups
-                .iter_mut()
-                .find(|g| g.transport == r.transport && g.destination == destination)
-            {
+            // Mutual TLS pins the peer per recipient domain: never mix domains in one session.
+            let domain = if t.tls == TlsPolicy::Mutual {
+                rcpt_domain
+            } else {
+                String::new()
+            };
+            match groups.iter_mut().find(|g| {
+                g.transport == r.transport && g.destination == destination && g.domain == domain
+            }) {
                 Some(g) => g.rcpts.push((i, r)),
                 None => groups.push(Group {
                     transport: r.transport.clone(),
                     destination,
+                    domain,
                     rcpts: vec![(i, r)],
                 }),
             }
@@ -189,11 +236,11 @@ impl Agent {
         let Some(t) = cfg.transports.get(&g.transport) else {
             return all(&|| RcptOutcome::Deferred("transport vanished".into()));
         };
-        let tls = match cfg.tls_mode(t) {
+        let tls = match cfg.tls_mode(t, &g.domain) {
             Ok(m) => m,
             Err(e) => return all(&|| RcptOutcome::Deferred(e.clone())),
         };
-        let key = format!("{}|{}", g.transport, g.destination);
+        let key = format!("{}|{}|{}", g.transport, g.destination, g.domain);
         let sem = {
             let mut l = self.limits.lock().unwrap_or_else(|p| p.into_inner());
             l.entry(key.clone())

@@ -76,7 +76,9 @@ pub async fn run(
         let sh = shared.load_full();
         let _ = stream.set_nodelay(true);
         let name = sh.listener.name.clone();
-        if !ClientAccess::new(&sh.listener.clients).allows(peer.ip()) {
+        let ip_ok = ClientAccess::new(&sh.listener.clients).allows(peer.ip());
+        // Clients outside the CIDRs may still come in to authenticate by certificate.
+        if !ip_ok && sh.client_dns.is_empty() {
             tracing::info!(listener = %name, client = %peer, "connection refused: client not in listener.clients");
             let msg = format!(
                 "554 5.7.1 {} ESMTP access denied for {}\r\n",
@@ -114,7 +116,7 @@ pub async fn run(
         let rx = shutdown.clone();
         sessions.spawn(async move {
             let _slot = slot;
-            Session::new(Box::new(stream) as BoxStream, peer, sh)
+            Session::new(Box::new(stream) as BoxStream, peer, sh, ip_ok)
                 .run(rx)
                 .await;
         });

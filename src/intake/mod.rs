@@ -22,6 +22,8 @@ pub struct Shared {
     pub tls: Option<Arc<rustls::ServerConfig>>,
     /// Judges client certificates after the handshake (listeners that ask for one).
     pub validator: Option<crate::tls::PeerValidator>,
+    /// Certificate subjects allowed to relay from outside `listener.clients`.
+    pub client_dns: Vec<crate::dn::Dn>,
     pub spool: Spool,
     pub queue: QueueHandle,
 }

@@ -43,8 +43,10 @@ pub struct Session {
     tls: Option<String>,
     /// Subject DN of the client certificate (for logs and the Received header).
     client_dn: Option<String>,
-    /// The client certificate's verdict: `None` when none was presented.
-    client_cert: Option<Result<Vec<u8>, String>>,
+    /// The client certificate's verdict (its subject when valid): `None` when none was presented.
+    client_cert: Option<Result<crate::dn::Dn, String>>,
+    /// The client's address is in `listener.clients`; otherwise only a listed certificate relays.
+    ip_authorized: bool,
     tx: Transaction,
     errors: u32,
     junk: u32,
@@ -57,7 +59,12 @@ enum Flow {
 }
 
 impl Session {
-    pub fn new(stream: BoxStream, peer: SocketAddr, shared: Arc<Shared>) -> Session {
+    pub fn new(
+        stream: BoxStream,
+        peer: SocketAddr,
+        shared: Arc<Shared>,
+        ip_authorized: bool,
+    ) -> Session {
         Session {
             r: BufReader::with_capacity(16 * 1024, stream),
             out: Vec::with_capacity(1024),
@@ -68,6 +75,7 @@ impl Session {
             tls: None,
             client_dn: None,
             client_cert: None,
+            ip_authorized,
             tx: Transaction::default(),
             errors: 0,
             junk: 0,
@@ -333,7 +341,7 @@ impl Session {
             return;
         };
         let sender = match parse_path(path) {
-            Ok(a) => a.map(|a| a.to_string()).unwrap_or_default(),
+            Ok(a) => a,
             Err(e) => {
                 self.reply(&Reply::new(
                     501,
@@ -343,6 +351,11 @@ impl Session {
                 return;
             }
         };
+        if let Some(r) = self.certificate_policy(sender.as_ref().map(|a| a.domain.as_str())) {
+            tracing::info!(client = %self.peer, dn = self.client_dn.as_deref().unwrap_or("-"), reply = %r, "MAIL refused");
+            return self.reply(&r);
+        }
+        let sender = sender.map(|a| a.to_string()).unwrap_or_default();
         let mut tx = Transaction {
             mail_from: Some(sender),
             ..Transaction::default()
@@ -393,6 +406,49 @@ impl Session {
         self.tx = tx;
         self.junk = 0;
         self.reply(&Reply::new(250, "2.1.0", "Ok"));
+    }
+
+    /// The certificate rules of this listener for a sender domain (`None`: the null sender).
+    /// Returns the refusal, if any.
+    fn certificate_policy(&self, sender_domain: Option<&str>) -> Option<Reply> {
+        let valid = match &self.client_cert {
+            Some(Ok(dn)) => Some(dn),
+            _ => None,
+        };
+        if self.shared.listener.client_certificate == ClientCert::Require {
+            // Trust space: the certificate must be declared for the sender's domain.
+            let dn = valid?;
+            let policy = self.shared.policy.load();
+            let Some(wl) = policy.whitelist.as_ref() else {
+                return Some(Reply::new(
+                    451,
+                    "4.7.0",
+                    "Error: no MSSante whitelist loaded, try again later",
+                ));
+            };
+            let declared = match sender_domain {
+                Some(d) => wl.dn_allowed(d, dn),
+                None => wl.dn_known(dn),
+            };
+            if !declared {
+                return Some(Reply::new(
+                    550,
+                    "5.7.1",
+                    format!(
+                        "Error: certificate \"{dn}\" is not declared in the MSSante whitelist for {}",
+                        sender_domain.unwrap_or("any domain")
+                    ),
+                ));
+            }
+        }
+        if !self.ip_authorized && !valid.is_some_and(|dn| self.shared.client_dns.contains(dn)) {
+            return Some(Reply::new(
+                554,
+                "5.7.1",
+                "Error: relay access denied: present a client certificate listed for this listener",
+            ));
+        }
+        None
     }
 
     async fn rcpt(&mut self, arg: &str) {
@@ -779,7 +835,10 @@ impl Session {
             let verdict = match &self.shared.validator {
                 Some(v) => v
                     .validate(chain, crate::tls::PeerRole::Client)
-                    .map(|_| chain[0].to_vec()),
+                    .and_then(|_| {
+                        crate::dn::Dn::from_cert_der(chain[0].as_ref())
+                            .map_err(|e| format!("unreadable subject: {e}"))
+                    }),
                 None => Err("no trust anchors configured".to_string()),
             };
             if let Err(why) = &verdict {

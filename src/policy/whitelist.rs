@@ -355,6 +355,12 @@ impl Whitelist {
         self.entries(domain).iter().any(|e| &e.dn_norm == peer)
     }
 
+    /// Whether `peer` is listed for any domain: an operator of the trust space. Used for the
+    /// null sender (bounces, MDNs), which has no domain to check against.
+    pub fn dn_known(&self, peer: &Dn) -> bool {
+        self.domains.values().flatten().any(|e| &e.dn_norm == peer)
+    }
+
     /// Number of distinct domains.
     pub fn domain_count(&self) -> usize {
         self.domains.len()
