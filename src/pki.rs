@@ -865,6 +865,93 @@ fn escape_rfc4514(value: &str) -> String {
     out
 }
 
+/// Parses `CN=a,OU=b,O=c\, d,ST=e,C=FR` (RFC 4514 order) into a [`LeafSpec`] subject.
+pub fn parse_subject(s: &str) -> Result<Vec<(DnAttr, String)>, PkiError> {
+    let mut out = Vec::new();
+    let mut cur = String::new();
+    let mut parts = Vec::new();
+    let mut chars = s.chars();
+    while let Some(c) = chars.next() {
+        match c {
+            '\\' => {
+                if let Some(n) = chars.next() {
+                    cur.push(n);
+                }
+            }
+            ',' => parts.push(std::mem::take(&mut cur)),
+            _ => cur.push(c),
+        }
+    }
+    parts.push(cur);
+    for p in parts {
+        let (k, v) = p
+            .split_once('=')
+            .ok_or_else(|| PkiError::Invalid(format!("{p:?} is not TYPE=value")))?;
+        let attr = match k.trim().to_ascii_uppercase().as_str() {
+            "C" => DnAttr::C,
+            "ST" => DnAttr::St,
+            "L" => DnAttr::L,
+            "O" => DnAttr::O,
+            "OU" => DnAttr::Ou,
+            "CN" => DnAttr::Cn,
+            other => {
+                return Err(PkiError::Invalid(format!(
+                    "unsupported attribute type {other}"
+                )))
+            }
+        };
+        out.push((attr, v.trim().to_string()));
+    }
+    Ok(out)
+}
+
+/// Serials revoked so far in a dev PKI directory (one hex serial per line in `revoked.txt`),
+/// plus `new`, written back; then `ca.crl` is re-signed by the intermediate listing them all.
+pub fn revoke_in_dev_pki(dir: &Path, new: &[Vec<u8>]) -> Result<usize, PkiError> {
+    let list = dir.join("revoked.txt");
+    let mut serials: Vec<Vec<u8>> = match std::fs::read_to_string(&list) {
+        Ok(t) => t
+            .lines()
+            .filter_map(|l| {
+                let l = l.trim();
+                (0..l.len())
+                    .step_by(2)
+                    .map(|i| l.get(i..i + 2).and_then(|h| u8::from_str_radix(h, 16).ok()))
+                    .collect::<Option<Vec<u8>>>()
+            })
+            .filter(|v| !v.is_empty())
+            .collect(),
+        Err(e) if e.kind() == io::ErrorKind::NotFound => Vec::new(),
+        Err(source) => {
+            return Err(PkiError::Io {
+                op: "read",
+                path: list,
+                source,
+            })
+        }
+    };
+    for s in new {
+        if !serials.contains(s) {
+            serials.push(s.clone());
+        }
+    }
+    let text: String = serials
+        .iter()
+        .map(|s| s.iter().map(|b| format!("{b:02x}")).collect::<String>() + "\n")
+        .collect();
+    std::fs::write(&list, text).map_err(|source| PkiError::Io {
+        op: "write",
+        path: list.clone(),
+        source,
+    })?;
+    let issuer = Issuer::load(
+        &dir.join(INTERMEDIATE_CERT_FILE),
+        &dir.join(INTERMEDIATE_KEY_FILE),
+    )?;
+    write_crl(&issuer, &serials, &dir.join(CRL_FILE), true)?;
+    Ok(serials.len())
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -1383,91 +1470,4 @@ mod tests {
             .collect();
         assert!(out.contains(&serial_hex), "{out}");
     }
-}
-
-/// Parses `CN=a,OU=b,O=c\, d,ST=e,C=FR` (RFC 4514 order) into a [`LeafSpec`] subject.
-pub fn parse_subject(s: &str) -> Result<Vec<(DnAttr, String)>, PkiError> {
-    let mut out = Vec::new();
-    let mut cur = String::new();
-    let mut parts = Vec::new();
-    let mut chars = s.chars();
-    while let Some(c) = chars.next() {
-        match c {
-            '\\' => {
-                if let Some(n) = chars.next() {
-                    cur.push(n);
-                }
-            }
-            ',' => parts.push(std::mem::take(&mut cur)),
-            _ => cur.push(c),
-        }
-    }
-    parts.push(cur);
-    for p in parts {
-        let (k, v) = p
-            .split_once('=')
-            .ok_or_else(|| PkiError::Invalid(format!("{p:?} is not TYPE=value")))?;
-        let attr = match k.trim().to_ascii_uppercase().as_str() {
-            "C" => DnAttr::C,
-            "ST" => DnAttr::St,
-            "L" => DnAttr::L,
-            "O" => DnAttr::O,
-            "OU" => DnAttr::Ou,
-            "CN" => DnAttr::Cn,
-            other => {
-                return Err(PkiError::Invalid(format!(
-                    "unsupported attribute type {other}"
-                )))
-            }
-        };
-        out.push((attr, v.trim().to_string()));
-    }
-    Ok(out)
-}
-
-/// Serials revoked so far in a dev PKI directory (one hex serial per line in `revoked.txt`),
-/// plus `new`, written back; then `ca.crl` is re-signed by the intermediate listing them all.
-pub fn revoke_in_dev_pki(dir: &Path, new: &[Vec<u8>]) -> Result<usize, PkiError> {
-    let list = dir.join("revoked.txt");
-    let mut serials: Vec<Vec<u8>> = match std::fs::read_to_string(&list) {
-        Ok(t) => t
-            .lines()
-            .filter_map(|l| {
-                let l = l.trim();
-                (0..l.len())
-                    .step_by(2)
-                    .map(|i| l.get(i..i + 2).and_then(|h| u8::from_str_radix(h, 16).ok()))
-                    .collect::<Option<Vec<u8>>>()
-            })
-            .filter(|v| !v.is_empty())
-            .collect(),
-        Err(e) if e.kind() == io::ErrorKind::NotFound => Vec::new(),
-        Err(source) => {
-            return Err(PkiError::Io {
-                op: "read",
-                path: list,
-                source,
-            })
-        }
-    };
-    for s in new {
-        if !serials.contains(s) {
-            serials.push(s.clone());
-        }
-    }
-    let text: String = serials
-        .iter()
-        .map(|s| s.iter().map(|b| format!("{b:02x}")).collect::<String>() + "\n")
-        .collect();
-    std::fs::write(&list, text).map_err(|source| PkiError::Io {
-        op: "write",
-        path: list.clone(),
-        source,
-    })?;
-    let issuer = Issuer::load(
-        &dir.join(INTERMEDIATE_CERT_FILE),
-        &dir.join(INTERMEDIATE_KEY_FILE),
-    )?;
-    write_crl(&issuer, &serials, &dir.join(CRL_FILE), true)?;
-    Ok(serials.len())
 }
