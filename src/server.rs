@@ -57,6 +57,12 @@ pub fn load_whitelist(path: &Path) -> anyhow::Result<Whitelist> {
 }
 
 pub fn build_policy(cfg: &Config) -> anyhow::Result<Policy> {
+    build_policy_from(cfg, None)
+}
+
+/// With `previous` (a reload), a whitelist file that no longer loads is replaced by the last
+/// good list, with an error in the log: a garbage download must not empty the trust space.
+pub fn build_policy_from(cfg: &Config, previous: Option<&Policy>) -> anyhow::Result<Policy> {
     let routes = cfg
         .route
         .iter()
@@ -64,7 +70,20 @@ pub fn build_policy(cfg: &Config) -> anyhow::Result<Policy> {
         .collect::<Result<Vec<_>, _>>()
         .map_err(|e| anyhow!(e))?;
     let whitelist = match &cfg.whitelist {
-        Some(w) => Some(Arc::new(load_whitelist(&w.file)?)),
+        Some(w) => match (
+            load_whitelist(&w.file),
+            previous.and_then(|p| p.whitelist.clone()),
+        ) {
+            (Ok(list), _) => Some(Arc::new(list)),
+            (Err(e), Some(last_good)) => {
+                tracing::error!(
+                    "{e:#}; keeping the last good whitelist ({} domains)",
+                    last_good.domain_count()
+                );
+                Some(last_good)
+            }
+            (Err(e), None) => return Err(e),
+        },
         None => None,
     };
     let directory: Arc<dyn Directory> = match cfg.directory.kind {
@@ -95,14 +114,28 @@ pub fn build_policy(cfg: &Config) -> anyhow::Result<Policy> {
 
 impl Snapshot {
     pub fn load(path: &Path) -> anyhow::Result<Snapshot> {
+        Self::reload(path, None)
+    }
+
+    /// A new snapshot; with `previous`, unusable CRL and whitelist files fall back to their
+    /// last good copies (see [`TlsMaterial::reload`], [`build_policy_from`]).
+    pub fn reload(
+        path: &Path,
+        previous: Option<(&Policy, Option<&TlsMaterial>)>,
+    ) -> anyhow::Result<Snapshot> {
         let config = Config::load_unvalidated(path)?;
         ensure_dev_pki(&config)?;
         let problems = config.validate();
         if !problems.is_empty() {
             return Err(anyhow!("{}", problems.join("\n")));
         }
-        let tls = config.tls.as_ref().map(TlsMaterial::load).transpose()?;
-        let policy = Arc::new(build_policy(&config)?);
+        let prev_tls = previous.and_then(|(_, t)| t);
+        let tls = config
+            .tls
+            .as_ref()
+            .map(|t| TlsMaterial::reload(t, prev_tls))
+            .transpose()?;
+        let policy = Arc::new(build_policy_from(&config, previous.map(|(p, _)| p))?);
         Ok(Snapshot {
             config,
             tls,
@@ -183,6 +216,28 @@ fn dn_pins(policy: &Arc<ArcSwap<Policy>>) -> crate::delivery::DnPins {
     })
 }
 
+/// The handles a running server swaps on reload.
+struct Running {
+    config_path: std::path::PathBuf,
+    listeners: HashMap<String, Arc<ArcSwap<Shared>>>,
+    policy: Arc<ArcSwap<Policy>>,
+    spool: Spool,
+    queue: QueueHandle,
+    agent: Arc<Agent>,
+    queue_cfg: Arc<ArcSwap<crate::config::QueueConfig>>,
+    listener_routes: Arc<ArcSwap<HashMap<String, Vec<String>>>>,
+    /// The TLS material in force (last good CRLs come from here).
+    tls: std::sync::Mutex<Option<TlsMaterial>>,
+    whitelist: ArcSwap<Option<crate::config::WhitelistConfig>>,
+}
+
+fn routes_by_listener(cfg: &Config) -> HashMap<String, Vec<String>> {
+    cfg.listener
+        .iter()
+        .map(|l| (l.name.clone(), l.routes.clone()))
+        .collect()
+}
+
 pub async fn serve(config_path: &Path) -> anyhow::Result<()> {
     let snap = Snapshot::load(config_path)?;
     let cfg = &snap.config;
@@ -195,12 +250,7 @@ pub async fn serve(config_path: &Path) -> anyhow::Result<()> {
         DeliveryConfig::new(cfg, snap.tls.as_ref(), dn_pins(&policy)).map_err(|e| anyhow!(e))?,
         resolver,
     );
-    let listener_routes: HashMap<String, Vec<String>> = cfg
-        .listener
-        .iter()
-        .map(|l| (l.name.clone(), l.routes.clone()))
-        .collect();
-    let listener_routes = Arc::new(ArcSwap::from_pointee(listener_routes));
+    let listener_routes = Arc::new(ArcSwap::from_pointee(routes_by_listener(cfg)));
     let queue_cfg = Arc::new(ArcSwap::from_pointee(cfg.queue.clone()));
     let queue = Scheduler::start(
         spool.clone(),
@@ -229,6 +279,19 @@ pub async fn serve(config_path: &Path) -> anyhow::Result<()> {
             shutdown_rx.clone(),
         )));
     }
+    let running = Arc::new(Running {
+        config_path: config_path.to_path_buf(),
+        listeners,
+        policy,
+        spool,
+        queue: queue.clone(),
+        agent: agent.clone(),
+        queue_cfg,
+        listener_routes,
+        whitelist: ArcSwap::from_pointee(cfg.whitelist.clone()),
+        tls: std::sync::Mutex::new(snap.tls),
+    });
+    let refresher = tokio::spawn(running.clone().refresh_whitelist());
 
     use tokio::signal::unix::{signal, SignalKind};
     let mut term = signal(SignalKind::terminate())?;
@@ -238,15 +301,14 @@ pub async fn serve(config_path: &Path) -> anyhow::Result<()> {
         tokio::select! {
             _ = term.recv() => break,
             _ = int.recv() => break,
-            _ = hup.recv() => {
-                match reload(config_path, &listeners, &policy, &spool, &queue, &agent, &queue_cfg, &listener_routes) {
-                    Ok(()) => tracing::info!(config = %config_path.display(), "configuration reloaded"),
-                    Err(e) => tracing::error!(config = %config_path.display(), "reload refused, keeping the running configuration: {e:#}"),
-                }
-            }
+            _ = hup.recv() => match running.reload() {
+                Ok(()) => tracing::info!(config = %config_path.display(), "configuration reloaded"),
+                Err(e) => tracing::error!(config = %config_path.display(), "reload refused, keeping the running configuration: {e:#}"),
+            },
         }
     }
     tracing::info!("shutting down: no new connections, finishing sessions in flight");
+    refresher.abort();
     let _ = shutdown_tx.send(true);
     for t in tasks {
         let _ = t.await;
@@ -286,42 +348,86 @@ fn shared_for(
     })
 }
 
-#[allow(clippy::too_many_arguments)]
-fn reload(
-    path: &Path,
-    listeners: &HashMap<String, Arc<ArcSwap<Shared>>>,
-    policy: &Arc<ArcSwap<Policy>>,
-    spool: &Spool,
-    queue: &QueueHandle,
-    agent: &Arc<Agent>,
-    queue_cfg: &Arc<ArcSwap<crate::config::QueueConfig>>,
-    listener_routes: &Arc<ArcSwap<HashMap<String, Vec<String>>>>,
-) -> anyhow::Result<()> {
-    let snap = Snapshot::load(path)?;
-    // Build every part first; swap only when all succeeded.
-    let delivery = DeliveryConfig::new(&snap.config, snap.tls.as_ref(), dn_pins(policy))
-        .map_err(|e| anyhow!(e))?;
-    let mut shareds = Vec::new();
-    for l in &snap.config.listener {
-        match listeners.get(&l.name) {
-            Some(slot) => shareds.push((slot, shared_for(&snap, l, policy, spool, queue)?)),
-            None => {
-                tracing::warn!(listener = %l.name, "new listener in the config: restart to bind it")
+impl Running {
+    /// SIGHUP: a whole new snapshot, swapped in only when every part of it loaded.
+    fn reload(&self) -> anyhow::Result<()> {
+        let mut tls = self.tls.lock().unwrap_or_else(|p| p.into_inner());
+        let current = self.policy.load_full();
+        let snap = Snapshot::reload(&self.config_path, Some((&current, tls.as_ref())))?;
+        let delivery = DeliveryConfig::new(&snap.config, snap.tls.as_ref(), dn_pins(&self.policy))
+            .map_err(|e| anyhow!(e))?;
+        let mut shareds = Vec::new();
+        for l in &snap.config.listener {
+            match self.listeners.get(&l.name) {
+                Some(slot) => shareds.push((
+                    slot,
+                    shared_for(&snap, l, &self.policy, &self.spool, &self.queue)?,
+                )),
+                None => {
+                    tracing::warn!(listener = %l.name, "new listener in the config: restart to bind it")
+                }
+            }
+        }
+        self.policy.store(snap.policy.clone());
+        for (slot, sh) in shareds {
+            slot.store(Arc::new(sh));
+        }
+        self.agent.reconfigure(delivery);
+        self.queue_cfg.store(Arc::new(snap.config.queue.clone()));
+        self.listener_routes
+            .store(Arc::new(routes_by_listener(&snap.config)));
+        self.whitelist
+            .store(Arc::new(snap.config.whitelist.clone()));
+        *tls = snap.tls;
+        Ok(())
+    }
+
+    /// Re-reads the whitelist every `whitelist.reload` when the file changed. A file that does
+    /// not load leaves the last good list in force, and the log says so (once per change).
+    async fn refresh_whitelist(self: Arc<Self>) {
+        let stamp = |p: &Path| {
+            std::fs::metadata(p)
+                .ok()
+                .map(|m| (m.modified().ok(), m.len()))
+        };
+        let mut seen = self
+            .whitelist
+            .load()
+            .as_ref()
+            .as_ref()
+            .map(|w| stamp(&w.file));
+        loop {
+            let period = self.whitelist.load().as_ref().as_ref().map(|w| w.reload);
+            tokio::time::sleep(
+                period
+                    .unwrap_or(std::time::Duration::from_secs(60))
+                    .max(std::time::Duration::from_millis(200)),
+            )
+            .await;
+            let Some(w) = self.whitelist.load().as_ref().clone() else {
+                continue;
+            };
+            let now = Some(stamp(&w.file));
+            if now == seen {
+                continue;
+            }
+            seen = now;
+            match load_whitelist(&w.file) {
+                Ok(list) => {
+                    let current = self.policy.load_full();
+                    self.policy
+                        .store(Arc::new(current.with_whitelist(Arc::new(list))));
+                }
+                Err(e) => {
+                    let kept = self
+                        .policy
+                        .load()
+                        .whitelist
+                        .as_ref()
+                        .map_or(0, |l| l.domain_count());
+                    tracing::error!("{e:#}; keeping the last good whitelist ({kept} domains)");
+                }
             }
         }
     }
-    policy.store(snap.policy.clone());
-    for (slot, sh) in shareds {
-        slot.store(Arc::new(sh));
-    }
-    agent.reconfigure(delivery);
-    queue_cfg.store(Arc::new(snap.config.queue.clone()));
-    listener_routes.store(Arc::new(
-        snap.config
-            .listener
-            .iter()
-            .map(|l| (l.name.clone(), l.routes.clone()))
-            .collect(),
-    ));
-    Ok(())
 }

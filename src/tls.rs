@@ -58,6 +58,11 @@ pub struct TlsMaterial {
     pub key: Arc<PrivateKeyDer<'static>>,
     pub roots: Arc<RootCertStore>,
     pub crls: Vec<CertificateRevocationListDer<'static>>,
+    /// The CRLs per file, so a reload can fall back to a file's last good copy.
+    pub crl_files: Vec<(
+        std::path::PathBuf,
+        Vec<CertificateRevocationListDer<'static>>,
+    )>,
 }
 
 fn read(key: &'static str, path: &Path) -> Result<Vec<u8>, TlsError> {
@@ -111,6 +116,16 @@ pub fn load_crl(path: &Path) -> Result<Vec<CertificateRevocationListDer<'static>
 
 impl TlsMaterial {
     pub fn load(cfg: &TlsConfig) -> Result<TlsMaterial, TlsError> {
+        Self::reload(cfg, None)
+    }
+
+    /// Loads `[tls]`. With `previous` (a reload), a CRL file that no longer parses is replaced
+    /// by its last good copy, with a warning: a botched CRL download must not stop the trust
+    /// space. Certificate and key errors still refuse the reload.
+    pub fn reload(
+        cfg: &TlsConfig,
+        previous: Option<&TlsMaterial>,
+    ) -> Result<TlsMaterial, TlsError> {
         let chain = load_certs("tls.certificate", &cfg.certificate)?;
         let kdata = read("tls.private_key", &cfg.private_key)?;
         let key = rustls_pemfile::private_key(&mut kdata.as_slice())
@@ -131,14 +146,28 @@ impl TlsMaterial {
             }
         }
         let mut crls = Vec::new();
+        let mut crl_files = Vec::new();
         for path in &cfg.crls {
-            crls.extend(load_crl(path)?);
+            let loaded = match (load_crl(path), previous) {
+                (Ok(c), _) => c,
+                (Err(e), Some(prev)) => match prev.crl_files.iter().find(|(p, _)| p == path) {
+                    Some((_, last_good)) => {
+                        tracing::warn!(file = %path.display(), error = %e, "CRL unusable; keeping the last good copy");
+                        last_good.clone()
+                    }
+                    None => return Err(e),
+                },
+                (Err(e), None) => return Err(e),
+            };
+            crls.extend(loaded.iter().cloned());
+            crl_files.push((path.clone(), loaded));
         }
         let m = TlsMaterial {
             chain,
             key: Arc::new(key),
             roots: Arc::new(roots),
             crls,
+            crl_files,
         };
         // Prove that key and certificate belong together.
         m.server_config(None)?;
