@@ -338,6 +338,17 @@ pub struct DirectoryConfig {
     pub cache_ttl: Duration,
     #[serde(deserialize_with = "de_duration")]
     pub negative_ttl: Duration,
+    /// Cached answers at most.
+    pub cache_size: usize,
+    /// Connect and per-request timeout.
+    #[serde(deserialize_with = "de_duration")]
+    pub timeout: Duration,
+    /// Connections to the LDAP server.
+    pub pool_size: usize,
+    /// StartTLS on an `ldap://` URL, verified against `[tls].trust_anchors`.
+    pub starttls: bool,
+    /// Attribute holding the BAL type (written by `directory import`).
+    pub bal_type_attribute: String,
 }
 
 impl Default for DirectoryConfig {
@@ -352,6 +363,11 @@ impl Default for DirectoryConfig {
             bind_password: None,
             cache_ttl: Duration::from_secs(600),
             negative_ttl: Duration::from_secs(60),
+            cache_size: 100_000,
+            timeout: Duration::from_secs(5),
+            pool_size: 4,
+            starttls: false,
+            bal_type_attribute: "employeeType".into(),
         }
     }
 }
@@ -590,8 +606,43 @@ impl Config {
             DirectoryKind::Extract if self.directory.file.is_none() => {
                 p.push("directory.file: required for kind = \"extract\"".into())
             }
-            DirectoryKind::Ldap if self.directory.url.is_none() => {
-                p.push("directory.url: required for kind = \"ldap\"".into())
+            DirectoryKind::Ldap => {
+                match &self.directory.url {
+                    None => p.push("directory.url: required for kind = \"ldap\"".into()),
+                    Some(u)
+                        if !(u.starts_with("ldap://")
+                            || u.starts_with("ldaps://")
+                            || u.starts_with("ldapi://")) =>
+                    {
+                        p.push(format!(
+                            "directory.url: {u:?} is not an ldap://, ldaps:// or ldapi:// URL"
+                        ))
+                    }
+                    _ => {}
+                }
+                if self.directory.base.is_none() {
+                    p.push("directory.base: required for kind = \"ldap\"".into());
+                }
+                if !self.directory.filter.contains("{address}") {
+                    p.push("directory.filter: must contain {address}".into());
+                }
+                let tls_url = self
+                    .directory
+                    .url
+                    .as_deref()
+                    .is_some_and(|u| u.starts_with("ldaps://"));
+                if (self.directory.starttls || tls_url)
+                    && self
+                        .tls
+                        .as_ref()
+                        .and_then(|t| t.trust_anchors.as_ref())
+                        .is_none()
+                {
+                    p.push(
+                        "directory.starttls: needs tls.trust_anchors to verify the LDAP server"
+                            .into(),
+                    );
+                }
             }
             _ => {}
         }

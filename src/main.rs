@@ -62,6 +62,17 @@ enum WhitelistCommand {
 enum DirectoryCommand {
     /// What the configured directory says of one address.
     Lookup { address: String },
+    /// Turn the ANS extract into LDIF for ldapadd/slapadd (one entry per address).
+    Import {
+        /// Extraction_Correspondance_MSSante_*.txt (or the ANS zip).
+        extract: PathBuf,
+        /// Output LDIF file ("-" for standard output).
+        #[arg(long)]
+        ldif: PathBuf,
+        /// Where the entries go; an `ou=` base gets its container entry too.
+        #[arg(long, default_value = passerelle::policy::ldif::DEFAULT_BASE)]
+        base: String,
+    },
 }
 
 #[derive(Subcommand)]
@@ -255,6 +266,38 @@ fn run(cli: Cli) -> anyhow::Result<ExitCode> {
         Command::Whitelist {
             what: WhitelistCommand::Show { domain },
         } => whitelist_show(&cli.config, &domain),
+        Command::Directory {
+            what:
+                DirectoryCommand::Import {
+                    extract,
+                    ldif,
+                    base,
+                },
+        } => {
+            let (x, report) = passerelle::policy::extract::Extract::load(&extract)?;
+            for (line, why) in &report.bad_lines {
+                eprintln!("{}:{line}: skipped: {why}", extract.display());
+            }
+            let n = if ldif.as_os_str() == "-" {
+                let mut out = std::io::BufWriter::new(std::io::stdout().lock());
+                passerelle::policy::ldif::write_ldif(&x, &base, &mut out)?
+            } else {
+                let tmp = ldif.with_extension("ldif.tmp");
+                let mut out = std::io::BufWriter::new(std::fs::File::create(&tmp)?);
+                let n = passerelle::policy::ldif::write_ldif(&x, &base, &mut out)?;
+                std::io::Write::flush(&mut out)?;
+                drop(out);
+                std::fs::rename(&tmp, &ldif)?;
+                n
+            };
+            eprintln!(
+                "{}: {n} entries from {} lines ({} skipped) under {base}",
+                ldif.display(),
+                report.lines,
+                report.bad_lines.len()
+            );
+            Ok(ExitCode::SUCCESS)
+        }
         Command::Directory {
             what: DirectoryCommand::Lookup { address },
         } => {

@@ -56,6 +56,44 @@ pub fn load_whitelist(path: &Path) -> anyhow::Result<Whitelist> {
     Ok(list)
 }
 
+fn ldap_options(cfg: &Config) -> anyhow::Result<crate::policy::ldap::LdapOptions> {
+    let d = &cfg.directory;
+    let url = d
+        .url
+        .clone()
+        .ok_or_else(|| anyhow!("directory.url: required"))?;
+    let wants_tls = d.starttls || url.starts_with("ldaps://");
+    let tls = match (&cfg.tls, wants_tls) {
+        (Some(t), true) => {
+            let m = TlsMaterial::load(t)?;
+            let verifier = m.webpki_server_verifier()?;
+            let c = rustls::ClientConfig::builder_with_provider(crate::tls::provider())
+                .with_protocol_versions(&[&rustls::version::TLS13, &rustls::version::TLS12])
+                .map_err(|e| anyhow!("directory TLS: {e}"))?
+                .dangerous()
+                .with_custom_certificate_verifier(verifier)
+                .with_no_client_auth();
+            Some(Arc::new(c))
+        }
+        _ => None,
+    };
+    Ok(crate::policy::ldap::LdapOptions {
+        url,
+        base: d.base.clone().unwrap_or_default(),
+        filter: d.filter.clone(),
+        bind_dn: d.bind_dn.clone().filter(|s| !s.is_empty()),
+        bind_password: d.bind_password.clone(),
+        timeout: d.timeout,
+        starttls: d.starttls,
+        tls,
+        pool_size: d.pool_size,
+        cache_ttl: d.cache_ttl,
+        negative_ttl: d.negative_ttl,
+        cache_size: d.cache_size,
+        bal_type_attribute: d.bal_type_attribute.clone(),
+    })
+}
+
 pub fn build_policy(cfg: &Config) -> anyhow::Result<Policy> {
     build_policy_from(cfg, None)
 }
@@ -100,9 +138,7 @@ pub fn build_policy_from(cfg: &Config, previous: Option<&Policy>) -> anyhow::Res
             )
         }
         DirectoryKind::Ldap => {
-            return Err(anyhow!(
-                "directory.kind = \"ldap\" is not available in this build yet"
-            ))
+            Arc::new(crate::policy::ldap::LdapDirectory::new(ldap_options(cfg)?))
         }
     };
     Ok(Policy {

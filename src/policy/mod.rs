@@ -5,6 +5,8 @@
 pub mod address;
 pub mod directory;
 pub mod extract;
+pub mod ldap;
+pub mod ldif;
 pub mod routes;
 pub mod whitelist;
 
