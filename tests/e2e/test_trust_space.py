@@ -789,7 +789,9 @@ class PostfixInteropTests(TrustTestCase):
         self.assertEqual(parse_eml(eml)["Message-ID"], mid_ok)
         good.wait_log(r"to=<%s>, relay=127\.0\.0\.1\[127\.0\.0\.1\]:%d.*status=sent \(250 "
                       % (re.escape(LOCAL_RCPT), self.trust_port), 10)
-        self.assertRegex(good.log(), r"TLS connection established to 127\.0\.0\.1\[127\.0\.0\.1\]:%d" % self.trust_port)
+        # Postfix did present its certificate (it logs the client signature of the handshake)
+        self.assertRegex(good.log(), r"TLS connection established to 127\.0\.0\.1\[127\.0\.0\.1\]:%d: "
+                                     r".*client-signature" % self.trust_port)
         bad.wait_log(r"to=<%s>, relay=127\.0\.0\.1\[127\.0\.0\.1\]:%d.*status=bounced \(host 127\.0\.0\.1"
                      r"\[127\.0\.0\.1\] said: 550 5\.7\.1 .*not declared in the MSSante whitelist"
                      % (re.escape(LOCAL_RCPT), self.trust_port), 20)
@@ -876,16 +878,15 @@ class RouteTestCliTests(TrustTestCase):
         self.assertEqual(rc, 0, out)
         self.assertIn("audit-valide", out)
         self.assertIn("mutual", out)
-        for dn in (VALIDE.declared, VALIDE_OTHER_DN):
-            self.assertIn(dn.lower(), out.lower())
-        self.assertIn("whitelist: %s declared with DN" % VALIDE.domain, out)
+        for dn in (VALIDE.declared, VALIDE_OTHER_DN):   # a domain repeated once per DN: both
+            self.assertIn("whitelist: %s declared with DN %s\n" % (VALIDE.domain, dn), out)
         rc, out = self.gw.cli("route", "test", "dr.x@inconnu.audit.mssante.fr")
         self.assertEqual(rc, 1, out)
-        self.assertRegex(out, r"not declared", out)
+        self.assertIn("whitelist: inconnu.audit.mssante.fr is not declared", out)
         rc, out = self.gw.cli("whitelist", "show", CASE["memecn"].domain)
         self.assertEqual(rc, 0, out)
-        self.assertIn(MEMECN_DECLARED.lower(), out.lower())
-        self.assertNotIn(MEMECN_FAKE.lower(), out.lower())
+        self.assertIn(MEMECN_DECLARED, out)
+        self.assertNotIn(MEMECN_FAKE.split(",")[1], out)
         rc, out = self.gw.cli("whitelist", "show", "inconnu.audit.mssante.fr")
         self.assertEqual(rc, 1, out)
 
