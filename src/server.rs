@@ -265,6 +265,14 @@ struct Running {
     /// The TLS material in force (last good CRLs come from here).
     tls: std::sync::Mutex<Option<TlsMaterial>>,
     whitelist: ArcSwap<Option<crate::config::WhitelistConfig>>,
+    directory: ArcSwap<crate::config::DirectoryConfig>,
+}
+
+/// What identifies a version of a file: modification time and size.
+fn file_stamp(p: &Path) -> Option<(Option<std::time::SystemTime>, u64)> {
+    std::fs::metadata(p)
+        .ok()
+        .map(|m| (m.modified().ok(), m.len()))
 }
 
 fn routes_by_listener(cfg: &Config) -> HashMap<String, Vec<String>> {
@@ -325,9 +333,11 @@ pub async fn serve(config_path: &Path) -> anyhow::Result<()> {
         queue_cfg,
         listener_routes,
         whitelist: ArcSwap::from_pointee(cfg.whitelist.clone()),
+        directory: ArcSwap::from_pointee(cfg.directory.clone()),
         tls: std::sync::Mutex::new(snap.tls),
     });
     let refresher = tokio::spawn(running.clone().refresh_whitelist());
+    let extract_refresher = tokio::spawn(running.clone().refresh_extract());
 
     use tokio::signal::unix::{signal, SignalKind};
     let mut term = signal(SignalKind::terminate())?;
@@ -345,6 +355,7 @@ pub async fn serve(config_path: &Path) -> anyhow::Result<()> {
     }
     tracing::info!("shutting down: no new connections, finishing sessions in flight");
     refresher.abort();
+    extract_refresher.abort();
     let _ = shutdown_tx.send(true);
     for t in tasks {
         let _ = t.await;
@@ -414,18 +425,57 @@ impl Running {
             .store(Arc::new(routes_by_listener(&snap.config)));
         self.whitelist
             .store(Arc::new(snap.config.whitelist.clone()));
+        self.directory
+            .store(Arc::new(snap.config.directory.clone()));
         *tls = snap.tls;
         Ok(())
     }
 
     /// Re-reads the whitelist every `whitelist.reload` when the file changed. A file that does
     /// not load leaves the last good list in force, and the log says so (once per change).
-    async fn refresh_whitelist(self: Arc<Self>) {
-        let stamp = |p: &Path| {
-            std::fs::metadata(p)
-                .ok()
-                .map(|m| (m.modified().ok(), m.len()))
+    /// With `directory.kind = "extract"`, re-reads the extract when the file changes (checked
+    /// every 5 s). A file that does not load keeps the directory in force.
+    async fn refresh_extract(self: Arc<Self>) {
+        let current_file = |r: &Running| {
+            let d = r.directory.load();
+            (d.kind == DirectoryKind::Extract)
+                .then(|| d.file.clone())
+                .flatten()
         };
+        let mut seen = current_file(&self).map(|f| file_stamp(&f));
+        loop {
+            tokio::time::sleep(std::time::Duration::from_secs(5)).await;
+            let Some(file) = current_file(&self) else {
+                continue;
+            };
+            let now = Some(file_stamp(&file));
+            if now == seen {
+                continue;
+            }
+            seen = now;
+            let path = file.clone();
+            let loaded = tokio::task::spawn_blocking(move || {
+                crate::policy::directory::ExtractDirectory::load(&path)
+            })
+            .await;
+            match loaded {
+                Ok(Ok(dir)) => {
+                    let current = self.policy.load_full();
+                    self.policy
+                        .store(Arc::new(current.with_directory(Arc::new(dir))));
+                }
+                Ok(Err(e)) => {
+                    tracing::error!(file = %file.display(), "directory extract not reloaded, keeping the current one: {e}")
+                }
+                Err(e) => {
+                    tracing::error!(file = %file.display(), "directory extract reload failed: {e}")
+                }
+            }
+        }
+    }
+
+    async fn refresh_whitelist(self: Arc<Self>) {
+        let stamp = file_stamp;
         let mut seen = self
             .whitelist
             .load()

@@ -78,6 +78,15 @@ impl Policy {
         self.whitelist.as_ref().is_some_and(|w| w.contains(domain))
     }
 
+    /// The same routes and whitelist with another directory (extract file reload).
+    pub fn with_directory(&self, directory: Arc<dyn Directory>) -> Policy {
+        Policy {
+            routes: self.routes.clone(),
+            directory,
+            whitelist: self.whitelist.clone(),
+        }
+    }
+
     /// The same routes and directory with another whitelist (periodic whitelist reload).
     pub fn with_whitelist(&self, whitelist: Arc<Whitelist>) -> Policy {
         Policy {

@@ -130,3 +130,29 @@ class ExtractDirectoryTests(DirectoryTestCase):
     def test_extract_in_memory(self):
         self.start_gateway({"kind": "extract", "file": SAMPLE})
         self.assertKnownAndUnknown("Extraction_Correspondance_MSSante.sample.txt")
+
+    def test_extract_reloaded_when_the_file_changes(self):
+        import shutil
+        import time
+        path = os.path.join(self.tmp, "Extraction_Correspondance_MSSante_202611220300.txt")
+        shutil.copy(SAMPLE, path)
+        self.start_gateway({"kind": "extract", "file": path})
+        newcomer = "nouvelle.interne@chu-exemple.mssante.fr"
+        self.assertEqual(self.rcpt(newcomer)[0], 550)
+        with open(SAMPLE, encoding="utf-8") as f:
+            line = f.read().splitlines()[1].replace("dr.martin@", "nouvelle.interne@")
+        with open(path + ".new", "w", encoding="utf-8") as f:
+            f.write(open(SAMPLE, encoding="utf-8").read() + line + "\r\n")
+        os.replace(path + ".new", path)  # the way a cron job should swap it in
+        deadline = time.monotonic() + 15
+        while self.rcpt(newcomer)[0] != 250 and time.monotonic() < deadline:
+            time.sleep(0.5)
+        code, msg = self.rcpt(newcomer)
+        self.assertEqual(code, 250, msg)
+        # A broken replacement keeps the directory in force.
+        with open(path + ".new", "w") as f:
+            f.write("not|an|extract\n")
+        os.replace(path + ".new", path)
+        time.sleep(6)
+        self.assertEqual(self.rcpt(newcomer)[0], 250)
+        self.assertIn("keeping the current one", self.gw.log())
