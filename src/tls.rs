@@ -370,6 +370,12 @@ fn describe_webpki_error(e: &webpki::Error) -> String {
         E::CertNotValidYet { .. } => "certificate not yet valid".into(),
         E::CertRevoked => "certificate revoked".into(),
         E::UnknownIssuer => "certificate not issued by a trusted authority".into(),
+        // An issuer with a trusted CA's name but another key: a look-alike CA.
+        E::InvalidSignatureForPublicKey
+        | E::UnsupportedSignatureAlgorithmContext(_)
+        | E::UnsupportedSignatureAlgorithmForPublicKeyContext(_) => {
+            "certificate not issued by a trusted authority (its signature does not verify)".into()
+        }
         E::UnknownRevocationStatus => "no CRL covers this certificate's issuer".into(),
         E::CrlExpired { .. } => "the issuer's CRL has expired".into(),
         E::RequiredEkuNotFoundContext(_) => {

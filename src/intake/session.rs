@@ -435,7 +435,8 @@ impl Session {
                     550,
                     "5.7.1",
                     format!(
-                        "Error: certificate \"{dn}\" is not declared in the MSSante whitelist for {}",
+                        "Error: certificate \"{}\" is not declared in the MSSante whitelist for {}",
+                        self.client_dn.clone().unwrap_or_else(|| dn.to_string()),
                         sender_domain.unwrap_or("any domain")
                     ),
                 ));

@@ -529,6 +529,18 @@ impl Job {
         }
         let now = now_ms() / 1000;
         let default_status = match kind {
+            // Expired after temporary failures (RFC 3463 4.4.7, like Postfix's 4.x.x + failed).
+            DsnKind::Failure
+                if self.state.attempts > 0
+                    && rcpts.iter().any(|&i| {
+                        self.state.rcpts[i]
+                            .last_error
+                            .as_deref()
+                            .is_some_and(|e| e.starts_with("message expired"))
+                    }) =>
+            {
+                "4.4.7"
+            }
             DsnKind::Failure => "5.0.0",
             DsnKind::Delay => "4.0.0",
             DsnKind::Success => "2.0.0",

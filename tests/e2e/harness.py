@@ -860,7 +860,8 @@ class E2ETestCase(unittest.TestCase):
         result = getattr(outcome, "result", None)
         if result is not None:
             for _, lst in (("f", getattr(result, "failures", [])), ("e", getattr(result, "errors", []))):
-                if any(t is self for t, _ in lst):
+                # a failed subTest is recorded as (its _SubTest, exc): _SubTest.test_case is self
+                if any(getattr(t, "test_case", t) is self for t, _ in lst):
                     return True
         return False
 
