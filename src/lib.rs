@@ -5,16 +5,19 @@
 //! client, DNS, TLS) -> [`dsn`] (reports to the sender). Beside the path: [`config`], [`tls`],
 //! [`pki`], and [`server`], which wires them together.
 
+pub mod admin;
 pub mod config;
 pub mod delivery;
 pub mod dn;
 pub mod dsn;
 pub mod intake;
 pub mod message;
+pub mod metrics;
 pub mod net;
 pub mod pki;
 pub mod policy;
 pub mod queue;
+pub mod queuectl;
 pub mod reply;
 pub mod server;
 pub mod tls;

@@ -40,6 +40,11 @@ enum Command {
         #[command(subcommand)]
         what: RouteCommand,
     },
+    /// The queue, as postqueue/postsuper do it (works while `serve` runs, or on a stopped spool).
+    Queue {
+        #[command(subcommand)]
+        what: QueueCommand,
+    },
     /// The ANS whitelist as loaded.
     Whitelist {
         #[command(subcommand)]
@@ -49,6 +54,31 @@ enum Command {
     Directory {
         #[command(subcommand)]
         what: DirectoryCommand,
+    },
+}
+
+#[derive(Subcommand)]
+enum QueueCommand {
+    /// Every message: id, size, age, sender, attempts, next attempt; each recipient's status
+    /// and last error.
+    List,
+    Show {
+        id: String,
+    },
+    /// Try now: one message, or all with --all.
+    Retry {
+        id: Option<String>,
+        #[arg(long)]
+        all: bool,
+    },
+    Hold {
+        id: String,
+    },
+    Release {
+        id: String,
+    },
+    Delete {
+        id: String,
     },
 }
 
@@ -262,6 +292,38 @@ fn run(cli: Cli) -> anyhow::Result<ExitCode> {
                 dir.join(passerelle::pki::CRL_FILE).display()
             );
             Ok(ExitCode::SUCCESS)
+        }
+        Command::Queue { what } => {
+            use passerelle::queuectl::Verb;
+            let verb = match what {
+                QueueCommand::List => Verb::List,
+                QueueCommand::Show { id } => Verb::Show(id),
+                QueueCommand::Retry {
+                    id: None,
+                    all: true,
+                } => Verb::Retry(None),
+                QueueCommand::Retry {
+                    id: Some(id),
+                    all: false,
+                } => Verb::Retry(Some(id)),
+                QueueCommand::Retry { .. } => {
+                    eprintln!("passerelle: queue retry takes an ID or --all");
+                    return Ok(ExitCode::from(2));
+                }
+                QueueCommand::Hold { id } => Verb::Hold(id),
+                QueueCommand::Release { id } => Verb::Release(id),
+                QueueCommand::Delete { id } => Verb::Delete(id),
+            };
+            let cfg = Config::load_unvalidated(&cli.config)?;
+            let rt = tokio::runtime::Builder::new_current_thread()
+                .enable_all()
+                .build()?;
+            let ok = rt.block_on(passerelle::queuectl::run(&cfg, verb))?;
+            Ok(if ok {
+                ExitCode::SUCCESS
+            } else {
+                ExitCode::from(1)
+            })
         }
         Command::Whitelist {
             what: WhitelistCommand::Show { domain },

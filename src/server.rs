@@ -53,6 +53,18 @@ pub fn load_whitelist(path: &Path) -> anyhow::Result<Whitelist> {
     }
     tracing::info!(file = %path.display(), domains = list.domain_count(), entries = list.entry_count(),
         generated = list.generated().unwrap_or("-"), "whitelist loaded");
+    crate::metrics::gauge_set(
+        "passerelle_whitelist_domains",
+        "domains in the loaded ANS whitelist",
+        &[],
+        list.domain_count() as f64,
+    );
+    crate::metrics::gauge_set(
+        "passerelle_whitelist_loaded_timestamp_seconds",
+        "when the whitelist in force was loaded (Unix time)",
+        &[],
+        crate::message::now_ms() as f64 / 1000.0,
+    );
     Ok(list)
 }
 
@@ -323,6 +335,29 @@ pub async fn serve(config_path: &Path) -> anyhow::Result<()> {
             shutdown_rx.clone(),
         )));
     }
+    let admin = match &cfg.server.admin {
+        Some(addr) => {
+            let sock = TcpListener::bind(addr)
+                .await
+                .with_context(|| format!("server.admin: bind {addr}"))?;
+            let token = crate::admin::write_token(&cfg.server.spool).with_context(|| {
+                format!(
+                    "writing {}/{}",
+                    cfg.server.spool.display(),
+                    crate::admin::TOKEN_FILE
+                )
+            })?;
+            let state = Arc::new(crate::admin::AdminState {
+                queue: queue.clone(),
+                spool: cfg.server.spool.clone(),
+                token,
+                listening: std::sync::atomic::AtomicBool::new(true),
+            });
+            tracing::info!(address = %addr, "admin endpoint: /metrics /healthz /readyz /queue");
+            Some(tokio::spawn(crate::admin::run(sock, state)))
+        }
+        None => None,
+    };
     let running = Arc::new(Running {
         config_path: config_path.to_path_buf(),
         listeners,
@@ -355,6 +390,9 @@ pub async fn serve(config_path: &Path) -> anyhow::Result<()> {
     }
     tracing::info!("shutting down: no new connections, finishing sessions in flight");
     refresher.abort();
+    if let Some(a) = admin {
+        a.abort();
+    }
     extract_refresher.abort();
     let _ = shutdown_tx.send(true);
     for t in tasks {

@@ -452,3 +452,25 @@ impl rustls::server::danger::ClientCertVerifier for DeferredClientVerifier {
             .supported_schemes()
     }
 }
+
+/// A short label for a TLS/certificate failure text (metrics).
+pub fn failure_reason(text: &str) -> &'static str {
+    let t = text.to_ascii_lowercase();
+    if t.contains("starttls not offered") {
+        "no_starttls"
+    } else if t.contains("expired") {
+        "expired"
+    } else if t.contains("revoked") {
+        "revoked"
+    } else if t.contains("not issued by a trusted") {
+        "untrusted"
+    } else if t.contains("not declared") {
+        "dn_not_declared"
+    } else if t.contains("no certificate") || t.contains("no client certificate") {
+        "no_certificate"
+    } else if t.contains("crl") {
+        "crl"
+    } else {
+        "handshake"
+    }
+}

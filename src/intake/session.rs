@@ -86,6 +86,15 @@ impl Session {
     fn reply(&mut self, r: &Reply) {
         if r.code >= 400 {
             self.errors += 1;
+            let status = format!("{} {}", r.code, r.status.as_deref().unwrap_or(""));
+            crate::metrics::inc(
+                "passerelle_smtp_rejected_total",
+                "SMTP commands refused, per listener and reply",
+                &[
+                    ("listener", &self.shared.listener.name),
+                    ("reply", status.trim()),
+                ],
+            );
         }
         self.out.extend_from_slice(r.to_wire().as_bytes());
     }
@@ -114,7 +123,26 @@ impl Session {
         }
     }
 
-    pub async fn run(mut self, mut shutdown: tokio::sync::watch::Receiver<bool>) {
+    pub async fn run(self, shutdown: tokio::sync::watch::Receiver<bool>) {
+        let listener = self.shared.listener.name.clone();
+        let l = [("listener", listener.as_str())];
+        crate::metrics::inc("passerelle_sessions_total", "SMTP sessions started", &l);
+        crate::metrics::gauge_add(
+            "passerelle_sessions_active",
+            "SMTP sessions in progress",
+            &l,
+            1.0,
+        );
+        self.dialogue(shutdown).await;
+        crate::metrics::gauge_add(
+            "passerelle_sessions_active",
+            "SMTP sessions in progress",
+            &l,
+            -1.0,
+        );
+    }
+
+    async fn dialogue(mut self, mut shutdown: tokio::sync::watch::Receiver<bool>) {
         let banner = format!("220 {} ESMTP passerelle\r\n", self.shared.hostname);
         self.raw(&banner);
         loop {
@@ -694,6 +722,7 @@ impl Session {
 
     /// Loop check, Received header, durable store, then 250.
     async fn accept_message(&mut self, body: Vec<u8>) {
+        let started = std::time::Instant::now();
         let tx = std::mem::take(&mut self.tx);
         let hops = count_received(&body);
         if hops >= self.shared.limits.hop_count_limit {
@@ -736,6 +765,18 @@ impl Session {
                     size, tls = self.tls.as_deref().unwrap_or("-"), "queued");
                 self.shared.queue.submit(env, state, loc);
                 self.reply(&Reply::new(250, "2.0.0", format!("Ok: queued as {id}")));
+                let l = [("listener", self.shared.listener.name.as_str())];
+                crate::metrics::inc(
+                    "passerelle_messages_accepted_total",
+                    "messages queued (250 after fsync)",
+                    &l,
+                );
+                crate::metrics::observe(
+                    "passerelle_accept_seconds",
+                    "end of data to 250: loop check, Received header, fsync",
+                    &l,
+                    started.elapsed(),
+                );
             }
             Err(e) => {
                 tracing::error!(client = %self.peer, error = %e, "spool write failed; message refused with 4xx");
@@ -843,6 +884,14 @@ impl Session {
                 None => Err("no trust anchors configured".to_string()),
             };
             if let Err(why) = &verdict {
+                crate::metrics::inc(
+                    "passerelle_tls_failures_total",
+                    "TLS peers refused, by direction and reason",
+                    &[
+                        ("direction", "inbound"),
+                        ("reason", crate::tls::failure_reason(why)),
+                    ],
+                );
                 tracing::info!(client = %self.peer, dn = self.client_dn.as_deref().unwrap_or("-"), why = %why, "client certificate not valid");
             }
             self.client_cert = Some(verdict);

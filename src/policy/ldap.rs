@@ -207,6 +207,11 @@ impl Directory for LdapDirectory {
         Box::pin(async move {
             let key = cache_key(address);
             if let Some(hit) = self.cache.get(&key) {
+                crate::metrics::inc(
+                    "passerelle_directory_cache_hits_total",
+                    "LDAP answers served from the cache",
+                    &[],
+                );
                 return Ok(hit);
             }
             let r = self.search(address).await.map_err(DirectoryError)?;

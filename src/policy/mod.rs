@@ -123,7 +123,18 @@ impl Policy {
         let mut bal_type = None;
         if route.directory {
             let addr = rcpt.to_string();
-            match self.directory.lookup(&addr).await {
+            let answer = self.directory.lookup(&addr).await;
+            let result = match &answer {
+                Ok(Lookup::Found { .. }) => "found",
+                Ok(Lookup::NotFound) => "unknown",
+                Err(_) => "error",
+            };
+            crate::metrics::inc(
+                "passerelle_directory_lookups_total",
+                "directory lookups at RCPT, by result",
+                &[("result", result)],
+            );
+            match answer {
                 Ok(Lookup::Found { bal_type: t }) => bal_type = Some(t),
                 Ok(Lookup::NotFound) => {
                     return RcptDecision::Reject(Reply::new(

@@ -51,12 +51,24 @@ pub enum Command {
         body: BodyLoc,
     },
     List(oneshot::Sender<Vec<QueueItem>>),
+    Show(String, oneshot::Sender<Option<QueueItem>>),
+    Stats(oneshot::Sender<QueueStats>),
     /// Retry now: one id, or all when `None`.
     Retry(Option<String>, oneshot::Sender<Result<usize, String>>),
     Hold(String, oneshot::Sender<Result<(), String>>),
     Release(String, oneshot::Sender<Result<(), String>>),
     Delete(String, oneshot::Sender<Result<(), String>>),
     Shutdown(oneshot::Sender<()>),
+}
+
+/// Gauges for /metrics.
+#[derive(Debug, Clone, Default, serde::Serialize)]
+pub struct QueueStats {
+    pub messages: usize,
+    pub held: usize,
+    pub in_delivery: usize,
+    /// Age in seconds of the oldest message.
+    pub oldest_age: u64,
 }
 
 /// Handle used by intake and the admin side.
@@ -82,6 +94,30 @@ impl QueueHandle {
             return Vec::new();
         }
         rx.await.unwrap_or_default()
+    }
+    pub async fn show(&self, id: &str) -> Option<QueueItem> {
+        let (tx, rx) = oneshot::channel();
+        self.send(Command::Show(id.to_string(), tx)).then_some(())?;
+        rx.await.ok().flatten()
+    }
+    pub async fn stats(&self) -> QueueStats {
+        let (tx, rx) = oneshot::channel();
+        if !self.send(Command::Stats(tx)) {
+            return QueueStats::default();
+        }
+        rx.await.unwrap_or_default()
+    }
+    /// Sends a command built around a reply channel and waits for the answer.
+    pub async fn ask<T>(
+        &self,
+        make: impl FnOnce(oneshot::Sender<Result<T, String>>) -> Command,
+    ) -> Result<T, String> {
+        let (tx, rx) = oneshot::channel();
+        if !self.send(make(tx)) {
+            return Err("the queue manager is not running".into());
+        }
+        rx.await
+            .map_err(|_| "the queue manager did not answer".to_string())?
     }
     pub async fn shutdown(&self) {
         let (tx, rx) = oneshot::channel();
@@ -268,6 +304,24 @@ impl Scheduler {
                 items.sort_by(|a, b| a.id.cmp(&b.id));
                 let _ = reply.send(items);
             }
+            Command::Show(id, reply) => {
+                let _ = reply.send(self.entries.get(&id).map(item));
+            }
+            Command::Stats(reply) => {
+                let now = now_ms() / 1000;
+                let oldest = self
+                    .entries
+                    .values()
+                    .map(|e| e.env.received)
+                    .min()
+                    .unwrap_or(now);
+                let _ = reply.send(QueueStats {
+                    messages: self.entries.len(),
+                    held: self.entries.values().filter(|e| e.state.held).count(),
+                    in_delivery: self.entries.values().filter(|e| e.running).count(),
+                    oldest_age: now.saturating_sub(oldest),
+                });
+            }
             Command::Retry(id, reply) => {
                 let now = now_ms();
                 let ids: Vec<String> = match id {
@@ -400,6 +454,13 @@ impl Job {
             let rcpt = &self.env.recipients[i];
             match o {
                 RcptOutcome::Delivered(text) => {
+                    metric_delivery(&rcpt.transport, "sent");
+                    crate::metrics::observe(
+                        "passerelle_delivery_seconds",
+                        "acceptance to delivery, per transport",
+                        &[("transport", &rcpt.transport)],
+                        Duration::from_millis(now.saturating_sub(self.env.received * 1000)),
+                    );
                     tracing::info!(queue_id = %id, to = %rcpt.address, relay = %rcpt.transport, status = "sent", "{text}");
                     rs.status = RcptStatus::Delivered;
                     rs.last_error = None;
@@ -409,12 +470,24 @@ impl Job {
                     }
                 }
                 RcptOutcome::Failed(text) => {
+                    metric_delivery(&rcpt.transport, "bounced");
                     tracing::info!(queue_id = %id, to = %rcpt.address, relay = %rcpt.transport, status = "bounced", "{text}");
                     rs.status = RcptStatus::Failed;
                     rs.last_error = Some(text);
                     failed.push(i);
                 }
                 RcptOutcome::Deferred(text) => {
+                    metric_delivery(&rcpt.transport, "deferred");
+                    if text.contains("TLS") {
+                        crate::metrics::inc(
+                            "passerelle_tls_failures_total",
+                            "TLS peers refused, by direction and reason",
+                            &[
+                                ("direction", "outbound"),
+                                ("reason", crate::tls::failure_reason(&text)),
+                            ],
+                        );
+                    }
                     tracing::info!(queue_id = %id, to = %rcpt.address, relay = %rcpt.transport, status = "deferred", "{text}");
                     rs.last_error = Some(text);
                 }
@@ -621,6 +694,14 @@ impl Job {
             }
         }
     }
+}
+
+fn metric_delivery(transport: &str, result: &str) {
+    crate::metrics::inc(
+        "passerelle_deliveries_total",
+        "delivery attempts per recipient, by transport and result",
+        &[("transport", transport), ("result", result)],
+    );
 }
 
 /// "host NAME[ip]:port said: ..." -> NAME
