@@ -710,3 +710,214 @@ delay_warning = "0"
         assert!(Config::from_toml_str(&bad, "t").is_err());
     }
 }
+
+/// Keys each section accepts; anything else is reported as a probable typo.
+const KNOWN: &[(&str, &[&str])] = &[
+    (
+        "",
+        &[
+            "server",
+            "tls",
+            "listener",
+            "route",
+            "transport",
+            "queue",
+            "smtp",
+            "dns",
+            "whitelist",
+            "directory",
+        ],
+    ),
+    ("server", &["hostname", "spool", "admin"]),
+    (
+        "tls",
+        &["certificate", "private_key", "trust_anchors", "crls"],
+    ),
+    (
+        "listener",
+        &[
+            "name",
+            "address",
+            "clients",
+            "starttls",
+            "client_certificate",
+            "routes",
+            "client_dns",
+        ],
+    ),
+    (
+        "route",
+        &[
+            "name",
+            "domains",
+            "transport",
+            "reject",
+            "whitelist",
+            "directory",
+        ],
+    ),
+    ("transport.*", &["kind", "next_hop", "port", "tls"]),
+    (
+        "queue",
+        &[
+            "retry",
+            "lifetime",
+            "delay_warning",
+            "destination_concurrency",
+            "max_deliveries",
+            "connect_timeout",
+            "command_timeout",
+            "connection_cache_time",
+            "connection_reuse_limit",
+        ],
+    ),
+    (
+        "smtp",
+        &[
+            "message_size_limit",
+            "recipient_limit",
+            "command_line_limit",
+            "line_length_limit",
+            "timeout",
+            "min_data_rate",
+            "hard_error_limit",
+            "junk_command_limit",
+            "client_connection_limit",
+            "max_connections",
+            "hop_count_limit",
+        ],
+    ),
+    ("dns", &["nameservers"]),
+    ("whitelist", &["file", "reload"]),
+    (
+        "directory",
+        &[
+            "kind",
+            "file",
+            "url",
+            "base",
+            "filter",
+            "bind_dn",
+            "bind_password",
+            "cache_ttl",
+            "negative_ttl",
+            "cache_size",
+            "timeout",
+            "pool_size",
+            "starttls",
+            "bal_type_attribute",
+        ],
+    ),
+];
+
+/// Warnings for keys the gateway does not know (usually typos), each naming its key path.
+pub fn unknown_keys(text: &str) -> Vec<String> {
+    let Ok(root) = text.parse::<toml::Table>() else {
+        return Vec::new();
+    };
+    let known = |section: &str| KNOWN.iter().find(|(s, _)| *s == section).map(|(_, k)| *k);
+    let mut out = Vec::new();
+    let mut check = |section: &str, shown: &str, t: &toml::Table| {
+        if let Some(keys) = known(section) {
+            for k in t.keys() {
+                if !keys.contains(&k.as_str()) {
+                    out.push(format!("{shown}{k}: unknown key (typo?), ignored"));
+                }
+            }
+        }
+    };
+    check("", "", &root);
+    for (name, v) in &root {
+        match (name.as_str(), v) {
+            ("transport", toml::Value::Table(ts)) => {
+                for (tn, tv) in ts {
+                    if let toml::Value::Table(t) = tv {
+                        check("transport.*", &format!("transport.{tn}."), t);
+                    }
+                }
+            }
+            (_, toml::Value::Table(t)) => check(name, &format!("{name}."), t),
+            (_, toml::Value::Array(items)) => {
+                for (i, it) in items.iter().enumerate() {
+                    if let toml::Value::Table(t) = it {
+                        check(name, &format!("{name}[{i}]."), t);
+                    }
+                }
+            }
+            _ => {}
+        }
+    }
+    out
+}
+
+/// The line (1-based) where a problem's key is written: `"route[1] (x).transport: ..."`,
+/// `"transport.t.next_hop: ..."`, `"queue.retry: ..."`. Best effort, for messages.
+pub fn locate(text: &str, problem: &str) -> Option<usize> {
+    let key_path = problem.split(": ").next()?.split(' ').next()?;
+    let mut parts: Vec<&str> = key_path.split('.').collect();
+    // "route[1]" -> table "route", index 1
+    let first = parts.remove(0);
+    let (table, index) = match first.split_once('[') {
+        Some((t, i)) => (t, i.trim_end_matches(']').parse::<usize>().ok()),
+        None => (first, None),
+    };
+    let (header, key): (String, Option<&str>) = match (table, index) {
+        (t, Some(_)) => (
+            format!("[[{t}]]"),
+            parts.last().copied().filter(|_| !parts.is_empty()),
+        ),
+        ("transport", None) if parts.len() >= 2 => {
+            (format!("[transport.{}]", parts[0]), Some(parts[1]))
+        }
+        ("transport", None) if parts.len() == 1 => (format!("[transport.{}]", parts[0]), None),
+        (t, None) => (format!("[{t}]"), parts.first().copied()),
+    };
+    let lines: Vec<&str> = text.lines().collect();
+    let mut seen = 0usize;
+    let mut start = None;
+    for (n, l) in lines.iter().enumerate() {
+        if l.trim() == header {
+            if index.is_none_or(|i| i == seen) {
+                start = Some(n);
+                break;
+            }
+            seen += 1;
+        }
+    }
+    let start = start?;
+    let Some(key) = key else {
+        return Some(start + 1);
+    };
+    for (n, l) in lines.iter().enumerate().skip(start + 1) {
+        let t = l.trim_start();
+        if t.starts_with('[') {
+            break;
+        }
+        if t.split(['=', ' ']).next() == Some(key) {
+            return Some(n + 1);
+        }
+    }
+    Some(start + 1)
+}
+
+#[cfg(test)]
+mod lint_tests {
+    use super::*;
+
+    #[test]
+    fn unknown_keys_and_locations() {
+        let text = "[server]\nhostname = \"x\"\nhostnme = \"y\"\n[[route]]\nname = \"a\"\n[[route]]\nname = \"b\"\ntransprt = \"t\"\n[transport.t]\nkind = \"relay\"\nnext_hop = \"h\"\n";
+        let w = unknown_keys(text);
+        assert!(
+            w.contains(&"server.hostnme: unknown key (typo?), ignored".to_string()),
+            "{w:?}"
+        );
+        assert!(
+            w.contains(&"route[1].transprt: unknown key (typo?), ignored".to_string()),
+            "{w:?}"
+        );
+        assert_eq!(locate(text, "route[1] (b).transprt: x"), Some(8));
+        assert_eq!(locate(text, "transport.t.next_hop: bad"), Some(11));
+        assert_eq!(locate(text, "server.hostnme: unknown"), Some(3));
+    }
+}

@@ -177,7 +177,7 @@ fn init_logging(format: LogFormat) {
 
 fn main() -> ExitCode {
     let cli = Cli::parse();
-    init_logging(cli.log_format);
+    init_logging(cli.log_format, matches!(cli.command, Command::Serve));
     match run(cli) {
         Ok(code) => code,
         Err(e) => {
@@ -198,24 +198,7 @@ fn run(cli: Cli) -> anyhow::Result<ExitCode> {
             rt.block_on(passerelle::server::serve(&cli.config))?;
             Ok(ExitCode::SUCCESS)
         }
-        Command::CheckConfig => {
-            let cfg = Config::load_unvalidated(&cli.config)?;
-            let mut problems = cfg.validate();
-            if problems.is_empty() {
-                if let Err(e) = passerelle::server::Snapshot::load(&cli.config) {
-                    problems.extend(format!("{e:#}").lines().map(String::from));
-                }
-            }
-            if problems.is_empty() {
-                println!("{}: ok", cli.config.display());
-                Ok(ExitCode::SUCCESS)
-            } else {
-                for p in &problems {
-                    println!("{}: {p}", cli.config.display());
-                }
-                Ok(ExitCode::from(1))
-            }
-        }
+        Command::CheckConfig => check_config(&cli.config),
         Command::Pki {
             what: PkiCommand::Dev { out, force },
         } => {
@@ -386,6 +369,71 @@ fn run(cli: Cli) -> anyhow::Result<ExitCode> {
                 from.as_deref(),
             ))
         }
+    }
+}
+
+/// Every problem on its own line as `FILE:LINE: key: message`; warnings for unknown keys and
+/// certificates close to expiry. Exit 1 when there is any problem (warnings alone exit 0).
+fn check_config(path: &std::path::Path) -> anyhow::Result<ExitCode> {
+    let shown = path.display().to_string();
+    let text =
+        std::fs::read_to_string(path).map_err(|e| anyhow::anyhow!("{shown}: cannot read: {e}"))?;
+    let at = |p: &str| match passerelle::config::locate(&text, p) {
+        Some(n) => format!("{shown}:{n}: {p}"),
+        None => format!("{shown}: {p}"),
+    };
+    for w in passerelle::config::unknown_keys(&text) {
+        println!("warning: {}", at(&w));
+    }
+    let cfg = match Config::load_unvalidated(path) {
+        Ok(c) => c,
+        Err(e) => {
+            println!("{e}");
+            return Ok(ExitCode::from(1));
+        }
+    };
+    let mut problems = cfg.validate();
+    if problems.is_empty() {
+        if let Err(e) = passerelle::server::Snapshot::load(path) {
+            problems.extend(format!("{e:#}").lines().map(String::from));
+        }
+    }
+    if let Some(tls) = &cfg.tls {
+        match passerelle::tls::load_certs("tls.certificate", &tls.certificate) {
+            Ok(chain) => {
+                if let Ok((_, cert)) = x509_parser::parse_x509_certificate(chain[0].as_ref()) {
+                    let left = cert.validity().not_after.timestamp()
+                        - time::OffsetDateTime::now_utc().unix_timestamp();
+                    let days = left / 86400;
+                    let dn =
+                        passerelle::pki::subject_dn_rfc4514(chain[0].as_ref()).unwrap_or_default();
+                    let line = format!(
+                        "tls.certificate: {dn}: expires {} ({days} days)",
+                        cert.validity().not_after
+                    );
+                    if left <= 0 {
+                        problems.push(format!(
+                            "tls.certificate: {dn}: EXPIRED on {}",
+                            cert.validity().not_after
+                        ));
+                    } else if days < 30 {
+                        println!("warning: {}", at(&line));
+                    } else {
+                        println!("{}", at(&line));
+                    }
+                }
+            }
+            Err(e) => problems.push(e.to_string()),
+        }
+    }
+    if problems.is_empty() {
+        println!("{shown}: ok");
+        Ok(ExitCode::SUCCESS)
+    } else {
+        for p in &problems {
+            println!("{}", at(p));
+        }
+        Ok(ExitCode::from(1))
     }
 }
 
