@@ -160,10 +160,12 @@ enum RouteCommand {
     },
 }
 
-fn init_logging(format: LogFormat) {
+fn init_logging(format: LogFormat, serve: bool) {
     use tracing_subscriber::EnvFilter;
+    // The one-shot commands print their own results; their logs are only warnings.
+    let default = if serve { "info" } else { "warn" };
     let filter =
-        EnvFilter::try_from_env("PASSERELLE_LOG").unwrap_or_else(|_| EnvFilter::new("info"));
+        EnvFilter::try_from_env("PASSERELLE_LOG").unwrap_or_else(|_| EnvFilter::new(default));
     let ansi = std::io::IsTerminal::is_terminal(&std::io::stderr());
     let b = tracing_subscriber::fmt()
         .with_env_filter(filter)
