@@ -267,7 +267,7 @@ fn dn_pins(policy: &Arc<ArcSwap<Policy>>) -> crate::delivery::DnPins {
 /// The handles a running server swaps on reload.
 struct Running {
     config_path: std::path::PathBuf,
-    listeners: HashMap<String, Arc<ArcSwap<Shared>>>,
+    listeners: tokio::sync::Mutex<HashMap<String, Bound>>,
     policy: Arc<ArcSwap<Policy>>,
     spool: Spool,
     queue: QueueHandle,
@@ -278,6 +278,40 @@ struct Running {
     tls: std::sync::Mutex<Option<TlsMaterial>>,
     whitelist: ArcSwap<Option<crate::config::WhitelistConfig>>,
     directory: ArcSwap<crate::config::DirectoryConfig>,
+}
+
+/// A bound listener: its settings slot, its own stop signal, its accept task.
+struct Bound {
+    address: String,
+    shared: Arc<ArcSwap<Shared>>,
+    stop: watch::Sender<bool>,
+    task: tokio::task::JoinHandle<()>,
+}
+
+impl Bound {
+    fn start(sock: TcpListener, l: &crate::config::ListenerConfig, shared: Shared) -> Bound {
+        let shared = Arc::new(ArcSwap::from_pointee(shared));
+        let (stop, rx) = watch::channel(false);
+        tracing::info!(listener = %l.name, address = %l.address, "listening");
+        Bound {
+            address: l.address.clone(),
+            task: tokio::spawn(listener::run(sock, shared.clone(), rx)),
+            shared,
+            stop,
+        }
+    }
+
+    /// Stops accepting; sessions in flight finish (bounded by the listener's drain time).
+    async fn close(self) {
+        let _ = self.stop.send(true);
+        let _ = self.task.await;
+    }
+}
+
+async fn bind(l: &crate::config::ListenerConfig) -> anyhow::Result<TcpListener> {
+    TcpListener::bind(&l.address)
+        .await
+        .with_context(|| format!("listener {}: bind {}", l.name, l.address))
 }
 
 /// What identifies a version of a file: modification time and size.
@@ -317,23 +351,11 @@ pub async fn serve(config_path: &Path) -> anyhow::Result<()> {
         recovered,
     );
 
-    let (shutdown_tx, shutdown_rx) = watch::channel(false);
-    let mut listeners: HashMap<String, Arc<ArcSwap<Shared>>> = HashMap::new();
-    let mut tasks = Vec::new();
+    let mut listeners: HashMap<String, Bound> = HashMap::new();
     for l in &cfg.listener {
-        let sock = TcpListener::bind(&l.address)
-            .await
-            .with_context(|| format!("listener {}: bind {}", l.name, l.address))?;
-        let shared = Arc::new(ArcSwap::from_pointee(shared_for(
-            &snap, l, &policy, &spool, &queue,
-        )?));
-        tracing::info!(listener = %l.name, address = %l.address, "listening");
-        listeners.insert(l.name.clone(), shared.clone());
-        tasks.push(tokio::spawn(listener::run(
-            sock,
-            shared,
-            shutdown_rx.clone(),
-        )));
+        let sock = bind(l).await?;
+        let shared = shared_for(&snap, l, &policy, &spool, &queue)?;
+        listeners.insert(l.name.clone(), Bound::start(sock, l, shared));
     }
     let admin = match &cfg.server.admin {
         Some(addr) => {
@@ -360,7 +382,7 @@ pub async fn serve(config_path: &Path) -> anyhow::Result<()> {
     };
     let running = Arc::new(Running {
         config_path: config_path.to_path_buf(),
-        listeners,
+        listeners: tokio::sync::Mutex::new(listeners),
         policy,
         spool,
         queue: queue.clone(),
@@ -382,7 +404,7 @@ pub async fn serve(config_path: &Path) -> anyhow::Result<()> {
         tokio::select! {
             _ = term.recv() => break,
             _ = int.recv() => break,
-            _ = hup.recv() => match running.reload() {
+            _ = hup.recv() => match running.reload().await {
                 Ok(()) => tracing::info!(config = %config_path.display(), "configuration reloaded"),
                 Err(e) => tracing::error!(config = %config_path.display(), "reload refused, keeping the running configuration: {e:#}"),
             },
@@ -394,10 +416,14 @@ pub async fn serve(config_path: &Path) -> anyhow::Result<()> {
         a.abort();
     }
     extract_refresher.abort();
-    let _ = shutdown_tx.send(true);
-    for t in tasks {
-        let _ = t.await;
-    }
+    let bound: Vec<Bound> = running
+        .listeners
+        .lock()
+        .await
+        .drain()
+        .map(|(_, b)| b)
+        .collect();
+    futures::future::join_all(bound.into_iter().map(Bound::close)).await;
     queue.shutdown().await;
     agent.close_all().await;
     tracing::info!("stopped; the queue is safe on disk");
@@ -434,28 +460,51 @@ fn shared_for(
 }
 
 impl Running {
-    /// SIGHUP: a whole new snapshot, swapped in only when every part of it loaded.
-    fn reload(&self) -> anyhow::Result<()> {
-        let mut tls = self.tls.lock().unwrap_or_else(|p| p.into_inner());
+    /// SIGHUP: a whole new snapshot, swapped in only when every part of it loaded and every
+    /// new listener is bound. Removed listeners stop accepting and drain their sessions.
+    async fn reload(&self) -> anyhow::Result<()> {
+        let previous_tls = self.tls.lock().unwrap_or_else(|p| p.into_inner()).clone();
         let current = self.policy.load_full();
-        let snap = Snapshot::reload(&self.config_path, Some((&current, tls.as_ref())))?;
+        let snap = Snapshot::reload(&self.config_path, Some((&current, previous_tls.as_ref())))?;
         let delivery = DeliveryConfig::new(&snap.config, snap.tls.as_ref(), dn_pins(&self.policy))
             .map_err(|e| anyhow!(e))?;
-        let mut shareds = Vec::new();
+        let mut listeners = self.listeners.lock().await;
+        let mut keep = Vec::new();
+        let mut fresh = Vec::new();
         for l in &snap.config.listener {
-            match self.listeners.get(&l.name) {
-                Some(slot) => shareds.push((
-                    slot,
-                    shared_for(&snap, l, &self.policy, &self.spool, &self.queue)?,
-                )),
-                None => {
-                    tracing::warn!(listener = %l.name, "new listener in the config: restart to bind it")
-                }
+            let shared = shared_for(&snap, l, &self.policy, &self.spool, &self.queue)?;
+            match listeners.get(&l.name) {
+                Some(b) if b.address == l.address => keep.push((l.name.clone(), shared)),
+                _ => fresh.push((l.clone(), bind(l).await?, shared)),
             }
         }
+        // Everything is ready: swap.
         self.policy.store(snap.policy.clone());
-        for (slot, sh) in shareds {
-            slot.store(Arc::new(sh));
+        for (name, shared) in keep {
+            if let Some(b) = listeners.get(&name) {
+                b.shared.store(Arc::new(shared));
+            }
+        }
+        let wanted: Vec<&str> = snap
+            .config
+            .listener
+            .iter()
+            .map(|l| l.name.as_str())
+            .collect();
+        let fresh_names: Vec<String> = fresh.iter().map(|(l, _, _)| l.name.clone()).collect();
+        let gone: Vec<String> = listeners
+            .keys()
+            .filter(|n| !wanted.contains(&n.as_str()) || fresh_names.contains(n))
+            .cloned()
+            .collect();
+        for name in gone {
+            if let Some(b) = listeners.remove(&name) {
+                tracing::info!(listener = %name, address = %b.address, "listener closed by reload");
+                tokio::spawn(b.close());
+            }
+        }
+        for (l, sock, shared) in fresh {
+            listeners.insert(l.name.clone(), Bound::start(sock, &l, shared));
         }
         self.agent.reconfigure(delivery);
         self.queue_cfg.store(Arc::new(snap.config.queue.clone()));
@@ -465,12 +514,10 @@ impl Running {
             .store(Arc::new(snap.config.whitelist.clone()));
         self.directory
             .store(Arc::new(snap.config.directory.clone()));
-        *tls = snap.tls;
+        *self.tls.lock().unwrap_or_else(|p| p.into_inner()) = snap.tls;
         Ok(())
     }
 
-    /// Re-reads the whitelist every `whitelist.reload` when the file changed. A file that does
-    /// not load leaves the last good list in force, and the log says so (once per change).
     /// With `directory.kind = "extract"`, re-reads the extract when the file changes (checked
     /// every 5 s). A file that does not load keeps the directory in force.
     async fn refresh_extract(self: Arc<Self>) {

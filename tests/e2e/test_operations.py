@@ -1,0 +1,229 @@
+"""End-to-end tests of issue 5: operating the gateway like Postfix.
+
+- `passerelle queue list|show|retry|hold|release|delete` against a running server (through
+  the admin endpoint) and against a stopped one (on the spool directly);
+- the admin endpoint: /healthz, /readyz, /metrics, and the queue routes refusing a client
+  without the token;
+- SIGHUP reload under traffic: no session dropped, no message lost; a broken config refused
+  with check-config's words while the old one keeps serving; listeners added and removed;
+- check-config: file:line, unknown keys, exit codes.
+"""
+
+import os
+import re
+import signal
+import smtplib
+import threading
+import time
+import urllib.error
+import urllib.request
+
+from harness import E2ETestCase, free_port, gateway_config, listener, relay_transport, smtp_session, toml_dumps
+
+SENDER = "sender@chu-test.mssante.fr"
+RCPT = "dr.ops@autre.mssante.fr"
+
+
+def write_toml(path, cfg):
+    with open(path, "w") as f:
+        f.write(toml_dumps(cfg) + "\n")
+
+
+def http(url, method="GET", token=None):
+    req = urllib.request.Request(url, method=method)
+    if token:
+        req.add_header("X-Passerelle-Token", token)
+    try:
+        with urllib.request.urlopen(req, timeout=10) as r:
+            return r.status, r.read().decode()
+    except urllib.error.HTTPError as e:
+        return e.code, e.read().decode()
+
+
+class OperationsTestCase(E2ETestCase):
+
+    def config(self, peer_port, reject="550 5.7.1 only MSSante destinations are relayed here", extra_listeners=()):
+        self.admin_port = getattr(self, "admin_port", None) or free_port()
+        self.gw_port = getattr(self, "gw_port", None) or free_port()
+        cfg = gateway_config(
+            self.tmp,
+            listeners=[listener("etablissement", self.gw_port, ["mssante", "others"])] + list(extra_listeners),
+            routes=[
+                {"name": "mssante", "domains": ["*.mssante.fr"], "transport": "trust"},
+                {"name": "others", "domains": ["*"], "reject": reject},
+            ],
+            transports={"trust": relay_transport(peer_port)},
+        )
+        cfg["server"]["admin"] = "127.0.0.1:%d" % self.admin_port
+        return cfg
+
+    def send(self, subject, to=RCPT):
+        with smtp_session("127.0.0.1", self.gw_port) as s:
+            s.sendmail(SENDER, [to], ("Subject: %s\r\nMessage-ID: <%s@t>\r\n\r\nbody\r\n" % (subject, subject)).encode())
+
+    def queue(self, *args):
+        return self.gw.cli("queue", *args)
+
+
+class QueueVerbTests(OperationsTestCase):
+
+    def test_verbs_while_running_and_stopped(self):
+        peer = self.peer("a", start=False)
+        self.gw = self.gateway(self.config(peer.port))
+        for i in range(3):
+            self.send("q%d" % i)
+        time.sleep(1.5)
+        rc, out = self.queue("list")
+        self.assertEqual(rc, 0, out)
+        ids = re.findall(r"^([0-9A-F]{16}) ", out, re.M)
+        self.assertEqual(len(ids), 3, out)
+        self.assertIn("pending", out)
+        self.assertIn("Connection refused", out, "list shows each recipient's last error")
+        self.assertIn("-- 3 message(s)", out)
+        a, b, c = ids
+        self.assertEqual(self.queue("hold", a)[0], 0)
+        rc, out = self.queue("show", a)
+        self.assertIn("on hold", out)
+        self.assertEqual(self.queue("delete", b)[0], 0)
+        rc, out = self.queue("show", b)
+        self.assertEqual(rc, 1, out)
+        self.assertEqual(self.queue("show", "0000000000000000")[0], 1)
+        # The next hop comes up: retry --all delivers c at once; a stays held.
+        peer.start()
+        self.assertEqual(self.queue("retry", "--all")[0], 0)
+        peer.wait_messages(1, 10)
+        time.sleep(1.0)
+        self.assertEqual(peer.count(), 1, "the held message must not be delivered")
+        rc, out = self.queue("list")
+        self.assertIn(a, out)
+        self.assertIn("on hold", out)
+        # Stopped server: list and release work on the spool directly.
+        self.gw.stop()
+        rc, out = self.queue("list")
+        self.assertEqual(rc, 0, out)
+        self.assertIn("server not running", out)
+        self.assertIn(a, out)
+        self.assertEqual(self.queue("release", a)[0], 0)
+        self.gw.start()
+        peer.wait_messages(2, 15)
+        rc, out = self.queue("list")
+        self.assertIn("-- 0 message(s)", out)
+
+    def test_admin_endpoint(self):
+        peer = self.peer("a")
+        self.gw = self.gateway(self.config(peer.port))
+        base = "http://127.0.0.1:%d" % self.admin_port
+        self.assertEqual(http(base + "/healthz")[0], 200)
+        self.assertEqual(http(base + "/readyz"), (200, "ready\n"))
+        self.send("m1")
+        peer.wait_messages(1, 10)
+        with smtp_session("127.0.0.1", self.gw_port) as s:
+            s.mail(SENDER)
+            self.assertEqual(s.rcpt("bob@example.com")[0], 550)
+        code, text = http(base + "/metrics")
+        self.assertEqual(code, 200)
+        for series in ('passerelle_messages_accepted_total{listener="etablissement"} 1',
+                       'passerelle_deliveries_total{transport="trust",result="sent"} 1',
+                       'passerelle_smtp_rejected_total{listener="etablissement",reply="550 5.7.1"} 1',
+                       "passerelle_queue_messages 0", "passerelle_accept_seconds_bucket",
+                       "passerelle_sessions_total"):
+            self.assertIn(series, text)
+        self.assertEqual(http(base + "/queue")[0], 403, "queue routes need the token")
+        self.assertEqual(http(base + "/queue/retry-all", "POST", token="wrong")[0], 403)
+        with open(os.path.join(self.tmp, "gw", "spool", "admin.token")) as f:
+            token = f.read().strip()
+        self.assertEqual(oct(os.stat(os.path.join(self.tmp, "gw", "spool", "admin.token")).st_mode & 0o777), "0o600")
+        self.assertEqual(http(base + "/queue", token=token), (200, "[]"))
+
+
+class ReloadTests(OperationsTestCase):
+
+    def test_reload_under_traffic_loses_nothing(self):
+        peer = self.peer("a")
+        cfg = self.config(peer.port)
+        self.gw = self.gateway(cfg)
+        sent, errors = [], []
+        stop = threading.Event()
+
+        def sender(k):
+            n = 0
+            while not stop.is_set():
+                try:
+                    with smtp_session("127.0.0.1", self.gw_port) as s:
+                        for _ in range(5):  # several transactions per session
+                            subj = "load-%d-%d" % (k, n)
+                            s.sendmail(SENDER, [RCPT], ("Subject: %s\r\n\r\nx\r\n" % subj).encode())
+                            sent.append(subj)
+                            n += 1
+                except (smtplib.SMTPException, OSError) as e:
+                    errors.append(repr(e))
+
+        threads = [threading.Thread(target=sender, args=(k,)) for k in range(4)]
+        for t in threads:
+            t.start()
+        try:
+            for i in range(5):
+                time.sleep(0.4)
+                write_toml(self.gw.config_path, self.config(peer.port, reject="550 5.7.1 reload %d" % i))
+                os.kill(self.gw.proc.pid, signal.SIGHUP)
+            time.sleep(0.4)
+        finally:
+            stop.set()
+            for t in threads:
+                t.join(30)
+        self.assertEqual(errors, [], "no session may be dropped by a reload")
+        self.assertGreater(len(sent), 20)
+        msgs = peer.wait_messages(len(sent), 30)
+        got = sorted(re.search(rb"Subject: (\S+)", eml).group(1).decode() for _, eml in msgs)
+        self.assertEqual(got, sorted(sent), "every accepted message delivered exactly once")
+        self.assertEqual(self.gw.log().count("configuration reloaded"), 5)
+        with smtp_session("127.0.0.1", self.gw_port) as s:
+            s.mail(SENDER)
+            code, msg = s.rcpt("bob@example.com")
+        self.assertEqual((code, msg.decode()), (550, "5.7.1 reload 4"), "new sessions use the new config")
+
+    def test_broken_config_refused_and_listeners_follow_the_config(self):
+        peer = self.peer("a")
+        self.gw = self.gateway(self.config(peer.port))
+        # Broken: a route pointing at a missing transport. Refused with check-config's words.
+        bad = self.config(peer.port)
+        bad["route"][0]["transport"] = "nope"
+        write_toml(self.gw.config_path, bad)
+        rc, out = self.gw.cli("check-config")
+        self.assertEqual(rc, 1)
+        self.assertRegex(out, r"passerelle\.toml:\d+: route\[0\] \(mssante\)\.transport: no \[transport\.nope\]")
+        os.kill(self.gw.proc.pid, signal.SIGHUP)
+        self.gw.wait_log("reload refused", 10)
+        self.assertIn("no [transport.nope]", self.gw.log())
+        self.send("still-serving")
+        peer.wait_messages(1, 10)
+        # A second listener appears, then the first one goes away.
+        port2 = free_port()
+        two = self.config(peer.port, extra_listeners=[listener("second", port2, ["mssante"])])
+        write_toml(self.gw.config_path, two)
+        os.kill(self.gw.proc.pid, signal.SIGHUP)
+        self.gw.wait_log("listening listener=second", 10)
+        with smtp_session("127.0.0.1", port2) as s:
+            s.sendmail(SENDER, [RCPT], b"Subject: via-second\r\n\r\nx\r\n")
+        peer.wait_messages(2, 10)
+        only_second = self.config(peer.port)
+        only_second["listener"] = [listener("second", port2, ["mssante"])]
+        write_toml(self.gw.config_path, only_second)
+        os.kill(self.gw.proc.pid, signal.SIGHUP)
+        self.gw.wait_log("listener closed by reload", 10)
+        time.sleep(0.5)
+        with self.assertRaises(OSError):
+            smtplib.SMTP("127.0.0.1", self.gw_port, timeout=5)
+
+    def test_check_config_reports_unknown_keys(self):
+        path = os.path.join(self.tmp, "typo.toml")
+        cfg = self.config(free_port())
+        cfg["queue"]["lifetme"] = "1d"
+        write_toml(path, cfg)
+        from harness import PASSERELLE_BIN
+        import subprocess
+        r = subprocess.run([PASSERELLE_BIN, "check-config", "--config", path], stdout=subprocess.PIPE,
+                           stderr=subprocess.STDOUT, text=True, timeout=30)
+        self.assertEqual(r.returncode, 0, r.stdout)
+        self.assertRegex(r.stdout, r"warning: .*typo\.toml:\d+: queue\.lifetme: unknown key")
+        self.assertRegex(r.stdout, r"tls\.certificate: CN=.*expires .*\(\d+ days\)")
