@@ -853,7 +853,12 @@ pub fn unknown_keys(text: &str) -> Vec<String> {
 /// The line (1-based) where a problem's key is written: `"route[1] (x).transport: ..."`,
 /// `"transport.t.next_hop: ..."`, `"queue.retry: ..."`. Best effort, for messages.
 pub fn locate(text: &str, problem: &str) -> Option<usize> {
-    let key_path = problem.split(": ").next()?.split(' ').next()?;
+    let head = problem.split(": ").next()?;
+    // "route[1] (name).key" -> "route[1].key"
+    let key_path = match (head.find(" ("), head.find(')')) {
+        (Some(a), Some(b)) if b > a => format!("{}{}", &head[..a], &head[b + 1..]),
+        _ => head.split(' ').next()?.to_string(),
+    };
     let mut parts: Vec<&str> = key_path.split('.').collect();
     // "route[1]" -> table "route", index 1
     let first = parts.remove(0);

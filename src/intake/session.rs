@@ -28,8 +28,11 @@ struct Transaction {
     eight_bit: bool,
     smtputf8: bool,
     recipients: Vec<Recipient>,
-    /// BDAT chunks so far.
+    /// The message being received: our Received header, then the client's bytes (BDAT
+    /// chunks so far). One buffer from intake to the spool and the first delivery.
     bdat: Vec<u8>,
+    /// Queue id and Received header length, fixed when the content starts.
+    started: Option<(String, usize)>,
     bdat_failed: bool,
 }
 
@@ -66,7 +69,8 @@ impl Session {
         ip_authorized: bool,
     ) -> Session {
         Session {
-            r: BufReader::with_capacity(16 * 1024, stream),
+            // Small: thousands of idle sessions each hold one; DATA lines are copied out anyway.
+            r: BufReader::with_capacity(4 * 1024, stream),
             out: Vec::with_capacity(1024),
             shared,
             peer,
@@ -617,14 +621,18 @@ impl Session {
             timeout: self.shared.limits.timeout,
             min_rate: self.shared.limits.min_data_rate,
         };
-        let mut body = Vec::with_capacity(8 * 1024);
+        let (id, mut body, hl) = self.begin_content();
+        let lim = DataLimits {
+            max_size: lim.max_size + hl,
+            ..lim
+        };
         match read_data(&mut self.r, &mut body, &lim).await {
             DataEnd::Ok => {
-                self.accept_message(body).await;
+                self.accept_message(id, body, hl).await;
                 Flow::Continue
             }
             DataEnd::Refused(e) => {
-                let r = e.reply(lim.max_size, lim.max_line);
+                let r = e.reply(lim.max_size - hl, lim.max_line);
                 tracing::info!(client = %self.peer, reply = %r, "message refused");
                 self.reply(&r);
                 self.tx = Transaction::default();
@@ -654,13 +662,19 @@ impl Session {
             };
         }
         let max = self.shared.limits.message_size_limit;
-        let too_big = self.tx.bdat.len() + size > max;
+        if self.tx.started.is_none() {
+            let (id, buf, hl) = self.begin_content();
+            self.tx.bdat = buf;
+            self.tx.started = Some((id, hl));
+        }
+        let hl = self.tx.started.as_ref().map_or(0, |(_, hl)| *hl);
+        let too_big = self.tx.bdat.len() - hl + size > max;
         if too_big || self.tx.bdat_failed {
             if self.discard(size).await.is_err() {
                 return Flow::Close;
             }
             self.tx.bdat_failed = true;
-            self.tx.bdat.clear();
+            self.tx.bdat.truncate(hl);
             if last || too_big {
                 self.reply(&Reply::new(
                     552,
@@ -690,13 +704,14 @@ impl Session {
             return Flow::Continue;
         }
         let body = std::mem::take(&mut self.tx.bdat);
-        if let Err(e) = check_bdat(&body, self.shared.limits.line_length_limit) {
+        let id = self.tx.started.take().map(|(id, _)| id).unwrap_or_default();
+        if let Err(e) = check_bdat(&body[hl..], self.shared.limits.line_length_limit) {
             let r = e.reply(max, self.shared.limits.line_length_limit);
             self.reply(&r);
             self.tx = Transaction::default();
             return Flow::Continue;
         }
-        self.accept_message(body).await;
+        self.accept_message(id, body, hl).await;
         Flow::Continue
     }
 
@@ -720,11 +735,21 @@ impl Session {
         Ok(())
     }
 
-    /// Loop check, Received header, durable store, then 250.
-    async fn accept_message(&mut self, body: Vec<u8>) {
+    /// The queue id and a buffer that starts with our Received header, when content begins.
+    fn begin_content(&self) -> (String, Vec<u8>, usize) {
+        let id = new_queue_id();
+        let header = self.received_header(&id, &self.tx);
+        let mut buf = Vec::with_capacity(header.len() + 8 * 1024);
+        buf.extend_from_slice(header.as_bytes());
+        (id, buf, header.len())
+    }
+
+    /// Loop check, durable store, then 250. `msg` is our Received header (`hl` bytes) and
+    /// the client's content.
+    async fn accept_message(&mut self, id: String, msg: Vec<u8>, hl: usize) {
         let started = std::time::Instant::now();
         let tx = std::mem::take(&mut self.tx);
-        let hops = count_received(&body);
+        let hops = count_received(&msg[hl..]);
         if hops >= self.shared.limits.hop_count_limit {
             let r = Reply::new(
                 554,
@@ -735,8 +760,6 @@ impl Session {
             self.reply(&r);
             return;
         }
-        let id = new_queue_id();
-        let received = self.received_header(&id, &tx);
         let now = now_ms();
         let env = Envelope {
             id: id.clone(),
@@ -753,17 +776,13 @@ impl Session {
         };
         let mut state = State::new(env.recipients.len());
         state.next_attempt = now;
-        let size = body.len() + received.len();
-        match self
-            .shared
-            .spool
-            .store(&env, &state, vec![received.into_bytes(), body])
-            .await
-        {
+        let size = msg.len();
+        let msg = Arc::new(msg);
+        match self.shared.spool.store(&env, &state, msg.clone()).await {
             Ok(loc) => {
                 tracing::info!(queue_id = %id, client = %self.peer, from = %env.mail_from, nrcpt = env.recipients.len(),
                     size, tls = self.tls.as_deref().unwrap_or("-"), "queued");
-                self.shared.queue.submit(env, state, loc);
+                self.shared.queue.submit(env, state, loc, Some(msg));
                 self.reply(&Reply::new(250, "2.0.0", format!("Ok: queued as {id}")));
                 let l = [("listener", self.shared.listener.name.as_str())];
                 crate::metrics::inc(
@@ -898,7 +917,7 @@ impl Session {
         }
         tracing::info!(client = %self.peer, tls = %desc, client_dn = self.client_dn.as_deref().unwrap_or("-"), "TLS established");
         self.tls = Some(desc);
-        self.r = BufReader::with_capacity(16 * 1024, Box::new(tls) as BoxStream);
+        self.r = BufReader::with_capacity(4 * 1024, Box::new(tls) as BoxStream);
         self.helo = None;
         self.esmtp = false;
         self.tx = Transaction::default();

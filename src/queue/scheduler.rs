@@ -49,6 +49,8 @@ pub enum Command {
         envelope: Box<Envelope>,
         state: State,
         body: BodyLoc,
+        /// The body still in memory from intake, for the first attempt.
+        mem: Option<InMemory>,
     },
     List(oneshot::Sender<Vec<QueueItem>>),
     Show(String, oneshot::Sender<Option<QueueItem>>),
@@ -78,11 +80,18 @@ pub struct QueueHandle {
 }
 
 impl QueueHandle {
-    pub fn submit(&self, envelope: Envelope, state: State, body: BodyLoc) {
+    pub fn submit(
+        &self,
+        envelope: Envelope,
+        state: State,
+        body: BodyLoc,
+        mem: Option<Arc<Vec<u8>>>,
+    ) {
         let _ = self.tx.send(Command::New {
             envelope: Box::new(envelope),
             state,
             body,
+            mem: mem.and_then(InMemory::new),
         });
     }
     pub fn send(&self, c: Command) -> bool {
@@ -131,7 +140,36 @@ struct Entry {
     env: Arc<Envelope>,
     state: State,
     body: BodyLoc,
+    mem: Option<InMemory>,
     running: bool,
+}
+
+/// Bytes of message bodies held in memory for their first attempt, across the process.
+static IN_MEMORY: std::sync::atomic::AtomicUsize = std::sync::atomic::AtomicUsize::new(0);
+/// Above this, new messages are read back from the spool instead (a slow next hop must not
+/// pile bodies up in RAM).
+const IN_MEMORY_MAX: usize = 256 * 1024 * 1024;
+
+/// A body kept from intake so the first delivery need not read it back from disk.
+pub struct InMemory(Arc<Vec<u8>>);
+
+impl InMemory {
+    fn new(body: Arc<Vec<u8>>) -> Option<InMemory> {
+        use std::sync::atomic::Ordering;
+        let n = body.len();
+        let prev = IN_MEMORY.fetch_add(n, Ordering::Relaxed);
+        if prev + n > IN_MEMORY_MAX {
+            IN_MEMORY.fetch_sub(n, Ordering::Relaxed);
+            return None;
+        }
+        Some(InMemory(body))
+    }
+}
+
+impl Drop for InMemory {
+    fn drop(&mut self) {
+        IN_MEMORY.fetch_sub(self.0.len(), std::sync::atomic::Ordering::Relaxed);
+    }
 }
 
 /// Result of one delivery task.
@@ -177,13 +215,13 @@ impl Scheduler {
             tx: tx.clone(),
         };
         for r in recovered {
-            s.insert(r.envelope, r.state, r.body);
+            s.insert(r.envelope, r.state, r.body, None);
         }
         tokio::spawn(s.run(rx));
         QueueHandle { tx }
     }
 
-    fn insert(&mut self, env: Envelope, state: State, body: BodyLoc) {
+    fn insert(&mut self, env: Envelope, state: State, body: BodyLoc, mem: Option<InMemory>) {
         let id = env.id.clone();
         if !state.held {
             self.heap.push(Reverse((state.next_attempt, id.clone())));
@@ -194,6 +232,7 @@ impl Scheduler {
                 env: Arc::new(env),
                 state,
                 body,
+                mem,
                 running: false,
             },
         );
@@ -256,6 +295,7 @@ impl Scheduler {
                 env: e.env.clone(),
                 state: e.state.clone(),
                 body: e.body,
+                mem: e.mem.take(),
                 spool: self.spool.clone(),
                 agent: self.agent.clone(),
                 config: self.config.load_full(),
@@ -298,7 +338,8 @@ impl Scheduler {
                 envelope,
                 state,
                 body,
-            } => self.insert(*envelope, state, body),
+                mem,
+            } => self.insert(*envelope, state, body, mem),
             Command::List(reply) => {
                 let mut items: Vec<QueueItem> = self.entries.values().map(item).collect();
                 items.sort_by(|a, b| a.id.cmp(&b.id));
@@ -424,6 +465,7 @@ struct Job {
     env: Arc<Envelope>,
     state: State,
     body: BodyLoc,
+    mem: Option<InMemory>,
     spool: Spool,
     agent: Arc<Agent>,
     config: Arc<QueueConfig>,
@@ -437,10 +479,13 @@ impl Job {
         let id = self.env.id.clone();
         let spool = self.spool.clone();
         let loc = self.body;
-        let body = match tokio::task::spawn_blocking(move || spool.read_body(loc)).await {
-            Ok(Ok(b)) => b,
-            Ok(Err(e)) => return self.retry_later(format!("cannot read message: {e}")),
-            Err(e) => return self.retry_later(format!("reader task failed: {e}")),
+        let body: Arc<Vec<u8>> = match self.mem.take() {
+            Some(m) => m.0.clone(),
+            None => match tokio::task::spawn_blocking(move || spool.read_body(loc)).await {
+                Ok(Ok(b)) => Arc::new(b),
+                Ok(Err(e)) => return self.retry_later(format!("cannot read message: {e}")),
+                Err(e) => return self.retry_later(format!("reader task failed: {e}")),
+            },
         };
         let outcomes = self.agent.deliver(&self.env, &self.state, &body).await;
         let now = now_ms();
@@ -555,7 +600,7 @@ impl Job {
     }
 
     /// Saves the deferred state; relocates the message if it pins the oldest segment.
-    async fn persist(self, body: Vec<u8>) -> Finished {
+    async fn persist(self, body: Arc<Vec<u8>>) -> Finished {
         let id = self.env.id.clone();
         if self.spool.should_relocate(self.body) {
             match self
@@ -680,14 +725,13 @@ impl Job {
             dsn_id,
             dsn::rfc5322_date(now)
         );
-        match self
-            .spool
-            .store(&env, &state, vec![received.into_bytes(), msg])
-            .await
-        {
+        let mut full = received.into_bytes();
+        full.extend_from_slice(&msg);
+        let full = Arc::new(full);
+        match self.spool.store(&env, &state, full.clone()).await {
             Ok(loc) => {
                 tracing::info!(queue_id = %self.env.id, dsn_id = %dsn_id, to = %self.env.mail_from, "sender notification ({kind:?}) queued");
-                self.queue.submit(env, state, loc);
+                self.queue.submit(env, state, loc, Some(full));
             }
             Err(e) => {
                 tracing::error!(queue_id = %self.env.id, error = %e, "cannot queue {kind:?} notification")

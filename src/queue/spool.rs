@@ -106,7 +106,7 @@ enum Op {
     Store {
         envelope: Vec<u8>,
         state: Vec<u8>,
-        body: Vec<Vec<u8>>,
+        body: Arc<Vec<u8>>,
         /// The previous home when relocating.
         replaces: Option<u64>,
         done: oneshot::Sender<Result<BodyLoc, String>>,
@@ -398,13 +398,13 @@ impl Spool {
         ))
     }
 
-    /// Stores a new message durably; returns once it is fsync'd. `body` is written as the
-    /// concatenation of its parts (the Received header, then the client's bytes).
+    /// Stores a new message durably; returns once it is fsync'd. The body buffer is shared,
+    /// not copied, so the scheduler can deliver it without reading it back.
     pub async fn store(
         &self,
         env: &Envelope,
         state: &State,
-        body: Vec<Vec<u8>>,
+        body: Arc<Vec<u8>>,
     ) -> Result<BodyLoc, SpoolError> {
         self.store_inner(env, state, body, None).await
     }
@@ -414,18 +414,17 @@ impl Spool {
         &self,
         env: &Envelope,
         state: &State,
-        body: Vec<u8>,
+        body: Arc<Vec<u8>>,
         old: BodyLoc,
     ) -> Result<BodyLoc, SpoolError> {
-        self.store_inner(env, state, vec![body], Some(old.segment))
-            .await
+        self.store_inner(env, state, body, Some(old.segment)).await
     }
 
     async fn store_inner(
         &self,
         env: &Envelope,
         state: &State,
-        body: Vec<Vec<u8>>,
+        body: Arc<Vec<u8>>,
         replaces: Option<u64>,
     ) -> Result<BodyLoc, SpoolError> {
         let envelope = serde_json::to_vec(env).map_err(|e| SpoolError::Write(e.to_string()))?;
@@ -576,11 +575,10 @@ impl Writer {
                 } => {
                     let el = (envelope.len() as u32).to_le_bytes();
                     let sl = (state.len() as u32).to_le_bytes();
-                    let mut parts: Vec<&[u8]> = vec![&el, envelope, &sl, state];
-                    parts.extend(body.iter().map(|b| b.as_slice()));
+                    let parts: [&[u8]; 5] = [&el, envelope, &sl, state, body.as_slice()];
                     let rec_start = start + buf.len() as u64;
                     encode(KIND_STORE, &parts, buf);
-                    let body_len: usize = body.iter().map(|b| b.len()).sum();
+                    let body_len = body.len();
                     let body_off = rec_start + (HEADER + 8 + envelope.len() + state.len()) as u64;
                     locs.push(Some(BodyLoc {
                         segment: self.head,
@@ -720,12 +718,12 @@ mod tests {
             .store(
                 &env("A"),
                 &st,
-                vec![b"Received: x\r\n".to_vec(), b"body\r\n".to_vec()],
+                Arc::new(b"Received: x\r\nbody\r\n".to_vec()),
             )
             .await
             .unwrap();
         let l2 = spool
-            .store(&env("B"), &st, vec![b"two\r\n".to_vec()])
+            .store(&env("B"), &st, Arc::new(b"two\r\n".to_vec()))
             .await
             .unwrap();
         assert_eq!(spool.read_body(l1).unwrap(), b"Received: x\r\nbody\r\n");
@@ -755,7 +753,7 @@ mod tests {
             let st = State::new(1);
             for id in ["A", "B", "C"] {
                 spool
-                    .store(&env(id), &st, vec![b"hello\r\n".to_vec()])
+                    .store(&env(id), &st, Arc::new(b"hello\r\n".to_vec()))
                     .await
                     .unwrap();
             }
@@ -799,7 +797,7 @@ mod tests {
         {
             let (spool, _, _) = Spool::open(dir.path()).unwrap();
             let l = spool
-                .store(&env("A"), &State::new(1), vec![b"x\r\n".to_vec()])
+                .store(&env("A"), &State::new(1), Arc::new(b"x\r\n".to_vec()))
                 .await
                 .unwrap();
             spool.remove("A", l).await.unwrap();

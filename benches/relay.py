@@ -1,0 +1,203 @@
+#!/usr/bin/env python3
+"""Relay throughput, end to end, Postfix and passerelle side by side in one run (issue 6).
+
+For each case the same smtp-source load goes (a) straight into the sink, (b) through a private
+Postfix (default settings: queue files fsync'd, 20 parallel deliveries per destination,
+connection cache) and (c) through passerelle (spool fsync'd before 250, group commit,
+destination_concurrency 20, connection cache 2 s). Rate = N / (time from starting smtp-source
+until the sink has received the N-th message). Called by benches/relay.sh; see it for usage.
+"""
+
+import os
+import sys
+import time
+
+import benchlib as B
+
+ENV = os.environ
+
+
+def env_int(k, d):
+    return int(ENV.get(k, d))
+
+
+N = env_int("RELAY_N", 3000)
+SESSIONS = env_int("RELAY_SESSIONS", 20)
+REPEAT = env_int("RELAY_REPEAT", 1)
+WARMUP = env_int("RELAY_WARMUP", 200)
+GW_TLS = ENV.get("RELAY_GW_TLS", "required")          # or "opportunistic"
+ONLY = [c for c in ENV.get("RELAY_CASES", "").split(",") if c]
+
+CASES = [
+    # name, label, smtp-source args, tls
+    ("4k", "20 sessions x 4 KiB", dict(length=4096), False),
+    ("100k", "20 sessions x 100 KiB", dict(length=102400), False),
+    ("rcpt10", "10 recipients/message, 4 KiB", dict(length=4096, rcpts=10), False),
+    ("tls", "STARTTLS + client cert out, 4 KiB", dict(length=4096), True),
+]
+
+
+class Check:
+    problems = []
+
+    @classmethod
+    def fail(cls, what):
+        cls.problems.append(what)
+        B.log("  !! " + what)
+
+
+def run_one(label, system, port, counter, n, args, expect_msgs, verify=None):
+    """One measured run: returns end-to-end msg/s (or None on failure)."""
+    base = counter()
+    rc, inj, out = B.smtp_source(port, n, sessions=SESSIONS, timeout=max(120, n / 20), **args)
+    if rc != 0 or out.strip():
+        Check.fail("%s/%s: smtp-source rc=%s output: %s" % (label, system, rc, out.strip()[:500]))
+    t0_end = time.monotonic() - inj  # start of smtp-source
+    try:
+        t_done, _ = B.wait_count(lambda: counter() - base, expect_msgs, timeout=max(120, n / 10), stall=30)
+    except TimeoutError as e:
+        Check.fail("%s/%s: %s" % (label, system, e))
+        return None, inj
+    e2e = t_done - t0_end
+    time.sleep(0.3)
+    got = counter() - base
+    if got != expect_msgs:
+        Check.fail("%s/%s: sink received %d messages, expected %d" % (label, system, got, expect_msgs))
+    if verify:
+        verify()
+    return n / e2e, n / inj
+
+
+def main():
+    B.install_signal_handlers()
+    B.need("smtp-source", "smtp-sink", "postfix")
+    tmp = B.workdir("passerelle-bench-relay.")
+    cases = [c for c in CASES if not ONLY or c[0] in ONLY]
+    want_tls = any(c[3] for c in cases)
+    B.log("relay bench: N=%d sessions=%d repeat=%d, %s, %s" % (N, SESSIONS, REPEAT, B.machine(),
+                                                               time.strftime("%Y-%m-%d %H:%M:%S %Z")))
+    B.log("binaries: " + B.freeze_binaries(tmp))
+    p = B.pki(tmp)
+    sink = B.SmtpSink(tmp, "sink")
+    pf = B.bench_postfix(tmp, "plain", sink.port)
+    gw = B.bench_gateway(tmp, "gw", sink.port, p, tls="none")
+    if want_tls:
+        tsink = B.TlsPeer(tmp, p, "tlssink")
+        psink = B.H.Peer(tmp, name="plainpeer")     # same store code, plaintext: the sink's ceiling
+        psink_count = B.PeerCounter(psink.dir).count
+        pf_tls = B.bench_postfix(tmp, "tls", tsink.port, p, tls=True)
+        gw_tls = B.bench_gateway(tmp, "gwtls", tsink.port, p, tls=GW_TLS)
+
+    def plain_count():
+        return sink.count()
+
+    results = {}   # (case, system) -> [e2e rates]
+    injects = {}
+
+    def record(case, system, rates):
+        e2e, inj = rates
+        if e2e is not None:
+            results.setdefault((case, system), []).append(e2e)
+            injects.setdefault((case, system), []).append(inj)
+            B.log("  %-8s %-10s %7.0f msg/s end to end (injection %5.0f msg/s)" % (case, system, e2e, inj))
+
+    def pf_verify(pfx, before, expect):
+        def v():
+            try:
+                B.H.wait_until(lambda: B.postfix_sent(pfx) - before >= expect, 10, what="postfix log")
+                B.H.wait_until(lambda: B.postfix_queue_empty(pfx), 10, what="postfix queue empty")
+            except TimeoutError as e:
+                Check.fail("postfix %s: %s (status=sent lines %d, expected %d)" % (
+                    pfx.name, e, B.postfix_sent(pfx) - before, expect))
+        return v
+
+    def gw_verify(g, before, expect):
+        def v():
+            try:
+                B.H.wait_until(lambda: B.gw_sent(g) - before >= expect, 10, what="gateway sent metric")
+                B.H.wait_until(lambda: B.gw_queue_count(g) == 0, 20, interval=0.5, what="gateway queue empty")
+            except TimeoutError as e:
+                Check.fail("passerelle %s: %s (sent %d of %d, queue %s)" % (
+                    g.name, e, B.gw_sent(g) - before, expect, B.gw_queue_count(g)))
+            bad = B.gw_other_results(g)
+            if bad:
+                Check.fail("passerelle %s: non-sent deliveries: %s" % (g.name, bad))
+        return v
+
+    # warm-up: process start-up, page cache, TLS session set-up
+    if WARMUP:
+        B.log("warm-up (%d messages each)" % WARMUP)
+        B.smtp_source(sink.port, WARMUP, sessions=SESSIONS)
+        for port in [pf.port, gw.listener()[1]] + ([pf_tls.port, gw_tls.listener()[1]] if want_tls else []):
+            B.smtp_source(port, WARMUP, sessions=SESSIONS)
+        B.H.wait_until(lambda: B.postfix_queue_empty(pf) and (not want_tls or B.postfix_queue_empty(pf_tls)),
+                       60, interval=0.2, what="warm-up delivered by postfix")
+        time.sleep(1)
+
+    for rep in range(REPEAT):
+        for case, label, args, tls in cases:
+            rcpts = args.get("rcpts", 1)
+            if not tls:
+                record(case, "direct", run_one(case, "direct", sink.port, plain_count, N, args, N))
+                before = B.postfix_sent(pf)
+                record(case, "postfix", run_one(case, "postfix", pf.port, plain_count, N, args, N,
+                                                pf_verify(pf, before, N * rcpts)))
+                before = B.gw_sent(gw)
+                record(case, "passerelle", run_one(case, "passerelle", gw.listener()[1], plain_count, N, args, N,
+                                                   gw_verify(gw, before, N * rcpts)))
+            else:
+                record(case, "direct", run_one(case, "direct", psink.port, psink_count, N, args, N))
+                before = B.postfix_sent(pf_tls)
+                record(case, "postfix", run_one(case, "postfix", pf_tls.port, tsink.count, N, args, N,
+                                                pf_verify(pf_tls, before, N * rcpts)))
+                before = B.gw_sent(gw_tls)
+                record(case, "passerelle", run_one(case, "passerelle", gw_tls.listener()[1], tsink.count, N, args,
+                                                   N, gw_verify(gw_tls, before, N * rcpts)))
+
+    def cell(case, system):
+        v = results.get((case, system))
+        if not v:
+            return "FAILED"
+        return "%.0f" % v[0] if len(v) == 1 else "%.0f-%.0f" % (min(v), max(v))
+
+    def ratio(case, a, b, pct=False):
+        va, vb = results.get((case, a)), results.get((case, b))
+        if not va or not vb:
+            return "-"
+        rs = [x / y for x, y in zip(va, vb)]
+        f = (lambda r: "%.0f%%" % (100 * r)) if pct else (lambda r: "%.1fx" % r)
+        return f(rs[0]) if len(rs) == 1 else "%s-%s" % (f(min(rs)), f(max(rs)))
+
+    print()
+    print("End-to-end relay throughput, msg/s (N=%d per run, %d sessions, one connection per message, "
+          "%d run(s)); %s" % (N, SESSIONS, REPEAT, B.machine()))
+    print()
+    print("| case | smtp-source→smtp-sink | postfix | passerelle | passerelle/postfix | passerelle/direct |")
+    print("|---|---|---|---|---|---|")
+    for case, label, args, tls in cases:
+        direct = cell(case, "direct") + (" (mss-peer, plaintext)" if tls else "")
+        print("| %s | %s | %s | %s | %s | %s |" % (label, direct, cell(case, "postfix"), cell(case, "passerelle"),
+                                                 ratio(case, "passerelle", "postfix"),
+                                                 ratio(case, "passerelle", "direct", pct=True)))
+    print()
+    print("Injection rates (smtp-source done), msg/s: " + "; ".join(
+        "%s %s %s" % (c, s, "/".join("%.0f" % x for x in v)) for (c, s), v in sorted(injects.items())))
+    if want_tls:
+        print("TLS case: sink = mss-peer (STARTTLS required, client certificate required); postfix "
+              "smtp_tls_security_level=encrypt with a client certificate; passerelle tls=\"%s\"; "
+              "direct = smtp-source into a plaintext mss-peer (the sink's own ceiling)." % GW_TLS)
+    if Check.problems:
+        print("\nPROBLEMS (%d):" % len(Check.problems))
+        for pr in Check.problems:
+            print("  - " + pr)
+        return 1
+    print("All runs verified: every message reached the sink exactly once, Postfix and passerelle queues empty.")
+    return 0
+
+
+if __name__ == "__main__":
+    try:
+        sys.exit(main())
+    except (B.BenchError, B.H.HarnessError) as e:
+        print("error: %s" % e, file=sys.stderr)
+        sys.exit(2)
