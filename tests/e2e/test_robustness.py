@@ -12,13 +12,19 @@ The test bed (127.0.0.1 only, fresh per test):
     hop written here that injects bytes after STARTTLS and checks every line it receives).
 
 Knobs: CRASH_KILLS (default 20) = how many times CrashTests kill -9 the gateway; CRASH_SEED
-fixes the random kill schedule. benches/crash.sh runs the long version.
+replays a kill schedule; CRASH_SENDERS (4) concurrent senders; CRASH_MAX_DUP_RATIO (0.001)
+allowed re-deliveries of one queued message, as a fraction of accepted messages;
+CRASH_SUMMARY=FILE writes the numbers as JSON. benches/crash.sh runs the long version.
+E2E_VERBOSE=1 prints the fake next hop's transcript in OutboundHygieneTests.
+
+Needs root for FaultTests (tmpfs mount, ext4 on a loop device); they skip otherwise.
 """
 
+import base64
 import contextlib
 import email.utils
 import hashlib
-import base64
+import json
 import os
 import random
 import re
@@ -374,6 +380,9 @@ class CrashTests(RobustCase):
             "4xx replies": dict(st.temp_replies), "quarantined records": quarantined,
         }
         log("\ncrash summary: " + ", ".join("%s=%s" % kv for kv in summary.items()))
+        if os.environ.get("CRASH_SUMMARY"):
+            with open(os.environ["CRASH_SUMMARY"], "w") as f:
+                json.dump(summary, f, indent=1)
         if dup_ids:
             log("duplicated message ids (first 10): %s" % [(m, copies[m]) for m in dup_ids[:10]])
         self.assertGreater(len(accepted), 50, "too little load to mean anything: %s" % summary)
