@@ -9,7 +9,7 @@ use std::process::ExitCode;
 #[command(name = "passerelle", version, about = "MSSanté mail gateway")]
 struct Cli {
     /// Configuration file.
-    #[arg(long, global = true, default_value = DEFAULT_CONFIG)]
+    #[arg(long, global = true, env = "PASSERELLE_CONFIG", default_value = DEFAULT_CONFIG)]
     config: PathBuf,
     /// Log format on stderr.
     #[arg(long, global = true, value_enum, default_value_t = LogFormat::Text)]

@@ -184,6 +184,16 @@ impl Snapshot {
             .map(|t| TlsMaterial::reload(t, prev_tls))
             .transpose()?;
         let policy = Arc::new(build_policy_from(&config, previous.map(|(p, _)| p))?);
+        if let Some(m) = &tls {
+            if let Ok((_, cert)) = x509_parser::parse_x509_certificate(m.chain[0].as_ref()) {
+                crate::metrics::gauge_set(
+                    "passerelle_certificate_expiry_timestamp_seconds",
+                    "when our [tls] certificate expires (Unix time)",
+                    &[],
+                    cert.validity().not_after.timestamp() as f64,
+                );
+            }
+        }
         Ok(Snapshot {
             config,
             tls,
@@ -405,8 +415,14 @@ pub async fn serve(config_path: &Path) -> anyhow::Result<()> {
             _ = term.recv() => break,
             _ = int.recv() => break,
             _ = hup.recv() => match running.reload().await {
-                Ok(()) => tracing::info!(config = %config_path.display(), "configuration reloaded"),
-                Err(e) => tracing::error!(config = %config_path.display(), "reload refused, keeping the running configuration: {e:#}"),
+                Ok(()) => {
+                    crate::metrics::inc("passerelle_reloads_total", "SIGHUP reloads, by result", &[("result", "ok")]);
+                    tracing::info!(config = %config_path.display(), "configuration reloaded")
+                }
+                Err(e) => {
+                    crate::metrics::inc("passerelle_reloads_total", "SIGHUP reloads, by result", &[("result", "refused")]);
+                    tracing::error!(config = %config_path.display(), "reload refused, keeping the running configuration: {e:#}")
+                }
             },
         }
     }

@@ -152,6 +152,23 @@ fn list_segments(dir: &Path) -> io::Result<Vec<u64>> {
     Ok(v)
 }
 
+/// When run as root on a spool owned by another user (a queue verb on a stopped server),
+/// files we create are given to the spool's owner so `serve` can still write them.
+fn match_owner(dir: &Path, file: &File) {
+    use std::os::unix::fs::MetadataExt;
+    use std::os::unix::io::AsRawFd;
+    // SAFETY: geteuid has no preconditions.
+    if unsafe { libc::geteuid() } != 0 {
+        return;
+    }
+    if let Ok(m) = fs::metadata(dir) {
+        if m.uid() != 0 {
+            // SAFETY: the descriptor is open for the duration of the call.
+            let _ = unsafe { libc::fchown(file.as_raw_fd(), m.uid(), m.gid()) };
+        }
+    }
+}
+
 fn fsync_dir(dir: &Path) -> io::Result<()> {
     File::open(dir)?.sync_all()
 }
@@ -361,6 +378,7 @@ impl Spool {
             .write(true)
             .open(&lock_path)
             .map_err(io_err(&lock_path))?;
+        match_owner(spool_dir, &lock);
         if lock.try_lock().is_err() {
             return Err(SpoolError::Locked(spool_dir.display().to_string()));
         }
@@ -527,6 +545,7 @@ impl Writer {
             .append(true)
             .open(&path)
             .map_err(io_err(&path))?;
+        match_owner(&dir, &file);
         fsync_dir(&dir).map_err(io_err(&dir))?;
         counts.insert(head, 0);
         Ok(Writer {
@@ -649,6 +668,7 @@ impl Writer {
         let next = self.head + 1;
         let path = segment_path(&self.dir, next);
         let file = OpenOptions::new().create(true).append(true).open(&path)?;
+        match_owner(&self.dir, &file);
         fsync_dir(&self.dir)?;
         self.file = file;
         self.head = next;
