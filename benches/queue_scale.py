@@ -45,6 +45,9 @@ def message(size):
 
 def filler(host, port, count, sessions, window, size, deadline, out):
     """One process: `sessions` pipelined sessions sharing `count` messages."""
+    import signal
+    for sig in (signal.SIGTERM, signal.SIGINT, signal.SIGHUP):   # not the parent's stop-everything
+        signal.signal(sig, signal.SIG_DFL)
     msg = message(size)
     txn = (b"MAIL FROM:<fill@chu-bench.mssante.fr>\r\nRCPT TO:<rcpt@dest.mssante.fr>\r\nBDAT %d LAST\r\n"
            % len(msg)) + msg

@@ -19,7 +19,8 @@ SUFFIX_LDIF = ("dn: %s\nobjectClass: dcObject\nobjectClass: organization\n"
 
 
 class Slapd:
-    def __init__(self, tmpdir, port=None):
+    def __init__(self, tmpdir, port=None, tls=None):
+        """tls: optional (certificate chain PEM, key PEM, CA PEM) enabling StartTLS."""
         self.root = os.path.join(tmpdir, "slapd")
         self.port = port or free_port()
         self.url = "ldap://127.0.0.1:%d" % self.port
@@ -28,6 +29,9 @@ class Slapd:
         with open(os.path.join(REPO, "tests", "ldap", "slapd.conf.in")) as f:
             conf = string.Template(f.read()).substitute(root=self.root)
         self.conf = os.path.join(self.root, "slapd.conf")
+        if tls:
+            cert, key, ca = tls
+            conf = ("TLSCertificateFile %s\nTLSCertificateKeyFile %s\nTLSCACertificateFile %s\n" % (cert, key, ca)) + conf
         with open(self.conf, "w") as f:
             f.write(conf)
         self.proc = None

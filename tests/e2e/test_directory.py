@@ -37,6 +37,10 @@ class DirectoryTestCase(E2ETestCase):
             transports={"etab": relay_transport(self.sink.port)},
             directory=directory,
         )
+        # Both CRL levels, as the README asks (a missing one fails closed).
+        root_crl = os.path.join(os.path.dirname(cfg["tls"]["crls"][0]), "root.crl")
+        if os.path.exists(root_crl):
+            cfg["tls"]["crls"] = cfg["tls"]["crls"] + [root_crl]
         self.gw = self.gateway(cfg)
 
     def rcpt(self, address):
@@ -156,3 +160,45 @@ class ExtractDirectoryTests(DirectoryTestCase):
         time.sleep(6)
         self.assertEqual(self.rcpt(newcomer)[0], 250)
         self.assertIn("keeping the current one", self.gw.log())
+
+
+@unittest.skipUnless(have_slapd(), "slapd is not installed")
+class LdapStartTlsTests(DirectoryTestCase):
+    """`directory.starttls = true`: the LDAP server is verified against [tls].trust_anchors."""
+
+    def start_bed(self, trust_other_ca=False):
+        import subprocess
+        from harness import PASSERELLE_BIN, dev_pki
+        pki = dev_pki()
+        ldif = os.path.join(self.tmp, "annuaire.ldif")
+        subprocess.run([PASSERELLE_BIN, "directory", "import", SAMPLE, "--ldif", ldif], check=True,
+                       stdout=subprocess.PIPE, stderr=subprocess.STDOUT, timeout=60)
+        self.slapd = Slapd(self.tmp, tls=(pki["certificate"], pki["private_key"], pki["trust_anchors"]))
+        self.slapd.load(open(ldif).read().replace("version: 1\n\n", "", 1))
+        self.slapd.start()
+        self.addCleanup(self.slapd.stop)
+        directory = {"kind": "ldap", "url": self.slapd.url, "base": "dc=annuaire,dc=mssante,dc=fr",
+                     "starttls": True, "timeout": "3s"}
+        if trust_other_ca:
+            other = os.path.join(self.tmp, "other-pki")
+            subprocess.run([PASSERELLE_BIN, "pki", "dev", "--out", other], check=True,
+                           stdout=subprocess.PIPE, stderr=subprocess.STDOUT, timeout=60)
+            self.other_ca = os.path.join(other, "ca.pem")
+        self.start_gateway(directory)
+        if trust_other_ca:
+            # Same config, but the gateway trusts another CA: the LDAP server must be refused.
+            self.gw.stop()
+            cfg = dict(self.gw.config)
+            cfg["tls"] = dict(cfg["tls"], trust_anchors=self.other_ca, crls=[os.path.join(other, "ca.crl"), os.path.join(other, "root.crl")])
+            self.gw.set_config(cfg)
+            self.gw.start()
+
+    def test_starttls_to_ldap(self):
+        self.start_bed()
+        self.assertKnownAndUnknown(self.slapd.url)
+
+    def test_untrusted_ldap_server_is_an_outage_not_unknown(self):
+        self.start_bed(trust_other_ca=True)
+        code, msg = self.rcpt(KNOWN)
+        self.assertEqual(code, 451, msg)
+        self.assertIn("4.4.3", msg)
