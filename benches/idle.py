@@ -238,6 +238,10 @@ def bench(a):
                   mb(pf_res["all_postfix_pss_kb"])))
         print("| postfix: PSS per smtpd (one per session) | %.0f KB → 10,000 sessions would need ~%.1f GB "
               "and process_limit 10000 |" % (per, per * 10000 / 1024 / 1024))
+    print()
+    if a.sessions >= 10000:
+        print("Target (issue 6): 10,000 idle sessions < 200 MB: %s (%.1f MB with %d sessions up)" % (
+            "met" if alive >= 10000 and rss1 < 200 * 1024 else "NOT met", mb(rss1), alive))
     if a.json:
         print(json.dumps({"passerelle": res, "postfix": pf_res}))
     if problems:

@@ -282,6 +282,11 @@ def report(problems, v):
             i + 1, cpu, att, rss / 1024.0))
     if g("count_after") is not None:
         print("| `passerelle queue list` after restart | %d message(s) |" % g("count_after"))
+    if g("t_rec") is not None:
+        print()
+        print("Target (issue 6): recovery of 1,000,000 messages < 10 s: %s" % (
+            ("%s (%.2f s)" % ("met" if g("t_rec") < 10 and g("recovered") == N else "NOT met", g("t_rec")))
+            if N >= 1000000 else "not measured by this run (N=%d; run QS_N=1000000)" % N))
     if problems:
         print("\nPROBLEMS:")
         for pr in problems:

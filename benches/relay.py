@@ -26,6 +26,7 @@ SESSIONS = env_int("RELAY_SESSIONS", 20)
 REPEAT = env_int("RELAY_REPEAT", 1)
 WARMUP = env_int("RELAY_WARMUP", 200)
 GW_TLS = ENV.get("RELAY_GW_TLS", "required")          # or "opportunistic"
+TLS_SINK_CHECK = ENV.get("RELAY_TLS_SINK_CHECK", "1") == "1"
 ONLY = [c for c in ENV.get("RELAY_CASES", "").split(",") if c]
 
 CASES = [
@@ -87,6 +88,8 @@ def main():
         psink_count = B.PeerCounter(psink.dir).count
         pf_tls = B.bench_postfix(tmp, "tls", tsink.port, p, tls=True)
         gw_tls = B.bench_gateway(tmp, "gwtls", tsink.port, p, tls=GW_TLS)
+        # sink check: passerelle without TLS into the same kind of mss-peer (does the sink limit?)
+        gw_pp = B.bench_gateway(tmp, "gwpeer", psink.port, p, tls="none")
 
     def plain_count():
         return sink.count()
@@ -153,6 +156,10 @@ def main():
                 before = B.gw_sent(gw_tls)
                 record(case, "passerelle", run_one(case, "passerelle", gw_tls.listener()[1], tsink.count, N, args,
                                                    N, gw_verify(gw_tls, before, N * rcpts)))
+                if TLS_SINK_CHECK:
+                    before = B.gw_sent(gw_pp)
+                    record(case, "sinkcheck", run_one(case, "sinkcheck", gw_pp.listener()[1], psink_count, N, args,
+                                                      N, gw_verify(gw_pp, before, N * rcpts)))
 
     def cell(case, system):
         v = results.get((case, system))
@@ -182,10 +189,27 @@ def main():
     print()
     print("Injection rates (smtp-source done), msg/s: " + "; ".join(
         "%s %s %s" % (c, s, "/".join("%.0f" % x for x in v)) for (c, s), v in sorted(injects.items())))
+    print()
+    print("Targets (issue 6): end to end >= 5x Postfix and >= 40% of smtp-source->smtp-sink; with TLS >= 5x Postfix "
+          "with TLS.")
+    for case, label, args, tls in cases:
+        a, b, c = results.get((case, "passerelle")), results.get((case, "postfix")), results.get((case, "direct"))
+        if not a or not b:
+            print("  %-8s no result" % case)
+            continue
+        r_pf = min(x / y for x, y in zip(a, b))
+        line = "  %-8s %.1fx Postfix: %s" % (case, r_pf, "met" if r_pf >= 5 else "NOT met")
+        if not tls and c:
+            r_d = min(x / y for x, y in zip(a, c))
+            line += "; %.0f%% of direct: %s" % (100 * r_d, "met" if r_d >= 0.4 else "NOT met")
+        print(line + (" (worst of %d runs)" % len(a) if len(a) > 1 else ""))
     if want_tls:
         print("TLS case: sink = mss-peer (STARTTLS required, client certificate required); postfix "
               "smtp_tls_security_level=encrypt with a client certificate; passerelle tls=\"%s\"; "
               "direct = smtp-source into a plaintext mss-peer (the sink's own ceiling)." % GW_TLS)
+        if results.get(("tls", "sinkcheck")):
+            print("Sink check: passerelle with tls=\"none\" into a plaintext mss-peer: %s msg/s (if the TLS figure "
+                  "is close to it, the sink, not TLS, is the limit)." % cell("tls", "sinkcheck"))
     if Check.problems:
         print("\nPROBLEMS (%d):" % len(Check.problems))
         for pr in Check.problems:

@@ -11,6 +11,7 @@
 #   RELAY_CASES=4k,100k,rcpt10,tls   subset of the cases
 #   RELAY_GW_TLS=required passerelle's TLS policy in the TLS case (or "opportunistic")
 #   RELAY_WARMUP=200      warm-up messages per system before measuring (0 = none)
+#   RELAY_TLS_SINK_CHECK=1  also run passerelle (tls=none) into a plaintext mss-peer: is the TLS sink the limit?
 #   BENCH_GW_LOG=info     passerelle log level (PASSERELLE_LOG); Postfix logs every message too
 #   BENCH_KEEP=1          keep the temporary directory (/tmp/passerelle-bench-relay.*)
 #   PASSERELLE_BIN, MSS_PEER_BIN   binaries (default target/release/passerelle,

@@ -29,6 +29,7 @@ import json
 import os
 import random
 import re
+import shutil
 import smtplib
 import socket
 import ssl
@@ -445,7 +446,13 @@ class FaultTests(RobustCase):
         if _run("umount", path).returncode != 0:
             _run("umount", "-l", path)
 
+    def need(self, *tools):
+        missing = [t for t in tools if not shutil.which(t)]
+        if missing:
+            self.skipTest("missing tools: %s" % " ".join(missing))
+
     def mount_tmpfs(self, path, size):
+        self.need("mount", "umount")
         os.makedirs(path, exist_ok=True)
         r = _run("mount", "-t", "tmpfs", "-o", "size=%s,mode=0755" % size, "tmpfs", path)
         if r.returncode != 0:
@@ -455,6 +462,7 @@ class FaultTests(RobustCase):
 
     def mount_ext4(self, path, size_mb=32):
         """A loop-mounted ext4 with errors=remount-ro; returns the loop device."""
+        self.need("mount", "umount", "losetup", "mkfs.ext4", "e2fsck")
         img = path + ".img"
         os.makedirs(path, exist_ok=True)
         with open(img, "wb") as f:
