@@ -2,8 +2,10 @@
 """Many concurrent idle SMTP sessions (issue 6): memory of the gateway per idle session.
 
   idle.py HOST:PORT [--sessions 10000] [--sources 4] [--ehlo] [--hold 5]
-      opens the sessions (non-blocking connects in batches, source addresses 127.0.0.2...
-      so ephemeral ports never run out), waits for every banner, keeps them idle, prints
+      opens the sessions (non-blocking connects in batches of 100 -- the gateway listens with a
+      backlog of 128, a bigger burst overflows it and the kernel's SYN retransmissions then
+      delay banners by seconds --, source addresses 127.0.0.2... so ephemeral ports never run
+      out), waits for every banner, keeps them idle, prints
       how many are up; closes them on exit.
   idle.py --bench
       the run used by benches/idle.sh: passerelle with max_connections/client_connection_limit
@@ -39,7 +41,7 @@ class Idle:
     def _err(self, what):
         self.errors[what] = self.errors.get(what, 0) + 1
 
-    def open(self, count, batch=500, timeout=60):
+    def open(self, count, batch=100, timeout=60):
         deadline = time.monotonic() + timeout
         while self.n < count and time.monotonic() < deadline:
             k = min(batch, count - self.n)
@@ -141,6 +143,20 @@ class Idle:
         self.up = 0
 
 
+def listen_overflows():
+    """TcpExt ListenOverflows of the whole machine (/proc/net/netstat)."""
+    try:
+        with open("/proc/net/netstat") as f:
+            lines = f.read().splitlines()
+        for a, b in zip(lines[::2], lines[1::2]):
+            if a.startswith("TcpExt:"):
+                d = dict(zip(a.split()[1:], b.split()[1:]))
+                return int(d.get("ListenOverflows", 0))
+    except (OSError, ValueError):
+        pass
+    return 0
+
+
 def raise_nofile(want):
     soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
     if soft < want:
@@ -176,11 +192,13 @@ def bench(a):
     time.sleep(1)
     rss0 = B.proc_status(pid, "VmRSS")
     idle = Idle("127.0.0.1", gw.listener()[1], sources=a.sources, ehlo=a.ehlo)
+    ovf0 = listen_overflows()
     t0 = time.monotonic()
     up = idle.open(a.sessions, timeout=a.open_timeout)
     t_open = time.monotonic() - t0
     idle.hold(a.hold)
     alive = idle.alive()
+    ovf = listen_overflows() - ovf0
     rss1 = B.proc_status(pid, "VmRSS")
     hwm = B.proc_status(pid, "VmHWM")
     threads = B.proc_status(pid, "Threads")
@@ -196,7 +214,8 @@ def bench(a):
         problems.append("passerelle exited: %s" % B.H.tail(gw.log(), 20))
     res = {"sessions": a.sessions, "up": up, "alive_after_hold": alive, "open_seconds": t_open,
            "rss_before_kb": rss0, "rss_with_sessions_kb": rss1, "vmhwm_kb": hwm, "rss_after_close_kb": rss2,
-           "threads": threads, "fds": fds, "errors": idle.errors}
+           "threads": threads, "fds": fds, "errors": idle.errors,
+           "listen_overflows": ovf}
 
     pf_res = None
     if a.postfix:
@@ -224,6 +243,7 @@ def bench(a):
     print("|---|---|")
     print("| passerelle sessions up (banner%s received, still open after %.0f s) | %d of %d (opened in %.1f s) |" % (
         " + EHLO" if a.ehlo else "", a.hold, alive, a.sessions, t_open))
+    print("| listen queue overflows meanwhile (whole machine) | %d |" % ovf)
     print("| passerelle VmRSS idle, before | %.1f MB |" % mb(rss0))
     print("| passerelle VmRSS with %d idle sessions | %.1f MB (VmHWM %.1f MB, %d threads, %d fds) |" % (
         alive, mb(rss1), mb(hwm), threads, fds))

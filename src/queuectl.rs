@@ -103,26 +103,7 @@ fn offline_items(cfg: &Config) -> anyhow::Result<Vec<QueueItem>> {
     let (msgs, _) = scan(&cfg.server.spool, false)?;
     let mut items: Vec<QueueItem> = msgs
         .into_iter()
-        .map(|r| QueueItem {
-            id: r.envelope.id.clone(),
-            received: r.envelope.received,
-            sender: r.envelope.mail_from.clone(),
-            size: r.body.len,
-            held: r.state.held,
-            attempts: r.state.attempts,
-            next_attempt: r.state.next_attempt,
-            recipients: r
-                .envelope
-                .recipients
-                .iter()
-                .zip(&r.state.rcpts)
-                .map(|(rc, s)| QueueRcpt {
-                    address: rc.address.clone(),
-                    status: format!("{:?}", s.status).to_lowercase(),
-                    last_error: s.last_error.clone(),
-                })
-                .collect(),
-        })
+        .map(|r| QueueItem::new(&r.envelope, &r.state, r.body.len))
         .collect();
     items.sort_by(|a, b| a.id.cmp(&b.id));
     Ok(items)

@@ -438,25 +438,31 @@ impl Scheduler {
 }
 
 fn item(e: &Entry) -> QueueItem {
-    QueueItem {
-        id: e.env.id.clone(),
-        received: e.env.received,
-        sender: e.env.mail_from.clone(),
-        size: e.body.len,
-        held: e.state.held,
-        attempts: e.state.attempts,
-        next_attempt: e.state.next_attempt,
-        recipients: e
-            .env
-            .recipients
-            .iter()
-            .zip(&e.state.rcpts)
-            .map(|(r, s)| QueueRcpt {
-                address: r.address.clone(),
-                status: format!("{:?}", s.status).to_lowercase(),
-                last_error: s.last_error.clone(),
-            })
-            .collect(),
+    QueueItem::new(&e.env, &e.state, e.body.len)
+}
+
+impl QueueItem {
+    /// The row for a message, whether from the running scheduler or a stopped spool.
+    pub fn new(env: &Envelope, state: &State, size: u64) -> QueueItem {
+        QueueItem {
+            id: env.id.clone(),
+            received: env.received,
+            sender: env.mail_from.clone(),
+            size,
+            held: state.held,
+            attempts: state.attempts,
+            next_attempt: state.next_attempt,
+            recipients: env
+                .recipients
+                .iter()
+                .zip(&state.rcpts)
+                .map(|(r, s)| QueueRcpt {
+                    address: r.address.clone(),
+                    status: format!("{:?}", s.status).to_lowercase(),
+                    last_error: s.last_error.clone(),
+                })
+                .collect(),
+        }
     }
 }
 
