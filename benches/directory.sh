@@ -44,8 +44,8 @@ LP=$(port)
 slapd -f "$W/slapd/slapd.conf" -h "ldap://127.0.0.1:$LP/" -d 0 >/dev/null 2>&1 & PIDS+=($!)
 wait_port "$LP"
 
-gateway() { # name cache_size -> starts a gateway, echoes its port
-  local gp; gp=$(port)
+gateway() { # name cache_size -> starts a gateway on port $GP (not in a subshell: its PID must reach the trap)
+  local gp; gp=$(port); GP=$gp
   cat > "$W/$1.toml" <<TOML
 [server]
 hostname = "bench.test"
@@ -79,15 +79,14 @@ junk_command_limit = 1000000
 TOML
   PASSERELLE_LOG=warn $BIN serve --config "$W/$1.toml" >"$W/$1.log" 2>&1 & PIDS+=($!)
   wait_port "$gp"
-  echo "$gp"
 }
 
 echo "directory benchmark: $N entries in slapd, $CHECKS RCPT checks, $(nproc) cores, $(date -u +%FT%TZ)"
-GC=$(gateway cached 1000000)
+gateway cached 1000000; GC=$GP
 timeout 300 python3 benches/rcpt_load.py "127.0.0.1:$GC" "$W/addrs.txt" --sessions 8 --total 5000 >/dev/null  # warm the cache
 printf '%-44s ' "(1) RCPT checks from the cache:"
 timeout 300 python3 benches/rcpt_load.py "127.0.0.1:$GC" "$W/addrs.txt" --sessions 8 --total "$CHECKS"
-GL=$(gateway ldap 0)
+gateway ldap 0; GL=$GP
 printf '%-44s ' "(2) RCPT checks each asking LDAP:"
 timeout 300 python3 benches/rcpt_load.py "127.0.0.1:$GL" "$W/addrs.txt" --sessions 8 --total "$CHECKS"
 printf '%-44s ' "(3) raw ldapsearch, one connection:"

@@ -8,7 +8,7 @@
 #        QS_N=1000000 benches/queue_scale.sh    (the 1M; ~1 GB of spool under /tmp)
 # Environment:
 #   QS_N=200000  QS_SIZE=400 (bytes/message)  QS_PROCS=2  QS_SESSIONS=8 (per process)
-#   QS_WINDOW=64 (pipelined transactions in flight per session)  QS_CPU_WINDOWS=3
+#   QS_WINDOW=64 (pipelined transactions in flight per session)  QS_CPU_WINDOWS=6 (10 s each)
 #   QS_VERIFY_LIST=1 (count with `passerelle queue list` after the restart)
 #   QS_FILL_TIMEOUT=1200  QS_RECOVERY_TIMEOUT=300  QS_TIMEOUT=3600 (whole script)
 #   BENCH_GW_LOG="warn,passerelle::server=info"   BENCH_KEEP=1 (keep /tmp/passerelle-bench-queue.*)
