@@ -318,10 +318,18 @@ impl Bound {
     }
 }
 
+/// Binds with a large accept backlog (the default 128 overflows under reconnect bursts).
 async fn bind(l: &crate::config::ListenerConfig) -> anyhow::Result<TcpListener> {
-    TcpListener::bind(&l.address)
-        .await
-        .with_context(|| format!("listener {}: bind {}", l.name, l.address))
+    let ctx = || format!("listener {}: bind {}", l.name, l.address);
+    let addr: std::net::SocketAddr = l.address.parse().with_context(ctx)?;
+    let sock = match addr {
+        std::net::SocketAddr::V4(_) => tokio::net::TcpSocket::new_v4(),
+        std::net::SocketAddr::V6(_) => tokio::net::TcpSocket::new_v6(),
+    }
+    .with_context(ctx)?;
+    sock.set_reuseaddr(true).with_context(ctx)?;
+    sock.bind(addr).with_context(ctx)?;
+    sock.listen(4096).with_context(ctx)
 }
 
 /// What identifies a version of a file: modification time and size.

@@ -141,6 +141,10 @@ pub struct Agent {
     resolver: Resolver,
     pool: Mutex<HashMap<String, Vec<Client>>>,
     limits: Mutex<HashMap<String, Arc<Semaphore>>>,
+    /// Destinations that could not be reached at all, until when, and why: like Postfix's
+    /// "destination marked dead", the messages queued behind a dead host are deferred at once
+    /// instead of each opening its own doomed connection.
+    dead: Mutex<HashMap<String, (std::time::Instant, String)>>,
 }
 
 impl Agent {
@@ -150,6 +154,7 @@ impl Agent {
             resolver,
             pool: Mutex::new(HashMap::new()),
             limits: Mutex::new(HashMap::new()),
+            dead: Mutex::new(HashMap::new()),
         });
         let weak = Arc::downgrade(&agent);
         tokio::spawn(async move {
@@ -241,6 +246,9 @@ impl Agent {
             Err(e) => return all(&|| RcptOutcome::Deferred(e.clone())),
         };
         let key = format!("{}|{}|{}", g.transport, g.destination, g.domain);
+        if let Some(why) = self.still_dead(&key) {
+            return all(&|| RcptOutcome::Deferred(why.clone()));
+        }
         let sem = {
             let mut l = self.limits.lock().unwrap_or_else(|p| p.into_inner());
             l.entry(key.clone())
@@ -305,10 +313,33 @@ impl Agent {
                 }
             }
         }
+        let unreachable = matches!(last, Some(SessionError::Connect(..)));
         let msg = last
             .map(|e| e.to_string())
             .unwrap_or_else(|| "no next hop".into());
+        if unreachable {
+            // Every address refused or timed out the connection: rest it for the first retry
+            // interval (1m by default), so the rest of its queue is not tried one by one.
+            let until = std::time::Instant::now() + cfg.queue.retry_after(1);
+            let mut dead = self.dead.lock().unwrap_or_else(|p| p.into_inner());
+            dead.insert(key.clone(), (until, msg.clone()));
+        }
         all(&|| RcptOutcome::Deferred(msg.clone()))
+    }
+
+    /// The reason a destination is still resting, if it is.
+    fn still_dead(&self, key: &str) -> Option<String> {
+        let mut dead = self.dead.lock().unwrap_or_else(|p| p.into_inner());
+        match dead.get(key) {
+            Some((until, why)) if std::time::Instant::now() < *until => Some(format!(
+                "{why} (destination not retried until its rest period ends)"
+            )),
+            Some(_) => {
+                dead.remove(key);
+                None
+            }
+            None => None,
+        }
     }
 
     fn take_pooled(&self, key: &str, cfg: &DeliveryConfig) -> Option<Client> {
