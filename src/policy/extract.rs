@@ -1107,7 +1107,10 @@ mod tests {
             assert!(ex.lookup(&a).is_some(), "{a}");
         }
         println!("extract: 10000 case-folded lookups in {:?}", t.elapsed());
-        #[cfg(not(debug_assertions))]
-        assert!(el.as_millis() < 2000, "too slow: {el:?}");
+        // A measurement, not a timed test: asserted only by benches/parsers.sh.
+        println!("extract: 200,000 lines loaded in {el:?} (target < 2 s)");
+        if std::env::var_os("PASSERELLE_PERF_ASSERT").is_some() {
+            assert!(el.as_millis() < 2000, "too slow: {el:?}");
+        }
     }
 }
