@@ -416,3 +416,22 @@ def procs_named(name, env_marker=None):
 
 def fmt_rate(x):
     return "-" if x is None else "%.0f" % x
+
+
+def report_problems(problems):
+    """Prints what went wrong in a benchmark run, if anything; returns its exit status."""
+    if not problems:
+        return 0
+    print("\nPROBLEMS:")
+    for pr in problems:
+        print("  - " + pr)
+    return 1
+
+
+def run_main(main):
+    """Runs a benchmark's main(): its status, or 2 with one line when the bed cannot be set up."""
+    try:
+        sys.exit(main())
+    except (BenchError, H.HarnessError) as e:
+        print("error: %s" % e, file=sys.stderr)
+        sys.exit(2)

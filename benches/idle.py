@@ -264,12 +264,7 @@ def bench(a):
             "met" if alive >= 10000 and rss1 < 200 * 1024 else "NOT met", mb(rss1), alive))
     if a.json:
         print(json.dumps({"passerelle": res, "postfix": pf_res}))
-    if problems:
-        print("\nPROBLEMS:")
-        for pr in problems:
-            print("  - " + pr)
-        return 1
-    return 0
+    return B.report_problems(problems)
 
 
 def _env_has(pid, marker):

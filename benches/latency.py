@@ -260,12 +260,7 @@ def bench(args):
                 args.rate, "met" if met else "NOT met", r["p99_ms"], r["achieved_rate"]))
     if args.json:
         print(json.dumps(dict(results)))
-    if problems:
-        print("\nPROBLEMS:")
-        for pr in problems:
-            print("  - " + pr)
-        return 1
-    return 0
+    return B.report_problems(problems)
 
 
 def main():

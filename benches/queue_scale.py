@@ -294,17 +294,8 @@ def report(problems, v):
         print("Target (issue 6): recovery of 1,000,000 messages < 10 s: %s" % (
             ("%s (%.2f s)" % ("met" if g("t_rec") < 10 and g("recovered") == N else "NOT met", g("t_rec")))
             if N >= 1000000 else "not measured by this run (N=%d; run QS_N=1000000)" % N))
-    if problems:
-        print("\nPROBLEMS:")
-        for pr in problems:
-            print("  - " + pr)
-        return 1
-    return 0
+    return B.report_problems(problems)
 
 
 if __name__ == "__main__":
-    try:
-        sys.exit(main())
-    except (B.BenchError, B.H.HarnessError) as e:
-        print("error: %s" % e, file=sys.stderr)
-        sys.exit(2)
+    B.run_main(main)

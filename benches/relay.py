@@ -220,8 +220,4 @@ def main():
 
 
 if __name__ == "__main__":
-    try:
-        sys.exit(main())
-    except (B.BenchError, B.H.HarnessError) as e:
-        print("error: %s" % e, file=sys.stderr)
-        sys.exit(2)
+    B.run_main(main)
