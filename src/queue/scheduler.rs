@@ -466,6 +466,20 @@ impl QueueItem {
     }
 }
 
+/// Logs one line per recipient outcome of an attempt.
+///
+/// Called after the attempt's spool record (update or removal) is written, so a crash cannot
+/// come between a logged `status=sent` and the record that stops a second delivery: the log
+/// reader can trust that a logged `sent` is final.
+fn log_outcomes(env: &Envelope, lines: &[(usize, &'static str, String)]) {
+    for (i, status, text) in lines {
+        let Some(rcpt) = env.recipients.get(*i) else {
+            continue;
+        };
+        tracing::info!(queue_id = %env.id, to = %rcpt.address, relay = %rcpt.transport, status = *status, "{text}");
+    }
+}
+
 /// One delivery attempt of one message, with everything it needs.
 struct Job {
     env: Arc<Envelope>,
@@ -498,6 +512,9 @@ impl Job {
         self.state.attempts += 1;
         let mut failed = Vec::new();
         let mut relayed = Vec::new();
+        // Outcome lines are logged only once the spool knows them: a `status=sent` line must
+        // never be followed by a second delivery after a crash (see `log_outcomes`).
+        let mut lines: Vec<(usize, &'static str, String)> = Vec::new();
         for (i, o) in outcomes {
             let Some(rs) = self.state.rcpts.get_mut(i) else {
                 continue;
@@ -512,7 +529,7 @@ impl Job {
                         &[("transport", &rcpt.transport)],
                         Duration::from_millis(now.saturating_sub(self.env.received * 1000)),
                     );
-                    tracing::info!(queue_id = %id, to = %rcpt.address, relay = %rcpt.transport, status = "sent", "{text}");
+                    lines.push((i, "sent", text.clone()));
                     rs.status = RcptStatus::Delivered;
                     rs.last_error = None;
                     rs.remote = Some(text);
@@ -522,7 +539,7 @@ impl Job {
                 }
                 RcptOutcome::Failed(text) => {
                     metric_delivery(&rcpt.transport, "bounced");
-                    tracing::info!(queue_id = %id, to = %rcpt.address, relay = %rcpt.transport, status = "bounced", "{text}");
+                    lines.push((i, "bounced", text.clone()));
                     rs.status = RcptStatus::Failed;
                     rs.last_error = Some(text);
                     failed.push(i);
@@ -539,7 +556,7 @@ impl Job {
                             ],
                         );
                     }
-                    tracing::info!(queue_id = %id, to = %rcpt.address, relay = %rcpt.transport, status = "deferred", "{text}");
+                    lines.push((i, "deferred", text.clone()));
                     rs.last_error = Some(text);
                 }
             }
@@ -553,7 +570,7 @@ impl Job {
                         .last_error
                         .clone()
                         .unwrap_or_else(|| "no attempt succeeded".into());
-                    tracing::info!(queue_id = %id, to = %self.env.recipients[i].address, status = "expired", "{why}");
+                    lines.push((i, "expired", why.clone()));
                     rs.status = RcptStatus::Failed;
                     rs.last_error = Some(format!(
                         "message expired after {}: last error: {why}",
@@ -571,7 +588,9 @@ impl Job {
         self.notify(DsnKind::Success, &relayed, &body).await;
 
         if self.state.is_done() {
-            if let Err(e) = self.spool.remove(&id, self.body).await {
+            let removed = self.spool.remove(&id, self.body).await;
+            log_outcomes(&self.env, &lines);
+            if let Err(e) = removed {
                 // The message stays in the spool and will be seen again after a restart; the
                 // recipients are final in memory, so nothing is sent twice meanwhile.
                 tracing::error!(queue_id = %id, error = %e, "cannot record completion");
@@ -602,7 +621,10 @@ impl Job {
         let lifetime_end = self.env.received * 1000 + self.config.lifetime.as_millis() as u64;
         // Never wait past the lifetime: the bounce goes out on time.
         self.state.next_attempt = (now + wait.as_millis() as u64).min(lifetime_end.max(now + 1000));
-        self.persist(body).await
+        let env = self.env.clone();
+        let finished = self.persist(body).await;
+        log_outcomes(&env, &lines);
+        finished
     }
 
     /// Saves the deferred state; relocates the message if it pins the oldest segment.
