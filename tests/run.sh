@@ -1,5 +1,6 @@
 #!/usr/bin/env bash
-# The whole test suite: dependencies, release build, test peer, unit tests, end-to-end tests.
+# The whole test suite: dependencies, release build, test peer, unit tests, end-to-end tests,
+# and a short run of every fuzz target (tests/fuzz.sh).
 # Runnable from any directory; ends with one line "N passed, M failed" and exits non-zero
 # when anything failed.
 #
@@ -7,6 +8,7 @@
 #   E2E_ARGS="-k bdat" tests/run.sh   pass arguments to tests/e2e/run_all.py
 #   E2E_TIMEOUT=1200                  bound (seconds) on the end-to-end run
 #   SKIP_INSTALL=1                    do not run tests/install-deps.sh
+#   FUZZ_SECONDS=15                   seconds per fuzz target (0 = skip the fuzz step)
 set -euo pipefail
 cd "$(dirname "$0")/.."
 ROOT=$(pwd)
@@ -84,6 +86,21 @@ if [ "$rc" -ne 0 ] && [ "$ef" -eq 0 ]; then
         step_failed "end-to-end tests timed out after ${E2E_TIMEOUT:-1200}s"
     else
         step_failed "end-to-end tests (exit $rc, see $LOGDIR/e2e.log)"
+    fi
+fi
+
+if [ "${FUZZ_SECONDS:-15}" != 0 ]; then
+    echo "== fuzzing (tests/fuzz.sh ${FUZZ_SECONDS:-15}: seconds per target)"
+    set +e
+    tests/fuzz.sh "${FUZZ_SECONDS:-15}" 2>&1 | tee "$LOGDIR/fuzz.log"
+    rc=${PIPESTATUS[0]}
+    set -e
+    fp=$(grep -c '^fuzz: .* ok:' "$LOGDIR/fuzz.log" || true)
+    ff=$(grep -c '^fuzz: .* FAILED' "$LOGDIR/fuzz.log" || true)
+    passed=$((passed + fp))
+    failed=$((failed + ff))
+    if [ "$rc" -ne 0 ] && [ "$ff" -eq 0 ]; then
+        step_failed "tests/fuzz.sh (exit $rc, see $LOGDIR/fuzz.log)"
     fi
 fi
 

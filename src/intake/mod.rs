@@ -2,6 +2,7 @@
 //! RFC 5321 dialogue; `data` reads message content. Intake decides nothing itself: it asks
 //! policy at RCPT, and hands accepted messages to the queue only once they are on disk.
 
+pub mod command;
 pub mod data;
 pub mod listener;
 pub mod session;

@@ -1,16 +1,11 @@
-//! One SMTP session (RFC 5321 state machine), one task per connection.
-//!
-//! The command parser is hand-written: smtp-proto's parser normalises addresses (drops source
-//! routes, unquotes local parts, tolerates bare CR), and the relay guard must see exactly what
-//! the client sent.
+//! One SMTP session (RFC 5321 state machine), one task per connection. The syntax of each
+//! command is `command`'s; here is what it means at this point of the dialogue.
 
+use super::command::{parse_bdat, parse_line, parse_mail, parse_rcpt, Verb};
 use super::data::{check_bdat, count_received, read_data, DataEnd, DataLimits};
 use super::Shared;
 use crate::config::{ClientCert, StartTls};
-use crate::message::{
-    new_queue_id, now_ms, Envelope, Recipient, Ret, State, NOTIFY_DELAY, NOTIFY_FAILURE,
-    NOTIFY_NEVER, NOTIFY_SUCCESS,
-};
+use crate::message::{new_queue_id, now_ms, Envelope, Recipient, Ret, State};
 use crate::net::{read_line, BoxStream, Line};
 use crate::policy::{parse_path, RcptDecision};
 use crate::reply::Reply;
@@ -206,40 +201,19 @@ impl Session {
     }
 
     async fn command(&mut self, line: &[u8]) -> Flow {
-        let Some(text) = line.strip_suffix(b"\r\n") else {
-            self.reply(&Reply::new(
-                500,
-                "5.5.2",
-                "Error: bare LF in command, use CRLF",
-            ));
-            return Flow::Continue;
+        let cmd = match parse_line(line) {
+            Ok(c) => c,
+            Err(r) => {
+                self.reply(&r);
+                return Flow::Continue;
+            }
         };
-        if text.contains(&b'\r') || text.contains(&0) {
-            self.reply(&Reply::new(
-                500,
-                "5.5.2",
-                "Error: bare CR or NUL in command",
-            ));
-            return Flow::Continue;
-        }
-        let Ok(text) = std::str::from_utf8(text) else {
-            self.reply(&Reply::new(
-                500,
-                "5.5.2",
-                "Error: command is not valid UTF-8",
-            ));
-            return Flow::Continue;
-        };
-        let (verb, arg) = match text.split_once(' ') {
-            Some((v, a)) => (v, a.trim()),
-            None => (text, ""),
-        };
-        let verb = verb.to_ascii_uppercase();
+        let (verb, arg) = (cmd.verb, cmd.arg);
         let needs_tls = self.shared.listener.starttls == StartTls::Require && self.tls.is_none();
-        match verb.as_str() {
-            "EHLO" | "HELO" => self.helo(&verb, arg),
-            "MAIL" | "RCPT" | "DATA" | "BDAT" if needs_tls => {
-                if verb == "BDAT" {
+        match verb {
+            Verb::Ehlo | Verb::Helo => self.helo(verb == Verb::Ehlo, arg),
+            Verb::Mail | Verb::Rcpt | Verb::Data | Verb::Bdat if needs_tls => {
+                if verb == Verb::Bdat {
                     if let Some((n, _)) = parse_bdat(arg) {
                         if self.discard(n).await.is_err() {
                             return Flow::Close;
@@ -252,20 +226,20 @@ impl Session {
                     "Must issue a STARTTLS command first",
                 ));
             }
-            "MAIL" => self.mail(arg),
-            "RCPT" => self.rcpt(arg).await,
-            "DATA" => return self.data(arg).await,
-            "BDAT" => return self.bdat(arg).await,
-            "RSET" => {
+            Verb::Mail => self.mail(arg),
+            Verb::Rcpt => self.rcpt(arg).await,
+            Verb::Data => return self.data(arg).await,
+            Verb::Bdat => return self.bdat(arg).await,
+            Verb::Rset => {
                 self.junk += 1;
                 self.tx = Transaction::default();
                 self.reply(&Reply::new(250, "2.0.0", "Ok"));
             }
-            "NOOP" => {
+            Verb::Noop => {
                 self.junk += 1;
                 self.reply(&Reply::new(250, "2.0.0", "Ok"));
             }
-            "VRFY" => {
+            Verb::Vrfy => {
                 self.junk += 1;
                 self.reply(&Reply::new(
                     252,
@@ -273,7 +247,7 @@ impl Session {
                     "Cannot VRFY user, but will accept message and attempt delivery",
                 ));
             }
-            "HELP" => {
+            Verb::Help => {
                 self.junk += 1;
                 self.reply(&Reply::new(
                     214,
@@ -281,20 +255,21 @@ impl Session {
                     "Commands: EHLO HELO MAIL RCPT DATA BDAT RSET NOOP VRFY HELP QUIT STARTTLS",
                 ));
             }
-            "QUIT" => {
+            Verb::Quit => {
                 self.reply(&Reply::new(221, "2.0.0", "Bye"));
                 return Flow::Close;
             }
-            "STARTTLS" => return self.starttls(arg).await,
-            _ => {
-                tracing::debug!(client = %self.peer, verb = %verb.chars().take(16).collect::<String>(), "unknown command");
+            Verb::StartTls => return self.starttls(arg).await,
+            Verb::Unknown => {
+                tracing::debug!(client = %self.peer, verb = %cmd.word.chars().take(16).collect::<String>(), "unknown command");
                 self.reply(&Reply::new(500, "5.5.2", "Error: command not recognized"));
             }
         }
         Flow::Continue
     }
 
-    fn helo(&mut self, verb: &str, arg: &str) {
+    fn helo(&mut self, extended: bool, arg: &str) {
+        let verb = if extended { "EHLO" } else { "HELO" };
         self.junk += 1;
         if arg.is_empty() || arg.contains(char::is_whitespace) {
             self.reply(&Reply::new(
@@ -305,7 +280,7 @@ impl Session {
             return;
         }
         self.helo = Some(arg.to_string());
-        self.esmtp = verb == "EHLO";
+        self.esmtp = extended;
         self.tx = Transaction::default();
         if !self.esmtp {
             let r = format!("250 {}\r\n", self.shared.hostname);
@@ -368,11 +343,11 @@ impl Session {
                 Some(Ok(_)) => {}
             }
         }
-        let Some((path, params)) = split_path(arg, "FROM:") else {
-            self.reply(&Reply::new(501, "5.5.4", "Syntax: MAIL FROM:<address>"));
-            return;
+        let m = match parse_mail(arg) {
+            Ok(m) => m,
+            Err(r) => return self.reply(&r),
         };
-        let sender = match parse_path(path) {
+        let sender = match parse_path(m.path) {
             Ok(a) => a,
             Err(e) => {
                 self.reply(&Reply::new(
@@ -387,53 +362,23 @@ impl Session {
             tracing::info!(client = %self.peer, dn = self.client_dn.as_deref().unwrap_or("-"), reply = %r, "MAIL refused");
             return self.reply(&r);
         }
-        let sender = sender.map(|a| a.to_string()).unwrap_or_default();
-        let mut tx = Transaction {
-            mail_from: Some(sender),
+        if m.size
+            .is_some_and(|n| n > self.shared.limits.message_size_limit)
+        {
+            return self.reply(&Reply::new(
+                552,
+                "5.3.4",
+                "Message size exceeds fixed limit",
+            ));
+        }
+        let tx = Transaction {
+            mail_from: Some(sender.map(|a| a.to_string()).unwrap_or_default()),
+            ret: m.ret,
+            envid: m.envid,
+            eight_bit: m.eight_bit,
+            smtputf8: m.smtputf8,
             ..Transaction::default()
         };
-        for p in params.split_whitespace() {
-            let (k, v) = p.split_once('=').unwrap_or((p, ""));
-            match k.to_ascii_uppercase().as_str() {
-                "SIZE" => match v.parse::<usize>() {
-                    Ok(n) if n > self.shared.limits.message_size_limit => {
-                        self.reply(&Reply::new(
-                            552,
-                            "5.3.4",
-                            "Message size exceeds fixed limit",
-                        ));
-                        return;
-                    }
-                    Ok(_) => {}
-                    Err(_) => return self.reply(&Reply::new(501, "5.5.4", "Bad SIZE parameter")),
-                },
-                "BODY" => match v.to_ascii_uppercase().as_str() {
-                    "7BIT" => {}
-                    "8BITMIME" => tx.eight_bit = true,
-                    _ => {
-                        return self.reply(&Reply::new(501, "5.5.4", "Unsupported BODY parameter"))
-                    }
-                },
-                "SMTPUTF8" if v.is_empty() => tx.smtputf8 = true,
-                "RET" => match v.to_ascii_uppercase().as_str() {
-                    "FULL" => tx.ret = Some(Ret::Full),
-                    "HDRS" => tx.ret = Some(Ret::Hdrs),
-                    _ => return self.reply(&Reply::new(501, "5.5.4", "Bad RET parameter")),
-                },
-                "ENVID" => match xtext_decode(v) {
-                    Some(s) if !s.is_empty() && s.len() <= 100 => tx.envid = Some(s),
-                    _ => return self.reply(&Reply::new(501, "5.5.4", "Bad ENVID parameter")),
-                },
-                "AUTH" => {}
-                _ => {
-                    return self.reply(&Reply::new(
-                        555,
-                        "5.5.4",
-                        format!("Unsupported parameter {k}"),
-                    ));
-                }
-            }
-        }
         tracing::debug!(client = %self.peer, from = %tx.mail_from.as_deref().unwrap_or(""), "MAIL");
         self.tx = tx;
         self.junk = 0;
@@ -489,10 +434,11 @@ impl Session {
             self.reply(&Reply::new(503, "5.5.1", "Error: need MAIL command"));
             return;
         }
-        let Some((path, params)) = split_path(arg, "TO:") else {
-            self.reply(&Reply::new(501, "5.5.4", "Syntax: RCPT TO:<address>"));
-            return;
+        let args = match parse_rcpt(arg) {
+            Ok(a) => a,
+            Err(r) => return self.reply(&r),
         };
+        let path = args.path;
         if self.tx.recipients.len() >= self.shared.limits.recipient_limit {
             self.reply(&Reply::new(452, "4.5.3", "Error: too many recipients"));
             return;
@@ -514,51 +460,7 @@ impl Session {
                 return;
             }
         };
-        let mut notify = 0u8;
-        let mut orcpt = None;
-        for p in params.split_whitespace() {
-            let (k, v) = p.split_once('=').unwrap_or((p, ""));
-            match k.to_ascii_uppercase().as_str() {
-                "NOTIFY" => {
-                    for f in v.split(',') {
-                        notify |= match f.to_ascii_uppercase().as_str() {
-                            "NEVER" => NOTIFY_NEVER,
-                            "SUCCESS" => NOTIFY_SUCCESS,
-                            "FAILURE" => NOTIFY_FAILURE,
-                            "DELAY" => NOTIFY_DELAY,
-                            _ => {
-                                return self.reply(&Reply::new(
-                                    501,
-                                    "5.5.4",
-                                    "Bad NOTIFY parameter",
-                                ))
-                            }
-                        };
-                    }
-                    if notify & NOTIFY_NEVER != 0 && notify != NOTIFY_NEVER {
-                        return self.reply(&Reply::new(
-                            501,
-                            "5.5.4",
-                            "NOTIFY=NEVER cannot be combined",
-                        ));
-                    }
-                }
-                "ORCPT" => {
-                    let decoded = v.split_once(';').and_then(|(_, a)| xtext_decode(a));
-                    match decoded {
-                        Some(a) if !a.is_empty() && a.len() <= 500 => orcpt = Some(a),
-                        _ => return self.reply(&Reply::new(501, "5.5.4", "Bad ORCPT parameter")),
-                    }
-                }
-                _ => {
-                    return self.reply(&Reply::new(
-                        555,
-                        "5.5.4",
-                        format!("Unsupported parameter {k}"),
-                    ))
-                }
-            }
-        }
+        let (notify, orcpt) = (args.notify, args.orcpt);
         let decision = self
             .shared
             .policy
@@ -668,7 +570,8 @@ impl Session {
             self.tx.started = Some((id, hl));
         }
         let hl = self.tx.started.as_ref().map_or(0, |(_, hl)| *hl);
-        let too_big = self.tx.bdat.len() - hl + size > max;
+        // saturating: `size` is the client's number, up to usize::MAX.
+        let too_big = (self.tx.bdat.len() - hl).saturating_add(size) > max;
         if too_big || self.tx.bdat_failed {
             if self.discard(size).await.is_err() {
                 return Flow::Close;
@@ -922,97 +825,5 @@ impl Session {
         self.esmtp = false;
         self.tx = Transaction::default();
         Flow::Continue
-    }
-}
-
-/// `FROM:<path> params` -> (path, params). Tolerates a space after the colon.
-fn split_path<'a>(arg: &'a str, keyword: &str) -> Option<(&'a str, &'a str)> {
-    let head = arg.get(..keyword.len())?;
-    if !head.eq_ignore_ascii_case(keyword) {
-        return None;
-    }
-    let rest = arg[keyword.len()..].trim_start();
-    let rest = rest.strip_prefix('<')?;
-    // The path ends at the first '>' outside a quoted string.
-    let mut in_quote = false;
-    let mut escaped = false;
-    for (i, c) in rest.char_indices() {
-        match c {
-            _ if escaped => escaped = false,
-            '\\' if in_quote => escaped = true,
-            '"' => in_quote = !in_quote,
-            '>' if !in_quote => {
-                let params = &rest[i + 1..];
-                if !params.is_empty() && !params.starts_with(' ') {
-                    return None;
-                }
-                return Some((&rest[..i], params.trim()));
-            }
-            _ => {}
-        }
-    }
-    None
-}
-
-fn parse_bdat(arg: &str) -> Option<(usize, bool)> {
-    let mut it = arg.split_whitespace();
-    let n: usize = it.next()?.parse().ok()?;
-    let last = match it.next() {
-        None => false,
-        Some(w) if w.eq_ignore_ascii_case("LAST") => true,
-        Some(_) => return None,
-    };
-    it.next().is_none().then_some((n, last))
-}
-
-/// RFC 3461 xtext decoding.
-fn xtext_decode(s: &str) -> Option<String> {
-    let b = s.as_bytes();
-    let mut out = Vec::with_capacity(b.len());
-    let mut i = 0;
-    while i < b.len() {
-        if b[i] == b'+' {
-            let hex = std::str::from_utf8(b.get(i + 1..i + 3)?).ok()?;
-            out.push(u8::from_str_radix(hex, 16).ok()?);
-            i += 3;
-        } else if (33..=126).contains(&b[i]) && b[i] != b'=' {
-            out.push(b[i]);
-            i += 1;
-        } else {
-            return None;
-        }
-    }
-    String::from_utf8(out).ok()
-}
-
-#[cfg(test)]
-mod tests {
-    use super::*;
-
-    #[test]
-    fn paths() {
-        assert_eq!(
-            split_path("FROM:<a@b.fr> SIZE=10", "FROM:"),
-            Some(("a@b.fr", "SIZE=10"))
-        );
-        assert_eq!(split_path("from: <a@b.fr>", "FROM:"), Some(("a@b.fr", "")));
-        assert_eq!(
-            split_path("TO:<\"x>y\"@b.fr>", "TO:"),
-            Some(("\"x>y\"@b.fr", ""))
-        );
-        assert_eq!(split_path("FROM:<>", "FROM:"), Some(("", "")));
-        assert_eq!(split_path("FROM:a@b.fr", "FROM:"), None);
-        assert_eq!(split_path("FROM:<a@b.fr>SIZE=1", "FROM:"), None);
-        assert_eq!(split_path("TO:<a@b.fr", "TO:"), None);
-    }
-
-    #[test]
-    fn bdat_args_and_xtext() {
-        assert_eq!(parse_bdat("100 LAST"), Some((100, true)));
-        assert_eq!(parse_bdat("0"), Some((0, false)));
-        assert_eq!(parse_bdat("x"), None);
-        assert_eq!(parse_bdat("1 LAST x"), None);
-        assert_eq!(xtext_decode("a+2Bb"), Some("a+b".into()));
-        assert_eq!(xtext_decode("a+zz"), None);
     }
 }

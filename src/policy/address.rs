@@ -65,9 +65,13 @@ pub fn parse_path(raw: &str) -> Result<Option<Address>, AddressError> {
             match bytes.get(i) {
                 None => return Err(AddressError::Syntax("unterminated quoted local part")),
                 Some(b'\\') => {
-                    let c = *bytes.get(i + 1).ok_or(AddressError::Syntax("bad escape"))?;
-                    content.push(c as char);
-                    i += 2;
+                    // The escaped character may be a multi-byte one (RFC 6531): take all of it.
+                    let ch = raw
+                        .get(i + 1..)
+                        .and_then(|s| s.chars().next())
+                        .ok_or(AddressError::Syntax("bad escape"))?;
+                    content.push(ch);
+                    i += 1 + ch.len_utf8();
                 }
                 Some(b'"') => break,
                 Some(&c) if c < 0x20 || c == 0x7f => {
@@ -184,6 +188,16 @@ mod tests {
         assert_eq!(p("").unwrap(), None);
         assert!(p("\"jean martin\"@ex.mssante.fr").unwrap().is_some());
         assert!(p("élodie@hôpital.mssante.fr").unwrap().is_some());
+        assert_eq!(p("\"a\\é\"@ex.fr").unwrap().unwrap().local, "\"a\\é\"");
+    }
+
+    /// Found by fuzz/fuzz_targets/smtp_command.rs: a backslash before a multi-byte character
+    /// in a quoted local part sliced the string inside that character (a panic).
+    #[test]
+    fn escaped_multibyte_character() {
+        assert!(p("\"0EHL TO:<@@RC F\\ᆺ.fr!").is_err());
+        assert_eq!(p("\"\\ᆺ\"@ex.fr").unwrap().unwrap().domain, "ex.fr");
+        assert_eq!(p("\"\\"), Err(AddressError::Syntax("bad escape")));
     }
 
     #[test]

@@ -1,0 +1,97 @@
+//! The DATA reader and the BDAT checker, against a plain model of RFC 5321 §4.1.1.4: the
+//! content ends at the first CRLF.CRLF and nowhere else (SMTP smuggling), and what is kept is
+//! exactly the dot-unstuffed lines before it.
+#![no_main]
+
+use libfuzzer_sys::fuzz_target;
+use passerelle::intake::data::{check_bdat, count_received, read_data, DataEnd, DataLimits};
+use std::sync::OnceLock;
+use std::time::Duration;
+
+const MAX_SIZE: usize = 4096;
+const MAX_LINE: usize = 200;
+
+fn runtime() -> &'static tokio::runtime::Runtime {
+    static RT: OnceLock<tokio::runtime::Runtime> = OnceLock::new();
+    RT.get_or_init(|| {
+        tokio::runtime::Builder::new_current_thread()
+            .enable_time()
+            .build()
+            .expect("tokio runtime")
+    })
+}
+
+fn find(hay: &[u8], needle: &[u8]) -> Option<usize> {
+    hay.windows(needle.len()).position(|w| w == needle)
+}
+
+/// A line is acceptable content: CRLF-terminated, no other CR, no NUL, not too long.
+fn line_ok(line: &[u8]) -> bool {
+    line.len() <= MAX_LINE
+        && line.ends_with(b"\r\n")
+        && !line[..line.len() - 2].contains(&b'\r')
+        && !line.contains(&0)
+}
+
+fuzz_target!(|data: &[u8]| {
+    let lim = DataLimits {
+        max_size: MAX_SIZE,
+        max_line: MAX_LINE,
+        timeout: Duration::from_secs(5),
+        min_rate: 0,
+    };
+    let mut rest: &[u8] = data;
+    let mut body = Vec::new();
+    let end = runtime().block_on(read_data(&mut rest, &mut body, &lim));
+    let consumed = data.len() - rest.len();
+
+    // Model: where the content ends.
+    let terminator = if data.starts_with(b".\r\n") {
+        Some(3)
+    } else {
+        find(data, b"\r\n.\r\n").map(|i| i + 5)
+    };
+    match &end {
+        DataEnd::Ok | DataEnd::Refused(_) => {
+            assert_eq!(
+                Some(consumed),
+                terminator,
+                "ended elsewhere than the first CRLF.CRLF"
+            )
+        }
+        DataEnd::Lost(_) => {
+            assert_eq!(terminator, None, "missed a CRLF.CRLF");
+            assert_eq!(consumed, data.len());
+        }
+    }
+    if let Some(t) = terminator {
+        let content = &data[..t - 3];
+        let lines: Vec<&[u8]> = content.split_inclusive(|&b| b == b'\n').collect();
+        let unstuffed: Vec<u8> = lines
+            .iter()
+            .flat_map(|l| {
+                if l.first() == Some(&b'.') {
+                    &l[1..]
+                } else {
+                    &l[..]
+                }
+            })
+            .copied()
+            .collect();
+        let clean = lines.iter().all(|l| line_ok(l)) && unstuffed.len() <= MAX_SIZE;
+        match end {
+            DataEnd::Ok => {
+                assert!(clean, "accepted a bad message");
+                assert_eq!(body, unstuffed);
+                assert_eq!(check_bdat(&body, MAX_LINE), Ok(()));
+            }
+            DataEnd::Refused(e) => assert!(!clean, "refused a good message: {e:?}"),
+            DataEnd::Lost(_) => unreachable!(),
+        }
+    }
+
+    // BDAT: the same line rules without dot-stuffing.
+    let lines_ok = data.split_inclusive(|&b| b == b'\n').all(line_ok);
+    assert_eq!(check_bdat(data, MAX_LINE).is_ok(), lines_ok);
+    assert!(count_received(data) <= data.len() / 9);
+});

@@ -1,0 +1,24 @@
+//! The national directory extract parser (Extraction_Correspondance_MSSante_*.txt): any
+//! bytes, never a panic, and every address it keeps can be looked up.
+#![no_main]
+
+use libfuzzer_sys::fuzz_target;
+use passerelle::policy::extract::Extract;
+
+fuzz_target!(|data: &[u8]| {
+    let Ok((extract, _report)) = Extract::parse(data, "fuzz") else {
+        return;
+    };
+    let mut n = 0;
+    for e in extract.iter() {
+        n += 1;
+        let address = e.field(1).unwrap_or_default();
+        assert!(
+            extract.lookup(address).is_some_and(|v| !v.is_empty()),
+            "{address:?} kept but not found"
+        );
+        assert!(extract.lookup(&address.to_uppercase()).is_some() || !address.is_ascii());
+        assert_eq!(e.fields().len(), 31);
+    }
+    assert_eq!(n, extract.entry_count());
+});
