@@ -1,9 +1,11 @@
 //! The DATA reader and the BDAT checker, against a plain model of RFC 5321 §4.1.1.4: the
 //! content ends at the first CRLF.CRLF and nowhere else (SMTP smuggling), and what is kept is
-//! exactly the dot-unstuffed lines before it.
+//! exactly the dot-unstuffed lines before it. Also the delivery side's dot-stuffing: what it
+//! sends has no bare CR or LF, and reads back as the same message.
 #![no_main]
 
 use libfuzzer_sys::fuzz_target;
+use passerelle::delivery::client::dot_stuff;
 use passerelle::intake::data::{check_bdat, count_received, read_data, DataEnd, DataLimits};
 use std::sync::OnceLock;
 use std::time::Duration;
@@ -84,10 +86,27 @@ fuzz_target!(|data: &[u8]| {
                 assert!(clean, "accepted a bad message");
                 assert_eq!(body, unstuffed);
                 assert_eq!(check_bdat(&body, MAX_LINE), Ok(()));
+                // Relayed: our client's stuffing reads back as exactly this message.
+                let wire = dot_stuff(&body);
+                let mut r: &[u8] = &wire;
+                let mut again = Vec::new();
+                let lim = DataLimits {
+                    max_line: MAX_LINE + 1,
+                    ..lim
+                };
+                let end = runtime().block_on(read_data(&mut r, &mut again, &lim));
+                assert!(matches!(end, DataEnd::Ok), "{end:?}");
+                assert!(r.is_empty());
+                assert_eq!(again, body);
             }
             DataEnd::Refused(e) => assert!(!clean, "refused a good message: {e:?}"),
             DataEnd::Lost(_) => unreachable!(),
         }
+    }
+
+    // Whatever the input, the client never sends a bare CR or LF.
+    if !data.contains(&0) {
+        assert_eq!(check_bdat(&dot_stuff(data), usize::MAX), Ok(()));
     }
 
     // BDAT: the same line rules without dot-stuffing.

@@ -503,16 +503,43 @@ pub fn xtext(s: &str) -> String {
 pub fn dot_stuff(body: &[u8]) -> Vec<u8> {
     let mut out = Vec::with_capacity(body.len() + body.len() / 64 + 8);
     let mut at_line_start = true;
+    // Line by line: a clean CRLF line (nearly all of them) is copied whole; only a line with
+    // a bare CR or LF goes through the byte-by-byte repair.
+    for line in body.split_inclusive(|&b| b == b'\n') {
+        let clean = line
+            .strip_suffix(b"\r\n")
+            .is_some_and(|content| !content.contains(&b'\r'));
+        if clean {
+            if line[0] == b'.' {
+                out.push(b'.');
+            }
+            out.extend_from_slice(line);
+            at_line_start = true;
+        } else {
+            at_line_start = stuff_bytes(line, &mut out);
+        }
+    }
+    if !at_line_start {
+        out.extend_from_slice(b"\r\n");
+    }
+    out.extend_from_slice(b".\r\n");
+    out
+}
+
+/// The slow path of `dot_stuff` for one line holding a bare CR or LF, or the last line
+/// without its end: every CR, LF or CRLF becomes CRLF. Returns whether it ended a line.
+fn stuff_bytes(line: &[u8], out: &mut Vec<u8>) -> bool {
+    let mut at_line_start = true;
     let mut i = 0;
-    while i < body.len() {
-        let b = body[i];
+    while i < line.len() {
+        let b = line[i];
         if at_line_start && b == b'.' {
             out.push(b'.');
         }
         match b {
             b'\r' => {
                 out.extend_from_slice(b"\r\n");
-                if body.get(i + 1) == Some(&b'\n') {
+                if line.get(i + 1) == Some(&b'\n') {
                     i += 1;
                 }
                 at_line_start = true;
@@ -528,11 +555,7 @@ pub fn dot_stuff(body: &[u8]) -> Vec<u8> {
         }
         i += 1;
     }
-    if !at_line_start {
-        out.extend_from_slice(b"\r\n");
-    }
-    out.extend_from_slice(b".\r\n");
-    out
+    at_line_start
 }
 
 #[cfg(test)]
@@ -545,6 +568,23 @@ mod tests {
         assert_eq!(dot_stuff(b".x"), b"..x\r\n.\r\n");
         assert_eq!(dot_stuff(b"bare\nlf\rcr\r\n"), b"bare\r\nlf\r\ncr\r\n.\r\n");
         assert_eq!(dot_stuff(b""), b".\r\n");
+        assert_eq!(dot_stuff(b"a\r\n.\rb\n.c"), b"a\r\n..\r\nb\r\n..c\r\n.\r\n");
+        assert_eq!(dot_stuff(b"x\r\r\n"), b"x\r\n\r\n.\r\n");
+        // The same as byte by byte on every input: the slow path alone is the reference.
+        for input in [
+            &b"a\r\nb\r\n"[..],
+            b".\r\n.\r\n",
+            b"\n\n.",
+            b"\r",
+            b"a\rb\r\n..\n",
+        ] {
+            let mut reference = Vec::new();
+            if !stuff_bytes(input, &mut reference) {
+                reference.extend_from_slice(b"\r\n");
+            }
+            reference.extend_from_slice(b".\r\n");
+            assert_eq!(dot_stuff(input), reference, "{input:?}");
+        }
     }
 
     #[test]

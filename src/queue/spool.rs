@@ -268,10 +268,7 @@ type Recovery = (Vec<Recovered>, RecoveryReport, BTreeMap<u64, usize>);
 /// cores, one segment per thread at a time; the replay stays in segment order on this thread
 /// and only moves decoded records into a list. With 1M messages queued this is what bounds
 /// the restart time.
-fn recover(
-    spool_dir: &Path,
-    repair: bool,
-) -> Result<Recovery, SpoolError> {
+fn recover(spool_dir: &Path, repair: bool) -> Result<Recovery, SpoolError> {
     let qdir = spool_dir.join("queue");
     let mut report = RecoveryReport::default();
     let segs = match list_segments(&qdir) {
