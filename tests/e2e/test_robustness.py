@@ -1,4 +1,4 @@
-"""Robustness tests: crash consistency under kill -9, storage and next-hop faults, protocol
+"""Robustness tests: crash consistency under kill -9, storage, next-hop and certificate faults, protocol
 attacks (SMTP smuggling, STARTTLS command injection, open relay, resource limits) and the
 hygiene of what the gateway itself sends.
 
@@ -32,6 +32,7 @@ import os
 import random
 import re
 import shutil
+import signal
 import smtplib
 import socket
 import ssl
@@ -661,6 +662,48 @@ class FaultTests(RobustCase):
         self.sink.start()
         self.assertDeliveredOnce([msgid], timeout=15, settle=3)
         self.assertRegex(self.gw.log(), r"451 4\.3\.0 later")
+
+    def _served_certificate(self):
+        """DER of the certificate the listener shows after STARTTLS (not verified)."""
+        ctx = ssl.create_default_context()
+        ctx.check_hostname = False
+        ctx.verify_mode = ssl.CERT_NONE
+        with smtplib.SMTP("127.0.0.1", self.port, timeout=10) as s:
+            s.ehlo("cert-check." + LOCAL_DOMAIN)
+            s.starttls(context=ctx)
+            return s.sock.getpeercert(binary_form=True)
+
+    def test_e_certificate_removed_before_reload(self):
+        """The certificate file vanishes (a botched renewal) and SIGHUP comes: the reload is
+        refused with the reason, the old certificate keeps being served, mail keeps flowing;
+        once the file is back, the next reload is taken."""
+        pki = dev_pki()
+        certs = os.path.join(self.tmp, "renewal")
+        os.makedirs(certs)
+        cert = os.path.join(certs, "gateway.crt")
+        shutil.copy(pki["certificate"], cert)
+        shutil.copy(pki["private_key"], os.path.join(certs, "gateway.key"))
+        self.bed(starttls="offer", env={"PASSERELLE__TLS__CERTIFICATE": cert,
+                                        "PASSERELLE__TLS__PRIVATE_KEY": os.path.join(certs, "gateway.key")})
+        with open(cert) as f:
+            expected = ssl.PEM_cert_to_DER_cert(f.read())
+        self.assertEqual(self._served_certificate(), expected)
+
+        os.remove(cert)
+        os.kill(self.gw.proc.pid, signal.SIGHUP)
+        refused = self.gw.wait_log(r"reload refused.*", 10).group(0)
+        self.assertIn("gateway.crt", refused)
+        self.assertTrue(self.gw.running())
+        self.assertEqual(self._served_certificate(), expected, "the old certificate is no longer served")
+        msgid = "<cert-gone-%s@%s>" % (uuid.uuid4().hex, LOCAL_DOMAIN)
+        stage, code, text = send_one(self.port, simple_message("certificate gone", msgid))
+        self.assertEqual((stage, code), ("data", 250), text)
+        self.assertDeliveredOnce([msgid], timeout=15, settle=0.5)
+
+        shutil.copy(pki["certificate"], cert)
+        os.kill(self.gw.proc.pid, signal.SIGHUP)
+        self.gw.wait_log(r"configuration reloaded", 10)
+        self.assertEqual(self._served_certificate(), expected)
 
 
 # --------------------------------------------------------------------------- c. attacks
