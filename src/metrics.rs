@@ -38,18 +38,32 @@ fn labels(l: &[(&str, &str)]) -> String {
     if l.is_empty() {
         return String::new();
     }
-    let parts: Vec<String> = l
-        .iter()
-        .map(|(k, v)| {
-            format!(
-                "{k}=\"{}\"",
-                v.replace('\\', "\\\\")
-                    .replace('"', "\\\"")
-                    .replace('\n', " ")
-            )
-        })
-        .collect();
-    format!("{{{}}}", parts.join(","))
+    // Called several times per message: one allocation, escaping only when needed.
+    let mut out =
+        String::with_capacity(l.iter().map(|(k, v)| k.len() + v.len() + 4).sum::<usize>() + 2);
+    out.push('{');
+    for (i, (k, v)) in l.iter().enumerate() {
+        if i > 0 {
+            out.push(',');
+        }
+        out.push_str(k);
+        out.push_str("=\"");
+        if v.contains(['\\', '"', '\n']) {
+            for c in v.chars() {
+                match c {
+                    '\\' => out.push_str("\\\\"),
+                    '"' => out.push_str("\\\""),
+                    '\n' => out.push(' '),
+                    c => out.push(c),
+                }
+            }
+        } else {
+            out.push_str(v);
+        }
+        out.push('"');
+    }
+    out.push('}');
+    out
 }
 
 fn with<R>(f: impl FnOnce(&mut Registry) -> R) -> R {
@@ -166,5 +180,15 @@ mod tests {
         assert!(t.contains("test_seconds_bucket{l=\"x\",le=\"0.005\"} 1"));
         assert!(t.contains("test_seconds_bucket{l=\"x\",le=\"0.002\"} 0"));
         assert!(t.contains("test_seconds_count{l=\"x\"} 1"));
+    }
+
+    #[test]
+    fn label_values_are_escaped() {
+        assert_eq!(labels(&[]), "");
+        assert_eq!(labels(&[("a", "x"), ("b", "y")]), "{a=\"x\",b=\"y\"}");
+        assert_eq!(
+            labels(&[("r", "say \"hi\"\\\nbye")]),
+            "{r=\"say \\\"hi\\\"\\\\ bye\"}"
+        );
     }
 }
