@@ -74,7 +74,7 @@ async fn read_line_inner<R: AsyncBufRead + Unpin>(
 }
 
 fn memchr_lf(b: &[u8]) -> Option<usize> {
-    b.iter().position(|&c| c == b'\n')
+    memchr::memchr(b'\n', b)
 }
 
 #[cfg(test)]

@@ -502,6 +502,12 @@ pub fn xtext(s: &str) -> String {
 /// passes through unchanged).
 pub fn dot_stuff(body: &[u8]) -> Vec<u8> {
     let mut out = Vec::with_capacity(body.len() + body.len() / 64 + 8);
+    if is_clean_unstuffed(body) {
+        // Nearly every message: CRLF lines, none starting with a dot.
+        out.extend_from_slice(body);
+        out.extend_from_slice(b".\r\n");
+        return out;
+    }
     let mut at_line_start = true;
     // Line by line: a clean CRLF line (nearly all of them) is copied whole; only a line with
     // a bare CR or LF goes through the byte-by-byte repair.
@@ -524,6 +530,21 @@ pub fn dot_stuff(body: &[u8]) -> Vec<u8> {
     }
     out.extend_from_slice(b".\r\n");
     out
+}
+
+/// Whether `body` can go out as it is: every line ends with CRLF, there is no other CR or
+/// LF, and no line starts with a dot. One branch-free pass over byte pairs (vectorised).
+fn is_clean_unstuffed(body: &[u8]) -> bool {
+    let (Some(&first), true) = (body.first(), body.ends_with(b"\r\n")) else {
+        return body.is_empty();
+    };
+    if first == b'.' || first == b'\n' {
+        return false;
+    }
+    let bad = body.iter().zip(&body[1..]).fold(false, |bad, (&a, &b)| {
+        bad | ((a == b'\r') != (b == b'\n')) | ((a == b'\n') & (b == b'.'))
+    });
+    !bad
 }
 
 /// The slow path of `dot_stuff` for one line holding a bare CR or LF, or the last line
