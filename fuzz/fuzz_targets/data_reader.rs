@@ -43,7 +43,11 @@ fuzz_target!(|data: &[u8]| {
         min_rate: 0,
     };
     // Reads of 1 to 64 bytes (from the input's length): lines cut anywhere.
-    let capacity = if data.len() % 5 == 0 { 8192 } else { 1 + data.len() % 64 };
+    let capacity = if data.len() % 5 == 0 {
+        8192
+    } else {
+        1 + data.len() % 64
+    };
     let mut reader = tokio::io::BufReader::with_capacity(capacity, data);
     let mut body = Vec::new();
     let end = runtime().block_on(read_data(&mut reader, &mut body, &lim));
