@@ -400,14 +400,8 @@ impl Client {
             }
             return Ok(out);
         }
-        if body.len() >= 16 * 1024 && is_clean_unstuffed(body) {
-            // A large clean message goes out as it is: two writes cost less than a copy.
-            self.write(body).await?;
-            self.write(b".\r\n").await?;
-        } else {
-            let stuffed = dot_stuff(body);
-            self.write(&stuffed).await?;
-        }
+        let stuffed = dot_stuff(body);
+        self.write(&stuffed).await?;
         let r = self.read_reply().await?;
         self.transactions += 1;
         self.last_used = Instant::now();

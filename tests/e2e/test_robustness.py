@@ -61,8 +61,8 @@ ROUTES = [
 CRASH_KILLS = int(os.environ.get("CRASH_KILLS", "20"))
 CRASH_SENDERS = int(os.environ.get("CRASH_SENDERS", "4"))
 CRASH_RATE = float(os.environ.get("CRASH_RATE", "0"))
-CRASH_INTERVAL = tuple(float(x) for x in os.environ.get("CRASH_INTERVAL", "0.05-0.6").split("-", 1)) * 2
-CRASH_INTERVAL = CRASH_INTERVAL[0], CRASH_INTERVAL[-1]
+_lo, _, _hi = os.environ.get("CRASH_INTERVAL", "0.05-0.6").partition("-")
+CRASH_INTERVAL = (float(_lo), float(_hi or _lo))   # "2-6" or a fixed "3"
 CRASH_MAX_DUP_RATIO = float(os.environ["CRASH_MAX_DUP_RATIO"]) if os.environ.get("CRASH_MAX_DUP_RATIO") else None
 DESTINATION_CONCURRENCY = 20  # [queue] destination_concurrency default: deliveries in flight to the sink
 
