@@ -376,6 +376,48 @@ def proc_cpu_ticks(pid):
     return int(fields[11]) + int(fields[12])
 
 
+class CpuMeter:
+    """CPU spent during one measured run: machine-wide (all processes, kernel threads, softirq:
+    /proc/stat), by smtp-source (this process's reaped children) and by named processes, so a
+    run can say who was the limit (a process near 100 % of a core) and what each message cost."""
+
+    def __init__(self, pids):
+        self.pids = {k: v for k, v in pids.items() if v}
+        self.t0 = time.monotonic()
+        self.busy0 = self._busy()
+        self.child0 = self._children()
+        self.ticks0 = {k: self._ticks(p) for k, p in self.pids.items()}
+
+    @staticmethod
+    def _busy():
+        with open("/proc/stat") as f:
+            v = [int(x) for x in f.readline().split()[1:9]]
+        return v[0] + v[1] + v[2] + v[5] + v[6]  # user nice system irq softirq (not idle, iowait, steal)
+
+    @staticmethod
+    def _children():
+        import resource
+        r = resource.getrusage(resource.RUSAGE_CHILDREN)
+        return r.ru_utime + r.ru_stime
+
+    @staticmethod
+    def _ticks(pid):
+        try:
+            return proc_cpu_ticks(pid)
+        except (OSError, ValueError):
+            return None
+
+    def stop(self, n):
+        """{name: (ms CPU per message, % of one core over the run)} for machine, source and pids."""
+        wall = max(time.monotonic() - self.t0, 1e-6)
+        res = {"machine": (self._busy() - self.busy0) / CLK_TCK, "source": self._children() - self.child0}
+        for k, p in self.pids.items():
+            t = self._ticks(p)
+            if t is not None and self.ticks0[k] is not None:
+                res[k] = (t - self.ticks0[k]) / CLK_TCK
+        return {k: (1000.0 * v / n, 100.0 * v / wall) for k, v in res.items()}
+
+
 def proc_status(pid, key):
     """A kB value of /proc/PID/status (VmRSS, VmHWM, Threads...)."""
     with open("/proc/%d/status" % pid) as f:

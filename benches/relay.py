@@ -47,9 +47,11 @@ class Check:
         B.log("  !! " + what)
 
 
-def run_one(label, system, port, counter, n, args, expect_msgs, verify=None):
-    """One measured run: returns end-to-end msg/s (or None on failure)."""
+def run_one(label, system, port, counter, n, args, expect_msgs, verify=None, pids=None):
+    """One measured run: returns (end-to-end msg/s or None on failure, injection msg/s, CPU use
+    as B.CpuMeter.stop gives it, measured from the start of smtp-source to the N-th message)."""
     base = counter()
+    meter = B.CpuMeter(pids or {})
     rc, inj, out = B.smtp_source(port, n, sessions=SESSIONS, timeout=max(120, n / 20), **args)
     if rc != 0 or out.strip():
         Check.fail("%s/%s: smtp-source rc=%s output: %s" % (label, system, rc, out.strip()[:500]))
@@ -58,7 +60,8 @@ def run_one(label, system, port, counter, n, args, expect_msgs, verify=None):
         t_done, _ = B.wait_count(lambda: counter() - base, expect_msgs, timeout=max(120, n / 10), stall=30)
     except TimeoutError as e:
         Check.fail("%s/%s: %s" % (label, system, e))
-        return None, inj
+        return None, inj, None
+    cpu = meter.stop(n)
     e2e = t_done - t0_end
     time.sleep(0.3)
     got = counter() - base
@@ -66,7 +69,7 @@ def run_one(label, system, port, counter, n, args, expect_msgs, verify=None):
         Check.fail("%s/%s: sink received %d messages, expected %d" % (label, system, got, expect_msgs))
     if verify:
         verify()
-    return n / e2e, n / inj
+    return n / e2e, n / inj, cpu
 
 
 def main():
@@ -97,12 +100,17 @@ def main():
     results = {}   # (case, system) -> [e2e rates]
     injects = {}
 
+    cpus = {}      # (case, system) -> [B.CpuMeter.stop() dicts]
+
     def record(case, system, rates):
-        e2e, inj = rates
+        e2e, inj, cpu = rates
         if e2e is not None:
             results.setdefault((case, system), []).append(e2e)
             injects.setdefault((case, system), []).append(inj)
-            B.log("  %-8s %-10s %7.0f msg/s end to end (injection %5.0f msg/s)" % (case, system, e2e, inj))
+            cpus.setdefault((case, system), []).append(cpu)
+            B.log("  %-8s %-10s %7.0f msg/s end to end (injection %5.0f msg/s); CPU ms/msg %s" % (
+                case, system, e2e, inj, ", ".join("%s %.3f (%.0f%% of a core)" % (k, v[0], v[1])
+                                                  for k, v in sorted(cpu.items()))))
 
     def pf_verify(pfx, before, expect):
         def v():
@@ -141,25 +149,30 @@ def main():
         for case, label, args, tls in cases:
             rcpts = args.get("rcpts", 1)
             if not tls:
-                record(case, "direct", run_one(case, "direct", sink.port, plain_count, N, args, N))
+                record(case, "direct", run_one(case, "direct", sink.port, plain_count, N, args, N,
+                                               pids={"sink": sink.proc.pid}))
                 before = B.postfix_sent(pf)
                 record(case, "postfix", run_one(case, "postfix", pf.port, plain_count, N, args, N,
-                                                pf_verify(pf, before, N * rcpts)))
+                                                pf_verify(pf, before, N * rcpts), pids={"sink": sink.proc.pid}))
                 before = B.gw_sent(gw)
                 record(case, "passerelle", run_one(case, "passerelle", gw.listener()[1], plain_count, N, args, N,
-                                                   gw_verify(gw, before, N * rcpts)))
+                                                   gw_verify(gw, before, N * rcpts),
+                                                   pids={"sink": sink.proc.pid, "gateway": B.gw_pid(gw)}))
             else:
-                record(case, "direct", run_one(case, "direct", psink.port, psink_count, N, args, N))
+                record(case, "direct", run_one(case, "direct", psink.port, psink_count, N, args, N,
+                                               pids={"sink": psink.proc.pid}))
                 before = B.postfix_sent(pf_tls)
                 record(case, "postfix", run_one(case, "postfix", pf_tls.port, tsink.count, N, args, N,
-                                                pf_verify(pf_tls, before, N * rcpts)))
+                                                pf_verify(pf_tls, before, N * rcpts), pids={"sink": tsink.proc.pid}))
                 before = B.gw_sent(gw_tls)
                 record(case, "passerelle", run_one(case, "passerelle", gw_tls.listener()[1], tsink.count, N, args,
-                                                   N, gw_verify(gw_tls, before, N * rcpts)))
+                                                   N, gw_verify(gw_tls, before, N * rcpts),
+                                                   pids={"sink": tsink.proc.pid, "gateway": B.gw_pid(gw_tls)}))
                 if TLS_SINK_CHECK:
                     before = B.gw_sent(gw_pp)
                     record(case, "sinkcheck", run_one(case, "sinkcheck", gw_pp.listener()[1], psink_count, N, args,
-                                                      N, gw_verify(gw_pp, before, N * rcpts)))
+                                                      N, gw_verify(gw_pp, before, N * rcpts),
+                                                      pids={"sink": psink.proc.pid, "gateway": B.gw_pid(gw_pp)}))
 
     def cell(case, system):
         v = results.get((case, system))
@@ -189,6 +202,32 @@ def main():
     print()
     print("Injection rates (smtp-source done), msg/s: " + "; ".join(
         "%s %s %s" % (c, s, "/".join("%.0f" % x for x in v)) for (c, s), v in sorted(injects.items())))
+    print()
+    print("CPU per message, ms (min-max over runs; 'machine' = every process and kernel thread on all cores; "
+          "'relay cost' = machine - direct of the same round; 'sink %' = the sink's share of one core):")
+    print()
+    print("| case | system | machine | relay cost | smtp-source | sink | sink % of a core | passerelle process |")
+    print("|---|---|---|---|---|---|---|---|")
+
+    def span(vals, fmt="%.3f"):
+        vals = [v for v in vals if v is not None]
+        if not vals:
+            return "-"
+        lo, hi = min(vals), max(vals)
+        return fmt % lo if fmt % lo == fmt % hi else (fmt + "-" + fmt) % (lo, hi)
+
+    for case, label, args, tls in cases:
+        direct = cpus.get((case, "direct"), [])
+        for system in ("direct", "postfix", "passerelle", "sinkcheck"):
+            runs = cpus.get((case, system))
+            if not runs:
+                continue
+            cost = [r["machine"][0] - d["machine"][0] for r, d in zip(runs, direct)] if system != "direct" else []
+            print("| %s | %s | %s | %s | %s | %s | %s | %s |" % (
+                case, system, span([r["machine"][0] for r in runs]), span(cost) if cost else "-",
+                span([r["source"][0] for r in runs]), span([r.get("sink", (None,))[0] for r in runs]),
+                span([r.get("sink", (None, None))[1] for r in runs], "%.0f%%"),
+                span([r.get("gateway", (None,))[0] for r in runs])))
     print()
     print("Targets (issue 6): end to end >= 5x Postfix and >= 40% of smtp-source->smtp-sink; with TLS >= 5x Postfix "
           "with TLS.")

@@ -191,9 +191,23 @@ fn main() -> ExitCode {
     }
 }
 
+/// Keeps message buffers on the heap. glibc serves blocks of 128 KiB and more with a fresh
+/// mmap and unmaps them on free, so every message of ~100 KiB cost page faults, page zeroing
+/// and an munmap (13 % of the gateway's CPU at 100 KiB). Freed memory above the thresholds is
+/// still returned to the system.
+fn tune_allocator() {
+    #[cfg(all(target_os = "linux", target_env = "gnu"))]
+    // SAFETY: mallopt only sets allocator parameters; it is called before any thread starts.
+    unsafe {
+        libc::mallopt(libc::M_MMAP_THRESHOLD, 32 << 20);
+        libc::mallopt(libc::M_TRIM_THRESHOLD, 64 << 20);
+    }
+}
+
 fn run(cli: Cli) -> anyhow::Result<ExitCode> {
     match cli.command {
         Command::Serve => {
+            tune_allocator();
             let rt = tokio::runtime::Builder::new_multi_thread()
                 .enable_all()
                 .build()?;

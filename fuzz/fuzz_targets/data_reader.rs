@@ -5,10 +5,12 @@
 #![no_main]
 
 use libfuzzer_sys::fuzz_target;
-use passerelle::delivery::client::dot_stuff;
+use passerelle::delivery::client::{dot_stuff, is_clean_unstuffed};
 use passerelle::intake::data::{check_bdat, count_received, read_data, DataEnd, DataLimits};
+use passerelle::net::{Rewind, Trickle};
 use std::sync::OnceLock;
 use std::time::Duration;
+use tokio::io::AsyncBufReadExt;
 
 const MAX_SIZE: usize = 4096;
 const MAX_LINE: usize = 200;
@@ -42,16 +44,23 @@ fuzz_target!(|data: &[u8]| {
         timeout: Duration::from_secs(5),
         min_rate: 0,
     };
-    // Reads of 1 to 64 bytes (from the input's length): lines cut anywhere.
-    let capacity = if data.len() % 5 == 0 {
-        8192
+    // Reads of 1 to 64 bytes (from the input's length): lines cut anywhere, and some bytes
+    // already in the command reader's buffer when DATA begins.
+    let step = if data.len() % 5 == 0 {
+        1 << 20
     } else {
         1 + data.len() % 64
     };
-    let mut reader = tokio::io::BufReader::with_capacity(capacity, data);
+    let capacity = 1 + data.len() % 7;
+    let trickle = Trickle { data, step };
+    let mut reader = tokio::io::BufReader::with_capacity(capacity, Rewind::new(trickle));
     let mut body = Vec::new();
-    let end = runtime().block_on(read_data(&mut reader, &mut body, &lim));
-    let consumed = data.len() - reader.buffer().len() - reader.get_ref().len();
+    let end = runtime().block_on(async {
+        let _ = reader.fill_buf().await;
+        read_data(&mut reader, &mut body, &lim).await
+    });
+    let unread = reader.buffer().len() + reader.get_ref().pending().len();
+    let consumed = data.len() - unread - reader.get_ref().get_ref().data.len();
 
     // Model: where the content ends.
     let terminator = if data.starts_with(b".\r\n") {
@@ -94,7 +103,7 @@ fuzz_target!(|data: &[u8]| {
                 assert_eq!(check_bdat(&body, MAX_LINE), Ok(()));
                 // Relayed: our client's stuffing reads back as exactly this message.
                 let wire = dot_stuff(&body);
-                let mut r: &[u8] = &wire;
+                let mut r = tokio::io::BufReader::new(Rewind::new(&wire[..]));
                 let mut again = Vec::new();
                 let lim = DataLimits {
                     max_line: MAX_LINE + 1,
@@ -102,13 +111,24 @@ fuzz_target!(|data: &[u8]| {
                 };
                 let end = runtime().block_on(read_data(&mut r, &mut again, &lim));
                 assert!(matches!(end, DataEnd::Ok), "{end:?}");
-                assert!(r.is_empty());
+                assert!(r.buffer().is_empty() && r.get_ref().pending().is_empty());
+                assert!(r.get_ref().get_ref().is_empty());
                 assert_eq!(again, body);
             }
             DataEnd::Refused(e) => assert!(!clean, "refused a good message: {e:?}"),
             DataEnd::Lost(_) => unreachable!(),
         }
     }
+
+    // The client sends a clean message as it is stored, without stuffing: only when every
+    // line ends with CRLF, holds no other CR or LF nor a NUL, and does not start with a dot.
+    let model_clean = data.split_inclusive(|&b| b == b'\n').all(|l| {
+        l.ends_with(b"\r\n")
+            && !l[..l.len() - 2].contains(&b'\r')
+            && !l.contains(&0)
+            && l[0] != b'.'
+    });
+    assert_eq!(is_clean_unstuffed(data), model_clean);
 
     // Whatever the input, the client never sends a bare CR or LF.
     if !data.contains(&0) {

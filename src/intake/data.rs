@@ -4,8 +4,9 @@
 //! message as refused but reading goes on to the real end, so a smuggled `\n.\n` never
 //! splits one message into two (SMTP smuggling).
 
+use crate::net::Rewind;
 use std::time::{Duration, Instant};
-use tokio::io::{AsyncBufRead, AsyncBufReadExt};
+use tokio::io::{AsyncBufReadExt, AsyncRead, AsyncReadExt, BufReader};
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum DataError {
@@ -78,34 +79,46 @@ fn check_line(line: &[u8]) -> Option<DataError> {
     }
 }
 
+/// Bytes asked of the connection per read during DATA.
+pub const READ_BLOCK: usize = 64 * 1024;
+
 /// Reads DATA content after the 354, appending the unstuffed message to `body`.
 ///
-/// Works on whole buffers: each read is scanned for line ends with memchr and the complete
-/// lines in it are handled in place, with one timer per read rather than per line (a 100 KiB
-/// message is thousands of lines). Nothing past the terminating line is consumed: pipelined
-/// commands after it stay in the reader.
-pub async fn read_data<R: AsyncBufRead + Unpin>(
-    r: &mut R,
+/// Reads go straight into `body` in blocks of up to [`READ_BLOCK`] (not through the
+/// session's small line buffer): a 100 KiB message is two or three reads and no copy in user
+/// space. Each block is scanned for line ends with memchr; lines are checked where they lie
+/// and only moved when a dot was taken off an earlier line. Bytes read past the terminating
+/// line (pipelined commands) are given back to the command reader.
+pub async fn read_data<S: AsyncRead + Unpin>(
+    r: &mut BufReader<Rewind<S>>,
     body: &mut Vec<u8>,
     lim: &DataLimits,
 ) -> DataEnd {
     let start = Instant::now();
-    let mut st = Lines {
-        body,
+    let mut st = Scan {
+        out: body.len(),
         max_size: lim.max_size,
         max_line: lim.max_line,
         error: None,
-        received: 0,
         after_crlf: true,
-        partial: Vec::new(),
         too_long: false,
         last: 0,
         line_start: None,
     };
+    // What the command reader already holds comes first.
+    let buffered = r.buffer();
+    body.extend_from_slice(buffered);
+    let mut received = buffered.len();
+    r.consume(received);
     loop {
+        if let Some((end, used)) = st.scan(body) {
+            r.get_mut().push_back(&body[used..]);
+            body.truncate(st.out);
+            return end;
+        }
         // The whole transfer must keep up min_rate beyond the base timeout, and no single
         // line may take longer than the timeout.
-        if let Some(secs) = st.received.checked_div(lim.min_rate) {
+        if let Some(secs) = received.checked_div(lim.min_rate) {
             if start.elapsed() > lim.timeout + Duration::from_secs(secs as u64) {
                 return DataEnd::Lost("data rate too low".into());
             }
@@ -117,121 +130,124 @@ pub async fn read_data<R: AsyncBufRead + Unpin>(
             },
             None => lim.timeout,
         };
-        let avail = match tokio::time::timeout(wait, r.fill_buf()).await {
+        // Grow only when nearly full: the buffer may already be sized for the declared SIZE.
+        if body.capacity() - body.len() < 4096 {
+            body.reserve(READ_BLOCK);
+        }
+        match tokio::time::timeout(wait, r.get_mut().read_buf(body)).await {
             Err(_) => return DataEnd::Lost("timeout".into()),
             Ok(Err(e)) => return DataEnd::Lost(e.to_string()),
-            Ok(Ok(a)) => a,
-        };
-        if avail.is_empty() {
-            return DataEnd::Lost("connection closed during DATA".into());
-        }
-        let mut used = 0;
-        let mut end = None;
-        for lf in memchr::memchr_iter(b'\n', avail) {
-            let piece = &avail[used..=lf];
-            used = lf + 1;
-            if let Some(e) = st.line_end(piece) {
-                end = Some(e);
-                break;
-            }
-        }
-        if end.is_none() && used < avail.len() {
-            st.line_part(&avail[used..]);
-            used = avail.len();
-        }
-        r.consume(used);
-        if let Some(e) = end {
-            return e;
+            Ok(Ok(0)) => return DataEnd::Lost("connection closed during DATA".into()),
+            Ok(Ok(n)) => received += n,
         }
     }
 }
 
-/// The line state of `read_data` between reads.
-struct Lines<'a> {
-    body: &'a mut Vec<u8>,
+/// The line state of `read_data` between reads. `body[..out]` is the message so far; the
+/// bytes after it are not scanned yet (the start of a line whose end has not arrived).
+struct Scan {
+    out: usize,
     max_size: usize,
     max_line: usize,
     error: Option<DataError>,
-    /// Bytes received so far (for the data rate).
-    received: usize,
     /// The terminating "." counts only right after a CRLF (or first, right after the 354).
     after_crlf: bool,
-    /// The start of a line whose end has not arrived yet.
-    partial: Vec<u8>,
-    /// The current line is already longer than `max_line` (its bytes are dropped).
+    /// The current line is already longer than `max_line` (its bytes were dropped).
     too_long: bool,
-    /// The last byte seen (to tell CRLF from LF when a read ends between CR and LF).
+    /// The last byte seen (to tell CRLF from LF when a dropped line ends with its LF).
     last: u8,
+    /// When the current unfinished line started (a line may not take longer than the timeout).
     line_start: Option<Instant>,
 }
 
-impl Lines<'_> {
-    /// The start or middle of a line (no LF).
-    fn line_part(&mut self, bytes: &[u8]) {
-        self.line_start.get_or_insert_with(Instant::now);
-        if !self.too_long {
-            if self.partial.len() + bytes.len() > self.max_line {
-                self.too_long = true;
-                self.partial.clear();
-            } else {
-                self.partial.extend_from_slice(bytes);
+impl Scan {
+    /// Handles the complete lines after `out`. Returns how DATA ends and the index just past
+    /// the terminating line, if it arrived. Otherwise the unfinished line is moved to `out`
+    /// (or dropped once it is too long), so memory stays bounded whatever the client sends.
+    fn scan(&mut self, body: &mut Vec<u8>) -> Option<(DataEnd, usize)> {
+        let mut pos = self.out;
+        // Fast path: the complete lines of this read are plain (nearly always): they stay
+        // where they are, with one vector pass instead of a look at each line.
+        if let Some(last) = memchr::memrchr(b'\n', &body[pos..]) {
+            let end = pos + last + 1;
+            let lines = &body[pos..end];
+            if self.error.is_none()
+                && !self.too_long
+                && end <= self.max_size
+                && crate::message::plain_lines(lines)
+                && lines_within(lines, self.max_line)
+            {
+                self.after_crlf = true;
+                self.out = end;
+                pos = end;
             }
         }
-        self.last = bytes[bytes.len() - 1];
-    }
-
-    /// The rest of a line, ending with its LF. Returns how DATA ends if this was the end.
-    fn line_end(&mut self, bytes: &[u8]) -> Option<DataEnd> {
-        let prev = if bytes.len() >= 2 {
-            bytes[bytes.len() - 2]
+        while let Some(i) = memchr::memchr(b'\n', &body[pos..]) {
+            let lf = pos + i;
+            let next = lf + 1;
+            if std::mem::take(&mut self.too_long) {
+                let prev = if i > 0 { body[lf - 1] } else { self.last };
+                self.error.get_or_insert(DataError::LineTooLong);
+                self.after_crlf = prev == b'\r';
+                pos = next;
+                continue;
+            }
+            let line = &body[pos..next];
+            let was_after_crlf = std::mem::replace(&mut self.after_crlf, line.ends_with(b"\r\n"));
+            if line == b".\r\n" && was_after_crlf {
+                let end = match self.error {
+                    None => DataEnd::Ok,
+                    Some(e) => DataEnd::Refused(e),
+                };
+                return Some((end, next));
+            }
+            if line.len() > self.max_line {
+                self.error.get_or_insert(DataError::LineTooLong);
+            } else if let Some(e) = check_line(line) {
+                self.error.get_or_insert(e);
+            }
+            if self.error.is_none() {
+                let from = if line[0] == b'.' { pos + 1 } else { pos };
+                let len = next - from;
+                if self.out + len > self.max_size {
+                    self.error = Some(DataError::TooBig);
+                } else {
+                    if from != self.out {
+                        body.copy_within(from..next, self.out);
+                    }
+                    self.out += len;
+                }
+            }
+            pos = next;
+        }
+        let len = body.len();
+        if len == pos {
+            self.line_start = None;
         } else {
-            self.last
-        };
-        self.last = b'\n';
-        self.line_start = None;
-        if self.too_long || self.partial.len() + bytes.len() > self.max_line {
-            self.too_long = false;
-            self.partial.clear();
-            self.received += self.max_line;
-            self.error.get_or_insert(DataError::LineTooLong);
-            self.after_crlf = prev == b'\r';
-            return None;
+            self.line_start.get_or_insert_with(Instant::now);
+            self.last = body[len - 1];
+            if self.too_long || len - pos > self.max_line {
+                self.too_long = true;
+                pos = len;
+            }
         }
-        if self.partial.is_empty() {
-            return self.line(bytes);
+        if pos != self.out {
+            body.copy_within(pos..len, self.out);
         }
-        let mut whole = std::mem::take(&mut self.partial);
-        whole.extend_from_slice(bytes);
-        let end = self.line(&whole);
-        whole.clear();
-        self.partial = whole;
-        end
-    }
-
-    /// One complete line, with its LF.
-    fn line(&mut self, line: &[u8]) -> Option<DataEnd> {
-        self.received += line.len();
-        let was_after_crlf = std::mem::replace(&mut self.after_crlf, line.ends_with(b"\r\n"));
-        if line == b".\r\n" && was_after_crlf {
-            return Some(match self.error {
-                None => DataEnd::Ok,
-                Some(e) => DataEnd::Refused(e),
-            });
-        }
-        if let Some(e) = check_line(line) {
-            self.error.get_or_insert(e);
-        }
-        if self.error.is_some() {
-            return None;
-        }
-        let content: &[u8] = line.strip_prefix(b".").unwrap_or(line);
-        if self.body.len() + content.len() > self.max_size {
-            self.error = Some(DataError::TooBig);
-            return None;
-        }
-        self.body.extend_from_slice(content);
+        body.truncate(self.out + (len - pos));
         None
     }
+}
+
+/// Whether no line of `lines` (complete lines) is longer than `max`, proven cheaply: if every
+/// block of max/2 bytes holds a line end, no line can span max bytes. `false` means "maybe";
+/// the caller then measures each line.
+fn lines_within(lines: &[u8], max: usize) -> bool {
+    let block = max / 2;
+    block > 0
+        && lines
+            .chunks(block)
+            .all(|c| memchr::memchr(b'\n', c).is_some())
 }
 
 /// Checks a complete BDAT message (no dot-stuffing there, same line rules).
@@ -282,7 +298,6 @@ pub fn count_received(msg: &[u8]) -> usize {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use tokio::io::BufReader;
 
     fn lim() -> DataLimits {
         DataLimits {
@@ -295,9 +310,13 @@ mod tests {
 
     async fn run(input: &[u8]) -> (DataEnd, Vec<u8>, Vec<u8>) {
         let mut results = Vec::new();
-        // Whole input in one read, and lines cut across tiny reads: the same result.
-        for capacity in [8192, 1, 2, 3, 7] {
-            let mut r = BufReader::with_capacity(capacity, input);
+        // Whole input in one read, and lines cut across tiny reads (some of them already in
+        // the command reader's buffer): the same result.
+        for (capacity, step) in [(8192, 1 << 20), (1, 1), (2, 3), (3, 2), (7, 7), (5, 8192)] {
+            let trickle = crate::net::Trickle { data: input, step };
+            let mut r = BufReader::with_capacity(capacity, Rewind::new(trickle));
+            // What a command reader would have read ahead before DATA began.
+            r.fill_buf().await.unwrap();
             let mut body = Vec::new();
             let end = read_data(&mut r, &mut body, &lim()).await;
             let mut rest = Vec::new();

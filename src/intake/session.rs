@@ -6,7 +6,7 @@ use super::data::{check_bdat, count_received, read_data, DataEnd, DataLimits};
 use super::Shared;
 use crate::config::{ClientCert, StartTls};
 use crate::message::{new_queue_id, now_ms, Envelope, Recipient, Ret, State};
-use crate::net::{read_line, BoxStream, Line};
+use crate::net::{read_line, BoxStream, Line, Rewind};
 use crate::policy::{parse_path, RcptDecision};
 use crate::reply::Reply;
 use std::net::SocketAddr;
@@ -22,6 +22,8 @@ struct Transaction {
     envid: Option<String>,
     eight_bit: bool,
     smtputf8: bool,
+    /// The client's SIZE= estimate, to allocate the message buffer once.
+    size: Option<usize>,
     recipients: Vec<Recipient>,
     /// The message being received: our Received header, then the client's bytes (BDAT
     /// chunks so far). One buffer from intake to the spool and the first delivery.
@@ -32,7 +34,7 @@ struct Transaction {
 }
 
 pub struct Session {
-    r: BufReader<BoxStream>,
+    r: BufReader<Rewind<BoxStream>>,
     out: Vec<u8>,
     shared: Arc<Shared>,
     peer: SocketAddr,
@@ -64,8 +66,8 @@ impl Session {
         ip_authorized: bool,
     ) -> Session {
         Session {
-            // Small: thousands of idle sessions each hold one; DATA lines are copied out anyway.
-            r: BufReader::with_capacity(4 * 1024, stream),
+            // Small: thousands of idle sessions each hold one; DATA is read around it.
+            r: BufReader::with_capacity(4 * 1024, Rewind::new(stream)),
             out: Vec::with_capacity(1024),
             shared,
             peer,
@@ -377,6 +379,7 @@ impl Session {
             envid: m.envid,
             eight_bit: m.eight_bit,
             smtputf8: m.smtputf8,
+            size: m.size,
             ..Transaction::default()
         };
         tracing::debug!(client = %self.peer, from = %tx.mail_from.as_deref().unwrap_or(""), "MAIL");
@@ -642,15 +645,26 @@ impl Session {
     fn begin_content(&self) -> (String, Vec<u8>, usize) {
         let id = new_queue_id();
         let header = self.received_header(&id, &self.tx);
-        let mut buf = Vec::with_capacity(header.len() + 8 * 1024);
+        // Room for the declared size (a little over: it is an estimate), or for the first
+        // DATA read (see read_data); accept_message gives back what is left. A declared size
+        // counts up to 1 MiB only: it is the client's word, and nothing is received yet.
+        let room = match self.tx.size {
+            Some(n) => (n.min(1 << 20) + n.min(1 << 20) / 16).max(4096),
+            None => super::data::READ_BLOCK,
+        };
+        let mut buf = Vec::with_capacity(header.len() + room);
         buf.extend_from_slice(header.as_bytes());
         (id, buf, header.len())
     }
 
     /// Loop check, durable store, then 250. `msg` is our Received header (`hl` bytes) and
     /// the client's content.
-    async fn accept_message(&mut self, id: String, msg: Vec<u8>, hl: usize) {
+    async fn accept_message(&mut self, id: String, mut msg: Vec<u8>, hl: usize) {
         let started = std::time::Instant::now();
+        // The message stays in memory until its first delivery: not with a read block's slack.
+        if msg.capacity() - msg.len() > 4096 {
+            msg.shrink_to_fit();
+        }
         let tx = std::mem::take(&mut self.tx);
         let hops = count_received(&msg[hl..]);
         if hops >= self.shared.limits.hop_count_limit {
@@ -776,9 +790,9 @@ impl Session {
         // into_inner drops any command pipelined after STARTTLS (RFC 3207 §4.2, CVE-2011-0411).
         let r = std::mem::replace(
             &mut self.r,
-            BufReader::new(Box::new(tokio::io::empty()) as BoxStream),
+            BufReader::new(Rewind::new(Box::new(tokio::io::empty()) as BoxStream)),
         );
-        let plain = r.into_inner();
+        let plain = r.into_inner().into_inner();
         let acceptor = tokio_rustls::TlsAcceptor::from(cfg);
         let tls =
             match tokio::time::timeout(self.shared.limits.timeout, acceptor.accept(plain)).await {
@@ -820,7 +834,7 @@ impl Session {
         }
         tracing::info!(client = %self.peer, tls = %desc, client_dn = self.client_dn.as_deref().unwrap_or("-"), "TLS established");
         self.tls = Some(desc);
-        self.r = BufReader::with_capacity(4 * 1024, Box::new(tls) as BoxStream);
+        self.r = BufReader::with_capacity(4 * 1024, Rewind::new(Box::new(tls) as BoxStream));
         self.helo = None;
         self.esmtp = false;
         self.tx = Transaction::default();

@@ -178,6 +178,14 @@ fn fsync_dir(dir: &Path) -> io::Result<()> {
 }
 
 fn encode(kind: u8, payload_parts: &[&[u8]], out: &mut Vec<u8>) {
+    encode_header(kind, payload_parts, out);
+    for p in payload_parts {
+        out.extend_from_slice(p);
+    }
+}
+
+/// The record header for a payload made of `payload_parts` (their length and CRC).
+fn encode_header(kind: u8, payload_parts: &[&[u8]], out: &mut Vec<u8>) {
     let len: usize = payload_parts.iter().map(|p| p.len()).sum();
     let mut crc = crc32fast::Hasher::new();
     for p in payload_parts {
@@ -187,9 +195,22 @@ fn encode(kind: u8, payload_parts: &[&[u8]], out: &mut Vec<u8>) {
     out.extend_from_slice(&[kind, 0, 0, 0]);
     out.extend_from_slice(&(len as u32).to_le_bytes());
     out.extend_from_slice(&crc.finalize().to_le_bytes());
-    for p in payload_parts {
-        out.extend_from_slice(p);
+}
+
+/// Writes `bufs` whole with writev, IOV_MAX slices at a time (std's `write_all_vectored`
+/// is not stable yet).
+fn write_all_vectored(mut f: &File, mut bufs: &mut [io::IoSlice<'_>]) -> io::Result<()> {
+    const IOV_MAX: usize = 1024;
+    while !bufs.is_empty() {
+        let n = bufs.len().min(IOV_MAX);
+        match f.write_vectored(&bufs[..n]) {
+            Ok(0) => return Err(io::ErrorKind::WriteZero.into()),
+            Ok(written) => io::IoSlice::advance_slices(&mut bufs, written),
+            Err(e) if e.kind() == io::ErrorKind::Interrupted => {}
+            Err(e) => return Err(e),
+        }
     }
+    Ok(())
 }
 
 #[derive(serde::Serialize, serde::Deserialize)]
@@ -787,6 +808,10 @@ impl Writer {
         buf.clear();
         let start = self.size;
         let mut locs = Vec::with_capacity(batch.len());
+        // Bodies are written from where they lie (writev), not copied into `buf`: each is
+        // preceded by the part of `buf` up to its mark.
+        let mut bodies: Vec<(usize, &[u8])> = Vec::new();
+        let mut written = 0u64;
         for op in &batch {
             match op {
                 Op::Store {
@@ -798,8 +823,13 @@ impl Writer {
                     let el = (envelope.len() as u32).to_le_bytes();
                     let sl = (state.len() as u32).to_le_bytes();
                     let parts: [&[u8]; 5] = [&el, envelope, &sl, state, body.as_slice()];
-                    let rec_start = start + buf.len() as u64;
-                    encode(KIND_STORE, &parts, buf);
+                    let rec_start = start + buf.len() as u64 + written;
+                    encode_header(KIND_STORE, &parts, buf);
+                    for p in &parts[..4] {
+                        buf.extend_from_slice(p);
+                    }
+                    bodies.push((buf.len(), body.as_slice()));
+                    written += body.len() as u64;
                     let body_len = body.len();
                     let body_off = rec_start + (HEADER + 8 + envelope.len() + state.len()) as u64;
                     locs.push(Some(BodyLoc {
@@ -818,14 +848,25 @@ impl Writer {
                 }
             }
         }
-        let result = (&*self.file).write_all(buf).map_err(|e| e.to_string());
+        let mut slices = Vec::with_capacity(2 * bodies.len() + 1);
+        let mut from = 0;
+        for (mark, body) in &bodies {
+            slices.push(io::IoSlice::new(&buf[from..*mark]));
+            slices.push(io::IoSlice::new(body));
+            from = *mark;
+        }
+        slices.push(io::IoSlice::new(&buf[from..]));
+        slices.retain(|s| !s.is_empty());
+        let result = write_all_vectored(&self.file, &mut slices).map_err(|e| e.to_string());
+        drop(slices);
+        drop(bodies);
         if let Err(e) = &result {
             tracing::error!(error = %e, "spool: write failed; batch refused");
             // Drop whatever part of the batch reached the file: it was never acknowledged.
             let _ = self.file.set_len(start);
             let _ = (&*self.file).seek(SeekFrom::End(0));
         } else {
-            self.size += buf.len() as u64;
+            self.size += buf.len() as u64 + written;
         }
         let mut job = SyncJob {
             file: self.file.clone(),
