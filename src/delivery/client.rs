@@ -360,13 +360,17 @@ impl Client {
             c.push_str("\r\n");
             cmds.push(c);
         }
-        // RFC 2920: MAIL and every RCPT in one write when the server pipelines.
+        // RFC 2920: MAIL, every RCPT and DATA in one write when the server pipelines (DATA
+        // may end a group): one round trip before the content instead of two.
+        let mut data_reply = None;
         let replies = if self.caps.pipelining {
+            cmds.push("DATA\r\n".into());
             self.write(cmds.concat().as_bytes()).await?;
             let mut v = Vec::with_capacity(cmds.len());
             for _ in 0..cmds.len() {
                 v.push(self.read_reply().await?);
             }
+            data_reply = v.pop();
             v
         } else {
             let mut v = Vec::with_capacity(cmds.len());
@@ -382,7 +386,7 @@ impl Client {
         };
         let mail_reply = &replies[0];
         if !mail_reply.is_positive() {
-            let _ = self.command("RSET\r\n").await;
+            self.abandon(data_reply.as_ref()).await;
             return Err(SessionError::Refused(self.peer.clone(), mail_reply.clone()));
         }
         let mut out = Vec::with_capacity(rcpts.len());
@@ -396,10 +400,13 @@ impl Client {
             }
         }
         if accepted.is_empty() {
-            let _ = self.command("RSET\r\n").await;
+            self.abandon(data_reply.as_ref()).await;
             return Ok(out);
         }
-        let r = self.command("DATA\r\n").await?;
+        let r = match data_reply {
+            Some(r) => r,
+            None => self.command("DATA\r\n").await?,
+        };
         if r.code != 354 {
             let _ = self.command("RSET\r\n").await;
             for idx in accepted {
@@ -420,6 +427,16 @@ impl Client {
             out.push((idx, self.outcome(&r)));
         }
         Ok(out)
+    }
+
+    /// Ends a transaction that will carry no message. A server that answered a pipelined
+    /// DATA with 354 although no recipient was accepted gets an empty content first (RFC
+    /// 2920 §3.1); its reply to that is of no use.
+    async fn abandon(&mut self, data_reply: Option<&Reply>) {
+        if data_reply.is_some_and(|r| r.code == 354) {
+            let _ = self.command(".\r\n").await;
+        }
+        let _ = self.command("RSET\r\n").await;
     }
 
     fn outcome(&self, r: &Reply) -> RcptOutcome {

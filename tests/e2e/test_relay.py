@@ -342,6 +342,12 @@ class QueueTests(RelayTestCase):
         self.assertEqual(self.pa.count(), 0)
         self.assertEqual(self.pb.count(), 0, "a DSN was sent for a null-sender message")
         self.assertTrue(self.gw.running())
+        # MAIL, RCPT and DATA went in one pipelined group; with no recipient accepted the
+        # transaction was abandoned cleanly and the cached connection still carries mail.
+        self.send_direct(simple_message("after the refusal"), to=[MSS_RCPT])
+        meta, eml = self.pa.wait_messages(1, 15)[0]
+        self.assertEqual(rcpts(meta), [MSS_RCPT])
+        self.assertIn(b"after the refusal", eml)
 
     def test_d4_delay_warning_then_delivery(self):
         """delay_warning: one 'delayed' DSN while the next hop is down, then normal delivery."""
