@@ -6,8 +6,9 @@
 //! batch to the syncer, which issues one `fdatasync` covering everything written so far and
 //! only then acknowledges the stored messages. While it syncs, the writer keeps appending, so
 //! many messages share one flush. Updates and removals are acknowledged once written: a written
-//! record survives the process being killed, and the next flush makes it durable (losing one
-//! to a power cut costs a duplicate delivery, never a message).
+//! record survives the process being killed, and the next flush of a store (or the kernel's
+//! writeback) makes it durable: losing one to a power cut costs a duplicate delivery, never a
+//! message, so they do not pay for an fdatasync of their own.
 //!
 //! Layout: `SPOOL/queue/NNNNNNNNNNNNNNNNNNNN.seg`, each a sequence of records
 //! `magic "PSR1" | kind u8 | 3 zero bytes | len u32 LE | crc32 u32 LE | payload`.
@@ -797,11 +798,13 @@ impl Writer {
             }
             self.collect_garbage();
         }
-        // Let the syncer acknowledge what is pending before the lock is released.
+        // Let the syncer acknowledge what is pending before the lock is released, and make
+        // the last updates and removals durable too.
         drop(sync_tx);
         if let Ok(t) = sync_thread {
             let _ = t.join();
         }
+        let _ = self.file.sync_data();
     }
 
     fn write_batch(&mut self, batch: Vec<Op>, buf: &mut Vec<u8>, sync: &mpsc::Sender<SyncJob>) {
@@ -900,8 +903,10 @@ impl Writer {
                 }
             }
         }
-        if result.is_ok() {
-            // Sent even without stores: the flush also makes updates and removals durable.
+        // Only stores wait for a flush. A batch of updates and removals alone is not flushed
+        // for its own sake (that was one fdatasync per delivered message under load): the
+        // next store's flush, or the kernel's writeback, makes it durable.
+        if result.is_ok() && !job.stores.is_empty() {
             if let Err(mpsc::SendError(job)) = sync.send(job) {
                 for (done, _) in job.stores {
                     let _ = done.send(Err("spool sync thread stopped".into()));
