@@ -71,6 +71,11 @@ struct Args {
     #[arg(long = "data-reply", value_name = "CODE TEXT", value_parser = parse_reply_arg)]
     data_reply: Option<Reply>,
 
+    /// Do not store messages: count them, printing `mesg=N` on stdout after each (a fast
+    /// sink for benchmarks). Nothing is written to --dir.
+    #[arg(long)]
+    discard: bool,
+
     /// Append one line per event to this file.
     #[arg(long, value_name = "FILE")]
     log: Option<PathBuf>,
@@ -116,6 +121,7 @@ async fn run(args: Args) -> i32 {
         _ => None,
     };
     let store = match Store::open(&args.dir) {
+        Ok(s) if args.discard => s.discarding(),
         Ok(s) => s,
         Err(e) => fail(&format!("cannot use --dir {}: {e}", args.dir.display())),
     };

@@ -31,6 +31,8 @@ pub struct Store {
     dir: PathBuf,
     /// Last number handed out (or found in the directory at startup).
     last: AtomicU64,
+    /// Count messages without writing them (benchmarks: a sink that is not the limit).
+    discard: bool,
 }
 
 /// `123.eml` / `123.json` -> 123.
@@ -59,11 +61,24 @@ impl Store {
         Ok(Store {
             dir: dir.to_path_buf(),
             last: AtomicU64::new(max),
+            discard: false,
         })
+    }
+
+    /// A store that only counts: each message prints `mesg=N` on stdout (as `smtp-sink -c`).
+    pub fn discarding(mut self) -> Store {
+        self.discard = true;
+        self
     }
 
     /// Writes the message then its envelope; returns the message number.
     pub async fn save(&self, body: &[u8], envelope: &Envelope<'_>) -> io::Result<u64> {
+        if self.discard {
+            let n = self.last.fetch_add(1, Ordering::SeqCst) + 1;
+            use std::io::Write;
+            let _ = writeln!(std::io::stdout().lock(), "mesg={n}");
+            return Ok(n);
+        }
         let mut json = serde_json::to_vec_pretty(envelope).map_err(io::Error::other)?;
         json.push(b'\n');
         // create_new: never clobber a file written by someone else sharing the dir.
