@@ -224,13 +224,21 @@ impl Client {
         self.write_parts(&[data]).await
     }
 
-    /// Writes `parts` one after the other, then flushes (one timeout for all).
+    /// Writes `parts` one after the other, gathered (writev: a message and its terminator
+    /// leave in one segment, so the peer wakes once), then flushes; one timeout for all.
     async fn write_parts(&mut self, parts: &[&[u8]]) -> Result<(), SessionError> {
         let peer = &self.peer;
         let w = self.r.get_mut();
+        let mut slices: Vec<std::io::IoSlice<'_>> =
+            parts.iter().map(|p| std::io::IoSlice::new(p)).collect();
         tokio::time::timeout(self.command_timeout, async {
-            for p in parts {
-                w.write_all(p).await?;
+            let mut rest = &mut slices[..];
+            while !rest.is_empty() {
+                let n = w.write_vectored(rest).await?;
+                if n == 0 {
+                    return Err(std::io::ErrorKind::WriteZero.into());
+                }
+                std::io::IoSlice::advance_slices(&mut rest, n);
             }
             w.flush().await
         })

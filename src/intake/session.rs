@@ -645,12 +645,13 @@ impl Session {
     fn begin_content(&self) -> (String, Vec<u8>, usize) {
         let id = new_queue_id();
         let header = self.received_header(&id, &self.tx);
-        // Room for the declared size (a little over: it is an estimate), or for the first
-        // DATA read (see read_data); accept_message gives back what is left. A declared size
-        // counts up to 1 MiB only: it is the client's word, and nothing is received yet.
+        // Room for the declared size (a little over: it is an estimate), or for two DATA
+        // reads (see read_data: most messages then never move); accept_message gives back
+        // what is left. A declared size counts up to 1 MiB only: it is the client's word, and
+        // nothing is received yet.
         let room = match self.tx.size {
             Some(n) => (n.min(1 << 20) + n.min(1 << 20) / 16).max(4096),
-            None => super::data::READ_BLOCK,
+            None => 2 * super::data::READ_BLOCK,
         };
         let mut buf = Vec::with_capacity(header.len() + room);
         buf.extend_from_slice(header.as_bytes());
