@@ -206,6 +206,7 @@ class TlsPeer:
             opts.update(client_ca=p["ca"], require_client_cert=True)
         self.peer = H.Peer(tmp, name=name, **opts)
         self.port = self.peer.port
+        self.proc = self.peer.proc
         self.dir = self.peer.dir
         self.counter = PeerCounter(self.dir)
         self.count = self.counter.count

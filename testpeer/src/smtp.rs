@@ -320,26 +320,81 @@ impl<S: AsyncRead + AsyncWrite + Unpin> Conn<S> {
 
     /// DATA body up to `CRLF.CRLF`, dot-unstuffed. Returns (body, its size);
     /// body is None when larger than MAX_MESSAGE_SIZE.
+    ///
+    /// Lines are cut out of the read buffer in place (a line split between reads is carried
+    /// over), so a long message costs a few reads rather than an allocation and a timer per
+    /// line: the peer is a benchmark sink too, and must not be the slowest party.
     async fn read_data(&mut self) -> io::Result<(Option<Vec<u8>>, usize)> {
         let mut decoder = DotDecoder::new();
         let mut body = Vec::new();
+        let mut carry: Vec<u8> = Vec::new();
         let (mut total, mut too_big) = (0usize, false);
+        self.flush().await?;
         loop {
-            let piece = self.read_piece(DATA_PIECE).await?;
-            if piece.is_empty() {
+            let buf = tokio::time::timeout(READ_TIMEOUT, self.io.fill_buf())
+                .await
+                .map_err(|_| timed_out())??;
+            if buf.is_empty() {
                 return Err(eof());
             }
-            let before = body.len();
-            if decoder.feed(&piece, &mut body) {
-                break;
+            let mut used = 0;
+            let mut done = false;
+            while used < buf.len() {
+                let Some(i) = memchr::memchr(b'\n', &buf[used..]) else {
+                    // A line continued in the next read; very long ones go in pieces.
+                    carry.extend_from_slice(&buf[used..]);
+                    used = buf.len();
+                    if carry.len() as u64 >= DATA_PIECE {
+                        let piece = std::mem::take(&mut carry);
+                        Self::feed(&mut decoder, &piece, &mut body, &mut total, &mut too_big);
+                    }
+                    break;
+                };
+                let end = used + i + 1;
+                let finished = if carry.is_empty() {
+                    Self::feed(
+                        &mut decoder,
+                        &buf[used..end],
+                        &mut body,
+                        &mut total,
+                        &mut too_big,
+                    )
+                } else {
+                    carry.extend_from_slice(&buf[used..end]);
+                    let piece = std::mem::take(&mut carry);
+                    Self::feed(&mut decoder, &piece, &mut body, &mut total, &mut too_big)
+                };
+                used = end;
+                if finished {
+                    done = true;
+                    break;
+                }
             }
-            total += body.len() - before;
-            if body.len() > MAX_MESSAGE_SIZE {
-                too_big = true;
-                body = Vec::new();
+            self.io.consume(used);
+            if done {
+                return Ok(((!too_big).then_some(body), total));
             }
         }
-        Ok(((!too_big).then_some(body), total))
+    }
+
+    /// One piece of DATA through the decoder; true at the final `.` line.
+    fn feed(
+        decoder: &mut DotDecoder,
+        piece: &[u8],
+        body: &mut Vec<u8>,
+        total: &mut usize,
+        too_big: &mut bool,
+    ) -> bool {
+        let before = body.len();
+        if decoder.feed(piece, body) {
+            return true;
+        }
+        *total += body.len() - before;
+        if body.len() > MAX_MESSAGE_SIZE {
+            *too_big = true;
+            *body = Vec::new();
+        }
+        false
     }
 
     /// Reads a BDAT chunk of `size` bytes; stored in `into` only if `keep`.
