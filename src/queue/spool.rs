@@ -592,7 +592,7 @@ impl Spool {
         let head = counts.keys().next_back().map_or(1, |n| n + 1);
         let oldest = Arc::new(AtomicU64::new(head));
         let head_n = Arc::new(AtomicU64::new(head));
-        let mut writer = Writer::new(
+        let writer = Writer::new(
             qdir.clone(),
             head,
             counts,
@@ -600,7 +600,8 @@ impl Spool {
             oldest.clone(),
             head_n.clone(),
         )?;
-        writer.collect_garbage();
+        // Finished segments left from before are deleted by the writer's reaper once it runs,
+        // not here: startup (and the listeners) need not wait for them.
         let (tx, rx) = mpsc::channel();
         std::thread::Builder::new()
             .name("spool-writer".into())
@@ -824,6 +825,7 @@ impl Writer {
                 tracing::warn!(error = %e, "spool: no reaper thread; segments deleted inline")
             }
         }
+        self.collect_garbage();
         while let Ok(first) = rx.recv() {
             let mut batch = vec![first];
             while batch.len() < MAX_BATCH {
@@ -1163,7 +1165,14 @@ mod tests {
         std::thread::sleep(std::time::Duration::from_millis(50));
         let (_s, msgs, _) = Spool::open(dir.path()).unwrap();
         assert!(msgs.is_empty());
-        // Only the fresh head segment remains.
-        assert_eq!(list_segments(&dir.path().join("queue")).unwrap().len(), 1);
+        // Only the fresh head segment remains (the old one goes in the background).
+        let queue = dir.path().join("queue");
+        for _ in 0..200 {
+            if list_segments(&queue).unwrap().len() == 1 {
+                break;
+            }
+            std::thread::sleep(std::time::Duration::from_millis(10));
+        }
+        assert_eq!(list_segments(&queue).unwrap().len(), 1);
     }
 }
