@@ -12,7 +12,8 @@ fuzz_target!(|data: &[u8]| {
     let mut n = 0;
     for e in extract.iter() {
         n += 1;
-        let address = e.field(1).unwrap_or_default();
+        // The address column is found by its name in the header, not by position.
+        let address = e.address.as_str();
         assert!(
             extract.lookup(address).is_some_and(|v| !v.is_empty()),
             "{address:?} kept but not found"

@@ -883,6 +883,23 @@ mod tests {
     }
 
     #[test]
+    fn address_column_found_by_name() {
+        // A header with the first two columns' names moved (as the fuzzer wrote it): the
+        // address is read from the column named "Adresse BAL", wherever it is.
+        let mut cols = COLUMNS.map(str::to_string);
+        cols.swap(1, 2);
+        let mut line: Vec<String> = (0..COLUMNS.len()).map(|c| format!("v{c}")).collect();
+        line[0] = "PER".into();
+        line[2] = "dr.moved@chu.mssante.fr".into();
+        let text = format!("{}\n{}\n", cols.join("|"), line.join("|"));
+        let (ex, report) = Extract::parse(Cursor::new(text), "m.txt").unwrap();
+        assert!(report.bad_lines.is_empty(), "{:?}", report.bad_lines);
+        let e = &ex.lookup("dr.moved@chu.mssante.fr").unwrap()[0];
+        assert_eq!(e.address, "dr.moved@chu.mssante.fr");
+        assert_eq!(e.field(2), Some("dr.moved@chu.mssante.fr"));
+    }
+
+    #[test]
     fn header_checks() {
         // Wrong column count.
         let e = Extract::parse(Cursor::new("Type de BAL|Adresse BAL|X\na|b@c|d\n"), "h.txt")
