@@ -177,8 +177,23 @@ fn match_owner(dir: &Path, file: &File) {
 /// Deletes a finished segment, shrinking it a few MiB at a time first. Freeing 64 MiB in
 /// one unlink took ext4 ~95 ms (more with online discard), and the syncer's fdatasync waited
 /// for all of it: every 250 stalled. In steps, a flush waits for one step at most.
+///
+/// The segment is first renamed out of the queue's sight (`.del`): a crash in the middle
+/// must not leave a cut `.seg` that recovery would take for corruption. Leftover `.del` files
+/// are deleted at the next start.
 fn remove_segment(path: &Path) {
     const STEP: u64 = 2 << 20;
+    let doomed = path.with_extension("del");
+    let path = if path.extension().is_some_and(|e| e == "del") {
+        path.to_path_buf()
+    } else {
+        match fs::rename(path, &doomed) {
+            Ok(()) => doomed,
+            Err(e) if e.kind() == io::ErrorKind::NotFound => return,
+            Err(_) => path.to_path_buf(), // delete it where it is
+        }
+    };
+    let path = path.as_path();
     if let Ok(f) = OpenOptions::new().write(true).open(path) {
         let mut len = f.metadata().map(|m| m.len()).unwrap_or(0);
         while len > STEP {
@@ -825,6 +840,20 @@ impl Writer {
                 tracing::warn!(error = %e, "spool: no reaper thread; segments deleted inline")
             }
         }
+        // Segments whose deletion a crash interrupted.
+        if let Ok(dir) = fs::read_dir(&self.dir) {
+            for e in dir.flatten() {
+                let p = e.path();
+                if p.extension().is_some_and(|x| x == "del") {
+                    match &self.reaper {
+                        Some(r) => {
+                            let _ = r.send(p);
+                        }
+                        None => remove_segment(&p),
+                    }
+                }
+            }
+        }
         self.collect_garbage();
         while let Ok(first) = rx.recv() {
             let mut batch = vec![first];
@@ -1163,10 +1192,12 @@ mod tests {
             spool.remove("A", l).await.unwrap();
         }
         std::thread::sleep(std::time::Duration::from_millis(50));
+        // A deletion a crash interrupted: renamed out of the queue, partly cut.
+        let queue = dir.path().join("queue");
+        std::fs::write(queue.join("00000000000000000000.del"), b"PSR1\x01cut").unwrap();
         let (_s, msgs, _) = Spool::open(dir.path()).unwrap();
         assert!(msgs.is_empty());
         // Only the fresh head segment remains (the old one goes in the background).
-        let queue = dir.path().join("queue");
         for _ in 0..200 {
             if list_segments(&queue).unwrap().len() == 1 {
                 break;
@@ -1174,5 +1205,8 @@ mod tests {
             std::thread::sleep(std::time::Duration::from_millis(10));
         }
         assert_eq!(list_segments(&queue).unwrap().len(), 1);
+        assert!(!queue.join("00000000000000000000.del").exists());
+        let left: Vec<_> = std::fs::read_dir(&queue).unwrap().flatten().collect();
+        assert_eq!(left.len(), 1, "{left:?}");
     }
 }
