@@ -232,7 +232,7 @@ mod plain_tests {
             if !bad.ends_with(b"\n") {
                 continue; // an unfinished last line is only a fault at the end
             }
-            // The same fault deep inside a long text (the vector blocks, then the tail).
+            // The same fault deep inside a longer text, at several offsets.
             for at in [0, 31, 32, 33, 64, 100] {
                 let mut t = "x".repeat(at).into_bytes();
                 t.extend_from_slice(b"\r\n");

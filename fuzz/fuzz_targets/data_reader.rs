@@ -5,8 +5,9 @@
 #![no_main]
 
 use libfuzzer_sys::fuzz_target;
-use passerelle::delivery::client::{dot_stuff, is_clean_unstuffed};
+use passerelle::delivery::client::dot_stuff;
 use passerelle::intake::data::{check_bdat, count_received, read_data, DataEnd, DataLimits};
+use passerelle::message::plain_lines;
 use passerelle::net::{Rewind, Trickle};
 use std::sync::OnceLock;
 use std::time::Duration;
@@ -128,7 +129,10 @@ fuzz_target!(|data: &[u8]| {
             && !l.contains(&0)
             && l[0] != b'.'
     });
-    assert_eq!(is_clean_unstuffed(data), model_clean);
+    assert_eq!(plain_lines(data), model_clean);
+    if model_clean {
+        assert_eq!(dot_stuff(data), [data, b".\r\n"].concat());
+    }
 
     // Whatever the input, the client never sends a bare CR or LF.
     if !data.contains(&0) {

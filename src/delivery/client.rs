@@ -422,7 +422,7 @@ impl Client {
             }
             return Ok(out);
         }
-        if is_clean_unstuffed(body) {
+        if crate::message::plain_lines(body) {
             // Nearly every message: it goes out as stored, without a copy.
             self.write_parts(&[body, b".\r\n"]).await?;
         } else {
@@ -535,15 +535,11 @@ pub fn xtext(s: &str) -> String {
 
 /// Dot-stuffs a message and appends the terminator. Line ends are forced to CRLF: a bare CR
 /// or LF never leaves this gateway (intake refuses them, so stored mail is already clean and
-/// passes through unchanged). `send` skips this copy for a clean message
-/// (`is_clean_unstuffed`), so the two must agree: the fuzz target checks it.
+/// passes through unchanged). `send` skips this copy for a message that
+/// `message::plain_lines` accepts, so for those the output must be the message and its
+/// terminator: the fuzz target checks it.
 pub fn dot_stuff(body: &[u8]) -> Vec<u8> {
     let mut out = Vec::with_capacity(body.len() + body.len() / 64 + 8);
-    if is_clean_unstuffed(body) {
-        out.extend_from_slice(body);
-        out.extend_from_slice(b".\r\n");
-        return out;
-    }
     let mut at_line_start = true;
     // Line by line: a clean CRLF line (nearly all of them) is copied whole; only a line with
     // a bare CR or LF goes through the byte-by-byte repair.
@@ -566,11 +562,6 @@ pub fn dot_stuff(body: &[u8]) -> Vec<u8> {
     }
     out.extend_from_slice(b".\r\n");
     out
-}
-
-/// Whether `body` can go out as it is (see [`crate::message::plain_lines`]).
-pub fn is_clean_unstuffed(body: &[u8]) -> bool {
-    crate::message::plain_lines(body)
 }
 
 /// The slow path of `dot_stuff` for one line holding a bare CR or LF, or the last line

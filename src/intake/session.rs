@@ -650,7 +650,10 @@ impl Session {
         // what is left. A declared size counts up to 1 MiB only: it is the client's word, and
         // nothing is received yet.
         let room = match self.tx.size {
-            Some(n) => (n.min(1 << 20) + n.min(1 << 20) / 16).max(4096),
+            Some(n) => {
+                let n = n.min(1 << 20);
+                (n + n / 16).max(4096)
+            }
             None => 2 * super::data::READ_BLOCK,
         };
         let mut buf = Vec::with_capacity(header.len() + room);

@@ -183,16 +183,15 @@ fn match_owner(dir: &Path, file: &File) {
 /// are deleted at the next start.
 fn remove_segment(path: &Path) {
     const STEP: u64 = 2 << 20;
-    let doomed = path.with_extension("del");
-    let path = if path.extension().is_some_and(|e| e == "del") {
-        path.to_path_buf()
-    } else {
-        match fs::rename(path, &doomed) {
-            Ok(()) => doomed,
+    let mut path = path.to_path_buf();
+    if path.extension().is_none_or(|e| e != "del") {
+        let doomed = path.with_extension("del");
+        match fs::rename(&path, &doomed) {
+            Ok(()) => path = doomed,
             Err(e) if e.kind() == io::ErrorKind::NotFound => return,
-            Err(_) => path.to_path_buf(), // delete it where it is
+            Err(_) => {} // delete it where it is
         }
-    };
+    }
     let path = path.as_path();
     if let Ok(f) = OpenOptions::new().write(true).open(path) {
         let mut len = f.metadata().map(|m| m.len()).unwrap_or(0);
@@ -845,12 +844,7 @@ impl Writer {
             for e in dir.flatten() {
                 let p = e.path();
                 if p.extension().is_some_and(|x| x == "del") {
-                    match &self.reaper {
-                        Some(r) => {
-                            let _ = r.send(p);
-                        }
-                        None => remove_segment(&p),
-                    }
+                    self.reap(p);
                 }
             }
         }
@@ -1012,6 +1006,18 @@ impl Writer {
         Ok(())
     }
 
+    /// Has a finished segment deleted: by the reaper thread, or here if there is none.
+    fn reap(&self, path: PathBuf) {
+        match &self.reaper {
+            Some(r) => {
+                if let Err(mpsc::SendError(path)) = r.send(path) {
+                    remove_segment(&path);
+                }
+            }
+            None => remove_segment(&path),
+        }
+    }
+
     /// Deletes empty segments from the oldest, stopping at the first one still in use.
     fn collect_garbage(&mut self) {
         while let Some((&seg, &count)) = self.counts.iter().next() {
@@ -1021,14 +1027,7 @@ impl Writer {
             let path = segment_path(&self.dir, seg);
             // A segment left behind (crash, error) holds only finished messages: recovery
             // replays it harmlessly and it is deleted again then.
-            match &self.reaper {
-                Some(r) => {
-                    if let Err(mpsc::SendError(path)) = r.send(path) {
-                        remove_segment(&path);
-                    }
-                }
-                None => remove_segment(&path),
-            }
+            self.reap(path);
             self.counts.remove(&seg);
         }
         if let Some(&first) = self.counts.keys().next() {
