@@ -102,8 +102,7 @@ struct Ava {
     /// Dotted OID (borrowed from [`ATTR_TYPES`] when known).
     oid: Cow<'static, str>,
     norm: Value,
-    /// For CN only (see [`Dn::cn`]): the value as decoded, escapes resolved,
-    /// case preserved. Empty for other types (saves allocations).
+    /// The value as decoded, escapes resolved, case preserved (`#hex` for a non-string value).
     raw: String,
 }
 
@@ -126,22 +125,79 @@ impl Hash for Ava {
 }
 
 /// A distinguished name normalised for comparison (RFC 4517
-/// `distinguishedNameMatch`). RDNs are kept in RFC 4514 order, most specific
-/// first. Equality and hashing ignore the spelling of attribute types, case
-/// and insignificant spaces of values, escaping, and AVA order inside a
+/// `distinguishedNameMatch`), which also remembers how it was written. RDNs are kept in
+/// RFC 4514 order, most specific first. Equality and hashing ignore the spelling of attribute
+/// types, case and insignificant spaces of values, escaping, and AVA order inside a
 /// multi-valued RDN; RDN order is significant. Cloning is cheap.
-#[derive(Debug, Clone, PartialEq, Eq, Hash)]
+///
+/// It displays as written: the string it was parsed from, or for a certificate its RFC 4514
+/// form with the values as the certificate holds them. [`Dn::canonical`] is the form equal
+/// DNs share. One decoder serves both, so a certificate is never logged under one reading
+/// and compared under another.
+#[derive(Debug, Clone)]
 pub struct Dn {
     /// AVAs sorted by (rdn, type, value), deduplicated: each RDN is a set.
     avas: Arc<[Ava]>,
+    shown: Arc<str>,
+}
+
+impl PartialEq for Dn {
+    fn eq(&self, other: &Self) -> bool {
+        self.avas == other.avas
+    }
+}
+impl Eq for Dn {}
+impl Hash for Dn {
+    fn hash<H: Hasher>(&self, state: &mut H) {
+        self.avas.hash(state);
+    }
 }
 
 impl Dn {
-    fn from_avas(mut avas: Vec<Ava>) -> Dn {
+    fn from_avas(mut avas: Vec<Ava>, shown: Option<&str>) -> Dn {
         avas.sort_by(|a, b| a.key().cmp(&b.key()));
         avas.dedup();
-        Dn { avas: avas.into() }
+        let shown: Arc<str> = match shown {
+            Some(s) => s.into(),
+            None => written(&avas).into(),
+        };
+        Dn {
+            avas: avas.into(),
+            shown,
+        }
     }
+}
+
+/// `s` without its leading spaces and its trailing unescaped ones (`CN=x\ ` keeps its space).
+fn trim_unescaped(s: &str) -> &str {
+    let s = s.trim_start_matches(' ');
+    let mut end = s.trim_end_matches(' ').len();
+    let backslashes = s[..end].bytes().rev().take_while(|&b| b == b'\\').count();
+    if backslashes % 2 == 1 && end < s.len() {
+        end += 1;
+    }
+    &s[..end]
+}
+
+/// RFC 4514 form from the decoded values: what a certificate's subject says, escaped.
+fn written(avas: &[Ava]) -> String {
+    let mut out = String::new();
+    let mut prev: Option<u32> = None;
+    for ava in avas {
+        match prev {
+            None => {}
+            Some(r) if r == ava.rdn => out.push('+'),
+            Some(_) => out.push(','),
+        }
+        prev = Some(ava.rdn);
+        out.push_str(display_type(&ava.oid));
+        out.push('=');
+        match &ava.norm {
+            Value::Ber(_) => out.push_str(&ava.raw),
+            Value::Str(_) => out.push_str(&escape_value(&ava.raw)),
+        }
+    }
+    out
 }
 
 /// Canonical OID for a dotted string: borrowed when it is a known type.
@@ -468,8 +524,8 @@ impl<'a> DnParser<'a> {
         }
     }
 
-    /// Parse a value; the decoded string is returned only if `keep_raw`.
-    fn value(&mut self, keep_raw: bool) -> Result<(Value, String), DnError> {
+    /// Parse a value: its comparison form and its decoded text.
+    fn value(&mut self) -> Result<(Value, String), DnError> {
         self.skip_spaces();
         let start = self.i;
         match self.peek() {
@@ -550,12 +606,7 @@ impl<'a> DnParser<'a> {
                     let v = std::str::from_utf8(&self.s[start..vend])
                         .map_err(|_| DnError::InvalidUtf8 { offset: start })?;
                     self.i = end;
-                    let raw = if keep_raw {
-                        v.to_owned()
-                    } else {
-                        String::new()
-                    };
-                    return Ok((Value::Str(prepare(v)), raw));
+                    return Ok((Value::Str(prepare(v)), v.to_owned()));
                 }
                 let mut out = Vec::with_capacity(end - start + 16);
                 // Length of `out` up to the last escaped or non-space byte:
@@ -606,7 +657,7 @@ impl Dn {
             loop {
                 p.skip_spaces();
                 let oid = p.attr_type()?;
-                let (norm, raw) = p.value(oid == OID_CN)?;
+                let (norm, raw) = p.value()?;
                 avas.push(Ava {
                     rdn,
                     oid,
@@ -632,7 +683,7 @@ impl Dn {
                 Some(_) => return Err(p.err("expected ',' or '+'")),
             }
         }
-        Ok(Dn::from_avas(avas))
+        Ok(Dn::from_avas(avas, Some(trim_unescaped(s))))
     }
 
     /// Build from a certificate `Name` (ASN.1 order: least specific first);
@@ -649,7 +700,7 @@ impl Dn {
                 rdn.iter().map(move |attr| ava_from_x509(idx, attr))
             })
             .collect();
-        Dn::from_avas(avas)
+        Dn::from_avas(avas, None)
     }
 
     /// Subject DN of a DER certificate.
@@ -681,15 +732,12 @@ impl Dn {
 fn ava_from_x509(rdn: u32, attr: &AttributeTypeAndValue<'_>) -> Ava {
     let oid = canonical_oid(attr.attr_type().to_id_string());
     let any = attr.attr_value();
-    let (norm, mut raw) = value_from_tlv(
+    let (norm, raw) = value_from_tlv(
         any.class() as u8,
         any.header.is_constructed(),
         any.tag().0,
         any.data,
     );
-    if oid != OID_CN {
-        raw = String::new();
-    }
     Ava {
         rdn,
         oid,
@@ -698,40 +746,65 @@ fn ava_from_x509(rdn: u32, attr: &AttributeTypeAndValue<'_>) -> Ava {
     }
 }
 
-fn escape_value(s: &str, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+/// RFC 4514 §2.4 escaping of an attribute value: a backslash before `" + , ; < >` and
+/// backslash, before a leading `#` or space and a trailing space; control characters as hex
+/// pairs.
+pub fn escape_value(s: &str) -> String {
     let n = s.chars().count();
+    let mut out = String::with_capacity(s.len() + 4);
     for (i, c) in s.chars().enumerate() {
         match c {
-            '"' | '+' | ',' | ';' | '<' | '>' | '\\' => write!(f, "\\{c}")?,
-            '#' if i == 0 => f.write_str("\\#")?,
-            ' ' if i == 0 || i + 1 == n => f.write_str("\\ ")?,
-            '\0' => f.write_str("\\00")?,
-            _ => write!(f, "{c}")?,
+            '"' | '+' | ',' | ';' | '<' | '>' | '\\' => {
+                out.push('\\');
+                out.push(c);
+            }
+            '#' if i == 0 => out.push_str("\\#"),
+            ' ' if i == 0 || i + 1 == n => out.push_str("\\ "),
+            c if c.is_ascii_control() => out.push_str(&format!("\\{:02X}", c as u32)),
+            c => out.push(c),
         }
     }
-    Ok(())
+    out
 }
 
-impl fmt::Display for Dn {
-    /// Canonical RFC 4514 form: normalised values (case folded, spaces
-    /// collapsed), canonical type names, AVAs of an RDN sorted. Equal `Dn`s
-    /// display identically.
-    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+impl Dn {
+    /// The form every equal DN shares: normalised values (case folded, spaces collapsed),
+    /// canonical type names, AVAs of an RDN sorted.
+    pub fn canonical(&self) -> String {
+        let mut out = String::new();
         let mut prev: Option<u32> = None;
         for ava in self.avas.iter() {
             match prev {
                 None => {}
-                Some(r) if r == ava.rdn => f.write_str("+")?,
-                Some(_) => f.write_str(",")?,
+                Some(r) if r == ava.rdn => out.push('+'),
+                Some(_) => out.push(','),
             }
             prev = Some(ava.rdn);
-            write!(f, "{}=", display_type(&ava.oid))?;
+            out.push_str(display_type(&ava.oid));
+            out.push('=');
             match &ava.norm {
-                Value::Str(s) => escape_value(s, f)?,
-                Value::Ber(b) => write!(f, "#{}", hex(b))?,
+                Value::Str(s) => out.push_str(&escape_value(s)),
+                Value::Ber(b) => {
+                    out.push('#');
+                    out.push_str(&hex(b));
+                }
             }
         }
-        Ok(())
+        out
+    }
+
+    /// `(type, value)` pairs in RFC 4514 order, values as written (escapes resolved).
+    pub fn attributes(&self) -> impl Iterator<Item = (&str, &str)> {
+        self.avas
+            .iter()
+            .map(|a| (display_type(&a.oid), a.raw.as_str()))
+    }
+}
+
+impl fmt::Display for Dn {
+    /// As written (see [`Dn`]).
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(&self.shown)
     }
 }
 
@@ -742,6 +815,165 @@ impl std::str::FromStr for Dn {
     }
 }
 
-// ---------------------------------------------------------------------------
-// Tests
-// ---------------------------------------------------------------------------
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    const MIPIH: &str =
+        "CN=medimail-asip.mipih.fr,OU=318310021300028,O=GIP MIPIH,ST=Haute-Garonne (31),C=FR";
+
+    fn dn(s: &str) -> Dn {
+        Dn::parse_rfc4514(s).unwrap_or_else(|e| panic!("{s}: {e}"))
+    }
+
+    #[test]
+    fn dn_parsing_details() {
+        assert_eq!(dn("CN=a+O=b,C=FR"), dn("O=B + CN=A,C=fr"));
+        assert_eq!(dn("CN=caf\\C3\\A9"), dn("CN=CAFÉ"));
+        assert_eq!(dn("CN=a\\ b"), dn("CN=a b"));
+        assert_eq!(dn("CN=  a   b  "), dn("CN=a b"));
+        assert_eq!(dn("CN=a\tb"), dn("CN=a b"));
+        assert_eq!(dn("CN=\"x, y\""), dn("CN=x\\, y"));
+        assert_eq!(
+            dn("CN=a\\=b\\<\\>\\;\\\"\\\\\\+"),
+            dn("CN=A=b\\3C\\3E\\3B\\22\\5C\\2B")
+        );
+        assert_eq!(dn("emailAddress=x@y.fr"), dn("E=X@Y.FR"));
+        assert_eq!(dn("1.2.840.113549.1.9.1=x@y.fr"), dn("E=X@Y.FR"));
+        assert_eq!(
+            dn("UID=u,DC=example,DC=fr"),
+            dn("userid=U,dc=EXAMPLE,domainComponent=FR")
+        );
+        assert_eq!(dn("SERIALNUMBER=123"), dn("2.5.4.5=123"));
+        // '#' BER: a UTF8String "abc" equals the string value.
+        assert_eq!(dn("CN=#0c03616263"), dn("CN=abc"));
+        assert_eq!(dn("CN=#130141"), dn("CN=a"));
+        // Non-string BER value is kept as bytes.
+        let ber = dn("1.2.3.4=#020105");
+        assert_eq!(ber.canonical(), "1.2.3.4=#020105");
+        assert_ne!(ber, dn("1.2.3.4=#020106"));
+        assert_eq!(dn(" CN=x , O=y ").canonical(), "CN=x,O=y");
+        assert_eq!(dn(" CN=x , O=y ").to_string(), "CN=x , O=y");
+        assert_eq!(
+            dn("CN=  Medimail-ASIP.mipih.fr ,O=GIP\\, MIPIH,C=FR").canonical(),
+            "CN=medimail-asip.mipih.fr,O=gip\\, mipih,C=fr"
+        );
+        assert_eq!(dn("CN=\\#x\\ ").canonical(), "CN=\\#x");
+        assert_eq!(dn("O=GIP\\, MIPIH").cn(), None);
+        assert_eq!(dn("CN=Caf\\C3\\A9 X,CN=other").cn(), Some("Café X"));
+        assert_eq!(dn(MIPIH).len(), 5);
+        let bad = [
+            "",
+            "   ",
+            "CN",
+            "CN=a,",
+            "=a",
+            "XX=a",
+            "CN=a\\",
+            "CN=a\\4",
+            "CN=a\\zz",
+            "CN=\\FF",
+            "CN=#zz",
+            "CN=#0c0461",
+            "CN=#0c",
+            "CN=#",
+            "CN=\"abc",
+            "CN=\"a\"b",
+            "1.=x",
+            "CN=a,,O=b",
+        ];
+        for b in bad {
+            assert!(Dn::parse_rfc4514(b).is_err(), "{b:?} should fail");
+        }
+        assert_eq!(Dn::parse_rfc4514(""), Err(DnError::Empty));
+        assert!(matches!(
+            Dn::parse_rfc4514("businessCategory=x"),
+            Err(DnError::UnknownAttributeType(_))
+        ));
+        // Equality implies equal hashes (used as map keys).
+        let mut set = std::collections::HashSet::new();
+        set.insert(dn(MIPIH));
+        assert!(set.contains(&dn(&MIPIH.to_lowercase())));
+        // Both forms read back as the same DN.
+        for s in [MIPIH, "CN=a\\,b+O=\\#c,C=FR", "CN=\\ x\\ ", "1.2.3=#020105"] {
+            let d = dn(s);
+            assert_eq!(dn(&d.canonical()), d, "{s}");
+            assert_eq!(dn(&d.to_string()), d, "{s}");
+            assert_eq!(d.to_string(), s);
+        }
+    }
+
+    #[test]
+    fn dn_parser_never_panics() {
+        // Deterministic pseudo-random DN-like strings, rich in special
+        // characters: parsing may fail but must not panic, and a successful
+        // parse must round-trip through Display.
+        const TYPES: &[&str] = &[
+            "CN",
+            "o",
+            "OU",
+            "C",
+            "2.5.4.3",
+            "OID.2.5.4.10",
+            "E",
+            "",
+            "X",
+        ];
+        const VALUES: &[&str] = &[
+            "a",
+            "Z z",
+            " ",
+            "=",
+            "#",
+            "#0c03616263",
+            "\"q,\"",
+            "\\",
+            "\\,",
+            "\\C3\\A9",
+            "\\C3",
+            "é",
+            "\t",
+            "<>",
+            "\u{0}",
+            "\u{a0}",
+            "\\ ",
+            "\\#",
+            "+",
+            "\\2b",
+        ];
+        const SEPS: &[&str] = &[",", "+", ";", " , ", ",,", ""];
+        let mut x: u64 = 0x2545_f491_4f6c_dd1d;
+        let mut next = |m: usize| {
+            x ^= x << 13;
+            x ^= x >> 7;
+            x ^= x << 17;
+            (x % m as u64) as usize
+        };
+        let (mut ok, mut err) = (0, 0);
+        for _ in 0..20_000 {
+            let mut s = String::new();
+            for i in 0..1 + next(5) {
+                if i > 0 {
+                    s.push_str(SEPS[next(SEPS.len())]);
+                }
+                s.push_str(TYPES[next(TYPES.len())]);
+                s.push('=');
+                for _ in 0..next(4) {
+                    s.push_str(VALUES[next(VALUES.len())]);
+                }
+            }
+            match Dn::parse_rfc4514(&s) {
+                Ok(d) => {
+                    ok += 1;
+                    let canonical = d.canonical();
+                    let again = Dn::parse_rfc4514(&canonical)
+                        .unwrap_or_else(|e| panic!("{s:?} -> {canonical} does not reparse: {e}"));
+                    assert_eq!(again, d, "{s:?} -> {canonical}");
+                    assert_eq!(again.canonical(), canonical);
+                }
+                Err(_) => err += 1,
+            }
+        }
+        assert!(ok > 2_000 && err > 2_000, "ok {ok}, err {err}");
+    }
+}

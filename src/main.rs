@@ -388,58 +388,70 @@ fn run(cli: Cli) -> anyhow::Result<ExitCode> {
     }
 }
 
-/// Every problem on its own line as `FILE:LINE: key: message`; warnings for unknown keys and
-/// certificates close to expiry. Exit 1 when there is any problem (warnings alone exit 0).
+/// Every problem on its own line as `FILE:LINE: key: message`, warnings as
+/// `warning: FILE:LINE: ...`, and what was found (certificate subject and expiry) as plain
+/// information. Exit 1 when there is any problem (warnings alone exit 0).
 fn check_config(path: &std::path::Path) -> anyhow::Result<ExitCode> {
+    use passerelle::config::ConfigError;
     let shown = path.display().to_string();
-    let text =
-        std::fs::read_to_string(path).map_err(|e| anyhow::anyhow!("{shown}: cannot read: {e}"))?;
-    let at = |p: &str| match passerelle::config::locate(&text, p) {
-        Some(n) => format!("{shown}:{n}: {p}"),
-        None => format!("{shown}: {p}"),
-    };
-    for w in passerelle::config::unknown_keys(&text) {
-        println!("warning: {}", at(&w));
+    if let Ok(cfg) = Config::load_unvalidated(path) {
+        // serve would generate it; its absence is not a problem of this config.
+        passerelle::server::ensure_dev_pki(&cfg)?;
     }
-    let cfg = match Config::load_unvalidated(path) {
-        Ok(c) => c,
+    let parsed = match Config::check(path) {
+        Ok(p) => p,
+        Err(ConfigError::Invalid(problems)) => {
+            for p in &problems {
+                println!("{p}");
+            }
+            return Ok(ExitCode::from(1));
+        }
         Err(e) => {
             println!("{e}");
             return Ok(ExitCode::from(1));
         }
     };
-    let mut problems = cfg.validate();
-    if problems.is_empty() {
-        if let Err(e) = passerelle::server::Snapshot::load(path) {
-            problems.extend(format!("{e:#}").lines().map(String::from));
-        }
+    for w in &parsed.warnings {
+        println!("warning: {w}");
     }
+    let text = std::fs::read_to_string(path).unwrap_or_default();
+    let at = |key: &str, msg: String| {
+        passerelle::config::Problem::error(key, msg).located(&shown, &text)
+    };
+    let mut problems = Vec::new();
+    let cfg = parsed.config;
     if let Some(tls) = &cfg.tls {
-        match passerelle::tls::load_certs("tls.certificate", &tls.certificate) {
-            Ok(chain) => {
-                if let Ok((_, cert)) = x509_parser::parse_x509_certificate(chain[0].as_ref()) {
-                    let left = cert.validity().not_after.timestamp()
-                        - time::OffsetDateTime::now_utc().unix_timestamp();
-                    let days = left / 86400;
-                    let dn =
-                        passerelle::pki::subject_dn_rfc4514(chain[0].as_ref()).unwrap_or_default();
-                    let line = format!(
-                        "tls.certificate: {dn}: expires {} ({days} days)",
-                        cert.validity().not_after
-                    );
-                    if left <= 0 {
-                        problems.push(format!(
-                            "tls.certificate: {dn}: EXPIRED on {}",
-                            cert.validity().not_after
-                        ));
-                    } else if days < 30 {
-                        println!("warning: {}", at(&line));
-                    } else {
-                        println!("{}", at(&line));
+        if let Ok(chain) = passerelle::tls::load_certs("tls.certificate", &tls.certificate) {
+            if let Ok((_, cert)) = x509_parser::parse_x509_certificate(chain[0].as_ref()) {
+                let not_after = cert.validity().not_after;
+                let left = not_after.timestamp() - time::OffsetDateTime::now_utc().unix_timestamp();
+                let days = left / 86400;
+                let dn = passerelle::dn::Dn::from_cert_der(chain[0].as_ref())
+                    .map(|d| d.to_string())
+                    .unwrap_or_default();
+                if left <= 0 {
+                    problems.push(at(
+                        "tls.certificate",
+                        format!("{dn}: EXPIRED on {not_after}"),
+                    ));
+                } else {
+                    println!("tls.certificate: {dn}: expires {not_after} ({days} days)");
+                    if days < 30 {
+                        println!(
+                            "warning: {}",
+                            at("tls.certificate", format!("{dn}: expires in {days} days"))
+                        );
                     }
                 }
             }
-            Err(e) => problems.push(e.to_string()),
+        }
+    }
+    // Everything serve would load: certificates, CRLs, whitelist, directory.
+    if problems.is_empty() {
+        if let Err(e) = passerelle::server::Snapshot::build(cfg, None) {
+            for line in format!("{e:#}").lines() {
+                problems.push(at("", line.to_string()));
+            }
         }
     }
     if problems.is_empty() {
@@ -447,7 +459,7 @@ fn check_config(path: &std::path::Path) -> anyhow::Result<ExitCode> {
         Ok(ExitCode::SUCCESS)
     } else {
         for p in &problems {
-            println!("{}", at(p));
+            println!("{p}");
         }
         Ok(ExitCode::from(1))
     }
@@ -510,7 +522,8 @@ async fn route_test(
     listener: Option<&str>,
     _from: Option<&str>,
 ) -> anyhow::Result<ExitCode> {
-    use passerelle::policy::{parse_path, RcptDecision, RouteAction};
+    use passerelle::config::NextHop;
+    use passerelle::policy::{parse_path, RcptDecision, RouteTarget};
     let snap = passerelle::server::Snapshot::load(config)?;
     let cfg = &snap.config;
     let l = match listener {
@@ -542,15 +555,11 @@ async fn route_test(
             ),
         }
         if step.matched.is_some() {
-            if let RouteAction::Transport(t) = &step.route.action {
+            if let RouteTarget::Transport(t) = &step.route.target {
                 if let Some(tc) = cfg.transport.get(t) {
-                    let hop = match tc.kind {
-                        passerelle::config::TransportKind::Relay => {
-                            format!("relay to {}", tc.next_hop.as_deref().unwrap_or("?"))
-                        }
-                        passerelle::config::TransportKind::Mx => {
-                            format!("MX of {} on port {}", addr.domain, tc.port)
-                        }
+                    let hop = match &tc.hop {
+                        NextHop::Relay(hp) => format!("relay to {hp}"),
+                        NextHop::Mx { port } => format!("MX of {} on port {port}", addr.domain),
                     };
                     println!("transport: {t} ({hop}), tls {}", tc.tls.as_str());
                     if tc.tls == passerelle::config::TlsPolicy::Mutual {

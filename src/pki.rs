@@ -28,11 +28,10 @@ use rcgen::{
     DnType, DnValue, ExtendedKeyUsagePurpose, IsCa, KeyPair, KeyUsagePurpose, RevokedCertParams,
     SanType, SerialNumber, PKCS_ECDSA_P256_SHA256,
 };
+use rustls_pki_types::pem::PemObject;
 use rustls_pki_types::{CertificateDer, PrivateKeyDer};
 use time::{Duration, OffsetDateTime};
-use x509_parser::der_parser::asn1_rs::{Any, Tag, ToDer};
-use x509_parser::prelude::{FromDer, X509Certificate, X509Name};
-use x509_parser::x509::AttributeTypeAndValue;
+use x509_parser::prelude::{FromDer, X509Certificate};
 
 /// Default output directory of `passerelle pki dev`.
 pub const DEFAULT_DEV_DIR: &str = "certs/dev";
@@ -256,15 +255,10 @@ impl Issuer {
     pub fn load(cert_pem: &Path, key_pem: &Path) -> Result<Self, PkiError> {
         let der = first_cert_from_pem_file(cert_pem)?;
         let key_bytes = read_file(key_pem)?;
-        let key_der = rustls_pemfile::private_key(&mut key_bytes.as_slice())
-            .map_err(|e| PkiError::Pem {
-                path: key_pem.to_path_buf(),
-                reason: format!("unreadable PEM: {e}"),
-            })?
-            .ok_or_else(|| PkiError::Pem {
-                path: key_pem.to_path_buf(),
-                reason: "no private key found".into(),
-            })?;
+        let key_der = PrivateKeyDer::from_pem_slice(&key_bytes).map_err(|e| PkiError::Pem {
+            path: key_pem.to_path_buf(),
+            reason: format!("no usable private key: {e}"),
+        })?;
         if !matches!(key_der, PrivateKeyDer::Pkcs8(_)) {
             return Err(PkiError::Pem {
                 path: key_pem.to_path_buf(),
@@ -458,9 +452,9 @@ pub fn serial_of(cert_pem_path: &Path) -> Result<Vec<u8>, PkiError> {
 /// characters are kept as UTF-8 (BMPString/UniversalString are decoded,
 /// T61String is read as Latin-1).
 pub fn subject_dn_rfc4514(cert_der: &[u8]) -> Result<String, PkiError> {
-    let (_, x509) =
-        X509Certificate::from_der(cert_der).map_err(|e| PkiError::X509(e.to_string()))?;
-    name_rfc4514(x509.subject())
+    crate::dn::Dn::from_cert_der(cert_der)
+        .map(|d| d.to_string())
+        .map_err(|e| PkiError::X509(e.to_string()))
 }
 
 /// `true` when `dir` holds all of passerelle.crt, passerelle.key, ca.pem and
@@ -737,172 +731,41 @@ fn write_file(path: &Path, contents: &[u8], private: bool) -> Result<(), PkiErro
 
 fn first_cert_from_pem_file(path: &Path) -> Result<CertificateDer<'static>, PkiError> {
     let bytes = read_file(path)?;
-    let first = rustls_pemfile::certs(&mut bytes.as_slice()).next();
-    match first {
-        Some(Ok(der)) => Ok(der),
-        Some(Err(e)) => Err(PkiError::Pem {
-            path: path.to_path_buf(),
-            reason: format!("unreadable PEM: {e}"),
-        }),
-        None => Err(PkiError::Pem {
-            path: path.to_path_buf(),
-            reason: "no certificate found".into(),
-        }),
-    }
+    CertificateDer::from_pem_slice(&bytes).map_err(|e| PkiError::Pem {
+        path: path.to_path_buf(),
+        reason: format!("no usable certificate: {e}"),
+    })
 }
 
 fn pem_encode(label: &str, der: &[u8]) -> String {
-    const ALPHABET: &[u8; 64] = b"ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz0123456789+/";
-    let mut b64 = String::with_capacity(der.len().div_ceil(3) * 4);
-    for chunk in der.chunks(3) {
-        let n = (u32::from(chunk[0]) << 16)
-            | (u32::from(*chunk.get(1).unwrap_or(&0)) << 8)
-            | u32::from(*chunk.get(2).unwrap_or(&0));
-        for i in 0..4 {
-            if i <= chunk.len() {
-                b64.push(char::from(ALPHABET[((n >> (18 - 6 * i)) & 63) as usize]));
-            } else {
-                b64.push('=');
-            }
-        }
-    }
-    let mut out = format!("-----BEGIN {label}-----\n");
-    for line in b64.as_bytes().chunks(64) {
-        out.push_str(&String::from_utf8_lossy(line));
-        out.push('\n');
-    }
-    out.push_str(&format!("-----END {label}-----\n"));
-    out
-}
-
-fn name_rfc4514(name: &X509Name<'_>) -> Result<String, PkiError> {
-    let mut rdns = Vec::new();
-    for rdn in name.iter() {
-        let parts = rdn
-            .iter()
-            .map(attribute_rfc4514)
-            .collect::<Result<Vec<_>, _>>()?;
-        rdns.push(parts.join("+"));
-    }
-    rdns.reverse();
-    Ok(rdns.join(","))
-}
-
-fn attribute_rfc4514(atv: &AttributeTypeAndValue<'_>) -> Result<String, PkiError> {
-    let oid = atv.attr_type().to_id_string();
-    let short = match oid.as_str() {
-        "2.5.4.3" => Some("CN"),
-        "2.5.4.7" => Some("L"),
-        "2.5.4.8" => Some("ST"),
-        "2.5.4.10" => Some("O"),
-        "2.5.4.11" => Some("OU"),
-        "2.5.4.6" => Some("C"),
-        "2.5.4.9" => Some("STREET"),
-        "0.9.2342.19200300.100.1.25" => Some("DC"),
-        "0.9.2342.19200300.100.1.1" => Some("UID"),
-        _ => None,
-    };
-    let value = atv.attr_value();
-    match (short, decode_directory_string(value)) {
-        (Some(short), Some(text)) => Ok(format!("{short}={}", escape_rfc4514(&text))),
-        (short, _) => {
-            let ber = value
-                .to_der_vec()
-                .map_err(|e| PkiError::X509(format!("cannot re-encode attribute {oid}: {e}")))?;
-            let hex: String = ber.iter().map(|b| format!("{b:02X}")).collect();
-            Ok(format!("{}=#{hex}", short.unwrap_or(&oid)))
-        }
-    }
-}
-
-fn decode_directory_string(value: &Any<'_>) -> Option<String> {
-    let data = value.data;
-    match value.tag() {
-        Tag::Utf8String
-        | Tag::PrintableString
-        | Tag::Ia5String
-        | Tag::NumericString
-        | Tag::VisibleString => std::str::from_utf8(data).ok().map(str::to_owned),
-        Tag::BmpString => {
-            if !data.len().is_multiple_of(2) {
-                return None;
-            }
-            let units: Vec<u16> = data
-                .chunks_exact(2)
-                .map(|c| u16::from_be_bytes([c[0], c[1]]))
-                .collect();
-            String::from_utf16(&units).ok()
-        }
-        Tag::UniversalString => {
-            if !data.len().is_multiple_of(4) {
-                return None;
-            }
-            data.chunks_exact(4)
-                .map(|c| char::from_u32(u32::from_be_bytes([c[0], c[1], c[2], c[3]])))
-                .collect()
-        }
-        Tag::T61String => Some(data.iter().map(|b| char::from(*b)).collect()),
-        _ => None,
-    }
-}
-
-/// RFC 4514 section 2.4 escaping of an attribute value.
-fn escape_rfc4514(value: &str) -> String {
-    let count = value.chars().count();
-    let mut out = String::with_capacity(value.len() + 4);
-    for (i, c) in value.chars().enumerate() {
-        match c {
-            '"' | '+' | ',' | ';' | '<' | '>' | '\\' => {
-                out.push('\\');
-                out.push(c);
-            }
-            '#' if i == 0 => out.push_str("\\#"),
-            ' ' if i == 0 || i + 1 == count => out.push_str("\\ "),
-            c if c.is_ascii_control() => out.push_str(&format!("\\{:02X}", c as u32)),
-            c => out.push(c),
-        }
-    }
-    out
+    pem::encode_config(
+        &pem::Pem::new(label, der),
+        pem::EncodeConfig::new().set_line_ending(pem::LineEnding::LF),
+    )
 }
 
 /// Parses `CN=a,OU=b,O=c\, d,ST=e,C=FR` (RFC 4514 order) into a [`LeafSpec`] subject.
 pub fn parse_subject(s: &str) -> Result<Vec<(DnAttr, String)>, PkiError> {
-    let mut out = Vec::new();
-    let mut cur = String::new();
-    let mut parts = Vec::new();
-    let mut chars = s.chars();
-    while let Some(c) = chars.next() {
-        match c {
-            '\\' => {
-                if let Some(n) = chars.next() {
-                    cur.push(n);
+    let dn =
+        crate::dn::Dn::parse_rfc4514(s).map_err(|e| PkiError::Invalid(format!("{s:?}: {e}")))?;
+    dn.attributes()
+        .map(|(t, v)| {
+            let attr = match t {
+                "C" => DnAttr::C,
+                "ST" => DnAttr::St,
+                "L" => DnAttr::L,
+                "O" => DnAttr::O,
+                "OU" => DnAttr::Ou,
+                "CN" => DnAttr::Cn,
+                other => {
+                    return Err(PkiError::Invalid(format!(
+                        "unsupported attribute type {other}"
+                    )))
                 }
-            }
-            ',' => parts.push(std::mem::take(&mut cur)),
-            _ => cur.push(c),
-        }
-    }
-    parts.push(cur);
-    for p in parts {
-        let (k, v) = p
-            .split_once('=')
-            .ok_or_else(|| PkiError::Invalid(format!("{p:?} is not TYPE=value")))?;
-        let attr = match k.trim().to_ascii_uppercase().as_str() {
-            "C" => DnAttr::C,
-            "ST" => DnAttr::St,
-            "L" => DnAttr::L,
-            "O" => DnAttr::O,
-            "OU" => DnAttr::Ou,
-            "CN" => DnAttr::Cn,
-            other => {
-                return Err(PkiError::Invalid(format!(
-                    "unsupported attribute type {other}"
-                )))
-            }
-        };
-        out.push((attr, v.trim().to_string()));
-    }
-    Ok(out)
+            };
+            Ok((attr, v.to_string()))
+        })
+        .collect()
 }
 
 /// Serials revoked so far in a dev PKI directory (one hex serial per line in `revoked.txt`),
@@ -975,14 +838,14 @@ mod tests {
 
     fn pem_certs(path: &Path) -> Vec<CertificateDer<'static>> {
         let bytes = fs::read(path).unwrap();
-        rustls_pemfile::certs(&mut bytes.as_slice())
+        CertificateDer::pem_slice_iter(&bytes)
             .collect::<Result<Vec<_>, _>>()
             .unwrap()
     }
 
     fn pem_crl(path: &Path) -> Vec<u8> {
         let bytes = fs::read(path).unwrap();
-        let crls = rustls_pemfile::crls(&mut bytes.as_slice())
+        let crls = rustls_pki_types::CertificateRevocationListDer::pem_slice_iter(&bytes)
             .collect::<Result<Vec<_>, _>>()
             .unwrap();
         assert_eq!(crls.len(), 1, "{}", path.display());
@@ -1316,22 +1179,23 @@ mod tests {
 
     #[test]
     fn escaping_unit() {
-        assert_eq!(escape_rfc4514("Haute-Garonne (31)"), "Haute-Garonne (31)");
-        assert_eq!(escape_rfc4514("a,b"), "a\\,b");
-        assert_eq!(escape_rfc4514("#x#"), "\\#x#");
-        assert_eq!(escape_rfc4514(" x "), "\\ x\\ ");
-        assert_eq!(escape_rfc4514(" "), "\\ ");
-        assert_eq!(escape_rfc4514("a\0b\n"), "a\\00b\\0A");
-        assert_eq!(escape_rfc4514("Hôpital é"), "Hôpital é");
-        assert_eq!(escape_rfc4514(""), "");
+        use crate::dn::escape_value;
+        assert_eq!(escape_value("Haute-Garonne (31)"), "Haute-Garonne (31)");
+        assert_eq!(escape_value("a,b"), "a\\,b");
+        assert_eq!(escape_value("#x#"), "\\#x#");
+        assert_eq!(escape_value(" x "), "\\ x\\ ");
+        assert_eq!(escape_value(" "), "\\ ");
+        assert_eq!(escape_value("a\0b\n"), "a\\00b\\0A");
+        assert_eq!(escape_value("Hôpital é"), "Hôpital é");
+        assert_eq!(escape_value(""), "");
     }
 
     #[test]
-    fn pem_encoding_matches_rcgen() {
+    fn pem_encoding_reads_back() {
         for len in 0..70 {
             let data: Vec<u8> = (0..len).map(|i| (i * 37 + 11) as u8).collect();
             let pem = pem_encode("CERTIFICATE", &data);
-            let parsed = rustls_pemfile::certs(&mut pem.as_bytes())
+            let parsed = CertificateDer::pem_slice_iter(pem.as_bytes())
                 .collect::<Result<Vec<_>, _>>()
                 .unwrap();
             if len == 0 {

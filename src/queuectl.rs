@@ -22,12 +22,10 @@ pub enum Verb {
 
 /// One request to the running server, or `None` when nothing listens there.
 fn online(cfg: &Config, method: &str, path: &str) -> anyhow::Result<Option<(u16, String)>> {
-    let Some(addr) = &cfg.server.admin else {
+    let Some(sa) = cfg.server.admin else {
         return Ok(None);
     };
-    let Ok(sa) = addr.parse::<std::net::SocketAddr>() else {
-        return Ok(None);
-    };
+    let addr = sa;
     let Ok(mut s) = TcpStream::connect_timeout(&sa, Duration::from_secs(2)) else {
         return Ok(None);
     };

@@ -2,11 +2,11 @@
 //! SIGHUP. A reload builds a whole new snapshot beside the old one and swaps it in only if every
 //! part loaded; new sessions see it, sessions in flight keep theirs.
 
-use crate::config::{Config, DirectoryKind};
+use crate::config::{Config, DirectorySource, LdapConfig};
 use crate::delivery::{Agent, DeliveryConfig, Resolver};
 use crate::intake::{listener, Shared};
 use crate::message::Envelope;
-use crate::policy::{Directory, NoDirectory, Policy, Route, RouteAction, RouteTable, Whitelist};
+use crate::policy::{Directory, NoDirectory, Policy, Route, RouteTable, RouteTarget, Whitelist};
 use crate::queue::{DsnRouter, QueueHandle, Scheduler, Spool};
 use crate::tls::TlsMaterial;
 use anyhow::{anyhow, Context};
@@ -68,14 +68,8 @@ pub fn load_whitelist(path: &Path) -> anyhow::Result<Whitelist> {
     Ok(list)
 }
 
-fn ldap_options(cfg: &Config) -> anyhow::Result<crate::policy::ldap::LdapOptions> {
-    let d = &cfg.directory;
-    let url = d
-        .url
-        .clone()
-        .ok_or_else(|| anyhow!("directory.url: required"))?;
-    let wants_tls = d.starttls || url.starts_with("ldaps://");
-    let tls = match (&cfg.tls, wants_tls) {
+fn ldap_options(cfg: &Config, d: &LdapConfig) -> anyhow::Result<crate::policy::ldap::LdapOptions> {
+    let tls = match (&cfg.tls, d.uses_tls()) {
         (Some(t), true) => {
             let m = TlsMaterial::load(t)?;
             let verifier = m.webpki_server_verifier()?;
@@ -90,10 +84,10 @@ fn ldap_options(cfg: &Config) -> anyhow::Result<crate::policy::ldap::LdapOptions
         _ => None,
     };
     Ok(crate::policy::ldap::LdapOptions {
-        url,
-        base: d.base.clone().unwrap_or_default(),
+        url: d.url.clone(),
+        base: d.base.clone(),
         filter: d.filter.clone(),
-        bind_dn: d.bind_dn.clone().filter(|s| !s.is_empty()),
+        bind_dn: d.bind_dn.clone(),
         bind_password: d.bind_password.clone(),
         timeout: d.timeout,
         starttls: d.starttls,
@@ -113,12 +107,7 @@ pub fn build_policy(cfg: &Config) -> anyhow::Result<Policy> {
 /// With `previous` (a reload), a whitelist file that no longer loads is replaced by the last
 /// good list, with an error in the log: a garbage download must not empty the trust space.
 pub fn build_policy_from(cfg: &Config, previous: Option<&Policy>) -> anyhow::Result<Policy> {
-    let routes = cfg
-        .route
-        .iter()
-        .map(Route::from_config)
-        .collect::<Result<Vec<_>, _>>()
-        .map_err(|e| anyhow!(e))?;
+    let routes = cfg.route.clone();
     let whitelist = match &cfg.whitelist {
         Some(w) => match (
             load_whitelist(&w.file),
@@ -136,22 +125,15 @@ pub fn build_policy_from(cfg: &Config, previous: Option<&Policy>) -> anyhow::Res
         },
         None => None,
     };
-    let directory: Arc<dyn Directory> = match cfg.directory.kind {
-        DirectoryKind::None => Arc::new(NoDirectory),
-        DirectoryKind::Extract => {
-            let file = cfg
-                .directory
-                .file
-                .as_ref()
-                .ok_or_else(|| anyhow!("directory.file: required"))?;
-            Arc::new(
-                crate::policy::directory::ExtractDirectory::load(file)
-                    .with_context(|| format!("directory.file {}", file.display()))?,
-            )
-        }
-        DirectoryKind::Ldap => {
-            Arc::new(crate::policy::ldap::LdapDirectory::new(ldap_options(cfg)?))
-        }
+    let directory: Arc<dyn Directory> = match &cfg.directory.source {
+        DirectorySource::None => Arc::new(NoDirectory),
+        DirectorySource::Extract { file } => Arc::new(
+            crate::policy::directory::ExtractDirectory::load(file)
+                .with_context(|| format!("directory.file {}", file.display()))?,
+        ),
+        DirectorySource::Ldap(d) => Arc::new(crate::policy::ldap::LdapDirectory::new(
+            ldap_options(cfg, d)?,
+        )),
     };
     Ok(Policy {
         routes: RouteTable::new(routes),
@@ -160,23 +142,26 @@ pub fn build_policy_from(cfg: &Config, previous: Option<&Policy>) -> anyhow::Res
     })
 }
 
+/// Reads the config as `serve` does: the development PKI made first when the config points
+/// into a missing `certs/dev`, then parsed and validated (warnings logged).
+pub fn load_config(path: &Path) -> anyhow::Result<Config> {
+    if let Ok(c) = Config::load_unvalidated(path) {
+        ensure_dev_pki(&c)?;
+    }
+    Ok(Config::load(path)?)
+}
+
 impl Snapshot {
     pub fn load(path: &Path) -> anyhow::Result<Snapshot> {
-        Self::reload(path, None)
+        Self::build(load_config(path)?, None)
     }
 
-    /// A new snapshot; with `previous`, unusable CRL and whitelist files fall back to their
-    /// last good copies (see [`TlsMaterial::reload`], [`build_policy_from`]).
-    pub fn reload(
-        path: &Path,
+    /// Everything derived from `config`; with `previous`, unusable CRL and whitelist files
+    /// fall back to their last good copies (see [`TlsMaterial::reload`], [`build_policy_from`]).
+    pub fn build(
+        config: Config,
         previous: Option<(&Policy, Option<&TlsMaterial>)>,
     ) -> anyhow::Result<Snapshot> {
-        let config = Config::load_unvalidated(path)?;
-        ensure_dev_pki(&config)?;
-        let problems = config.validate();
-        if !problems.is_empty() {
-            return Err(anyhow!("{}", problems.join("\n")));
-        }
         let prev_tls = previous.and_then(|(_, t)| t);
         let tls = config
             .tls
@@ -236,8 +221,8 @@ fn dsn_router(
         let domain = to.address.rsplit_once('@')?.1.to_ascii_lowercase();
         let declared = |d: &str| p.is_declared(d);
         let usable = |r: &Route| {
-            matches!(r.action, RouteAction::Transport(_))
-                && r.patterns.iter().any(|pat| pat.matches(&domain, &declared))
+            matches!(r.target, RouteTarget::Transport(_))
+                && r.domains.iter().any(|pat| pat.matches(&domain, &declared))
         };
         let own = listeners
             .load()
@@ -249,9 +234,9 @@ fn dsn_router(
             .filter_map(|n| p.routes.get(n))
             .find(|r| usable(r));
         let route = from_listener.or_else(|| p.routes.all().iter().find(|r| usable(r)))?;
-        match &route.action {
-            RouteAction::Transport(t) => Some((route.name.clone(), t.clone())),
-            RouteAction::Reject(_) => None,
+        match &route.target {
+            RouteTarget::Transport(t) => Some((route.name.clone(), t.clone())),
+            RouteTarget::Reject(_) => None,
         }
     })
 }
@@ -292,7 +277,7 @@ struct Running {
 
 /// A bound listener: its settings slot, its own stop signal, its accept task.
 struct Bound {
-    address: String,
+    address: std::net::SocketAddr,
     shared: Arc<ArcSwap<Shared>>,
     stop: watch::Sender<bool>,
     task: tokio::task::JoinHandle<()>,
@@ -304,7 +289,7 @@ impl Bound {
         let (stop, rx) = watch::channel(false);
         tracing::info!(listener = %l.name, address = %l.address, "listening");
         Bound {
-            address: l.address.clone(),
+            address: l.address,
             task: tokio::spawn(listener::run(sock, shared.clone(), rx)),
             shared,
             stop,
@@ -321,7 +306,7 @@ impl Bound {
 /// Binds with a large accept backlog (the default 128 overflows under reconnect bursts).
 async fn bind(l: &crate::config::ListenerConfig) -> anyhow::Result<TcpListener> {
     let ctx = || format!("listener {}: bind {}", l.name, l.address);
-    let addr: std::net::SocketAddr = l.address.parse().with_context(ctx)?;
+    let addr = l.address;
     let sock = match addr {
         std::net::SocketAddr::V4(_) => tokio::net::TcpSocket::new_v4(),
         std::net::SocketAddr::V6(_) => tokio::net::TcpSocket::new_v6(),
@@ -377,7 +362,7 @@ pub async fn serve(config_path: &Path) -> anyhow::Result<()> {
     }
     let admin = match &cfg.server.admin {
         Some(addr) => {
-            let sock = TcpListener::bind(addr)
+            let sock = TcpListener::bind(*addr)
                 .await
                 .with_context(|| format!("server.admin: bind {addr}"))?;
             let token = crate::admin::write_token(&cfg.server.spool).with_context(|| {
@@ -467,11 +452,7 @@ fn shared_for(
         limits: snap.config.smtp.clone(),
         policy: policy.clone(),
         tls: snap.server_tls(l)?,
-        client_dns: l
-            .client_dns
-            .iter()
-            .filter_map(|d| crate::dn::Dn::parse_rfc4514(d).ok())
-            .collect(),
+        client_dns: l.client_dns.clone(),
         validator: match &snap.tls {
             Some(m) if l.client_certificate != crate::config::ClientCert::Off => {
                 Some(crate::tls::PeerValidator::new(m)?)
@@ -489,7 +470,8 @@ impl Running {
     async fn reload(&self) -> anyhow::Result<()> {
         let previous_tls = self.tls.lock().unwrap_or_else(|p| p.into_inner()).clone();
         let current = self.policy.load_full();
-        let snap = Snapshot::reload(&self.config_path, Some((&current, previous_tls.as_ref())))?;
+        let config = load_config(&self.config_path)?;
+        let snap = Snapshot::build(config, Some((&current, previous_tls.as_ref())))?;
         let delivery = DeliveryConfig::new(&snap.config, snap.tls.as_ref(), dn_pins(&self.policy))
             .map_err(|e| anyhow!(e))?;
         let mut listeners = self.listeners.lock().await;
@@ -547,9 +529,10 @@ impl Running {
     async fn refresh_extract(self: Arc<Self>) {
         let current_file = |r: &Running| {
             let d = r.directory.load();
-            (d.kind == DirectoryKind::Extract)
-                .then(|| d.file.clone())
-                .flatten()
+            match &d.source {
+                DirectorySource::Extract { file } => Some(file.clone()),
+                _ => None,
+            }
         };
         let mut seen = current_file(&self).map(|f| file_stamp(&f));
         loop {

@@ -8,6 +8,7 @@
 use crate::config::TlsConfig;
 use rustls::client::danger::{HandshakeSignatureValid, ServerCertVerified, ServerCertVerifier};
 use rustls::crypto::{ring, CryptoProvider};
+use rustls::pki_types::pem::PemObject;
 use rustls::pki_types::{
     CertificateDer, CertificateRevocationListDer, PrivateKeyDer, ServerName, UnixTime,
 };
@@ -86,7 +87,7 @@ pub fn load_certs(
     path: &Path,
 ) -> Result<Vec<CertificateDer<'static>>, TlsError> {
     let data = read(key, path)?;
-    let certs: Vec<_> = rustls_pemfile::certs(&mut data.as_slice())
+    let certs: Vec<_> = CertificateDer::pem_slice_iter(&data)
         .collect::<Result<_, _>>()
         .map_err(|e| file_err(key, path, e))?;
     if certs.is_empty() {
@@ -98,7 +99,7 @@ pub fn load_certs(
 /// A CRL file in PEM or DER.
 pub fn load_crl(path: &Path) -> Result<Vec<CertificateRevocationListDer<'static>>, TlsError> {
     let data = read("tls.crls", path)?;
-    let pem: Vec<_> = rustls_pemfile::crls(&mut data.as_slice())
+    let pem: Vec<_> = CertificateRevocationListDer::pem_slice_iter(&data)
         .collect::<Result<_, _>>()
         .map_err(|e| file_err("tls.crls", path, e))?;
     let crls = if pem.is_empty() {
@@ -128,15 +129,13 @@ impl TlsMaterial {
     ) -> Result<TlsMaterial, TlsError> {
         let chain = load_certs("tls.certificate", &cfg.certificate)?;
         let kdata = read("tls.private_key", &cfg.private_key)?;
-        let key = rustls_pemfile::private_key(&mut kdata.as_slice())
-            .map_err(|e| file_err("tls.private_key", &cfg.private_key, e))?
-            .ok_or_else(|| {
-                file_err(
-                    "tls.private_key",
-                    &cfg.private_key,
-                    "no PEM private key found",
-                )
-            })?;
+        let key = PrivateKeyDer::from_pem_slice(&kdata).map_err(|e| {
+            file_err(
+                "tls.private_key",
+                &cfg.private_key,
+                format!("no usable PEM private key: {e}"),
+            )
+        })?;
         let mut roots = RootCertStore::empty();
         if let Some(ta) = &cfg.trust_anchors {
             for c in load_certs("tls.trust_anchors", ta)? {

@@ -487,11 +487,9 @@ fn check_trust_space_peer(
     if allowed.contains(&dn) {
         return Ok(());
     }
-    // Quote the DN as the certificate writes it, not in its comparison form.
-    let shown =
-        crate::pki::subject_dn_rfc4514(chain[0].as_ref()).unwrap_or_else(|_| dn.to_string());
+    // Quoted as the certificate writes it, not in its comparison form.
     Err(format!(
-        "peer certificate DN \"{shown}\" is not declared in the MSSante whitelist for {domain} \
+        "peer certificate DN \"{dn}\" is not declared in the MSSante whitelist for {domain} \
          ({} DN(s) declared; see `passerelle whitelist show {domain}`)",
         allowed.len()
     ))

@@ -8,24 +8,13 @@ pub mod resolve;
 pub use client::{Client, ClientOptions, RcptOutcome, SessionError, TlsMode};
 pub use resolve::{Hop, ResolveError, Resolver};
 
-use crate::config::{Config, QueueConfig, TlsPolicy, TransportConfig, TransportKind};
+use crate::config::{Config, NextHop, QueueConfig, TlsPolicy, TransportConfig};
 use crate::message::{Envelope, RcptStatus, Recipient, State};
 use crate::tls::{AcceptAnyServer, TlsMaterial};
 use std::collections::{BTreeMap, HashMap};
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 use tokio::sync::Semaphore;
-
-/// `host:port` with a mandatory port; `[v6]:port` accepted.
-pub fn split_host_port(s: &str) -> Option<(&str, u16)> {
-    let (h, p) = s.rsplit_once(':')?;
-    let port: u16 = p.parse().ok().filter(|&p| p > 0)?;
-    let h = h
-        .strip_prefix('[')
-        .and_then(|x| x.strip_suffix(']'))
-        .unwrap_or(h);
-    (!h.is_empty()).then_some((h, port))
-}
 
 /// The operator certificate DNs declared for a recipient domain (the ANS whitelist, read at
 /// delivery time so a reloaded list applies at once).
@@ -197,9 +186,9 @@ impl Agent {
                 .rsplit_once('@')
                 .map(|(_, d)| d.to_ascii_lowercase())
                 .unwrap_or_default();
-            let destination = match t.kind {
-                TransportKind::Relay => t.next_hop.clone().unwrap_or_default(),
-                TransportKind::Mx => rcpt_domain.clone(),
+            let destination = match &t.hop {
+                NextHop::Relay(hp) => hp.to_string(),
+                NextHop::Mx { .. } => rcpt_domain.clone(),
             };
             // Mutual TLS pins the peer per recipient domain: never mix domains in one session.
             let domain = if t.tls == TlsPolicy::Mutual {
@@ -269,9 +258,9 @@ impl Agent {
                 Err(e) => tracing::debug!(error = %e, "cached connection failed; reconnecting"),
             }
         }
-        let hops = match t.kind {
-            TransportKind::Relay => self.resolver.static_hop(&g.destination).await,
-            TransportKind::Mx => self.resolver.mx_hops(&g.destination, t.port).await,
+        let hops = match &t.hop {
+            NextHop::Relay(hp) => self.resolver.static_hop(hp).await,
+            NextHop::Mx { port } => self.resolver.mx_hops(&g.destination, *port).await,
         };
         let hops = match hops {
             Ok(h) => h,
@@ -393,23 +382,5 @@ impl Agent {
         for c in all {
             c.quit().await;
         }
-    }
-}
-
-#[cfg(test)]
-mod tests {
-    use super::*;
-
-    #[test]
-    fn host_port() {
-        assert_eq!(split_host_port("127.0.0.1:25"), Some(("127.0.0.1", 25)));
-        assert_eq!(
-            split_host_port("mx.example.fr:2525"),
-            Some(("mx.example.fr", 2525))
-        );
-        assert_eq!(split_host_port("[::1]:25"), Some(("::1", 25)));
-        assert_eq!(split_host_port("nohost"), None);
-        assert_eq!(split_host_port("h:0"), None);
-        assert_eq!(split_host_port(":25"), None);
     }
 }

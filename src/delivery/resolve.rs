@@ -1,7 +1,7 @@
 //! Next-hop resolution: a static `host:port` (relay) or the recipient domain's MX records,
 //! falling back to A/AAAA (RFC 5321 §5.1).
 
-use crate::config::DnsConfig;
+use crate::config::{DnsConfig, HostPort};
 use hickory_resolver::net::runtime::TokioRuntimeProvider;
 use hickory_resolver::proto::rr::RData;
 use hickory_resolver::TokioResolver;
@@ -37,10 +37,7 @@ impl Resolver {
         } else {
             let mut servers = Vec::new();
             for ns in &cfg.nameservers {
-                let sa: SocketAddr = ns
-                    .parse()
-                    .or_else(|_| ns.parse::<IpAddr>().map(|ip| SocketAddr::new(ip, 53)))
-                    .map_err(|_| format!("dns.nameservers: {ns:?} is not ip[:port]"))?;
+                let sa = ns.0;
                 let mut udp = ConnectionConfig::udp();
                 udp.port = sa.port();
                 let mut tcp = ConnectionConfig::tcp();
@@ -59,9 +56,8 @@ impl Resolver {
     }
 
     /// `host:port`, resolving the host when it is a name.
-    pub async fn static_hop(&self, next_hop: &str) -> Result<Vec<Hop>, ResolveError> {
-        let (host, port) = super::split_host_port(next_hop)
-            .ok_or_else(|| ResolveError::Permanent(format!("bad next hop {next_hop:?}")))?;
+    pub async fn static_hop(&self, next_hop: &HostPort) -> Result<Vec<Hop>, ResolveError> {
+        let (host, port) = (next_hop.host.as_str(), next_hop.port);
         if let Ok(ip) = host.parse::<IpAddr>() {
             return Ok(vec![Hop {
                 name: host.to_string(),

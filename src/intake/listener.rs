@@ -3,7 +3,6 @@
 use super::session::Session;
 use super::Shared;
 use crate::net::BoxStream;
-use crate::policy::ClientAccess;
 use arc_swap::ArcSwap;
 use std::collections::HashMap;
 use std::net::IpAddr;
@@ -76,7 +75,7 @@ pub async fn run(
         let sh = shared.load_full();
         let _ = stream.set_nodelay(true);
         let name = sh.listener.name.clone();
-        let ip_ok = ClientAccess::new(&sh.listener.clients).allows(peer.ip());
+        let ip_ok = sh.listener.admits(peer.ip());
         // Clients outside the CIDRs may still come in to authenticate by certificate.
         if !ip_ok && sh.client_dns.is_empty() {
             tracing::info!(listener = %name, client = %peer, "connection refused: client not in listener.clients");

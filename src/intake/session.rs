@@ -813,7 +813,9 @@ impl Session {
         let conn = tls.get_ref().1;
         let desc = crate::tls::describe(conn);
         if let Some(chain) = conn.peer_certificates().filter(|c| !c.is_empty()) {
-            self.client_dn = crate::pki::subject_dn_rfc4514(chain[0].as_ref()).ok();
+            self.client_dn = crate::dn::Dn::from_cert_der(chain[0].as_ref())
+                .ok()
+                .map(|d| d.to_string());
             let verdict = match &self.shared.validator {
                 Some(v) => v
                     .validate(chain, crate::tls::PeerRole::Client)

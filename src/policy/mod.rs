@@ -12,46 +12,11 @@ pub mod whitelist;
 
 pub use address::{parse_path, Address, AddressError};
 pub use directory::{Directory, DirectoryError, Lookup, NoDirectory};
-pub use routes::{DomainPattern, Route, RouteAction, RouteTable};
+pub use routes::{DomainPattern, Route, RouteTable, RouteTarget};
 pub use whitelist::{Dn, Whitelist};
 
 use crate::reply::Reply;
-use ipnet::IpNet;
-use std::net::IpAddr;
 use std::sync::Arc;
-
-/// `"127.0.0.0/8"` or a bare address.
-pub fn parse_cidr(s: &str) -> Option<IpNet> {
-    let s = s.trim();
-    s.parse::<IpNet>()
-        .ok()
-        .or_else(|| s.parse::<IpAddr>().ok().map(IpNet::from))
-}
-
-pub fn parse_reply(s: &str) -> Result<Reply, String> {
-    Reply::parse(s)
-}
-
-/// CIDR list of a listener; empty allows everyone.
-#[derive(Debug, Clone, Default)]
-pub struct ClientAccess {
-    nets: Vec<IpNet>,
-}
-
-impl ClientAccess {
-    pub fn new(cidrs: &[String]) -> ClientAccess {
-        ClientAccess {
-            nets: cidrs.iter().filter_map(|c| parse_cidr(c)).collect(),
-        }
-    }
-    pub fn allows(&self, ip: IpAddr) -> bool {
-        let ip = match ip {
-            IpAddr::V6(v6) => v6.to_ipv4_mapped().map(IpAddr::V4).unwrap_or(ip),
-            v4 => v4,
-        };
-        self.nets.is_empty() || self.nets.iter().any(|n| n.contains(&ip))
-    }
-}
 
 /// What RCPT answers, and for an accepted recipient, where it goes.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -106,9 +71,9 @@ impl Policy {
                 format!("<{rcpt}>: Relay access denied"),
             ));
         };
-        let transport = match &route.action {
-            RouteAction::Reject(reply) => return RcptDecision::Reject(reply.clone()),
-            RouteAction::Transport(t) => t.clone(),
+        let transport = match &route.target {
+            RouteTarget::Reject(reply) => return RcptDecision::Reject(reply.clone()),
+            RouteTarget::Transport(t) => t.clone(),
         };
         if route.whitelist && !self.is_declared(&rcpt.domain) {
             return RcptDecision::Reject(Reply::new(
@@ -167,7 +132,6 @@ impl Policy {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::config::RouteConfig;
     use directory::BoxFuture;
 
     struct Fixed(Result<Lookup, DirectoryError>);
@@ -182,16 +146,15 @@ mod tests {
     }
 
     fn policy(dir: Result<Lookup, DirectoryError>) -> Policy {
-        let r = |name: &str, d: &str, t: Option<&str>, wl: bool| {
-            Route::from_config(&RouteConfig {
-                name: name.into(),
-                domains: vec![d.into()],
-                transport: t.map(String::from),
-                reject: t.is_none().then(|| "550 5.7.1 only MSSante".into()),
-                whitelist: wl,
-                directory: t.is_some(),
-            })
-            .unwrap()
+        let r = |name: &str, d: &str, t: Option<&str>, wl: bool| Route {
+            name: name.into(),
+            domains: vec![DomainPattern::parse(d).unwrap()],
+            target: match t {
+                Some(t) => RouteTarget::Transport(t.into()),
+                None => RouteTarget::Reject(Reply::new(550, "5.7.1", "only MSSante")),
+            },
+            whitelist: wl,
+            directory: t.is_some(),
         };
         Policy {
             routes: RouteTable::new(vec![
@@ -253,15 +216,5 @@ mod tests {
             panic!()
         };
         assert_eq!((r.code, r.status.as_deref()), (451, Some("4.4.3")));
-    }
-
-    #[test]
-    fn client_access() {
-        let a = ClientAccess::new(&["127.0.0.0/8".into(), "10.1.2.3".into()]);
-        assert!(a.allows("127.0.0.9".parse().unwrap()));
-        assert!(a.allows("10.1.2.3".parse().unwrap()));
-        assert!(!a.allows("10.1.2.4".parse().unwrap()));
-        assert!(a.allows("::ffff:127.0.0.1".parse().unwrap()));
-        assert!(ClientAccess::new(&[]).allows("192.0.2.1".parse().unwrap()));
     }
 }

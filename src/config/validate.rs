@@ -1,0 +1,237 @@
+//! What one part of the config says about another: names that must exist, sections a setting
+//! needs, addresses two listeners cannot share. Values themselves were checked when parsed.
+
+use super::{ClientCert, Config, DirectorySource, Problem, RouteTarget, StartTls, TlsPolicy};
+
+/// Every cross-reference problem (errors) and suspicious setting (warnings), unlocated.
+pub fn validate(c: &Config) -> Vec<Problem> {
+    let mut p = Vec::new();
+    if c.server.hostname.trim().is_empty() {
+        p.push(Problem::error("server.hostname", "must not be empty"));
+    }
+    if c.listener.is_empty() {
+        p.push(Problem::error(
+            "listener",
+            "at least one [[listener]] is needed",
+        ));
+    }
+    let route_names: Vec<&str> = c.route.iter().map(|r| r.name.as_str()).collect();
+    for (i, l) in c.listener.iter().enumerate() {
+        let key = format!("listener[{i}] ({})", l.name);
+        if l.routes.is_empty() {
+            p.push(Problem::error(
+                format!("{key}.routes"),
+                "empty: every recipient would be refused",
+            ));
+        }
+        for r in &l.routes {
+            if !route_names.contains(&r.as_str()) {
+                p.push(Problem::error(
+                    format!("{key}.routes"),
+                    format!("no [[route]] named {r:?}"),
+                ));
+            }
+        }
+        if (l.starttls != StartTls::Off || l.client_certificate != ClientCert::Off)
+            && c.tls.is_none()
+        {
+            p.push(Problem::error(
+                format!("{key}.starttls"),
+                "needs a [tls] section",
+            ));
+        }
+        if l.client_certificate != ClientCert::Off && l.starttls == StartTls::Off {
+            p.push(Problem::error(
+                format!("{key}.client_certificate"),
+                "needs starttls = \"offer\" or \"require\"",
+            ));
+        }
+        if !l.client_dns.is_empty() && l.client_certificate == ClientCert::Off {
+            p.push(Problem::error(
+                format!("{key}.client_dns"),
+                "needs client_certificate = \"request\" or \"require\"",
+            ));
+        }
+        if let Some(j) = c.listener[..i].iter().position(|o| o.name == l.name) {
+            p.push(Problem::error(
+                format!("{key}.name"),
+                format!("{:?} is already the name of listener[{j}]", l.name),
+            ));
+        }
+        if let Some(j) = c.listener[..i]
+            .iter()
+            .position(|o| same_socket(o.address, l.address))
+        {
+            p.push(Problem::error(
+                format!("{key}.address"),
+                format!(
+                    "{} is already the address of listener[{j}] ({}); serve could not bind both",
+                    l.address, c.listener[j].name
+                ),
+            ));
+        }
+    }
+    if let Some(admin) = c.server.admin {
+        if let Some(l) = c.listener.iter().find(|l| same_socket(l.address, admin)) {
+            p.push(Problem::error(
+                "server.admin",
+                format!("{admin} is also the address of listener {}", l.name),
+            ));
+        }
+    }
+    for (i, r) in c.route.iter().enumerate() {
+        let key = format!("route[{i}] ({})", r.name);
+        if let RouteTarget::Transport(t) = &r.target {
+            if !c.transport.contains_key(t) {
+                p.push(Problem::error(
+                    format!("{key}.transport"),
+                    format!("no [transport.{t}]"),
+                ));
+            }
+        }
+        if r.whitelist && c.whitelist.is_none() {
+            p.push(Problem::error(
+                format!("{key}.whitelist"),
+                "needs a [whitelist] section",
+            ));
+        }
+        if r.directory && c.directory.source == DirectorySource::None {
+            p.push(Problem::error(
+                format!("{key}.directory"),
+                "directory.kind is \"none\"; every recipient would be unknown",
+            ));
+        }
+        if route_names[..i].contains(&r.name.as_str()) {
+            p.push(Problem::error(
+                format!("{key}.name"),
+                format!("{:?} is already the name of another route", r.name),
+            ));
+        }
+        if !c.listener.iter().any(|l| l.routes.contains(&r.name)) {
+            p.push(Problem::warning(
+                format!("{key}.name"),
+                format!(
+                    "route {:?} is not in any listener's routes: it is never used",
+                    r.name
+                ),
+            ));
+        }
+    }
+    for (name, t) in &c.transport {
+        if matches!(t.tls, TlsPolicy::Required | TlsPolicy::Mutual) && c.tls.is_none() {
+            p.push(Problem::error(
+                format!("transport.{name}.tls"),
+                "needs a [tls] section",
+            ));
+        }
+    }
+    let q = &c.queue;
+    if q.retry.is_empty() {
+        p.push(Problem::error("queue.retry", "at least one interval"));
+    }
+    if q.retry.iter().any(|d| d.is_zero()) {
+        p.push(Problem::error("queue.retry", "intervals must be positive"));
+    }
+    if q.destination_concurrency == 0 {
+        p.push(Problem::error(
+            "queue.destination_concurrency",
+            "must be at least 1",
+        ));
+    }
+    if q.max_deliveries == 0 {
+        p.push(Problem::error("queue.max_deliveries", "must be at least 1"));
+    }
+    if c.smtp.command_line_limit < 512 {
+        p.push(Problem::error(
+            "smtp.command_line_limit",
+            "RFC 5321 needs at least 512",
+        ));
+    }
+    if c.smtp.line_length_limit < 1000 {
+        p.push(Problem::error(
+            "smtp.line_length_limit",
+            "RFC 5321 needs at least 1000",
+        ));
+    }
+    if let Some(tls) = &c.tls {
+        for (k, f) in [
+            ("tls.certificate", Some(&tls.certificate)),
+            ("tls.private_key", Some(&tls.private_key)),
+            ("tls.trust_anchors", tls.trust_anchors.as_ref()),
+        ] {
+            if let Some(f) = f {
+                if !f.exists() {
+                    p.push(Problem::error(k, format!("{} does not exist", f.display())));
+                }
+            }
+        }
+    }
+    if let DirectorySource::Ldap(l) = &c.directory.source {
+        if l.uses_tls()
+            && c.tls
+                .as_ref()
+                .and_then(|t| t.trust_anchors.as_ref())
+                .is_none()
+        {
+            p.push(Problem::error(
+                "directory.starttls",
+                "needs tls.trust_anchors to verify the LDAP server",
+            ));
+        }
+    }
+    p
+}
+
+/// Two addresses that one bind would make collide (0.0.0.0 covers every IPv4 address).
+fn same_socket(a: std::net::SocketAddr, b: std::net::SocketAddr) -> bool {
+    a.port() == b.port()
+        && (a.ip() == b.ip()
+            || (a.is_ipv4() == b.is_ipv4() && (a.ip().is_unspecified() || b.ip().is_unspecified())))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::super::tests::MIN;
+    use super::super::{Config, Severity};
+
+    fn problems(text: &str) -> Vec<(Severity, String)> {
+        let c = match Config::from_toml_str(text, "t.toml") {
+            Ok(p) => p.config,
+            Err(e) => panic!("{e}"),
+        };
+        c.validate()
+            .into_iter()
+            .map(|p| (p.severity, format!("{}: {}", p.key, p.message)))
+            .collect()
+    }
+
+    #[test]
+    fn two_listeners_on_one_address() {
+        let text = format!(
+            "{MIN}[[listener]]\nname = \"two\"\naddress = \"0.0.0.0:2525\"\nroutes = [\"a\"]\nstarttls = \"off\"\n"
+        );
+        let p = problems(&text);
+        assert!(
+            p.iter().any(|(s, m)| *s == Severity::Error
+                && m.starts_with(
+                    "listener[1] (two).address: 0.0.0.0:2525 is already the address of listener[0]"
+                )),
+            "{p:?}"
+        );
+    }
+
+    #[test]
+    fn unused_route_is_a_warning() {
+        let text =
+            format!("{MIN}[[route]]\nname = \"lost\"\ndomains = [\"x.fr\"]\ntransport = \"t\"\n");
+        let p = problems(&text);
+        assert_eq!(
+            p,
+            vec![(
+                Severity::Warning,
+                "route[2] (lost).name: route \"lost\" is not in any listener's routes: it is never used"
+                    .to_string()
+            )]
+        );
+    }
+}
