@@ -181,6 +181,14 @@ fn trim_unescaped(s: &str) -> &str {
 
 /// RFC 4514 form from the decoded values: what a certificate's subject says, escaped.
 fn written(avas: &[Ava]) -> String {
+    rfc4514(avas, |a| match &a.norm {
+        Value::Ber(_) => a.raw.clone(),
+        Value::Str(_) => escape_value(&a.raw),
+    })
+}
+
+/// RDNs joined by `,`, AVAs of one RDN by `+`, each `TYPE=value` with `value` as given.
+fn rfc4514(avas: &[Ava], value: impl Fn(&Ava) -> String) -> String {
     let mut out = String::new();
     let mut prev: Option<u32> = None;
     for ava in avas {
@@ -192,10 +200,7 @@ fn written(avas: &[Ava]) -> String {
         prev = Some(ava.rdn);
         out.push_str(display_type(&ava.oid));
         out.push('=');
-        match &ava.norm {
-            Value::Ber(_) => out.push_str(&ava.raw),
-            Value::Str(_) => out.push_str(&escape_value(&ava.raw)),
-        }
+        out.push_str(&value(ava));
     }
     out
 }
@@ -771,26 +776,10 @@ impl Dn {
     /// The form every equal DN shares: normalised values (case folded, spaces collapsed),
     /// canonical type names, AVAs of an RDN sorted.
     pub fn canonical(&self) -> String {
-        let mut out = String::new();
-        let mut prev: Option<u32> = None;
-        for ava in self.avas.iter() {
-            match prev {
-                None => {}
-                Some(r) if r == ava.rdn => out.push('+'),
-                Some(_) => out.push(','),
-            }
-            prev = Some(ava.rdn);
-            out.push_str(display_type(&ava.oid));
-            out.push('=');
-            match &ava.norm {
-                Value::Str(s) => out.push_str(&escape_value(s)),
-                Value::Ber(b) => {
-                    out.push('#');
-                    out.push_str(&hex(b));
-                }
-            }
-        }
-        out
+        rfc4514(&self.avas, |a| match &a.norm {
+            Value::Str(s) => escape_value(s),
+            Value::Ber(b) => format!("#{}", hex(b)),
+        })
     }
 
     /// `(type, value)` pairs in RFC 4514 order, values as written (escapes resolved).

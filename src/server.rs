@@ -84,19 +84,8 @@ fn ldap_options(cfg: &Config, d: &LdapConfig) -> anyhow::Result<crate::policy::l
         _ => None,
     };
     Ok(crate::policy::ldap::LdapOptions {
-        url: d.url.clone(),
-        base: d.base.clone(),
-        filter: d.filter.clone(),
-        bind_dn: d.bind_dn.clone(),
-        bind_password: d.bind_password.clone(),
-        timeout: d.timeout,
-        starttls: d.starttls,
+        config: d.clone(),
         tls,
-        pool_size: d.pool_size,
-        cache_ttl: d.cache_ttl,
-        negative_ttl: d.negative_ttl,
-        cache_size: d.cache_size,
-        bal_type_attribute: d.bal_type_attribute.clone(),
     })
 }
 

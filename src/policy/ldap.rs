@@ -7,33 +7,19 @@
 //! and negative TTLs and a size bound.
 
 use super::directory::{BoxFuture, Directory, DirectoryError, Lookup};
+use crate::config::LdapConfig;
 use ldap3::{Ldap, LdapConnAsync, LdapConnSettings, Scope, SearchEntry};
 use std::collections::HashMap;
 use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
+/// `[directory]` with `kind = "ldap"`, and the TLS trust for ldaps/StartTLS (built from
+/// `[tls].trust_anchors`).
 #[derive(Clone, Debug)]
 pub struct LdapOptions {
-    /// `ldap://host:port` or `ldaps://host:port`.
-    pub url: String,
-    pub base: String,
-    /// With `{address}` replaced by the RFC 4515-escaped recipient.
-    pub filter: String,
-    pub bind_dn: Option<String>,
-    pub bind_password: Option<String>,
-    /// Connect and per-request timeout.
-    pub timeout: Duration,
-    /// StartTLS on an `ldap://` URL.
-    pub starttls: bool,
-    /// Trust for ldaps/StartTLS (built from `[tls].trust_anchors`).
+    pub config: LdapConfig,
     pub tls: Option<Arc<rustls::ClientConfig>>,
-    pub pool_size: usize,
-    pub cache_ttl: Duration,
-    pub negative_ttl: Duration,
-    pub cache_size: usize,
-    /// Attribute holding the BAL type (PER/ORG/APP...), as `directory import` writes it.
-    pub bal_type_attribute: String,
 }
 
 /// Answers kept for a while; errors are never cached.
@@ -121,9 +107,10 @@ pub fn build_filter(template: &str, address: &str) -> String {
 
 impl LdapDirectory {
     pub fn new(opts: LdapOptions) -> LdapDirectory {
-        let n = opts.pool_size.max(1);
+        let c = &opts.config;
+        let n = c.pool_size.max(1);
         LdapDirectory {
-            cache: Cache::new(opts.cache_ttl, opts.negative_ttl, opts.cache_size),
+            cache: Cache::new(c.cache_ttl, c.negative_ttl, c.cache_size),
             slots: (0..n).map(|_| tokio::sync::Mutex::new(None)).collect(),
             next: AtomicUsize::new(0),
             opts,
@@ -132,22 +119,22 @@ impl LdapDirectory {
 
     async fn connect(&self) -> Result<Ldap, String> {
         let mut settings = LdapConnSettings::new()
-            .set_conn_timeout(self.opts.timeout)
-            .set_starttls(self.opts.starttls);
+            .set_conn_timeout(self.opts.config.timeout)
+            .set_starttls(self.opts.config.starttls);
         if let Some(cfg) = &self.opts.tls {
             settings = settings.set_config(cfg.clone());
         }
-        let (conn, mut ldap) = LdapConnAsync::with_settings(settings, &self.opts.url)
+        let (conn, mut ldap) = LdapConnAsync::with_settings(settings, &self.opts.config.url)
             .await
-            .map_err(|e| format!("connect {}: {e}", self.opts.url))?;
+            .map_err(|e| format!("connect {}: {e}", self.opts.config.url))?;
         tokio::spawn(async move {
             if let Err(e) = conn.drive().await {
                 tracing::debug!(error = %e, "LDAP connection ended");
             }
         });
-        if let Some(dn) = &self.opts.bind_dn {
-            let pw = self.opts.bind_password.as_deref().unwrap_or("");
-            ldap.with_timeout(self.opts.timeout)
+        if let Some(dn) = &self.opts.config.bind_dn {
+            let pw = self.opts.config.bind_password.as_deref().unwrap_or("");
+            ldap.with_timeout(self.opts.config.timeout)
                 .simple_bind(dn, pw)
                 .await
                 .and_then(|r| r.success())
@@ -172,11 +159,11 @@ impl LdapDirectory {
 
     async fn search(&self, address: &str) -> Result<Lookup, String> {
         let (slot, mut ldap) = self.handle().await?;
-        let filter = build_filter(&self.opts.filter, address);
-        let attr = self.opts.bal_type_attribute.as_str();
+        let filter = build_filter(&self.opts.config.filter, address);
+        let attr = self.opts.config.bal_type_attribute.as_str();
         let result = ldap
-            .with_timeout(self.opts.timeout)
-            .search(&self.opts.base, Scope::Subtree, &filter, vec![attr])
+            .with_timeout(self.opts.config.timeout)
+            .search(&self.opts.config.base, Scope::Subtree, &filter, vec![attr])
             .await
             .and_then(|r| r.success());
         match result {
@@ -196,7 +183,7 @@ impl LdapDirectory {
             Err(e) => {
                 // Drop the connection: the next request opens a fresh one.
                 *self.slots[slot].lock().await = None;
-                Err(format!("search in {}: {e}", self.opts.url))
+                Err(format!("search in {}: {e}", self.opts.config.url))
             }
         }
     }
@@ -221,7 +208,7 @@ impl Directory for LdapDirectory {
     }
 
     fn describe(&self) -> String {
-        self.opts.url.clone()
+        self.opts.config.url.clone()
     }
 }
 
@@ -273,19 +260,21 @@ mod tests {
     #[tokio::test]
     async fn unreachable_directory_is_an_error_not_unknown() {
         let d = LdapDirectory::new(LdapOptions {
-            url: "ldap://127.0.0.1:1".into(),
-            base: "dc=x".into(),
-            filter: "(mail={address})".into(),
-            bind_dn: None,
-            bind_password: None,
-            timeout: Duration::from_secs(2),
-            starttls: false,
+            config: LdapConfig {
+                url: "ldap://127.0.0.1:1".into(),
+                base: "dc=x".into(),
+                filter: "(mail={address})".into(),
+                bind_dn: None,
+                bind_password: None,
+                timeout: Duration::from_secs(2),
+                starttls: false,
+                pool_size: 2,
+                cache_ttl: Duration::from_secs(60),
+                negative_ttl: Duration::from_secs(60),
+                cache_size: 100,
+                bal_type_attribute: "employeeType".into(),
+            },
             tls: None,
-            pool_size: 2,
-            cache_ttl: Duration::from_secs(60),
-            negative_ttl: Duration::from_secs(60),
-            cache_size: 100,
-            bal_type_attribute: "employeeType".into(),
         });
         assert!(d.lookup("a@b.fr").await.is_err());
         assert!(d.cache.is_empty(), "errors are not cached");
