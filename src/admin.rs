@@ -7,9 +7,8 @@
 //! A minimal HTTP/1.1 server written by hand: a handful of GET/POST routes with
 //! `Connection: close` do not justify hyper's dependency tree in a security gateway.
 
-use crate::queue::{Command, QueueHandle};
+use crate::queue::{QueueError, QueueHandle};
 use std::path::{Path, PathBuf};
-use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
 use std::time::Duration;
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
@@ -21,8 +20,6 @@ pub struct AdminState {
     pub queue: QueueHandle,
     pub spool: PathBuf,
     pub token: String,
-    /// Set once every listener is bound.
-    pub listening: AtomicBool,
 }
 
 /// Creates (or replaces) the token file, readable by the spool's owner only.
@@ -30,8 +27,8 @@ pub fn write_token(spool: &Path) -> std::io::Result<String> {
     use std::io::Write;
     use std::os::unix::fs::OpenOptionsExt;
     let mut raw = [0u8; 24];
-    std::fs::File::open("/dev/urandom")?.read_exact_sync(&mut raw)?;
-    let token: String = raw.iter().map(|b| format!("{b:02x}")).collect();
+    getrandom::fill(&mut raw).map_err(std::io::Error::other)?;
+    let token = data_encoding::HEXLOWER.encode(&raw);
     let path = spool.join(TOKEN_FILE);
     let tmp = spool.join(".admin.token.tmp");
     let mut f = std::fs::OpenOptions::new()
@@ -44,15 +41,6 @@ pub fn write_token(spool: &Path) -> std::io::Result<String> {
     f.sync_all()?;
     std::fs::rename(&tmp, &path)?;
     Ok(token)
-}
-
-trait ReadExactSync {
-    fn read_exact_sync(&mut self, buf: &mut [u8]) -> std::io::Result<()>;
-}
-impl ReadExactSync for std::fs::File {
-    fn read_exact_sync(&mut self, buf: &mut [u8]) -> std::io::Result<()> {
-        std::io::Read::read_exact(self, buf)
-    }
 }
 
 /// Writable spool: a small file is written, fsync'd and removed.
@@ -147,25 +135,19 @@ async fn serve_one(mut stream: TcpStream, st: Arc<AdminState>) {
     let path = req.path.trim_end_matches('/');
     match (req.method.as_str(), path) {
         ("GET", "/healthz") => respond(&mut stream, 200, text, "ok\n").await,
-        ("GET", "/readyz") => {
-            let listening = st.listening.load(Ordering::Relaxed);
-            let spool = spool_writable(&st.spool);
-            match (listening, spool) {
-                (true, Ok(())) => respond(&mut stream, 200, text, "ready\n").await,
-                (false, _) => {
-                    respond(&mut stream, 503, text, "not ready: listeners not bound\n").await
-                }
-                (_, Err(e)) => {
-                    respond(
-                        &mut stream,
-                        503,
-                        text,
-                        &format!("not ready: spool not writable: {e}\n"),
-                    )
-                    .await
-                }
+        // The listeners are bound before this endpoint starts: the spool is what can fail.
+        ("GET", "/readyz") => match spool_writable(&st.spool) {
+            Ok(()) => respond(&mut stream, 200, text, "ready\n").await,
+            Err(e) => {
+                respond(
+                    &mut stream,
+                    503,
+                    text,
+                    &format!("not ready: spool not writable: {e}\n"),
+                )
+                .await
             }
-        }
+        },
         ("GET", "/metrics") => {
             let s = st.queue.stats().await;
             crate::metrics::gauge_set(
@@ -201,7 +183,9 @@ async fn serve_one(mut stream: TcpStream, st: Arc<AdminState>) {
             .await
         }
         (_, p) if p == "/queue" || p.starts_with("/queue/") => {
-            if req.token.as_deref() != Some(st.token.as_str()) {
+            use subtle::ConstantTimeEq;
+            let given = req.token.as_deref().unwrap_or("").as_bytes();
+            if !bool::from(given.ct_eq(st.token.as_bytes())) {
                 return respond(
                     &mut stream,
                     403,
@@ -216,38 +200,28 @@ async fn serve_one(mut stream: TcpStream, st: Arc<AdminState>) {
                 .split('/')
                 .collect();
             let q = &st.queue;
-            let r: Result<String, String> = match (req.method.as_str(), parts.as_slice()) {
+            let r: Result<String, QueueError> = match (req.method.as_str(), parts.as_slice()) {
                 ("GET", [""]) => Ok(json(&q.list().await)),
                 ("GET", [id]) => q
                     .show(id)
                     .await
                     .map(|i| json(&i))
-                    .ok_or_else(|| format!("{id}: no such message")),
-                ("POST", ["retry-all"]) => q
-                    .ask(|tx| Command::Retry(None, tx))
-                    .await
-                    .map(|n| format!("{{\"retried\":{n}}}")),
+                    .ok_or_else(|| QueueError::NotFound(id.to_string())),
+                ("POST", ["retry-all"]) => {
+                    q.retry(None).await.map(|n| format!("{{\"retried\":{n}}}"))
+                }
                 ("POST", [id, "retry"]) => q
-                    .ask(|tx| Command::Retry(Some(id.to_string()), tx))
+                    .retry(Some(id))
                     .await
                     .map(|n| format!("{{\"retried\":{n}}}")),
-                ("POST", [id, "hold"]) => q
-                    .ask(|tx| Command::Hold(id.to_string(), tx))
-                    .await
-                    .map(|_| "{}".into()),
-                ("POST", [id, "release"]) => q
-                    .ask(|tx| Command::Release(id.to_string(), tx))
-                    .await
-                    .map(|_| "{}".into()),
-                ("POST", [id, "delete"]) => q
-                    .ask(|tx| Command::Delete(id.to_string(), tx))
-                    .await
-                    .map(|_| "{}".into()),
+                ("POST", [id, "hold"]) => q.hold(id).await.map(|_| "{}".into()),
+                ("POST", [id, "release"]) => q.release(id).await.map(|_| "{}".into()),
+                ("POST", [id, "delete"]) => q.delete(id).await.map(|_| "{}".into()),
                 _ => return respond(&mut stream, 404, text, "no such route\n").await,
             };
             match r {
                 Ok(body) => respond(&mut stream, 200, "application/json", &body).await,
-                Err(e) if e.contains("no such message") => {
+                Err(e @ QueueError::NotFound(_)) => {
                     respond(&mut stream, 404, text, &format!("{e}\n")).await
                 }
                 Err(e) => respond(&mut stream, 409, text, &format!("{e}\n")).await,

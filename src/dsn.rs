@@ -5,7 +5,9 @@
 //! 7-bit block of fields and the returned message must be passed byte for byte, while
 //! mail-builder re-encodes parts it considers non-ASCII or long.
 
-use crate::message::{Envelope, Ret};
+use crate::message::{
+    new_queue_id, received_header, rfc5322_date, Envelope, Recipient, Ret, State,
+};
 use std::fmt::Write as _;
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -39,27 +41,117 @@ pub struct DsnRequest<'a> {
     pub id: &'a str,
 }
 
-pub fn rfc5322_date(unix: u64) -> String {
-    let t = time::OffsetDateTime::from_unix_timestamp(unix as i64)
-        .unwrap_or(time::OffsetDateTime::UNIX_EPOCH);
-    t.format(&time::format_description::well_known::Rfc2822)
-        .unwrap_or_else(|_| "Thu, 01 Jan 1970 00:00:00 +0000".into())
+/// Which route and transport take mail to an address: for a DSN to the original sender,
+/// asked of the routing policy in force when the notification is made.
+pub trait ReturnPath: Send + Sync {
+    /// `listener` is where the original message came in (its routes are tried first).
+    fn route(&self, listener: &str, address: &str) -> Option<(String, String)>;
 }
 
-/// Extracts an enhanced status code from a diagnostic such as "host x said: 550 5.1.1 ...".
-pub fn status_from_text(text: &str, default: &str) -> String {
-    for w in text.split_whitespace() {
-        let parts: Vec<&str> = w.split('.').collect();
-        if parts.len() == 3
-            && matches!(parts[0], "2" | "4" | "5")
-            && parts[1..]
-                .iter()
-                .all(|p| !p.is_empty() && p.len() <= 3 && p.bytes().all(|b| b.is_ascii_digit()))
-        {
-            return w.to_string();
-        }
+/// A notification ready to queue.
+pub struct Notification {
+    pub envelope: Envelope,
+    pub message: Vec<u8>,
+}
+
+/// Who writes a notification, how it finds its way, and when.
+pub struct Reporter<'a> {
+    /// Our name: `Reporting-MTA`, `From: MAILER-DAEMON@`, the Received header.
+    pub hostname: &'a str,
+    pub return_path: &'a dyn ReturnPath,
+    /// Unix seconds.
+    pub now: u64,
+}
+
+/// The DSN of `kind` about recipients `rcpts` of `env` (indexes into its recipients), to the
+/// envelope sender; built from the stored outcomes. `None` for the null sender (never
+/// notified) or when no route serves the sender's domain (logged).
+pub fn notification(
+    by: &Reporter<'_>,
+    kind: DsnKind,
+    env: &Envelope,
+    state: &State,
+    rcpts: &[usize],
+    original: &[u8],
+) -> Option<Notification> {
+    let (hostname, now) = (by.hostname, by.now);
+    if rcpts.is_empty() || env.mail_from.is_empty() {
+        return None;
     }
-    default.to_string()
+    let Some((route, transport)) = by.return_path.route(&env.listener, &env.mail_from) else {
+        tracing::warn!(queue_id = %env.id, to = %env.mail_from,
+            "no route for the sender's domain: {kind:?} notification not sent");
+        return None;
+    };
+    let default = match kind {
+        DsnKind::Failure => "5.0.0",
+        DsnKind::Delay => "4.0.0",
+        DsnKind::Success => "2.0.0",
+    };
+    let recipients = rcpts
+        .iter()
+        .filter_map(|&i| Some((env.recipients.get(i)?, state.rcpts.get(i)?)))
+        .map(|(r, s)| {
+            let (status, diagnostic, remote_mta) = match (kind, &s.delivered, &s.last) {
+                (DsnKind::Success, Some(d), _) => (
+                    d.reply
+                        .status
+                        .clone()
+                        .filter(|st| st.starts_with('2'))
+                        .unwrap_or_else(|| default.into()),
+                    d.to_string(),
+                    Some(d.remote.host.clone()),
+                ),
+                (_, _, Some(f)) => (
+                    f.status(default),
+                    f.to_string(),
+                    f.remote.as_ref().map(|r| r.host.clone()),
+                ),
+                _ => (default.into(), String::new(), None),
+            };
+            DsnRecipient {
+                address: r.address.clone(),
+                orcpt: r.orcpt.clone(),
+                status,
+                diagnostic,
+                remote_mta,
+            }
+        })
+        .collect();
+    let id = new_queue_id();
+    let body = build(&DsnRequest {
+        reporting_mta: hostname,
+        kind,
+        envelope: env,
+        recipients,
+        original,
+        now,
+        id: &id,
+    });
+    let mut message = received_header(None, hostname, &id, None, now).into_bytes();
+    message.extend_from_slice(&body);
+    Some(Notification {
+        envelope: Envelope {
+            id,
+            received: now,
+            listener: env.listener.clone(),
+            client: "localhost".into(),
+            helo: hostname.to_string(),
+            mail_from: String::new(),
+            ret: None,
+            envid: None,
+            eight_bit: false,
+            smtputf8: false,
+            recipients: vec![Recipient {
+                address: env.mail_from.clone(),
+                orcpt: None,
+                notify: 0,
+                route,
+                transport,
+            }],
+        },
+        message,
+    })
 }
 
 /// The header section of a message (up to and including the blank line).
@@ -244,7 +336,7 @@ mod tests {
             recipients: vec![DsnRecipient {
                 address: "dr@autre.mssante.fr".into(),
                 orcpt: None,
-                status: status_from_text("host x said: 550 5.1.1 unknown", "5.0.0"),
+                status: "5.1.1".into(),
                 diagnostic: "host x said: 550 5.1.1 unknown".into(),
                 remote_mta: Some("x".into()),
             }],
@@ -267,12 +359,5 @@ mod tests {
         assert!(!s.replace("\r\n", "").contains('\n'), "CRLF only");
         assert!(s.starts_with("From: MAILER-DAEMON@gw.test"));
         assert!(s.contains("To: <sender@chu.mssante.fr>"));
-    }
-
-    #[test]
-    fn status_extraction() {
-        assert_eq!(status_from_text("said: 451 4.3.0 later", "4.0.0"), "4.3.0");
-        assert_eq!(status_from_text("connection refused", "4.4.1"), "4.4.1");
-        assert!(rfc5322_date(0).contains("1970"));
     }
 }

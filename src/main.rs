@@ -448,7 +448,7 @@ fn check_config(path: &std::path::Path) -> anyhow::Result<ExitCode> {
     }
     // Everything serve would load: certificates, CRLs, whitelist, directory.
     if problems.is_empty() {
-        if let Err(e) = passerelle::server::Snapshot::build(cfg, None) {
+        if let Err(e) = passerelle::server::offline_snapshot(cfg) {
             for line in format!("{e:#}").lines() {
                 problems.push(at("", line.to_string()));
             }
@@ -497,18 +497,28 @@ fn whitelist_show(config: &std::path::Path, domain: &str) -> anyhow::Result<Exit
 async fn directory_lookup(config: &std::path::Path, address: &str) -> anyhow::Result<ExitCode> {
     use passerelle::policy::Lookup;
     let cfg = Config::load_unvalidated(config)?;
-    let policy = passerelle::server::build_policy(&cfg)?;
+    let spec = passerelle::server::DirectorySpec {
+        source: cfg.directory.source.clone(),
+        tls: cfg.tls.clone(),
+    };
+    let crls = std::sync::Arc::new(arc_swap::ArcSwap::from_pointee(
+        passerelle::tls::CrlSet::load(
+            &cfg.tls.as_ref().map(|t| t.crls.clone()).unwrap_or_default(),
+            None,
+        )?,
+    ));
+    let directory = passerelle::server::build_directory(&spec, &crls)?;
     let address = address.trim().trim_matches(['<', '>']);
-    match policy.directory.lookup(address).await {
+    match directory.lookup(address).await {
         Ok(Lookup::Found { bal_type }) => {
             println!(
                 "{address}: known to {} (BAL type {bal_type})",
-                policy.directory.describe()
+                directory.describe()
             );
             Ok(ExitCode::SUCCESS)
         }
         Ok(Lookup::NotFound) => {
-            println!("{address}: unknown to {}", policy.directory.describe());
+            println!("{address}: unknown to {}", directory.describe());
             Ok(ExitCode::from(1))
         }
         Err(e) => Err(anyhow::anyhow!("{address}: {e}")),
@@ -524,7 +534,7 @@ async fn route_test(
 ) -> anyhow::Result<ExitCode> {
     use passerelle::config::NextHop;
     use passerelle::policy::{parse_path, RcptDecision, RouteTarget};
-    let snap = passerelle::server::Snapshot::load(config)?;
+    let snap = passerelle::server::offline_snapshot(passerelle::server::load_config(config)?)?;
     let cfg = &snap.config;
     let l = match listener {
         Some(n) => cfg
@@ -566,8 +576,8 @@ async fn route_test(
                         println!("tls: the peer must show a valid, unrevoked certificate chaining to tls.trust_anchors whose subject DN is one of the whitelist DNs below");
                     }
                 }
-                let entries = p
-                    .whitelist
+                let list = p.lists.whitelist.load_full();
+                let entries = list
                     .as_ref()
                     .map(|w| w.entries(&addr.domain))
                     .unwrap_or(&[]);

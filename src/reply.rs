@@ -3,7 +3,7 @@
 
 use std::fmt;
 
-#[derive(Debug, Clone, PartialEq, Eq)]
+#[derive(Debug, Clone, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
 pub struct Reply {
     pub code: u16,
     /// RFC 3463 enhanced status code, e.g. "5.7.1".

@@ -6,6 +6,7 @@
 //! RSA key exchange, CBC or TLS < 1.2 at all, so nothing weaker can be negotiated.
 
 use crate::config::TlsConfig;
+use crate::message::TlsRefusal;
 use rustls::client::danger::{HandshakeSignatureValid, ServerCertVerified, ServerCertVerifier};
 use rustls::crypto::{ring, CryptoProvider};
 use rustls::pki_types::pem::PemObject;
@@ -13,7 +14,7 @@ use rustls::pki_types::{
     CertificateDer, CertificateRevocationListDer, PrivateKeyDer, ServerName, UnixTime,
 };
 use rustls::{DigitallySignedStruct, RootCertStore, SignatureScheme};
-use std::path::Path;
+use std::path::{Path, PathBuf};
 use std::sync::Arc;
 
 #[derive(Debug, thiserror::Error)]
@@ -52,18 +53,82 @@ pub fn provider() -> Arc<CryptoProvider> {
 const VERSIONS: &[&rustls::SupportedProtocolVersion] =
     &[&rustls::version::TLS13, &rustls::version::TLS12];
 
-/// Our identity, our trust anchors and CRLs, read from the files named in `[tls]`.
+/// Our identity and our trust anchors, read from the files named in `[tls]`. The CRLs have a
+/// life of their own (they are refreshed by the file watcher): see [`CrlSet`].
 #[derive(Clone, Debug)]
 pub struct TlsMaterial {
     pub chain: Vec<CertificateDer<'static>>,
     pub key: Arc<PrivateKeyDer<'static>>,
     pub roots: Arc<RootCertStore>,
-    pub crls: Vec<CertificateRevocationListDer<'static>>,
-    /// The CRLs per file, so a reload can fall back to a file's last good copy.
-    pub crl_files: Vec<(
-        std::path::PathBuf,
-        Vec<CertificateRevocationListDer<'static>>,
-    )>,
+}
+
+/// The CRLs in force: every file of `tls.crls`, parsed. Replaced whole when a file changes;
+/// a file that no longer parses keeps its last good copy.
+#[derive(Debug, Default)]
+pub struct CrlSet {
+    files: Vec<(PathBuf, Vec<CertificateRevocationListDer<'static>>)>,
+    parsed: Vec<webpki::CertRevocationList<'static>>,
+}
+
+/// Shared by every validator; one writer (the CRL watcher, or a reload through it).
+pub type Crls = Arc<arc_swap::ArcSwap<CrlSet>>;
+
+impl CrlSet {
+    /// Loads `paths`. With `previous`, a file that does not load keeps its last good copy
+    /// (with a warning): a botched CRL download must not stop the trust space.
+    pub fn load(paths: &[PathBuf], previous: Option<&CrlSet>) -> Result<CrlSet, TlsError> {
+        let mut files = Vec::new();
+        for path in paths {
+            let loaded = match (load_crl(path), previous) {
+                (Ok(c), _) => c,
+                (Err(e), Some(prev)) => match prev.files.iter().find(|(p, _)| p == path) {
+                    Some((_, last_good)) => {
+                        tracing::warn!(file = %path.display(), error = %e, "CRL unusable; keeping the last good copy");
+                        last_good.clone()
+                    }
+                    None => return Err(e),
+                },
+                (Err(e), None) => return Err(e),
+            };
+            files.push((path.clone(), loaded));
+        }
+        let parsed = files
+            .iter()
+            .flat_map(|(_, c)| c.iter())
+            .map(|c| {
+                webpki::OwnedCertRevocationList::from_der(c.as_ref())
+                    .map(webpki::CertRevocationList::from)
+                    .map_err(|e| TlsError::Rustls(format!("CRL: {e:?}")))
+            })
+            .collect::<Result<Vec<_>, _>>()?;
+        Ok(CrlSet { files, parsed })
+    }
+
+    pub fn der(&self) -> Vec<CertificateRevocationListDer<'static>> {
+        self.files
+            .iter()
+            .flat_map(|(_, c)| c.iter().cloned())
+            .collect()
+    }
+
+    /// The earliest `nextUpdate` (Unix time) of the CRLs in force, for /readyz and metrics.
+    pub fn next_update(&self) -> Option<i64> {
+        use x509_parser::prelude::FromDer;
+        self.files
+            .iter()
+            .flat_map(|(_, c)| c.iter())
+            .filter_map(|der| {
+                x509_parser::revocation_list::CertificateRevocationList::from_der(der.as_ref())
+                    .ok()
+                    .and_then(|(_, crl)| crl.next_update())
+                    .map(|t| t.timestamp())
+            })
+            .min()
+    }
+
+    pub fn is_empty(&self) -> bool {
+        self.parsed.is_empty()
+    }
 }
 
 fn read(key: &'static str, path: &Path) -> Result<Vec<u8>, TlsError> {
@@ -116,17 +181,8 @@ pub fn load_crl(path: &Path) -> Result<Vec<CertificateRevocationListDer<'static>
 }
 
 impl TlsMaterial {
+    /// Loads our certificate, key and trust anchors; certificate and key must match.
     pub fn load(cfg: &TlsConfig) -> Result<TlsMaterial, TlsError> {
-        Self::reload(cfg, None)
-    }
-
-    /// Loads `[tls]`. With `previous` (a reload), a CRL file that no longer parses is replaced
-    /// by its last good copy, with a warning: a botched CRL download must not stop the trust
-    /// space. Certificate and key errors still refuse the reload.
-    pub fn reload(
-        cfg: &TlsConfig,
-        previous: Option<&TlsMaterial>,
-    ) -> Result<TlsMaterial, TlsError> {
         let chain = load_certs("tls.certificate", &cfg.certificate)?;
         let kdata = read("tls.private_key", &cfg.private_key)?;
         let key = PrivateKeyDer::from_pem_slice(&kdata).map_err(|e| {
@@ -144,29 +200,10 @@ impl TlsMaterial {
                     .map_err(|e| file_err("tls.trust_anchors", ta, e))?;
             }
         }
-        let mut crls = Vec::new();
-        let mut crl_files = Vec::new();
-        for path in &cfg.crls {
-            let loaded = match (load_crl(path), previous) {
-                (Ok(c), _) => c,
-                (Err(e), Some(prev)) => match prev.crl_files.iter().find(|(p, _)| p == path) {
-                    Some((_, last_good)) => {
-                        tracing::warn!(file = %path.display(), error = %e, "CRL unusable; keeping the last good copy");
-                        last_good.clone()
-                    }
-                    None => return Err(e),
-                },
-                (Err(e), None) => return Err(e),
-            };
-            crls.extend(loaded.iter().cloned());
-            crl_files.push((path.clone(), loaded));
-        }
         let m = TlsMaterial {
             chain,
             key: Arc::new(key),
             roots: Arc::new(roots),
-            crls,
-            crl_files,
         };
         // Prove that key and certificate belong together.
         m.server_config(None)?;
@@ -206,18 +243,37 @@ impl TlsMaterial {
         Ok(Arc::new(cfg))
     }
 
-    /// Chain + name verification against our trust anchors and CRLs (`tls = "required"`).
-    pub fn webpki_server_verifier(&self) -> Result<Arc<dyn ServerCertVerifier>, TlsError> {
+    /// Chain + name verification against our trust anchors and the CRLs in force when it is
+    /// built (`tls = "required"`, LDAP over TLS; rebuilt at each reload).
+    pub fn webpki_server_verifier(
+        &self,
+        crls: &CrlSet,
+    ) -> Result<Arc<dyn ServerCertVerifier>, TlsError> {
         let mut b = rustls::client::WebPkiServerVerifier::builder_with_provider(
             self.roots.clone(),
             provider(),
         );
-        if !self.crls.is_empty() {
-            b = b.with_crls(self.crls.clone());
+        let der = crls.der();
+        if !der.is_empty() {
+            b = b.with_crls(der);
         }
         let v = b.build().map_err(|e| TlsError::Rustls(e.to_string()))?;
         Ok(v)
     }
+}
+
+/// A client without a certificate of its own (opportunistic TLS with no `[tls]`, LDAP over
+/// TLS), with our versions and suites.
+pub fn anonymous_client_config(
+    verifier: Arc<dyn ServerCertVerifier>,
+) -> Result<Arc<rustls::ClientConfig>, TlsError> {
+    let c = rustls::ClientConfig::builder_with_provider(provider())
+        .with_protocol_versions(VERSIONS)
+        .map_err(|e| TlsError::Rustls(e.to_string()))?
+        .dangerous()
+        .with_custom_certificate_verifier(verifier)
+        .with_no_client_auth();
+    Ok(Arc::new(c))
 }
 
 /// The handshake-signature half of a verifier: proof that the peer holds the key of the
@@ -298,7 +354,29 @@ pub enum PeerRole {
     Client,
 }
 
-/// Validates a peer's chain against our trust anchors, CRLs and the clock.
+/// Why a peer's certificate was refused: the reason for metrics and the words for people.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Refusal {
+    pub reason: TlsRefusal,
+    pub text: String,
+}
+
+impl Refusal {
+    pub fn new(reason: TlsRefusal, text: impl Into<String>) -> Refusal {
+        Refusal {
+            reason,
+            text: text.into(),
+        }
+    }
+}
+
+impl std::fmt::Display for Refusal {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(&self.text)
+    }
+}
+
+/// Validates a peer's chain against our trust anchors, the CRLs in force and the clock.
 ///
 /// Done at the SMTP layer rather than inside the handshake: an inbound peer with an expired,
 /// revoked or foreign certificate then gets an SMTP reply saying so (the ANS audits this), and
@@ -306,7 +384,7 @@ pub enum PeerRole {
 #[derive(Clone)]
 pub struct PeerValidator {
     roots: Arc<RootCertStore>,
-    crls: Arc<Vec<webpki::CertRevocationList<'static>>>,
+    crls: Crls,
 }
 
 impl std::fmt::Debug for PeerValidator {
@@ -315,35 +393,33 @@ impl std::fmt::Debug for PeerValidator {
             f,
             "PeerValidator({} anchors, {} CRLs)",
             self.roots.len(),
-            self.crls.len()
+            self.crls.load().parsed.len()
         )
     }
 }
 
 impl PeerValidator {
-    pub fn new(m: &TlsMaterial) -> Result<PeerValidator, TlsError> {
-        let crls = m
-            .crls
-            .iter()
-            .map(|c| {
-                webpki::OwnedCertRevocationList::from_der(c.as_ref())
-                    .map(webpki::CertRevocationList::from)
-                    .map_err(|e| TlsError::Rustls(format!("CRL: {e:?}")))
-            })
-            .collect::<Result<Vec<_>, _>>()?;
-        Ok(PeerValidator {
+    pub fn new(m: &TlsMaterial, crls: Crls) -> PeerValidator {
+        PeerValidator {
             roots: m.roots.clone(),
-            crls: Arc::new(crls),
-        })
+            crls,
+        }
     }
 
     /// `Ok(())` when the leaf chains to an anchor, is in its validity period, carries the
-    /// right EKU and is not revoked by any configured CRL. The error says why in words.
-    pub fn validate(&self, chain: &[CertificateDer<'_>], role: PeerRole) -> Result<(), String> {
-        let (leaf, intermediates) = chain.split_first().ok_or("no certificate presented")?;
-        let ee = webpki::EndEntityCert::try_from(leaf)
-            .map_err(|e| format!("unreadable certificate: {e:?}"))?;
-        let crl_refs: Vec<&webpki::CertRevocationList<'_>> = self.crls.iter().collect();
+    /// right EKU and is not revoked by any configured CRL.
+    pub fn validate(&self, chain: &[CertificateDer<'_>], role: PeerRole) -> Result<(), Refusal> {
+        let (leaf, intermediates) = chain
+            .split_first()
+            .ok_or_else(|| Refusal::new(TlsRefusal::NoCertificate, "no certificate presented"))?;
+        let ee = webpki::EndEntityCert::try_from(leaf).map_err(|e| {
+            Refusal::new(
+                TlsRefusal::Unreadable,
+                format!("unreadable certificate: {e:?}"),
+            )
+        })?;
+        let crls = self.crls.load();
+        let crl_refs: Vec<&webpki::CertRevocationList<'_>> = crls.parsed.iter().collect();
         let revocation = if crl_refs.is_empty() {
             None
         } else {
@@ -373,26 +449,41 @@ impl PeerValidator {
     }
 }
 
-fn describe_webpki_error(e: &webpki::Error) -> String {
+fn describe_webpki_error(e: &webpki::Error) -> Refusal {
     use webpki::Error as E;
-    match e {
-        E::CertExpired { .. } => "certificate expired".into(),
-        E::CertNotValidYet { .. } => "certificate not yet valid".into(),
-        E::CertRevoked => "certificate revoked".into(),
-        E::UnknownIssuer => "certificate not issued by a trusted authority".into(),
+    let (reason, text) = match e {
+        E::CertExpired { .. } => (TlsRefusal::Expired, "certificate expired".into()),
+        E::CertNotValidYet { .. } => (TlsRefusal::NotYetValid, "certificate not yet valid".into()),
+        E::CertRevoked => (TlsRefusal::Revoked, "certificate revoked".into()),
+        E::UnknownIssuer => (
+            TlsRefusal::Untrusted,
+            "certificate not issued by a trusted authority".into(),
+        ),
         // An issuer with a trusted CA's name but another key: a look-alike CA.
         E::InvalidSignatureForPublicKey
         | E::UnsupportedSignatureAlgorithmContext(_)
-        | E::UnsupportedSignatureAlgorithmForPublicKeyContext(_) => {
-            "certificate not issued by a trusted authority (its signature does not verify)".into()
-        }
-        E::UnknownRevocationStatus => "no CRL covers this certificate's issuer".into(),
-        E::CrlExpired { .. } => "the issuer's CRL has expired".into(),
-        E::RequiredEkuNotFoundContext(_) => {
-            "certificate lacks the required extended key usage".into()
-        }
-        other => format!("certificate rejected: {other:?}"),
-    }
+        | E::UnsupportedSignatureAlgorithmForPublicKeyContext(_) => (
+            TlsRefusal::Untrusted,
+            "certificate not issued by a trusted authority (its signature does not verify)".into(),
+        ),
+        E::UnknownRevocationStatus => (
+            TlsRefusal::UnknownRevocation,
+            "no CRL covers this certificate's issuer".into(),
+        ),
+        E::CrlExpired { .. } => (
+            TlsRefusal::CrlExpired,
+            "the issuer's CRL has expired".into(),
+        ),
+        E::RequiredEkuNotFoundContext(_) => (
+            TlsRefusal::MissingEku,
+            "certificate lacks the required extended key usage".into(),
+        ),
+        other => (
+            TlsRefusal::Untrusted,
+            format!("certificate rejected: {other:?}"),
+        ),
+    };
+    Refusal { reason, text }
 }
 
 /// Handshake-level verifiers that ask for (client) or accept (server) any certificate, checking
@@ -431,26 +522,4 @@ impl rustls::server::danger::ClientCertVerifier for DeferredClientVerifier {
         Ok(rustls::server::danger::ClientCertVerified::assertion())
     }
     handshake_signatures!(provider);
-}
-
-/// A short label for a TLS/certificate failure text (metrics).
-pub fn failure_reason(text: &str) -> &'static str {
-    let t = text.to_ascii_lowercase();
-    if t.contains("starttls not offered") {
-        "no_starttls"
-    } else if t.contains("expired") {
-        "expired"
-    } else if t.contains("revoked") {
-        "revoked"
-    } else if t.contains("not issued by a trusted") {
-        "untrusted"
-    } else if t.contains("not declared") {
-        "dn_not_declared"
-    } else if t.contains("no certificate") || t.contains("no client certificate") {
-        "no_certificate"
-    } else if t.contains("crl") {
-        "crl"
-    } else {
-        "handshake"
-    }
 }

@@ -107,7 +107,7 @@ fn de_opt_socket<'de, D: Deserializer<'de>>(d: D) -> Result<Option<SocketAddr>, 
     de_socket(d).map(Some)
 }
 
-#[derive(Debug, Clone, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Eq, Deserialize)]
 pub struct TlsConfig {
     /// PEM chain, leaf first: presented as server and as client certificate.
     pub certificate: PathBuf,
@@ -457,7 +457,7 @@ impl std::str::FromStr for NameServer {
     }
 }
 
-#[derive(Debug, Clone, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Eq, Deserialize)]
 pub struct WhitelistConfig {
     pub file: PathBuf,
     #[serde(default = "default_whitelist_reload", deserialize_with = "de_duration")]

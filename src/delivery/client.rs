@@ -5,7 +5,10 @@
 //! peer's certificate DN, and the guarantee that bytes a server sends along with its STARTTLS
 //! reply are discarded; mail-send 0.6 exposes none of these as a whole.
 
-use crate::message::{Envelope, Ret, NOTIFY_DELAY, NOTIFY_FAILURE, NOTIFY_NEVER, NOTIFY_SUCCESS};
+use crate::message::{
+    Delivered, Envelope, Failure, FailureKind, Outcome, Remote, Ret, TlsRefusal, NOTIFY_DELAY,
+    NOTIFY_FAILURE, NOTIFY_NEVER, NOTIFY_SUCCESS,
+};
 use crate::net::{read_line, BoxStream, Line};
 use crate::reply::Reply;
 use std::net::SocketAddr;
@@ -13,35 +16,6 @@ use std::sync::Arc;
 use std::time::{Duration, Instant};
 use tokio::io::{AsyncWriteExt, BufReader};
 use tokio::net::TcpStream;
-
-/// What became of one recipient in one attempt.
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub enum RcptOutcome {
-    Delivered(String),
-    Deferred(String),
-    Failed(String),
-}
-
-/// A failure of the whole session (before any per-recipient answer).
-#[derive(Debug, Clone, thiserror::Error)]
-pub enum SessionError {
-    #[error("connect to {0}: {1}")]
-    Connect(String, String),
-    #[error("{0}: {1}")]
-    Io(String, String),
-    #[error("{0}: TLS: {1}")]
-    Tls(String, String),
-    /// The server refused the session or the transaction as a whole.
-    #[error("{0} said: {1}")]
-    Refused(String, Reply),
-}
-
-impl SessionError {
-    /// Only an explicit 5xx from the server is permanent; network trouble is always retried.
-    pub fn is_permanent(&self) -> bool {
-        matches!(self, SessionError::Refused(_, r) if r.is_permanent())
-    }
-}
 
 #[derive(Debug, Default, Clone)]
 pub struct Caps {
@@ -106,8 +80,10 @@ pub struct Client {
     pub caps: Caps,
     /// `TLSv1.3 with cipher ...` once encrypted.
     pub tls: Option<String>,
-    /// `host[ip]:port`, for logs and DSNs.
-    pub peer: String,
+    /// The peer certificate's subject DN, as written, once encrypted.
+    pub peer_dn: Option<String>,
+    /// The host: `host[ip]:port` in logs and DSNs.
+    pub remote: Remote,
     pub transactions: usize,
     pub last_used: Instant,
     command_timeout: Duration,
@@ -117,18 +93,23 @@ pub struct Client {
 const REPLY_LINE_MAX: usize = 4096;
 
 impl Client {
-    pub async fn connect(addr: SocketAddr, opts: &ClientOptions) -> Result<Client, SessionError> {
-        let peer = format!("{}[{}]:{}", opts.server_name, addr.ip(), addr.port());
+    pub async fn connect(addr: SocketAddr, opts: &ClientOptions) -> Result<Client, Failure> {
+        let remote = Remote {
+            host: opts.server_name.clone(),
+            addr,
+        };
+        let connect_err = |e: String| Failure::new(FailureKind::Connect, e).at(&remote);
         let tcp = tokio::time::timeout(opts.connect_timeout, TcpStream::connect(addr))
             .await
-            .map_err(|_| SessionError::Connect(peer.clone(), "timeout".into()))?
-            .map_err(|e| SessionError::Connect(peer.clone(), e.to_string()))?;
+            .map_err(|_| connect_err("timeout".into()))?
+            .map_err(|e| connect_err(e.to_string()))?;
         let _ = tcp.set_nodelay(true);
         let mut c = Client {
             r: BufReader::with_capacity(16 * 1024, Box::new(tcp) as BoxStream),
             caps: Caps::default(),
             tls: None,
-            peer,
+            peer_dn: None,
+            remote,
             transactions: 0,
             last_used: Instant::now(),
             command_timeout: opts.command_timeout,
@@ -136,7 +117,7 @@ impl Client {
         };
         let banner = c.read_reply().await?;
         if banner.code != 220 {
-            return Err(SessionError::Refused(c.peer.clone(), banner));
+            return Err(Failure::refused(&c.remote, banner));
         }
         c.ehlo(&opts.helo).await?;
         let config = match &opts.tls {
@@ -145,9 +126,9 @@ impl Client {
             TlsMode::Required(cfg) | TlsMode::Mutual { config: cfg, .. } => {
                 if !c.caps.starttls {
                     let _ = c.command("QUIT\r\n").await;
-                    return Err(SessionError::Tls(
-                        c.peer.clone(),
-                        "STARTTLS not offered; TLS is required, not sending in clear".into(),
+                    return Err(c.tls_failure(
+                        TlsRefusal::NoStartTls,
+                        "STARTTLS not offered; TLS is required, not sending in clear",
                     ));
                 }
                 Some(cfg.clone())
@@ -160,7 +141,15 @@ impl Client {
         Ok(c)
     }
 
-    async fn ehlo(&mut self, helo: &str) -> Result<(), SessionError> {
+    fn tls_failure(&self, reason: TlsRefusal, text: impl Into<String>) -> Failure {
+        Failure::new(FailureKind::Tls(reason), text).at(&self.remote)
+    }
+
+    fn io_failure(&self, text: impl Into<String>) -> Failure {
+        Failure::new(FailureKind::Io, text).at(&self.remote)
+    }
+
+    async fn ehlo(&mut self, helo: &str) -> Result<(), Failure> {
         let r = self.command(&format!("EHLO {helo}\r\n")).await?;
         if r.code == 250 {
             self.caps = Caps::from_ehlo(&r);
@@ -168,7 +157,7 @@ impl Client {
         }
         let r = self.command(&format!("HELO {helo}\r\n")).await?;
         if r.code != 250 {
-            return Err(SessionError::Refused(self.peer.clone(), r));
+            return Err(Failure::refused(&self.remote, r));
         }
         self.caps = Caps::default();
         Ok(())
@@ -179,28 +168,38 @@ impl Client {
         cfg: Arc<rustls::ClientConfig>,
         name: &str,
         mode: &TlsMode,
-    ) -> Result<Client, SessionError> {
+    ) -> Result<Client, Failure> {
         let r = self.command("STARTTLS\r\n").await?;
         if r.code != 220 {
-            return Err(SessionError::Tls(
-                self.peer.clone(),
+            return Err(self.tls_failure(
+                TlsRefusal::StartTlsRefused,
                 format!("STARTTLS refused: {r}"),
             ));
         }
         // into_inner drops whatever the server sent after its 220: bytes injected before the
         // handshake must never be read as if they came over TLS.
+        let remote = self.remote.clone();
+        let tls_failure =
+            |reason, text: String| Failure::new(FailureKind::Tls(reason), text).at(&remote);
         let stream = self.r.into_inner();
         let server_name =
             rustls::pki_types::ServerName::try_from(name.to_string()).map_err(|e| {
-                SessionError::Tls(self.peer.clone(), format!("bad server name {name:?}: {e}"))
+                tls_failure(
+                    TlsRefusal::Handshake,
+                    format!("bad server name {name:?}: {e}"),
+                )
             })?;
         let connector = tokio_rustls::TlsConnector::from(cfg);
         let tls =
             tokio::time::timeout(self.command_timeout, connector.connect(server_name, stream))
                 .await
-                .map_err(|_| SessionError::Tls(self.peer.clone(), "handshake timeout".into()))?
-                .map_err(|e| SessionError::Tls(self.peer.clone(), e.to_string()))?;
+                .map_err(|_| tls_failure(TlsRefusal::Handshake, "handshake timeout".into()))?
+                .map_err(|e| tls_failure(TlsRefusal::Handshake, e.to_string()))?;
         let desc = crate::tls::describe(tls.get_ref().1);
+        let chain = tls.get_ref().1.peer_certificates().unwrap_or(&[]);
+        let peer_dn = chain
+            .first()
+            .and_then(|c| crate::dn::Dn::from_cert_der(c.as_ref()).ok());
         if let TlsMode::Mutual {
             validator,
             allowed,
@@ -208,26 +207,26 @@ impl Client {
             ..
         } = mode
         {
-            let chain = tls.get_ref().1.peer_certificates().unwrap_or(&[]);
-            check_trust_space_peer(chain, validator, allowed, domain)
-                .map_err(|why| SessionError::Tls(self.peer.clone(), why))?;
+            check_trust_space_peer(chain, peer_dn.as_ref(), validator, allowed, domain)
+                .map_err(|(reason, why)| tls_failure(reason, why))?;
         }
         Ok(Client {
             r: BufReader::with_capacity(16 * 1024, Box::new(tls) as BoxStream),
             caps: Caps::default(),
             tls: Some(desc),
+            peer_dn: peer_dn.map(|d| d.to_string()),
             ..self
         })
     }
 
-    async fn write(&mut self, data: &[u8]) -> Result<(), SessionError> {
+    async fn write(&mut self, data: &[u8]) -> Result<(), Failure> {
         self.write_parts(&[data]).await
     }
 
     /// Writes `parts` one after the other, gathered (writev: a message and its terminator
     /// leave in one segment, so the peer wakes once), then flushes; one timeout for all.
-    async fn write_parts(&mut self, parts: &[&[u8]]) -> Result<(), SessionError> {
-        let peer = &self.peer;
+    async fn write_parts(&mut self, parts: &[&[u8]]) -> Result<(), Failure> {
+        let remote = &self.remote;
         let w = self.r.get_mut();
         let mut slices: Vec<std::io::IoSlice<'_>> =
             parts.iter().map(|p| std::io::IoSlice::new(p)).collect();
@@ -243,17 +242,17 @@ impl Client {
             w.flush().await
         })
         .await
-        .map_err(|_| SessionError::Io(peer.clone(), "write timeout".into()))?
-        .map_err(|e| SessionError::Io(peer.clone(), e.to_string()))
+        .map_err(|_| Failure::new(FailureKind::Io, "write timeout").at(remote))?
+        .map_err(|e| Failure::new(FailureKind::Io, e.to_string()).at(remote))
     }
 
-    async fn command(&mut self, cmd: &str) -> Result<Reply, SessionError> {
+    async fn command(&mut self, cmd: &str) -> Result<Reply, Failure> {
         self.write(cmd.as_bytes()).await?;
         self.read_reply().await
     }
 
     /// Reads one (possibly multi-line) reply.
-    pub async fn read_reply(&mut self) -> Result<Reply, SessionError> {
+    pub async fn read_reply(&mut self) -> Result<Reply, Failure> {
         let mut text = String::new();
         let mut code = 0u16;
         for _ in 0..100 {
@@ -264,21 +263,15 @@ impl Client {
                 self.command_timeout,
             )
             .await
-            .map_err(|e| SessionError::Io(self.peer.clone(), e.to_string()))?;
+            .map_err(|e| self.io_failure(e.to_string()))?;
             match l {
                 Line::Complete => {}
                 Line::TooLong { .. } => {
-                    return Err(SessionError::Io(
-                        self.peer.clone(),
-                        "reply line too long".into(),
-                    ))
+                    return Err(
+                        Failure::new(FailureKind::Protocol, "reply line too long").at(&self.remote)
+                    )
                 }
-                Line::Eof => {
-                    return Err(SessionError::Io(
-                        self.peer.clone(),
-                        "connection closed".into(),
-                    ))
-                }
+                Line::Eof => return Err(self.io_failure("connection closed")),
             }
             let s = String::from_utf8_lossy(&self.line);
             let s = s.trim_end_matches(['\r', '\n']);
@@ -287,13 +280,14 @@ impl Client {
                 .and_then(|c| c.parse().ok())
                 .filter(|c| (200..600).contains(c))
                 .ok_or_else(|| {
-                    SessionError::Io(self.peer.clone(), format!("malformed reply {s:?}"))
+                    Failure::new(FailureKind::Protocol, format!("malformed reply {s:?}"))
+                        .at(&self.remote)
                 })?;
             if code != 0 && c != code {
-                return Err(SessionError::Io(
-                    self.peer.clone(),
-                    "inconsistent multi-line reply".into(),
-                ));
+                return Err(
+                    Failure::new(FailureKind::Protocol, "inconsistent multi-line reply")
+                        .at(&self.remote),
+                );
             }
             code = c;
             if !text.is_empty() {
@@ -304,10 +298,7 @@ impl Client {
                 return Ok(split_status(code, text));
             }
         }
-        Err(SessionError::Io(
-            self.peer.clone(),
-            "reply has too many lines".into(),
-        ))
+        Err(Failure::new(FailureKind::Protocol, "reply has too many lines").at(&self.remote))
     }
 
     /// One transaction. `rcpts` are (index, address, notify, orcpt). Returns one outcome per
@@ -317,7 +308,7 @@ impl Client {
         env: &Envelope,
         rcpts: &[(usize, &crate::message::Recipient)],
         body: &[u8],
-    ) -> Result<Vec<(usize, RcptOutcome)>, SessionError> {
+    ) -> Result<Vec<(usize, Outcome)>, Failure> {
         self.last_used = Instant::now();
         let mut mail = format!("MAIL FROM:<{}>", env.mail_from);
         if self.caps.size.is_some() {
@@ -395,7 +386,7 @@ impl Client {
         let mail_reply = &replies[0];
         if !mail_reply.is_positive() {
             self.abandon(data_reply.as_ref()).await;
-            return Err(SessionError::Refused(self.peer.clone(), mail_reply.clone()));
+            return Err(Failure::refused(&self.remote, mail_reply.clone()));
         }
         let mut out = Vec::with_capacity(rcpts.len());
         let mut accepted = Vec::new();
@@ -447,24 +438,17 @@ impl Client {
         let _ = self.command("RSET\r\n").await;
     }
 
-    fn outcome(&self, r: &Reply) -> RcptOutcome {
-        let text = format!(
-            "host {} said: {}",
-            self.peer,
-            r.to_string().replace('\n', " ")
-        );
+    fn outcome(&self, r: &Reply) -> Outcome {
         if r.is_positive() {
-            RcptOutcome::Delivered(text)
+            Outcome::Delivered(Delivered {
+                remote: self.remote.clone(),
+                reply: r.clone(),
+            })
         } else if r.is_permanent() {
-            RcptOutcome::Failed(text)
+            Outcome::Failed(Failure::refused(&self.remote, r.clone()))
         } else {
-            RcptOutcome::Deferred(text)
+            Outcome::Deferred(Failure::refused(&self.remote, r.clone()))
         }
-    }
-
-    /// Checks a cached connection is still alive before reuse.
-    pub async fn reset(&mut self) -> bool {
-        matches!(self.command("RSET\r\n").await, Ok(r) if r.code == 250)
     }
 
     pub async fn quit(mut self) {
@@ -472,26 +456,33 @@ impl Client {
     }
 }
 
-/// The trust-space check of an outbound peer, after the handshake and before any mail.
+/// The trust-space check of an outbound peer, after the handshake and before any mail: a
+/// valid chain, and a subject DN the whitelist declares for `domain`.
 fn check_trust_space_peer(
     chain: &[rustls::pki_types::CertificateDer<'_>],
+    dn: Option<&crate::dn::Dn>,
     validator: &crate::tls::PeerValidator,
     allowed: &[crate::dn::Dn],
     domain: &str,
-) -> Result<(), String> {
+) -> Result<(), (TlsRefusal, String)> {
     validator
         .validate(chain, crate::tls::PeerRole::Server)
-        .map_err(|why| format!("peer certificate refused: {why}"))?;
-    let dn = crate::dn::Dn::from_cert_der(chain[0].as_ref())
-        .map_err(|e| format!("peer certificate refused: unreadable subject: {e}"))?;
-    if allowed.contains(&dn) {
+        .map_err(|r| (r.reason, format!("peer certificate refused: {r}")))?;
+    let dn = dn.ok_or((
+        TlsRefusal::Unreadable,
+        "peer certificate refused: unreadable subject".to_string(),
+    ))?;
+    if allowed.contains(dn) {
         return Ok(());
     }
     // Quoted as the certificate writes it, not in its comparison form.
-    Err(format!(
-        "peer certificate DN \"{dn}\" is not declared in the MSSante whitelist for {domain} \
-         ({} DN(s) declared; see `passerelle whitelist show {domain}`)",
-        allowed.len()
+    Err((
+        TlsRefusal::DnNotDeclared,
+        format!(
+            "peer certificate DN \"{dn}\" is not declared in the MSSante whitelist for {domain} \
+             ({} DN(s) declared; see `passerelle whitelist show {domain}`)",
+            allowed.len()
+        ),
     ))
 }
 

@@ -1,7 +1,7 @@
 //! Accepts connections, screens them (client CIDRs, connection limits) and starts sessions.
 
 use super::session::Session;
-use super::Shared;
+use super::ListenerContext;
 use crate::net::BoxStream;
 use arc_swap::ArcSwap;
 use std::collections::HashMap;
@@ -52,7 +52,7 @@ impl PerClient {
 /// finish: idle ones get 421 at once, one inside DATA completes its message first).
 pub async fn run(
     listener: TcpListener,
-    shared: Arc<ArcSwap<Shared>>,
+    shared: Arc<ArcSwap<ListenerContext>>,
     mut shutdown: watch::Receiver<bool>,
 ) {
     let per_client = Arc::new(PerClient::default());
@@ -77,7 +77,7 @@ pub async fn run(
         let name = sh.listener.name.clone();
         let ip_ok = sh.listener.admits(peer.ip());
         // Clients outside the CIDRs may still come in to authenticate by certificate.
-        if !ip_ok && sh.client_dns.is_empty() {
+        if !ip_ok && sh.listener.client_dns.is_empty() {
             tracing::info!(listener = %name, client = %peer, "connection refused: client not in listener.clients");
             let msg = format!(
                 "554 5.7.1 {} ESMTP access denied for {}\r\n",

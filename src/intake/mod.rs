@@ -1,6 +1,7 @@
 //! Intake: the SMTP server side. `listener` accepts and screens connections; `session` runs the
 //! RFC 5321 dialogue; `data` reads message content. Intake decides nothing itself: it asks
-//! policy at RCPT, and hands accepted messages to the queue only once they are on disk.
+//! policy at MAIL and RCPT, and hands accepted messages to the queue only once they are on
+//! disk.
 
 pub mod command;
 pub mod data;
@@ -9,22 +10,20 @@ pub mod session;
 
 use crate::config::{ListenerConfig, SmtpLimits};
 use crate::policy::Policy;
-use crate::queue::{QueueHandle, Spool};
-use arc_swap::ArcSwap;
+use crate::queue::Queue;
 use std::sync::Arc;
 
-/// What every session of one listener needs; a reload swaps in a new one for new sessions.
-pub struct Shared {
+/// What every session of one listener needs, from one config snapshot: a session takes it
+/// once, at accept, and keeps it to the end; a reload makes a new one for new sessions.
+pub struct ListenerContext {
     pub listener: ListenerConfig,
     pub hostname: String,
     pub limits: SmtpLimits,
-    pub policy: Arc<ArcSwap<Policy>>,
+    /// The snapshot's routes, with the live whitelist and directory.
+    pub policy: Policy,
     /// Present when this listener can do STARTTLS.
     pub tls: Option<Arc<rustls::ServerConfig>>,
     /// Judges client certificates after the handshake (listeners that ask for one).
     pub validator: Option<crate::tls::PeerValidator>,
-    /// Certificate subjects allowed to relay from outside `listener.clients`.
-    pub client_dns: Vec<crate::dn::Dn>,
-    pub spool: Spool,
-    pub queue: QueueHandle,
+    pub queue: Queue,
 }

@@ -3,12 +3,15 @@
 
 use super::command::{parse_bdat, parse_line, parse_mail, parse_rcpt, Verb};
 use super::data::{check_bdat, count_received, read_data, DataEnd, DataLimits};
-use super::Shared;
-use crate::config::{ClientCert, StartTls};
-use crate::message::{new_queue_id, now_ms, Envelope, Recipient, Ret, State};
+use super::ListenerContext;
+use crate::config::StartTls;
+use crate::message::{
+    new_queue_id, now_ms, received_header, Envelope, ReceivedFrom, Recipient, Ret,
+};
 use crate::net::{read_line, BoxStream, Line, Rewind};
 use crate::policy::{parse_path, RcptDecision};
 use crate::reply::Reply;
+use crate::tls::Refusal;
 use std::net::SocketAddr;
 use std::sync::Arc;
 use std::time::Duration;
@@ -36,7 +39,7 @@ struct Transaction {
 pub struct Session {
     r: BufReader<Rewind<BoxStream>>,
     out: Vec<u8>,
-    shared: Arc<Shared>,
+    ctx: Arc<ListenerContext>,
     peer: SocketAddr,
     helo: Option<String>,
     esmtp: bool,
@@ -44,7 +47,7 @@ pub struct Session {
     /// Subject DN of the client certificate (for logs and the Received header).
     client_dn: Option<String>,
     /// The client certificate's verdict (its subject when valid): `None` when none was presented.
-    client_cert: Option<Result<crate::dn::Dn, String>>,
+    client_cert: Option<Result<crate::dn::Dn, Refusal>>,
     /// The client's address is in `listener.clients`; otherwise only a listed certificate relays.
     ip_authorized: bool,
     tx: Transaction,
@@ -62,14 +65,14 @@ impl Session {
     pub fn new(
         stream: BoxStream,
         peer: SocketAddr,
-        shared: Arc<Shared>,
+        ctx: Arc<ListenerContext>,
         ip_authorized: bool,
     ) -> Session {
         Session {
             // Small: thousands of idle sessions each hold one; DATA is read around it.
             r: BufReader::with_capacity(4 * 1024, Rewind::new(stream)),
             out: Vec::with_capacity(1024),
-            shared,
+            ctx,
             peer,
             helo: None,
             esmtp: false,
@@ -92,7 +95,7 @@ impl Session {
                 "passerelle_smtp_rejected_total",
                 "SMTP commands refused, per listener and reply",
                 &[
-                    ("listener", &self.shared.listener.name),
+                    ("listener", &self.ctx.listener.name),
                     ("reply", status.trim()),
                 ],
             );
@@ -109,7 +112,7 @@ impl Session {
             return Ok(());
         }
         let w = self.r.get_mut();
-        let res = tokio::time::timeout(self.shared.limits.timeout, async {
+        let res = tokio::time::timeout(self.ctx.limits.timeout, async {
             w.write_all(&self.out).await?;
             w.flush().await
         })
@@ -125,7 +128,7 @@ impl Session {
     }
 
     pub async fn run(self, shutdown: tokio::sync::watch::Receiver<bool>) {
-        let listener = self.shared.listener.name.clone();
+        let listener = self.ctx.listener.name.clone();
         let l = [("listener", listener.as_str())];
         crate::metrics::inc("passerelle_sessions_total", "SMTP sessions started", &l);
         crate::metrics::gauge_add(
@@ -144,7 +147,7 @@ impl Session {
     }
 
     async fn dialogue(mut self, mut shutdown: tokio::sync::watch::Receiver<bool>) {
-        let banner = format!("220 {} ESMTP passerelle\r\n", self.shared.hostname);
+        let banner = format!("220 {} ESMTP passerelle\r\n", self.ctx.hostname);
         self.raw(&banner);
         loop {
             // Replies to pipelined commands go out together, once the client's batch is read.
@@ -154,8 +157,8 @@ impl Session {
                     return;
                 }
             }
-            let limit = self.shared.limits.command_line_limit;
-            let timeout = self.shared.limits.timeout;
+            let limit = self.ctx.limits.command_line_limit;
+            let timeout = self.ctx.limits.timeout;
             let read = tokio::select! {
                 r = read_line(&mut self.r, &mut self.line, limit, timeout) => r,
                 _ = shutdown.changed() => {
@@ -188,13 +191,13 @@ impl Session {
                 let _ = self.flush().await;
                 return;
             }
-            if self.errors > self.shared.limits.hard_error_limit {
+            if self.errors > self.ctx.limits.hard_error_limit {
                 self.raw("421 4.7.0 Error: too many errors\r\n");
                 let _ = self.flush().await;
                 tracing::info!(client = %self.peer, errors = self.errors, "too many errors; disconnected");
                 return;
             }
-            if self.junk > self.shared.limits.junk_command_limit {
+            if self.junk > self.ctx.limits.junk_command_limit {
                 self.raw("421 4.7.0 Error: too many commands without mail\r\n");
                 let _ = self.flush().await;
                 return;
@@ -211,7 +214,7 @@ impl Session {
             }
         };
         let (verb, arg) = (cmd.verb, cmd.arg);
-        let needs_tls = self.shared.listener.starttls == StartTls::Require && self.tls.is_none();
+        let needs_tls = self.ctx.listener.starttls == StartTls::Require && self.tls.is_none();
         match verb {
             Verb::Ehlo | Verb::Helo => self.helo(verb == Verb::Ehlo, arg),
             Verb::Mail | Verb::Rcpt | Verb::Data | Verb::Bdat if needs_tls => {
@@ -285,19 +288,19 @@ impl Session {
         self.esmtp = extended;
         self.tx = Transaction::default();
         if !self.esmtp {
-            let r = format!("250 {}\r\n", self.shared.hostname);
+            let r = format!("250 {}\r\n", self.ctx.hostname);
             self.raw(&r);
             return;
         }
         let mut caps = vec![
-            self.shared.hostname.clone(),
+            self.ctx.hostname.clone(),
             "PIPELINING".into(),
-            format!("SIZE {}", self.shared.limits.message_size_limit),
+            format!("SIZE {}", self.ctx.limits.message_size_limit),
             "VRFY".into(),
         ];
         if self.tls.is_none()
-            && self.shared.tls.is_some()
-            && self.shared.listener.starttls != StartTls::Off
+            && self.ctx.tls.is_some()
+            && self.ctx.listener.starttls != StartTls::Off
         {
             caps.push("STARTTLS".into());
         }
@@ -323,27 +326,9 @@ impl Session {
             self.reply(&Reply::new(503, "5.5.1", "Error: nested MAIL command"));
             return;
         }
-        if self.shared.listener.client_certificate == ClientCert::Require {
-            match &self.client_cert {
-                None => {
-                    tracing::info!(client = %self.peer, "MAIL refused: no client certificate");
-                    return self.reply(&Reply::new(
-                        530,
-                        "5.7.0",
-                        "Error: a client certificate is required",
-                    ));
-                }
-                Some(Err(why)) => {
-                    let r = Reply::new(
-                        550,
-                        "5.7.1",
-                        format!("Error: client certificate refused: {why}"),
-                    );
-                    tracing::info!(client = %self.peer, dn = self.client_dn.as_deref().unwrap_or("-"), reply = %r, "MAIL refused");
-                    return self.reply(&r);
-                }
-                Some(Ok(_)) => {}
-            }
+        if let Some(r) = self.ctx.policy.check_client(&self.client()) {
+            tracing::info!(client = %self.peer, dn = self.client_dn.as_deref().unwrap_or("-"), reply = %r, "MAIL refused");
+            return self.reply(&r);
         }
         let m = match parse_mail(arg) {
             Ok(m) => m,
@@ -360,12 +345,13 @@ impl Session {
                 return;
             }
         };
-        if let Some(r) = self.certificate_policy(sender.as_ref().map(|a| a.domain.as_str())) {
+        let domain = sender.as_ref().map(|a| a.domain.as_str());
+        if let Some(r) = self.ctx.policy.check_sender(&self.client(), domain) {
             tracing::info!(client = %self.peer, dn = self.client_dn.as_deref().unwrap_or("-"), reply = %r, "MAIL refused");
             return self.reply(&r);
         }
         if m.size
-            .is_some_and(|n| n > self.shared.limits.message_size_limit)
+            .is_some_and(|n| n > self.ctx.limits.message_size_limit)
         {
             return self.reply(&Reply::new(
                 552,
@@ -388,48 +374,13 @@ impl Session {
         self.reply(&Reply::new(250, "2.1.0", "Ok"));
     }
 
-    /// The certificate rules of this listener for a sender domain (`None`: the null sender).
-    /// Returns the refusal, if any.
-    fn certificate_policy(&self, sender_domain: Option<&str>) -> Option<Reply> {
-        let valid = match &self.client_cert {
-            Some(Ok(dn)) => Some(dn),
-            _ => None,
-        };
-        if self.shared.listener.client_certificate == ClientCert::Require {
-            // Trust space: the certificate must be declared for the sender's domain.
-            let dn = valid?;
-            let policy = self.shared.policy.load();
-            let Some(wl) = policy.whitelist.as_ref() else {
-                return Some(Reply::new(
-                    451,
-                    "4.7.0",
-                    "Error: no MSSante whitelist loaded, try again later",
-                ));
-            };
-            let declared = match sender_domain {
-                Some(d) => wl.dn_allowed(d, dn),
-                None => wl.dn_known(dn),
-            };
-            if !declared {
-                return Some(Reply::new(
-                    550,
-                    "5.7.1",
-                    format!(
-                        "Error: certificate \"{}\" is not declared in the MSSante whitelist for {}",
-                        self.client_dn.clone().unwrap_or_else(|| dn.to_string()),
-                        sender_domain.unwrap_or("any domain")
-                    ),
-                ));
-            }
+    /// Who is at the other end, as the sender checks see it.
+    fn client(&self) -> crate::policy::Client<'_> {
+        crate::policy::Client {
+            listener: &self.ctx.listener,
+            certificate: self.client_cert.as_ref(),
+            ip_authorized: self.ip_authorized,
         }
-        if !self.ip_authorized && !valid.is_some_and(|dn| self.shared.client_dns.contains(dn)) {
-            return Some(Reply::new(
-                554,
-                "5.7.1",
-                "Error: relay access denied: present a client certificate listed for this listener",
-            ));
-        }
-        None
     }
 
     async fn rcpt(&mut self, arg: &str) {
@@ -442,7 +393,7 @@ impl Session {
             Err(r) => return self.reply(&r),
         };
         let path = args.path;
-        if self.tx.recipients.len() >= self.shared.limits.recipient_limit {
+        if self.tx.recipients.len() >= self.ctx.limits.recipient_limit {
             self.reply(&Reply::new(452, "4.5.3", "Error: too many recipients"));
             return;
         }
@@ -465,10 +416,9 @@ impl Session {
         };
         let (notify, orcpt) = (args.notify, args.orcpt);
         let decision = self
-            .shared
+            .ctx
             .policy
-            .load()
-            .check_recipient(&self.shared.listener.routes, &addr)
+            .check_recipient(&self.ctx.listener.routes, &addr)
             .await;
         match decision {
             RcptDecision::Accept {
@@ -521,10 +471,10 @@ impl Session {
             return Flow::Close;
         }
         let lim = DataLimits {
-            max_size: self.shared.limits.message_size_limit,
-            max_line: self.shared.limits.line_length_limit,
-            timeout: self.shared.limits.timeout,
-            min_rate: self.shared.limits.min_data_rate,
+            max_size: self.ctx.limits.message_size_limit,
+            max_line: self.ctx.limits.line_length_limit,
+            timeout: self.ctx.limits.timeout,
+            min_rate: self.ctx.limits.min_data_rate,
         };
         let (id, mut body, hl) = self.begin_content();
         let lim = DataLimits {
@@ -566,7 +516,7 @@ impl Session {
                 Flow::Close
             };
         }
-        let max = self.shared.limits.message_size_limit;
+        let max = self.ctx.limits.message_size_limit;
         if self.tx.started.is_none() {
             let (id, buf, hl) = self.begin_content();
             self.tx.bdat = buf;
@@ -596,8 +546,8 @@ impl Session {
         let start = self.tx.bdat.len();
         self.tx.bdat.resize(start + size, 0);
         let read = tokio::time::timeout(
-            self.shared.limits.timeout
-                + Duration::from_secs((size / self.shared.limits.min_data_rate.max(1)) as u64),
+            self.ctx.limits.timeout
+                + Duration::from_secs((size / self.ctx.limits.min_data_rate.max(1)) as u64),
             self.r.read_exact(&mut self.tx.bdat[start..]),
         )
         .await;
@@ -611,8 +561,8 @@ impl Session {
         }
         let body = std::mem::take(&mut self.tx.bdat);
         let id = self.tx.started.take().map(|(id, _)| id).unwrap_or_default();
-        if let Err(e) = check_bdat(&body[hl..], self.shared.limits.line_length_limit) {
-            let r = e.reply(max, self.shared.limits.line_length_limit);
+        if let Err(e) = check_bdat(&body[hl..], self.ctx.limits.line_length_limit) {
+            let r = e.reply(max, self.ctx.limits.line_length_limit);
             self.reply(&r);
             self.tx = Transaction::default();
             return Flow::Continue;
@@ -626,7 +576,7 @@ impl Session {
         let mut sink = tokio::io::sink();
         let mut take = (&mut self.r).take(left);
         let copied = tokio::time::timeout(
-            self.shared.limits.timeout,
+            self.ctx.limits.timeout,
             tokio::io::copy(&mut take, &mut sink),
         )
         .await
@@ -671,7 +621,7 @@ impl Session {
         }
         let tx = std::mem::take(&mut self.tx);
         let hops = count_received(&msg[hl..]);
-        if hops >= self.shared.limits.hop_count_limit {
+        if hops >= self.ctx.limits.hop_count_limit {
             let r = Reply::new(
                 554,
                 "5.4.0",
@@ -685,7 +635,7 @@ impl Session {
         let env = Envelope {
             id: id.clone(),
             received: now / 1000,
-            listener: self.shared.listener.name.clone(),
+            listener: self.ctx.listener.name.clone(),
             client: self.peer.ip().to_string(),
             helo: self.helo.clone().unwrap_or_default(),
             mail_from: tx.mail_from.clone().unwrap_or_default(),
@@ -695,17 +645,14 @@ impl Session {
             smtputf8: tx.smtputf8,
             recipients: tx.recipients,
         };
-        let mut state = State::new(env.recipients.len());
-        state.next_attempt = now;
         let size = msg.len();
-        let msg = Arc::new(msg);
-        match self.shared.spool.store(&env, &state, msg.clone()).await {
-            Ok(loc) => {
-                tracing::info!(queue_id = %id, client = %self.peer, from = %env.mail_from, nrcpt = env.recipients.len(),
+        let (from, nrcpt) = (env.mail_from.clone(), env.recipients.len());
+        match self.ctx.queue.enqueue(env, Arc::new(msg)).await {
+            Ok(()) => {
+                tracing::info!(queue_id = %id, client = %self.peer, from = %from, nrcpt,
                     size, tls = self.tls.as_deref().unwrap_or("-"), "queued");
-                self.shared.queue.submit(env, state, loc, Some(msg));
                 self.reply(&Reply::new(250, "2.0.0", format!("Ok: queued as {id}")));
-                let l = [("listener", self.shared.listener.name.as_str())];
+                let l = [("listener", self.ctx.listener.name.as_str())];
                 crate::metrics::inc(
                     "passerelle_messages_accepted_total",
                     "messages queued (250 after fsync)",
@@ -741,41 +688,23 @@ impl Session {
         } else {
             proto.to_string()
         };
-        let mut h = format!(
-            "Received: from {} ({} [{}])\r\n",
-            self.helo.as_deref().unwrap_or("unknown"),
-            self.peer.ip(),
-            self.peer.ip()
-        );
-        if let Some(t) = &self.tls {
-            h.push_str(&format!("\t(using {t})\r\n"));
-        }
-        if let Some(dn) = &self.client_dn {
-            h.push_str(&format!(
-                "\t(client certificate \"{}\")\r\n",
-                dn.replace(['"', '\\'], "_")
-            ));
-        }
-        h.push_str(&format!(
-            "\tby {} (passerelle) with {proto} id {id}",
-            self.shared.hostname
-        ));
-        if tx.recipients.len() == 1 {
-            h.push_str(&format!("\r\n\tfor <{}>", tx.recipients[0].address));
-        }
-        h.push_str(&format!(
-            "; {}\r\n",
-            crate::dsn::rfc5322_date(now_ms() / 1000)
-        ));
-        h
+        let from = ReceivedFrom {
+            helo: self.helo.as_deref().unwrap_or("unknown"),
+            ip: self.peer.ip(),
+            tls: self.tls.as_deref(),
+            client_dn: self.client_dn.as_deref(),
+            protocol: &proto,
+        };
+        let rcpt = (tx.recipients.len() == 1).then(|| tx.recipients[0].address.as_str());
+        received_header(Some(&from), &self.ctx.hostname, id, rcpt, now_ms() / 1000)
     }
 
     async fn starttls(&mut self, arg: &str) -> Flow {
-        let Some(cfg) = self.shared.tls.clone() else {
+        let Some(cfg) = self.ctx.tls.clone() else {
             self.reply(&Reply::new(502, "5.5.1", "Error: command not implemented"));
             return Flow::Continue;
         };
-        if self.shared.listener.starttls == StartTls::Off {
+        if self.ctx.listener.starttls == StartTls::Off {
             self.reply(&Reply::new(502, "5.5.1", "Error: command not implemented"));
             return Flow::Continue;
         }
@@ -798,41 +727,45 @@ impl Session {
         );
         let plain = r.into_inner().into_inner();
         let acceptor = tokio_rustls::TlsAcceptor::from(cfg);
-        let tls =
-            match tokio::time::timeout(self.shared.limits.timeout, acceptor.accept(plain)).await {
-                Ok(Ok(s)) => s,
-                Ok(Err(e)) => {
-                    tracing::info!(client = %self.peer, error = %e, "TLS handshake failed");
-                    return Flow::Close;
-                }
-                Err(_) => {
-                    tracing::info!(client = %self.peer, "TLS handshake timeout");
-                    return Flow::Close;
-                }
-            };
+        let tls = match tokio::time::timeout(self.ctx.limits.timeout, acceptor.accept(plain)).await
+        {
+            Ok(Ok(s)) => s,
+            Ok(Err(e)) => {
+                tracing::info!(client = %self.peer, error = %e, "TLS handshake failed");
+                return Flow::Close;
+            }
+            Err(_) => {
+                tracing::info!(client = %self.peer, "TLS handshake timeout");
+                return Flow::Close;
+            }
+        };
         let conn = tls.get_ref().1;
         let desc = crate::tls::describe(conn);
         if let Some(chain) = conn.peer_certificates().filter(|c| !c.is_empty()) {
             self.client_dn = crate::dn::Dn::from_cert_der(chain[0].as_ref())
                 .ok()
                 .map(|d| d.to_string());
-            let verdict = match &self.shared.validator {
+            let verdict = match &self.ctx.validator {
                 Some(v) => v
                     .validate(chain, crate::tls::PeerRole::Client)
                     .and_then(|_| {
-                        crate::dn::Dn::from_cert_der(chain[0].as_ref())
-                            .map_err(|e| format!("unreadable subject: {e}"))
+                        crate::dn::Dn::from_cert_der(chain[0].as_ref()).map_err(|e| {
+                            Refusal::new(
+                                crate::message::TlsRefusal::Unreadable,
+                                format!("unreadable subject: {e}"),
+                            )
+                        })
                     }),
-                None => Err("no trust anchors configured".to_string()),
+                None => Err(Refusal::new(
+                    crate::message::TlsRefusal::Untrusted,
+                    "no trust anchors configured",
+                )),
             };
             if let Err(why) = &verdict {
                 crate::metrics::inc(
                     "passerelle_tls_failures_total",
                     "TLS peers refused, by direction and reason",
-                    &[
-                        ("direction", "inbound"),
-                        ("reason", crate::tls::failure_reason(why)),
-                    ],
+                    &[("direction", "inbound"), ("reason", why.reason.label())],
                 );
                 tracing::info!(client = %self.peer, dn = self.client_dn.as_deref().unwrap_or("-"), why = %why, "client certificate not valid");
             }

@@ -15,7 +15,10 @@ pub use directory::{Directory, DirectoryError, Lookup, NoDirectory};
 pub use routes::{DomainPattern, Route, RouteTable, RouteTarget};
 pub use whitelist::{Dn, Whitelist};
 
+use crate::config::{ClientCert, ListenerConfig};
 use crate::reply::Reply;
+use crate::tls::Refusal;
+use arc_swap::{ArcSwap, ArcSwapOption};
 use std::sync::Arc;
 
 /// What RCPT answers, and for an accepted recipient, where it goes.
@@ -30,34 +33,151 @@ pub enum RcptDecision {
     Reject(Reply),
 }
 
-/// The routing part of a config snapshot, plus the whitelist and directory handles.
+/// The data policy reads that has a life of its own: the ANS whitelist and the directory.
+/// Each cell has one writer (its file watcher); a refresh applies at once, to sessions in
+/// flight too, while the routes of a session stay those of its snapshot.
+pub struct Lists {
+    /// `None` when no `[whitelist]` is configured (or none loaded yet).
+    pub whitelist: ArcSwapOption<Whitelist>,
+    pub directory: ArcSwap<Box<dyn Directory>>,
+}
+
+impl Lists {
+    pub fn new(whitelist: Option<Whitelist>, directory: Box<dyn Directory>) -> Lists {
+        Lists {
+            whitelist: ArcSwapOption::from(whitelist.map(Arc::new)),
+            directory: ArcSwap::from_pointee(directory),
+        }
+    }
+
+    pub fn is_declared(&self, domain: &str) -> bool {
+        self.whitelist
+            .load()
+            .as_ref()
+            .is_some_and(|w| w.contains(domain))
+    }
+}
+
+impl crate::delivery::TrustList for Lists {
+    fn declared_dns(&self, domain: &str) -> Vec<Dn> {
+        self.whitelist
+            .load()
+            .as_ref()
+            .map(|w| {
+                w.entries(domain)
+                    .iter()
+                    .map(|e| e.dn_norm.clone())
+                    .collect()
+            })
+            .unwrap_or_default()
+    }
+}
+
+/// The routes of one config snapshot, with the live lists.
+#[derive(Clone)]
 pub struct Policy {
-    pub routes: RouteTable,
-    pub directory: Arc<dyn Directory>,
-    /// The ANS whitelist; `None` when no `[whitelist]` is configured.
-    pub whitelist: Option<Arc<Whitelist>>,
+    pub routes: Arc<RouteTable>,
+    pub lists: Arc<Lists>,
+}
+
+/// Who is at the other end of a session, as the sender checks need it.
+pub struct Client<'a> {
+    pub listener: &'a ListenerConfig,
+    /// The client certificate's verdict: `None` when none was presented, its subject when
+    /// valid, the refusal otherwise.
+    pub certificate: Option<&'a Result<Dn, Refusal>>,
+    /// The client's address is in `listener.clients`.
+    pub ip_authorized: bool,
 }
 
 impl Policy {
     pub fn is_declared(&self, domain: &str) -> bool {
-        self.whitelist.as_ref().is_some_and(|w| w.contains(domain))
+        self.lists.is_declared(domain)
     }
 
-    /// The same routes and whitelist with another directory (extract file reload).
-    pub fn with_directory(&self, directory: Arc<dyn Directory>) -> Policy {
-        Policy {
-            routes: self.routes.clone(),
-            directory,
-            whitelist: self.whitelist.clone(),
+    /// At MAIL, before the sender is read: a listener that requires a client certificate
+    /// refuses a session without a valid one (530 without, 550 with the reason).
+    pub fn check_client(&self, c: &Client<'_>) -> Option<Reply> {
+        if c.listener.client_certificate != ClientCert::Require {
+            return None;
+        }
+        match c.certificate {
+            None => Some(Reply::new(
+                530,
+                "5.7.0",
+                "Error: a client certificate is required",
+            )),
+            Some(Err(why)) => Some(Reply::new(
+                550,
+                "5.7.1",
+                format!("Error: client certificate refused: {why}"),
+            )),
+            Some(Ok(_)) => None,
         }
     }
 
-    /// The same routes and directory with another whitelist (periodic whitelist reload).
-    pub fn with_whitelist(&self, whitelist: Arc<Whitelist>) -> Policy {
-        Policy {
-            routes: self.routes.clone(),
-            directory: self.directory.clone(),
-            whitelist: Some(whitelist),
+    /// At MAIL, once the sender is read (`None`: the null sender). On a trust-space listener
+    /// the client certificate must be declared in the whitelist for the sender's domain (any
+    /// domain for `<>`); on any listener, a client outside `clients` relays only with a
+    /// certificate listed in `client_dns`.
+    pub fn check_sender(&self, c: &Client<'_>, sender_domain: Option<&str>) -> Option<Reply> {
+        let valid = match c.certificate {
+            Some(Ok(dn)) => Some(dn),
+            _ => None,
+        };
+        if c.listener.client_certificate == ClientCert::Require {
+            let dn = valid?;
+            let Some(wl) = self.lists.whitelist.load_full() else {
+                return Some(Reply::new(
+                    451,
+                    "4.7.0",
+                    "Error: no MSSante whitelist loaded, try again later",
+                ));
+            };
+            let declared = match sender_domain {
+                Some(d) => wl.dn_allowed(d, dn),
+                None => wl.dn_known(dn),
+            };
+            if !declared {
+                return Some(Reply::new(
+                    550,
+                    "5.7.1",
+                    format!(
+                        "Error: certificate \"{dn}\" is not declared in the MSSante whitelist for {}",
+                        sender_domain.unwrap_or("any domain")
+                    ),
+                ));
+            }
+        }
+        if !c.ip_authorized && !valid.is_some_and(|dn| c.listener.client_dns.contains(dn)) {
+            return Some(Reply::new(
+                554,
+                "5.7.1",
+                "Error: relay access denied: present a client certificate listed for this listener",
+            ));
+        }
+        None
+    }
+
+    /// Where mail to `address` goes when the gateway itself sends it (a DSN to an original
+    /// sender): the first transport route of `order` (the receiving listener's routes), then
+    /// of every route in config order, whose domains match. Reject routes are skipped and the
+    /// directory is not asked.
+    pub fn route_for(&self, order: &[String], address: &str) -> Option<(String, String)> {
+        let domain = crate::delivery::domain_of(address);
+        let declared = |d: &str| self.is_declared(d);
+        let usable = |r: &&Route| {
+            matches!(r.target, RouteTarget::Transport(_))
+                && r.domains.iter().any(|p| p.matches(&domain, &declared))
+        };
+        let route = order
+            .iter()
+            .filter_map(|n| self.routes.get(n))
+            .find(usable)
+            .or_else(|| self.routes.all().iter().find(usable))?;
+        match &route.target {
+            RouteTarget::Transport(t) => Some((route.name.clone(), t.clone())),
+            RouteTarget::Reject(_) => None,
         }
     }
 
@@ -88,7 +208,8 @@ impl Policy {
         let mut bal_type = None;
         if route.directory {
             let addr = rcpt.to_string();
-            let answer = self.directory.lookup(&addr).await;
+            let directory = self.lists.directory.load_full();
+            let answer = directory.lookup(&addr).await;
             let result = match &answer {
                 Ok(Lookup::Found { .. }) => "found",
                 Ok(Lookup::NotFound) => "unknown",
@@ -107,7 +228,7 @@ impl Policy {
                         "5.1.1",
                         format!(
                             "<{rcpt}>: Recipient address rejected: unknown in the MSSante directory ({})",
-                            self.directory.describe()
+                            directory.describe()
                         ),
                     ))
                 }
@@ -156,22 +277,113 @@ mod tests {
             whitelist: wl,
             directory: t.is_some(),
         };
+        let whitelist = Whitelist::parse(
+            r#"<ListeBlancheMSSante xmlns="https://listeblanche.mssante.fr/schema"><ListeDomaines>
+            <Domaine><Nom>ok.mssante.fr</Nom><DNCertificatOperateur>CN=op,O=Op,C=FR</DNCertificatOperateur></Domaine>
+            </ListeDomaines></ListeBlancheMSSante>"#,
+            "test",
+        )
+        .unwrap();
         Policy {
-            routes: RouteTable::new(vec![
+            routes: Arc::new(RouteTable::new(vec![
+                r("local", "chu.mssante.fr", Some("etab"), false),
                 r("mss", "*.mssante.fr", Some("trust"), true),
                 r("others", "*", None, false),
-            ]),
-            directory: Arc::new(Fixed(dir)),
-            whitelist: Some(Arc::new(
-                Whitelist::parse(
-                    r#"<ListeBlancheMSSante xmlns="https://listeblanche.mssante.fr/schema"><ListeDomaines>
-                    <Domaine><Nom>ok.mssante.fr</Nom><DNCertificatOperateur>CN=op,O=Op,C=FR</DNCertificatOperateur></Domaine>
-                    </ListeDomaines></ListeBlancheMSSante>"#,
-                    "test",
-                )
-                .unwrap(),
-            )),
+            ])),
+            lists: Arc::new(Lists::new(Some(whitelist), Box::new(Fixed(dir)))),
         }
+    }
+
+    fn listener(text: &str) -> ListenerConfig {
+        let base = "name = \"l\"\naddress = \"127.0.0.1:2525\"\nroutes = [\"mss\"]\n";
+        toml::from_str(&format!("{base}{text}")).unwrap()
+    }
+
+    fn cert(dn: &str) -> Result<Dn, Refusal> {
+        Ok(Dn::parse_rfc4514(dn).unwrap())
+    }
+
+    #[test]
+    fn trust_space_senders_need_a_declared_certificate() {
+        let p = policy(Ok(Lookup::NotFound));
+        let l = listener("starttls = \"require\"\nclient_certificate = \"require\"\n");
+        let client = |c: Option<&Result<Dn, Refusal>>| -> Option<(u16, String)> {
+            let c = Client {
+                listener: &l,
+                certificate: c,
+                ip_authorized: true,
+            };
+            p.check_client(&c)
+                .or_else(|| p.check_sender(&c, Some("ok.mssante.fr")))
+                .map(|r| (r.code, r.text))
+        };
+        assert_eq!(client(None).map(|r| r.0), Some(530));
+        let bad = Err(Refusal::new(
+            crate::message::TlsRefusal::Revoked,
+            "certificate revoked",
+        ));
+        assert_eq!(
+            client(Some(&bad)),
+            Some((
+                550,
+                "Error: client certificate refused: certificate revoked".into()
+            ))
+        );
+        assert_eq!(client(Some(&cert("CN=op,O=Op,C=FR"))), None);
+        let (code, text) = client(Some(&cert("CN=op,O=Other,C=FR"))).unwrap();
+        assert_eq!(code, 550);
+        assert!(
+            text.contains("\"CN=op,O=Other,C=FR\" is not declared"),
+            "{text}"
+        );
+        // The null sender: any declared operator.
+        let c = Client {
+            listener: &l,
+            certificate: Some(&cert("CN=op,O=Op,C=FR")),
+            ip_authorized: true,
+        };
+        assert_eq!(p.check_sender(&c, None), None);
+    }
+
+    #[test]
+    fn a_client_outside_the_networks_relays_only_with_a_listed_certificate() {
+        let p = policy(Ok(Lookup::NotFound));
+        let l = listener(
+            "starttls = \"offer\"\nclient_certificate = \"request\"\nclient_dns = [\"CN=mta,O=CHU,C=FR\"]\n",
+        );
+        let check = |c: Option<&Result<Dn, Refusal>>, ip: bool| {
+            let c = Client {
+                listener: &l,
+                certificate: c,
+                ip_authorized: ip,
+            };
+            p.check_client(&c)
+                .or_else(|| p.check_sender(&c, Some("chu.mssante.fr")))
+                .map(|r| r.code)
+        };
+        assert_eq!(check(None, true), None);
+        assert_eq!(check(None, false), Some(554));
+        assert_eq!(check(Some(&cert("cn=MTA, o=chu, c=fr")), false), None);
+        assert_eq!(check(Some(&cert("CN=other,O=CHU,C=FR")), false), Some(554));
+    }
+
+    #[test]
+    fn notifications_take_the_first_transport_route_for_the_sender() {
+        let p = policy(Ok(Lookup::NotFound));
+        let own = vec!["local".to_string()];
+        assert_eq!(
+            p.route_for(&own, "dr@chu.mssante.fr"),
+            Some(("local".into(), "etab".into()))
+        );
+        assert_eq!(
+            p.route_for(&[], "x@ok.mssante.fr"),
+            Some(("mss".into(), "trust".into()))
+        );
+        assert_eq!(
+            p.route_for(&own, "someone@gmail.com"),
+            None,
+            "reject routes never"
+        );
     }
 
     fn addr(s: &str) -> Address {

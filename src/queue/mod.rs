@@ -1,8 +1,42 @@
 //! The queue: a durable spool (nothing is acknowledged before it is fsync'd) and a scheduler
 //! that hands due messages to delivery and applies retries, expiry and notifications.
+//!
+//! [`Queue::enqueue`] is the one way in, for messages received by SMTP and for the
+//! notifications the queue makes itself (Postfix's cleanup).
 
+pub mod attempt;
 pub mod scheduler;
 pub mod spool;
 
-pub use scheduler::{Command, DsnRouter, QueueHandle, QueueItem, Scheduler};
+pub use scheduler::{QueueError, QueueHandle, QueueItem, QueueRcpt, QueueStats, Scheduler};
 pub use spool::{BodyLoc, Recovered, Spool, SpoolError};
+
+use crate::message::{now_ms, Envelope, State};
+use std::sync::Arc;
+
+/// The spool and its scheduler, as the rest of the gateway sees them.
+#[derive(Clone)]
+pub struct Queue {
+    spool: Spool,
+    handle: QueueHandle,
+}
+
+impl Queue {
+    pub fn new(spool: Spool, handle: QueueHandle) -> Queue {
+        Queue { spool, handle }
+    }
+
+    /// Stores a new message durably, then hands it to the scheduler for an attempt now. When
+    /// this returns `Ok`, the message is on stable storage: only then may intake answer 250.
+    pub async fn enqueue(&self, env: Envelope, body: Arc<Vec<u8>>) -> Result<(), SpoolError> {
+        let mut state = State::new(env.recipients.len());
+        state.next_attempt = now_ms();
+        let loc = self.spool.store(&env, &state, body.clone()).await?;
+        self.handle.submit(env, state, loc, Some(body));
+        Ok(())
+    }
+
+    pub fn handle(&self) -> &QueueHandle {
+        &self.handle
+    }
+}

@@ -1,27 +1,23 @@
 //! The scheduler: keeps every live message in memory ordered by its next attempt, starts
-//! deliveries within the global limit, and applies their outcomes: retry per `[queue].retry`,
-//! bounce at `lifetime`, one delay warning at `delay_warning`.
+//! deliveries within the global limit, and applies what [`attempt::decide`] says of their
+//! outcomes: retry per `[queue].retry`, bounce at `lifetime`, one delay warning at
+//! `delay_warning`, notifications as the sender asked.
 //!
 //! The scheduler task only touches memory. Each delivery task persists its own result (the
 //! spool's group commit then batches many results per fsync) before reporting back.
 
+use super::attempt::{self, Decision, Event};
 use super::spool::{BodyLoc, Spool};
+use super::Queue;
 use crate::config::QueueConfig;
-use crate::delivery::{Agent, RcptOutcome};
-use crate::dsn::{self, DsnKind, DsnRecipient, DsnRequest};
-use crate::message::{
-    new_queue_id, now_ms, Envelope, RcptStatus, Recipient, State, NOTIFY_DELAY, NOTIFY_FAILURE,
-    NOTIFY_SUCCESS,
-};
+use crate::delivery::{Attempt, Transport};
+use crate::dsn::{self, DsnKind, ReturnPath};
+use crate::message::{now_ms, Envelope, Outcome, RcptStatus, State};
 use std::cmp::Reverse;
 use std::collections::{BinaryHeap, HashMap};
 use std::sync::Arc;
 use std::time::Duration;
 use tokio::sync::{mpsc, oneshot, Semaphore};
-
-/// Chooses the route and transport for a DSN's recipient (the original sender), using the
-/// current routing policy. Returns `None` when no route would accept that address.
-pub type DsnRouter = Arc<dyn Fn(&Envelope) -> Option<(String, String)> + Send + Sync>;
 
 /// A row of `queue list`.
 #[derive(Debug, Clone, serde::Serialize, serde::Deserialize)]
@@ -43,23 +39,44 @@ pub struct QueueRcpt {
     pub last_error: Option<String>,
 }
 
-pub enum Command {
-    /// A message just stored by intake (or a DSN).
+/// Why an administrator's request could not be done.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum QueueError {
+    #[error("{0}: no such message")]
+    NotFound(String),
+    #[error("{0}: delivery in progress, try again")]
+    Busy(String),
+    #[error("{0}: cannot record the change: {1}")]
+    Storage(String, String),
+    #[error("the queue manager is not running")]
+    Stopped,
+}
+
+/// What the scheduler uses of a config snapshot; replaced on reload.
+#[derive(Debug, Clone)]
+pub struct SchedulerConfig {
+    pub queue: QueueConfig,
+    /// Our name in DSNs and their Received header.
+    pub hostname: String,
+}
+
+enum Command {
+    /// A message just stored (by intake, or a notification).
     New {
         envelope: Box<Envelope>,
         state: State,
         body: BodyLoc,
-        /// The body still in memory from intake, for the first attempt.
+        /// The body still in memory, for the first attempt.
         mem: Option<InMemory>,
     },
     List(oneshot::Sender<Vec<QueueItem>>),
     Show(String, oneshot::Sender<Option<QueueItem>>),
     Stats(oneshot::Sender<QueueStats>),
     /// Retry now: one id, or all when `None`.
-    Retry(Option<String>, oneshot::Sender<Result<usize, String>>),
-    Hold(String, oneshot::Sender<Result<(), String>>),
-    Release(String, oneshot::Sender<Result<(), String>>),
-    Delete(String, oneshot::Sender<Result<(), String>>),
+    Retry(Option<String>, oneshot::Sender<Result<usize, QueueError>>),
+    Hold(String, bool, oneshot::Sender<Result<(), QueueError>>),
+    Delete(String, oneshot::Sender<Result<(), QueueError>>),
+    Reconfigure(SchedulerConfig),
     Shutdown(oneshot::Sender<()>),
 }
 
@@ -73,14 +90,14 @@ pub struct QueueStats {
     pub oldest_age: u64,
 }
 
-/// Handle used by intake and the admin side.
+/// Handle used by intake, the admin side and the CLI.
 #[derive(Clone)]
 pub struct QueueHandle {
     tx: mpsc::UnboundedSender<Command>,
 }
 
 impl QueueHandle {
-    pub fn submit(
+    pub(super) fn submit(
         &self,
         envelope: Envelope,
         state: State,
@@ -94,45 +111,53 @@ impl QueueHandle {
             mem: mem.and_then(InMemory::new),
         });
     }
-    pub fn send(&self, c: Command) -> bool {
-        self.tx.send(c).is_ok()
-    }
-    pub async fn list(&self) -> Vec<QueueItem> {
+
+    async fn ask<T>(
+        &self,
+        make: impl FnOnce(oneshot::Sender<T>) -> Command,
+    ) -> Result<T, QueueError> {
         let (tx, rx) = oneshot::channel();
-        if !self.send(Command::List(tx)) {
-            return Vec::new();
-        }
-        rx.await.unwrap_or_default()
+        self.tx.send(make(tx)).map_err(|_| QueueError::Stopped)?;
+        rx.await.map_err(|_| QueueError::Stopped)
+    }
+
+    pub async fn list(&self) -> Vec<QueueItem> {
+        self.ask(Command::List).await.unwrap_or_default()
     }
     pub async fn show(&self, id: &str) -> Option<QueueItem> {
-        let (tx, rx) = oneshot::channel();
-        self.send(Command::Show(id.to_string(), tx)).then_some(())?;
-        rx.await.ok().flatten()
+        self.ask(|tx| Command::Show(id.to_string(), tx))
+            .await
+            .ok()
+            .flatten()
     }
     pub async fn stats(&self) -> QueueStats {
-        let (tx, rx) = oneshot::channel();
-        if !self.send(Command::Stats(tx)) {
-            return QueueStats::default();
-        }
-        rx.await.unwrap_or_default()
+        self.ask(Command::Stats).await.unwrap_or_default()
     }
-    /// Sends a command built around a reply channel and waits for the answer.
-    pub async fn ask<T>(
-        &self,
-        make: impl FnOnce(oneshot::Sender<Result<T, String>>) -> Command,
-    ) -> Result<T, String> {
-        let (tx, rx) = oneshot::channel();
-        if !self.send(make(tx)) {
-            return Err("the queue manager is not running".into());
-        }
-        rx.await
-            .map_err(|_| "the queue manager did not answer".to_string())?
+    /// Attempts now (one message, or all with `None`), ending the rest period of their
+    /// destinations; returns how many messages were scheduled.
+    pub async fn retry(&self, id: Option<&str>) -> Result<usize, QueueError> {
+        self.ask(|tx| Command::Retry(id.map(String::from), tx))
+            .await?
     }
+    pub async fn hold(&self, id: &str) -> Result<(), QueueError> {
+        self.ask(|tx| Command::Hold(id.to_string(), true, tx))
+            .await?
+    }
+    /// Releases a held message for an attempt now.
+    pub async fn release(&self, id: &str) -> Result<(), QueueError> {
+        self.ask(|tx| Command::Hold(id.to_string(), false, tx))
+            .await?
+    }
+    pub async fn delete(&self, id: &str) -> Result<(), QueueError> {
+        self.ask(|tx| Command::Delete(id.to_string(), tx)).await?
+    }
+    /// A reload's queue settings: the global delivery limit is resized at once.
+    pub fn reconfigure(&self, cfg: SchedulerConfig) {
+        let _ = self.tx.send(Command::Reconfigure(cfg));
+    }
+    /// Stops starting deliveries and waits for those in flight.
     pub async fn shutdown(&self) {
-        let (tx, rx) = oneshot::channel();
-        if self.send(Command::Shutdown(tx)) {
-            let _ = rx.await;
-        }
+        let _ = self.ask(Command::Shutdown).await;
     }
 }
 
@@ -151,7 +176,7 @@ static IN_MEMORY: std::sync::atomic::AtomicUsize = std::sync::atomic::AtomicUsiz
 const IN_MEMORY_MAX: usize = 256 * 1024 * 1024;
 
 /// A body kept from intake so the first delivery need not read it back from disk.
-pub struct InMemory(Arc<Vec<u8>>);
+struct InMemory(Arc<Vec<u8>>);
 
 impl InMemory {
     fn new(body: Arc<Vec<u8>>) -> Option<InMemory> {
@@ -183,42 +208,45 @@ struct Finished {
 pub struct Scheduler {
     entries: HashMap<String, Entry>,
     heap: BinaryHeap<Reverse<(u64, String)>>,
+    queue: Queue,
     spool: Spool,
-    agent: Arc<Agent>,
-    config: Arc<arc_swap::ArcSwap<QueueConfig>>,
-    hostname: String,
-    router: DsnRouter,
+    transport: Arc<dyn Transport>,
+    return_path: Arc<dyn ReturnPath>,
+    config: Arc<SchedulerConfig>,
     permits: Arc<Semaphore>,
-    tx: mpsc::UnboundedSender<Command>,
+    permits_size: usize,
 }
 
 impl Scheduler {
+    /// Starts the scheduler task over the `recovered` messages; returns the queue (the way
+    /// in) and its handle.
     pub fn start(
         spool: Spool,
-        agent: Arc<Agent>,
-        config: Arc<arc_swap::ArcSwap<QueueConfig>>,
-        hostname: String,
-        router: DsnRouter,
+        transport: Arc<dyn Transport>,
+        return_path: Arc<dyn ReturnPath>,
+        config: SchedulerConfig,
         recovered: Vec<super::spool::Recovered>,
-    ) -> QueueHandle {
+    ) -> Queue {
         let (tx, rx) = mpsc::unbounded_channel();
-        let max = config.load().max_deliveries;
+        let handle = QueueHandle { tx };
+        let max = config.queue.max_deliveries;
         let mut s = Scheduler {
             entries: HashMap::with_capacity(recovered.len()),
             heap: BinaryHeap::with_capacity(recovered.len()),
+            queue: Queue::new(spool.clone(), handle.clone()),
             spool,
-            agent,
-            config,
-            hostname,
-            router,
+            transport,
+            return_path,
+            config: Arc::new(config),
             permits: Arc::new(Semaphore::new(max)),
-            tx: tx.clone(),
+            permits_size: max,
         };
         for r in recovered {
             s.insert(r.envelope, r.state, r.body, None);
         }
+        let queue = s.queue.clone();
         tokio::spawn(s.run(rx));
-        QueueHandle { tx }
+        queue
     }
 
     fn insert(&mut self, env: Envelope, state: State, body: BodyLoc, mem: Option<InMemory>) {
@@ -257,6 +285,7 @@ impl Scheduler {
                     None => break,
                 },
                 Some(f) = done_rx.recv() => self.finished(f),
+                // A permit freed by a finished delivery also wakes this loop (done_rx).
                 _ = tokio::time::sleep(sleep), if can_start && next_due.is_some() => {
                     self.dispatch(&done_tx);
                 }
@@ -297,13 +326,10 @@ impl Scheduler {
                 body: e.body,
                 mem: e.mem.take(),
                 spool: self.spool.clone(),
-                agent: self.agent.clone(),
-                config: self.config.load_full(),
-                hostname: self.hostname.clone(),
-                router: self.router.clone(),
-                queue: QueueHandle {
-                    tx: self.tx.clone(),
-                },
+                queue: self.queue.clone(),
+                transport: self.transport.clone(),
+                return_path: self.return_path.clone(),
+                config: self.config.clone(),
             };
             let done = done.clone();
             tokio::spawn(async move {
@@ -364,33 +390,13 @@ impl Scheduler {
                 });
             }
             Command::Retry(id, reply) => {
-                let now = now_ms();
-                let ids: Vec<String> = match id {
-                    Some(id) if self.entries.contains_key(&id) => vec![id],
-                    Some(id) => {
-                        let _ = reply.send(Err(format!("{id}: no such message")));
-                        return;
-                    }
-                    None => self.entries.keys().cloned().collect(),
-                };
-                let mut n = 0;
-                for id in ids {
-                    if let Some(e) = self.entries.get_mut(&id) {
-                        if !e.running && !e.state.held {
-                            e.state.next_attempt = now;
-                            self.heap.push(Reverse((now, id)));
-                            n += 1;
-                        }
-                    }
-                }
-                let _ = reply.send(Ok(n));
+                let _ = reply.send(self.retry(id));
             }
-            Command::Hold(id, reply) => self.set_held(id, true, reply),
-            Command::Release(id, reply) => self.set_held(id, false, reply),
+            Command::Hold(id, held, reply) => self.set_held(id, held, reply),
             Command::Delete(id, reply) => {
                 let r = match self.entries.get(&id) {
-                    None => Err(format!("{id}: no such message")),
-                    Some(e) if e.running => Err(format!("{id}: delivery in progress, try again")),
+                    None => Err(QueueError::NotFound(id)),
+                    Some(e) if e.running => Err(QueueError::Busy(id)),
                     Some(_) => {
                         let e = self.entries.remove(&id).map(|e| e.body);
                         if let Some(body) = e {
@@ -408,27 +414,63 @@ impl Scheduler {
                 };
                 let _ = reply.send(r);
             }
+            Command::Reconfigure(cfg) => {
+                let want = cfg.queue.max_deliveries;
+                crate::delivery::resize_semaphore(&self.permits, &mut self.permits_size, want);
+                self.config = Arc::new(cfg);
+            }
             Command::Shutdown(_) => {}
         }
     }
 
-    fn set_held(&mut self, id: String, held: bool, reply: oneshot::Sender<Result<(), String>>) {
+    /// Postfix's `postqueue -f` / `-i`: due now, and their destinations no longer resting.
+    fn retry(&mut self, id: Option<String>) -> Result<usize, QueueError> {
+        let now = now_ms();
+        let ids: Vec<String> = match id {
+            Some(id) if self.entries.contains_key(&id) => vec![id],
+            Some(id) => return Err(QueueError::NotFound(id)),
+            None => {
+                self.transport.revive(None);
+                self.entries.keys().cloned().collect()
+            }
+        };
+        let mut n = 0;
+        for id in ids {
+            let Some(e) = self.entries.get_mut(&id) else {
+                continue;
+            };
+            if e.running || e.state.held {
+                continue;
+            }
+            self.transport.revive(Some(&e.env));
+            e.state.next_attempt = now;
+            self.heap.push(Reverse((now, id)));
+            n += 1;
+        }
+        Ok(n)
+    }
+
+    fn set_held(&mut self, id: String, held: bool, reply: oneshot::Sender<Result<(), QueueError>>) {
         let Some(e) = self.entries.get_mut(&id) else {
-            let _ = reply.send(Err(format!("{id}: no such message")));
+            let _ = reply.send(Err(QueueError::NotFound(id)));
             return;
         };
         if e.running {
-            let _ = reply.send(Err(format!("{id}: delivery in progress, try again")));
+            let _ = reply.send(Err(QueueError::Busy(id)));
             return;
         }
         e.state.held = held;
         if !held {
+            self.transport.revive(Some(&e.env));
             e.state.next_attempt = now_ms();
             self.heap.push(Reverse((e.state.next_attempt, id.clone())));
         }
         let (spool, state) = (self.spool.clone(), e.state.clone());
         tokio::spawn(async move {
-            let r = spool.update(&id, &state).await.map_err(|e| e.to_string());
+            let r = spool
+                .update(&id, &state)
+                .await
+                .map_err(|e| QueueError::Storage(id.clone(), e.to_string()));
             if r.is_ok() {
                 tracing::info!(queue_id = %id, held, "hold state changed by administrator");
             }
@@ -459,24 +501,10 @@ impl QueueItem {
                 .map(|(r, s)| QueueRcpt {
                     address: r.address.clone(),
                     status: format!("{:?}", s.status).to_lowercase(),
-                    last_error: s.last_error.clone(),
+                    last_error: s.last.as_ref().map(|f| f.to_string()),
                 })
                 .collect(),
         }
-    }
-}
-
-/// Logs one line per recipient outcome of an attempt.
-///
-/// Called after the attempt's spool record (update or removal) is written, so a crash cannot
-/// come between a logged `status=sent` and the record that stops a second delivery: the log
-/// reader can trust that a logged `sent` is final.
-fn log_outcomes(env: &Envelope, lines: &[(usize, &'static str, String)]) {
-    for (i, status, text) in lines {
-        let Some(rcpt) = env.recipients.get(*i) else {
-            continue;
-        };
-        tracing::info!(queue_id = %env.id, to = %rcpt.address, relay = %rcpt.transport, status = *status, "{text}");
     }
 }
 
@@ -487,16 +515,14 @@ struct Job {
     body: BodyLoc,
     mem: Option<InMemory>,
     spool: Spool,
-    agent: Arc<Agent>,
-    config: Arc<QueueConfig>,
-    hostname: String,
-    router: DsnRouter,
-    queue: QueueHandle,
+    queue: Queue,
+    transport: Arc<dyn Transport>,
+    return_path: Arc<dyn ReturnPath>,
+    config: Arc<SchedulerConfig>,
 }
 
 impl Job {
     async fn run(mut self) -> Finished {
-        let id = self.env.id.clone();
         let spool = self.spool.clone();
         let loc = self.body;
         let body: Arc<Vec<u8>> = match self.mem.take() {
@@ -507,89 +533,24 @@ impl Job {
                 Err(e) => return self.retry_later(format!("reader task failed: {e}")),
             },
         };
-        let outcomes = self.agent.deliver(&self.env, &self.state, &body).await;
-        let now = now_ms();
-        self.state.attempts += 1;
-        let mut failed = Vec::new();
-        let mut relayed = Vec::new();
-        // Outcome lines are logged only once the spool knows them: a `status=sent` line must
-        // never be followed by a second delivery after a crash (see `log_outcomes`).
-        let mut lines: Vec<(usize, &'static str, String)> = Vec::new();
-        for (i, o) in outcomes {
-            let Some(rs) = self.state.rcpts.get_mut(i) else {
-                continue;
-            };
-            let rcpt = &self.env.recipients[i];
-            match o {
-                RcptOutcome::Delivered(text) => {
-                    metric_delivery(&rcpt.transport, "sent");
-                    crate::metrics::observe(
-                        "passerelle_delivery_seconds",
-                        "acceptance to delivery, per transport",
-                        &[("transport", &rcpt.transport)],
-                        Duration::from_millis(now.saturating_sub(self.env.received * 1000)),
-                    );
-                    lines.push((i, "sent", text.clone()));
-                    rs.status = RcptStatus::Delivered;
-                    rs.last_error = None;
-                    rs.remote = Some(text);
-                    if rcpt.wants(NOTIFY_SUCCESS) {
-                        relayed.push(i);
-                    }
-                }
-                RcptOutcome::Failed(text) => {
-                    metric_delivery(&rcpt.transport, "bounced");
-                    lines.push((i, "bounced", text.clone()));
-                    rs.status = RcptStatus::Failed;
-                    rs.last_error = Some(text);
-                    failed.push(i);
-                }
-                RcptOutcome::Deferred(text) => {
-                    metric_delivery(&rcpt.transport, "deferred");
-                    if text.contains("TLS") {
-                        crate::metrics::inc(
-                            "passerelle_tls_failures_total",
-                            "TLS peers refused, by direction and reason",
-                            &[
-                                ("direction", "outbound"),
-                                ("reason", crate::tls::failure_reason(&text)),
-                            ],
-                        );
-                    }
-                    lines.push((i, "deferred", text.clone()));
-                    rs.last_error = Some(text);
-                }
-            }
-        }
-        // Expiry: pending recipients past the lifetime fail now.
-        let age = Duration::from_millis(now.saturating_sub(self.env.received * 1000));
-        if !self.state.is_done() && age >= self.config.lifetime {
-            for (i, rs) in self.state.rcpts.iter_mut().enumerate() {
-                if rs.status == RcptStatus::Pending {
-                    let why = rs
-                        .last_error
-                        .clone()
-                        .unwrap_or_else(|| "no attempt succeeded".into());
-                    lines.push((i, "expired", why.clone()));
-                    rs.status = RcptStatus::Failed;
-                    rs.last_error = Some(format!(
-                        "message expired after {}: last error: {why}",
-                        humantime::format_duration(self.config.lifetime)
-                    ));
-                    failed.push(i);
-                }
-            }
-        }
-        let fail_dsn: Vec<usize> = failed
-            .into_iter()
-            .filter(|&i| self.env.recipients[i].wants(NOTIFY_FAILURE))
+        let pending = self.state.pending();
+        let attempts = self.transport.deliver(&self.env, &pending, &body).await;
+        let outcomes: Vec<(usize, Outcome)> = attempts
+            .iter()
+            .flat_map(|a| a.outcomes.iter().cloned())
             .collect();
-        self.notify(DsnKind::Failure, &fail_dsn, &body).await;
-        self.notify(DsnKind::Success, &relayed, &body).await;
+        let now = now_ms();
+        let d = attempt::decide(&self.env, &self.state, &outcomes, now, &self.config.queue);
+        metrics(&self.env, &attempts, &d, now);
+        self.notify(&d, &body, now / 1000).await;
+        self.state = d.state.clone();
 
-        if self.state.is_done() {
-            let removed = self.spool.remove(&id, self.body).await;
-            log_outcomes(&self.env, &lines);
+        // Outcome lines are logged only once the spool knows them: a `status=sent` line must
+        // never be followed by a second delivery after a crash (kill -9 cannot undo a write).
+        if d.done {
+            let removed = self.spool.remove(&self.env.id, self.body).await;
+            log_outcomes(&self.env, &attempts, &d);
+            let id = self.env.id.clone();
             if let Err(e) = removed {
                 // The message stays in the spool and will be seen again after a restart; the
                 // recipients are final in memory, so nothing is sent twice meanwhile.
@@ -603,28 +564,35 @@ impl Job {
                 body: self.body,
             };
         }
-
-        let warn = !self.config.delay_warning.is_zero()
-            && !self.state.delay_warned
-            && age >= self.config.delay_warning;
-        if warn {
-            self.state.delay_warned = true;
-            let delayed: Vec<usize> = (0..self.env.recipients.len())
-                .filter(|&i| {
-                    self.state.rcpts[i].status == RcptStatus::Pending
-                        && self.env.recipients[i].wants(NOTIFY_DELAY)
-                })
-                .collect();
-            self.notify(DsnKind::Delay, &delayed, &body).await;
-        }
-        let wait = self.config.retry_after(self.state.attempts);
-        let lifetime_end = self.env.received * 1000 + self.config.lifetime.as_millis() as u64;
-        // Never wait past the lifetime: the bounce goes out on time.
-        self.state.next_attempt = (now + wait.as_millis() as u64).min(lifetime_end.max(now + 1000));
         let env = self.env.clone();
         let finished = self.persist(body).await;
-        log_outcomes(&env, &lines);
+        log_outcomes(&env, &attempts, &d);
         finished
+    }
+
+    /// Queues the notifications the decision asks for (never to the null sender).
+    async fn notify(&self, d: &Decision, original: &[u8], now: u64) {
+        let by = dsn::Reporter {
+            hostname: &self.config.hostname,
+            return_path: self.return_path.as_ref(),
+            now,
+        };
+        for (kind, rcpts) in [
+            (DsnKind::Failure, &d.notify_failure),
+            (DsnKind::Success, &d.notify_success),
+            (DsnKind::Delay, &d.notify_delay),
+        ] {
+            let Some(n) = dsn::notification(&by, kind, &self.env, &d.state, rcpts, original) else {
+                continue;
+            };
+            let dsn_id = n.envelope.id.clone();
+            match self.queue.enqueue(n.envelope, Arc::new(n.message)).await {
+                Ok(()) => tracing::info!(queue_id = %self.env.id, dsn_id = %dsn_id,
+                    to = %self.env.mail_from, "sender notification ({kind:?}) queued"),
+                Err(e) => tracing::error!(queue_id = %self.env.id, error = %e,
+                    "cannot queue {kind:?} notification"),
+            }
+        }
     }
 
     /// Saves the deferred state; relocates the message if it pins the oldest segment.
@@ -667,118 +635,298 @@ impl Job {
             body: self.body,
         }
     }
+}
 
-    /// Sends a DSN about `rcpts` to the envelope sender (never for the null sender).
-    async fn notify(&self, kind: DsnKind, rcpts: &[usize], original: &[u8]) {
-        if rcpts.is_empty() || self.env.mail_from.is_empty() {
-            return;
-        }
-        let now = now_ms() / 1000;
-        let default_status = match kind {
-            // Expired after temporary failures (RFC 3463 4.4.7, like Postfix's 4.x.x + failed).
-            DsnKind::Failure
-                if self.state.attempts > 0
-                    && rcpts.iter().any(|&i| {
-                        self.state.rcpts[i]
-                            .last_error
-                            .as_deref()
-                            .is_some_and(|e| e.starts_with("message expired"))
-                    }) =>
-            {
-                "4.4.7"
-            }
-            DsnKind::Failure => "5.0.0",
-            DsnKind::Delay => "4.0.0",
-            DsnKind::Success => "2.0.0",
-        };
-        let recipients = rcpts
-            .iter()
-            .map(|&i| {
-                let r = &self.env.recipients[i];
-                let s = &self.state.rcpts[i];
-                let diag = match kind {
-                    DsnKind::Success => s.remote.clone().unwrap_or_default(),
-                    _ => s.last_error.clone().unwrap_or_default(),
-                };
-                DsnRecipient {
-                    address: r.address.clone(),
-                    orcpt: r.orcpt.clone(),
-                    status: dsn::status_from_text(&diag, default_status),
-                    remote_mta: remote_host(&diag),
-                    diagnostic: diag,
+/// Counters per recipient outcome. A postponed recipient (its destination rests) was not
+/// attempted: it counts neither as an attempt nor as a deferral.
+fn metrics(env: &Envelope, attempts: &[Attempt], d: &Decision, now: u64) {
+    for a in attempts {
+        for (_, o) in &a.outcomes {
+            let result = match o {
+                Outcome::Delivered(_) => "sent",
+                Outcome::Failed(_) => "bounced",
+                Outcome::Deferred(_) => "deferred",
+                Outcome::Postponed { .. } => continue,
+            };
+            crate::metrics::inc(
+                "passerelle_deliveries_total",
+                "delivery attempts per recipient, by transport and result",
+                &[("transport", &a.transport), ("result", result)],
+            );
+            match o {
+                Outcome::Delivered(_) => crate::metrics::observe(
+                    "passerelle_delivery_seconds",
+                    "acceptance to delivery, per transport",
+                    &[("transport", &a.transport)],
+                    Duration::from_millis(now.saturating_sub(env.received * 1000)),
+                ),
+                Outcome::Deferred(f) | Outcome::Failed(f) => {
+                    if let Some(reason) = f.tls() {
+                        crate::metrics::inc(
+                            "passerelle_tls_failures_total",
+                            "TLS peers refused, by direction and reason",
+                            &[("direction", "outbound"), ("reason", reason.label())],
+                        );
+                    }
                 }
-            })
-            .collect();
-        let dsn_id = new_queue_id();
-        let msg = dsn::build(&DsnRequest {
-            reporting_mta: &self.hostname,
-            kind,
-            envelope: &self.env,
-            recipients,
-            original,
-            now,
-            id: &dsn_id,
-        });
-        let mut env = Envelope {
-            id: dsn_id.clone(),
-            received: now,
-            listener: self.env.listener.clone(),
-            client: "localhost".into(),
-            helo: self.hostname.clone(),
-            mail_from: String::new(),
+                Outcome::Postponed { .. } => {}
+            }
+        }
+    }
+    for (_, ev) in &d.events {
+        if *ev == Event::Expired {
+            crate::metrics::inc(
+                "passerelle_deliveries_total",
+                "delivery attempts per recipient, by transport and result",
+                &[("transport", "-"), ("result", "expired")],
+            );
+        }
+    }
+}
+
+/// One line per recipient of an attempt: who answered, over what, and what became of it.
+fn log_outcomes(env: &Envelope, attempts: &[Attempt], d: &Decision) {
+    for (i, ev) in &d.events {
+        let Some(rcpt) = env.recipients.get(*i) else {
+            continue;
+        };
+        let a = attempts
+            .iter()
+            .find(|a| a.outcomes.iter().any(|(j, _)| j == i));
+        let rs = d.state.rcpts.get(*i);
+        let text = match (ev, rs) {
+            (Event::Sent, Some(s)) => s.delivered.as_ref().map(|d| d.to_string()),
+            (Event::Postponed, Some(s)) => s
+                .last
+                .as_ref()
+                .map(|f| format!("destination resting after: {f}")),
+            (_, Some(s)) => s.last.as_ref().map(|f| f.to_string()),
+            _ => None,
+        }
+        .unwrap_or_default();
+        let delay = Duration::from_millis(now_ms().saturating_sub(env.received * 1000));
+        tracing::info!(queue_id = %env.id, to = %rcpt.address, relay = %rcpt.transport,
+            tls = a.and_then(|a| a.tls.as_deref()).unwrap_or("-"),
+            peer_dn = a.and_then(|a| a.peer_dn.as_deref()).unwrap_or("-"),
+            delay = %format!("{:.1}s", delay.as_secs_f64()),
+            status = ev.as_str(), "{text}");
+        debug_assert!(*ev != Event::Sent || rs.is_some_and(|s| s.status == RcptStatus::Delivered));
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::delivery::BoxFuture;
+    use crate::message::{Delivered, Failure, FailureKind, Recipient, Remote};
+    use crate::reply::Reply;
+    use std::sync::Mutex;
+
+    /// A transport that answers from a script and records what it was asked.
+    #[derive(Default)]
+    struct Fake {
+        /// Outcome per call, per recipient index; the last entry repeats.
+        script: Mutex<Vec<Outcome>>,
+        calls: Mutex<Vec<Vec<usize>>>,
+        revived: Mutex<Vec<Option<String>>>,
+    }
+
+    impl Transport for Fake {
+        fn deliver<'a>(
+            &'a self,
+            env: &'a Envelope,
+            pending: &'a [usize],
+            _: &'a [u8],
+        ) -> BoxFuture<'a, Vec<Attempt>> {
+            let mut s = self.script.lock().unwrap();
+            let o = if s.len() > 1 {
+                s.remove(0)
+            } else {
+                s[0].clone()
+            };
+            self.calls.lock().unwrap().push(pending.to_vec());
+            let _ = env;
+            let attempt = Attempt {
+                transport: "t".into(),
+                remote: None,
+                tls: None,
+                peer_dn: None,
+                duration: Duration::ZERO,
+                outcomes: pending.iter().map(|&i| (i, o.clone())).collect(),
+            };
+            Box::pin(async move { vec![attempt] })
+        }
+        fn revive(&self, env: Option<&Envelope>) {
+            self.revived.lock().unwrap().push(env.map(|e| e.id.clone()));
+        }
+    }
+
+    struct ToSender;
+    impl ReturnPath for ToSender {
+        fn route(&self, _: &str, _: &str) -> Option<(String, String)> {
+            Some(("r".into(), "t".into()))
+        }
+    }
+
+    fn remote() -> Remote {
+        Remote {
+            host: "mx".into(),
+            addr: "127.0.0.1:25".parse().unwrap(),
+        }
+    }
+
+    fn env(id: &str) -> Envelope {
+        Envelope {
+            id: id.into(),
+            received: now_ms() / 1000,
+            listener: "l".into(),
+            client: "127.0.0.1".into(),
+            helo: "h".into(),
+            mail_from: "s@a.fr".into(),
             ret: None,
             envid: None,
             eight_bit: false,
             smtputf8: false,
             recipients: vec![Recipient {
-                address: self.env.mail_from.clone(),
+                address: "r@b.fr".into(),
                 orcpt: None,
                 notify: 0,
-                route: String::new(),
-                transport: String::new(),
+                route: "r".into(),
+                transport: "t".into(),
             }],
-        };
-        let Some((route, transport)) = (self.router)(&env) else {
-            tracing::warn!(queue_id = %self.env.id, to = %self.env.mail_from,
-                "no route for the sender's domain: {kind:?} notification not sent");
-            return;
-        };
-        env.recipients[0].route = route;
-        env.recipients[0].transport = transport;
-        let mut state = State::new(1);
-        state.next_attempt = now_ms();
-        let received = format!(
-            "Received: by {} (passerelle) id {}; {}\r\n",
-            self.hostname,
-            dsn_id,
-            dsn::rfc5322_date(now)
-        );
-        let mut full = received.into_bytes();
-        full.extend_from_slice(&msg);
-        let full = Arc::new(full);
-        match self.spool.store(&env, &state, full.clone()).await {
-            Ok(loc) => {
-                tracing::info!(queue_id = %self.env.id, dsn_id = %dsn_id, to = %self.env.mail_from, "sender notification ({kind:?}) queued");
-                self.queue.submit(env, state, loc, Some(full));
-            }
-            Err(e) => {
-                tracing::error!(queue_id = %self.env.id, error = %e, "cannot queue {kind:?} notification")
-            }
         }
     }
-}
 
-fn metric_delivery(transport: &str, result: &str) {
-    crate::metrics::inc(
-        "passerelle_deliveries_total",
-        "delivery attempts per recipient, by transport and result",
-        &[("transport", transport), ("result", result)],
-    );
-}
+    fn config(retry: u64) -> SchedulerConfig {
+        SchedulerConfig {
+            queue: QueueConfig {
+                retry: vec![Duration::from_secs(retry)],
+                ..QueueConfig::default()
+            },
+            hostname: "gw.test".into(),
+        }
+    }
 
-/// "host NAME[ip]:port said: ..." -> NAME
-fn remote_host(diag: &str) -> Option<String> {
-    let rest = diag.strip_prefix("host ")?;
-    let name = rest.split(['[', ' ']).next()?;
-    (!name.is_empty()).then(|| name.to_string())
+    async fn wait_for(what: &str, mut f: impl FnMut() -> bool) {
+        for _ in 0..200 {
+            if f() {
+                return;
+            }
+            tokio::time::sleep(Duration::from_millis(10)).await;
+        }
+        panic!("timed out waiting for {what}");
+    }
+
+    fn start(fake: &Arc<Fake>, dir: &std::path::Path) -> Queue {
+        let (spool, recovered, _) = Spool::open(dir).unwrap();
+        let t: Arc<dyn Transport> = fake.clone();
+        Scheduler::start(spool, t, Arc::new(ToSender), config(3600), recovered)
+    }
+
+    #[tokio::test]
+    async fn admin_retry_attempts_at_once_and_ends_the_rest_period() {
+        let tmp = tempfile::tempdir().unwrap();
+        let fake = Arc::new(Fake::default());
+        *fake.script.lock().unwrap() = vec![
+            Outcome::Deferred(Failure::new(FailureKind::Connect, "refused").at(&remote())),
+            Outcome::Delivered(Delivered {
+                remote: remote(),
+                reply: Reply::new(250, "2.0.0", "ok"),
+            }),
+        ];
+        let q = start(&fake, tmp.path());
+        q.enqueue(env("A1"), Arc::new(b"x\r\n".to_vec()))
+            .await
+            .unwrap();
+        wait_for("first attempt", || fake.calls.lock().unwrap().len() == 1).await;
+        let item = q.handle().show("A1").await.unwrap();
+        assert_eq!(item.attempts, 1);
+        assert!(item.next_attempt > now_ms() + 3_000_000, "retry in an hour");
+        assert_eq!(q.handle().retry(Some("A1")).await, Ok(1));
+        wait_for("delivery after retry", || {
+            fake.calls.lock().unwrap().len() == 2
+        })
+        .await;
+        assert_eq!(*fake.revived.lock().unwrap(), vec![Some("A1".to_string())]);
+        for _ in 0..200 {
+            if q.handle().show("A1").await.is_none() {
+                break;
+            }
+            tokio::time::sleep(Duration::from_millis(10)).await;
+        }
+        assert!(
+            q.handle().show("A1").await.is_none(),
+            "removed once delivered"
+        );
+        assert_eq!(
+            q.handle().retry(Some("nope")).await,
+            Err(QueueError::NotFound("nope".into()))
+        );
+        assert_eq!(q.handle().retry(None).await, Ok(0));
+        assert_eq!(fake.revived.lock().unwrap().last(), Some(&None));
+    }
+
+    #[tokio::test]
+    async fn hold_and_release() {
+        let tmp = tempfile::tempdir().unwrap();
+        let fake = Arc::new(Fake::default());
+        *fake.script.lock().unwrap() = vec![Outcome::Deferred(Failure::refused(
+            &remote(),
+            Reply::new(451, "4.3.0", "later"),
+        ))];
+        let q = start(&fake, tmp.path());
+        q.enqueue(env("H1"), Arc::new(b"x\r\n".to_vec()))
+            .await
+            .unwrap();
+        wait_for("first attempt", || fake.calls.lock().unwrap().len() == 1).await;
+        q.handle().hold("H1").await.unwrap();
+        assert!(q.handle().show("H1").await.unwrap().held);
+        // Held: a retry does not start it.
+        assert_eq!(q.handle().retry(Some("H1")).await, Ok(0));
+        tokio::time::sleep(Duration::from_millis(50)).await;
+        assert_eq!(fake.calls.lock().unwrap().len(), 1);
+        q.handle().release("H1").await.unwrap();
+        wait_for("attempt after release", || {
+            fake.calls.lock().unwrap().len() == 2
+        })
+        .await;
+        assert_eq!(
+            q.handle().hold("zz").await,
+            Err(QueueError::NotFound("zz".into()))
+        );
+        q.handle().delete("H1").await.unwrap();
+        assert!(q.handle().show("H1").await.is_none());
+    }
+
+    #[tokio::test]
+    async fn a_bounce_notifies_the_sender_through_the_same_enqueue() {
+        let tmp = tempfile::tempdir().unwrap();
+        let fake = Arc::new(Fake::default());
+        *fake.script.lock().unwrap() = vec![
+            Outcome::Failed(Failure::refused(
+                &remote(),
+                Reply::new(550, "5.1.1", "unknown"),
+            )),
+            // The DSN itself is then delivered.
+            Outcome::Delivered(Delivered {
+                remote: remote(),
+                reply: Reply::new(250, "2.0.0", "ok"),
+            }),
+        ];
+        let q = start(&fake, tmp.path());
+        q.enqueue(env("B1"), Arc::new(b"Subject: x\r\n\r\nbody\r\n".to_vec()))
+            .await
+            .unwrap();
+        wait_for("bounce delivered", || fake.calls.lock().unwrap().len() == 2).await;
+        for _ in 0..200 {
+            if q.handle().list().await.is_empty() {
+                break;
+            }
+            tokio::time::sleep(Duration::from_millis(10)).await;
+        }
+        assert!(
+            q.handle().list().await.is_empty(),
+            "message and bounce both gone"
+        );
+    }
 }

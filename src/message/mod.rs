@@ -1,5 +1,14 @@
 //! What the queue keeps about a message: the envelope (fixed at intake) and the delivery state
-//! (changes with each attempt). Both are persisted as JSON inside spool records.
+//! (changes with each attempt, with the typed outcome of each recipient). Both are persisted
+//! as JSON inside spool records. The bottom of the house: nothing here imports the stages.
+
+mod outcome;
+mod received;
+mod wire;
+
+pub use outcome::{Delivered, Failure, FailureKind, Outcome, Remote, TlsRefusal};
+pub use received::{message_id, received_header, rfc5322_date, ReceivedFrom};
+pub use wire::plain_lines;
 
 use serde::{Deserialize, Serialize};
 use std::time::{SystemTime, UNIX_EPOCH};
@@ -62,21 +71,49 @@ pub struct Envelope {
     pub recipients: Vec<Recipient>,
 }
 
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize, Deserialize)]
 pub enum RcptStatus {
+    #[default]
     Pending,
     Delivered,
     Failed,
 }
 
-#[derive(Debug, Clone, Serialize, Deserialize)]
+#[derive(Debug, Clone, Default, Serialize, Deserialize)]
+#[serde(from = "RawRcptState")]
 pub struct RcptState {
     pub status: RcptStatus,
+    /// Why the last attempt did not deliver (the DSN's `Diagnostic-Code` and `Remote-MTA`).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub last: Option<Failure>,
+    /// Who took it, and what they said (for a success DSN).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub delivered: Option<Delivered>,
+}
+
+/// A recipient state as stored, today's fields or those of spools written before outcomes
+/// were typed (`last_error` and `remote` texts), so an upgrade keeps its queue.
+#[derive(Deserialize)]
+struct RawRcptState {
+    status: RcptStatus,
     #[serde(default)]
-    pub last_error: Option<String>,
-    /// The remote MTA's last reply (for DSN `Remote-MTA`/`Diagnostic-Code`).
+    last: Option<Failure>,
     #[serde(default)]
-    pub remote: Option<String>,
+    delivered: Option<Delivered>,
+    #[serde(default)]
+    last_error: Option<String>,
+}
+
+impl From<RawRcptState> for RcptState {
+    fn from(r: RawRcptState) -> RcptState {
+        RcptState {
+            status: r.status,
+            last: r
+                .last
+                .or_else(|| r.last_error.map(|t| Failure::new(FailureKind::Local, t))),
+            delivered: r.delivered,
+        }
+    }
 }
 
 #[derive(Debug, Clone, Serialize, Deserialize)]
@@ -94,14 +131,7 @@ pub struct State {
 impl State {
     pub fn new(n: usize) -> State {
         State {
-            rcpts: vec![
-                RcptState {
-                    status: RcptStatus::Pending,
-                    last_error: None,
-                    remote: None,
-                };
-                n
-            ],
+            rcpts: vec![RcptState::default(); n],
             attempts: 0,
             next_attempt: 0,
             delay_warned: false,
@@ -110,6 +140,13 @@ impl State {
     }
     pub fn is_done(&self) -> bool {
         self.rcpts.iter().all(|r| r.status != RcptStatus::Pending)
+    }
+
+    /// Indexes of the recipients still to deliver.
+    pub fn pending(&self) -> Vec<usize> {
+        (0..self.rcpts.len())
+            .filter(|&i| self.rcpts[i].status == RcptStatus::Pending)
+            .collect()
     }
 }
 
@@ -153,6 +190,19 @@ mod tests {
     }
 
     #[test]
+    fn states_of_older_spools_still_load() {
+        let old = r#"{"rcpts":[{"status":"Pending","last_error":"host x said: 451 4.3.0 later","remote":null},{"status":"Delivered","last_error":null,"remote":"host y said: 250 ok"}],"attempts":2,"next_attempt":5}"#;
+        let s: State = serde_json::from_str(old).unwrap();
+        assert_eq!(s.attempts, 2);
+        assert_eq!(s.pending(), vec![0]);
+        let last = s.rcpts[0].last.as_ref().unwrap();
+        assert_eq!(last.to_string(), "host x said: 451 4.3.0 later");
+        // And today's form round-trips.
+        let again: State = serde_json::from_str(&serde_json::to_string(&s).unwrap()).unwrap();
+        assert_eq!(again.rcpts[0].last, s.rcpts[0].last);
+    }
+
+    #[test]
     fn notify_defaults() {
         let mut r = Recipient {
             address: "a@b".into(),
@@ -166,80 +216,5 @@ mod tests {
         assert!(!r.wants(NOTIFY_FAILURE));
         r.notify = NOTIFY_SUCCESS;
         assert!(r.wants(NOTIFY_SUCCESS) && !r.wants(NOTIFY_FAILURE));
-    }
-}
-
-/// Whether `text` is lines that need no attention on the wire: each ends with CRLF, holds no
-/// other CR or LF and no NUL, and none starts with a dot. Nearly all mail is; intake then
-/// keeps a whole read as it is, and delivery sends the stored message without dot-stuffing.
-///
-/// Hand-written rather than a memchr call per line (a call per 80-byte line cost more than
-/// the check itself): one branch-free pass over byte pairs that the compiler vectorises,
-/// built a second time for AVX2 and chosen at run time (~11 GB/s instead of ~7).
-pub fn plain_lines(text: &[u8]) -> bool {
-    #[cfg(target_arch = "x86_64")]
-    if std::arch::is_x86_feature_detected!("avx2") {
-        // SAFETY: the CPU has AVX2, checked just above.
-        return unsafe { plain_lines_avx2(text) };
-    }
-    plain_lines_any(text)
-}
-
-#[cfg(target_arch = "x86_64")]
-#[target_feature(enable = "avx2")]
-fn plain_lines_avx2(text: &[u8]) -> bool {
-    plain_lines_any(text)
-}
-
-#[inline(always)]
-fn plain_lines_any(text: &[u8]) -> bool {
-    let (Some(&first), true) = (text.first(), text.ends_with(b"\r\n")) else {
-        return text.is_empty();
-    };
-    if first == b'.' || first == b'\n' {
-        return false;
-    }
-    // A pair is bad when its first byte is a NUL, a CR not followed by LF, a CR-less LF (seen
-    // from the byte before it), or an LF followed by a dot. The last byte is the final LF.
-    let bad = text.iter().zip(&text[1..]).fold(false, |bad, (&a, &b)| {
-        bad | (a == 0) | ((a == b'\r') != (b == b'\n')) | ((a == b'\n') & (b == b'.'))
-    });
-    !bad
-}
-
-#[cfg(test)]
-mod plain_tests {
-    use super::plain_lines;
-
-    #[test]
-    fn plain_lines_cases() {
-        assert!(plain_lines(b""));
-        assert!(plain_lines(b"a\r\n"));
-        assert!(plain_lines(b"\r\n\r\n"));
-        let long = "0123456789abcdef".repeat(40) + "\r\n";
-        assert!(plain_lines(long.repeat(7).as_bytes()));
-        for bad in [
-            &b".a\r\n"[..],
-            b"a\r\n.b\r\n",
-            b"a\nb\r\n",
-            b"a\rb\r\n",
-            b"a\r\nb",
-            b"\n",
-            b"a\x00\r\n",
-            b"\r\n\r\r\n",
-        ] {
-            assert!(!plain_lines(bad), "{bad:?}");
-            if !bad.ends_with(b"\n") {
-                continue; // an unfinished last line is only a fault at the end
-            }
-            // The same fault deep inside a longer text, at several offsets.
-            for at in [0, 31, 32, 33, 64, 100] {
-                let mut t = "x".repeat(at).into_bytes();
-                t.extend_from_slice(b"\r\n");
-                t.extend_from_slice(bad);
-                t.extend_from_slice(b"yyyyyyyyyyyyyyyyyyyyyyyyyyyyyyyyyyyyyyyyyyyyyy\r\n");
-                assert!(!plain_lines(&t), "{at} {bad:?}");
-            }
-        }
     }
 }

@@ -1,0 +1,283 @@
+//! `passerelle serve`: builds everything from the config, runs until SIGTERM/SIGINT, reloads on
+//! SIGHUP.
+//!
+//! What lives where:
+//! - one [`Snapshot`] of everything derived from the config file (listeners' settings, routes,
+//!   transports, TLS identity, limits), in one cell; a session takes its listener's context
+//!   once, at accept, and a delivery job its settings once, at start;
+//! - the data with a life of its own (whitelist, directory, CRLs), each in its own cell with
+//!   one writer, its [`watch::Watcher`]; a refresh applies at once, to sessions in flight too.
+//!
+//! A reload builds a whole new snapshot (and loads the data it names) beside the old one and
+//! swaps it in only if every part loaded and every new listener is bound.
+
+mod data;
+mod listeners;
+mod snapshot;
+mod watch;
+
+pub use data::{build_directory, load_whitelist, DirectorySpec};
+pub use snapshot::{ensure_dev_pki, load_config, Snapshot};
+
+use crate::config::Config;
+use crate::delivery::{Agent, Transport};
+use crate::policy::Lists;
+use crate::queue::scheduler::SchedulerConfig;
+use crate::queue::{Queue, Scheduler, Spool};
+use crate::tls::{CrlSet, Crls};
+use anyhow::Context;
+use arc_swap::ArcSwap;
+use listeners::{bind, Bound};
+use std::collections::HashMap;
+use std::path::{Path, PathBuf};
+use std::sync::Arc;
+use tokio::net::TcpListener;
+use watch::Watcher;
+
+/// The running gateway: the snapshot in force, the data cells and their watchers, and the
+/// long-lived parts (queue, delivery agent, bound listeners).
+struct Runtime {
+    config_path: PathBuf,
+    snapshot: Arc<ArcSwap<Snapshot>>,
+    lists: Arc<Lists>,
+    crls: Crls,
+    whitelist: Watcher<data::WhitelistData>,
+    directory: Watcher<data::DirectoryData>,
+    crl_files: Watcher<data::CrlData>,
+    queue: Queue,
+    agent: Arc<Agent>,
+    listeners: tokio::sync::Mutex<HashMap<String, Bound>>,
+}
+
+/// The return path of notifications: the routes of the snapshot in force.
+struct SenderRoutes(Arc<ArcSwap<Snapshot>>);
+
+impl crate::dsn::ReturnPath for SenderRoutes {
+    fn route(&self, listener: &str, address: &str) -> Option<(String, String)> {
+        let snap = self.0.load();
+        let order = snap
+            .config
+            .listener(listener)
+            .map(|l| l.routes.as_slice())
+            .unwrap_or(&[]);
+        snap.policy.route_for(order, address)
+    }
+}
+
+fn directory_spec(cfg: &Config) -> DirectorySpec {
+    DirectorySpec {
+        source: cfg.directory.source.clone(),
+        tls: cfg.tls.clone(),
+    }
+}
+
+fn crl_paths(cfg: &Config) -> Vec<PathBuf> {
+    cfg.tls.as_ref().map(|t| t.crls.clone()).unwrap_or_default()
+}
+
+fn scheduler_config(cfg: &Config) -> SchedulerConfig {
+    SchedulerConfig {
+        queue: cfg.queue.clone(),
+        hostname: cfg.server.hostname.clone(),
+    }
+}
+
+pub async fn serve(config_path: &Path) -> anyhow::Result<()> {
+    let cfg = load_config(config_path)?;
+    // The data first, failing the start when a file it names does not load.
+    let crls: Crls = Arc::new(ArcSwap::from_pointee(CrlSet::load(&crl_paths(&cfg), None)?));
+    let whitelist = cfg
+        .whitelist
+        .as_ref()
+        .map(|w| load_whitelist(&w.file))
+        .transpose()?;
+    let directory = data::build_directory(&directory_spec(&cfg), &crls)?;
+    let lists = Arc::new(Lists::new(whitelist, directory));
+    let snapshot = Arc::new(ArcSwap::from_pointee(Snapshot::build(cfg, lists.clone())?));
+    let snap = snapshot.load_full();
+    let cfg = &snap.config;
+
+    let (spool, recovered, report) = Spool::open(&cfg.server.spool)?;
+    tracing::info!(spool = %cfg.server.spool.display(), messages = report.messages, segments = report.segments,
+        quarantined = report.quarantined, "queue recovered");
+    let agent = Agent::new(snap.delivery(&crls)?);
+    let transport: Arc<dyn Transport> = agent.clone();
+    let queue = Scheduler::start(
+        spool,
+        transport,
+        Arc::new(SenderRoutes(snapshot.clone())),
+        scheduler_config(cfg),
+        recovered,
+    );
+
+    let mut bound = HashMap::new();
+    for l in &cfg.listener {
+        let sock = bind(l).await?;
+        let ctx = snap.listener_context(l, &crls, &queue)?;
+        bound.insert(l.name.clone(), Bound::start(sock, l, ctx));
+    }
+    let admin = match &cfg.server.admin {
+        Some(addr) => {
+            let sock = TcpListener::bind(*addr)
+                .await
+                .with_context(|| format!("server.admin: bind {addr}"))?;
+            let token = crate::admin::write_token(&cfg.server.spool).with_context(|| {
+                format!(
+                    "writing {}/{}",
+                    cfg.server.spool.display(),
+                    crate::admin::TOKEN_FILE
+                )
+            })?;
+            let state = Arc::new(crate::admin::AdminState {
+                queue: queue.handle().clone(),
+                spool: cfg.server.spool.clone(),
+                token,
+            });
+            tracing::info!(address = %addr, "admin endpoint: /metrics /healthz /readyz /queue");
+            Some(tokio::spawn(crate::admin::run(sock, state)))
+        }
+        None => None,
+    };
+    let rt = Runtime {
+        config_path: config_path.to_path_buf(),
+        whitelist: Watcher::start(data::WhitelistData(lists.clone()), cfg.whitelist.clone()),
+        directory: Watcher::start(
+            data::DirectoryData {
+                lists: lists.clone(),
+                crls: crls.clone(),
+            },
+            directory_spec(cfg),
+        ),
+        crl_files: Watcher::start(data::CrlData(crls.clone()), crl_paths(cfg)),
+        snapshot,
+        lists,
+        crls,
+        queue: queue.clone(),
+        agent: agent.clone(),
+        listeners: tokio::sync::Mutex::new(bound),
+    };
+
+    use tokio::signal::unix::{signal, SignalKind};
+    let mut term = signal(SignalKind::terminate())?;
+    let mut int = signal(SignalKind::interrupt())?;
+    let mut hup = signal(SignalKind::hangup())?;
+    loop {
+        tokio::select! {
+            _ = term.recv() => break,
+            _ = int.recv() => break,
+            _ = hup.recv() => match rt.reload().await {
+                Ok(()) => {
+                    crate::metrics::inc("passerelle_reloads_total", "SIGHUP reloads, by result", &[("result", "ok")]);
+                    tracing::info!(config = %config_path.display(), "configuration reloaded")
+                }
+                Err(e) => {
+                    crate::metrics::inc("passerelle_reloads_total", "SIGHUP reloads, by result", &[("result", "refused")]);
+                    // One error, one line.
+                    let why = format!("{e:#}").replace('\n', "; ");
+                    tracing::error!(config = %config_path.display(), "reload refused, keeping the running configuration: {why}")
+                }
+            },
+        }
+    }
+    tracing::info!("shutting down: no new connections, finishing sessions in flight");
+    if let Some(a) = admin {
+        a.abort();
+    }
+    let bound: Vec<Bound> = rt.listeners.lock().await.drain().map(|(_, b)| b).collect();
+    futures::future::join_all(bound.into_iter().map(Bound::close)).await;
+    queue.handle().shutdown().await;
+    agent.close_all().await;
+    tracing::info!("stopped; the queue is safe on disk");
+    Ok(())
+}
+
+impl Runtime {
+    /// SIGHUP: a whole new snapshot, and every file it names re-read; swapped in only when all
+    /// of it loaded and every new listener is bound. Removed listeners stop accepting and
+    /// drain their sessions.
+    async fn reload(&self) -> anyhow::Result<()> {
+        let cfg = load_config(&self.config_path)?;
+        // Data first: the CRLs (the directory's TLS may need them), then the lists.
+        let crl_spec = crl_paths(&cfg);
+        let crls = self
+            .crl_files
+            .prepare(&crl_spec)
+            .await
+            .map_err(anyhow::Error::msg)?;
+        let whitelist = self
+            .whitelist
+            .prepare(&cfg.whitelist)
+            .await
+            .map_err(anyhow::Error::msg)?;
+        let dir_spec = directory_spec(&cfg);
+        let directory = self
+            .directory
+            .prepare(&dir_spec)
+            .await
+            .map_err(anyhow::Error::msg)?;
+        let snap = Snapshot::build(cfg, self.lists.clone())?;
+        let delivery = snap.delivery(&self.crls)?;
+        let mut listeners = self.listeners.lock().await;
+        let mut keep = Vec::new();
+        let mut fresh = Vec::new();
+        for l in &snap.config.listener {
+            let ctx = snap.listener_context(l, &self.crls, &self.queue)?;
+            match listeners.get(&l.name) {
+                Some(b) if b.address == l.address => keep.push((l.name.clone(), ctx)),
+                _ => fresh.push((l.clone(), bind(l).await?, ctx)),
+            }
+        }
+
+        // Everything is ready: the data through its watchers, then the snapshot.
+        self.crl_files.apply(crl_spec, crls).await;
+        self.whitelist
+            .apply(snap.config.whitelist.clone(), whitelist)
+            .await;
+        self.directory.apply(dir_spec, directory).await;
+        self.agent.reconfigure(delivery);
+        self.queue
+            .handle()
+            .reconfigure(scheduler_config(&snap.config));
+        for (name, ctx) in keep {
+            if let Some(b) = listeners.get(&name) {
+                b.context.store(Arc::new(ctx));
+            }
+        }
+        let wanted: Vec<&str> = snap
+            .config
+            .listener
+            .iter()
+            .map(|l| l.name.as_str())
+            .collect();
+        let fresh_names: Vec<String> = fresh.iter().map(|(l, _, _)| l.name.clone()).collect();
+        let gone: Vec<String> = listeners
+            .keys()
+            .filter(|n| !wanted.contains(&n.as_str()) || fresh_names.contains(n))
+            .cloned()
+            .collect();
+        for name in gone {
+            if let Some(b) = listeners.remove(&name) {
+                tracing::info!(listener = %name, address = %b.address, "listener closed by reload");
+                tokio::spawn(b.close());
+            }
+        }
+        for (l, sock, ctx) in fresh {
+            listeners.insert(l.name.clone(), Bound::start(sock, &l, ctx));
+        }
+        self.snapshot.store(Arc::new(snap));
+        Ok(())
+    }
+}
+
+/// For the offline verbs (`route test`, `directory lookup`, `check-config`): a snapshot with
+/// its data loaded once, as `serve` would.
+pub fn offline_snapshot(cfg: Config) -> anyhow::Result<Snapshot> {
+    let crls: Crls = Arc::new(ArcSwap::from_pointee(CrlSet::load(&crl_paths(&cfg), None)?));
+    let whitelist = cfg
+        .whitelist
+        .as_ref()
+        .map(|w| load_whitelist(&w.file))
+        .transpose()?;
+    let directory = data::build_directory(&directory_spec(&cfg), &crls)?;
+    Snapshot::build(cfg, Arc::new(Lists::new(whitelist, directory)))
+}
