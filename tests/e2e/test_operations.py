@@ -227,3 +227,116 @@ class ReloadTests(OperationsTestCase):
         self.assertEqual(r.returncode, 0, r.stdout)
         self.assertRegex(r.stdout, r"warning: .*typo\.toml:\d+: queue\.lifetme: unknown key")
         self.assertRegex(r.stdout, r"tls\.certificate: CN=.*expires .*\(\d+ days\)")
+
+
+class AdminRetryTests(OperationsTestCase):
+    """`queue retry` after the next hop comes back: no wait for the retry interval (1 h here)
+    nor for the destination's rest period, like Postfix's `postqueue -i` / `-f`."""
+
+    def config_1h(self, peer_port):
+        cfg = self.config(peer_port)
+        cfg["queue"]["retry"] = ["1h"]
+        return cfg
+
+    def deferred_ids(self, n):
+        def ready():
+            rc, out = self.queue("list")
+            ids = re.findall(r"^([0-9A-F]{16}) ", out, re.M)
+            return (ids, out) if len(ids) == n and "Connection refused" in out else None
+        return self.wait_until(ready, 15, "%d deferred messages" % n)
+
+    def test_retry_one_then_all_after_recovery(self):
+        peer = self.peer("a", start=False)
+        self.gw = self.gateway(self.config_1h(peer.port))
+        self.send("first")
+        self.deferred_ids(1)
+        # The destination now rests: a second message is postponed, not attempted.
+        self.send("second")
+        (ids, out) = self.deferred_ids(2)
+        first, second = ids
+        self.assertRegex(out, first + r".*attempts 1  next in (59m|1h)")
+        self.assertRegex(out, second + r".*attempts 0 ", "a postponed try is not an attempt")
+        code, metrics = http("http://127.0.0.1:%d/metrics" % self.admin_port)
+        self.assertIn('passerelle_deliveries_total{transport="trust",result="deferred"} 1\n', metrics,
+                      "one real attempt deferred, the postponed one not counted")
+        peer.start()
+        t0 = time.monotonic()
+        rc, out = self.queue("retry", first)
+        self.assertEqual(rc, 0, out)
+        msgs = peer.wait_messages(1, 10)
+        self.assertLess(time.monotonic() - t0, 5, "delivered within seconds of the retry")
+        self.assertIn(b"Subject: first", msgs[0][1])
+        time.sleep(0.5)
+        self.assertEqual(peer.count(), 1, "only the message asked for")
+        rc, out = self.queue("retry", "--all")
+        self.assertEqual(rc, 0, out)
+        msgs = peer.wait_messages(2, 10)
+        self.assertIn(b"Subject: second", msgs[1][1])
+        rc, out = self.queue("list")
+        self.assertIn("-- 0 message(s)", out)
+
+    def wait_until(self, pred, timeout, what):
+        from harness import wait_until
+        return wait_until(pred, timeout, interval=0.2, what=what)
+
+
+WL_NS = "https://listeblanche.mssante.fr/schema"
+
+
+def whitelist_xml(domains):
+    items = "".join("<Domaine><Nom>%s</Nom><DNCertificatOperateur>CN=op,O=Op,C=FR</DNCertificatOperateur>"
+                    "</Domaine>" % d for d in domains)
+    return '<ListeBlancheMSSante xmlns="%s"><ListeDomaines>%s</ListeDomaines></ListeBlancheMSSante>' % (WL_NS, items)
+
+
+class ReloadRaceTests(OperationsTestCase):
+    wait_until = AdminRetryTests.wait_until
+
+    """SIGHUP reloads while the whitelist refresher keeps loading a changing file: the routes
+    of the last reload stay in force, and so does the last whitelist (one writer per cell)."""
+
+    def test_reloads_while_the_whitelist_refreshes(self):
+        peer = self.peer("a")
+        wl = os.path.join(self.tmp, "liste.xml")
+        with open(wl, "w") as f:
+            f.write(whitelist_xml(["stable.example.fr"]))
+
+        def cfg(blocking):
+            c = self.config(peer.port)
+            c["whitelist"] = {"file": wl, "reload": "200ms"}
+            c["route"].insert(0, {"name": "declared", "domains": ["@whitelist"], "transport": "trust",
+                                  "whitelist": True})
+            order = ["declared", "mssante", "others"]
+            if blocking:
+                c["route"].insert(0, {"name": "blocked", "domains": ["blocked.example.fr"],
+                                      "reject": "550 5.7.1 blocked by the last reload"})
+                order = ["blocked"] + order
+            c["listener"][0]["routes"] = order
+            return c
+
+        self.gw = self.gateway(cfg(False))
+        rounds = 30
+        for k in range(rounds):
+            with open(wl + ".tmp", "w") as f:
+                f.write(whitelist_xml(["stable.example.fr", "dom%d.example.fr" % k, "blocked.example.fr"]))
+            os.replace(wl + ".tmp", wl)
+            write_toml(self.gw.config_path, cfg(k % 2 == 1))
+            os.kill(self.gw.proc.pid, signal.SIGHUP)
+            time.sleep(0.07 + 0.05 * (k % 3))
+        # Signals that arrive during a reload coalesce: end with one more, once all is quiet.
+        time.sleep(1.0)
+        before = self.gw.log().count("configuration reloaded")
+        self.assertGreater(before, 5)
+        os.kill(self.gw.proc.pid, signal.SIGHUP)
+        self.wait_until(lambda: self.gw.log().count("configuration reloaded") > before, 10,
+                        "the last reload")
+        time.sleep(0.6)  # a refresh or two after the last reload
+        self.assertTrue(self.gw.running())
+        with smtp_session("127.0.0.1", self.gw_port) as s:
+            s.mail(SENDER)
+            code, msg = s.rcpt("x@blocked.example.fr")
+            self.assertEqual((code, msg.decode()), (550, "5.7.1 blocked by the last reload"),
+                             "the routes of the last reload are in force")
+            last = "x@dom%d.example.fr" % (rounds - 1)
+            self.assertEqual(s.rcpt(last)[0], 250, "the last whitelist is in force")
+            self.assertEqual(s.rcpt("x@dom0.example.fr")[0], 550, "an older whitelist is not")
