@@ -177,7 +177,7 @@ async fn serve_one(mut stream: TcpStream, st: Arc<AdminState>) {
             respond(
                 &mut stream,
                 200,
-                "text/plain; version=0.0.4",
+                crate::metrics::CONTENT_TYPE,
                 &crate::metrics::render(),
             )
             .await

@@ -1,12 +1,19 @@
-//! Process-wide counters, gauges and latency histograms, rendered in the Prometheus text
-//! format by the admin endpoint.
+//! Process-wide counters, gauges and latency histograms, rendered by the admin endpoint in the
+//! OpenMetrics text format (which Prometheus scrapes).
 //!
-//! Hand-written: the `prometheus` crate would bring a registry, protobuf and macros for a
-//! dozen series; a mutex-protected map is enough at a few updates per message.
+//! The registry and its text encoding are `prometheus-client`'s. Each series is registered at
+//! its first use under the name and help text given at the call site, so a module adds a
+//! metric with one call and no central list to keep in step.
 
-use std::collections::BTreeMap;
-use std::fmt::Write as _;
-use std::sync::{Mutex, OnceLock};
+use prometheus_client::encoding::text::encode;
+use prometheus_client::metrics::counter::Counter;
+use prometheus_client::metrics::family::Family;
+use prometheus_client::metrics::gauge::Gauge;
+use prometheus_client::metrics::histogram::Histogram;
+use prometheus_client::registry::Registry;
+use std::collections::HashMap;
+use std::sync::atomic::AtomicU64;
+use std::sync::{Mutex, OnceLock, RwLock};
 use std::time::Duration;
 
 /// Latency buckets in seconds.
@@ -14,139 +21,175 @@ const BUCKETS: [f64; 12] = [
     0.0005, 0.001, 0.002, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 1.0, 5.0, 30.0,
 ];
 
+type Labels = Vec<(String, String)>;
+type FloatGauge = Gauge<f64, AtomicU64>;
+type HistogramFamily = Family<Labels, Histogram, fn() -> Histogram>;
+
+/// Series with labels are families; those without are plain metrics (`name value`).
 #[derive(Default)]
-struct Histogram {
-    counts: [u64; BUCKETS.len()],
-    sum: f64,
-    count: u64,
+struct Families {
+    counters: HashMap<&'static str, Family<Labels, Counter>>,
+    gauges: HashMap<&'static str, Family<Labels, FloatGauge>>,
+    histograms: HashMap<&'static str, HistogramFamily>,
+    plain_counters: HashMap<&'static str, Counter>,
+    plain_gauges: HashMap<&'static str, FloatGauge>,
+    plain_histograms: HashMap<&'static str, Histogram>,
 }
 
-#[derive(Default)]
-struct Registry {
-    counters: BTreeMap<(&'static str, String), f64>,
-    gauges: BTreeMap<(&'static str, String), f64>,
-    histograms: BTreeMap<(&'static str, String), Histogram>,
-    help: BTreeMap<&'static str, (&'static str, &'static str)>,
+struct Metrics {
+    registry: Mutex<Registry>,
+    families: RwLock<Families>,
 }
 
-fn registry() -> &'static Mutex<Registry> {
-    static R: OnceLock<Mutex<Registry>> = OnceLock::new();
-    R.get_or_init(|| Mutex::new(Registry::default()))
+fn metrics() -> &'static Metrics {
+    static M: OnceLock<Metrics> = OnceLock::new();
+    M.get_or_init(|| Metrics {
+        registry: Mutex::new(Registry::default()),
+        families: RwLock::new(Families::default()),
+    })
 }
 
-fn labels(l: &[(&str, &str)]) -> String {
-    if l.is_empty() {
-        return String::new();
+/// prometheus-client 0.24 writes label values as given: the text format's escapes
+/// (backslash, double quote, newline) are made here.
+fn labels(l: &[(&str, &str)]) -> Labels {
+    l.iter()
+        .map(|(k, v)| {
+            let v = if v.contains(['\\', '"', '\n']) {
+                v.replace('\\', "\\\\")
+                    .replace('"', "\\\"")
+                    .replace('\n', "\\n")
+            } else {
+                v.to_string()
+            };
+            (k.to_string(), v)
+        })
+        .collect()
+}
+
+fn new_histogram() -> Histogram {
+    Histogram::new(BUCKETS)
+}
+
+/// The family `name` from `map`, registered with `help` at its first use.
+fn family<F: Clone + prometheus_client::registry::Metric>(
+    name: &'static str,
+    help: &'static str,
+    select: impl Fn(&Families) -> Option<F>,
+    insert: impl FnOnce(&mut Families) -> F,
+) -> F {
+    let m = metrics();
+    if let Some(f) = select(&m.families.read().unwrap_or_else(|p| p.into_inner())) {
+        return f;
     }
-    // Called several times per message: one allocation, escaping only when needed.
-    let mut out =
-        String::with_capacity(l.iter().map(|(k, v)| k.len() + v.len() + 4).sum::<usize>() + 2);
-    out.push('{');
-    for (i, (k, v)) in l.iter().enumerate() {
-        if i > 0 {
-            out.push(',');
-        }
-        out.push_str(k);
-        out.push_str("=\"");
-        if v.contains(['\\', '"', '\n']) {
-            for c in v.chars() {
-                match c {
-                    '\\' => out.push_str("\\\\"),
-                    '"' => out.push_str("\\\""),
-                    '\n' => out.push(' '),
-                    c => out.push(c),
-                }
-            }
-        } else {
-            out.push_str(v);
-        }
-        out.push('"');
+    let mut fams = m.families.write().unwrap_or_else(|p| p.into_inner());
+    if let Some(f) = select(&fams) {
+        return f;
     }
-    out.push('}');
-    out
-}
-
-fn with<R>(f: impl FnOnce(&mut Registry) -> R) -> R {
-    let mut r = registry().lock().unwrap_or_else(|p| p.into_inner());
-    f(&mut r)
+    let f = insert(&mut fams);
+    // OpenMetrics adds `_total` to counters itself.
+    let shown = name.strip_suffix("_total").unwrap_or(name);
+    m.registry
+        .lock()
+        .unwrap_or_else(|p| p.into_inner())
+        .register(shown, help, f.clone());
+    f
 }
 
 /// Adds one to a counter.
 pub fn inc(name: &'static str, help: &'static str, l: &[(&str, &str)]) {
-    with(|r| {
-        r.help.entry(name).or_insert((help, "counter"));
-        *r.counters.entry((name, labels(l))).or_default() += 1.0;
-    });
+    if l.is_empty() {
+        family(
+            name,
+            help,
+            |fs| fs.plain_counters.get(name).cloned(),
+            |fs| fs.plain_counters.entry(name).or_default().clone(),
+        )
+        .inc();
+        return;
+    }
+    family(
+        name,
+        help,
+        |fs| fs.counters.get(name).cloned(),
+        |fs| fs.counters.entry(name).or_default().clone(),
+    )
+    .get_or_create(&labels(l))
+    .inc();
 }
 
 /// Adds `d` (may be negative) to a gauge.
 pub fn gauge_add(name: &'static str, help: &'static str, l: &[(&str, &str)], d: f64) {
-    with(|r| {
-        r.help.entry(name).or_insert((help, "gauge"));
-        *r.gauges.entry((name, labels(l))).or_default() += d;
+    with_gauge(name, help, l, |g| {
+        g.inc_by(d);
     });
 }
 
 pub fn gauge_set(name: &'static str, help: &'static str, l: &[(&str, &str)], v: f64) {
-    with(|r| {
-        r.help.entry(name).or_insert((help, "gauge"));
-        r.gauges.insert((name, labels(l)), v);
+    with_gauge(name, help, l, |g| {
+        g.set(v);
     });
+}
+
+fn with_gauge(name: &'static str, help: &'static str, l: &[(&str, &str)], f: impl Fn(&FloatGauge)) {
+    if l.is_empty() {
+        return f(&family(
+            name,
+            help,
+            |fs| fs.plain_gauges.get(name).cloned(),
+            |fs| fs.plain_gauges.entry(name).or_default().clone(),
+        ));
+    }
+    let fam = family(
+        name,
+        help,
+        |fs| fs.gauges.get(name).cloned(),
+        |fs| fs.gauges.entry(name).or_default().clone(),
+    );
+    f(&fam.get_or_create(&labels(l)));
 }
 
 pub fn observe(name: &'static str, help: &'static str, l: &[(&str, &str)], d: Duration) {
-    let s = d.as_secs_f64();
-    with(|r| {
-        r.help.entry(name).or_insert((help, "histogram"));
-        let h = r.histograms.entry((name, labels(l))).or_default();
-        for (i, b) in BUCKETS.iter().enumerate() {
-            if s <= *b {
-                h.counts[i] += 1;
-            }
-        }
-        h.sum += s;
-        h.count += 1;
-    });
+    let secs = d.as_secs_f64();
+    if l.is_empty() {
+        family(
+            name,
+            help,
+            |fs| fs.plain_histograms.get(name).cloned(),
+            |fs| {
+                fs.plain_histograms
+                    .entry(name)
+                    .or_insert_with(new_histogram)
+                    .clone()
+            },
+        )
+        .observe(secs);
+        return;
+    }
+    let f = family(
+        name,
+        help,
+        |fs| fs.histograms.get(name).cloned(),
+        |fs| {
+            fs.histograms
+                .entry(name)
+                .or_insert_with(|| Family::new_with_constructor(new_histogram as fn() -> Histogram))
+                .clone()
+        },
+    );
+    f.get_or_create(&labels(l)).observe(secs);
 }
 
-/// The whole registry in the Prometheus text exposition format (version 0.0.4).
+/// The content type of [`render`].
+pub const CONTENT_TYPE: &str = "application/openmetrics-text; version=1.0.0; charset=utf-8";
+
+/// Every series in the OpenMetrics text format.
 pub fn render() -> String {
-    with(|r| {
-        let mut out = String::with_capacity(4096);
-        let mut last = "";
-        let mut head = |out: &mut String, name: &'static str| {
-            if name != last {
-                if let Some((help, kind)) = r.help.get(name) {
-                    let _ = writeln!(out, "# HELP {name} {help}\n# TYPE {name} {kind}");
-                }
-                last = name;
-            }
-        };
-        for ((name, l), v) in &r.counters {
-            head(&mut out, name);
-            let _ = writeln!(out, "{name}{l} {v}");
-        }
-        for ((name, l), v) in &r.gauges {
-            head(&mut out, name);
-            let _ = writeln!(out, "{name}{l} {v}");
-        }
-        for ((name, l), h) in &r.histograms {
-            head(&mut out, name);
-            let inner = l.trim_start_matches('{').trim_end_matches('}');
-            let sep = if inner.is_empty() { "" } else { "," };
-            for (i, b) in BUCKETS.iter().enumerate() {
-                let _ = writeln!(
-                    out,
-                    "{name}_bucket{{{inner}{sep}le=\"{b}\"}} {}",
-                    h.counts[i]
-                );
-            }
-            let _ = writeln!(out, "{name}_bucket{{{inner}{sep}le=\"+Inf\"}} {}", h.count);
-            let _ = writeln!(out, "{name}_sum{l} {}", h.sum);
-            let _ = writeln!(out, "{name}_count{l} {}", h.count);
-        }
-        out
-    })
+    let mut out = String::with_capacity(8192);
+    let registry = metrics().registry.lock().unwrap_or_else(|p| p.into_inner());
+    if let Err(e) = encode(&mut out, &registry) {
+        tracing::error!(error = %e, "metrics encoding failed");
+    }
+    out
 }
 
 #[cfg(test)]
@@ -154,7 +197,7 @@ mod tests {
     use super::*;
 
     #[test]
-    fn renders_prometheus_text() {
+    fn renders_openmetrics_text() {
         inc(
             "test_total",
             "a test counter",
@@ -166,29 +209,30 @@ mod tests {
             &[("listener", "etab"), ("reason", "relay")],
         );
         gauge_set("test_gauge", "a gauge", &[], 3.0);
+        gauge_add("test_gauge", "a gauge", &[], -1.0);
         observe(
             "test_seconds",
             "latency",
             &[("l", "x")],
             Duration::from_millis(3),
         );
+        inc("test_escaped_total", "x", &[("r", "say \"hi\"\\")]);
         let t = render();
-        assert!(t.contains(
-            "# TYPE test_total counter\ntest_total{listener=\"etab\",reason=\"relay\"} 2"
-        ));
-        assert!(t.contains("test_gauge 3"));
-        assert!(t.contains("test_seconds_bucket{l=\"x\",le=\"0.005\"} 1"));
-        assert!(t.contains("test_seconds_bucket{l=\"x\",le=\"0.002\"} 0"));
-        assert!(t.contains("test_seconds_count{l=\"x\"} 1"));
-    }
-
-    #[test]
-    fn label_values_are_escaped() {
-        assert_eq!(labels(&[]), "");
-        assert_eq!(labels(&[("a", "x"), ("b", "y")]), "{a=\"x\",b=\"y\"}");
-        assert_eq!(
-            labels(&[("r", "say \"hi\"\\\nbye")]),
-            "{r=\"say \\\"hi\\\"\\\\ bye\"}"
+        assert!(
+            t.contains("# TYPE test counter\ntest_total{listener=\"etab\",reason=\"relay\"} 2"),
+            "{t}"
         );
+        assert!(t.contains("\ntest_gauge 2.0\n"), "{t}");
+        assert!(
+            t.contains("test_seconds_bucket{le=\"0.005\",l=\"x\"} 1"),
+            "{t}"
+        );
+        assert!(
+            t.contains("test_seconds_bucket{le=\"0.002\",l=\"x\"} 0"),
+            "{t}"
+        );
+        assert!(t.contains("test_seconds_count{l=\"x\"} 1"), "{t}");
+        assert!(t.contains("r=\"say \\\"hi\\\"\\\\\""), "{t}");
+        assert!(t.ends_with("# EOF\n"));
     }
 }
