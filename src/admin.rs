@@ -150,17 +150,30 @@ async fn serve_one(mut stream: TcpStream, st: Arc<AdminState>) {
         ("GET", "/readyz") => {
             let listening = st.listening.load(Ordering::Relaxed);
             let spool = spool_writable(&st.spool);
+            // Trust-space material: fails on an expired certificate or a CRL past its grace,
+            // reports a stale or refused whitelist and failing downloads (crate::trust).
+            let trust = crate::trust::readiness(crate::trust::now_unix());
+            let detail = trust.render();
             match (listening, spool) {
-                (true, Ok(())) => respond(&mut stream, 200, text, "ready\n").await,
+                (true, Ok(())) if trust.ready => {
+                    respond(&mut stream, 200, text, &format!("ready\n{detail}")).await
+                }
+                (true, Ok(())) => respond(&mut stream, 503, text, &detail).await,
                 (false, _) => {
-                    respond(&mut stream, 503, text, "not ready: listeners not bound\n").await
+                    respond(
+                        &mut stream,
+                        503,
+                        text,
+                        &format!("not ready: listeners not bound\n{detail}"),
+                    )
+                    .await
                 }
                 (_, Err(e)) => {
                     respond(
                         &mut stream,
                         503,
                         text,
-                        &format!("not ready: spool not writable: {e}\n"),
+                        &format!("not ready: spool not writable: {e}\n{detail}"),
                     )
                     .await
                 }

@@ -83,6 +83,21 @@ pub struct TlsConfig {
     /// CRLs, PEM or DER.
     #[serde(default)]
     pub crls: Vec<PathBuf>,
+    /// Where the gateway downloads each CRL of `crls` (same order), on `crl_refresh`.
+    #[serde(default)]
+    pub crl_urls: Vec<String>,
+    #[serde(default = "default_crl_refresh", deserialize_with = "de_duration")]
+    pub crl_refresh: Duration,
+    /// `/readyz` fails when a CRL is past its nextUpdate by more than this.
+    #[serde(default = "default_crl_grace", deserialize_with = "de_duration")]
+    pub crl_grace: Duration,
+}
+
+fn default_crl_refresh() -> Duration {
+    Duration::from_secs(3600)
+}
+fn default_crl_grace() -> Duration {
+    Duration::from_secs(86400)
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize)]
@@ -309,6 +324,49 @@ pub struct WhitelistConfig {
     pub file: PathBuf,
     #[serde(default = "default_whitelist_reload", deserialize_with = "de_duration")]
     pub reload: Duration,
+    /// Refuse a file whose ANS signature is missing or wrong; default: true when
+    /// `signer_anchors` is set (see `policy::xmldsig`).
+    #[serde(default)]
+    pub require_signature: Option<bool>,
+    /// PEM certificates the signer must chain to (IGC-Santé).
+    #[serde(default)]
+    pub signer_anchors: Option<PathBuf>,
+    /// Subject DNs allowed to sign (RFC 4514); empty: any certificate chaining to the anchors.
+    #[serde(default)]
+    pub signer_dns: Vec<String>,
+    /// Refuse a file generated longer ago; default 7 days with a signature, none without;
+    /// `"0"` disables (test vectors).
+    #[serde(default, deserialize_with = "de_opt_duration")]
+    pub max_age: Option<Duration>,
+    /// Where the gateway downloads the list (verified before it replaces `file`).
+    #[serde(default)]
+    pub url: Option<String>,
+    #[serde(
+        default = "default_whitelist_refresh",
+        deserialize_with = "de_duration"
+    )]
+    pub refresh: Duration,
+}
+
+impl WhitelistConfig {
+    pub fn signature_required(&self) -> bool {
+        self.require_signature
+            .unwrap_or(self.signer_anchors.is_some())
+    }
+
+    /// The age limit in force (`max_age = "0"` gives none).
+    pub fn effective_max_age(&self) -> Option<Duration> {
+        match self.max_age {
+            Some(d) if d.is_zero() => None,
+            Some(d) => Some(d),
+            None if self.signature_required() => Some(Duration::from_secs(7 * 86400)),
+            None => None,
+        }
+    }
+}
+
+fn default_whitelist_refresh() -> Duration {
+    Duration::from_secs(6 * 3600)
 }
 
 fn default_whitelist_reload() -> Duration {
@@ -394,6 +452,10 @@ fn de_duration<'de, D: Deserializer<'de>>(d: D) -> Result<Duration, D::Error> {
         RawDuration::Text(s) => parse_duration(&s).map_err(serde::de::Error::custom),
         RawDuration::Secs(n) => Ok(Duration::from_secs(n)),
     }
+}
+
+fn de_opt_duration<'de, D: Deserializer<'de>>(d: D) -> Result<Option<Duration>, D::Error> {
+    de_duration(d).map(Some)
 }
 
 fn de_durations<'de, D: Deserializer<'de>>(d: D) -> Result<Vec<Duration>, D::Error> {
@@ -602,6 +664,7 @@ impl Config {
                 }
             }
         }
+        p.extend(crate::trust::validate(self));
         match self.directory.kind {
             DirectoryKind::Extract if self.directory.file.is_none() => {
                 p.push("directory.file: required for kind = \"extract\"".into())
@@ -731,7 +794,15 @@ const KNOWN: &[(&str, &[&str])] = &[
     ("server", &["hostname", "spool", "admin"]),
     (
         "tls",
-        &["certificate", "private_key", "trust_anchors", "crls"],
+        &[
+            "certificate",
+            "private_key",
+            "trust_anchors",
+            "crls",
+            "crl_urls",
+            "crl_refresh",
+            "crl_grace",
+        ],
     ),
     (
         "listener",
@@ -788,7 +859,19 @@ const KNOWN: &[(&str, &[&str])] = &[
         ],
     ),
     ("dns", &["nameservers"]),
-    ("whitelist", &["file", "reload"]),
+    (
+        "whitelist",
+        &[
+            "file",
+            "reload",
+            "require_signature",
+            "signer_anchors",
+            "signer_dns",
+            "max_age",
+            "url",
+            "refresh",
+        ],
+    ),
     (
         "directory",
         &[

@@ -21,3 +21,4 @@ pub mod queuectl;
 pub mod reply;
 pub mod server;
 pub mod tls;
+pub mod trust;

@@ -459,7 +459,7 @@ fn whitelist_show(config: &std::path::Path, domain: &str) -> anyhow::Result<Exit
         .whitelist
         .as_ref()
         .ok_or_else(|| anyhow::anyhow!("no [whitelist] section in {}", config.display()))?;
-    let list = passerelle::server::load_whitelist(&w.file)?;
+    let list = passerelle::server::load_whitelist(w, None)?;
     let domain = domain.trim().trim_end_matches('.').to_ascii_lowercase();
     let entries = list.entries(&domain);
     if entries.is_empty() {

@@ -44,28 +44,14 @@ pub fn ensure_dev_pki(cfg: &Config) -> anyhow::Result<()> {
     Ok(())
 }
 
-/// Loads the ANS whitelist and logs what it found, warnings included.
-pub fn load_whitelist(path: &Path) -> anyhow::Result<Whitelist> {
-    let list =
-        Whitelist::load(path).with_context(|| format!("whitelist.file {}", path.display()))?;
-    for w in list.warnings().iter().take(20) {
-        tracing::warn!(file = %path.display(), "whitelist: {w}");
-    }
-    tracing::info!(file = %path.display(), domains = list.domain_count(), entries = list.entry_count(),
-        generated = list.generated().unwrap_or("-"), "whitelist loaded");
-    crate::metrics::gauge_set(
-        "passerelle_whitelist_domains",
-        "domains in the loaded ANS whitelist",
-        &[],
-        list.domain_count() as f64,
-    );
-    crate::metrics::gauge_set(
-        "passerelle_whitelist_loaded_timestamp_seconds",
-        "when the whitelist in force was loaded (Unix time)",
-        &[],
-        crate::message::now_ms() as f64 / 1000.0,
-    );
-    Ok(list)
+/// Loads the ANS whitelist under the `[whitelist]` rules (signature, age, no rollback before
+/// `previous`), logs and records the outcome (see [`crate::trust::load_whitelist`]).
+pub fn load_whitelist(
+    w: &crate::config::WhitelistConfig,
+    previous: Option<&Whitelist>,
+) -> anyhow::Result<Whitelist> {
+    crate::trust::load_whitelist(w, previous)
+        .with_context(|| format!("whitelist.file {}", w.file.display()))
 }
 
 fn ldap_options(cfg: &Config) -> anyhow::Result<crate::policy::ldap::LdapOptions> {
@@ -121,17 +107,12 @@ pub fn build_policy_from(cfg: &Config, previous: Option<&Policy>) -> anyhow::Res
         .map_err(|e| anyhow!(e))?;
     let whitelist = match &cfg.whitelist {
         Some(w) => match (
-            load_whitelist(&w.file),
+            load_whitelist(w, previous.and_then(|p| p.whitelist.as_deref())),
             previous.and_then(|p| p.whitelist.clone()),
         ) {
             (Ok(list), _) => Some(Arc::new(list)),
-            (Err(e), Some(last_good)) => {
-                tracing::error!(
-                    "{e:#}; keeping the last good whitelist ({} domains)",
-                    last_good.domain_count()
-                );
-                Some(last_good)
-            }
+            // Logged and recorded (metric, /readyz) by trust::load_whitelist.
+            (Err(_), Some(last_good)) => Some(last_good),
             (Err(e), None) => return Err(e),
         },
         None => None,
@@ -184,6 +165,9 @@ impl Snapshot {
             .map(|t| TlsMaterial::reload(t, prev_tls))
             .transpose()?;
         let policy = Arc::new(build_policy_from(&config, previous.map(|(p, _)| p))?);
+        if let (Some(m), Some(t)) = (&tls, &config.tls) {
+            crate::trust::record_tls(t, m);
+        }
         if let Some(m) = &tls {
             if let Ok((_, cert)) = x509_parser::parse_x509_certificate(m.chain[0].as_ref()) {
                 crate::metrics::gauge_set(
@@ -607,21 +591,11 @@ impl Running {
                 continue;
             }
             seen = now;
-            match load_whitelist(&w.file) {
-                Ok(list) => {
-                    let current = self.policy.load_full();
-                    self.policy
-                        .store(Arc::new(current.with_whitelist(Arc::new(list))));
-                }
-                Err(e) => {
-                    let kept = self
-                        .policy
-                        .load()
-                        .whitelist
-                        .as_ref()
-                        .map_or(0, |l| l.domain_count());
-                    tracing::error!("{e:#}; keeping the last good whitelist ({kept} domains)");
-                }
+            let current = self.policy.load_full();
+            // A refusal is logged and recorded by trust::load_whitelist; the list stays.
+            if let Ok(list) = load_whitelist(&w, current.whitelist.as_deref()) {
+                self.policy
+                    .store(Arc::new(current.with_whitelist(Arc::new(list))));
             }
         }
     }
