@@ -461,6 +461,10 @@ fn whitelist_show(config: &std::path::Path, domain: &str) -> anyhow::Result<Exit
         .ok_or_else(|| anyhow::anyhow!("no [whitelist] section in {}", config.display()))?;
     let list = passerelle::server::load_whitelist(w, None)?;
     let domain = domain.trim().trim_end_matches('.').to_ascii_lowercase();
+    match list.signer() {
+        Some(s) => println!("{}: signature verified, signed by {s}", w.file.display()),
+        None => println!("{}: signature not checked", w.file.display()),
+    }
     let entries = list.entries(&domain);
     if entries.is_empty() {
         println!(

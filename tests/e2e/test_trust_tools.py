@@ -99,6 +99,7 @@ class WhitelistSignatureTests(E2ETestCase):
         rc, out = gw.cli("whitelist", "show", "1001-services.mssante.fr")
         self.assertEqual(rc, 0, out)
         self.assertIn(MIPIH, out)
+        self.assertIn("signature verified, signed by " + ANS_SIGNER, out)
 
     def test_stale_list_refused_at_start(self):
         # With the default max_age (7 days), the 2025 list is refused: no last good list, so
