@@ -7,6 +7,7 @@
 
 pub mod admin;
 pub mod config;
+pub mod csr;
 pub mod delivery;
 pub mod dn;
 pub mod dsn;

@@ -140,6 +140,9 @@ enum PkiCommand {
         #[arg(long)]
         out: Option<PathBuf>,
     },
+    /// A private key and a certificate request (PKCS#10) for the gateway's IGC-Santé server
+    /// certificate, with the subject in IGC-Santé's form; prints the DN to declare.
+    Csr(passerelle::csr::CsrOptions),
     /// Revoke certificates issued from a dev PKI: re-signs its ca.crl listing them.
     Revoke {
         #[arg(long, default_value = passerelle::pki::DEFAULT_DEV_DIR)]
@@ -327,6 +330,26 @@ fn run(cli: Cli) -> anyhow::Result<ExitCode> {
         Command::Whitelist {
             what: WhitelistCommand::Show { domain },
         } => whitelist_show(&cli.config, &domain),
+        Command::Pki {
+            what: PkiCommand::Csr(opts),
+        } => {
+            let r = passerelle::csr::make_csr(&opts)?;
+            for w in &r.warnings {
+                eprintln!("warning: {w}");
+            }
+            println!(
+                "private key: {} (mode 0600: keep it there)",
+                r.key_file.display()
+            );
+            println!("request:     {}", r.csr_file.display());
+            println!("subject DN (declare it in the ANS whitelist for your domains, exactly so):");
+            println!("{}", r.subject);
+            println!(
+                "check: openssl req -in {} -noout -verify -subject -nameopt RFC2253",
+                r.csr_file.display()
+            );
+            Ok(ExitCode::SUCCESS)
+        }
         Command::Directory {
             what:
                 DirectoryCommand::Import {

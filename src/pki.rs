@@ -775,7 +775,7 @@ fn pem_encode(label: &str, der: &[u8]) -> String {
     out
 }
 
-fn name_rfc4514(name: &X509Name<'_>) -> Result<String, PkiError> {
+pub fn name_rfc4514(name: &X509Name<'_>) -> Result<String, PkiError> {
     let mut rdns = Vec::new();
     for rdn in name.iter() {
         let parts = rdn

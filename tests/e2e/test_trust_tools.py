@@ -4,14 +4,18 @@
   gateway against the real IGC-Santé anchors (config/igc-sante/); a tampered or unsigned
   file dropped in its place is refused with the reason, the last good list stays in force,
   and the metric and /readyz say so.
+* CsrTests: `passerelle pki csr` writes a key (0600) and a request openssl verifies, with the
+  subject in IGC-Santé's order, and prints the DN to declare.
 """
 
 import os
 import re
 import shutil
+import stat
+import subprocess
 import unittest
 
-from harness import (REPO, E2ETestCase, free_port, gateway_config, http_get, listener,
+from harness import (PASSERELLE_BIN, REPO, E2ETestCase, free_port, gateway_config, http_get, listener,
                      relay_transport, wait_until)
 
 SIGNED = os.path.join(REPO, "tests", "data", "listeblanchemssante-2025-02-28-signed.xml")
@@ -116,6 +120,36 @@ class WhitelistSignatureTests(E2ETestCase):
         self.assertEqual(rc, 1, out)
         self.assertRegex(out, r"refused: stale: generated 2025-02-28T15:42:07Z, \d+ days ago, "
                               r"older than whitelist.max_age 7days")
+
+
+class CsrTests(E2ETestCase):
+    def test_csr_for_igc_sante(self):
+        out = os.path.join(self.tmp, "csr")
+        r = subprocess.run([PASSERELLE_BIN, "pki", "csr", "--cn", "passerelle.chu-exemple.mssante.fr",
+                            "--ou", "750048886", "--o", "CH D'EXEMPLE", "--st", "Hauts-de-Seine (92)",
+                            "--key", "rsa2048", "--out", out],
+                           stdout=subprocess.PIPE, stderr=subprocess.STDOUT, timeout=60)
+        text = r.stdout.decode()
+        self.assertEqual(r.returncode, 0, text)
+        dn = "CN=passerelle.chu-exemple.mssante.fr,OU=1750048886,O=CH D'EXEMPLE,ST=Hauts-de-Seine (92),C=FR"
+        self.assertIn("\n" + dn + "\n", text)
+        key = os.path.join(out, "passerelle.chu-exemple.mssante.fr.key")
+        csr = os.path.join(out, "passerelle.chu-exemple.mssante.fr.csr")
+        self.assertEqual(stat.S_IMODE(os.stat(key).st_mode), 0o600)
+        v = subprocess.run(["openssl", "req", "-in", csr, "-noout", "-verify", "-subject",
+                            "-nameopt", "RFC2253"], stdout=subprocess.PIPE, stderr=subprocess.STDOUT)
+        vt = v.stdout.decode()
+        self.assertEqual(v.returncode, 0, vt)
+        self.assertIn("verify OK", vt)
+        self.assertIn("subject=" + dn, vt)
+        # Again without --force: refused, nothing replaced.
+        before = open(key).read()
+        r = subprocess.run([PASSERELLE_BIN, "pki", "csr", "--cn", "passerelle.chu-exemple.mssante.fr",
+                            "--ou", "750048886", "--o", "X", "--st", "Paris (75)", "--out", out],
+                           stdout=subprocess.PIPE, stderr=subprocess.STDOUT, timeout=60)
+        self.assertEqual(r.returncode, 1, r.stdout)
+        self.assertIn("exists (use --force", r.stdout.decode())
+        self.assertEqual(open(key).read(), before)
 
 
 if __name__ == "__main__":
