@@ -11,6 +11,7 @@ pub mod csr;
 pub mod delivery;
 pub mod dn;
 pub mod dsn;
+pub mod fetch;
 pub mod intake;
 pub mod message;
 pub mod metrics;

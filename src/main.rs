@@ -30,6 +30,13 @@ enum Command {
     Serve,
     /// Validate the configuration and everything it refers to.
     CheckConfig,
+    /// Download now what `[whitelist] url` and `[tls] crl_urls` name, verify each file and
+    /// install it (what `serve` does on its own periods); exit 1 when one failed.
+    Fetch {
+        /// Only the files that do not exist yet.
+        #[arg(long)]
+        missing: bool,
+    },
     /// Development PKI.
     Pki {
         #[command(subcommand)]
@@ -218,6 +225,7 @@ fn run(cli: Cli) -> anyhow::Result<ExitCode> {
             Ok(ExitCode::SUCCESS)
         }
         Command::CheckConfig => check_config(&cli.config),
+        Command::Fetch { missing } => fetch(&cli.config, missing),
         Command::Pki {
             what: PkiCommand::Dev { out, force },
         } => {
@@ -474,6 +482,34 @@ fn check_config(path: &std::path::Path) -> anyhow::Result<ExitCode> {
         }
         Ok(ExitCode::from(1))
     }
+}
+
+fn fetch(config: &std::path::Path, missing: bool) -> anyhow::Result<ExitCode> {
+    use passerelle::fetch::{FetchOptions, FetchOutcome, Fetcher, Plan};
+    let cfg = Config::load_unvalidated(config)?;
+    let plan = Plan::from_config(&cfg).map_err(|e| anyhow::anyhow!(e))?;
+    if plan.jobs.is_empty() {
+        println!("nothing to download: no [whitelist] url, no [tls] crl_urls");
+        return Ok(ExitCode::SUCCESS);
+    }
+    let mut failed = false;
+    for (job, r) in plan.run_all(&Fetcher::new(FetchOptions::default()), missing) {
+        let what = match r {
+            Ok(FetchOutcome::Updated { bytes }) => format!("updated ({bytes} bytes, verified)"),
+            Ok(FetchOutcome::NotModified) => "not modified".into(),
+            Ok(FetchOutcome::Same) => "unchanged".into(),
+            Err(e) => {
+                failed = true;
+                format!("FAILED: {e}")
+            }
+        };
+        println!("{} -> {}: {what}", job.url, job.dest.display());
+    }
+    Ok(if failed {
+        ExitCode::from(1)
+    } else {
+        ExitCode::SUCCESS
+    })
 }
 
 fn whitelist_show(config: &std::path::Path, domain: &str) -> anyhow::Result<ExitCode> {

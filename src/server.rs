@@ -272,6 +272,8 @@ struct Running {
     tls: std::sync::Mutex<Option<TlsMaterial>>,
     whitelist: ArcSwap<Option<crate::config::WhitelistConfig>>,
     directory: ArcSwap<crate::config::DirectoryConfig>,
+    /// What the download loop fetches (crate::fetch), from the config in force.
+    downloads: ArcSwap<crate::fetch::Plan>,
 }
 
 /// A bound listener: its settings slot, its own stop signal, its accept task.
@@ -331,6 +333,10 @@ fn routes_by_listener(cfg: &Config) -> HashMap<String, Vec<String>> {
 }
 
 pub async fn serve(config_path: &Path) -> anyhow::Result<()> {
+    // Files with a download URL that do not exist yet are fetched before they are loaded.
+    if let Ok(cfg) = Config::load_unvalidated(config_path) {
+        let _ = tokio::task::spawn_blocking(move || crate::fetch::prime(&cfg)).await;
+    }
     let snap = Snapshot::load(config_path)?;
     let cfg = &snap.config;
     let (spool, recovered, report) = Spool::open(&cfg.server.spool)?;
@@ -394,7 +400,18 @@ pub async fn serve(config_path: &Path) -> anyhow::Result<()> {
         whitelist: ArcSwap::from_pointee(cfg.whitelist.clone()),
         directory: ArcSwap::from_pointee(cfg.directory.clone()),
         tls: std::sync::Mutex::new(snap.tls),
+        downloads: ArcSwap::from_pointee(crate::fetch::Plan::from_config(cfg).unwrap_or_default()),
     });
+    // Whitelist and CRL downloads; a replaced CRL reloads the TLS material (as SIGHUP does).
+    let (changed_tx, mut changed) = tokio::sync::mpsc::unbounded_channel();
+    let downloader = {
+        let (r1, r2) = (running.clone(), running.clone());
+        tokio::spawn(crate::fetch::run(
+            move || r1.downloads.load_full(),
+            move || r2.policy.load().whitelist.clone(),
+            changed_tx,
+        ))
+    };
     let refresher = tokio::spawn(running.clone().refresh_whitelist());
     let extract_refresher = tokio::spawn(running.clone().refresh_extract());
 
@@ -406,6 +423,10 @@ pub async fn serve(config_path: &Path) -> anyhow::Result<()> {
         tokio::select! {
             _ = term.recv() => break,
             _ = int.recv() => break,
+            Some(crate::fetch::What::Crl(_)) = changed.recv() => match running.reload().await {
+                Ok(()) => tracing::info!("TLS material reloaded after a CRL download"),
+                Err(e) => tracing::error!("reload after a CRL download refused: {e:#}"),
+            },
             _ = hup.recv() => match running.reload().await {
                 Ok(()) => {
                     crate::metrics::inc("passerelle_reloads_total", "SIGHUP reloads, by result", &[("result", "ok")]);
@@ -420,6 +441,7 @@ pub async fn serve(config_path: &Path) -> anyhow::Result<()> {
     }
     tracing::info!("shutting down: no new connections, finishing sessions in flight");
     refresher.abort();
+    downloader.abort();
     if let Some(a) = admin {
         a.abort();
     }
@@ -523,6 +545,9 @@ impl Running {
         self.directory
             .store(Arc::new(snap.config.directory.clone()));
         *self.tls.lock().unwrap_or_else(|p| p.into_inner()) = snap.tls;
+        self.downloads.store(Arc::new(
+            crate::fetch::Plan::from_config(&snap.config).unwrap_or_default(),
+        ));
         Ok(())
     }
 
