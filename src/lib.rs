@@ -18,6 +18,7 @@ pub mod metrics;
 pub mod net;
 pub mod pki;
 pub mod policy;
+pub mod probe;
 pub mod queue;
 pub mod queuectl;
 pub mod reply;

@@ -37,6 +37,11 @@ enum Command {
         #[arg(long)]
         missing: bool,
     },
+    /// Trust-space TLS checks.
+    Tls {
+        #[command(subcommand)]
+        what: TlsCommand,
+    },
     /// Development PKI.
     Pki {
         #[command(subcommand)]
@@ -87,6 +92,37 @@ enum QueueCommand {
     Delete {
         id: String,
     },
+}
+
+#[derive(Subcommand)]
+enum TlsCommand {
+    /// Check an operator as delivery would: MX, connect, STARTTLS, the peer chain and its DN
+    /// against the whitelist, whether our certificate is accepted (MAIL FROM:<>, RCPT TO with
+    /// --rcpt, then RSET and QUIT: nothing is sent). Exit 0 only when delivery would succeed.
+    Probe {
+        /// DOMAIN (its MX hosts) or HOST:PORT.
+        target: String,
+        /// Whitelist domain for a HOST:PORT target (default: the domain of --rcpt).
+        #[arg(long)]
+        domain: Option<String>,
+        /// A recipient to try with RCPT TO.
+        #[arg(long)]
+        rcpt: Option<String>,
+        /// Port of the MX hosts.
+        #[arg(long, default_value_t = 25)]
+        port: u16,
+        /// Timeout of each network step.
+        #[arg(long, default_value = "30s", value_parser = passerelle::config::parse_duration)]
+        timeout: std::time::Duration,
+        #[arg(long, value_enum, default_value_t = OutputFormat::Text)]
+        format: OutputFormat,
+    },
+}
+
+#[derive(Clone, Copy, PartialEq, Eq, ValueEnum)]
+enum OutputFormat {
+    Text,
+    Json,
 }
 
 #[derive(Subcommand)]
@@ -226,6 +262,47 @@ fn run(cli: Cli) -> anyhow::Result<ExitCode> {
         }
         Command::CheckConfig => check_config(&cli.config),
         Command::Fetch { missing } => fetch(&cli.config, missing),
+        Command::Tls {
+            what:
+                TlsCommand::Probe {
+                    target,
+                    domain,
+                    rcpt,
+                    port,
+                    timeout,
+                    format,
+                },
+        } => {
+            let cfg = Config::load_unvalidated(&cli.config)?;
+            let host_port = passerelle::delivery::split_host_port(&target).is_some();
+            if host_port && domain.is_none() && rcpt.is_none() {
+                eprintln!("passerelle: tls probe HOST:PORT needs --domain or --rcpt: the peer's DN is checked against that domain's whitelist entries");
+                return Ok(ExitCode::from(2));
+            }
+            let opts = passerelle::probe::ProbeOptions {
+                target,
+                port,
+                domain,
+                rcpt,
+                timeout,
+            };
+            let rt = tokio::runtime::Builder::new_current_thread()
+                .enable_all()
+                .build()?;
+            let report = rt.block_on(async {
+                let ctx = passerelle::probe::ProbeContext::from_config(&cfg)?;
+                anyhow::Ok(passerelle::probe::probe(&ctx, &opts).await)
+            })?;
+            match format {
+                OutputFormat::Text => print!("{}", report.render_text()),
+                OutputFormat::Json => println!("{}", serde_json::to_string_pretty(&report)?),
+            }
+            Ok(if report.ok {
+                ExitCode::SUCCESS
+            } else {
+                ExitCode::from(1)
+            })
+        }
         Command::Pki {
             what: PkiCommand::Dev { out, force },
         } => {
