@@ -411,6 +411,15 @@ impl Plan {
         Ok(plan)
     }
 
+    /// [`Plan::from_config`], or no downloads with the reason logged (the anchors were readable
+    /// when the config was validated; this covers a file removed since).
+    pub fn from_config_or_log(cfg: &Config) -> Plan {
+        Plan::from_config(cfg).unwrap_or_else(|e| {
+            tracing::error!("downloads disabled: {e}");
+            Plan::default()
+        })
+    }
+
     /// Runs one job: download, verify, install; records the outcome for `/readyz` and
     /// metrics. `previous`: the whitelist in force (rollback check).
     pub fn run_job(

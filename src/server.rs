@@ -545,9 +545,10 @@ impl Running {
         self.directory
             .store(Arc::new(snap.config.directory.clone()));
         *self.tls.lock().unwrap_or_else(|p| p.into_inner()) = snap.tls;
-        self.downloads.store(Arc::new(
-            crate::fetch::Plan::from_config(&snap.config).unwrap_or_default(),
-        ));
+        self.downloads
+            .store(Arc::new(crate::fetch::Plan::from_config_or_log(
+                &snap.config,
+            )));
         Ok(())
     }
 

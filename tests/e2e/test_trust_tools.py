@@ -227,6 +227,9 @@ class FetchTests(E2ETestCase):
         good = sha(wl)
         with open(SIGNED, encoding="utf-8") as f:
             text = f.read()
+        # If-Modified-Since has a one-second resolution: a change within the same second as
+        # the last download would be answered 304 (http.server sends no ETag).
+        time.sleep(1.1)
         replace_file(os.path.join(self.www, "listeblanchemssante.xml"),
                      text.replace(MIPIH, MIPIH.replace("GIP MIPIH", "GIP MIPIX"), 1))
         wait_until(lambda: "FAILING" in self.readyz(gw)[1], 20, what="/readyz reports the refused download")
@@ -258,6 +261,7 @@ class FetchTests(E2ETestCase):
         other = os.path.join(self.tmp, "other-pki")
         subprocess.run([PASSERELLE_BIN, "pki", "dev", "--out", other], stdout=subprocess.PIPE, timeout=60)
         installed = sha(os.path.join(self.var, "crl", "ca.crl"))
+        time.sleep(1.1)
         replace_file_bytes(os.path.join(self.www, "ca.crl"), os.path.join(other, "ca.crl"))
         wait_until(lambda: re.search(r"fetch crl \S+/ca.crl: FAILING \(download refused.*CRL", self.readyz(gw)[1]),
                    20, what="foreign CRL refused")
