@@ -400,7 +400,7 @@ pub async fn serve(config_path: &Path) -> anyhow::Result<()> {
         whitelist: ArcSwap::from_pointee(cfg.whitelist.clone()),
         directory: ArcSwap::from_pointee(cfg.directory.clone()),
         tls: std::sync::Mutex::new(snap.tls),
-        downloads: ArcSwap::from_pointee(crate::fetch::Plan::from_config(cfg).unwrap_or_default()),
+        downloads: ArcSwap::from_pointee(crate::fetch::Plan::from_config_or_log(cfg)),
     });
     // Whitelist and CRL downloads; a replaced CRL reloads the TLS material (as SIGHUP does).
     let (changed_tx, mut changed) = tokio::sync::mpsc::unbounded_channel();
