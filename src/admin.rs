@@ -135,19 +135,28 @@ async fn serve_one(mut stream: TcpStream, st: Arc<AdminState>) {
     let path = req.path.trim_end_matches('/');
     match (req.method.as_str(), path) {
         ("GET", "/healthz") => respond(&mut stream, 200, text, "ok\n").await,
-        // The listeners are bound before this endpoint starts: the spool is what can fail.
-        ("GET", "/readyz") => match spool_writable(&st.spool) {
-            Ok(()) => respond(&mut stream, 200, text, "ready\n").await,
-            Err(e) => {
-                respond(
-                    &mut stream,
-                    503,
-                    text,
-                    &format!("not ready: spool not writable: {e}\n"),
-                )
-                .await
+        // The listeners are bound before this endpoint starts. The spool can fail, and so can
+        // the trust-space material: an expired certificate or a CRL past its grace; a stale or
+        // refused whitelist and failing downloads are reported without failing (crate::trust).
+        ("GET", "/readyz") => {
+            let trust = crate::trust::readiness(crate::trust::now_unix());
+            let detail = trust.render();
+            match spool_writable(&st.spool) {
+                Ok(()) if trust.ready => {
+                    respond(&mut stream, 200, text, &format!("ready\n{detail}")).await
+                }
+                Ok(()) => respond(&mut stream, 503, text, &detail).await,
+                Err(e) => {
+                    respond(
+                        &mut stream,
+                        503,
+                        text,
+                        &format!("not ready: spool not writable: {e}\n{detail}"),
+                    )
+                    .await
+                }
             }
-        },
+        }
         ("GET", "/metrics") => {
             let s = st.queue.stats().await;
             crate::metrics::gauge_set(

@@ -732,6 +732,29 @@ impl Dn {
     pub fn is_empty(&self) -> bool {
         self.avas.is_empty()
     }
+
+    /// How close `other` is: the number of attribute values equal at the same RDN position, and
+    /// the attribute types (`CN`, `O`, ...) that differ or are missing on either side. Used to
+    /// show an administrator which declared DN a refused certificate nearly matches.
+    pub fn closeness(&self, other: &Dn) -> (usize, Vec<String>) {
+        let same = |a: &Ava, b: &Ava| a.rdn == b.rdn && a.oid == b.oid && a.norm == b.norm;
+        let mut equal = 0;
+        let mut differ: Vec<String> = Vec::new();
+        for a in self.avas.iter() {
+            if other.avas.iter().any(|b| same(a, b)) {
+                equal += 1;
+            } else {
+                differ.push(display_type(&a.oid).to_string());
+            }
+        }
+        for b in other.avas.iter() {
+            let t = display_type(&b.oid).to_string();
+            if !self.avas.iter().any(|a| same(a, b)) && !differ.contains(&t) {
+                differ.push(t);
+            }
+        }
+        (equal, differ)
+    }
 }
 
 fn ava_from_x509(rdn: u32, attr: &AttributeTypeAndValue<'_>) -> Ava {

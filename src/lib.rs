@@ -7,17 +7,21 @@
 
 pub mod admin;
 pub mod config;
+pub mod csr;
 pub mod delivery;
 pub mod dn;
 pub mod dsn;
+pub mod fetch;
 pub mod intake;
 pub mod message;
 pub mod metrics;
 pub mod net;
 pub mod pki;
 pub mod policy;
+pub mod probe;
 pub mod queue;
 pub mod queuectl;
 pub mod reply;
 pub mod server;
 pub mod tls;
+pub mod trust;

@@ -30,6 +30,18 @@ enum Command {
     Serve,
     /// Validate the configuration and everything it refers to.
     CheckConfig,
+    /// Download now what `[whitelist] url` and `[tls] crl_urls` name, verify each file and
+    /// install it (what `serve` does on its own periods); exit 1 when one failed.
+    Fetch {
+        /// Only the files that do not exist yet.
+        #[arg(long)]
+        missing: bool,
+    },
+    /// Trust-space TLS checks.
+    Tls {
+        #[command(subcommand)]
+        what: TlsCommand,
+    },
     /// Development PKI.
     Pki {
         #[command(subcommand)]
@@ -80,6 +92,37 @@ enum QueueCommand {
     Delete {
         id: String,
     },
+}
+
+#[derive(Subcommand)]
+enum TlsCommand {
+    /// Check an operator as delivery would: MX, connect, STARTTLS, the peer chain and its DN
+    /// against the whitelist, whether our certificate is accepted (MAIL FROM:<>, RCPT TO with
+    /// --rcpt, then RSET and QUIT: nothing is sent). Exit 0 only when delivery would succeed.
+    Probe {
+        /// DOMAIN (its MX hosts) or HOST:PORT.
+        target: String,
+        /// Whitelist domain for a HOST:PORT target (default: the domain of --rcpt).
+        #[arg(long)]
+        domain: Option<String>,
+        /// A recipient to try with RCPT TO.
+        #[arg(long)]
+        rcpt: Option<String>,
+        /// Port of the MX hosts.
+        #[arg(long, default_value_t = 25)]
+        port: u16,
+        /// Timeout of each network step.
+        #[arg(long, default_value = "30s", value_parser = passerelle::config::parse_duration)]
+        timeout: std::time::Duration,
+        #[arg(long, value_enum, default_value_t = OutputFormat::Text)]
+        format: OutputFormat,
+    },
+}
+
+#[derive(Clone, Copy, PartialEq, Eq, ValueEnum)]
+enum OutputFormat {
+    Text,
+    Json,
 }
 
 #[derive(Subcommand)]
@@ -140,6 +183,9 @@ enum PkiCommand {
         #[arg(long)]
         out: Option<PathBuf>,
     },
+    /// A private key and a certificate request (PKCS#10) for the gateway's IGC-Santé server
+    /// certificate, with the subject in IGC-Santé's form; prints the DN to declare.
+    Csr(passerelle::csr::CsrOptions),
     /// Revoke certificates issued from a dev PKI: re-signs its ca.crl listing them.
     Revoke {
         #[arg(long, default_value = passerelle::pki::DEFAULT_DEV_DIR)]
@@ -215,6 +261,48 @@ fn run(cli: Cli) -> anyhow::Result<ExitCode> {
             Ok(ExitCode::SUCCESS)
         }
         Command::CheckConfig => check_config(&cli.config),
+        Command::Fetch { missing } => fetch(&cli.config, missing),
+        Command::Tls {
+            what:
+                TlsCommand::Probe {
+                    target,
+                    domain,
+                    rcpt,
+                    port,
+                    timeout,
+                    format,
+                },
+        } => {
+            let cfg = Config::load_unvalidated(&cli.config)?;
+            let host_port = target.parse::<passerelle::config::HostPort>().is_ok();
+            if host_port && domain.is_none() && rcpt.is_none() {
+                eprintln!("passerelle: tls probe HOST:PORT needs --domain or --rcpt: the peer's DN is checked against that domain's whitelist entries");
+                return Ok(ExitCode::from(2));
+            }
+            let opts = passerelle::probe::ProbeOptions {
+                target,
+                port,
+                domain,
+                rcpt,
+                timeout,
+            };
+            let rt = tokio::runtime::Builder::new_current_thread()
+                .enable_all()
+                .build()?;
+            let report = rt.block_on(async {
+                let ctx = passerelle::probe::ProbeContext::from_config(&cfg)?;
+                anyhow::Ok(passerelle::probe::probe(&ctx, &opts).await)
+            })?;
+            match format {
+                OutputFormat::Text => print!("{}", report.render_text()),
+                OutputFormat::Json => println!("{}", serde_json::to_string_pretty(&report)?),
+            }
+            Ok(if report.ok {
+                ExitCode::SUCCESS
+            } else {
+                ExitCode::from(1)
+            })
+        }
         Command::Pki {
             what: PkiCommand::Dev { out, force },
         } => {
@@ -327,6 +415,26 @@ fn run(cli: Cli) -> anyhow::Result<ExitCode> {
         Command::Whitelist {
             what: WhitelistCommand::Show { domain },
         } => whitelist_show(&cli.config, &domain),
+        Command::Pki {
+            what: PkiCommand::Csr(opts),
+        } => {
+            let r = passerelle::csr::make_csr(&opts)?;
+            for w in &r.warnings {
+                eprintln!("warning: {w}");
+            }
+            println!(
+                "private key: {} (mode 0600: keep it there)",
+                r.key_file.display()
+            );
+            println!("request:     {}", r.csr_file.display());
+            println!("subject DN (declare it in the ANS whitelist for your domains, exactly so):");
+            println!("{}", r.subject);
+            println!(
+                "check: openssl req -in {} -noout -verify -subject -nameopt RFC2253",
+                r.csr_file.display()
+            );
+            Ok(ExitCode::SUCCESS)
+        }
         Command::Directory {
             what:
                 DirectoryCommand::Import {
@@ -465,14 +573,46 @@ fn check_config(path: &std::path::Path) -> anyhow::Result<ExitCode> {
     }
 }
 
+fn fetch(config: &std::path::Path, missing: bool) -> anyhow::Result<ExitCode> {
+    use passerelle::fetch::{FetchOptions, FetchOutcome, Fetcher, Plan};
+    let cfg = Config::load_unvalidated(config)?;
+    let plan = Plan::from_config(&cfg).map_err(|e| anyhow::anyhow!(e))?;
+    if plan.jobs.is_empty() {
+        println!("nothing to download: no [whitelist] url, no [tls] crl_urls");
+        return Ok(ExitCode::SUCCESS);
+    }
+    let mut failed = false;
+    for (job, r) in plan.run_all(&Fetcher::new(FetchOptions::default()), missing) {
+        let what = match r {
+            Ok(FetchOutcome::Updated { bytes }) => format!("updated ({bytes} bytes, verified)"),
+            Ok(FetchOutcome::NotModified) => "not modified".into(),
+            Ok(FetchOutcome::Same) => "unchanged".into(),
+            Err(e) => {
+                failed = true;
+                format!("FAILED: {e}")
+            }
+        };
+        println!("{} -> {}: {what}", job.url, job.dest.display());
+    }
+    Ok(if failed {
+        ExitCode::from(1)
+    } else {
+        ExitCode::SUCCESS
+    })
+}
+
 fn whitelist_show(config: &std::path::Path, domain: &str) -> anyhow::Result<ExitCode> {
     let cfg = Config::load_unvalidated(config)?;
     let w = cfg
         .whitelist
         .as_ref()
         .ok_or_else(|| anyhow::anyhow!("no [whitelist] section in {}", config.display()))?;
-    let list = passerelle::server::load_whitelist(&w.file)?;
+    let list = passerelle::server::load_whitelist(w, None)?;
     let domain = domain.trim().trim_end_matches('.').to_ascii_lowercase();
+    match list.signer() {
+        Some(s) => println!("{}: signature verified, signed by {s}", w.file.display()),
+        None => println!("{}: signature not checked", w.file.display()),
+    }
     let entries = list.entries(&domain);
     if entries.is_empty() {
         println!(

@@ -104,26 +104,16 @@ impl CrlSet {
         Ok(CrlSet { files, parsed })
     }
 
+    /// Each file of `tls.crls` with the CRLs it holds.
+    pub fn files(&self) -> &[(PathBuf, Vec<CertificateRevocationListDer<'static>>)] {
+        &self.files
+    }
+
     pub fn der(&self) -> Vec<CertificateRevocationListDer<'static>> {
         self.files
             .iter()
             .flat_map(|(_, c)| c.iter().cloned())
             .collect()
-    }
-
-    /// The earliest `nextUpdate` (Unix time) of the CRLs in force, for /readyz and metrics.
-    pub fn next_update(&self) -> Option<i64> {
-        use x509_parser::prelude::FromDer;
-        self.files
-            .iter()
-            .flat_map(|(_, c)| c.iter())
-            .filter_map(|der| {
-                x509_parser::revocation_list::CertificateRevocationList::from_der(der.as_ref())
-                    .ok()
-                    .and_then(|(_, crl)| crl.next_update())
-                    .map(|t| t.timestamp())
-            })
-            .min()
     }
 
     pub fn is_empty(&self) -> bool {

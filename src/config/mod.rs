@@ -118,6 +118,42 @@ pub struct TlsConfig {
     /// CRLs, PEM or DER.
     #[serde(default)]
     pub crls: Vec<PathBuf>,
+    /// Where the gateway downloads each CRL of `crls` (same order), every `crl_refresh`.
+    #[serde(default, deserialize_with = "de_urls")]
+    pub crl_urls: Vec<String>,
+    #[serde(default = "default_crl_refresh", deserialize_with = "de_duration")]
+    pub crl_refresh: Duration,
+    /// `/readyz` fails when a CRL is past its nextUpdate by more than this.
+    #[serde(default = "default_crl_grace", deserialize_with = "de_duration")]
+    pub crl_grace: Duration,
+}
+
+fn default_crl_refresh() -> Duration {
+    Duration::from_secs(3600)
+}
+fn default_crl_grace() -> Duration {
+    Duration::from_secs(86400)
+}
+
+/// An `http://` or `https://` URL (downloads).
+fn check_url(u: &str) -> Result<String, String> {
+    if u.starts_with("http://") || u.starts_with("https://") {
+        Ok(u.to_string())
+    } else {
+        Err(format!("{u:?} is not an http:// or https:// URL"))
+    }
+}
+
+fn de_urls<'de, D: Deserializer<'de>>(d: D) -> Result<Vec<String>, D::Error> {
+    Vec::<String>::deserialize(d)?
+        .iter()
+        .map(|u| check_url(u).map_err(serde::de::Error::custom))
+        .collect()
+}
+
+fn de_opt_url<'de, D: Deserializer<'de>>(d: D) -> Result<Option<String>, D::Error> {
+    let u = String::deserialize(d)?;
+    check_url(&u).map(Some).map_err(serde::de::Error::custom)
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize)]
@@ -460,8 +496,53 @@ impl std::str::FromStr for NameServer {
 #[derive(Debug, Clone, PartialEq, Eq, Deserialize)]
 pub struct WhitelistConfig {
     pub file: PathBuf,
+    /// How often the file is checked for a change.
     #[serde(default = "default_whitelist_reload", deserialize_with = "de_duration")]
     pub reload: Duration,
+    /// Refuse a file whose ANS signature is missing or wrong; default: true when
+    /// `signer_anchors` is set (see `policy::xmldsig`).
+    #[serde(default)]
+    pub require_signature: Option<bool>,
+    /// PEM certificates the signer must chain to (IGC-Santé).
+    #[serde(default)]
+    pub signer_anchors: Option<PathBuf>,
+    /// Subject DNs allowed to sign (RFC 4514); empty: any certificate chaining to the anchors.
+    #[serde(default, deserialize_with = "de_list")]
+    pub signer_dns: Vec<Dn>,
+    /// Refuse a file generated longer ago; default 7 days with a signature, none without;
+    /// `"0"` disables (test vectors).
+    #[serde(default, deserialize_with = "values::de_opt_duration")]
+    pub max_age: Option<Duration>,
+    /// Where the gateway downloads the list (verified before it replaces `file`).
+    #[serde(default, deserialize_with = "de_opt_url")]
+    pub url: Option<String>,
+    /// How often it is downloaded (conditional GET).
+    #[serde(
+        default = "default_whitelist_refresh",
+        deserialize_with = "de_duration"
+    )]
+    pub refresh: Duration,
+}
+
+impl WhitelistConfig {
+    pub fn signature_required(&self) -> bool {
+        self.require_signature
+            .unwrap_or(self.signer_anchors.is_some())
+    }
+
+    /// The age limit in force (`max_age = "0"` gives none).
+    pub fn effective_max_age(&self) -> Option<Duration> {
+        match self.max_age {
+            Some(d) if d.is_zero() => None,
+            Some(d) => Some(d),
+            None if self.signature_required() => Some(Duration::from_secs(7 * 86400)),
+            None => None,
+        }
+    }
+}
+
+fn default_whitelist_refresh() -> Duration {
+    Duration::from_secs(6 * 3600)
 }
 
 fn default_whitelist_reload() -> Duration {

@@ -166,6 +166,38 @@ pub fn validate(c: &Config) -> Vec<Problem> {
             }
         }
     }
+    if let Some(w) = &c.whitelist {
+        if w.signature_required() && w.signer_anchors.is_none() {
+            p.push(Problem::error(
+                "whitelist.require_signature",
+                "needs whitelist.signer_anchors (the IGC-Santé certificates)",
+            ));
+        }
+        if let Some(a) = w.signer_anchors.as_ref().filter(|a| !a.exists()) {
+            p.push(Problem::error(
+                "whitelist.signer_anchors",
+                format!("{} does not exist", a.display()),
+            ));
+        }
+        if w.url.is_some() && w.refresh.is_zero() {
+            p.push(Problem::error("whitelist.refresh", "must be positive"));
+        }
+    }
+    if let Some(t) = &c.tls {
+        if !t.crl_urls.is_empty() && t.crl_urls.len() != t.crls.len() {
+            p.push(Problem::error(
+                "tls.crl_urls",
+                format!(
+                    "{} URLs for {} files in tls.crls; give one URL per file, same order",
+                    t.crl_urls.len(),
+                    t.crls.len()
+                ),
+            ));
+        }
+        if !t.crl_urls.is_empty() && t.crl_refresh.is_zero() {
+            p.push(Problem::error("tls.crl_refresh", "must be positive"));
+        }
+    }
     if let DirectorySource::Ldap(l) = &c.directory.source {
         if l.uses_tls()
             && c.tls
@@ -232,6 +264,43 @@ mod tests {
                 "route[2] (lost).name: route \"lost\" is not in any listener's routes: it is never used"
                     .to_string()
             )]
+        );
+    }
+
+    #[test]
+    fn download_keys() {
+        let text = std::fs::read_to_string(concat!(
+            env!("CARGO_MANIFEST_DIR"),
+            "/config/passerelle.toml"
+        ))
+        .unwrap();
+        let mut c = Config::from_toml_str(&text, "t").unwrap().config;
+        if let Some(t) = c.tls.as_mut() {
+            t.crl_urls = vec!["http://x/a.crl".into()];
+        }
+        if let Some(w) = c.whitelist.as_mut() {
+            w.require_signature = Some(true);
+            w.url = Some("https://example.test/l.xml".into());
+        }
+        let p: Vec<String> = c.validate().iter().map(|p| p.to_string()).collect();
+        assert!(
+            p.iter()
+                .any(|l| l.starts_with("whitelist.require_signature: needs")),
+            "{p:?}"
+        );
+        assert!(
+            p.iter()
+                .any(|l| l.starts_with("tls.crl_urls: 1 URLs for 2 files")),
+            "{p:?}"
+        );
+        let bad = text.replace("[whitelist]", "[whitelist]\nurl = \"ftp://x/l.xml\"");
+        let e = Config::from_toml_str(&bad, "t")
+            .err()
+            .map(|e| e.to_string());
+        assert!(
+            e.as_deref()
+                .is_some_and(|e| e.contains("whitelist.url: \"ftp://x/l.xml\" is not an http")),
+            "{e:?}"
         );
     }
 }

@@ -9,6 +9,7 @@ pub mod ldap;
 pub mod ldif;
 pub mod routes;
 pub mod whitelist;
+pub mod xmldsig;
 
 pub use address::{parse_path, Address, AddressError};
 pub use directory::{Directory, DirectoryError, Lookup, NoDirectory};

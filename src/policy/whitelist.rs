@@ -70,6 +70,16 @@ pub enum WhitelistError {
         "{file}: no <ListeDomaines> element (namespace https://listeblanche.mssante.fr/schema)"
     )]
     MissingListeDomaines { file: String },
+    /// The signature is missing or does not verify (see [`crate::policy::xmldsig`]).
+    #[error("{file}: refused: {err}")]
+    Signature {
+        file: String,
+        #[source]
+        err: crate::policy::xmldsig::DsigError,
+    },
+    /// The file's `DateDeGeneration` is missing, unreadable, too old or in the future.
+    #[error("{file}: refused: {reason}")]
+    Freshness { file: String, reason: String },
     /// `<ListeDomaines>` exists but no `<Domaine>` could be used.
     #[error("{file}: <ListeDomaines> holds no usable <Domaine> ({skipped} skipped){}", first_warning.as_deref().map(|w| format!("; first problem: {w}")).unwrap_or_default())]
     NoDomains {
@@ -106,6 +116,58 @@ pub struct Whitelist {
     entry_count: usize,
     generated: Option<String>,
     warnings: Vec<String>,
+    /// Subject of the certificate whose signature was verified (None: not checked).
+    signer: Option<String>,
+}
+
+/// What a whitelist file must prove before it replaces the list in force.
+#[derive(Debug, Clone, Default)]
+pub struct Acceptance {
+    /// Refuse a file whose enveloped signature is missing or does not verify against `signers`.
+    pub require_signature: bool,
+    pub signers: Option<std::sync::Arc<crate::policy::xmldsig::SignerTrust>>,
+    /// Refuse a file generated longer ago than this (`DateDeGeneration`); `None`: no limit.
+    pub max_age: Option<std::time::Duration>,
+}
+
+/// Clock skew tolerated on `DateDeGeneration` before a list counts as "from the future".
+const FUTURE_SKEW: std::time::Duration = std::time::Duration::from_secs(3600);
+
+/// An age for messages: whole days past two days, hours past two hours, else minutes.
+pub fn human_age(secs: i64) -> String {
+    let (n, unit) = match secs {
+        s if s >= 2 * 86400 => (s / 86400, "day"),
+        s if s >= 7200 => (s / 3600, "hour"),
+        s => (s.max(0) / 60, "minute"),
+    };
+    format!("{n} {unit}{}", if n == 1 { "" } else { "s" })
+}
+
+/// `DateDeGeneration` as Unix seconds: RFC 3339 (`2025-02-28T15:42:07Z`, `+01:00` offsets), or
+/// without zone (UTC assumed, as in the ANS samples).
+pub fn parse_generated(s: &str) -> Option<i64> {
+    let s = s.trim();
+    let (base, offset) = match s
+        .len()
+        .checked_sub(6)
+        .and_then(|i| s.get(i..).map(|t| (i, t)))
+    {
+        Some((i, t))
+            if (t.starts_with('+') || t.starts_with('-')) && t.as_bytes().get(3) == Some(&b':') =>
+        {
+            let h: i64 = t.get(1..3)?.parse().ok()?;
+            let m: i64 = t.get(4..6)?.parse().ok()?;
+            let sign = if t.starts_with('-') { -1 } else { 1 };
+            (s.get(..i)?, sign * (h * 3600 + m * 60))
+        }
+        _ => (s, 0),
+    };
+    let t = humantime::parse_rfc3339_weak(base).ok()?;
+    let secs = match t.duration_since(std::time::UNIX_EPOCH) {
+        Ok(d) => i64::try_from(d.as_secs()).ok()?,
+        Err(e) => -i64::try_from(e.duration().as_secs()).ok()?,
+    };
+    Some(secs - offset)
 }
 
 /// Lowercase, trim and drop one trailing dot.
@@ -181,8 +243,106 @@ impl Whitelist {
     /// Parse the XML text of `listeblanchemssante.xml`. `source` names the
     /// file in messages.
     pub fn parse(xml: &str, source: &str) -> Result<Whitelist, WhitelistError> {
+        let doc = Self::document(xml, source)?;
+        Self::from_document(&doc, source)
+    }
+
+    /// Parse, then apply `rules` (signature, age) at time `now` (Unix seconds) before the
+    /// entries are read: a refused file is never half-used.
+    pub fn parse_accepted(
+        xml: &str,
+        source: &str,
+        rules: &Acceptance,
+        now: i64,
+    ) -> Result<Whitelist, WhitelistError> {
+        let doc = Self::document(xml, source)?;
+        let generated = doc
+            .root_element()
+            .children()
+            .find(|n| is_ans_element(*n, "DateDeGeneration"))
+            .map(|n| element_text(n).into_owned());
+        let refuse = |reason: String| WhitelistError::Freshness {
+            file: source.to_string(),
+            reason,
+        };
+        let needs_date = rules.require_signature || rules.max_age.is_some();
+        let generated_at = match (&generated, needs_date) {
+            (_, false) => None,
+            (None, true) => return Err(refuse("no DateDeGeneration".into())),
+            (Some(g), true) => Some(
+                parse_generated(g)
+                    .ok_or_else(|| refuse(format!("unreadable DateDeGeneration {g:?}")))?,
+            ),
+        };
+        if let Some(at) = generated_at {
+            let g = generated.as_deref().unwrap_or("");
+            if at > now + FUTURE_SKEW.as_secs() as i64 {
+                return Err(refuse(format!("DateDeGeneration {g} is in the future")));
+            }
+            if let Some(max) = rules.max_age {
+                let age = now.saturating_sub(at);
+                if age > max.as_secs() as i64 {
+                    return Err(refuse(format!(
+                        "stale: generated {g}, {} ago, older than whitelist.max_age {}",
+                        human_age(age),
+                        humantime::format_duration(max)
+                    )));
+                }
+            }
+        }
+        let mut signer = None;
+        if rules.require_signature {
+            let trust = rules
+                .signers
+                .as_ref()
+                .ok_or_else(|| WhitelistError::Signature {
+                    file: source.to_string(),
+                    err: crate::policy::xmldsig::DsigError::Unsupported(
+                        "whitelist.require_signature without whitelist.signer_anchors".into(),
+                    ),
+                })?;
+            let at = rustls_pki_types::UnixTime::since_unix_epoch(std::time::Duration::from_secs(
+                generated_at.unwrap_or(0).max(0) as u64,
+            ));
+            let v = crate::policy::xmldsig::verify_enveloped(&doc, trust, at).map_err(|err| {
+                WhitelistError::Signature {
+                    file: source.to_string(),
+                    err,
+                }
+            })?;
+            signer = Some(v.signer);
+        }
+        let mut wl = Self::from_document(&doc, source)?;
+        wl.signer = signer;
+        Ok(wl)
+    }
+
+    /// Read a file and apply `rules` (see [`Whitelist::parse_accepted`]).
+    pub fn load_accepted(
+        path: &Path,
+        rules: &Acceptance,
+        now: i64,
+    ) -> Result<Whitelist, WhitelistError> {
+        let xml = std::fs::read_to_string(path).map_err(|err| WhitelistError::Io {
+            path: path.to_path_buf(),
+            err,
+        })?;
+        Whitelist::parse_accepted(&xml, &path.display().to_string(), rules, now)
+    }
+
+    /// Subject of the verified signer, when the signature was checked.
+    pub fn signer(&self) -> Option<&str> {
+        self.signer.as_deref()
+    }
+
+    /// `DateDeGeneration` in Unix seconds, when readable.
+    pub fn generated_unix(&self) -> Option<i64> {
+        self.generated.as_deref().and_then(parse_generated)
+    }
+
+    fn document<'x>(xml: &'x str, source: &str) -> Result<roxmltree::Document<'x>, WhitelistError> {
         let xml = xml.strip_prefix('\u{feff}').unwrap_or(xml);
-        let doc = roxmltree::Document::parse(xml).map_err(|e| {
+        roxmltree::Document::parse(xml).map_err(|e| {
             let pos = e.pos();
             WhitelistError::Xml {
                 file: source.to_string(),
@@ -190,7 +350,14 @@ impl Whitelist {
                 column: pos.col,
                 message: e.to_string(),
             }
-        })?;
+        })
+    }
+
+    fn from_document(
+        doc: &roxmltree::Document<'_>,
+        source: &str,
+    ) -> Result<Whitelist, WhitelistError> {
+        let xml = doc.input_text();
         let root = doc.root_element();
 
         let mut wl = Whitelist {

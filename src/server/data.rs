@@ -6,32 +6,19 @@ use crate::config::{DirectorySource, TlsConfig, WhitelistConfig};
 use crate::policy::{Directory, Lists, NoDirectory, Whitelist};
 use crate::tls::{CrlSet, Crls, TlsMaterial};
 use anyhow::Context;
-use std::path::{Path, PathBuf};
+use std::path::PathBuf;
 use std::sync::Arc;
 use std::time::Duration;
 
-/// Loads the ANS whitelist and logs what it found, warnings included.
-pub fn load_whitelist(path: &Path) -> anyhow::Result<Whitelist> {
-    let list =
-        Whitelist::load(path).with_context(|| format!("whitelist.file {}", path.display()))?;
-    for w in list.warnings().iter().take(20) {
-        tracing::warn!(file = %path.display(), "whitelist: {w}");
-    }
-    tracing::info!(file = %path.display(), domains = list.domain_count(), entries = list.entry_count(),
-        generated = list.generated().unwrap_or("-"), "whitelist loaded");
-    crate::metrics::gauge_set(
-        "passerelle_whitelist_domains",
-        "domains in the loaded ANS whitelist",
-        &[],
-        list.domain_count() as f64,
-    );
-    crate::metrics::gauge_set(
-        "passerelle_whitelist_loaded_timestamp_seconds",
-        "when the whitelist in force was loaded (Unix time)",
-        &[],
-        crate::message::now_ms() as f64 / 1000.0,
-    );
-    Ok(list)
+/// Loads the ANS whitelist under the `[whitelist]` rules (signature, age, no rollback before
+/// `previous`, the list in force); the outcome is logged and recorded by
+/// [`crate::trust::load_whitelist`] (metrics, `/readyz`).
+pub fn load_whitelist(
+    w: &WhitelistConfig,
+    previous: Option<&Whitelist>,
+) -> anyhow::Result<Whitelist> {
+    crate::trust::load_whitelist(w, previous)
+        .with_context(|| format!("whitelist.file {}", w.file.display()))
 }
 
 /// `[whitelist]`, re-read every `reload` when the file changed.
@@ -50,21 +37,16 @@ impl Watched for WhitelistData {
         spec.as_ref().map_or(Duration::from_secs(60), |w| w.reload)
     }
     fn load(&self, spec: &Self::Spec) -> Result<Self::Value, String> {
+        let previous = self.0.whitelist.load_full();
         spec.as_ref()
-            .map(|w| load_whitelist(&w.file).map_err(|e| format!("{e:#}")))
+            .map(|w| load_whitelist(w, previous.as_deref()).map_err(|e| format!("{e:#}")))
             .transpose()
     }
     fn store(&self, value: Self::Value) {
         self.0.whitelist.store(value.map(Arc::new));
     }
-    fn kept(&self, error: &str) -> String {
-        let kept = self
-            .0
-            .whitelist
-            .load()
-            .as_ref()
-            .map_or(0, |w| w.domain_count());
-        format!("{error}; keeping the last good whitelist ({kept} domains)")
+    fn kept(&self, _: &str) -> Option<String> {
+        None // said by trust::load_whitelist, with the reason and its metric
     }
 }
 
@@ -103,8 +85,10 @@ impl Watched for DirectoryData {
     fn store(&self, value: Self::Value) {
         self.lists.directory.store(Arc::new(value));
     }
-    fn kept(&self, error: &str) -> String {
-        format!("directory not reloaded, keeping the current one: {error}")
+    fn kept(&self, error: &str) -> Option<String> {
+        Some(format!(
+            "directory not reloaded, keeping the current one: {error}"
+        ))
     }
 }
 
@@ -152,18 +136,11 @@ impl Watched for CrlData {
         Duration::from_secs(30)
     }
     fn load(&self, spec: &Self::Spec) -> Result<Self::Value, String> {
-        let set = CrlSet::load(spec, Some(&self.0.load())).map_err(|e| e.to_string())?;
-        if let Some(next) = set.next_update() {
-            crate::metrics::gauge_set(
-                "passerelle_crl_next_update_timestamp_seconds",
-                "the earliest nextUpdate of the CRLs in force (Unix time)",
-                &[],
-                next as f64,
-            );
-        }
-        Ok(set)
+        CrlSet::load(spec, Some(&self.0.load())).map_err(|e| e.to_string())
     }
     fn store(&self, value: Self::Value) {
+        crate::trust::record_crls(&value);
+        tracing::info!(files = value.files().len(), "CRLs in force reloaded");
         self.0.store(Arc::new(value));
     }
 }

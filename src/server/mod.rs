@@ -47,6 +47,8 @@ struct Runtime {
     queue: Queue,
     agent: Arc<Agent>,
     listeners: tokio::sync::Mutex<HashMap<String, Bound>>,
+    /// What the download loop fetches (whitelist, CRLs), from the config in force.
+    downloads: Arc<ArcSwap<crate::fetch::Plan>>,
 }
 
 /// The return path of notifications: the routes of the snapshot in force.
@@ -84,15 +86,13 @@ fn scheduler_config(cfg: &Config) -> SchedulerConfig {
 
 pub async fn serve(config_path: &Path) -> anyhow::Result<()> {
     let cfg = load_config(config_path)?;
-    // The data first, failing the start when a file it names does not load.
-    let crls: Crls = Arc::new(ArcSwap::from_pointee(CrlSet::load(&crl_paths(&cfg), None)?));
-    let whitelist = cfg
-        .whitelist
-        .as_ref()
-        .map(|w| load_whitelist(&w.file))
-        .transpose()?;
-    let directory = data::build_directory(&directory_spec(&cfg), &crls)?;
-    let lists = Arc::new(Lists::new(whitelist, directory));
+    // Files with a download URL that do not exist yet are fetched before they are loaded.
+    {
+        let c = cfg.clone();
+        let _ = tokio::task::spawn_blocking(move || crate::fetch::prime(&c)).await;
+    }
+    let lists = Arc::new(load_lists(&cfg)?);
+    let crls = lists_crls(&cfg)?;
     let snapshot = Arc::new(ArcSwap::from_pointee(Snapshot::build(cfg, lists.clone())?));
     let snap = snapshot.load_full();
     let cfg = &snap.config;
@@ -138,7 +138,11 @@ pub async fn serve(config_path: &Path) -> anyhow::Result<()> {
         }
         None => None,
     };
+    let downloads = Arc::new(ArcSwap::from_pointee(
+        crate::fetch::Plan::from_config_or_log(cfg),
+    ));
     let rt = Runtime {
+        downloads: downloads.clone(),
         config_path: config_path.to_path_buf(),
         whitelist: Watcher::start(data::WhitelistData(lists.clone()), cfg.whitelist.clone()),
         directory: Watcher::start(
@@ -157,6 +161,17 @@ pub async fn serve(config_path: &Path) -> anyhow::Result<()> {
         listeners: tokio::sync::Mutex::new(bound),
     };
 
+    // Whitelist and CRL downloads; the watcher of a replaced file looks at it at once.
+    let (changed_tx, mut changed) = tokio::sync::mpsc::unbounded_channel();
+    let downloader = {
+        let lists = rt.lists.clone();
+        tokio::spawn(crate::fetch::run(
+            move || downloads.load_full(),
+            move || lists.whitelist.load_full(),
+            changed_tx,
+        ))
+    };
+
     use tokio::signal::unix::{signal, SignalKind};
     let mut term = signal(SignalKind::terminate())?;
     let mut int = signal(SignalKind::interrupt())?;
@@ -165,6 +180,10 @@ pub async fn serve(config_path: &Path) -> anyhow::Result<()> {
         tokio::select! {
             _ = term.recv() => break,
             _ = int.recv() => break,
+            Some(what) = changed.recv() => match what {
+                crate::fetch::What::Crl(_) => rt.crl_files.check_now(),
+                crate::fetch::What::Whitelist => rt.whitelist.check_now(),
+            },
             _ = hup.recv() => match rt.reload().await {
                 Ok(()) => {
                     crate::metrics::inc("passerelle_reloads_total", "SIGHUP reloads, by result", &[("result", "ok")]);
@@ -180,6 +199,7 @@ pub async fn serve(config_path: &Path) -> anyhow::Result<()> {
         }
     }
     tracing::info!("shutting down: no new connections, finishing sessions in flight");
+    downloader.abort();
     if let Some(a) = admin {
         a.abort();
     }
@@ -264,20 +284,37 @@ impl Runtime {
         for (l, sock, ctx) in fresh {
             listeners.insert(l.name.clone(), Bound::start(sock, &l, ctx));
         }
+        self.downloads
+            .store(Arc::new(crate::fetch::Plan::from_config_or_log(
+                &snap.config,
+            )));
         self.snapshot.store(Arc::new(snap));
         Ok(())
     }
 }
 
-/// For the offline verbs (`route test`, `directory lookup`, `check-config`): a snapshot with
-/// its data loaded once, as `serve` would.
-pub fn offline_snapshot(cfg: Config) -> anyhow::Result<Snapshot> {
-    let crls: Crls = Arc::new(ArcSwap::from_pointee(CrlSet::load(&crl_paths(&cfg), None)?));
+/// The CRLs `cfg` names, loaded (the start fails when one does not load).
+fn lists_crls(cfg: &Config) -> anyhow::Result<Crls> {
+    let set = CrlSet::load(&crl_paths(cfg), None)?;
+    crate::trust::record_crls(&set);
+    Ok(Arc::new(ArcSwap::from_pointee(set)))
+}
+
+/// The whitelist and directory `cfg` names, loaded (the start fails when one does not load).
+fn load_lists(cfg: &Config) -> anyhow::Result<Lists> {
+    let crls = lists_crls(cfg)?;
     let whitelist = cfg
         .whitelist
         .as_ref()
-        .map(|w| load_whitelist(&w.file))
+        .map(|w| load_whitelist(w, None))
         .transpose()?;
-    let directory = data::build_directory(&directory_spec(&cfg), &crls)?;
-    Snapshot::build(cfg, Arc::new(Lists::new(whitelist, directory)))
+    let directory = data::build_directory(&directory_spec(cfg), &crls)?;
+    Ok(Lists::new(whitelist, directory))
+}
+
+/// For the offline verbs (`route test`, `directory lookup`, `check-config`): a snapshot with
+/// its data loaded once, as `serve` would.
+pub fn offline_snapshot(cfg: Config) -> anyhow::Result<Snapshot> {
+    let lists = Arc::new(load_lists(&cfg)?);
+    Snapshot::build(cfg, lists)
 }

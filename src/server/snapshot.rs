@@ -51,6 +51,9 @@ impl Snapshot {
     /// A snapshot of `config` over the live `lists`.
     pub fn build(config: Config, lists: Arc<Lists>) -> anyhow::Result<Snapshot> {
         let tls = config.tls.as_ref().map(TlsMaterial::load).transpose()?;
+        if let (Some(m), Some(t)) = (&tls, &config.tls) {
+            crate::trust::record_tls(t, m);
+        }
         if let Some(m) = &tls {
             if let Ok((_, cert)) = x509_parser::parse_x509_certificate(m.chain[0].as_ref()) {
                 crate::metrics::gauge_set(

@@ -33,11 +33,11 @@ pub trait Watched: Send + Sync + 'static {
     /// Puts a loaded value in force.
     fn store(&self, value: Self::Value);
     /// The log line when a changed file does not load (the last good data stays).
-    fn kept(&self, error: &str) -> String {
-        format!(
+    fn kept(&self, error: &str) -> Option<String> {
+        Some(format!(
             "{} not reloaded, keeping the one in force: {error}",
             self.name()
-        )
+        ))
     }
 }
 
@@ -47,6 +47,8 @@ enum Msg<W: Watched> {
         loaded: Option<W::Value>,
         ack: oneshot::Sender<()>,
     },
+    /// Look at the files now (a download just replaced one).
+    Check,
 }
 
 /// The handle a reload uses to change what is watched.
@@ -91,6 +93,11 @@ impl<W: Watched> Watcher<W> {
         }
     }
 
+    /// Makes the watcher look at its files now rather than at the end of its period.
+    pub fn check_now(&self) {
+        let _ = self.tx.send(Msg::Check);
+    }
+
     /// Puts `spec` (and its prepared data) in force, through the watcher task.
     pub async fn apply(&self, spec: W::Spec, loaded: Option<W::Value>) {
         *self.spec.lock().unwrap_or_else(|p| p.into_inner()) = spec.clone();
@@ -102,39 +109,40 @@ impl<W: Watched> Watcher<W> {
 }
 
 async fn run<W: Watched>(kind: Arc<W>, mut spec: W::Spec, mut rx: mpsc::UnboundedReceiver<Msg<W>>) {
-    let stamps =
-        |k: &W, s: &W::Spec| -> Vec<Stamp> { k.files(s).iter().map(|f| stamp(f)).collect() };
-    let mut seen = stamps(&kind, &spec);
+    let stamps = |s: &W::Spec| -> Vec<Stamp> { kind.files(s).iter().map(|f| stamp(f)).collect() };
+    let mut seen = stamps(&spec);
     loop {
         let period = kind.period(&spec).max(Duration::from_millis(200));
         tokio::select! {
             msg = rx.recv() => match msg {
                 Some(Msg::Reconfigure { spec: s, loaded, ack }) => {
                     spec = s;
-                    seen = stamps(&kind, &spec);
+                    seen = stamps(&spec);
                     if let Some(v) = loaded {
                         kind.store(v);
                     }
                     let _ = ack.send(());
+                    continue;
                 }
+                Some(Msg::Check) => {}
                 None => return,
             },
-            _ = tokio::time::sleep(period) => {
-                if kind.files(&spec).is_empty() {
-                    continue;
-                }
-                let now = stamps(&kind, &spec);
-                if now == seen {
-                    continue;
-                }
-                seen = now;
-                let (k, s) = (kind.clone(), spec.clone());
-                match tokio::task::spawn_blocking(move || k.load(&s)).await {
-                    Ok(Ok(v)) => kind.store(v),
-                    Ok(Err(e)) => tracing::error!("{}", kind.kept(&e)),
-                    Err(e) => tracing::error!("{} reload failed: {e}", kind.name()),
+            _ = tokio::time::sleep(period) => {}
+        }
+        let now = stamps(&spec);
+        if now.is_empty() || now == seen {
+            continue;
+        }
+        seen = now;
+        let (k, s) = (kind.clone(), spec.clone());
+        match tokio::task::spawn_blocking(move || k.load(&s)).await {
+            Ok(Ok(v)) => kind.store(v),
+            Ok(Err(e)) => {
+                if let Some(line) = kind.kept(&e) {
+                    tracing::error!("{line}");
                 }
             }
+            Err(e) => tracing::error!("{} reload failed: {e}", kind.name()),
         }
     }
 }

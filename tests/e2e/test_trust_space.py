@@ -152,6 +152,13 @@ def base_whitelist_entries():
     return entries
 
 
+def postfix_requiring_ccert(crt, key, cafile):
+    """main.cf settings of a Postfix operator that requires a client certificate from cafile."""
+    return {"smtpd_tls_security_level": "encrypt", "smtpd_tls_ask_ccert": "yes",
+            "smtpd_tls_req_ccert": "yes", "smtpd_tls_CAfile": cafile,
+            "smtpd_tls_chain_files": "%s, %s" % (key, crt), "smtpd_tls_loglevel": "1"}
+
+
 def write_atomic(path, text):
     tmp = path + ".tmp"
     with open(tmp, "w") as f:
@@ -736,15 +743,8 @@ class PostfixInteropTests(TrustTestCase):
         crt, key = self.pki.certs["pfop"]
         cafile = self.pki.ca_pem   # the root only: our client chain carries the intermediate
         op = self.postfix("op", relayhost="[127.0.0.1]:%d" % pf_sink.port, mydomain="postfix-op.audit.test",
-                          extra_main_cf={
-                              "smtpd_tls_security_level": "encrypt",
-                              "smtpd_tls_ask_ccert": "yes",
-                              "smtpd_tls_req_ccert": "yes",
-                              "smtpd_tls_CAfile": cafile,
-                              "smtpd_tls_chain_files": "%s, %s" % (key, crt),
-                              "smtpd_tls_loglevel": "1",
-                              "smtpd_tls_received_header": "yes",
-                          })
+                          extra_main_cf=dict(postfix_requiring_ccert(crt, key, cafile),
+                                             smtpd_tls_received_header="yes"))
         self.start_gateway(routes_extra=[{"name": "pfop", "domains": [PFOP_DOMAIN], "transport": "op-postfix",
                                           "whitelist": True, "directory": False}],
                            transports={"op-postfix": relay_transport(op.port, tls="mutual")})
