@@ -349,6 +349,8 @@ pub struct DirectoryConfig {
     pub starttls: bool,
     /// Attribute holding the BAL type (written by `directory import`).
     pub bal_type_attribute: String,
+    /// `[directory.sync]`: the gateway keeps an LDAP in step with the extract.
+    pub sync: Option<crate::dirsync::SyncConfig>,
 }
 
 impl Default for DirectoryConfig {
@@ -368,6 +370,7 @@ impl Default for DirectoryConfig {
             pool_size: 4,
             starttls: false,
             bal_type_attribute: "employeeType".into(),
+            sync: None,
         }
     }
 }
@@ -646,6 +649,10 @@ impl Config {
             }
             _ => {}
         }
+        if let Some(sync) = &self.directory.sync {
+            let trust = self.tls.as_ref().is_some_and(|t| t.trust_anchors.is_some());
+            p.extend(sync.validate(trust));
+        }
         p
     }
 
@@ -806,6 +813,7 @@ const KNOWN: &[(&str, &[&str])] = &[
             "pool_size",
             "starttls",
             "bal_type_attribute",
+            "sync",
         ],
     ),
 ];

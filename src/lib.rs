@@ -8,6 +8,7 @@
 pub mod admin;
 pub mod config;
 pub mod delivery;
+pub mod dirsync;
 pub mod dn;
 pub mod dsn;
 pub mod intake;

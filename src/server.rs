@@ -413,6 +413,7 @@ pub async fn serve(config_path: &Path) -> anyhow::Result<()> {
     });
     let refresher = tokio::spawn(running.clone().refresh_whitelist());
     let extract_refresher = tokio::spawn(running.clone().refresh_extract());
+    let directory_sync = crate::dirsync::spawn_scheduled(cfg);
 
     use tokio::signal::unix::{signal, SignalKind};
     let mut term = signal(SignalKind::terminate())?;
@@ -440,6 +441,9 @@ pub async fn serve(config_path: &Path) -> anyhow::Result<()> {
         a.abort();
     }
     extract_refresher.abort();
+    if let Some(t) = directory_sync {
+        t.abort();
+    }
     let bound: Vec<Bound> = running
         .listeners
         .lock()
