@@ -519,6 +519,7 @@ async fn run_inner(opts: &SyncOptions, progress: &Progress) -> Result<Summary, S
         tracing::warn!(source = %opts.source, line, "directory sync: extract line skipped: {why}");
     }
     let groups = group_by_address(&loaded.extract);
+    tracing::debug!(entries = groups.len(), elapsed = ?started.elapsed(), "directory sync: extract loaded");
 
     let t = &opts.target;
     let mut ldap = t.connect().await.map_err(SyncError::Unreachable)?;
@@ -534,6 +535,7 @@ async fn run_inner(opts: &SyncOptions, progress: &Progress) -> Result<Summary, S
             .map_err(SyncError::Unreachable)?;
     }
     let plan = planner.finish();
+    tracing::debug!(existing = plan.existing, elapsed = ?started.elapsed(), "directory sync: LDAP read");
     let mut summary = Summary {
         added: plan.adds.len(),
         modified: plan.modifies.len(),
