@@ -338,7 +338,10 @@ fn run(cli: Cli) -> anyhow::Result<ExitCode> {
                     base,
                 },
         } => {
-            let (x, report) = passerelle::policy::extract::Extract::load(&extract)?;
+            let (x, report) = passerelle::policy::extract::Extract::load_with(
+                &extract,
+                passerelle::policy::ldif::KEEP,
+            )?;
             for (line, why) in &report.bad_lines {
                 eprintln!("{}:{line}: skipped: {why}", extract.display());
             }

@@ -411,6 +411,9 @@ pub async fn serve(config_path: &Path) -> anyhow::Result<()> {
         directory: ArcSwap::from_pointee(cfg.directory.clone()),
         tls: std::sync::Mutex::new(snap.tls),
     });
+    // The policy is in the swap now: holding it here kept the first directory (and whitelist)
+    // alive for the life of the process, whatever replaced them.
+    drop(snap.policy);
     let refresher = tokio::spawn(running.clone().refresh_whitelist());
     let extract_refresher = tokio::spawn(running.clone().refresh_extract());
     let directory_sync = crate::dirsync::spawn_scheduled(cfg);

@@ -4,8 +4,8 @@
 //! without a server and never holds the whole LDAP in memory (only the extract, already
 //! loaded, and the list of changes).
 
-use crate::policy::extract::ExtractEntry;
-use crate::policy::ldif::{entry_key, map_entry, MappedEntry, MAPPED_ATTRIBUTES};
+use crate::policy::extract::Extract;
+use crate::policy::ldif::{map_entry, MappedEntry, MAPPED_ATTRIBUTES};
 use std::collections::HashMap;
 
 /// One attribute to set on an existing entry: its new values (none: remove the attribute).
@@ -18,8 +18,7 @@ pub struct Modify {
     pub changes: Vec<AttrChange>,
 }
 
-/// Everything the sync would do. Adds are indexes into the grouped extract (mapped when
-/// applied, so a first sync of 535,000 entries does not hold them all mapped at once).
+/// Everything the sync would do. Adds are groups of the extract (mapped when applied, so a first sync of 535,000 entries does not hold them all mapped at once).
 #[derive(Debug, Default)]
 pub struct Plan {
     pub adds: Vec<u32>,
@@ -41,28 +40,22 @@ impl Plan {
     }
 }
 
-/// The extract's entries by key, and which of them the LDAP already has.
+/// The extract, and which of its entries the LDAP already has.
 pub struct Planner<'a> {
-    groups: &'a [(String, Vec<&'a ExtractEntry>)],
-    index: HashMap<&'a str, u32>,
+    extract: &'a Extract,
     seen: Vec<bool>,
     plan: Plan,
 }
 
 impl<'a> Planner<'a> {
-    /// `groups` as [`crate::policy::ldif::group_by_address`] makes them.
-    pub fn new(groups: &'a [(String, Vec<&'a ExtractEntry>)]) -> Planner<'a> {
-        let index = groups
-            .iter()
-            .enumerate()
-            .map(|(i, (k, _))| (k.as_str(), i as u32))
-            .collect();
+    /// The extract loaded with at least the columns of [`crate::policy::ldif::KEEP`].
+    pub fn new(extract: &'a Extract) -> Planner<'a> {
+        let n = extract.group_count();
         Planner {
-            groups,
-            index,
-            seen: vec![false; groups.len()],
+            extract,
+            seen: vec![false; n],
             plan: Plan {
-                desired: groups.len(),
+                desired: n,
                 ..Plan::default()
             },
         }
@@ -70,15 +63,16 @@ impl<'a> Planner<'a> {
 
     /// One entry read from the LDAP (one level under the base), with its mapped attributes.
     pub fn see(&mut self, dn: &str, attrs: &HashMap<String, Vec<String>>) {
-        let Some(key) = managed_key(dn, attrs) else {
+        let Some(mail) = managed_mail(dn, attrs) else {
             self.plan.foreign += 1;
             return;
         };
         self.plan.existing += 1;
-        match self.index.get(key.as_str()) {
-            Some(&i) if !self.seen[i as usize] => {
-                self.seen[i as usize] = true;
-                let want = map_entry(&self.groups[i as usize].1);
+        let group = self.extract.find_group(mail);
+        match group.filter(|&g| self.seen.get(g as usize) == Some(&false)) {
+            Some(g) => {
+                self.seen[g as usize] = true;
+                let want = map_entry(&self.extract.group(g));
                 let changes = attribute_changes(&want, attrs);
                 if changes.is_empty() {
                     self.plan.unchanged += 1;
@@ -108,16 +102,16 @@ impl<'a> Planner<'a> {
     }
 }
 
-/// The entry's key if the sync manages it: its RDN is `mail=...` and it has exactly one
+/// The entry's address if the sync manages it: its RDN is `mail=...` and it has exactly one
 /// `mail` value. Anything else under the base (an administrator's own entries, a
 /// sub-container) is left alone.
-pub fn managed_key(dn: &str, attrs: &HashMap<String, Vec<String>>) -> Option<String> {
+pub fn managed_mail<'m>(dn: &str, attrs: &'m HashMap<String, Vec<String>>) -> Option<&'m str> {
     let rdn_type = dn.split_once('=')?.0.trim();
     if !rdn_type.eq_ignore_ascii_case("mail") {
         return None;
     }
     match values(attrs, "mail") {
-        [one] => Some(entry_key(one)),
+        [one] => Some(one.as_str()),
         _ => None,
     }
 }
@@ -175,8 +169,6 @@ pub fn deletion_limit(existing: usize, desired: usize, percent: f64) -> usize {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::policy::extract::Extract;
-    use crate::policy::ldif::group_by_address;
 
     const HEADER: &str = include_str!("../../tests/data/extraction-header-31-columns.txt");
 
@@ -198,10 +190,9 @@ mod tests {
 
     /// What the LDAP would hold after importing `e`: (dn, attrs) per entry.
     fn ldap_of(e: &Extract) -> Vec<(String, HashMap<String, Vec<String>>)> {
-        group_by_address(e)
-            .iter()
-            .map(|(_, l)| {
-                let m = map_entry(l);
+        (0..e.group_count() as u32)
+            .map(|g| {
+                let m = map_entry(&e.group(g));
                 let attrs = m
                     .attrs
                     .iter()
@@ -218,8 +209,7 @@ mod tests {
             line("PER", "a@x.fr", "A", "Médecin", "CHU"),
             line("ORG", "b@x.fr", "", "", "CHU"),
         ]);
-        let groups = group_by_address(&e);
-        let mut p = Planner::new(&groups);
+        let mut p = Planner::new(&e);
         for (dn, attrs) in ldap_of(&e) {
             p.see(&dn, &attrs);
         }
@@ -240,8 +230,7 @@ mod tests {
             line("PER", "c@x.fr", "C", "Cadre", ""),      // title changed, o removed
             line("ORG", "new@x.fr", "", "", "CHU"),
         ]);
-        let groups = group_by_address(&new);
-        let mut p = Planner::new(&groups);
+        let mut p = Planner::new(&new);
         for (dn, attrs) in ldap_of(&old) {
             p.see(&dn, &attrs);
         }
@@ -269,8 +258,7 @@ mod tests {
             line("PER", "m@x.fr", "M", "", "ONE"),
             line("PER", "m@x.fr", "M", "", "TWO"),
         ]);
-        let groups = group_by_address(&e);
-        let want = map_entry(&groups[0].1);
+        let want = map_entry(&e.group(0));
         let mut have: HashMap<String, Vec<String>> = want
             .attrs
             .iter()
@@ -292,8 +280,7 @@ mod tests {
     #[test]
     fn duplicate_ldap_entries_for_one_address_keep_one() {
         let e = extract(&[line("PER", "a@x.fr", "A", "", "")]);
-        let groups = group_by_address(&e);
-        let mut p = Planner::new(&groups);
+        let mut p = Planner::new(&e);
         let (dn, attrs) = ldap_of(&e).remove(0);
         p.see(&dn, &attrs);
         p.see("mail=A@x.fr,ou=x", &attrs);
@@ -312,16 +299,13 @@ mod tests {
             .into()
         };
         assert_eq!(
-            managed_key("mail=A@X.fr,ou=x", &m(&["A@X.fr"])).as_deref(),
-            Some("a@x.fr")
+            managed_mail("mail=A@X.fr,ou=x", &m(&["A@X.fr"])),
+            Some("A@X.fr")
         );
-        assert_eq!(
-            managed_key("MAIL = a@x,ou=x", &m(&["a@x"])).as_deref(),
-            Some("a@x")
-        );
-        assert_eq!(managed_key("uid=a,ou=x", &m(&["a@x"])), None);
-        assert_eq!(managed_key("mail=a@x,ou=x", &m(&[])), None);
-        assert_eq!(managed_key("mail=a@x,ou=x", &m(&["a@x", "b@x"])), None);
+        assert_eq!(managed_mail("MAIL = a@x,ou=x", &m(&["a@x"])), Some("a@x"));
+        assert_eq!(managed_mail("uid=a,ou=x", &m(&["a@x"])), None);
+        assert_eq!(managed_mail("mail=a@x,ou=x", &m(&[])), None);
+        assert_eq!(managed_mail("mail=a@x,ou=x", &m(&["a@x", "b@x"])), None);
     }
 
     #[test]

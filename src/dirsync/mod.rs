@@ -18,7 +18,6 @@ pub mod source;
 pub mod target;
 
 use crate::config::{parse_duration, Config, TlsConfig};
-use crate::policy::ldif::group_by_address;
 use serde::{Deserialize, Deserializer};
 use source::Source;
 use std::path::{Path, PathBuf};
@@ -518,8 +517,8 @@ async fn run_inner(opts: &SyncOptions, progress: &Progress) -> Result<Summary, S
     for (line, why) in loaded.report.bad_lines.iter().take(20) {
         tracing::warn!(source = %opts.source, line, "directory sync: extract line skipped: {why}");
     }
-    let groups = group_by_address(&loaded.extract);
-    tracing::debug!(entries = groups.len(), elapsed = ?started.elapsed(), "directory sync: extract loaded");
+    let extract = &loaded.extract;
+    tracing::debug!(entries = extract.group_count(), elapsed = ?started.elapsed(), "directory sync: extract loaded");
 
     let t = &opts.target;
     let mut ldap = t.connect().await.map_err(SyncError::Unreachable)?;
@@ -527,7 +526,7 @@ async fn run_inner(opts: &SyncOptions, progress: &Progress) -> Result<Summary, S
         .base_exists(&mut ldap)
         .await
         .map_err(SyncError::Unreachable)?;
-    let mut planner = delta::Planner::new(&groups);
+    let mut planner = delta::Planner::new(extract);
     if exists {
         progress.phase("reading the LDAP", None);
         t.read(&mut ldap, &mut planner, progress)
@@ -547,7 +546,7 @@ async fn run_inner(opts: &SyncOptions, progress: &Progress) -> Result<Summary, S
         ..Summary::default()
     };
     if opts.dry_run {
-        summary.details = samples(&plan, &groups, &t.base, exists);
+        summary.details = samples(&plan, extract, &t.base, exists);
     }
     let limit = delta::deletion_limit(plan.existing, plan.desired, opts.max_delete);
     if plan.deletes.len() > limit && !opts.force {
@@ -583,7 +582,7 @@ async fn run_inner(opts: &SyncOptions, progress: &Progress) -> Result<Summary, S
     }
     let total = plan.adds.len() + plan.modifies.len() + plan.deletes.len();
     progress.phase("writing to the LDAP", Some(total as u64));
-    let applied = target::apply(t, &conns, &plan, &groups, progress).await;
+    let applied = target::apply(t, &conns, &plan, extract, progress).await;
     for mut c in conns {
         let _ = c.unbind().await;
     }
@@ -609,7 +608,7 @@ async fn run_inner(opts: &SyncOptions, progress: &Progress) -> Result<Summary, S
 /// `--dry-run` lines: a few entries of each kind.
 fn samples(
     plan: &delta::Plan,
-    groups: &[(String, Vec<&crate::policy::extract::ExtractEntry>)],
+    extract: &crate::policy::extract::Extract,
     base: &str,
     base_exists: bool,
 ) -> Vec<String> {
@@ -618,8 +617,9 @@ fn samples(
         out.push(format!("would create {base}"));
     }
     for &i in plan.adds.iter().take(SAMPLES) {
-        if let Some((_, lines)) = groups.get(i as usize) {
-            let m = crate::policy::ldif::map_entry(lines);
+        let lines = extract.group(i);
+        if !lines.is_empty() {
+            let m = crate::policy::ldif::map_entry(&lines);
             out.push(format!("add {}", m.dn(base)));
         }
     }

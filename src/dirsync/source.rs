@@ -4,6 +4,7 @@
 //! minimum number of entries (an empty or cut publication must not reach the LDAP).
 
 use crate::policy::extract::{Extract, ExtractError, ExtractReport};
+use crate::policy::ldif;
 use std::io::Write;
 use std::path::{Path, PathBuf};
 use std::time::Duration;
@@ -53,11 +54,11 @@ pub struct Loaded {
 /// Loads and checks the extract (blocking: run it off the async runtime).
 pub fn load(source: &Source, min_entries: usize) -> Result<Loaded, SourceError> {
     let (extract, report) = match source {
-        Source::File(p) => Extract::load(p)?,
+        Source::File(p) => Extract::load_with(p, ldif::KEEP)?,
         Source::Url(url) => {
             let tmp = TempFile::new();
             download(url, &tmp.0)?;
-            Extract::load(&tmp.0)?
+            Extract::load_with(&tmp.0, ldif::KEEP)?
         }
     };
     if report.entries < min_entries {

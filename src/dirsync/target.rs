@@ -5,7 +5,7 @@
 
 use super::delta::{Modify, Plan, Planner};
 use super::Progress;
-use crate::policy::extract::ExtractEntry;
+use crate::policy::extract::{Extract, ExtractEntry};
 use crate::policy::ldif::{container_ou, map_entry, MAPPED_ATTRIBUTES, OBJECT_CLASSES};
 use ldap3::adapters::{Adapter, EntriesOnly, PagedResults};
 use ldap3::controls::TxnSpec;
@@ -196,7 +196,7 @@ pub struct Applied {
     pub aborted: Option<String>,
 }
 
-fn add_op(base: &str, lines: &[&ExtractEntry]) -> Op {
+fn add_op(base: &str, lines: &[ExtractEntry<'_>]) -> Op {
     let m = map_entry(lines);
     let mut attrs: Vec<(String, HashSet<String>)> = vec![(
         "objectClass".into(),
@@ -225,7 +225,7 @@ fn modify_op(m: &Modify) -> Op {
 /// limitation).
 struct Ops<'a> {
     plan: &'a Plan,
-    groups: &'a [(String, Vec<&'a ExtractEntry>)],
+    extract: &'a Extract,
     base: &'a str,
     next: usize,
 }
@@ -240,10 +240,11 @@ impl Iterator for Ops<'_> {
             self.next += 1;
             let (a, m) = (p.adds.len(), p.modifies.len());
             if i < a {
-                match self.groups.get(p.adds[i] as usize) {
-                    Some((_, lines)) => return Some((Kind::Add, add_op(self.base, lines))),
-                    None => continue,
+                let lines = self.extract.group(p.adds[i]);
+                if lines.is_empty() {
+                    continue;
                 }
+                return Some((Kind::Add, add_op(self.base, &lines)));
             }
             if i < a + m {
                 return Some((Kind::Modify, modify_op(&p.modifies[i - a])));
@@ -449,7 +450,7 @@ pub async fn apply(
     target: &Target,
     conns: &[Ldap],
     plan: &Plan,
-    groups: &[(String, Vec<&ExtractEntry>)],
+    extract: &Extract,
     progress: &Progress,
 ) -> Applied {
     let Some(first) = conns.first() else {
@@ -464,7 +465,7 @@ pub async fn apply(
     let w = Writers {
         ops: std::sync::Mutex::new(Ops {
             plan,
-            groups,
+            extract,
             base: &target.base,
             next: 0,
         }),

@@ -18,11 +18,26 @@
 //! | Code postal                       | `postalCode`                   |
 //! | L6 (ligne d'acheminement)         | `l`                            |
 
-use super::extract::{Extract, ExtractEntry};
-use std::collections::HashMap;
+use super::extract::{Extract, ExtractEntry, Keep};
 use std::io::{self, Write};
 
 pub const DEFAULT_BASE: &str = "ou=mssante,dc=annuaire,dc=mssante,dc=fr";
+
+/// The columns the mapping reads: load the extract with this to import or sync it (the other
+/// columns are not kept).
+pub const KEEP: Keep = Keep::Columns(&[
+    col::NAT_PP,
+    col::STRUCT_ID,
+    col::SERVICE,
+    col::CIVILITE,
+    col::NOM,
+    col::PRENOM,
+    col::CATEGORIE_LIB,
+    col::PROFESSION_LIB,
+    col::RAISON_SOCIALE,
+    col::L6,
+    col::CODE_POSTAL,
+]);
 
 /// Column indexes in the extract (see `extract::COLUMNS`).
 mod col {
@@ -142,15 +157,15 @@ impl MappedEntry {
 
 /// The mapping of the module table: one entry from all the lines of one address (first line
 /// for the single-valued attributes, every distinct value for the multi-valued ones).
-/// `lines` must not be empty (see [`group_by_address`]).
-pub fn map_entry(lines: &[&ExtractEntry]) -> MappedEntry {
+/// `lines` must not be empty: one group of [`Extract::group`].
+pub fn map_entry(lines: &[ExtractEntry<'_>]) -> MappedEntry {
     let Some(first) = lines.first() else {
         return MappedEntry {
             address: String::new(),
             attrs: Vec::new(),
         };
     };
-    let address = first.address.clone();
+    let address = first.address.to_string();
     let f = |e: &ExtractEntry, i: usize| e.field(i).unwrap_or("").trim().to_string();
     let collect = |i: usize| {
         let mut v: Vec<String> = Vec::new();
@@ -184,7 +199,7 @@ pub fn map_entry(lines: &[&ExtractEntry]) -> MappedEntry {
         }
     };
     one("givenName", prenom.clone());
-    one("employeeType", first.bal_type.clone());
+    one("employeeType", first.bal_type.to_string());
     one("employeeNumber", f(first, col::NAT_PP));
     if !nom.is_empty() {
         let civ = f(first, col::CIVILITE);
@@ -213,30 +228,6 @@ pub fn map_entry(lines: &[&ExtractEntry]) -> MappedEntry {
     MappedEntry { address, attrs }
 }
 
-/// The key two addresses share an entry under: the whole address lowercased (LDAP compares
-/// `mail=` RDNs case-insensitively, so `Jean@x.fr` and `jean@X.FR` are one entry).
-pub fn entry_key(address: &str) -> String {
-    address.trim().to_lowercase()
-}
-
-/// The extract's lines grouped by [`entry_key`], groups in the file's order of first
-/// appearance: one group per LDAP entry.
-pub fn group_by_address(extract: &Extract) -> Vec<(String, Vec<&ExtractEntry>)> {
-    let mut index: HashMap<String, usize> = HashMap::with_capacity(extract.len());
-    let mut groups: Vec<(String, Vec<&ExtractEntry>)> = Vec::with_capacity(extract.len());
-    for e in extract.iter() {
-        let key = entry_key(&e.address);
-        match index.get(&key) {
-            Some(&i) => groups[i].1.push(e),
-            None => {
-                index.insert(key.clone(), groups.len());
-                groups.push((key, vec![e]));
-            }
-        }
-    }
-    groups
-}
-
 fn write_entry(out: &mut impl Write, base: &str, entry: &MappedEntry) -> io::Result<()> {
     writeln!(out, "dn: {}", entry.dn(base))?;
     for oc in OBJECT_CLASSES {
@@ -257,7 +248,8 @@ pub fn container_ou(base: &str) -> Option<&str> {
     Some(rest.split(',').next().unwrap_or(rest))
 }
 
-/// Writes the container (when `base` starts with `ou=`) and one entry per address. Returns the
+/// Writes the container (when `base` starts with `ou=`) and one entry per address (without
+/// case: LDAP compares `mail=` RDNs so, `Jean@x.fr` and `jean@X.FR` are one entry). Returns the
 /// number of address entries written.
 pub fn write_ldif(extract: &Extract, base: &str, out: &mut impl Write) -> io::Result<usize> {
     writeln!(out, "version: 1\n")?;
@@ -267,11 +259,11 @@ pub fn write_ldif(extract: &Extract, base: &str, out: &mut impl Write) -> io::Re
             "dn: {base}\nobjectClass: top\nobjectClass: organizationalUnit\nou: {ou}\n\n"
         )?;
     }
-    let groups = group_by_address(extract);
-    for (_, lines) in &groups {
-        write_entry(out, base, &map_entry(lines))?;
+    let n = extract.group_count();
+    for g in 0..n as u32 {
+        write_entry(out, base, &map_entry(&extract.group(g)))?;
     }
-    Ok(groups.len())
+    Ok(n)
 }
 
 #[cfg(test)]
