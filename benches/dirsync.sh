@@ -6,7 +6,8 @@
 #   (2) the same run again: nothing to do (the daily run when nothing changed);
 #   (3) a daily delta of 1 % of the entries (a third added, a third removed, a third changed),
 #       default settings (one write per entry);
-#   (4) the first N/25 entries without transactions, to show the cost of a sync per write.
+#   (4) the first N/25 entries without transactions, to show the cost of a sync per write;
+#   (5) the delta of (3) backwards, batches in transactions.
 # Each line: wall time, the tool's summary, peak RSS of the sync process.
 # Usage: benches/dirsync.sh [N=535000]
 set -euo pipefail
@@ -65,7 +66,8 @@ sync "(1) first sync, --transactions:" "$W/e1.txt" --transactions
 sync "(2) second run, nothing changed:" "$W/e1.txt"
 sync "(3) daily delta of 1 % (default):" "$W/e2.txt"
 sync "    (3) again: nothing left:" "$W/e2.txt"
-M=$((N / 25))
+sync "(5) the reverse delta, --transactions:" "$W/e1.txt" --transactions
+M=$((N / 25))   # (4) last: it starts a new slapd
 head -n $((M + 1)) "$W/e1.txt" > "$W/part.txt"
 start_slapd ""
 sync "(4) first $M entries, no transactions:" "$W/part.txt" --min-entries 1

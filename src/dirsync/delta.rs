@@ -150,6 +150,10 @@ fn same_set(a: &[String], b: &[String], norm: impl Fn(&str) -> String) -> bool {
     if a.len() != b.len() {
         return false;
     }
+    // Most attributes hold one value: compare without allocating when they are equal.
+    if a == b {
+        return true;
+    }
     let mut a: Vec<String> = a.iter().map(|s| norm(s)).collect();
     let mut b: Vec<String> = b.iter().map(|s| norm(s)).collect();
     a.sort_unstable();

@@ -50,7 +50,7 @@ pub struct Target {
     /// Write each batch in one LDAP transaction (RFC 5805) when the server offers them: one
     /// disk sync per batch instead of one per entry (20,000 adds: 3.4 s instead of 72 s on
     /// slapd with its default durability). Off by default: OpenLDAP 2.5.13 (Debian 12)
-    /// crashed (segfault) when a sync was killed with a transaction open.
+    /// crashed (segfault) in 2 of 12 syncs killed with a transaction open (0 of 12 without).
     pub transactions: bool,
 }
 
