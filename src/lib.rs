@@ -9,6 +9,7 @@ pub mod admin;
 pub mod config;
 pub mod csr;
 pub mod delivery;
+pub mod dirsync;
 pub mod dn;
 pub mod dsn;
 pub mod fetch;

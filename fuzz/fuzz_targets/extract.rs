@@ -13,13 +13,17 @@ fuzz_target!(|data: &[u8]| {
     for e in extract.iter() {
         n += 1;
         // The address column is found by its name in the header, not by position.
-        let address = e.address.as_str();
+        let address = e.address;
         assert!(
             extract.lookup(address).is_some_and(|v| !v.is_empty()),
             "{address:?} kept but not found"
         );
         assert!(extract.lookup(&address.to_uppercase()).is_some() || !address.is_ascii());
         assert_eq!(e.fields().len(), 31);
+        assert!(
+            extract.find_group(address).is_some(),
+            "{address:?} has no group"
+        );
     }
     assert_eq!(n, extract.entry_count());
 });

@@ -8,10 +8,12 @@
 //!
 //! This is the bottom of the house: it imports only the value types of `reply` and `dn`.
 
+mod dirsync;
 mod source;
 mod validate;
 pub mod values;
 
+pub use dirsync::SyncConfig;
 pub use source::{locate, Problem, Severity};
 pub use values::{parse_duration, ClientNet, DomainPattern, HostPort};
 
@@ -554,6 +556,8 @@ fn default_whitelist_reload() -> Duration {
 #[serde(try_from = "RawDirectory")]
 pub struct DirectoryConfig {
     pub source: DirectorySource,
+    /// `[directory.sync]`: the gateway keeps an LDAP in step with the extract.
+    pub sync: Option<SyncConfig>,
 }
 
 #[derive(Debug, Clone, Default, PartialEq, Eq)]
@@ -635,6 +639,7 @@ struct RawDirectory {
     pool_size: usize,
     starttls: bool,
     bal_type_attribute: String,
+    sync: Option<SyncConfig>,
 }
 
 impl Default for RawDirectory {
@@ -654,6 +659,7 @@ impl Default for RawDirectory {
             pool_size: 4,
             starttls: false,
             bal_type_attribute: "employeeType".into(),
+            sync: None,
         }
     }
 }
@@ -695,7 +701,10 @@ impl TryFrom<RawDirectory> for DirectoryConfig {
                 })
             }
         };
-        Ok(DirectoryConfig { source })
+        Ok(DirectoryConfig {
+            source,
+            sync: d.sync,
+        })
     }
 }
 

@@ -198,6 +198,13 @@ pub fn validate(c: &Config) -> Vec<Problem> {
             p.push(Problem::error("tls.crl_refresh", "must be positive"));
         }
     }
+    if let Some(sync) = &c.directory.sync {
+        let anchors = c.tls.as_ref().is_some_and(|t| t.trust_anchors.is_some());
+        for line in sync.validate(anchors) {
+            let (key, msg) = line.split_once(": ").unwrap_or(("directory.sync", &line));
+            p.push(Problem::error(key, msg));
+        }
+    }
     if let DirectorySource::Ldap(l) = &c.directory.source {
         if l.uses_tls()
             && c.tls

@@ -20,9 +20,18 @@
 //! is an error, so the caller can keep its last good extract.
 //!
 //! Parsing is pure (no network).
+//!
+//! Memory: the kept fields of every line go into one string (the arena), each
+//! line is a 12-byte record pointing into it, and the index maps a 64-bit hash
+//! of each address (checked against the address on every hit) to its group:
+//! a handful of large allocations instead of millions of small ones. What is
+//! kept besides the address and the BAL type is the caller's choice ([`Keep`]):
+//! the gateway's directory keeps the few columns a RCPT check and `directory
+//! lookup` use (535,000 lines: 300 MB with whole rows, see benches/RESULTS.md).
 
 use std::collections::HashMap;
 use std::fs::File;
+use std::hash::BuildHasher;
 use std::io::{BufRead, BufReader, Read, Seek, SeekFrom};
 use std::path::{Path, PathBuf};
 
@@ -122,46 +131,71 @@ pub enum ExtractError {
     },
 }
 
-/// One data line of the extract.
-///
-/// The 31 fields are kept as the raw line (one allocation instead of 31:
-/// the national file has ≈ 540,000 lines) and split on demand by
-/// [`ExtractEntry::fields`].
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub struct ExtractEntry {
-    /// `Type de BAL`, trimmed: `PER`, `ORG`, `APP`, `CAB`, ...
-    pub bal_type: String,
-    /// `Adresse BAL`, trimmed, as written.
-    pub address: String,
-    /// 1-based line number in the file (the header is line 1).
-    pub line: usize,
-    /// The line as in the file, without line end (nor trailing separator
-    /// when the header has one); holds exactly 30 `|`.
-    raw: Box<str>,
+/// Which columns an [`Extract`] keeps, besides the address and the BAL type
+/// (always kept).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Keep {
+    /// All 31.
+    All,
+    /// These columns (indexes in [`COLUMNS`], i.e. file order); the others read
+    /// as absent ([`ExtractEntry::field`] gives `None`).
+    Columns(&'static [usize]),
 }
 
-impl ExtractEntry {
-    /// All 31 fields, as in the file (same order as the file's header).
-    pub fn fields(&self) -> [&str; COLUMN_COUNT] {
+/// What the gateway's directory keeps: `Identification Structure` (which
+/// establishment a mailbox belongs to). Names stay out of memory: with the
+/// structure's name too, 535,000 lines took 11 MB more, twice during a reload.
+pub const DIRECTORY_COLUMNS: &[usize] = &[6];
+
+/// A record's slot for a column that is not kept.
+const NOT_KEPT: u8 = u8::MAX;
+
+/// One data line of the extract, as kept: a view into the [`Extract`].
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct ExtractEntry<'a> {
+    /// `Adresse BAL`, trimmed, as written.
+    pub address: &'a str,
+    /// `Type de BAL`, trimmed: `PER`, `ORG`, `APP`, `CAB`, ...
+    pub bal_type: &'a str,
+    /// 1-based line number in the file (the header is line 1).
+    pub line: usize,
+    /// The kept fields: address, type, then the other kept columns, `|`-joined.
+    stored: &'a str,
+    /// File column -> position in `stored` ([`NOT_KEPT`] if not kept).
+    slots: &'a [u8; COLUMN_COUNT],
+}
+
+impl<'a> ExtractEntry<'a> {
+    /// All 31 fields in file order, as in the file (the address and the type
+    /// trimmed); `""` for a column not kept.
+    pub fn fields(&self) -> [&'a str; COLUMN_COUNT] {
+        let kept: Vec<&'a str> = self.stored.split('|').collect();
         let mut out = [""; COLUMN_COUNT];
-        for (slot, f) in out.iter_mut().zip(self.raw.split('|')) {
-            *slot = f;
+        for (slot, &pos) in out.iter_mut().zip(self.slots.iter()) {
+            if let Some(f) = kept.get(pos as usize) {
+                *slot = f;
+            }
         }
         out
     }
 
-    /// Field by index (file order), `None` if out of range.
-    pub fn field(&self, index: usize) -> Option<&str> {
-        self.raw
-            .split('|')
-            .nth(index)
-            .filter(|_| index < COLUMN_COUNT)
+    /// Field by index (file order), as in [`ExtractEntry::fields`]; `None` if
+    /// out of range or not kept.
+    pub fn field(&self, index: usize) -> Option<&'a str> {
+        let pos = *self.slots.get(index)?;
+        if pos == NOT_KEPT {
+            return None;
+        }
+        self.stored.split('|').nth(pos as usize)
     }
+}
 
-    /// The line as in the file (fields joined by `|`).
-    pub fn raw_line(&self) -> &str {
-        &self.raw
-    }
+/// One kept line: where its fields are in the arena, and its line number.
+#[derive(Debug, Clone, Copy)]
+struct Rec {
+    start: u32,
+    len: u32,
+    line: u32,
 }
 
 /// What a parse went through.
@@ -178,23 +212,219 @@ pub struct ExtractReport {
     pub bad_lines: Vec<(usize, String)>,
 }
 
-/// The parsed extract: address → entries, in order of first appearance.
-#[derive(Debug, Clone, Default)]
+/// The parsed extract. Lines are grouped by address without case (one group
+/// per LDAP entry, see `ldif`), groups in order of first appearance; inside a
+/// group, the lines of each exact address (domain without case) together.
+#[derive(Debug, Clone)]
 pub struct Extract {
-    /// All entries, grouped by address (groups in order of first appearance,
-    /// entries of a group in file order).
-    entries: Vec<ExtractEntry>,
-    /// Per distinct address: `entries[start..end]`.
-    groups: Vec<(u32, u32)>,
-    /// `local@domain-lowercased` → group index.
-    exact: HashMap<String, u32>,
-    /// Fully lowercased address → first group with that folding, only for
-    /// addresses whose exact key is not already all lowercase (most are).
-    folded: HashMap<String, u32>,
-    /// Group of each entry while parsing (emptied by `finish`).
-    group_of: Vec<u32>,
+    /// The kept fields of every line (see [`ExtractEntry`]), in file order.
+    text: String,
+    /// Every kept line, grouped (see above).
+    recs: Vec<Rec>,
+    /// Group `g` is `recs[groups[g]..groups[g + 1]]`.
+    groups: Vec<u32>,
+    /// (32-bit hash of the folded address, group), sorted: 8 bytes an
+    /// address. Every hit is checked against the group's address, so equal
+    /// hashes only cost a comparison.
+    index: Vec<(u32, u32)>,
+    hasher: std::collections::hash_map::RandomState,
+    slots: [u8; COLUMN_COUNT],
+    /// Distinct addresses (exact local part, domain without case).
+    addresses: usize,
     /// Header names as found in the file.
     header: Vec<String>,
+}
+
+impl Default for Extract {
+    fn default() -> Extract {
+        Extract {
+            text: String::new(),
+            recs: Vec::new(),
+            groups: vec![0],
+            index: Vec::new(),
+            hasher: Default::default(),
+            slots: [NOT_KEPT; COLUMN_COUNT],
+            addresses: 0,
+            header: Vec::new(),
+        }
+    }
+}
+
+/// The state of a parse: the extract being built and the temporary tables
+/// that only grouping needs.
+struct Builder {
+    ex: Extract,
+    /// Kept columns other than the address and the type, in file order.
+    others: Vec<usize>,
+    /// hash(folded address) -> group, while parsing (32-bit keys: half the
+    /// table of 64-bit ones; the few equal hashes go to `collisions`).
+    map: HashMap<u32, u32, std::hash::BuildHasherDefault<Spread>>,
+    /// Folded address -> group, for the rare address whose hash another one
+    /// already has.
+    collisions: HashMap<String, u32>,
+    /// First record of each group.
+    first: Vec<u32>,
+    /// The folded address of the line being added (reused).
+    folded: String,
+    /// Group of each record.
+    group_of: Vec<u32>,
+}
+
+impl Builder {
+    fn new(
+        header: Vec<String>,
+        (idx_addr, idx_type): (usize, usize),
+        keep: Keep,
+        expect: usize,
+        text_hint: usize,
+    ) -> Builder {
+        let mut slots = [NOT_KEPT; COLUMN_COUNT];
+        slots[idx_addr] = 0;
+        slots[idx_type] = 1;
+        let wanted = |c: usize| match keep {
+            Keep::All => true,
+            Keep::Columns(cols) => cols.contains(&c),
+        };
+        let others: Vec<usize> = (0..COLUMN_COUNT)
+            .filter(|&c| c != idx_addr && c != idx_type && wanted(c))
+            .collect();
+        for (i, &c) in others.iter().enumerate() {
+            slots[c] = (i + 2) as u8;
+        }
+        Builder {
+            ex: Extract {
+                // Capacity never written costs address space, not memory:
+                // reserving up front avoids the copies (and the peak) of growing.
+                text: String::with_capacity(text_hint),
+                recs: Vec::with_capacity(expect),
+                slots,
+                header,
+                ..Extract::default()
+            },
+            others,
+            map: HashMap::with_capacity_and_hasher(expect, Default::default()),
+            folded: String::new(),
+            collisions: HashMap::new(),
+            first: Vec::with_capacity(expect),
+            group_of: Vec::with_capacity(expect),
+        }
+    }
+
+    /// Adds a line; `false` when the arena is full (4 GiB: not an extract).
+    fn push(&mut self, line: usize, fields: &[&str], address: &str, bal_type: &str) -> bool {
+        let start = self.ex.text.len();
+        let size: usize = address.len()
+            + 1
+            + bal_type.len()
+            + self
+                .others
+                .iter()
+                .map(|&c| 1 + fields.get(c).map_or(0, |f| f.len()))
+                .sum::<usize>();
+        let (Ok(start32), Ok(len32), Ok(line32)) = (
+            u32::try_from(start),
+            u32::try_from(size),
+            u32::try_from(line),
+        ) else {
+            return false;
+        };
+        if start + size > u32::MAX as usize || self.ex.recs.len() >= u32::MAX as usize - 1 {
+            return false;
+        }
+        let t = &mut self.ex.text;
+        t.push_str(address);
+        t.push('|');
+        t.push_str(bal_type);
+        for &c in &self.others {
+            t.push('|');
+            t.push_str(fields.get(c).copied().unwrap_or(""));
+        }
+        let rec = self.ex.recs.len() as u32;
+        self.ex.recs.push(Rec {
+            start: start32,
+            len: len32,
+            line: line32,
+        });
+        let mut folded = std::mem::take(&mut self.folded);
+        fold_into(address, &mut folded);
+        let h = self.ex.hash(&folded);
+        let next = self.first.len() as u32;
+        let g = match self.map.get(&h).copied() {
+            Some(g) if self.same_folded(g, &folded) => g,
+            Some(_) => *self.collisions.entry(folded.clone()).or_insert(next),
+            None => {
+                self.map.insert(h, next);
+                next
+            }
+        };
+        if g == next {
+            self.first.push(rec);
+        }
+        self.folded = folded;
+        self.group_of.push(g);
+        true
+    }
+
+    fn same_folded(&self, g: u32, folded: &str) -> bool {
+        self.first
+            .get(g as usize)
+            .and_then(|&r| self.ex.recs.get(r as usize))
+            .is_some_and(|r| folded_key(self.ex.rec_address(r)) == folded)
+    }
+
+    /// Groups the records and builds the lookup index.
+    fn finish(self) -> Extract {
+        let Builder {
+            mut ex,
+            map,
+            collisions,
+            first,
+            group_of,
+            ..
+        } = self;
+        drop(first);
+        let mut index: Vec<(u32, u32)> = map
+            .into_iter()
+            .chain(collisions.into_iter().map(|(k, g)| (ex.hash(&k), g)))
+            .collect();
+        index.sort_unstable();
+        // Groups are numbered in order of first appearance: a stable sort by
+        // group keeps file order inside each.
+        let mut order: Vec<u32> = (0..ex.recs.len() as u32).collect();
+        order.sort_by_key(|&i| group_of.get(i as usize).copied().unwrap_or(u32::MAX));
+        let mut recs: Vec<Rec> = order
+            .iter()
+            .filter_map(|&i| ex.recs.get(i as usize).copied())
+            .collect();
+        let group_at = |i: usize| {
+            order
+                .get(i)
+                .and_then(|&o| group_of.get(o as usize))
+                .copied()
+        };
+        let mut groups: Vec<u32> = Vec::with_capacity(index.len() + 1);
+        let mut addresses = 0usize;
+        let mut i = 0usize;
+        while i < recs.len() {
+            let g = group_at(i);
+            let mut j = i + 1;
+            while j < recs.len() && group_at(j) == g {
+                j += 1;
+            }
+            groups.push(i as u32);
+            addresses += ex.order_exact(&mut recs[i..j]);
+            i = j;
+        }
+        groups.push(recs.len() as u32);
+        drop(order);
+        drop(group_of);
+        ex.recs = recs;
+        ex.groups = groups;
+        ex.index = index;
+        ex.addresses = addresses;
+        ex.text.shrink_to_fit();
+        ex
+    }
 }
 
 /// Normalise a header name: no BOM, trimmed, lowercase, French accents and
@@ -240,16 +470,34 @@ fn split_address(a: &str) -> Option<(&str, &str)> {
     Some((local, domain))
 }
 
-fn exact_key(local: &str, domain: &str) -> String {
-    let mut k = String::with_capacity(local.len() + 1 + domain.len());
-    k.push_str(local);
-    k.push('@');
-    if domain.is_ascii() {
-        k.extend(domain.chars().map(|c| c.to_ascii_lowercase()));
+/// [`folded_key`] into a reused buffer.
+fn fold_into(address: &str, out: &mut String) {
+    out.clear();
+    if address.is_ascii() {
+        out.extend(address.chars().map(|c| c.to_ascii_lowercase()));
     } else {
-        k.push_str(&domain.to_lowercase());
+        out.push_str(&address.to_lowercase());
     }
-    k
+}
+
+/// The map's hasher: its keys are hashes already; only spread them over the
+/// 64 bits the table reads (it takes buckets from the low bits and tags from
+/// the top ones).
+#[derive(Default)]
+struct Spread(u64);
+
+impl std::hash::Hasher for Spread {
+    fn finish(&self) -> u64 {
+        self.0
+    }
+    fn write(&mut self, bytes: &[u8]) {
+        for &b in bytes {
+            self.0 = (self.0.rotate_left(8) ^ u64::from(b)).wrapping_mul(0x9E37_79B9_7F4A_7C15);
+        }
+    }
+    fn write_u32(&mut self, n: u32) {
+        self.0 = u64::from(n).wrapping_mul(0x9E37_79B9_7F4A_7C15);
+    }
 }
 
 fn folded_key(address: &str) -> String {
@@ -257,6 +505,18 @@ fn folded_key(address: &str) -> String {
         address.to_ascii_lowercase()
     } else {
         address.to_lowercase()
+    }
+}
+
+/// Same mailbox: the local parts equal, the domains equal without case.
+fn same_exact(a: &str, b: &str) -> bool {
+    match (split_address(a), split_address(b)) {
+        (Some((la, da)), Some((lb, db))) => {
+            la == lb
+                && (da.eq_ignore_ascii_case(db)
+                    || (!da.is_ascii() && da.to_lowercase() == db.to_lowercase()))
+        }
+        _ => a == b,
     }
 }
 
@@ -275,17 +535,28 @@ fn is_extract_member(name: &str) -> bool {
 }
 
 impl Extract {
-    /// Parse an extract from a reader. `source` names the file in messages.
+    /// Parse an extract from a reader, keeping every column. `source` names
+    /// the file in messages.
     pub fn parse<R: BufRead>(r: R, source: &str) -> Result<(Extract, ExtractReport), ExtractError> {
-        Extract::parse_sized(r, source, 0)
+        Extract::parse_sized(r, source, 0, Keep::All)
     }
 
-    /// [`Extract::parse`] with the expected size of the text in bytes, to
+    /// [`Extract::parse`] keeping only some columns.
+    pub fn parse_with<R: BufRead>(
+        r: R,
+        source: &str,
+        keep: Keep,
+    ) -> Result<(Extract, ExtractReport), ExtractError> {
+        Extract::parse_sized(r, source, 0, keep)
+    }
+
+    /// [`Extract::parse_with`] with the expected size of the text in bytes, to
     /// pre-size the tables.
     fn parse_sized<R: BufRead>(
         mut r: R,
         source: &str,
         size_hint: u64,
+        keep: Keep,
     ) -> Result<(Extract, ExtractReport), ExtractError> {
         let mut buf: Vec<u8> = Vec::with_capacity(1024);
         let read_err = |line: usize, err: std::io::Error| ExtractError::Read {
@@ -342,7 +613,9 @@ impl Extract {
         let idx_type = find(COLUMNS[COL_BAL_TYPE])?;
         let idx_addr = find(COLUMNS[COL_ADDRESS])?;
         for (i, (found, expected)) in header.iter().zip(COLUMNS.iter()).enumerate() {
-            if header_key(found) != header_key(expected) {
+            // The published header names columns 21-31 "... structure BAL".
+            let (found_key, expected_key) = (header_key(found), header_key(expected));
+            if found_key != expected_key && found_key != format!("{expected_key} structure bal") {
                 tracing::debug!(
                     source,
                     column = i + 1,
@@ -356,15 +629,10 @@ impl Extract {
         // Real lines are 150-250 bytes; cap the guess to stay cheap on a
         // wrong hint.
         let expect = usize::try_from(size_hint / 160).unwrap_or(0).min(1_000_000);
-        let mut ex = Extract {
-            header,
-            entries: Vec::with_capacity(expect),
-            groups: Vec::with_capacity(expect),
-            exact: HashMap::with_capacity(expect),
-            group_of: Vec::with_capacity(expect),
-            ..Extract::default()
-        };
+        let text_hint = usize::try_from(size_hint).unwrap_or(0).min(1 << 31);
+        let mut b = Builder::new(header, (idx_addr, idx_type), keep, expect, text_hint);
         let mut report = ExtractReport::default();
+        let mut cuts: Vec<usize> = Vec::with_capacity(COLUMN_COUNT + 1);
         let mut line_no = 1usize;
         let mut blank_run: Vec<usize> = Vec::new();
 
@@ -402,8 +670,9 @@ impl Extract {
                     continue;
                 }
             };
-            let seps = line.bytes().filter(|&b| b == b'|').count();
-            let nfields = seps + 1;
+            cuts.clear();
+            cuts.extend(memchr::memchr_iter(b'|', line.as_bytes()));
+            let nfields = cuts.len() + 1;
             let ok_count = nfields == COLUMN_COUNT
                 || (trailing_sep && nfields == COLUMN_COUNT + 1 && line.ends_with('|'));
             if !ok_count {
@@ -413,14 +682,17 @@ impl Extract {
                 ));
                 continue;
             }
-            let raw = if nfields == COLUMN_COUNT {
-                line
-            } else {
-                &line[..line.len() - 1]
-            };
-            let field = |i: usize| raw.split('|').nth(i).unwrap_or("").trim();
+            // The fields, without allocating (a trailing separator ends the last one).
+            let mut fields = [""; COLUMN_COUNT];
+            let mut start = 0;
+            for (i, slot) in fields.iter_mut().enumerate() {
+                let end = cuts.get(i).copied().unwrap_or(line.len());
+                *slot = line.get(start..end).unwrap_or("");
+                start = end + 1;
+            }
+            let field = |i: usize| fields.get(i).copied().unwrap_or("").trim();
             let address = field(idx_addr);
-            let Some((local, domain)) = split_address(address) else {
+            if split_address(address).is_none() {
                 let reason = if address.is_empty() {
                     "empty address".to_string()
                 } else {
@@ -428,27 +700,18 @@ impl Extract {
                 };
                 report.bad_lines.push((line_no, reason));
                 continue;
-            };
-            let key = exact_key(local, domain);
-            let entry = ExtractEntry {
-                bal_type: field(idx_type).to_string(),
-                address: address.to_string(),
-                line: line_no,
-                raw: raw.into(),
-            };
-            if ex.entries.len() >= u32::MAX as usize {
+            }
+            if !b.push(line_no, &fields, address, field(idx_type)) {
                 report
                     .bad_lines
                     .push((line_no, "too many entries, line ignored".to_string()));
-                continue;
             }
-            ex.insert(key, entry);
         }
-        ex.finish();
+        let ex = b.finish();
 
         report.lines = line_no - 1 - blank_run.len();
-        report.entries = ex.entries.len();
-        report.addresses = ex.groups.len();
+        report.entries = ex.recs.len();
+        report.addresses = ex.addresses;
         tracing::debug!(
             source,
             lines = report.lines,
@@ -460,59 +723,15 @@ impl Extract {
         Ok((ex, report))
     }
 
-    /// Add an entry (parsing phase: `groups` holds (first, count)).
-    fn insert(&mut self, key: String, entry: ExtractEntry) {
-        let g = match self.exact.get(&key) {
-            Some(&g) => g,
-            None => {
-                let g = self.groups.len() as u32;
-                if key.bytes().any(|b| b.is_ascii_uppercase() || !b.is_ascii()) {
-                    let folded = folded_key(&key);
-                    if folded != key {
-                        self.folded.entry(folded).or_insert(g);
-                    }
-                }
-                self.exact.insert(key, g);
-                self.groups.push((0, 0));
-                g
-            }
-        };
-        if let Some(c) = self.groups.get_mut(g as usize) {
-            c.1 += 1;
-        }
-        self.group_of.push(g);
-        self.entries.push(entry);
-    }
-
-    /// Make each address's entries contiguous and compute the ranges.
-    fn finish(&mut self) {
-        let group_of = std::mem::take(&mut self.group_of);
-        if self.entries.len() != self.groups.len() {
-            // Some address has several lines: stable-sort entries by group
-            // (groups are numbered in order of first appearance).
-            let mut order: Vec<u32> = (0..self.entries.len() as u32).collect();
-            order.sort_by_key(|&i| group_of.get(i as usize).copied().unwrap_or(u32::MAX));
-            let mut slots: Vec<Option<ExtractEntry>> = std::mem::take(&mut self.entries)
-                .into_iter()
-                .map(Some)
-                .collect();
-            self.entries = order
-                .iter()
-                .filter_map(|&i| slots.get_mut(i as usize).and_then(Option::take))
-                .collect();
-        }
-        let mut start = 0u32;
-        for g in self.groups.iter_mut() {
-            let count = g.1;
-            *g = (start, start + count);
-            start += count;
-        }
-    }
-
     /// Load an extract file: the `.txt` itself, or a `.zip` holding exactly
     /// one `Extraction_Correspondance_MSSante_*.txt` (detected by content,
     /// not by name).
     pub fn load(path: &Path) -> Result<(Extract, ExtractReport), ExtractError> {
+        Extract::load_with(path, Keep::All)
+    }
+
+    /// [`Extract::load`] keeping only some columns.
+    pub fn load_with(path: &Path, keep: Keep) -> Result<(Extract, ExtractReport), ExtractError> {
         let io_err = |err| ExtractError::Io {
             path: path.to_path_buf(),
             err,
@@ -552,58 +771,163 @@ impl Extract {
             let member = archive.by_name(&members[0]).map_err(zip_err)?;
             let size = member.size();
             let source = format!("{display}!{}", members[0]);
-            Extract::parse_sized(BufReader::with_capacity(1 << 18, member), &source, size)
+            Extract::parse_sized(
+                BufReader::with_capacity(1 << 18, member),
+                &source,
+                size,
+                keep,
+            )
         } else {
             let size = file.metadata().map(|m| m.len()).unwrap_or(0);
-            Extract::parse_sized(BufReader::with_capacity(1 << 18, file), &display, size)
+            Extract::parse_sized(
+                BufReader::with_capacity(1 << 18, file),
+                &display,
+                size,
+                keep,
+            )
+        }
+    }
+
+    /// 32 bits of a keyed hash: every hit is checked against the address,
+    /// so a few equal hashes among 535,000 addresses cost only a comparison.
+    fn hash(&self, folded: &str) -> u32 {
+        #[cfg(test)]
+        if let Some(h) = tests::FORCE_HASH.with(|f| f.get()) {
+            return h;
+        }
+        (self.hasher.hash_one(folded) >> 32) as u32
+    }
+
+    fn rec_address(&self, r: &Rec) -> &str {
+        self.rec_text(r).split('|').next().unwrap_or("")
+    }
+
+    fn rec_text(&self, r: &Rec) -> &str {
+        let (a, b) = (r.start as usize, r.start as usize + r.len as usize);
+        self.text.get(a..b).unwrap_or("")
+    }
+
+    fn view(&self, r: &Rec) -> ExtractEntry<'_> {
+        let stored = self.rec_text(r);
+        let mut it = stored.splitn(3, '|');
+        let address = it.next().unwrap_or("");
+        let bal_type = it.next().unwrap_or("");
+        ExtractEntry {
+            address,
+            bal_type,
+            line: r.line as usize,
+            stored,
+            slots: &self.slots,
+        }
+    }
+
+    /// Puts the lines of each exact address of one group together, in order
+    /// of first appearance (stable); returns how many exact addresses it has.
+    fn order_exact(&self, group: &mut [Rec]) -> usize {
+        if group.len() < 2 {
+            return group.len();
+        }
+        let mut reps: Vec<&str> = Vec::new();
+        let mut rank = Vec::with_capacity(group.len());
+        for r in group.iter() {
+            let a = self.rec_address(r);
+            let k = match reps.iter().position(|x| same_exact(x, a)) {
+                Some(k) => k,
+                None => {
+                    reps.push(a);
+                    reps.len() - 1
+                }
+            };
+            rank.push(k);
+        }
+        let n = reps.len();
+        if n > 1 {
+            let mut pairs: Vec<(usize, Rec)> =
+                rank.into_iter().zip(group.iter().copied()).collect();
+            pairs.sort_by_key(|(k, _)| *k);
+            for (slot, (_, r)) in group.iter_mut().zip(pairs) {
+                *slot = r;
+            }
+        }
+        n
+    }
+
+    /// The group of an address, without case (the LDAP entry it maps to).
+    pub fn find_group(&self, address: &str) -> Option<u32> {
+        let folded = folded_key(address.trim());
+        let h = self.hash(&folded);
+        let i = self.index.partition_point(|(k, _)| *k < h);
+        self.index
+            .get(i..)?
+            .iter()
+            .take_while(|(k, _)| *k == h)
+            .map(|&(_, g)| g)
+            .find(|&g| self.group_address(g).map(folded_key).as_deref() == Some(&folded))
+    }
+
+    fn group_address(&self, g: u32) -> Option<&str> {
+        let &start = self.groups.get(g as usize)?;
+        self.recs.get(start as usize).map(|r| self.rec_address(r))
+    }
+
+    /// Groups: addresses without case, one per LDAP entry.
+    pub fn group_count(&self) -> usize {
+        self.groups.len().saturating_sub(1)
+    }
+
+    /// The lines of group `g` (empty if out of range).
+    pub fn group(&self, g: u32) -> Vec<ExtractEntry<'_>> {
+        let g = g as usize;
+        match (self.groups.get(g), self.groups.get(g + 1)) {
+            (Some(&a), Some(&b)) => self
+                .recs
+                .get(a as usize..b as usize)
+                .unwrap_or(&[])
+                .iter()
+                .map(|r| self.view(r))
+                .collect(),
+            _ => Vec::new(),
         }
     }
 
     /// Entries for `address`: the domain part is case-insensitive; the local
-    /// part matches exactly first, then case-insensitively (first address in
-    /// file order with that folding).
-    pub fn lookup(&self, address: &str) -> Option<&[ExtractEntry]> {
+    /// part matches exactly first, then case-insensitively (the first address
+    /// in file order with that folding).
+    pub fn lookup(&self, address: &str) -> Option<Vec<ExtractEntry<'_>>> {
         let address = address.trim();
-        let (local, domain) = split_address(address)?;
-        let g = match self.exact.get(&exact_key(local, domain)) {
-            Some(&g) => g,
-            None => {
-                // Case-insensitive: the first group in file order whose
-                // folding matches, whether its key is all lowercase (then it
-                // is in `exact`) or not (then in `folded`).
-                let f = folded_key(address);
-                let a = self.exact.get(&f).copied();
-                let b = self.folded.get(&f).copied();
-                match (a, b) {
-                    (Some(a), Some(b)) => a.min(b),
-                    (Some(x), None) | (None, Some(x)) => x,
-                    (None, None) => return None,
-                }
-            }
-        };
-        let &(start, end) = self.groups.get(g as usize)?;
-        self.entries.get(start as usize..end as usize)
+        split_address(address)?;
+        let all = self.group(self.find_group(address)?);
+        let first = all.first()?.address;
+        let pick = all
+            .iter()
+            .find(|e| same_exact(e.address, address))
+            .map_or(first, |e| e.address);
+        Some(
+            all.into_iter()
+                .filter(|e| same_exact(e.address, pick))
+                .collect(),
+        )
     }
 
     /// Number of distinct addresses.
     pub fn len(&self) -> usize {
-        self.groups.len()
+        self.addresses
     }
 
     /// True if no address was kept.
     pub fn is_empty(&self) -> bool {
-        self.groups.is_empty()
+        self.recs.is_empty()
     }
 
     /// Number of entries (lines kept).
     pub fn entry_count(&self) -> usize {
-        self.entries.len()
+        self.recs.len()
     }
 
     /// All entries, grouped by address, addresses in order of first
     /// appearance.
-    pub fn iter(&self) -> impl Iterator<Item = &ExtractEntry> {
-        self.entries.iter()
+    pub fn iter(&self) -> impl Iterator<Item = ExtractEntry<'_>> {
+        self.recs.iter().map(|r| self.view(r))
     }
 
     /// Header names as found in the file.
@@ -694,6 +1018,70 @@ mod tests {
         Extract::parse(Cursor::new(s.as_bytes()), "test.txt").unwrap()
     }
 
+    thread_local! {
+        /// Every address hashes to this: the collision path does all the work.
+        pub(super) static FORCE_HASH: std::cell::Cell<Option<u32>> = const { std::cell::Cell::new(None) };
+    }
+
+    #[test]
+    fn colliding_hashes_still_find_each_address() {
+        let s = format!(
+            "{}\n{}\n{}\n{}\n{}\n",
+            gen::header(),
+            gen::line(1, "PER", "Jean@x.fr"),
+            gen::line(2, "ORG", "paul@x.fr"),
+            gen::line(3, "APP", "jean@X.FR"),
+            gen::line(4, "CAB", "PAUL@x.fr"),
+        );
+        let check = |ex: &Extract| {
+            assert_eq!((ex.len(), ex.group_count(), ex.entry_count()), (4, 2, 4));
+            let t = |a: &str| ex.lookup(a).unwrap()[0].bal_type;
+            assert_eq!(
+                [
+                    t("Jean@x.fr"),
+                    t("jean@x.fr"),
+                    t("JEAN@x.fr"),
+                    t("Paul@x.fr")
+                ],
+                ["PER", "APP", "PER", "ORG"]
+            );
+            assert!(ex.lookup("pierre@x.fr").is_none());
+            assert_eq!(ex.find_group("PAUL@X.FR"), Some(1));
+            let lines: Vec<usize> = ex.group(0).iter().map(|e| e.line).collect();
+            assert_eq!(lines, [2, 4]);
+        };
+        check(&parse(&s).0);
+        // The hash is the same while parsing and looking up.
+        FORCE_HASH.with(|f| f.set(Some(7)));
+        let forced = parse(&s).0;
+        assert!(forced.index.iter().all(|(h, _)| *h == 7));
+        check(&forced);
+        FORCE_HASH.with(|f| f.set(None));
+    }
+
+    #[test]
+    fn only_the_kept_columns() {
+        let s = format!("{}\n{}\n", gen::header(), gen::line(1, "PER", "a@x.fr"));
+        let (ex, _) = Extract::parse_with(
+            Cursor::new(s.as_bytes()),
+            "k.txt",
+            Keep::Columns(DIRECTORY_COLUMNS),
+        )
+        .unwrap();
+        let e = ex.lookup("a@x.fr").unwrap()[0];
+        assert_eq!((e.address, e.bal_type), ("a@x.fr", "PER"));
+        assert_eq!(e.field(6), Some("v1_6"));
+        assert_eq!(e.field(18), None);
+        assert_eq!(e.field(9), None);
+        assert_eq!(e.field(4), None, "not kept");
+        assert_eq!(e.field(1), Some("a@x.fr"));
+        let f = e.fields();
+        assert_eq!(
+            (f[0], f[1], f[4], f[6], f[30]),
+            ("PER", "a@x.fr", "", "v1_6", "")
+        );
+    }
+
     #[test]
     fn columns_are_31() {
         assert_eq!(COLUMNS.len(), 31);
@@ -733,7 +1121,7 @@ mod tests {
         assert_eq!(e[0].field(30), Some("France"));
         assert_eq!(e[0].field(31), None);
         assert_eq!(
-            e[0].raw_line(),
+            e[0].fields().join("|"),
             gen::line(1, "PER", "jean.dupont@ch-exemple.mssante.fr")
         );
         // Domain case-insensitive.
@@ -749,7 +1137,7 @@ mod tests {
         assert!(ex.lookup("nobody@ch-exemple.mssante.fr").is_none());
         assert!(ex.lookup("not-an-address").is_none());
         assert!(ex.lookup("a@b@c").is_none());
-        let order: Vec<&str> = ex.iter().map(|e| e.bal_type.as_str()).collect();
+        let order: Vec<&str> = ex.iter().map(|e| e.bal_type).collect();
         assert_eq!(order, ["PER", "ORG", "APP"]);
         assert_eq!(ex.column_index("adresse bal"), Some(1));
         assert_eq!(ex.column_index("DEPARTEMENT"), Some(29));
@@ -973,7 +1361,11 @@ mod tests {
         assert_eq!(ex.len(), 2);
         let t = &ex.lookup("t@x.fr").unwrap()[0];
         assert_eq!(t.fields()[30], "France");
-        assert!(!t.raw_line().ends_with('|'));
+        assert_eq!(
+            t.fields().len(),
+            31,
+            "the trailing separator is not a 32nd field"
+        );
     }
 
     #[test]

@@ -105,6 +105,47 @@ pub fn build_filter(template: &str, address: &str) -> String {
     template.replace("{address}", &ldap3::ldap_escape(address))
 }
 
+/// One connection, its driver spawned, bound when `bind` (DN, password) is given. Shared by
+/// the RCPT lookups and `directory sync`.
+pub async fn connect(
+    url: &str,
+    timeout: Duration,
+    starttls: bool,
+    tls: Option<Arc<rustls::ClientConfig>>,
+    bind: Option<(&str, &str)>,
+) -> Result<Ldap, String> {
+    let mut settings = LdapConnSettings::new()
+        .set_conn_timeout(timeout)
+        .set_starttls(starttls);
+    if let Some(cfg) = tls {
+        settings = settings.set_config(cfg);
+    }
+    let (conn, mut ldap) = LdapConnAsync::with_settings(settings, url)
+        .await
+        .map_err(|e| format!("connect {url}: {e}"))?;
+    tokio::spawn(async move {
+        if let Err(e) = conn.drive().await {
+            tracing::debug!(error = %e, "LDAP connection ended");
+        }
+    });
+    if let Some((dn, pw)) = bind {
+        ldap.with_timeout(timeout)
+            .simple_bind(dn, pw)
+            .await
+            .and_then(|r| r.success())
+            .map_err(|e| format!("bind as {dn}: {e}"))?;
+    }
+    Ok(ldap)
+}
+
+/// The rustls client config for ldaps/StartTLS: TLS 1.2/1.3 with our provider, the server
+/// checked by `verifier` (built from `[tls].trust_anchors`, or a CA file).
+pub fn tls_client_config(
+    verifier: Arc<dyn rustls::client::danger::ServerCertVerifier>,
+) -> Result<Arc<rustls::ClientConfig>, crate::tls::TlsError> {
+    crate::tls::anonymous_client_config(verifier)
+}
+
 impl LdapDirectory {
     pub fn new(opts: LdapOptions) -> LdapDirectory {
         let c = &opts.config;
@@ -118,29 +159,12 @@ impl LdapDirectory {
     }
 
     async fn connect(&self) -> Result<Ldap, String> {
-        let mut settings = LdapConnSettings::new()
-            .set_conn_timeout(self.opts.config.timeout)
-            .set_starttls(self.opts.config.starttls);
-        if let Some(cfg) = &self.opts.tls {
-            settings = settings.set_config(cfg.clone());
-        }
-        let (conn, mut ldap) = LdapConnAsync::with_settings(settings, &self.opts.config.url)
-            .await
-            .map_err(|e| format!("connect {}: {e}", self.opts.config.url))?;
-        tokio::spawn(async move {
-            if let Err(e) = conn.drive().await {
-                tracing::debug!(error = %e, "LDAP connection ended");
-            }
-        });
-        if let Some(dn) = &self.opts.config.bind_dn {
-            let pw = self.opts.config.bind_password.as_deref().unwrap_or("");
-            ldap.with_timeout(self.opts.config.timeout)
-                .simple_bind(dn, pw)
-                .await
-                .and_then(|r| r.success())
-                .map_err(|e| format!("bind as {dn}: {e}"))?;
-        }
-        Ok(ldap)
+        let (o, c) = (&self.opts, &self.opts.config);
+        let bind = c
+            .bind_dn
+            .as_deref()
+            .map(|dn| (dn, c.bind_password.as_deref().unwrap_or("")));
+        connect(&c.url, c.timeout, c.starttls, o.tls.clone(), bind).await
     }
 
     /// A live connection from the pool, opening it if needed.

@@ -18,11 +18,26 @@
 //! | Code postal                       | `postalCode`                   |
 //! | L6 (ligne d'acheminement)         | `l`                            |
 
-use super::extract::{Extract, ExtractEntry};
-use std::collections::BTreeMap;
+use super::extract::{Extract, ExtractEntry, Keep};
 use std::io::{self, Write};
 
 pub const DEFAULT_BASE: &str = "ou=mssante,dc=annuaire,dc=mssante,dc=fr";
+
+/// The columns the mapping reads: load the extract with this to import or sync it (the other
+/// columns are not kept).
+pub const KEEP: Keep = Keep::Columns(&[
+    col::NAT_PP,
+    col::STRUCT_ID,
+    col::SERVICE,
+    col::CIVILITE,
+    col::NOM,
+    col::PRENOM,
+    col::CATEGORIE_LIB,
+    col::PROFESSION_LIB,
+    col::RAISON_SOCIALE,
+    col::L6,
+    col::CODE_POSTAL,
+]);
 
 /// Column indexes in the extract (see `extract::COLUMNS`).
 mod col {
@@ -40,7 +55,7 @@ mod col {
 }
 
 /// RFC 4514 escaping of an RDN value.
-fn escape_rdn(v: &str) -> String {
+pub fn escape_rdn(v: &str) -> String {
     let mut out = String::with_capacity(v.len() + 4);
     for (i, c) in v.chars().enumerate() {
         let special = matches!(c, ',' | '+' | '"' | '\\' | '<' | '>' | ';' | '=')
@@ -90,13 +105,67 @@ fn base64(data: &[u8]) -> String {
     s
 }
 
-fn entry(
-    out: &mut impl Write,
-    base: &str,
-    address: &str,
-    lines: &[&ExtractEntry],
-) -> io::Result<()> {
-    let first = lines[0];
+/// Object classes of every entry (stock schemas only).
+pub const OBJECT_CLASSES: [&str; 4] = ["top", "person", "organizationalPerson", "inetOrgPerson"];
+
+/// Every attribute the mapping may write, in the order it writes them: `directory sync` reads
+/// these from the LDAP and owns them (it replaces or removes them); other attributes an
+/// administrator adds to an entry are left alone.
+pub const MAPPED_ATTRIBUTES: [&str; 14] = [
+    "mail",
+    "cn",
+    "sn",
+    "givenName",
+    "employeeType",
+    "employeeNumber",
+    "displayName",
+    "title",
+    "businessCategory",
+    "o",
+    "ou",
+    "departmentNumber",
+    "postalCode",
+    "l",
+];
+
+/// One address of the extract as an LDAP entry: what `directory import` writes and what
+/// `directory sync` makes the LDAP hold. Built by [`map_entry`] only, so both agree.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct MappedEntry {
+    /// The address as written on its first line (the RDN value and `mail`).
+    pub address: String,
+    /// Attribute -> values, in [`MAPPED_ATTRIBUTES`] order, only those with values; never
+    /// `objectClass` (always [`OBJECT_CLASSES`]).
+    pub attrs: Vec<(&'static str, Vec<String>)>,
+}
+
+impl MappedEntry {
+    /// `mail=<address>,<base>`, the address escaped per RFC 4514.
+    pub fn dn(&self, base: &str) -> String {
+        format!("mail={},{base}", escape_rdn(&self.address))
+    }
+
+    /// The values of one attribute (empty when the mapping writes none).
+    pub fn values(&self, attr: &str) -> &[String] {
+        self.attrs
+            .iter()
+            .find(|(a, _)| a.eq_ignore_ascii_case(attr))
+            .map(|(_, v)| v.as_slice())
+            .unwrap_or(&[])
+    }
+}
+
+/// The mapping of the module table: one entry from all the lines of one address (first line
+/// for the single-valued attributes, every distinct value for the multi-valued ones).
+/// `lines` must not be empty: one group of [`Extract::group`].
+pub fn map_entry(lines: &[ExtractEntry<'_>]) -> MappedEntry {
+    let Some(first) = lines.first() else {
+        return MappedEntry {
+            address: String::new(),
+            attrs: Vec::new(),
+        };
+    };
+    let address = first.address.to_string();
     let f = |e: &ExtractEntry, i: usize| e.field(i).unwrap_or("").trim().to_string();
     let collect = |i: usize| {
         let mut v: Vec<String> = Vec::new();
@@ -114,35 +183,33 @@ fn entry(
         .into_iter()
         .find(|s| !s.is_empty())
         .cloned()
-        .unwrap_or_else(|| address.to_string());
+        .unwrap_or_else(|| address.clone());
     let cn = match (prenom.is_empty(), nom.is_empty()) {
         (false, false) => format!("{prenom} {nom}"),
         _ => sn.clone(),
     };
-    writeln!(out, "dn: mail={},{base}", escape_rdn(address))?;
-    for oc in ["top", "person", "organizationalPerson", "inetOrgPerson"] {
-        writeln!(out, "objectClass: {oc}")?;
-    }
-    attr_line(out, "mail", address)?;
-    attr_line(out, "cn", &cn)?;
-    attr_line(out, "sn", &sn)?;
-    if !prenom.is_empty() {
-        attr_line(out, "givenName", &prenom)?;
-    }
-    attr_line(out, "employeeType", &first.bal_type)?;
-    let nat = f(first, col::NAT_PP);
-    if !nat.is_empty() {
-        attr_line(out, "employeeNumber", &nat)?;
-    }
-    let civ = f(first, col::CIVILITE);
+    let mut attrs: Vec<(&'static str, Vec<String>)> = vec![
+        ("mail", vec![address.clone()]),
+        ("cn", vec![cn]),
+        ("sn", vec![sn]),
+    ];
+    let mut one = |attr: &'static str, v: String| {
+        if !v.is_empty() {
+            attrs.push((attr, vec![v]));
+        }
+    };
+    one("givenName", prenom.clone());
+    one("employeeType", first.bal_type.to_string());
+    one("employeeNumber", f(first, col::NAT_PP));
     if !nom.is_empty() {
+        let civ = f(first, col::CIVILITE);
         let display = [civ.as_str(), prenom.as_str(), nom.as_str()]
             .iter()
             .filter(|s| !s.is_empty())
             .copied()
             .collect::<Vec<_>>()
             .join(" ");
-        attr_line(out, "displayName", &display)?;
+        one("displayName", display);
     }
     for (attr, i) in [
         ("title", col::PROFESSION_LIB),
@@ -153,40 +220,50 @@ fn entry(
         ("postalCode", col::CODE_POSTAL),
         ("l", col::L6),
     ] {
-        for v in collect(i) {
-            attr_line(out, attr, &v)?;
+        let v = collect(i);
+        if !v.is_empty() {
+            attrs.push((attr, v));
+        }
+    }
+    MappedEntry { address, attrs }
+}
+
+fn write_entry(out: &mut impl Write, base: &str, entry: &MappedEntry) -> io::Result<()> {
+    writeln!(out, "dn: {}", entry.dn(base))?;
+    for oc in OBJECT_CLASSES {
+        writeln!(out, "objectClass: {oc}")?;
+    }
+    for (attr, values) in &entry.attrs {
+        for v in values {
+            attr_line(out, attr, v)?;
         }
     }
     writeln!(out)
 }
 
-/// Writes the container (when `base` starts with `ou=`) and one entry per address. Returns the
+/// The `ou` value of an `ou=` base, whose container entry import and sync create; `None` for
+/// another base (its entry must exist already).
+pub fn container_ou(base: &str) -> Option<&str> {
+    let rest = base.strip_prefix("ou=")?;
+    Some(rest.split(',').next().unwrap_or(rest))
+}
+
+/// Writes the container (when `base` starts with `ou=`) and one entry per address (without
+/// case: LDAP compares `mail=` RDNs so, `Jean@x.fr` and `jean@X.FR` are one entry). Returns the
 /// number of address entries written.
 pub fn write_ldif(extract: &Extract, base: &str, out: &mut impl Write) -> io::Result<usize> {
     writeln!(out, "version: 1\n")?;
-    if let Some(rest) = base.strip_prefix("ou=") {
-        let ou = rest.split(',').next().unwrap_or(rest);
+    if let Some(ou) = container_ou(base) {
         write!(
             out,
             "dn: {base}\nobjectClass: top\nobjectClass: organizationalUnit\nou: {ou}\n\n"
         )?;
     }
-    // Group the lines by address, keeping the file's order of first appearance.
-    let mut by_addr: BTreeMap<String, Vec<&ExtractEntry>> = BTreeMap::new();
-    let mut order: Vec<String> = Vec::new();
-    for e in extract.iter() {
-        let key = e.address.to_lowercase();
-        let v = by_addr.entry(key.clone()).or_default();
-        if v.is_empty() {
-            order.push(key);
-        }
-        v.push(e);
+    let n = extract.group_count();
+    for g in 0..n as u32 {
+        write_entry(out, base, &map_entry(&extract.group(g)))?;
     }
-    for key in &order {
-        let lines = &by_addr[key];
-        entry(out, base, &lines[0].address, lines)?;
-    }
-    Ok(order.len())
+    Ok(n)
 }
 
 #[cfg(test)]

@@ -49,6 +49,29 @@ struct Runtime {
     listeners: tokio::sync::Mutex<HashMap<String, Bound>>,
     /// What the download loop fetches (whitelist, CRLs), from the config in force.
     downloads: Arc<ArcSwap<crate::fetch::Plan>>,
+    /// `[directory.sync]` in force and its periodic task.
+    directory_sync: std::sync::Mutex<Scheduled>,
+}
+
+/// The periodic directory sync: restarted when a reload changes `[directory.sync]`.
+#[derive(Default)]
+struct Scheduled {
+    spec: Option<(crate::config::SyncConfig, Option<crate::config::TlsConfig>)>,
+    task: Option<tokio::task::JoinHandle<()>>,
+}
+
+impl Scheduled {
+    fn follow(&mut self, cfg: &Config) {
+        let spec = cfg.directory.sync.clone().map(|s| (s, cfg.tls.clone()));
+        if spec == self.spec && (spec.is_none() || self.task.is_some()) {
+            return;
+        }
+        if let Some(t) = self.task.take() {
+            t.abort();
+        }
+        self.task = crate::dirsync::spawn_scheduled(cfg);
+        self.spec = spec;
+    }
 }
 
 /// The return path of notifications: the routes of the snapshot in force.
@@ -141,7 +164,10 @@ pub async fn serve(config_path: &Path) -> anyhow::Result<()> {
     let downloads = Arc::new(ArcSwap::from_pointee(
         crate::fetch::Plan::from_config_or_log(cfg),
     ));
+    let mut directory_sync = Scheduled::default();
+    directory_sync.follow(cfg);
     let rt = Runtime {
+        directory_sync: std::sync::Mutex::new(directory_sync),
         downloads: downloads.clone(),
         config_path: config_path.to_path_buf(),
         whitelist: Watcher::start(data::WhitelistData(lists.clone()), cfg.whitelist.clone()),
@@ -160,6 +186,8 @@ pub async fn serve(config_path: &Path) -> anyhow::Result<()> {
         agent: agent.clone(),
         listeners: tokio::sync::Mutex::new(bound),
     };
+    // The snapshot cell is the one holder of the snapshot in force: a reload's swap frees it.
+    drop(snap);
 
     // Whitelist and CRL downloads; the watcher of a replaced file looks at it at once.
     let (changed_tx, mut changed) = tokio::sync::mpsc::unbounded_channel();
@@ -200,6 +228,15 @@ pub async fn serve(config_path: &Path) -> anyhow::Result<()> {
     }
     tracing::info!("shutting down: no new connections, finishing sessions in flight");
     downloader.abort();
+    if let Some(t) = rt
+        .directory_sync
+        .lock()
+        .unwrap_or_else(|p| p.into_inner())
+        .task
+        .take()
+    {
+        t.abort();
+    }
     if let Some(a) = admin {
         a.abort();
     }

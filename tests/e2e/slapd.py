@@ -19,8 +19,10 @@ SUFFIX_LDIF = ("dn: %s\nobjectClass: dcObject\nobjectClass: organization\n"
 
 
 class Slapd:
-    def __init__(self, tmpdir, port=None, tls=None):
-        """tls: optional (certificate chain PEM, key PEM, CA PEM) enabling StartTLS."""
+    def __init__(self, tmpdir, port=None, tls=None, extra_conf=""):
+        """tls: optional (certificate chain PEM, key PEM, CA PEM) enabling StartTLS.
+        extra_conf: lines appended to the config, i.e. to the mdb database section
+        (e.g. "dbnosync")."""
         self.root = os.path.join(tmpdir, "slapd")
         self.port = port or free_port()
         self.url = "ldap://127.0.0.1:%d" % self.port
@@ -32,6 +34,7 @@ class Slapd:
         if tls:
             cert, key, ca = tls
             conf = ("TLSCertificateFile %s\nTLSCertificateKeyFile %s\nTLSCACertificateFile %s\n" % (cert, key, ca)) + conf
+        conf += extra_conf + "\n" if extra_conf else ""
         with open(self.conf, "w") as f:
             f.write(conf)
         self.proc = None
