@@ -3,6 +3,8 @@
 //!
 //! The queue verbs need the token that `serve` writes to `SPOOL/admin.token` (mode 0600), so
 //! only who can read the spool can act on the queue. Health and metrics are open, for probes.
+//! `GET /queue/ID/headers` and `/queue/ID/message` return a stored message (`queue show
+//! --headers/--body`); each message read is logged here with the reader the CLI names.
 //!
 //! A minimal HTTP/1.1 server written by hand: a handful of GET/POST routes with
 //! `Connection: close` do not justify hyper's dependency tree in a security gateway.
@@ -72,6 +74,8 @@ struct Request {
     method: String,
     path: String,
     token: Option<String>,
+    /// `X-Passerelle-Reader`: the OS user of `passerelle queue show --body`.
+    reader: Option<String>,
 }
 
 async fn read_request(stream: &mut TcpStream) -> Option<Request> {
@@ -90,10 +94,13 @@ async fn read_request(stream: &mut TcpStream) -> Option<Request> {
     let method = first.next()?.to_string();
     let path = first.next()?.to_string();
     let mut token = None;
+    let mut reader = None;
     for l in lines {
         if let Some((k, v)) = l.split_once(':') {
             if k.trim().eq_ignore_ascii_case("x-passerelle-token") {
                 token = Some(v.trim().to_string());
+            } else if k.trim().eq_ignore_ascii_case("x-passerelle-reader") {
+                reader = Some(v.trim().to_string());
             }
         }
     }
@@ -101,10 +108,15 @@ async fn read_request(stream: &mut TcpStream) -> Option<Request> {
         method,
         path,
         token,
+        reader,
     })
 }
 
 async fn respond(stream: &mut TcpStream, code: u16, ctype: &str, body: &str) {
+    respond_bytes(stream, code, ctype, body.as_bytes()).await
+}
+
+async fn respond_bytes(stream: &mut TcpStream, code: u16, ctype: &str, body: &[u8]) {
     let reason = match code {
         200 => "OK",
         400 => "Bad Request",
@@ -119,8 +131,44 @@ async fn respond(stream: &mut TcpStream, code: u16, ctype: &str, body: &str) {
         body.len()
     );
     let _ = stream.write_all(head.as_bytes()).await;
-    let _ = stream.write_all(body.as_bytes()).await;
+    let _ = stream.write_all(body).await;
     let _ = stream.shutdown().await;
+}
+
+/// `GET /queue/ID/headers` (the header section) or `/queue/ID/message` (the whole message,
+/// logged with its reader: it is health data).
+async fn stored_message(
+    stream: &mut TcpStream,
+    st: &AdminState,
+    id: &str,
+    whole: bool,
+    reader: Option<&str>,
+) {
+    let text = "text/plain; charset=utf-8";
+    let Some(loc) = st.queue.locate(id).await else {
+        return respond(stream, 404, text, &format!("{id}: no such message\n")).await;
+    };
+    let spool = st.spool.clone();
+    let read = tokio::task::spawn_blocking(move || crate::queue::spool::read_stored(&spool, loc))
+        .await
+        .map_err(|e| e.to_string())
+        .and_then(|r| r.map_err(|e| e.to_string()));
+    let msg = match read {
+        Ok(m) => m,
+        // Moved by a relocation in between: the next try finds it.
+        Err(e) => return respond(stream, 409, text, &format!("{id}: {e}, try again\n")).await,
+    };
+    let part = if whole {
+        let peer = stream
+            .peer_addr()
+            .map(|a| a.to_string())
+            .unwrap_or_default();
+        crate::queuectl::log_body_read(id, reader.unwrap_or("unnamed"), &format!("admin {peer}"));
+        &msg[..]
+    } else {
+        crate::dsn::header_section(&msg)
+    };
+    respond_bytes(stream, 200, "message/rfc822", part).await
 }
 
 fn json<T: serde::Serialize>(v: &T) -> String {
@@ -199,6 +247,12 @@ async fn serve_one(mut stream: TcpStream, st: Arc<AdminState>) {
                 .trim_start_matches('/')
                 .split('/')
                 .collect();
+            if let ("GET", [id, what @ ("headers" | "message")]) =
+                (req.method.as_str(), parts.as_slice())
+            {
+                let whole = *what == "message";
+                return stored_message(&mut stream, &st, id, whole, req.reader.as_deref()).await;
+            }
             let q = &st.queue;
             let r: Result<String, QueueError> = match (req.method.as_str(), parts.as_slice()) {
                 ("GET", [""]) => Ok(json(&q.list().await)),

@@ -8,6 +8,8 @@
 //!
 //! This is the bottom of the house: it imports only the value types of `reply` and `dn`.
 
+#[cfg(test)]
+mod reference;
 mod source;
 mod validate;
 pub mod values;
