@@ -69,7 +69,7 @@ pub fn log_body_read(id: &str, reader: &str, via: &str) {
         .take(200)
         .map(|c| if c.is_control() { '?' } else { c })
         .collect();
-    tracing::warn!(queue_id = %id, reader = %reader, via, "message body read by an administrator");
+    tracing::warn!(queue_id = %id, reader = %reader, via = %via, "message body read by an administrator");
 }
 
 /// An answer of the running server: status and body bytes.
