@@ -135,6 +135,34 @@ async fn respond_bytes(stream: &mut TcpStream, code: u16, ctype: &str, body: &[u
     let _ = stream.shutdown().await;
 }
 
+/// The uid owning the client end (`peer`) of a loopback connection to `local`, from the
+/// kernel's socket table: unlike the reader name the CLI sends, the client cannot choose it.
+/// `/proc/self/net` stays readable under systemd's `ProcSubset=pid`.
+fn socket_uid(peer: std::net::SocketAddr, local: std::net::SocketAddr) -> Option<u32> {
+    use std::net::IpAddr;
+    // The table writes each address as the kernel's in-memory words, in hex.
+    fn hex(a: std::net::SocketAddr) -> String {
+        let ip = match a.ip() {
+            IpAddr::V4(v4) => format!("{:08X}", u32::from_ne_bytes(v4.octets())),
+            IpAddr::V6(v6) => v6
+                .octets()
+                .chunks(4)
+                .map(|w| format!("{:08X}", u32::from_ne_bytes([w[0], w[1], w[2], w[3]])))
+                .collect(),
+        };
+        format!("{ip}:{:04X}", a.port())
+    }
+    let table = if peer.is_ipv4() { "tcp" } else { "tcp6" };
+    let text = std::fs::read_to_string(format!("/proc/self/net/{table}")).ok()?;
+    let (want_local, want_remote) = (hex(peer), hex(local));
+    text.lines().skip(1).find_map(|line| {
+        let f: Vec<&str> = line.split_whitespace().collect();
+        (f.len() > 7 && f[1] == want_local && f[2] == want_remote)
+            .then(|| f[7].parse().ok())
+            .flatten()
+    })
+}
+
 /// `GET /queue/ID/headers` (the header section) or `/queue/ID/message` (the whole message,
 /// logged with its reader: it is health data).
 async fn stored_message(
@@ -159,11 +187,14 @@ async fn stored_message(
         Err(e) => return respond(stream, 409, text, &format!("{id}: {e}, try again\n")).await,
     };
     let part = if whole {
-        let peer = stream
-            .peer_addr()
-            .map(|a| a.to_string())
-            .unwrap_or_default();
-        crate::queuectl::log_body_read(id, reader.unwrap_or("unnamed"), &format!("admin {peer}"));
+        let via = match (stream.peer_addr(), stream.local_addr()) {
+            (Ok(peer), Ok(local)) => match socket_uid(peer, local) {
+                Some(uid) => format!("admin {peer}, socket of uid {uid}"),
+                None => format!("admin {peer}"),
+            },
+            _ => "admin".into(),
+        };
+        crate::queuectl::log_body_read(id, reader.unwrap_or("unnamed"), &via);
         &msg[..]
     } else {
         crate::dsn::header_section(&msg)
@@ -282,5 +313,23 @@ async fn serve_one(mut stream: TcpStream, st: Arc<AdminState>) {
             }
         }
         _ => respond(&mut stream, 404, text, "no such route\n").await,
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn socket_uid_finds_the_client_of_a_loopback_connection() {
+        let server = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+        let client = std::net::TcpStream::connect(server.local_addr().unwrap()).unwrap();
+        let (accepted, peer) = server.accept().unwrap();
+        assert_eq!(peer, client.local_addr().unwrap());
+        // SAFETY: getuid has no preconditions.
+        let me = unsafe { libc::getuid() };
+        assert_eq!(socket_uid(peer, accepted.local_addr().unwrap()), Some(me));
+        let nowhere = "127.0.0.1:1".parse().unwrap();
+        assert_eq!(socket_uid(peer, nowhere), None);
     }
 }
