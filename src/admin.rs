@@ -3,6 +3,8 @@
 //!
 //! The queue verbs need the token that `serve` writes to `SPOOL/admin.token` (mode 0600), so
 //! only who can read the spool can act on the queue. Health and metrics are open, for probes.
+//! `GET /queue/ID/headers` and `/queue/ID/message` return a stored message (`queue show
+//! --headers/--body`); each message read is logged here with the reader the CLI names.
 //!
 //! A minimal HTTP/1.1 server written by hand: a handful of GET/POST routes with
 //! `Connection: close` do not justify hyper's dependency tree in a security gateway.
@@ -72,6 +74,8 @@ struct Request {
     method: String,
     path: String,
     token: Option<String>,
+    /// `X-Passerelle-Reader`: the OS user of `passerelle queue show --body`.
+    reader: Option<String>,
 }
 
 async fn read_request(stream: &mut TcpStream) -> Option<Request> {
@@ -90,10 +94,13 @@ async fn read_request(stream: &mut TcpStream) -> Option<Request> {
     let method = first.next()?.to_string();
     let path = first.next()?.to_string();
     let mut token = None;
+    let mut reader = None;
     for l in lines {
         if let Some((k, v)) = l.split_once(':') {
             if k.trim().eq_ignore_ascii_case("x-passerelle-token") {
                 token = Some(v.trim().to_string());
+            } else if k.trim().eq_ignore_ascii_case("x-passerelle-reader") {
+                reader = Some(v.trim().to_string());
             }
         }
     }
@@ -101,10 +108,15 @@ async fn read_request(stream: &mut TcpStream) -> Option<Request> {
         method,
         path,
         token,
+        reader,
     })
 }
 
 async fn respond(stream: &mut TcpStream, code: u16, ctype: &str, body: &str) {
+    respond_bytes(stream, code, ctype, body.as_bytes()).await
+}
+
+async fn respond_bytes(stream: &mut TcpStream, code: u16, ctype: &str, body: &[u8]) {
     let reason = match code {
         200 => "OK",
         400 => "Bad Request",
@@ -119,8 +131,75 @@ async fn respond(stream: &mut TcpStream, code: u16, ctype: &str, body: &str) {
         body.len()
     );
     let _ = stream.write_all(head.as_bytes()).await;
-    let _ = stream.write_all(body.as_bytes()).await;
+    let _ = stream.write_all(body).await;
     let _ = stream.shutdown().await;
+}
+
+/// The uid owning the client end (`peer`) of a loopback connection to `local`, from the
+/// kernel's socket table: unlike the reader name the CLI sends, the client cannot choose it.
+/// `/proc/self/net` stays readable under systemd's `ProcSubset=pid`.
+fn socket_uid(peer: std::net::SocketAddr, local: std::net::SocketAddr) -> Option<u32> {
+    use std::net::IpAddr;
+    // The table writes each address as the kernel's in-memory words, in hex.
+    fn hex(a: std::net::SocketAddr) -> String {
+        let ip = match a.ip() {
+            IpAddr::V4(v4) => format!("{:08X}", u32::from_ne_bytes(v4.octets())),
+            IpAddr::V6(v6) => v6
+                .octets()
+                .chunks(4)
+                .map(|w| format!("{:08X}", u32::from_ne_bytes([w[0], w[1], w[2], w[3]])))
+                .collect(),
+        };
+        format!("{ip}:{:04X}", a.port())
+    }
+    let table = if peer.is_ipv4() { "tcp" } else { "tcp6" };
+    let text = std::fs::read_to_string(format!("/proc/self/net/{table}")).ok()?;
+    let (want_local, want_remote) = (hex(peer), hex(local));
+    text.lines().skip(1).find_map(|line| {
+        let f: Vec<&str> = line.split_whitespace().collect();
+        (f.len() > 7 && f[1] == want_local && f[2] == want_remote)
+            .then(|| f[7].parse().ok())
+            .flatten()
+    })
+}
+
+/// `GET /queue/ID/headers` (the header section) or `/queue/ID/message` (the whole message,
+/// logged with its reader: it is health data).
+async fn stored_message(
+    stream: &mut TcpStream,
+    st: &AdminState,
+    id: &str,
+    whole: bool,
+    reader: Option<&str>,
+) {
+    let text = "text/plain; charset=utf-8";
+    let Some(loc) = st.queue.locate(id).await else {
+        return respond(stream, 404, text, &format!("{id}: no such message\n")).await;
+    };
+    let spool = st.spool.clone();
+    let read = tokio::task::spawn_blocking(move || crate::queue::spool::read_stored(&spool, loc))
+        .await
+        .map_err(|e| e.to_string())
+        .and_then(|r| r.map_err(|e| e.to_string()));
+    let msg = match read {
+        Ok(m) => m,
+        // Moved by a relocation in between: the next try finds it.
+        Err(e) => return respond(stream, 409, text, &format!("{id}: {e}, try again\n")).await,
+    };
+    let part = if whole {
+        let via = match (stream.peer_addr(), stream.local_addr()) {
+            (Ok(peer), Ok(local)) => match socket_uid(peer, local) {
+                Some(uid) => format!("admin {peer}, socket of uid {uid}"),
+                None => format!("admin {peer}"),
+            },
+            _ => "admin".into(),
+        };
+        crate::queuectl::log_body_read(id, reader.unwrap_or("unnamed"), &via);
+        &msg[..]
+    } else {
+        crate::dsn::header_section(&msg)
+    };
+    respond_bytes(stream, 200, "message/rfc822", part).await
 }
 
 fn json<T: serde::Serialize>(v: &T) -> String {
@@ -208,6 +287,12 @@ async fn serve_one(mut stream: TcpStream, st: Arc<AdminState>) {
                 .trim_start_matches('/')
                 .split('/')
                 .collect();
+            if let ("GET", [id, what @ ("headers" | "message")]) =
+                (req.method.as_str(), parts.as_slice())
+            {
+                let whole = *what == "message";
+                return stored_message(&mut stream, &st, id, whole, req.reader.as_deref()).await;
+            }
             let q = &st.queue;
             let r: Result<String, QueueError> = match (req.method.as_str(), parts.as_slice()) {
                 ("GET", [""]) => Ok(json(&q.list().await)),
@@ -237,5 +322,23 @@ async fn serve_one(mut stream: TcpStream, st: Arc<AdminState>) {
             }
         }
         _ => respond(&mut stream, 404, text, "no such route\n").await,
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn socket_uid_finds_the_client_of_a_loopback_connection() {
+        let server = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+        let client = std::net::TcpStream::connect(server.local_addr().unwrap()).unwrap();
+        let (accepted, peer) = server.accept().unwrap();
+        assert_eq!(peer, client.local_addr().unwrap());
+        // SAFETY: getuid has no preconditions.
+        let me = unsafe { libc::getuid() };
+        assert_eq!(socket_uid(peer, accepted.local_addr().unwrap()), Some(me));
+        let nowhere = "127.0.0.1:1".parse().unwrap();
+        assert_eq!(socket_uid(peer, nowhere), None);
     }
 }

@@ -63,6 +63,7 @@ pub struct CsrOptions {
     /// More names for the subjectAltName (other MX names).
     #[arg(long)]
     pub dns: Vec<String>,
+    /// The key to make: RSA 2048 or 3072 bits, or ECDSA P-256.
     #[arg(long, value_enum, default_value = "rsa2048")]
     pub key: KeyKind,
     /// Output directory: CN.key (mode 0600) and CN.csr.

@@ -6,13 +6,31 @@ use std::path::PathBuf;
 use std::process::ExitCode;
 
 #[derive(Parser)]
-#[command(name = "passerelle", version, about = "MSSanté mail gateway")]
+#[command(
+    name = "passerelle",
+    version,
+    about = "MSSanté mail gateway",
+    after_help = "Reference: docs/cli.md (installed in /usr/share/doc/passerelle/cli.md)."
+)]
 struct Cli {
-    /// Configuration file.
-    #[arg(long, global = true, env = "PASSERELLE_CONFIG", default_value = DEFAULT_CONFIG)]
+    /// Configuration file (every verb reads the same file as serve).
+    #[arg(
+        long,
+        global = true,
+        help_heading = "Global options",
+        env = "PASSERELLE_CONFIG",
+        hide_env_values = true,
+        default_value = DEFAULT_CONFIG
+    )]
     config: PathBuf,
     /// Log format on stderr.
-    #[arg(long, global = true, value_enum, default_value_t = LogFormat::Text)]
+    #[arg(
+        long,
+        global = true,
+        help_heading = "Global options",
+        value_enum,
+        default_value_t = LogFormat::Text
+    )]
     log_format: LogFormat,
     #[command(subcommand)]
     command: Command,
@@ -24,11 +42,19 @@ enum LogFormat {
     Json,
 }
 
+/// How a verb prints its answer: sentences for people, JSON for tools.
+#[derive(Clone, Copy, Default, PartialEq, Eq, ValueEnum)]
+enum Format {
+    #[default]
+    Text,
+    Json,
+}
+
 #[derive(Subcommand)]
 enum Command {
     /// Run the gateway in the foreground (SIGTERM/SIGINT stop it, SIGHUP reloads).
     Serve,
-    /// Validate the configuration and everything it refers to.
+    /// Validate the configuration and everything it refers to (`postfix check`).
     CheckConfig,
     /// Download now what `[whitelist] url` and `[tls] crl_urls` name, verify each file and
     /// install it (what `serve` does on its own periods); exit 1 when one failed.
@@ -42,7 +68,7 @@ enum Command {
         #[command(subcommand)]
         what: TlsCommand,
     },
-    /// Development PKI.
+    /// Development PKI standing for IGC-Santé (tests, never production).
     Pki {
         #[command(subcommand)]
         what: PkiCommand,
@@ -72,24 +98,50 @@ enum Command {
 #[derive(Subcommand)]
 enum QueueCommand {
     /// Every message: id, size, age, sender, attempts, next attempt; each recipient's status
-    /// and last error.
-    List,
-    Show {
-        id: String,
+    /// and last error (`postqueue -p`).
+    List {
+        /// `json`: an array of messages, for tools.
+        #[arg(long, value_enum, default_value_t)]
+        format: Format,
     },
-    /// Try now: one message, or all with --all.
+    /// One message's envelope and recipients; its stored headers or body on request
+    /// (`postcat -q`).
+    Show {
+        /// Queue ID (as in `250 ... queued as ID` and the logs).
+        id: String,
+        /// Print the stored message's header section (`postcat -hq`).
+        #[arg(long)]
+        headers: bool,
+        /// Print the stored message's body (`postcat -bq`; with --headers: the whole message).
+        /// Health data: each read is logged with the OS user who asked.
+        #[arg(long)]
+        body: bool,
+        /// `json`: the envelope as a JSON object, for tools (not with --headers/--body).
+        #[arg(long, value_enum, default_value_t, conflicts_with_all = ["headers", "body"])]
+        format: Format,
+    },
+    /// Attempt delivery now: one message, or every one with --all (`postqueue -i` / `-f`).
     Retry {
+        /// Queue ID.
+        #[arg(required_unless_present = "all", conflicts_with = "all")]
         id: Option<String>,
+        /// Every message in the queue (not those on hold).
         #[arg(long)]
         all: bool,
     },
+    /// Stop attempting a message; it stays queued (`postsuper -h`).
     Hold {
+        /// Queue ID.
         id: String,
     },
+    /// Resume a held message, attempted now (`postsuper -H`).
     Release {
+        /// Queue ID.
         id: String,
     },
+    /// Remove a message; nobody is notified (`postsuper -d`).
     Delete {
+        /// Queue ID.
         id: String,
     },
 }
@@ -114,27 +166,34 @@ enum TlsCommand {
         /// Timeout of each network step.
         #[arg(long, default_value = "30s", value_parser = passerelle::config::parse_duration)]
         timeout: std::time::Duration,
-        #[arg(long, value_enum, default_value_t = OutputFormat::Text)]
-        format: OutputFormat,
+        /// text for people, json for tools.
+        #[arg(long, value_enum, default_value_t = Format::Text)]
+        format: Format,
     },
-}
-
-#[derive(Clone, Copy, PartialEq, Eq, ValueEnum)]
-enum OutputFormat {
-    Text,
-    Json,
 }
 
 #[derive(Subcommand)]
 enum WhitelistCommand {
     /// Whether DOMAIN is declared, and with which operator certificate DNs.
-    Show { domain: String },
+    Show {
+        /// Recipient domain, e.g. ch-autre.mssante.fr.
+        domain: String,
+        /// `json`: the domain, whether declared, and its entries, for tools.
+        #[arg(long, value_enum, default_value_t)]
+        format: Format,
+    },
 }
 
 #[derive(Subcommand)]
 enum DirectoryCommand {
     /// What the configured directory says of one address.
-    Lookup { address: String },
+    Lookup {
+        /// Recipient address.
+        address: String,
+        /// `json`: the address, the directory, whether known and its BAL type, for tools.
+        #[arg(long, value_enum, default_value_t)]
+        format: Format,
+    },
     /// Turn the ANS extract into LDIF for ldapadd/slapadd (one entry per address).
     Import {
         /// Extraction_Correspondance_MSSante_*.txt (or the ANS zip).
@@ -155,6 +214,7 @@ enum DirectoryCommand {
 enum PkiCommand {
     /// Make a development PKI standing for IGC-Santé (never for production).
     Dev {
+        /// Output directory.
         #[arg(long, default_value = passerelle::pki::DEFAULT_DEV_DIR)]
         out: PathBuf,
         /// Overwrite existing files.
@@ -172,8 +232,10 @@ enum PkiCommand {
         /// Subject in RFC 4514 order, e.g. "CN=mx.op.test,OU=123,O=OP,ST=Rhone (69),C=FR".
         #[arg(long)]
         subject: String,
+        /// A DNS name in the subjectAltName (repeat for more).
         #[arg(long)]
         dns: Vec<String>,
+        /// An IP address in the subjectAltName (repeat for more).
         #[arg(long)]
         ip: Vec<std::net::IpAddr>,
         /// Already expired (validity ended yesterday).
@@ -191,21 +253,31 @@ enum PkiCommand {
     Csr(passerelle::csr::CsrOptions),
     /// Revoke certificates issued from a dev PKI: re-signs its ca.crl listing them.
     Revoke {
+        /// The dev PKI directory (made by `pki dev`).
         #[arg(long, default_value = passerelle::pki::DEFAULT_DEV_DIR)]
         dir: PathBuf,
+        /// Certificate files (PEM) to revoke.
+        #[arg(required = true)]
         certificates: Vec<PathBuf>,
     },
 }
 
 #[derive(Subcommand)]
 enum RouteCommand {
-    /// Which route an address takes, and why.
+    /// Which route an address takes, and why (`postmap -q`); exit 0 accepted, 1 refused.
     Test {
+        /// Recipient address.
         address: String,
+        /// The listener whose routes apply (default: the first one).
         #[arg(long)]
         listener: Option<String>,
+        /// Envelope sender (MAIL FROM) of the test.
         #[arg(long)]
         from: Option<String>,
+        /// `json`: each route considered, the transport, the whitelist and the verdict, for
+        /// tools.
+        #[arg(long, value_enum, default_value_t)]
+        format: Format,
     },
 }
 
@@ -297,8 +369,8 @@ fn run(cli: Cli) -> anyhow::Result<ExitCode> {
                 anyhow::Ok(passerelle::probe::probe(&ctx, &opts).await)
             })?;
             match format {
-                OutputFormat::Text => print!("{}", report.render_text()),
-                OutputFormat::Json => println!("{}", serde_json::to_string_pretty(&report)?),
+                Format::Text => print!("{}", report.render_text()),
+                Format::Json => println!("{}", serde_json::to_string_pretty(&report)?),
             }
             Ok(if report.ok {
                 ExitCode::SUCCESS
@@ -384,10 +456,21 @@ fn run(cli: Cli) -> anyhow::Result<ExitCode> {
             Ok(ExitCode::SUCCESS)
         }
         Command::Queue { what } => {
-            use passerelle::queuectl::Verb;
+            use passerelle::queuectl::{Content, Verb};
+            let json = matches!(
+                what,
+                QueueCommand::List {
+                    format: Format::Json
+                } | QueueCommand::Show {
+                    format: Format::Json,
+                    ..
+                }
+            );
             let verb = match what {
-                QueueCommand::List => Verb::List,
-                QueueCommand::Show { id } => Verb::Show(id),
+                QueueCommand::List { .. } => Verb::List,
+                QueueCommand::Show {
+                    id, headers, body, ..
+                } => Verb::Show(id, Content { headers, body }),
                 QueueCommand::Retry {
                     id: None,
                     all: true,
@@ -408,7 +491,7 @@ fn run(cli: Cli) -> anyhow::Result<ExitCode> {
             let rt = tokio::runtime::Builder::new_current_thread()
                 .enable_all()
                 .build()?;
-            let ok = rt.block_on(passerelle::queuectl::run(&cfg, verb))?;
+            let ok = rt.block_on(passerelle::queuectl::run(&cfg, verb, json))?;
             Ok(if ok {
                 ExitCode::SUCCESS
             } else {
@@ -416,8 +499,8 @@ fn run(cli: Cli) -> anyhow::Result<ExitCode> {
             })
         }
         Command::Whitelist {
-            what: WhitelistCommand::Show { domain },
-        } => whitelist_show(&cli.config, &domain),
+            what: WhitelistCommand::Show { domain, format },
+        } => whitelist_show(&cli.config, &domain, format),
         Command::Pki {
             what: PkiCommand::Csr(opts),
         } => {
@@ -477,12 +560,12 @@ fn run(cli: Cli) -> anyhow::Result<ExitCode> {
             what: DirectoryCommand::Sync(args),
         } => directory_sync(&cli.config, &args),
         Command::Directory {
-            what: DirectoryCommand::Lookup { address },
+            what: DirectoryCommand::Lookup { address, format },
         } => {
             let rt = tokio::runtime::Builder::new_current_thread()
                 .enable_all()
                 .build()?;
-            rt.block_on(directory_lookup(&cli.config, &address))
+            rt.block_on(directory_lookup(&cli.config, &address, format))
         }
         Command::Route {
             what:
@@ -490,6 +573,7 @@ fn run(cli: Cli) -> anyhow::Result<ExitCode> {
                     address,
                     listener,
                     from,
+                    format,
                 },
         } => {
             let rt = tokio::runtime::Builder::new_current_thread()
@@ -500,6 +584,7 @@ fn run(cli: Cli) -> anyhow::Result<ExitCode> {
                 &address,
                 listener.as_deref(),
                 from.as_deref(),
+                format,
             ))
         }
     }
@@ -610,7 +695,17 @@ fn fetch(config: &std::path::Path, missing: bool) -> anyhow::Result<ExitCode> {
     })
 }
 
-fn whitelist_show(config: &std::path::Path, domain: &str) -> anyhow::Result<ExitCode> {
+/// Prints `value` as indented JSON (the `--format json` of the read-only verbs).
+fn print_json(value: &serde_json::Value) -> anyhow::Result<()> {
+    println!("{}", serde_json::to_string_pretty(value)?);
+    Ok(())
+}
+
+fn whitelist_show(
+    config: &std::path::Path,
+    domain: &str,
+    format: Format,
+) -> anyhow::Result<ExitCode> {
     let cfg = Config::load_unvalidated(config)?;
     let w = cfg
         .whitelist
@@ -618,11 +713,32 @@ fn whitelist_show(config: &std::path::Path, domain: &str) -> anyhow::Result<Exit
         .ok_or_else(|| anyhow::anyhow!("no [whitelist] section in {}", config.display()))?;
     let list = passerelle::server::load_whitelist(w, None)?;
     let domain = domain.trim().trim_end_matches('.').to_ascii_lowercase();
+    let entries = list.entries(&domain);
+    let code = if entries.is_empty() {
+        ExitCode::from(1)
+    } else {
+        ExitCode::SUCCESS
+    };
+    if format == Format::Json {
+        print_json(&serde_json::json!({
+            "domain": domain,
+            "declared": !entries.is_empty(),
+            "entries": entries.iter().map(|e| serde_json::json!({
+                "dn": e.dn,
+                "description": e.description,
+                "updated": e.date_maj,
+            })).collect::<Vec<_>>(),
+            "file": w.file,
+            "domains": list.domain_count(),
+            "generated": list.generated(),
+            "signer": list.signer(),
+        }))?;
+        return Ok(code);
+    }
     match list.signer() {
         Some(s) => println!("{}: signature verified, signed by {s}", w.file.display()),
         None => println!("{}: signature not checked", w.file.display()),
     }
-    let entries = list.entries(&domain);
     if entries.is_empty() {
         println!(
             "{domain}: not declared in {} ({} domains, generated {})",
@@ -630,7 +746,7 @@ fn whitelist_show(config: &std::path::Path, domain: &str) -> anyhow::Result<Exit
             list.domain_count(),
             list.generated().unwrap_or("?")
         );
-        return Ok(ExitCode::from(1));
+        return Ok(code);
     }
     println!(
         "{domain}: declared, {} operator certificate DN(s):",
@@ -640,7 +756,7 @@ fn whitelist_show(config: &std::path::Path, domain: &str) -> anyhow::Result<Exit
         println!("  {}", e.dn);
         println!("    description: {}; updated {}", e.description, e.date_maj);
     }
-    Ok(ExitCode::SUCCESS)
+    Ok(code)
 }
 
 /// `passerelle directory sync`: the summary on stdout, refusals and errors on stderr, exit 1
@@ -702,7 +818,11 @@ fn directory_sync(
     }
 }
 
-async fn directory_lookup(config: &std::path::Path, address: &str) -> anyhow::Result<ExitCode> {
+async fn directory_lookup(
+    config: &std::path::Path,
+    address: &str,
+    format: Format,
+) -> anyhow::Result<ExitCode> {
     use passerelle::policy::Lookup;
     let cfg = Config::load_unvalidated(config)?;
     let spec = passerelle::server::DirectorySpec {
@@ -717,19 +837,69 @@ async fn directory_lookup(config: &std::path::Path, address: &str) -> anyhow::Re
     ));
     let directory = passerelle::server::build_directory(&spec, &crls)?;
     let address = address.trim().trim_matches(['<', '>']);
-    match directory.lookup(address).await {
-        Ok(Lookup::Found { bal_type }) => {
-            println!(
-                "{address}: known to {} (BAL type {bal_type})",
-                directory.describe()
-            );
-            Ok(ExitCode::SUCCESS)
+    let (known, bal_type) = match directory.lookup(address).await {
+        Ok(Lookup::Found { bal_type }) => (true, Some(bal_type)),
+        Ok(Lookup::NotFound) => (false, None),
+        Err(e) => return Err(anyhow::anyhow!("{address}: {e}")),
+    };
+    if format == Format::Json {
+        print_json(&serde_json::json!({
+            "address": address,
+            "directory": directory.describe(),
+            "known": known,
+            "bal_type": bal_type,
+        }))?;
+    } else if let Some(b) = &bal_type {
+        println!(
+            "{address}: known to {} (BAL type {b})",
+            directory.describe()
+        );
+    } else {
+        println!("{address}: unknown to {}", directory.describe());
+    }
+    Ok(if known {
+        ExitCode::SUCCESS
+    } else {
+        ExitCode::from(1)
+    })
+}
+
+/// `route test`'s answer: sentences as they come, or one JSON object at the end.
+struct Explain {
+    json: Option<serde_json::Map<String, serde_json::Value>>,
+}
+
+impl Explain {
+    fn new(format: Format) -> Explain {
+        Explain {
+            json: (format == Format::Json).then(serde_json::Map::new),
         }
-        Ok(Lookup::NotFound) => {
-            println!("{address}: unknown to {}", directory.describe());
-            Ok(ExitCode::from(1))
+    }
+    fn say(&self, line: impl std::fmt::Display) {
+        if self.json.is_none() {
+            println!("{line}");
         }
-        Err(e) => Err(anyhow::anyhow!("{address}: {e}")),
+    }
+    fn set(&mut self, key: &str, value: serde_json::Value) {
+        if let Some(m) = &mut self.json {
+            m.insert(key.into(), value);
+        }
+    }
+    fn push(&mut self, key: &str, value: serde_json::Value) {
+        if let Some(m) = &mut self.json {
+            if let serde_json::Value::Array(a) = m
+                .entry(key)
+                .or_insert_with(|| serde_json::Value::Array(Vec::new()))
+            {
+                a.push(value);
+            }
+        }
+    }
+    fn finish(self, code: ExitCode) -> anyhow::Result<ExitCode> {
+        if let Some(m) = self.json {
+            print_json(&serde_json::Value::Object(m))?;
+        }
+        Ok(code)
     }
 }
 
@@ -739,9 +909,11 @@ async fn route_test(
     address: &str,
     listener: Option<&str>,
     _from: Option<&str>,
+    format: Format,
 ) -> anyhow::Result<ExitCode> {
     use passerelle::config::NextHop;
     use passerelle::policy::{parse_path, RcptDecision, RouteTarget};
+    use serde_json::json;
     let snap = passerelle::server::offline_snapshot(passerelle::server::load_config(config)?)?;
     let cfg = &snap.config;
     let l = match listener {
@@ -753,35 +925,60 @@ async fn route_test(
             .first()
             .ok_or_else(|| anyhow::anyhow!("no listener configured"))?,
     };
-    println!("listener: {} ({})", l.name, l.address);
+    let mut out = Explain::new(format);
+    out.say(format_args!("listener: {} ({})", l.name, l.address));
+    out.set("address", json!(address));
+    out.set(
+        "listener",
+        json!({"name": l.name, "address": l.address.to_string()}),
+    );
     let addr = match parse_path(address.trim_matches(['<', '>'])) {
         Ok(Some(a)) => a,
         Ok(None) => anyhow::bail!("the null address cannot be a recipient"),
         Err(e) => {
-            println!("refused: {e}");
-            return Ok(ExitCode::from(1));
+            out.say(format_args!("refused: {e}"));
+            out.set("verdict", json!("refused"));
+            out.set("reply", json!(e.to_string()));
+            return out.finish(ExitCode::from(1));
         }
     };
     let p = &snap.policy;
     let declared = |d: &str| p.is_declared(d);
     for step in p.routes.explain(&l.routes, &addr.domain, &declared) {
         match step.matched {
-            Some(pat) => println!("route {}: matched by pattern {pat}", step.route.name),
-            None => println!(
+            Some(pat) => out.say(format_args!(
+                "route {}: matched by pattern {pat}",
+                step.route.name
+            )),
+            None => out.say(format_args!(
                 "route {}: no pattern matches {}",
                 step.route.name, addr.domain
-            ),
+            )),
         }
+        out.push(
+            "routes",
+            json!({"route": step.route.name, "matched": step.matched.map(|m| m.to_string())}),
+        );
         if step.matched.is_some() {
             if let RouteTarget::Transport(t) = &step.route.target {
                 if let Some(tc) = cfg.transport.get(t) {
-                    let hop = match &tc.hop {
-                        NextHop::Relay(hp) => format!("relay to {hp}"),
-                        NextHop::Mx { port } => format!("MX of {} on port {port}", addr.domain),
+                    let (hop, next_hop) = match &tc.hop {
+                        NextHop::Relay(hp) => (format!("relay to {hp}"), json!(hp.to_string())),
+                        NextHop::Mx { port } => (
+                            format!("MX of {} on port {port}", addr.domain),
+                            json!(format!("MX of {}:{port}", addr.domain)),
+                        ),
                     };
-                    println!("transport: {t} ({hop}), tls {}", tc.tls.as_str());
+                    out.say(format_args!(
+                        "transport: {t} ({hop}), tls {}",
+                        tc.tls.as_str()
+                    ));
+                    out.set(
+                        "transport",
+                        json!({"name": t, "next_hop": next_hop, "tls": tc.tls.as_str()}),
+                    );
                     if tc.tls == passerelle::config::TlsPolicy::Mutual {
-                        println!("tls: the peer must show a valid, unrevoked certificate chaining to tls.trust_anchors whose subject DN is one of the whitelist DNs below");
+                        out.say("tls: the peer must show a valid, unrevoked certificate chaining to tls.trust_anchors whose subject DN is one of the whitelist DNs below");
                     }
                 }
                 let list = p.lists.whitelist.load_full();
@@ -791,11 +988,22 @@ async fn route_test(
                     .unwrap_or(&[]);
                 if step.route.whitelist || !entries.is_empty() {
                     if entries.is_empty() {
-                        println!("whitelist: {} is not declared", addr.domain);
+                        out.say(format_args!("whitelist: {} is not declared", addr.domain));
                     }
                     for e in entries {
-                        println!("whitelist: {} declared with DN {}", addr.domain, e.dn);
+                        out.say(format_args!(
+                            "whitelist: {} declared with DN {}",
+                            addr.domain, e.dn
+                        ));
                     }
+                    out.set(
+                        "whitelist",
+                        json!({
+                            "domain": addr.domain,
+                            "declared": !entries.is_empty(),
+                            "dns": entries.iter().map(|e| e.dn.as_str()).collect::<Vec<_>>(),
+                        }),
+                    );
                 }
             }
         }
@@ -806,17 +1014,26 @@ async fn route_test(
             transport,
             bal_type,
         } => {
-            println!(
+            out.say(format_args!(
                 "verdict: accepted (route {route}, transport {transport}{})",
                 bal_type
+                    .as_ref()
                     .map(|b| format!(", directory BAL type {b}"))
                     .unwrap_or_default()
-            );
-            Ok(ExitCode::SUCCESS)
+            ));
+            out.set("verdict", json!("accepted"));
+            out.set("route", json!(route));
+            out.set("bal_type", json!(bal_type));
+            out.finish(ExitCode::SUCCESS)
         }
         RcptDecision::Reject(r) => {
-            println!("verdict: refused: {r}");
-            Ok(ExitCode::from(1))
+            out.say(format_args!("verdict: refused: {r}"));
+            out.set("verdict", json!("refused"));
+            out.set("reply", json!(r.to_string()));
+            out.finish(ExitCode::from(1))
         }
     }
 }
+
+#[cfg(test)]
+mod cli_doc;

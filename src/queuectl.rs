@@ -1,10 +1,15 @@
 //! `passerelle queue ...`: the postqueue/postsuper verbs. While `serve` runs they go through
 //! the admin endpoint (with the token from `SPOOL/admin.token`); when it is stopped they work
 //! on the spool directly (which is then locked by this command).
+//!
+//! They answer in sentences (`ID: held`); `list` and `show` also in JSON (`--format json`)
+//! for tools. `show --headers/--body` print the stored message like Postfix's `postcat -hq`
+//! and `-bq`: a body is health data, so it is printed only on that explicit flag and every
+//! read is logged at warn level with the OS user who asked (by the server when it runs).
 
 use crate::config::Config;
 use crate::queue::scheduler::{QueueItem, QueueRcpt};
-use crate::queue::spool::{scan, Spool};
+use crate::queue::spool::{read_stored, scan, Spool};
 use anyhow::{anyhow, bail, Context};
 use std::io::{Read, Write};
 use std::net::TcpStream;
@@ -13,15 +18,74 @@ use std::time::Duration;
 #[derive(Debug, Clone)]
 pub enum Verb {
     List,
-    Show(String),
+    Show(String, Content),
     Retry(Option<String>),
     Hold(String),
     Release(String),
     Delete(String),
 }
 
+/// What `queue show` prints of the stored message besides its envelope.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct Content {
+    /// The header section (`postcat -hq`).
+    pub headers: bool,
+    /// The body (`postcat -bq`): read only on this flag, and logged.
+    pub body: bool,
+}
+
+impl Content {
+    /// The part of a stored message to print: headers, body, or both (the whole message).
+    pub fn select(self, msg: &[u8]) -> &[u8] {
+        let head = crate::dsn::header_section(msg).len();
+        match (self.headers, self.body) {
+            (true, false) => &msg[..head],
+            (false, true) => &msg[head..],
+            _ => msg,
+        }
+    }
+}
+
+/// Who runs this command, for the log line of a body read: the login behind sudo, the user,
+/// and the real uid (which cannot be set from the environment).
+pub fn os_reader() -> String {
+    let var = |k: &str| std::env::var(k).ok().filter(|v| !v.is_empty());
+    // SAFETY: getuid has no preconditions and cannot fail.
+    let uid = unsafe { libc::getuid() };
+    let user = var("USER")
+        .or_else(|| var("LOGNAME"))
+        .unwrap_or_else(|| "?".into());
+    match var("SUDO_USER") {
+        Some(s) => format!("{s} (sudo as {user}, uid {uid})"),
+        None => format!("{user} (uid {uid})"),
+    }
+}
+
+/// Logs the reading of a message's body: who, which message, from where.
+pub fn log_body_read(id: &str, reader: &str, via: &str) {
+    // One line each: the reader comes from the client, keep it printable.
+    let reader: String = reader
+        .chars()
+        .take(200)
+        .map(|c| if c.is_control() { '?' } else { c })
+        .collect();
+    tracing::warn!(queue_id = %id, reader = %reader, via = %via, "message body read by an administrator");
+}
+
+/// An answer of the running server: status and body bytes.
+struct Answer {
+    code: u16,
+    body: Vec<u8>,
+}
+
+impl Answer {
+    fn text(&self) -> String {
+        String::from_utf8_lossy(&self.body).into_owned()
+    }
+}
+
 /// One request to the running server, or `None` when nothing listens there.
-fn online(cfg: &Config, method: &str, path: &str) -> anyhow::Result<Option<(u16, String)>> {
+fn online(cfg: &Config, method: &str, path: &str) -> anyhow::Result<Option<Answer>> {
     let Some(sa) = cfg.server.admin else {
         return Ok(None);
     };
@@ -39,20 +103,24 @@ fn online(cfg: &Config, method: &str, path: &str) -> anyhow::Result<Option<(u16,
     s.set_read_timeout(Some(Duration::from_secs(60)))?;
     write!(
         s,
-        "{method} {path} HTTP/1.1\r\nHost: {addr}\r\nX-Passerelle-Token: {}\r\nContent-Length: 0\r\nConnection: close\r\n\r\n",
-        token.trim()
+        "{method} {path} HTTP/1.1\r\nHost: {addr}\r\nX-Passerelle-Token: {}\r\nX-Passerelle-Reader: {}\r\nContent-Length: 0\r\nConnection: close\r\n\r\n",
+        token.trim(),
+        os_reader()
     )?;
-    let mut resp = String::new();
-    s.read_to_string(&mut resp)?;
-    let (head, body) = resp
-        .split_once("\r\n\r\n")
+    let mut resp = Vec::new();
+    s.read_to_end(&mut resp)?;
+    let split = memchr::memmem::find(&resp, b"\r\n\r\n")
         .ok_or_else(|| anyhow!("malformed answer from {addr}"))?;
+    let head = String::from_utf8_lossy(&resp[..split]);
     let code: u16 = head
         .split_whitespace()
         .nth(1)
         .and_then(|c| c.parse().ok())
         .unwrap_or(0);
-    Ok(Some((code, body.to_string())))
+    Ok(Some(Answer {
+        code,
+        body: resp[split + 4..].to_vec(),
+    }))
 }
 
 fn age(secs: u64) -> String {
@@ -107,6 +175,41 @@ fn offline_items(cfg: &Config) -> anyhow::Result<Vec<QueueItem>> {
     Ok(items)
 }
 
+/// The stored message of a stopped server, or `None` when there is no such id.
+fn offline_message(cfg: &Config, id: &str) -> anyhow::Result<Option<Vec<u8>>> {
+    let (msgs, _) = scan(&cfg.server.spool, false)?;
+    match msgs.iter().find(|m| m.envelope.id == id) {
+        Some(m) => Ok(Some(read_stored(&cfg.server.spool, m.body)?)),
+        None => Ok(None),
+    }
+}
+
+fn print_list(
+    items: &[QueueItem],
+    json: bool,
+    note: &str,
+    out: &mut impl Write,
+) -> anyhow::Result<()> {
+    if json {
+        writeln!(out, "{}", serde_json::to_string_pretty(items)?)?;
+    } else {
+        for it in items {
+            print_item(it, out)?;
+        }
+        writeln!(out, "-- {} message(s) in the queue{note}", items.len())?;
+    }
+    Ok(())
+}
+
+fn print_show(it: &QueueItem, json: bool, out: &mut impl Write) -> anyhow::Result<()> {
+    if json {
+        writeln!(out, "{}", serde_json::to_string_pretty(it)?)?;
+    } else {
+        print_item(it, out)?;
+    }
+    Ok(())
+}
+
 /// Changes the stopped server's spool directly.
 async fn offline_change(cfg: &Config, verb: &Verb) -> anyhow::Result<String> {
     let (spool, msgs, _) = Spool::open(&cfg.server.spool)
@@ -138,23 +241,49 @@ async fn offline_change(cfg: &Config, verb: &Verb) -> anyhow::Result<String> {
             }
             st.next_attempt = 0;
             spool.update(id, &st).await?;
-            Ok(format!("{id}: done"))
+            Ok(match verb {
+                Verb::Hold(_) => format!("{id}: held"),
+                Verb::Release(_) => format!("{id}: released, attempt at the next start"),
+                _ => format!("{id}: attempt at the next start"),
+            })
         }
         Verb::Delete(id) => {
             let m = pick(id)?;
             spool.remove(id, m.body).await?;
             Ok(format!("{id}: deleted"))
         }
-        Verb::List | Verb::Show(_) => bail!("internal: read-only verb routed as a change"),
+        Verb::List | Verb::Show(..) => bail!("internal: read-only verb routed as a change"),
     }
 }
 
-pub async fn run(cfg: &Config, verb: Verb) -> anyhow::Result<bool> {
+/// The sentence for a change the running server made.
+fn done(verb: &Verb, body: &str) -> String {
+    let retried = || {
+        serde_json::from_str::<serde_json::Value>(body)
+            .ok()
+            .and_then(|v| v["retried"].as_u64())
+            .unwrap_or(0)
+    };
+    match verb {
+        Verb::Hold(id) => format!("{id}: held"),
+        Verb::Release(id) => format!("{id}: released, attempt now"),
+        Verb::Delete(id) => format!("{id}: deleted"),
+        Verb::Retry(Some(id)) => format!("{id}: attempt now"),
+        Verb::Retry(None) => format!("{} message(s) scheduled for an attempt now", retried()),
+        Verb::List | Verb::Show(..) => String::new(),
+    }
+}
+
+/// Runs one verb; `json` prints `list` and `show` as JSON. Returns false for "no such
+/// message" and other refusals (exit status 1).
+pub async fn run(cfg: &Config, verb: Verb, json: bool) -> anyhow::Result<bool> {
     let stdout = std::io::stdout();
     let mut out = stdout.lock();
     let (method, path) = match &verb {
         Verb::List => ("GET", "/queue".to_string()),
-        Verb::Show(id) => ("GET", format!("/queue/{id}")),
+        Verb::Show(id, c) if c.body => ("GET", format!("/queue/{id}/message")),
+        Verb::Show(id, c) if c.headers => ("GET", format!("/queue/{id}/headers")),
+        Verb::Show(id, _) => ("GET", format!("/queue/{id}")),
         Verb::Retry(None) => ("POST", "/queue/retry-all".to_string()),
         Verb::Retry(Some(id)) => ("POST", format!("/queue/{id}/retry")),
         Verb::Hold(id) => ("POST", format!("/queue/{id}/hold")),
@@ -167,48 +296,45 @@ pub async fn run(cfg: &Config, verb: Verb) -> anyhow::Result<bool> {
         tokio::task::spawn_blocking(move || online(&cfg, method, &path)).await??
     };
     match answer {
-        Some((200, body)) => {
+        Some(a) if a.code == 200 => {
             match &verb {
                 Verb::List => {
-                    let items: Vec<QueueItem> = serde_json::from_str(&body)?;
-                    for it in &items {
-                        print_item(it, &mut out)?;
-                    }
-                    writeln!(out, "-- {} message(s) in the queue", items.len())?;
+                    let items: Vec<QueueItem> = serde_json::from_slice(&a.body)?;
+                    print_list(&items, json, "", &mut out)?
                 }
-                Verb::Show(_) => print_item(&serde_json::from_str(&body)?, &mut out)?,
-                _ => writeln!(
-                    out,
-                    "{}: done {}",
-                    path.trim_start_matches("/queue/"),
-                    body.trim()
-                )?,
+                Verb::Show(_, c) if c.headers || c.body => out.write_all(c.select(&a.body))?,
+                Verb::Show(..) => print_show(&serde_json::from_slice(&a.body)?, json, &mut out)?,
+                change => writeln!(out, "{}", done(change, &a.text()))?,
             }
             Ok(true)
         }
-        Some((code, body)) => {
-            writeln!(out, "{}", body.trim())?;
-            if code == 403 || code == 0 {
-                bail!("admin endpoint refused the request ({code})");
+        Some(a) => {
+            writeln!(out, "{}", a.text().trim())?;
+            if a.code == 403 || a.code == 0 {
+                bail!("admin endpoint refused the request ({})", a.code);
             }
             Ok(false)
         }
         None => match &verb {
             Verb::List => {
                 let items = offline_items(cfg)?;
-                for it in &items {
-                    print_item(it, &mut out)?;
-                }
-                writeln!(
-                    out,
-                    "-- {} message(s) in the queue (server not running)",
-                    items.len()
-                )?;
+                print_list(&items, json, " (server not running)", &mut out)?;
                 Ok(true)
             }
-            Verb::Show(id) => match offline_items(cfg)?.iter().find(|i| &i.id == id) {
+            Verb::Show(id, c) if c.headers || c.body => {
+                let Some(msg) = offline_message(cfg, id)? else {
+                    writeln!(out, "{id}: no such message")?;
+                    return Ok(false);
+                };
+                if c.body {
+                    log_body_read(id, &os_reader(), "spool");
+                }
+                out.write_all(c.select(&msg))?;
+                Ok(true)
+            }
+            Verb::Show(id, _) => match offline_items(cfg)?.iter().find(|i| &i.id == id) {
                 Some(it) => {
-                    print_item(it, &mut out)?;
+                    print_show(it, json, &mut out)?;
                     Ok(true)
                 }
                 None => {
@@ -218,7 +344,7 @@ pub async fn run(cfg: &Config, verb: Verb) -> anyhow::Result<bool> {
             },
             change => match offline_change(cfg, change).await {
                 Ok(msg) => {
-                    writeln!(out, "{msg}")?;
+                    writeln!(out, "{msg} (server not running)")?;
                     Ok(true)
                 }
                 Err(e) if e.to_string().contains("no such message") => {
@@ -228,5 +354,44 @@ pub async fn run(cfg: &Config, verb: Verb) -> anyhow::Result<bool> {
                 Err(e) => Err(e),
             },
         },
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn content_selects_headers_body_or_both() {
+        let msg = b"Subject: x\r\nFrom: a@b\r\n\r\nline 1\r\n\r\nline 2\r\n";
+        let c = |headers, body| Content { headers, body };
+        assert_eq!(
+            c(true, false).select(msg),
+            b"Subject: x\r\nFrom: a@b\r\n\r\n"
+        );
+        assert_eq!(c(false, true).select(msg), b"line 1\r\n\r\nline 2\r\n");
+        assert_eq!(c(true, true).select(msg), msg);
+        // No blank line: all headers, no body.
+        assert_eq!(c(false, true).select(b"Subject: x\r\n"), b"");
+    }
+
+    #[test]
+    fn sentences_for_changes() {
+        assert_eq!(done(&Verb::Hold("A".into()), "{}"), "A: held");
+        assert_eq!(
+            done(&Verb::Release("A".into()), "{}"),
+            "A: released, attempt now"
+        );
+        assert_eq!(done(&Verb::Delete("A".into()), "{}"), "A: deleted");
+        assert_eq!(
+            done(&Verb::Retry(None), r#"{"retried":3}"#),
+            "3 message(s) scheduled for an attempt now"
+        );
+    }
+
+    #[test]
+    fn reader_names_the_uid() {
+        let r = os_reader();
+        assert!(r.contains("(uid ") || r.contains(", uid "), "{r}");
     }
 }

@@ -9,6 +9,8 @@
 //! This is the bottom of the house: it imports only the value types of `reply` and `dn`.
 
 mod dirsync;
+#[cfg(test)]
+mod reference;
 mod source;
 mod validate;
 pub mod values;

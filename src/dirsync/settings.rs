@@ -21,6 +21,7 @@ pub struct SyncArgs {
     /// The container of the national directory (as given to `directory import --base`).
     #[arg(long)]
     pub base: Option<String>,
+    /// Bind as this DN (with --bind-password-file); anonymous otherwise.
     #[arg(long)]
     pub bind_dn: Option<String>,
     /// File whose first line is the bind password.

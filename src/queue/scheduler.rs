@@ -71,6 +71,7 @@ enum Command {
     },
     List(oneshot::Sender<Vec<QueueItem>>),
     Show(String, oneshot::Sender<Option<QueueItem>>),
+    Locate(String, oneshot::Sender<Option<BodyLoc>>),
     Stats(oneshot::Sender<QueueStats>),
     /// Retry now: one id, or all when `None`.
     Retry(Option<String>, oneshot::Sender<Result<usize, QueueError>>),
@@ -126,6 +127,13 @@ impl QueueHandle {
     }
     pub async fn show(&self, id: &str) -> Option<QueueItem> {
         self.ask(|tx| Command::Show(id.to_string(), tx))
+            .await
+            .ok()
+            .flatten()
+    }
+    /// Where a message's bytes are in the spool (`queue show --headers/--body`).
+    pub async fn locate(&self, id: &str) -> Option<BodyLoc> {
+        self.ask(|tx| Command::Locate(id.to_string(), tx))
             .await
             .ok()
             .flatten()
@@ -373,6 +381,9 @@ impl Scheduler {
             }
             Command::Show(id, reply) => {
                 let _ = reply.send(self.entries.get(&id).map(item));
+            }
+            Command::Locate(id, reply) => {
+                let _ = reply.send(self.entries.get(&id).map(|e| e.body));
             }
             Command::Stats(reply) => {
                 let now = now_ms() / 1000;

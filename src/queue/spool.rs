@@ -725,6 +725,11 @@ impl Spool {
     }
 }
 
+/// Reads a stored message given the spool directory (what [`scan`] and `serve` are given).
+pub fn read_stored(spool_dir: &Path, loc: BodyLoc) -> Result<Vec<u8>, SpoolError> {
+    read_body(&spool_dir.join("queue"), loc)
+}
+
 pub fn read_body(queue_dir: &Path, loc: BodyLoc) -> Result<Vec<u8>, SpoolError> {
     let path = segment_path(queue_dir, loc.segment);
     let f = File::open(&path).map_err(io_err(&path))?;
