@@ -7,6 +7,7 @@
 //! A minimal HTTP/1.1 server written by hand: a handful of GET/POST routes with
 //! `Connection: close` do not justify hyper's dependency tree in a security gateway.
 
+use crate::journal::{self, AdminAction};
 use crate::queue::{Command, QueueHandle};
 use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicBool, Ordering};
@@ -230,18 +231,22 @@ async fn serve_one(mut stream: TcpStream, st: Arc<AdminState>) {
                 ("POST", [id, "retry"]) => q
                     .ask(|tx| Command::Retry(Some(id.to_string()), tx))
                     .await
+                    .inspect(|_| journal::admin(id, AdminAction::Retried, "cli"))
                     .map(|n| format!("{{\"retried\":{n}}}")),
                 ("POST", [id, "hold"]) => q
                     .ask(|tx| Command::Hold(id.to_string(), tx))
                     .await
+                    .inspect(|_| journal::admin(id, AdminAction::Held, "cli"))
                     .map(|_| "{}".into()),
                 ("POST", [id, "release"]) => q
                     .ask(|tx| Command::Release(id.to_string(), tx))
                     .await
+                    .inspect(|_| journal::admin(id, AdminAction::Released, "cli"))
                     .map(|_| "{}".into()),
                 ("POST", [id, "delete"]) => q
                     .ask(|tx| Command::Delete(id.to_string(), tx))
                     .await
+                    .inspect(|_| journal::admin(id, AdminAction::Deleted, "cli"))
                     .map(|_| "{}".into()),
                 _ => return respond(&mut stream, 404, text, "no such route\n").await,
             };

@@ -51,6 +51,9 @@ pub struct Config {
     pub whitelist: Option<WhitelistConfig>,
     #[serde(default)]
     pub directory: DirectoryConfig,
+    /// The message journal (`track`, `stats`).
+    #[serde(default)]
+    pub journal: crate::journal::config::JournalConfig,
     /// Where the file was read from (not a key): used in messages.
     #[serde(skip)]
     pub source: PathBuf,
@@ -602,6 +605,7 @@ impl Config {
                 }
             }
         }
+        p.extend(self.journal.validate());
         match self.directory.kind {
             DirectoryKind::Extract if self.directory.file.is_none() => {
                 p.push("directory.file: required for kind = \"extract\"".into())
@@ -726,8 +730,10 @@ const KNOWN: &[(&str, &[&str])] = &[
             "dns",
             "whitelist",
             "directory",
+            "journal",
         ],
     ),
+    ("journal", crate::journal::config::KNOWN_KEYS),
     ("server", &["hostname", "spool", "admin"]),
     (
         "tls",

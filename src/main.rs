@@ -55,6 +55,10 @@ enum Command {
         #[command(subcommand)]
         what: DirectoryCommand,
     },
+    /// Find messages in the journal and show their timelines (exit 1 when none matches).
+    Track(passerelle::journal::cli::TrackArgs),
+    /// The activity indicators from the journal.
+    Stats(passerelle::journal::cli::StatsArgs),
 }
 
 #[derive(Subcommand)]
@@ -215,6 +219,8 @@ fn run(cli: Cli) -> anyhow::Result<ExitCode> {
             Ok(ExitCode::SUCCESS)
         }
         Command::CheckConfig => check_config(&cli.config),
+        Command::Track(a) => passerelle::journal::cli::track(&cli.config, &a).map(ExitCode::from),
+        Command::Stats(a) => passerelle::journal::cli::stats(&cli.config, &a).map(ExitCode::from),
         Command::Pki {
             what: PkiCommand::Dev { out, force },
         } => {

@@ -79,6 +79,14 @@ pub fn inc(name: &'static str, help: &'static str, l: &[(&str, &str)]) {
     });
 }
 
+/// Adds `v` to a counter (counts kept elsewhere and published in steps, e.g. the journal's).
+pub fn add(name: &'static str, help: &'static str, l: &[(&str, &str)], v: f64) {
+    with(|r| {
+        r.help.entry(name).or_insert((help, "counter"));
+        *r.counters.entry((name, labels(l))).or_default() += v;
+    });
+}
+
 /// Adds `d` (may be negative) to a gauge.
 pub fn gauge_add(name: &'static str, help: &'static str, l: &[(&str, &str)], d: f64) {
     with(|r| {

@@ -352,6 +352,7 @@ pub async fn serve(config_path: &Path) -> anyhow::Result<()> {
     let (spool, recovered, report) = Spool::open(&cfg.server.spool)?;
     tracing::info!(spool = %cfg.server.spool.display(), messages = report.messages, segments = report.segments,
         quarantined = report.quarantined, "queue recovered");
+    crate::journal::install(crate::journal::start(cfg), cfg);
     let resolver = Resolver::new(&cfg.dns).map_err(|e| anyhow!(e))?;
     let policy = Arc::new(ArcSwap::new(snap.policy.clone()));
     let agent = Agent::new(
@@ -450,6 +451,7 @@ pub async fn serve(config_path: &Path) -> anyhow::Result<()> {
     futures::future::join_all(bound.into_iter().map(Bound::close)).await;
     queue.shutdown().await;
     agent.close_all().await;
+    crate::journal::shutdown(std::time::Duration::from_secs(5));
     tracing::info!("stopped; the queue is safe on disk");
     Ok(())
 }
@@ -531,6 +533,7 @@ impl Running {
             listeners.insert(l.name.clone(), Bound::start(sock, &l, shared));
         }
         self.agent.reconfigure(delivery);
+        crate::journal::reconfigure(&snap.config);
         self.queue_cfg.store(Arc::new(snap.config.queue.clone()));
         self.listener_routes
             .store(Arc::new(routes_by_listener(&snap.config)));

@@ -5,6 +5,7 @@ use super::command::{parse_bdat, parse_line, parse_mail, parse_rcpt, Verb};
 use super::data::{check_bdat, count_received, read_data, DataEnd, DataLimits};
 use super::Shared;
 use crate::config::{ClientCert, StartTls};
+use crate::journal::Stage;
 use crate::message::{new_queue_id, now_ms, Envelope, Recipient, Ret, State};
 use crate::net::{read_line, BoxStream, Line, Rewind};
 use crate::policy::{parse_path, RcptDecision};
@@ -25,6 +26,8 @@ struct Transaction {
     /// The client's SIZE= estimate, to allocate the message buffer once.
     size: Option<usize>,
     recipients: Vec<Recipient>,
+    /// The directory's BAL type of each recipient (for the journal).
+    bal_types: Vec<Option<String>>,
     /// The message being received: our Received header, then the client's bytes (BDAT
     /// chunks so far). One buffer from intake to the spool and the first delivery.
     bdat: Vec<u8>,
@@ -222,11 +225,11 @@ impl Session {
                         }
                     }
                 }
-                self.reply(&Reply::new(
-                    530,
-                    "5.7.0",
-                    "Must issue a STARTTLS command first",
-                ));
+                let r = Reply::new(530, "5.7.0", "Must issue a STARTTLS command first");
+                if verb == Verb::Mail {
+                    self.journal_refused(Stage::Mail, &r, None, None);
+                }
+                self.reply(&r);
             }
             Verb::Mail => self.mail(arg),
             Verb::Rcpt => self.rcpt(arg).await,
@@ -327,11 +330,9 @@ impl Session {
             match &self.client_cert {
                 None => {
                     tracing::info!(client = %self.peer, "MAIL refused: no client certificate");
-                    return self.reply(&Reply::new(
-                        530,
-                        "5.7.0",
-                        "Error: a client certificate is required",
-                    ));
+                    let r = Reply::new(530, "5.7.0", "Error: a client certificate is required");
+                    self.journal_refused(Stage::Mail, &r, None, None);
+                    return self.reply(&r);
                 }
                 Some(Err(why)) => {
                     let r = Reply::new(
@@ -340,6 +341,7 @@ impl Session {
                         format!("Error: client certificate refused: {why}"),
                     );
                     tracing::info!(client = %self.peer, dn = self.client_dn.as_deref().unwrap_or("-"), reply = %r, "MAIL refused");
+                    self.journal_refused(Stage::Mail, &r, None, None);
                     return self.reply(&r);
                 }
                 Some(Ok(_)) => {}
@@ -360,18 +362,18 @@ impl Session {
                 return;
             }
         };
+        let from = sender.as_ref().map(|a| a.to_string()).unwrap_or_default();
         if let Some(r) = self.certificate_policy(sender.as_ref().map(|a| a.domain.as_str())) {
             tracing::info!(client = %self.peer, dn = self.client_dn.as_deref().unwrap_or("-"), reply = %r, "MAIL refused");
+            self.journal_refused(Stage::Mail, &r, Some(&from), None);
             return self.reply(&r);
         }
         if m.size
             .is_some_and(|n| n > self.shared.limits.message_size_limit)
         {
-            return self.reply(&Reply::new(
-                552,
-                "5.3.4",
-                "Message size exceeds fixed limit",
-            ));
+            let r = Reply::new(552, "5.3.4", "Message size exceeds fixed limit");
+            self.journal_refused(Stage::Mail, &r, Some(&from), None);
+            return self.reply(&r);
         }
         let tx = Transaction {
             mail_from: Some(sender.map(|a| a.to_string()).unwrap_or_default()),
@@ -443,7 +445,9 @@ impl Session {
         };
         let path = args.path;
         if self.tx.recipients.len() >= self.shared.limits.recipient_limit {
-            self.reply(&Reply::new(452, "4.5.3", "Error: too many recipients"));
+            let r = Reply::new(452, "4.5.3", "Error: too many recipients");
+            self.journal_refused(Stage::Rcpt, &r, None, Some(path));
+            self.reply(&r);
             return;
         }
         let addr = match parse_path(path) {
@@ -459,6 +463,9 @@ impl Session {
                     Reply::new(501, "5.1.3", format!("Bad recipient address syntax: {e}"))
                 };
                 tracing::info!(client = %self.peer, to = %path, reply = %r, "recipient refused");
+                if e.is_relay_attempt() {
+                    self.journal_refused(Stage::Rcpt, &r, None, Some(path));
+                }
                 self.reply(&r);
                 return;
             }
@@ -479,6 +486,7 @@ impl Session {
                 tracing::info!(client = %self.peer, from = %self.tx.mail_from.as_deref().unwrap_or(""),
                     to = %addr, route = %route, transport = %transport, bal_type = bal_type.as_deref().unwrap_or("-"),
                     "recipient accepted");
+                self.tx.bal_types.push(bal_type);
                 self.tx.recipients.push(Recipient {
                     address: addr.to_string(),
                     orcpt,
@@ -491,6 +499,7 @@ impl Session {
             RcptDecision::Reject(r) => {
                 tracing::info!(client = %self.peer, from = %self.tx.mail_from.as_deref().unwrap_or(""),
                     to = %addr, reply = %r, "recipient refused");
+                self.journal_refused(Stage::Rcpt, &r, None, Some(&addr.to_string()));
                 self.reply(&r);
             }
         }
@@ -539,6 +548,7 @@ impl Session {
             DataEnd::Refused(e) => {
                 let r = e.reply(lim.max_size - hl, lim.max_line);
                 tracing::info!(client = %self.peer, reply = %r, "message refused");
+                self.journal_refused(Stage::Data, &r, None, None);
                 self.reply(&r);
                 self.tx = Transaction::default();
                 Flow::Continue
@@ -582,11 +592,13 @@ impl Session {
             self.tx.bdat_failed = true;
             self.tx.bdat.truncate(hl);
             if last || too_big {
-                self.reply(&Reply::new(
+                let r = Reply::new(
                     552,
                     "5.3.4",
                     format!("Message size exceeds fixed limit of {max} bytes"),
-                ));
+                );
+                self.journal_refused(Stage::Data, &r, None, None);
+                self.reply(&r);
                 self.tx = Transaction::default();
             } else {
                 self.reply(&Reply::new(250, "2.0.0", format!("{size} octets received")));
@@ -613,6 +625,7 @@ impl Session {
         let id = self.tx.started.take().map(|(id, _)| id).unwrap_or_default();
         if let Err(e) = check_bdat(&body[hl..], self.shared.limits.line_length_limit) {
             let r = e.reply(max, self.shared.limits.line_length_limit);
+            self.journal_refused(Stage::Data, &r, None, None);
             self.reply(&r);
             self.tx = Transaction::default();
             return Flow::Continue;
@@ -678,6 +691,8 @@ impl Session {
                 format!("Error: too many hops ({hops} Received headers): mail loop?"),
             );
             tracing::warn!(client = %self.peer, reply = %r, "message refused");
+            let from = tx.mail_from.as_deref();
+            crate::journal::refused(Stage::Data, &r, self.journal_client(), from, None);
             self.reply(&r);
             return;
         }
@@ -703,6 +718,7 @@ impl Session {
             Ok(loc) => {
                 tracing::info!(queue_id = %id, client = %self.peer, from = %env.mail_from, nrcpt = env.recipients.len(),
                     size, tls = self.tls.as_deref().unwrap_or("-"), "queued");
+                crate::journal::accepted(&env, &msg, self.journal_client(), &tx.bal_types);
                 self.shared.queue.submit(env, state, loc, Some(msg));
                 self.reply(&Reply::new(250, "2.0.0", format!("Ok: queued as {id}")));
                 let l = [("listener", self.shared.listener.name.as_str())];
@@ -725,8 +741,30 @@ impl Session {
                 } else {
                     Reply::new(451, "4.3.0", "Error: queue file write error")
                 };
+                let from = Some(env.mail_from.as_str());
+                crate::journal::refused(Stage::Data, &r, self.journal_client(), from, None);
                 self.reply(&r);
             }
+        }
+    }
+
+    /// Who this session is, for the journal.
+    fn journal_client(&self) -> crate::journal::Client {
+        crate::journal::Client {
+            listener: self.shared.listener.name.clone(),
+            ip: self.peer.ip().to_string(),
+            helo: self.helo.clone(),
+            dn: self.client_dn.clone(),
+            tls: self.tls.clone(),
+            ..crate::journal::Client::default()
+        }
+    }
+
+    /// Journals a refusal (the sender defaults to the transaction's).
+    fn journal_refused(&self, stage: Stage, r: &Reply, from: Option<&str>, to: Option<&str>) {
+        if crate::journal::enabled() {
+            let from = from.or(self.tx.mail_from.as_deref());
+            crate::journal::refused(stage, r, self.journal_client(), from, to);
         }
     }
 

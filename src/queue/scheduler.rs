@@ -507,7 +507,9 @@ impl Job {
                 Err(e) => return self.retry_later(format!("reader task failed: {e}")),
             },
         };
+        let started = std::time::Instant::now();
         let outcomes = self.agent.deliver(&self.env, &self.state, &body).await;
+        let took = started.elapsed();
         let now = now_ms();
         self.state.attempts += 1;
         let mut failed = Vec::new();
@@ -579,6 +581,9 @@ impl Job {
                     failed.push(i);
                 }
             }
+        }
+        for (i, status, text) in &lines {
+            crate::journal::attempt(&self.env, *i, status, text, self.state.attempts, took);
         }
         let fail_dsn: Vec<usize> = failed
             .into_iter()
@@ -759,6 +764,7 @@ impl Job {
         match self.spool.store(&env, &state, full.clone()).await {
             Ok(loc) => {
                 tracing::info!(queue_id = %self.env.id, dsn_id = %dsn_id, to = %self.env.mail_from, "sender notification ({kind:?}) queued");
+                crate::journal::dsn_queued(&self.env, rcpts, &env, &format!("{kind:?}"), &full);
                 self.queue.submit(env, state, loc, Some(full));
             }
             Err(e) => {
