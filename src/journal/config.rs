@@ -48,8 +48,8 @@ pub struct JournalConfig {
     /// most about this much of the journal (never queue state).
     #[serde(deserialize_with = "de_duration")]
     pub flush_interval: Duration,
-    /// Events waiting in memory at most (the database slow or down); beyond, new events are
-    /// dropped and counted, and mail keeps flowing.
+    /// Events waiting in memory at most (the database slow or down), besides the batch being
+    /// written; beyond, new events are dropped and counted, and mail keeps flowing.
     pub buffer: usize,
     /// How often retention pruning runs.
     #[serde(deserialize_with = "de_duration")]

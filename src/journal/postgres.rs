@@ -461,10 +461,10 @@ impl Backend for PgWriter {
                 retryable: true,
             });
         };
-        let r = rt.block_on(tokio::time::timeout(
-            STATEMENT_LIMIT,
-            write_plan(&mut c.client, &c.st, c.gw, p),
-        ));
+        // The timer is made inside the runtime (a Sleep needs its reactor).
+        let r = rt.block_on(async {
+            tokio::time::timeout(STATEMENT_LIMIT, write_plan(&mut c.client, &c.st, c.gw, p)).await
+        });
         self.settle(r)
     }
 
@@ -476,10 +476,9 @@ impl Backend for PgWriter {
                 retryable: true,
             });
         };
-        let r = rt.block_on(tokio::time::timeout(
-            STATEMENT_LIMIT,
-            prune(&c.client, before, limit),
-        ));
+        let r = rt.block_on(async {
+            tokio::time::timeout(STATEMENT_LIMIT, prune(&c.client, before, limit)).await
+        });
         self.settle(r)
     }
 }
