@@ -18,14 +18,14 @@
 pub mod cli;
 pub mod config;
 pub mod event;
-mod plan;
+pub mod plan;
 pub mod postgres;
 pub mod read;
-mod schema;
+pub mod schema;
 pub mod sqlite;
 #[cfg(test)]
 mod tests;
-mod writer;
+pub mod writer;
 
 pub use config::{JournalConfig, JournalKind};
 pub use event::{

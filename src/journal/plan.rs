@@ -96,8 +96,18 @@ fn lower(s: &str) -> String {
     clean(&s.to_ascii_lowercase())
 }
 
+/// The event's details as stored: what the row's columns already say (the queue id, the
+/// outcome) is left out, and an attempt's diagnostic when the reply says the same.
 fn details<T: serde::Serialize>(v: &T) -> String {
-    serde_json::to_string(v).unwrap_or_else(|_| "{}".into())
+    let mut j = serde_json::to_value(v).unwrap_or_default();
+    if let Some(o) = j.as_object_mut() {
+        o.remove("queue_id");
+        o.remove("outcome");
+        if o.get("reply").is_some_and(|r| !r.is_null()) {
+            o.remove("diagnostic");
+        }
+    }
+    j.to_string()
 }
 
 pub fn plan(batch: &[Event]) -> Plan {

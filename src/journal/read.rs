@@ -447,11 +447,7 @@ fn event_json(time: i64, kind: &str, details: &Value) -> serde_json::Value {
     m.insert("kind".into(), kind.into());
     if let Some(d) = details.text() {
         if let Ok(serde_json::Value::Object(o)) = serde_json::from_str(&d) {
-            for (k, v) in o {
-                if k != "queue_id" {
-                    m.insert(k, v);
-                }
-            }
+            m.extend(o);
         }
     }
     serde_json::Value::Object(m)

@@ -19,6 +19,9 @@ pub fn open(path: &Path, create: bool) -> rusqlite::Result<Connection> {
     conn.busy_timeout(Duration::from_secs(5))?;
     conn.pragma_update(None, "journal_mode", "WAL")?;
     conn.pragma_update(None, "synchronous", "NORMAL")?;
+    // 64 MiB of page cache (the default 2 MiB spilled each batch's dirty index pages to the
+    // WAL several times over: 5 page writes per event at 10,000 events per batch).
+    conn.pragma_update(None, "cache_size", -65536)?;
     conn.set_prepared_statement_cache_capacity(32);
     Ok(conn)
 }
@@ -258,6 +261,8 @@ pub fn prune(conn: &mut Connection, before: i64, limit: i64) -> rusqlite::Result
         params![before, limit],
     )?;
     tx.commit()?;
+    // Keeps the planner's statistics current (cheap when nothing changed much).
+    conn.execute_batch("PRAGMA optimize=0x10002")?;
     Ok(n as u64)
 }
 

@@ -208,8 +208,14 @@ fn run(mut backend: Box<dyn Backend>, rx: Receiver<Event>, s: Settings, c: Arc<C
             let mut backoff = Duration::from_millis(250);
             let mut tries = 0u32;
             loop {
+                let t0 = Instant::now();
                 match backend.write(&p) {
                     Ok(()) => {
+                        tracing::debug!(
+                            events = batch.len(),
+                            ms = t0.elapsed().as_millis() as u64,
+                            "journal batch written"
+                        );
                         let oldest = batch.iter().map(|e| e.time).min().unwrap_or(0);
                         lag = Some(Duration::from_millis(
                             crate::message::now_ms().saturating_sub(oldest),
