@@ -132,6 +132,12 @@ def main():
     if not os.access(FILL, os.X_OK):
         raise B.BenchError("missing %s (cargo build --release --example journal_fill)" % FILL)
     tmp = B.workdir("passerelle-bench-journal.")
+    global FILL
+    built = B.freeze_binaries(tmp)
+    frozen = os.path.join(tmp, "bin", "journal_fill")
+    subprocess.run(["cp", FILL, frozen], check=True)
+    FILL = frozen
+    B.log("binaries: %s" % built)
     print("# journal benchmark, %s, %d events, %s" % (time.strftime("%Y-%m-%d %H:%M UTC", time.gmtime()),
                                                      EVENTS, B.machine()))
     for kind in BACKENDS:

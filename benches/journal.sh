@@ -16,7 +16,9 @@ set -euo pipefail
 cd "$(dirname "$0")/.."
 . benches/common.sh
 ensure_binaries
-_wait_no_cargo && timeout 1800 cargo build --release -q --example journal_fill
+if [ "${BENCH_BUILD:-0}" = 1 ] || [ ! -x target/release/examples/journal_fill ]; then
+  _wait_no_cargo && timeout 1800 cargo build --release -q --example journal_fill
+fi
 ls /usr/lib/postgresql/*/bin/pg_ctl >/dev/null 2>&1 || sh tests/install-deps.sh
 need_mb=$(( ${JB_EVENTS:-10000000} / 1000 + 500 ))
 avail_mb=$(df -Pm /tmp | awk 'NR==2{print $4}')

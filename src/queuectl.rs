@@ -109,10 +109,42 @@ fn offline_items(cfg: &Config) -> anyhow::Result<Vec<QueueItem>> {
     Ok(items)
 }
 
-/// Changes the stopped server's spool directly.
+/// Changes the stopped server's spool directly (and journals the administrator's action).
 async fn offline_change(cfg: &Config, verb: &Verb) -> anyhow::Result<String> {
     let (spool, msgs, _) = Spool::open(&cfg.server.spool)
         .map_err(|e| anyhow!("{e} (is `serve` running without [server].admin?)"))?;
+    let done = offline_verb(&spool, &msgs, verb).await?;
+    if let Some((id, action)) = journal_action(verb) {
+        let ev =
+            crate::journal::Event::now(crate::journal::EventBody::Admin(crate::journal::Admin {
+                queue_id: id.to_string(),
+                action,
+                user: "cli".into(),
+            }));
+        if let Err(e) = crate::journal::write_now(cfg, vec![ev]) {
+            eprintln!("warning: {e} (the queue was changed)");
+        }
+    }
+    Ok(done)
+}
+
+/// The journal's word for a queue verb on one message.
+fn journal_action(verb: &Verb) -> Option<(&str, crate::journal::AdminAction)> {
+    use crate::journal::AdminAction;
+    match verb {
+        Verb::Retry(Some(id)) => Some((id, AdminAction::Retried)),
+        Verb::Hold(id) => Some((id, AdminAction::Held)),
+        Verb::Release(id) => Some((id, AdminAction::Released)),
+        Verb::Delete(id) => Some((id, AdminAction::Deleted)),
+        _ => None,
+    }
+}
+
+async fn offline_verb(
+    spool: &Spool,
+    msgs: &[crate::queue::spool::Recovered],
+    verb: &Verb,
+) -> anyhow::Result<String> {
     let pick = |id: &str| {
         msgs.iter()
             .find(|m| m.envelope.id == id)
@@ -120,7 +152,7 @@ async fn offline_change(cfg: &Config, verb: &Verb) -> anyhow::Result<String> {
     };
     match verb {
         Verb::Retry(None) => {
-            for m in &msgs {
+            for m in msgs {
                 let mut st = m.state.clone();
                 st.next_attempt = 0;
                 spool.update(&m.envelope.id, &st).await?;

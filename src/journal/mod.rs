@@ -129,19 +129,9 @@ pub fn start(cfg: &crate::config::Config) -> Option<Arc<Journal>> {
         tracing::info!("journal disabled (journal.kind = \"none\")");
         return None;
     }
+    let backend = backend(cfg)?;
     let (tx, rx) = std::sync::mpsc::sync_channel(jc.buffer);
     let counters = Arc::new(Counters::default());
-    let backend: Box<dyn writer::Backend> = match jc.kind {
-        JournalKind::Sqlite => Box::new(sqlite::SqliteWriter::new(
-            jc.sqlite_path(&cfg.server.spool),
-            jc.gateway_name(),
-        )),
-        JournalKind::Postgres => Box::new(postgres::PgWriter::new(
-            jc.url.clone().unwrap_or_default(),
-            jc.gateway_name(),
-        )),
-        JournalKind::None => return None,
-    };
     tracing::info!(kind = jc.kind.as_str(), gateway = %jc.gateway_name(), "journal: {}", backend.describe());
     let thread = writer::spawn(backend, rx, writer::Settings::from(jc), counters.clone());
     Some(Arc::new(Journal {
@@ -149,6 +139,35 @@ pub fn start(cfg: &crate::config::Config) -> Option<Arc<Journal>> {
         counters,
         writer: std::sync::Mutex::new(Some(thread)),
     }))
+}
+
+/// The writer's backend for a config (`None` for `kind = "none"`).
+fn backend(cfg: &crate::config::Config) -> Option<Box<dyn writer::Backend>> {
+    let jc = &cfg.journal;
+    match jc.kind {
+        JournalKind::Sqlite => Some(Box::new(sqlite::SqliteWriter::new(
+            jc.sqlite_path(&cfg.server.spool),
+            jc.gateway_name(),
+        ))),
+        JournalKind::Postgres => Some(Box::new(postgres::PgWriter::new(
+            jc.url.clone().unwrap_or_default(),
+            jc.gateway_name(),
+        ))),
+        JournalKind::None => None,
+    }
+}
+
+/// Writes events at once, without the writer thread: for the one-shot commands (a queue verb
+/// on a stopped server). On a thread of its own, as the PostgreSQL writer runs its own
+/// runtime.
+pub fn write_now(cfg: &crate::config::Config, events: Vec<Event>) -> Result<(), JournalError> {
+    let Some(mut b) = backend(cfg) else {
+        return Ok(());
+    };
+    std::thread::spawn(move || b.write(&plan::plan(&events)))
+        .join()
+        .map_err(|_| JournalError::Other("the journal writer panicked".into()))?
+        .map_err(|e| JournalError::Other(e.message))
 }
 
 /// Makes `journal` the process-wide one that [`record`] feeds, and learns the topology.
@@ -289,18 +308,46 @@ pub fn refused(
 }
 
 /// A connection refused before any dialogue (`reply` as sent, e.g. `554 5.7.1 ...`).
+///
+/// At most one per client address and reply every [`CONNECT_QUIET`]: anyone can open
+/// connections, and a flood of them must not fill the buffer that the mail's events share.
 pub fn refused_connect(listener: &str, peer: std::net::SocketAddr, reply: &str) {
     if !enabled() {
         return;
     }
     let r =
         Reply::parse(reply.trim_end()).unwrap_or_else(|_| Reply::new(554, "", reply.trim_end()));
+    if !connect_due(peer.ip(), r.code, crate::message::now_ms()) {
+        return;
+    }
     let client = Client {
         listener: listener.to_string(),
         ip: peer.ip().to_string(),
         ..Client::default()
     };
     refused(Stage::Connect, &r, client, None, None);
+}
+
+/// See [`refused_connect`].
+pub const CONNECT_QUIET: Duration = Duration::from_secs(60);
+
+/// Whether a connect refusal of `ip` with `code` is due for the journal at `now` (ms).
+fn connect_due(ip: std::net::IpAddr, code: u16, now: u64) -> bool {
+    static LAST: std::sync::Mutex<Option<HashMap<(std::net::IpAddr, u16), u64>>> =
+        std::sync::Mutex::new(None);
+    let mut guard = LAST.lock().unwrap_or_else(|p| p.into_inner());
+    let last = guard.get_or_insert_with(HashMap::new);
+    let quiet = CONNECT_QUIET.as_millis() as u64;
+    if last.len() > 10_000 {
+        last.retain(|_, t| now.saturating_sub(*t) < quiet);
+    }
+    match last.get(&(ip, code)) {
+        Some(t) if now.saturating_sub(*t) < quiet => false,
+        _ => {
+            last.insert((ip, code), now);
+            true
+        }
+    }
 }
 
 /// One recipient's outcome of a delivery attempt, from today's outcome words and text

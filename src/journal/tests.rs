@@ -597,3 +597,15 @@ fn times_parse_as_documented() {
     assert!(parse_time("yesterday", now).is_err());
     assert_eq!(format_time(DAY1 as i64 + 7), "2026-11-22T10:00:00.007Z");
 }
+
+#[test]
+fn connect_refusals_are_journaled_once_a_minute_per_client() {
+    let ip: std::net::IpAddr = "192.0.2.77".parse().unwrap();
+    assert!(super::connect_due(ip, 554, 1_000_000));
+    assert!(!super::connect_due(ip, 554, 1_030_000));
+    assert!(
+        super::connect_due(ip, 421, 1_030_000),
+        "another reply counts apart"
+    );
+    assert!(super::connect_due(ip, 554, 1_061_000));
+}

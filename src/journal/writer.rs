@@ -256,8 +256,16 @@ fn run(mut backend: Box<dyn Backend>, rx: Receiver<Event>, s: Settings, c: Arc<C
                             c.dropped.fetch_add(batch.len() as u64, Ordering::Relaxed);
                             break;
                         }
-                        published.publish(&c, None);
-                        std::thread::sleep(backoff);
+                        // Waits in slices, so /metrics shows the drops as they happen.
+                        let until = Instant::now() + backoff;
+                        loop {
+                            published.publish(&c, None);
+                            let left = until.saturating_duration_since(Instant::now());
+                            if left.is_zero() {
+                                break;
+                            }
+                            std::thread::sleep(left.min(Duration::from_millis(250)));
+                        }
                         backoff = (backoff * 2).min(Duration::from_secs(5));
                     }
                 }
