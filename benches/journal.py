@@ -128,11 +128,11 @@ def run_backend(kind, tmp):
 
 
 def main():
+    global FILL
     B.install_signal_handlers()
     if not os.access(FILL, os.X_OK):
         raise B.BenchError("missing %s (cargo build --release --example journal_fill)" % FILL)
     tmp = B.workdir("passerelle-bench-journal.")
-    global FILL
     built = B.freeze_binaries(tmp)
     frozen = os.path.join(tmp, "bin", "journal_fill")
     subprocess.run(["cp", FILL, frozen], check=True)

@@ -1,5 +1,5 @@
 //! Fills a journal with synthetic traffic, for `benches/journal.sh`: a year of mail between
-//! 20 establishments (100 mailboxes each) and 50 other operators, about 2.2 events per
+//! 20 establishments (100 mailboxes each) and 50 other operators, about 2 events per
 //! message (acceptance, 5 % deferred once, 1 % bounced, 3 % refusals at RCPT).
 //!
 //!     cargo run --release --example journal_fill -- CONFIG EVENTS [--bulk]
@@ -62,7 +62,9 @@ impl Traffic {
         Traffic {
             rng: Rng(0x9E37_79B9_7F4A_7C15),
             t: start,
-            step: (year / total.max(1)).max(1),
+            // The mean gap between messages, for the events to span one year up to now
+            // (2.02 events per message on average).
+            step: (year * 202 / (total.max(1) * 100)).max(1),
             start,
             msg: 0,
             samples: Vec::new(),
@@ -88,8 +90,7 @@ impl Traffic {
     /// The events of the next message (or refusal), in time order.
     fn next_message(&mut self, out: &mut Vec<Event>) {
         self.msg += 1;
-        // ~2.2 events per message: messages are spaced by ~2.2 steps.
-        self.t += self.step * 2 + self.rng.below(self.step / 2 + 1);
+        self.t += self.step * 3 / 4 + self.rng.below(self.step / 2 + 1);
         let t = self.t;
         let qid = format!("{:016X}", self.start * 1000 + self.msg);
         if self.rng.below(100) < 3 {
