@@ -9,6 +9,7 @@
 //! A minimal HTTP/1.1 server written by hand: a handful of GET/POST routes with
 //! `Connection: close` do not justify hyper's dependency tree in a security gateway.
 
+use crate::journal::{self, AdminAction};
 use crate::queue::{QueueError, QueueHandle};
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
@@ -307,10 +308,23 @@ async fn serve_one(mut stream: TcpStream, st: Arc<AdminState>) {
                 ("POST", [id, "retry"]) => q
                     .retry(Some(id))
                     .await
+                    .inspect(|_| journal::admin(id, AdminAction::Retried, "cli"))
                     .map(|n| format!("{{\"retried\":{n}}}")),
-                ("POST", [id, "hold"]) => q.hold(id).await.map(|_| "{}".into()),
-                ("POST", [id, "release"]) => q.release(id).await.map(|_| "{}".into()),
-                ("POST", [id, "delete"]) => q.delete(id).await.map(|_| "{}".into()),
+                ("POST", [id, "hold"]) => q
+                    .hold(id)
+                    .await
+                    .inspect(|_| journal::admin(id, AdminAction::Held, "cli"))
+                    .map(|_| "{}".into()),
+                ("POST", [id, "release"]) => q
+                    .release(id)
+                    .await
+                    .inspect(|_| journal::admin(id, AdminAction::Released, "cli"))
+                    .map(|_| "{}".into()),
+                ("POST", [id, "delete"]) => q
+                    .delete(id)
+                    .await
+                    .inspect(|_| journal::admin(id, AdminAction::Deleted, "cli"))
+                    .map(|_| "{}".into()),
                 _ => return respond(&mut stream, 404, text, "no such route\n").await,
             };
             match r {

@@ -2,8 +2,9 @@
 //!
 //! The modules follow the mail's path: [`intake`] (SMTP server) -> [`policy`] (who may relay,
 //! where each recipient goes) -> [`queue`] (durable spool, scheduler) -> [`delivery`] (SMTP
-//! client, DNS, TLS) -> [`dsn`] (reports to the sender). Beside the path: [`config`], [`tls`],
-//! [`pki`], and [`server`], which wires them together.
+//! client, DNS, TLS) -> [`dsn`] (reports to the sender). Beside the path: [`journal`] (every
+//! message event, for `track` and `stats`), [`config`], [`tls`], [`pki`], and [`server`], which
+//! wires them together.
 
 pub mod admin;
 pub mod config;
@@ -14,6 +15,7 @@ pub mod dn;
 pub mod dsn;
 pub mod fetch;
 pub mod intake;
+pub mod journal;
 pub mod message;
 pub mod metrics;
 pub mod net;

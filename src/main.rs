@@ -93,6 +93,10 @@ enum Command {
         #[command(subcommand)]
         what: DirectoryCommand,
     },
+    /// Find messages in the journal and show their timelines (exit 1 when none matches).
+    Track(passerelle::journal::cli::TrackArgs),
+    /// The activity indicators from the journal.
+    Stats(passerelle::journal::cli::StatsArgs),
 }
 
 #[derive(Subcommand)]
@@ -378,6 +382,8 @@ fn run(cli: Cli) -> anyhow::Result<ExitCode> {
                 ExitCode::from(1)
             })
         }
+        Command::Track(a) => passerelle::journal::cli::track(&cli.config, &a).map(ExitCode::from),
+        Command::Stats(a) => passerelle::journal::cli::stats(&cli.config, &a).map(ExitCode::from),
         Command::Pki {
             what: PkiCommand::Dev { out, force },
         } => {

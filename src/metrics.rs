@@ -117,6 +117,28 @@ pub fn inc(name: &'static str, help: &'static str, l: &[(&str, &str)]) {
     .inc();
 }
 
+/// Adds `n` to a counter (counts kept elsewhere and published in steps, e.g. the journal's).
+pub fn add(name: &'static str, help: &'static str, l: &[(&str, &str)], n: u64) {
+    if l.is_empty() {
+        family(
+            name,
+            help,
+            |fs| fs.plain_counters.get(name).cloned(),
+            |fs| fs.plain_counters.entry(name).or_default().clone(),
+        )
+        .inc_by(n);
+        return;
+    }
+    family(
+        name,
+        help,
+        |fs| fs.counters.get(name).cloned(),
+        |fs| fs.counters.entry(name).or_default().clone(),
+    )
+    .get_or_create(&labels(l))
+    .inc_by(n);
+}
+
 /// Adds `d` (may be negative) to a gauge.
 pub fn gauge_add(name: &'static str, help: &'static str, l: &[(&str, &str)], d: f64) {
     with_gauge(name, help, l, |g| {

@@ -212,6 +212,30 @@ fn print_show(it: &QueueItem, json: bool, out: &mut impl Write) -> anyhow::Resul
 
 /// Changes the stopped server's spool directly.
 async fn offline_change(cfg: &Config, verb: &Verb) -> anyhow::Result<String> {
+    let done = offline_verb(cfg, verb).await?;
+    use crate::journal::AdminAction;
+    let action = match verb {
+        Verb::Retry(Some(id)) => Some((id, AdminAction::Retried)),
+        Verb::Hold(id) => Some((id, AdminAction::Held)),
+        Verb::Release(id) => Some((id, AdminAction::Released)),
+        Verb::Delete(id) => Some((id, AdminAction::Deleted)),
+        _ => None,
+    };
+    if let Some((id, action)) = action {
+        let ev =
+            crate::journal::Event::now(crate::journal::EventBody::Admin(crate::journal::Admin {
+                queue_id: id.to_string(),
+                action,
+                user: "cli".into(),
+            }));
+        if let Err(e) = crate::journal::write_now(cfg, vec![ev]) {
+            eprintln!("warning: {e} (the queue was changed)");
+        }
+    }
+    Ok(done)
+}
+
+async fn offline_verb(cfg: &Config, verb: &Verb) -> anyhow::Result<String> {
     let (spool, msgs, _) = Spool::open(&cfg.server.spool)
         .map_err(|e| anyhow!("{e} (is `serve` running without [server].admin?)"))?;
     let pick = |id: &str| {

@@ -23,6 +23,8 @@ if ! command -v cargo-deb >/dev/null 2>&1; then
     fi
 fi
 
+# PostgreSQL for the shared journal (tests start private servers with initdb/pg_ctl).
+ls /usr/lib/postgresql/*/bin/pg_ctl >/dev/null 2>&1 || need="$need postgresql"
 [ -z "$need" ] && exit 0
 echo "installing:$need"
 export DEBIAN_FRONTEND=noninteractive
@@ -31,6 +33,10 @@ postfix postfix/main_mailer_type select No configuration
 postfix postfix/mailname string localhost
 slapd slapd/no_configuration boolean true
 SEL
+# No system-wide cluster: the tests make their own.
+mkdir -p /etc/postgresql-common
+[ -e /etc/postgresql-common/createcluster.conf ] || echo "create_main_cluster = false" > /etc/postgresql-common/createcluster.conf
 apt-get update -q >/dev/null
 apt-get install -y -q --no-install-recommends postfix swaks slapd ldap-utils openssl \
-    libnet-ssleay-perl libio-socket-ssl-perl libio-socket-inet6-perl ca-certificates >/dev/null
+    libnet-ssleay-perl libio-socket-ssl-perl libio-socket-inet6-perl ca-certificates \
+    postgresql >/dev/null

@@ -9,6 +9,7 @@
 //! This is the bottom of the house: it imports only the value types of `reply` and `dn`.
 
 mod dirsync;
+mod journal;
 #[cfg(test)]
 mod reference;
 mod source;
@@ -16,6 +17,7 @@ mod validate;
 pub mod values;
 
 pub use dirsync::SyncConfig;
+pub use journal::{JournalConfig, JournalKind};
 pub use source::{locate, Problem, Severity};
 pub use values::{parse_duration, ClientNet, DomainPattern, HostPort};
 
@@ -79,6 +81,9 @@ pub struct Config {
     pub whitelist: Option<WhitelistConfig>,
     #[serde(default)]
     pub directory: DirectoryConfig,
+    /// The message journal (`track`, `stats`, the console's timelines and indicators).
+    #[serde(default)]
+    pub journal: JournalConfig,
     /// Where the file was read from (not a key): used in messages.
     #[serde(skip)]
     pub source: PathBuf,
@@ -452,6 +457,9 @@ pub struct SmtpLimits {
     pub max_connections: usize,
     /// Received headers at which a message is a loop (Postfix hopcount_limit).
     pub hop_count_limit: usize,
+    /// Answer VRFY (252, never a real answer) and advertise it; off by default, as Postfix's
+    /// `disable_vrfy_command = yes` advises (VRFY then answers 502).
+    pub vrfy: bool,
 }
 
 impl Default for SmtpLimits {
@@ -468,6 +476,7 @@ impl Default for SmtpLimits {
             client_connection_limit: 50,
             max_connections: 10_000,
             hop_count_limit: 50,
+            vrfy: false,
         }
     }
 }

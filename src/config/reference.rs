@@ -71,6 +71,7 @@ fn section_fields(section: &str) -> Option<Vec<&'static str>> {
         "whitelist" => fields_of::<WhitelistConfig>(),
         "directory" => fields_of::<DirectoryConfig>(),
         "directory.sync" => fields_of::<super::SyncConfig>(),
+        "journal" => fields_of::<super::JournalConfig>(),
         _ => return None,
     })
 }

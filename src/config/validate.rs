@@ -198,6 +198,10 @@ pub fn validate(c: &Config) -> Vec<Problem> {
             p.push(Problem::error("tls.crl_refresh", "must be positive"));
         }
     }
+    for line in c.journal.validate() {
+        let (key, msg) = line.split_once(": ").unwrap_or(("journal", &line));
+        p.push(Problem::error(key, msg));
+    }
     if let Some(sync) = &c.directory.sync {
         let anchors = c.tls.as_ref().is_some_and(|t| t.trust_anchors.is_some());
         for line in sync.validate(anchors) {

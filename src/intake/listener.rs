@@ -84,6 +84,7 @@ pub async fn run(
                 sh.hostname,
                 peer.ip()
             );
+            crate::journal::refused_connect(&name, peer, &msg);
             tokio::spawn(async move {
                 let _ = tokio::time::timeout(
                     std::time::Duration::from_secs(5),
@@ -95,6 +96,7 @@ pub async fn run(
         }
         if sessions.len() >= sh.limits.max_connections {
             tracing::warn!(listener = %name, client = %peer, "too many connections");
+            crate::journal::refused_connect(&name, peer, "421 4.7.0 Too many connections");
             tokio::spawn(async move {
                 let _ = stream
                     .write_all(b"421 4.7.0 Too many connections, try again later\r\n")
@@ -104,6 +106,11 @@ pub async fn run(
         }
         let Some(slot) = per_client.acquire(peer.ip(), sh.limits.client_connection_limit) else {
             tracing::warn!(listener = %name, client = %peer, "too many connections from this client");
+            crate::journal::refused_connect(
+                &name,
+                peer,
+                "421 4.7.0 Too many connections from your address",
+            );
             tokio::spawn(async move {
                 let _ = stream
                     .write_all(b"421 4.7.0 Too many connections from your address\r\n")

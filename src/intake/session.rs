@@ -5,6 +5,7 @@ use super::command::{parse_bdat, parse_line, parse_mail, parse_rcpt, Verb};
 use super::data::{check_bdat, count_received, read_data, DataEnd, DataLimits};
 use super::ListenerContext;
 use crate::config::StartTls;
+use crate::journal::Stage;
 use crate::message::{
     new_queue_id, now_ms, received_header, Envelope, ReceivedFrom, Recipient, Ret,
 };
@@ -28,6 +29,8 @@ struct Transaction {
     /// The client's SIZE= estimate, to allocate the message buffer once.
     size: Option<usize>,
     recipients: Vec<Recipient>,
+    /// The directory's BAL type of each recipient (for the journal's indicators).
+    bal_types: Vec<Option<String>>,
     /// The message being received: our Received header, then the client's bytes (BDAT
     /// chunks so far). One buffer from intake to the spool and the first delivery.
     bdat: Vec<u8>,
@@ -54,6 +57,15 @@ pub struct Session {
     errors: u32,
     junk: u32,
     line: Vec<u8>,
+    /// The command being answered (`MAIL`, `RCPT`, ...) and its address (the sender at MAIL,
+    /// the recipient at RCPT): what a refusal's log line and journal event name.
+    current: &'static str,
+    current_addr: Option<String>,
+    /// The first reply code of the command being answered.
+    answered: u16,
+    /// Commands seen, and how many were accepted, per verb in order of first use: the
+    /// disconnect line (`ehlo=1 mail=1 rcpt=1/2 data=1 quit=1 commands=5/6`).
+    counts: Vec<(&'static str, u32, u32)>,
 }
 
 enum Flow {
@@ -84,10 +96,17 @@ impl Session {
             errors: 0,
             junk: 0,
             line: Vec::with_capacity(512),
+            current: "CONNECT",
+            current_addr: None,
+            answered: 0,
+            counts: Vec::new(),
         }
     }
 
     fn reply(&mut self, r: &Reply) {
+        if self.answered == 0 {
+            self.answered = r.code;
+        }
         if r.code >= 400 {
             self.errors += 1;
             let status = format!("{} {}", r.code, r.status.as_deref().unwrap_or(""));
@@ -99,12 +118,108 @@ impl Session {
                     ("reply", status.trim()),
                 ],
             );
+            self.refused(r);
         }
         self.out.extend_from_slice(r.to_wire().as_bytes());
     }
 
+    /// A refusal, as Postfix logs it: one line with the command, the client, the reply, and
+    /// the sender and recipient when known. Refusals of a message (at MAIL, RCPT and the end
+    /// of DATA) also go to the journal; protocol errors (`5.5.x`) do not.
+    fn refused(&self, r: &Reply) {
+        let (from, to) = match self.current {
+            "MAIL" => (self.current_addr.as_deref(), None),
+            "RCPT" => (self.tx.mail_from.as_deref(), self.current_addr.as_deref()),
+            // At the end of DATA the transaction is over: its sender is kept here.
+            _ => (
+                self.tx
+                    .mail_from
+                    .as_deref()
+                    .or(self.current_addr.as_deref()),
+                None,
+            ),
+        };
+        tracing::info!(
+            client = self.peer.to_string(),
+            listener = self.ctx.listener.name.as_str(),
+            command = self.current,
+            reply = r.to_string(),
+            from = from.map(|f| format!("<{f}>")),
+            to = to.map(|t| format!("<{t}>")),
+            helo = self.helo.as_deref(),
+            "reject"
+        );
+        let stage = match self.current {
+            "MAIL" => Stage::Mail,
+            "RCPT" => Stage::Rcpt,
+            "DATA" | "BDAT" => Stage::Data,
+            _ => return,
+        };
+        let protocol = r
+            .status
+            .as_deref()
+            .is_some_and(|s| s.get(1..4) == Some(".5."));
+        if protocol || !crate::journal::enabled() {
+            return;
+        }
+        let tls_failure = match &self.client_cert {
+            Some(Err(why)) if stage == Stage::Mail => Some(why.reason.label()),
+            _ => None,
+        };
+        crate::journal::refused(stage, r, self.journal_client(), from, to, tls_failure);
+    }
+
+    /// Who this session is, for the journal.
+    fn journal_client(&self) -> crate::journal::Client {
+        crate::journal::Client {
+            listener: self.ctx.listener.name.clone(),
+            ip: self.peer.ip().to_string(),
+            helo: self.helo.clone(),
+            dn: self.client_dn.clone(),
+            tls: self.tls.clone(),
+            ..crate::journal::Client::default()
+        }
+    }
+
     fn raw(&mut self, s: &str) {
+        if self.answered == 0 {
+            self.answered = s.get(..3).and_then(|c| c.parse().ok()).unwrap_or(0);
+        }
         self.out.extend_from_slice(s.as_bytes());
+    }
+
+    /// Counts a command for the disconnect line, accepted when its first reply was positive.
+    fn count(&mut self, verb: &'static str) {
+        let ok = (200..400).contains(&self.answered);
+        match self.counts.iter_mut().find(|(v, _, _)| *v == verb) {
+            Some((_, n, good)) => {
+                *n += 1;
+                *good += u32::from(ok);
+            }
+            None => self.counts.push((verb, 1, u32::from(ok))),
+        }
+    }
+
+    /// `ehlo=1 mail=1 rcpt=1/2 data=1 quit=1 commands=5/6`, as Postfix's smtpd says it.
+    fn summary(&self) -> String {
+        let mut out = String::new();
+        let (mut all, mut good) = (0, 0);
+        for (verb, n, ok) in &self.counts {
+            all += n;
+            good += ok;
+            let v = verb.to_ascii_lowercase();
+            if n == ok {
+                out.push_str(&format!("{v}={n} "));
+            } else {
+                out.push_str(&format!("{v}={ok}/{n} "));
+            }
+        }
+        if all == good {
+            out.push_str(&format!("commands={all}"));
+        } else {
+            out.push_str(&format!("commands={good}/{all}"));
+        }
+        out
     }
 
     async fn flush(&mut self) -> std::io::Result<()> {
@@ -137,7 +252,21 @@ impl Session {
             &l,
             1.0,
         );
-        self.dialogue(shutdown).await;
+        let mut this = self;
+        tracing::info!(
+            client = this.peer.to_string(),
+            listener = listener.as_str(),
+            "connect"
+        );
+        this.dialogue(shutdown).await;
+        tracing::info!(
+            client = this.peer.to_string(),
+            listener = listener.as_str(),
+            helo = this.helo.as_deref(),
+            tls = this.tls.as_deref(),
+            "disconnect {}",
+            this.summary()
+        );
         crate::metrics::gauge_add(
             "passerelle_sessions_active",
             "SMTP sessions in progress",
@@ -146,7 +275,7 @@ impl Session {
         );
     }
 
-    async fn dialogue(mut self, mut shutdown: tokio::sync::watch::Receiver<bool>) {
+    async fn dialogue(&mut self, mut shutdown: tokio::sync::watch::Receiver<bool>) {
         let banner = format!("220 {} ESMTP passerelle\r\n", self.ctx.hostname);
         self.raw(&banner);
         loop {
@@ -162,6 +291,7 @@ impl Session {
             let read = tokio::select! {
                 r = read_line(&mut self.r, &mut self.line, limit, timeout) => r,
                 _ = shutdown.changed() => {
+                    tracing::info!(client = self.peer.to_string(), "421 shutting down");
                     self.raw("421 4.3.2 Service shutting down, closing connection\r\n");
                     let _ = self.flush().await;
                     return;
@@ -169,6 +299,11 @@ impl Session {
             };
             let flow = match read {
                 Err(e) if e.kind() == std::io::ErrorKind::TimedOut => {
+                    tracing::info!(
+                        client = self.peer.to_string(),
+                        after = self.current,
+                        "timeout"
+                    );
                     self.raw("421 4.4.2 Error: timeout exceeded\r\n");
                     Flow::Close
                 }
@@ -194,10 +329,20 @@ impl Session {
             if self.errors > self.ctx.limits.hard_error_limit {
                 self.raw("421 4.7.0 Error: too many errors\r\n");
                 let _ = self.flush().await;
-                tracing::info!(client = %self.peer, errors = self.errors, "too many errors; disconnected");
+                tracing::info!(
+                    client = self.peer.to_string(),
+                    errors = self.errors,
+                    reply = "421 4.7.0 Error: too many errors",
+                    "reject: hard_error_limit reached"
+                );
                 return;
             }
             if self.junk > self.ctx.limits.junk_command_limit {
+                tracing::info!(
+                    client = self.peer.to_string(),
+                    reply = "421 4.7.0 Error: too many commands without mail",
+                    "reject: junk_command_limit reached"
+                );
                 self.raw("421 4.7.0 Error: too many commands without mail\r\n");
                 let _ = self.flush().await;
                 return;
@@ -206,14 +351,25 @@ impl Session {
     }
 
     async fn command(&mut self, line: &[u8]) -> Flow {
+        self.answered = 0;
+        self.current_addr = None;
         let cmd = match parse_line(line) {
             Ok(c) => c,
             Err(r) => {
+                self.current = "unknown";
                 self.reply(&r);
+                self.count("unknown");
                 return Flow::Continue;
             }
         };
-        let (verb, arg) = (cmd.verb, cmd.arg);
+        let name = verb_name(cmd.verb);
+        self.current = name;
+        let flow = self.dispatch(cmd.verb, cmd.arg, cmd.word).await;
+        self.count(name);
+        flow
+    }
+
+    async fn dispatch(&mut self, verb: Verb, arg: &str, word: &str) -> Flow {
         let needs_tls = self.ctx.listener.starttls == StartTls::Require && self.tls.is_none();
         match verb {
             Verb::Ehlo | Verb::Helo => self.helo(verb == Verb::Ehlo, arg),
@@ -244,6 +400,10 @@ impl Session {
                 self.junk += 1;
                 self.reply(&Reply::new(250, "2.0.0", "Ok"));
             }
+            Verb::Vrfy if !self.ctx.limits.vrfy => {
+                self.junk += 1;
+                self.reply(&Reply::new(502, "5.5.1", "VRFY command is disabled"));
+            }
             Verb::Vrfy => {
                 self.junk += 1;
                 self.reply(&Reply::new(
@@ -266,7 +426,8 @@ impl Session {
             }
             Verb::StartTls => return self.starttls(arg).await,
             Verb::Unknown => {
-                tracing::debug!(client = %self.peer, verb = %cmd.word.chars().take(16).collect::<String>(), "unknown command");
+                self.current = "unknown";
+                tracing::debug!(client = %self.peer, verb = %word.chars().take(16).collect::<String>(), "unknown command");
                 self.reply(&Reply::new(500, "5.5.2", "Error: command not recognized"));
             }
         }
@@ -292,12 +453,16 @@ impl Session {
             self.raw(&r);
             return;
         }
+        tracing::info!(client = self.peer.to_string(), helo = arg, "EHLO");
         let mut caps = vec![
             self.ctx.hostname.clone(),
             "PIPELINING".into(),
             format!("SIZE {}", self.ctx.limits.message_size_limit),
-            "VRFY".into(),
         ];
+        // Postfix's disable_vrfy_command: not advertised unless `[smtp] vrfy = true`.
+        if self.ctx.limits.vrfy {
+            caps.push("VRFY".into());
+        }
         if self.tls.is_none()
             && self.ctx.tls.is_some()
             && self.ctx.listener.starttls != StartTls::Off
@@ -327,7 +492,6 @@ impl Session {
             return;
         }
         if let Some(r) = self.ctx.policy.check_client(&self.client()) {
-            tracing::info!(client = %self.peer, dn = self.client_dn.as_deref().unwrap_or("-"), reply = %r, "MAIL refused");
             return self.reply(&r);
         }
         let m = match parse_mail(arg) {
@@ -345,9 +509,9 @@ impl Session {
                 return;
             }
         };
+        self.current_addr = Some(sender.as_ref().map(|a| a.to_string()).unwrap_or_default());
         let domain = sender.as_ref().map(|a| a.domain.as_str());
         if let Some(r) = self.ctx.policy.check_sender(&self.client(), domain) {
-            tracing::info!(client = %self.peer, dn = self.client_dn.as_deref().unwrap_or("-"), reply = %r, "MAIL refused");
             return self.reply(&r);
         }
         if m.size
@@ -393,6 +557,7 @@ impl Session {
             Err(r) => return self.reply(&r),
         };
         let path = args.path;
+        self.current_addr = Some(path.to_string());
         if self.tx.recipients.len() >= self.ctx.limits.recipient_limit {
             self.reply(&Reply::new(452, "4.5.3", "Error: too many recipients"));
             return;
@@ -409,7 +574,6 @@ impl Session {
                 } else {
                     Reply::new(501, "5.1.3", format!("Bad recipient address syntax: {e}"))
                 };
-                tracing::info!(client = %self.peer, to = %path, reply = %r, "recipient refused");
                 self.reply(&r);
                 return;
             }
@@ -429,6 +593,7 @@ impl Session {
                 tracing::info!(client = %self.peer, from = %self.tx.mail_from.as_deref().unwrap_or(""),
                     to = %addr, route = %route, transport = %transport, bal_type = bal_type.as_deref().unwrap_or("-"),
                     "recipient accepted");
+                self.tx.bal_types.push(bal_type);
                 self.tx.recipients.push(Recipient {
                     address: addr.to_string(),
                     orcpt,
@@ -438,11 +603,7 @@ impl Session {
                 });
                 self.reply(&Reply::new(250, "2.1.5", "Ok"));
             }
-            RcptDecision::Reject(r) => {
-                tracing::info!(client = %self.peer, from = %self.tx.mail_from.as_deref().unwrap_or(""),
-                    to = %addr, reply = %r, "recipient refused");
-                self.reply(&r);
-            }
+            RcptDecision::Reject(r) => self.reply(&r),
         }
     }
 
@@ -488,7 +649,6 @@ impl Session {
             }
             DataEnd::Refused(e) => {
                 let r = e.reply(lim.max_size - hl, lim.max_line);
-                tracing::info!(client = %self.peer, reply = %r, "message refused");
                 self.reply(&r);
                 self.tx = Transaction::default();
                 Flow::Continue
@@ -620,6 +780,7 @@ impl Session {
             msg.shrink_to_fit();
         }
         let tx = std::mem::take(&mut self.tx);
+        self.current_addr = tx.mail_from.clone();
         let hops = count_received(&msg[hl..]);
         if hops >= self.ctx.limits.hop_count_limit {
             let r = Reply::new(
@@ -627,7 +788,6 @@ impl Session {
                 "5.4.0",
                 format!("Error: too many hops ({hops} Received headers): mail loop?"),
             );
-            tracing::warn!(client = %self.peer, reply = %r, "message refused");
             self.reply(&r);
             return;
         }
@@ -647,7 +807,18 @@ impl Session {
         };
         let size = msg.len();
         let (from, nrcpt) = (env.mail_from.clone(), env.recipients.len());
-        match self.ctx.queue.enqueue(env, Arc::new(msg)).await {
+        // Journaled once stored and before the scheduler has it, so the journal sees the
+        // acceptance before any delivery attempt.
+        let client = self.journal_client();
+        let stored = |env: &Envelope, msg: &[u8]| {
+            crate::journal::accepted(env, msg, client, &tx.bal_types);
+        };
+        match self
+            .ctx
+            .queue
+            .enqueue_with(env, Arc::new(msg), stored)
+            .await
+        {
             Ok(()) => {
                 tracing::info!(queue_id = %id, client = %self.peer, from = %from, nrcpt,
                     size, tls = self.tls.as_deref().unwrap_or("-"), "queued");
@@ -666,7 +837,7 @@ impl Session {
                 );
             }
             Err(e) => {
-                tracing::error!(client = %self.peer, error = %e, "spool write failed; message refused with 4xx");
+                tracing::error!(client = %self.peer, error = %e, "spool write failed");
                 let r = if e.is_full() {
                     Reply::new(452, "4.3.1", "Insufficient system storage")
                 } else {
@@ -778,5 +949,24 @@ impl Session {
         self.esmtp = false;
         self.tx = Transaction::default();
         Flow::Continue
+    }
+}
+
+/// The command's name in log lines and the disconnect summary.
+fn verb_name(v: Verb) -> &'static str {
+    match v {
+        Verb::Ehlo => "EHLO",
+        Verb::Helo => "HELO",
+        Verb::Mail => "MAIL",
+        Verb::Rcpt => "RCPT",
+        Verb::Data => "DATA",
+        Verb::Bdat => "BDAT",
+        Verb::Rset => "RSET",
+        Verb::Noop => "NOOP",
+        Verb::Vrfy => "VRFY",
+        Verb::Help => "HELP",
+        Verb::Quit => "QUIT",
+        Verb::StartTls => "STARTTLS",
+        Verb::Unknown => "unknown",
     }
 }

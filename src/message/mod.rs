@@ -7,7 +7,7 @@ mod received;
 mod wire;
 
 pub use outcome::{Delivered, Failure, FailureKind, Outcome, Remote, TlsRefusal};
-pub use received::{message_id, received_header, rfc5322_date, ReceivedFrom};
+pub use received::{received_header, rfc5322_date, ReceivedFrom};
 pub use wire::plain_lines;
 
 use serde::{Deserialize, Serialize};

@@ -56,38 +56,6 @@ pub fn rfc5322_date(unix: u64) -> String {
         .unwrap_or_else(|_| "Thu, 01 Jan 1970 00:00:00 +0000".into())
 }
 
-/// The `Message-ID` of a message (header section only; unfolded, without the angle brackets),
-/// for the journal. The subject and the body are never looked at.
-pub fn message_id(msg: &[u8]) -> Option<String> {
-    let end = memchr::memmem::find(msg, b"\r\n\r\n").map_or(msg.len(), |i| i + 2);
-    let headers = &msg[..end];
-    let mut lines = headers.split(|&b| b == b'\n').peekable();
-    while let Some(line) = lines.next() {
-        let line = line.strip_suffix(b"\r").unwrap_or(line);
-        let Some(colon) = line.iter().position(|&b| b == b':') else {
-            continue;
-        };
-        if !line[..colon].eq_ignore_ascii_case(b"message-id") {
-            continue;
-        }
-        let mut value = String::from_utf8_lossy(&line[colon + 1..]).into_owned();
-        // Folded continuation lines.
-        while let Some(next) = lines.peek() {
-            if !next.starts_with(b" ") && !next.starts_with(b"\t") {
-                break;
-            }
-            let next = lines.next().unwrap_or_default();
-            value.push_str(&String::from_utf8_lossy(
-                next.strip_suffix(b"\r").unwrap_or(next),
-            ));
-        }
-        let v = value.trim().trim_start_matches('<').trim_end_matches('>');
-        let v: String = v.chars().filter(|c| !c.is_whitespace()).take(998).collect();
-        return (!v.is_empty()).then_some(v);
-    }
-    None
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -110,22 +78,5 @@ mod tests {
             received_header(None, "gw", "D1", None, 0),
             "Received: by gw (passerelle) id D1; Thu, 01 Jan 1970 00:00:00 +0000\r\n"
         );
-    }
-
-    #[test]
-    fn message_ids() {
-        assert_eq!(
-            message_id(b"Subject: x\r\nMessage-ID: <a@b.fr>\r\n\r\nMessage-ID: <body@x>\r\n"),
-            Some("a@b.fr".into())
-        );
-        assert_eq!(
-            message_id(b"message-id:\r\n <folded@b.fr>\r\n\r\n"),
-            Some("folded@b.fr".into())
-        );
-        assert_eq!(
-            message_id(b"Subject: x\r\n\r\nMessage-ID: <body@x>\r\n"),
-            None
-        );
-        assert_eq!(message_id(b""), None);
     }
 }

@@ -29,9 +29,21 @@ impl Queue {
     /// Stores a new message durably, then hands it to the scheduler for an attempt now. When
     /// this returns `Ok`, the message is on stable storage: only then may intake answer 250.
     pub async fn enqueue(&self, env: Envelope, body: Arc<Vec<u8>>) -> Result<(), SpoolError> {
+        self.enqueue_with(env, body, |_, _| {}).await
+    }
+
+    /// [`Queue::enqueue`], calling `stored` once the message is on disk and before the
+    /// scheduler has it (the journal's "accepted" then precedes every attempt).
+    pub async fn enqueue_with(
+        &self,
+        env: Envelope,
+        body: Arc<Vec<u8>>,
+        stored: impl FnOnce(&Envelope, &[u8]),
+    ) -> Result<(), SpoolError> {
         let mut state = State::new(env.recipients.len());
         state.next_attempt = now_ms();
         let loc = self.spool.store(&env, &state, body.clone()).await?;
+        stored(&env, &body);
         self.handle.submit(env, state, loc, Some(body));
         Ok(())
     }

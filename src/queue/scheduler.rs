@@ -553,6 +553,7 @@ impl Job {
         let now = now_ms();
         let d = attempt::decide(&self.env, &self.state, &outcomes, now, &self.config.queue);
         metrics(&self.env, &attempts, &d, now);
+        journal(&self.env, &attempts, &d);
         self.notify(&d, &body, now / 1000).await;
         self.state = d.state.clone();
 
@@ -597,7 +598,15 @@ impl Job {
                 continue;
             };
             let dsn_id = n.envelope.id.clone();
-            match self.queue.enqueue(n.envelope, Arc::new(n.message)).await {
+            let (env, word) = (&self.env, format!("{kind:?}"));
+            let stored = |dsn: &Envelope, msg: &[u8]| {
+                crate::journal::dsn_queued(env, rcpts, dsn, &word, msg);
+            };
+            match self
+                .queue
+                .enqueue_with(n.envelope, Arc::new(n.message), stored)
+                .await
+            {
                 Ok(()) => tracing::info!(queue_id = %self.env.id, dsn_id = %dsn_id,
                     to = %self.env.mail_from, "sender notification ({kind:?}) queued"),
                 Err(e) => tracing::error!(queue_id = %self.env.id, error = %e,
@@ -692,6 +701,37 @@ fn metrics(env: &Envelope, attempts: &[Attempt], d: &Decision, now: u64) {
                 &[("transport", "-"), ("result", "expired")],
             );
         }
+    }
+}
+
+/// The journal's record of each recipient attempted (a postponed one was not).
+fn journal(env: &Envelope, attempts: &[Attempt], d: &Decision) {
+    use crate::journal::Outcome as J;
+    for (i, ev) in &d.events {
+        let outcome = match ev {
+            Event::Sent => J::Delivered,
+            Event::Deferred => J::Deferred,
+            Event::Bounced => J::Bounced,
+            Event::Expired => J::Expired,
+            Event::Postponed => continue,
+        };
+        let Some(state) = d.state.rcpts.get(*i) else {
+            continue;
+        };
+        // An expired recipient may not have been attempted this time: no remote, no TLS.
+        let none = Attempt {
+            transport: String::new(),
+            remote: None,
+            tls: None,
+            peer_dn: None,
+            duration: Duration::ZERO,
+            outcomes: Vec::new(),
+        };
+        let a = attempts
+            .iter()
+            .find(|a| a.outcomes.iter().any(|(j, _)| j == i))
+            .unwrap_or(&none);
+        crate::journal::attempt(env, *i, outcome, a, state, d.state.attempts);
     }
 }
 

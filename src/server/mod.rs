@@ -123,6 +123,7 @@ pub async fn serve(config_path: &Path) -> anyhow::Result<()> {
     let (spool, recovered, report) = Spool::open(&cfg.server.spool)?;
     tracing::info!(spool = %cfg.server.spool.display(), messages = report.messages, segments = report.segments,
         quarantined = report.quarantined, "queue recovered");
+    crate::journal::install(crate::journal::start(cfg), cfg);
     let agent = Agent::new(snap.delivery(&crls)?);
     let transport: Arc<dyn Transport> = agent.clone();
     let queue = Scheduler::start(
@@ -244,6 +245,7 @@ pub async fn serve(config_path: &Path) -> anyhow::Result<()> {
     futures::future::join_all(bound.into_iter().map(Bound::close)).await;
     queue.handle().shutdown().await;
     agent.close_all().await;
+    crate::journal::shutdown(std::time::Duration::from_secs(5));
     tracing::info!("stopped; the queue is safe on disk");
     Ok(())
 }
@@ -292,6 +294,7 @@ impl Runtime {
             .await;
         self.directory.apply(dir_spec, directory).await;
         self.agent.reconfigure(delivery);
+        crate::journal::reconfigure(&snap.config);
         self.queue
             .handle()
             .reconfigure(scheduler_config(&snap.config));

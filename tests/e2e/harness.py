@@ -7,6 +7,7 @@ Pieces reused by every e2e test:
                    tests/postfix/{main,master}.cf with its own queue/data/log directories
 * ``Peer``      -- the project's SMTP test peer ``mss-peer`` (a sink standing for a next hop)
 * ``Gateway``   -- ``passerelle serve --config FILE`` with its log in a file
+* ``Postgres``  -- a private PostgreSQL server (initdb/pg_ctl as the postgres user)
 * ``swaks``, ``smtp_session``, ``RawSMTP`` -- SMTP clients
 * ``E2ETestCase`` -- unittest base class: one temporary directory per test, every process
                    started through it is stopped on teardown (even on failure), a per-test
@@ -24,6 +25,7 @@ import atexit
 import contextlib
 import email
 import email.policy
+import glob
 import json
 import os
 import random
@@ -822,6 +824,98 @@ class Gateway(_Proc):
         return r.returncode, r.stdout.decode("utf-8", "replace")
 
 
+class Postgres:
+    """A private PostgreSQL server on a loopback port, for the shared journal.
+
+    PostgreSQL refuses to run as root: as root, initdb/pg_ctl run as the `postgres` user
+    (runuser) on a data directory it owns under <tmpdir>/pg-NAME. Trust authentication on
+    127.0.0.1 only; fsync off (a test database).
+        pg = Postgres(tmpdir); pg.createdb("passerelle"); pg.url("passerelle")
+        pg.stop(); pg.start()          # the same data and port"""
+
+    def __init__(self, tmpdir, name="pg", port=None, start=True):
+        bins = sorted(glob.glob("/usr/lib/postgresql/*/bin/pg_ctl"),
+                      key=lambda p: int(re.search(r"/(\d+)/bin/", p).group(1)))
+        if not bins:
+            raise HarnessError("PostgreSQL is not installed (run tests/install-deps.sh)")
+        self.bindir = os.path.dirname(bins[-1])
+        self.name = name
+        self.root = os.path.join(tmpdir, "pg-" + name)
+        self.data = os.path.join(self.root, "data")
+        self.sockdir = os.path.join(self.root, "sock")
+        self.logfile = os.path.join(self.root, "postgres.log")
+        self.port = port or free_port()
+        self.started = False
+        os.makedirs(self.sockdir, exist_ok=True)
+        self._as_user = []
+        if os.geteuid() == 0:
+            self._as_user = ["runuser", "-u", "postgres", "--"]
+            import pwd
+            pw = pwd.getpwnam("postgres")
+            for d in (self.root, self.sockdir):
+                os.chown(d, pw.pw_uid, pw.pw_gid)
+        self._run("initdb", "-D", self.data, "-U", "postgres", "-A", "trust", "-E", "UTF8",
+                  "--locale=C", "--no-sync", timeout=120)
+        with open(os.path.join(self.data, "postgresql.conf"), "a") as f:
+            f.write("\nlisten_addresses = '127.0.0.1'\nport = %d\nunix_socket_directories = '%s'\n"
+                    "fsync = off\nsynchronous_commit = off\nfull_page_writes = off\n"
+                    "max_connections = 50\nshared_buffers = 32MB\n" % (self.port, self.sockdir))
+        if start:
+            self.start()
+
+    def _run(self, tool, *args, timeout=60, check=True):
+        argv = self._as_user + [os.path.join(self.bindir, tool)] + list(args)
+        r = subprocess.run(argv, stdin=subprocess.DEVNULL, stdout=subprocess.PIPE,
+                           stderr=subprocess.STDOUT, timeout=timeout, cwd=self.root)
+        out = r.stdout.decode("utf-8", "replace")
+        if check and r.returncode != 0:
+            raise HarnessError("%s %s failed (%d):\n%s\n%s" % (tool, " ".join(args), r.returncode, out,
+                                                             tail(self.log())))
+        return r.returncode, out
+
+    def start(self, timeout=30):
+        _register(self)
+        self._run("pg_ctl", "-D", self.data, "-l", self.logfile, "-w", "-t", str(timeout), "start",
+                  timeout=timeout + 10)
+        self.started = True
+        wait_port(LOOPBACK, self.port, timeout)
+        return self
+
+    def stop(self, mode="fast"):
+        """pg_ctl stop (fast: connections are cut, like a server going away)."""
+        if self.started and os.path.exists(os.path.join(self.data, "postmaster.pid")):
+            rc, _ = self._run("pg_ctl", "-D", self.data, "-m", mode, "-w", "-t", "30", "stop",
+                              timeout=40, check=False)
+            if rc != 0:
+                self._kill()
+        self.started = False
+        _unregister(self)
+
+    def _kill(self):
+        with contextlib.suppress(Exception):
+            pid = int(read_text(os.path.join(self.data, "postmaster.pid")).split()[0])
+            os.kill(pid, signal.SIGKILL)
+
+    def running(self):
+        return self.started and port_open(LOOPBACK, self.port)
+
+    def log(self):
+        return read_text(self.logfile)
+
+    def url(self, db="passerelle"):
+        return "postgresql://postgres@127.0.0.1:%d/%s" % (self.port, db)
+
+    def psql(self, sql, db="passerelle"):
+        """Runs SQL with psql; returns its unaligned, tuples-only output."""
+        _, out = self._run("psql", "-h", LOOPBACK, "-p", str(self.port), "-U", "postgres", "-d", db,
+                           "-v", "ON_ERROR_STOP=1", "-At", "-c", sql)
+        return out.strip()
+
+    def createdb(self, db="passerelle"):
+        self._run("createdb", "-h", LOOPBACK, "-p", str(self.port), "-U", "postgres", db)
+        return self.url(db)
+
+
 # --------------------------------------------------------------------------- test case base
 
 def _alarm(signum, frame):
@@ -903,6 +997,10 @@ class E2ETestCase(unittest.TestCase):
         start = kw.pop("start", True)
         p = self.track(Peer(self.tmp, name=name, start=False, **kw))
         return p.start() if start else p
+
+    def postgres(self, name="pg", **kw):
+        """A private PostgreSQL server (see Postgres), stopped at the end of the test."""
+        return self.track(Postgres(self.tmp, name=name, **kw))
 
     def gateway(self, config, env=None, name="gw", start=True):
         g = self.track(Gateway(self.tmp, config, env=env, name=name, start=False))

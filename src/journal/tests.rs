@@ -1,0 +1,611 @@
+//! The journal end to end on a real SQLite file: the writer's batches, `track`, `stats`,
+//! retention, and the writer thread's buffering, retries and drops.
+
+use super::event::*;
+use super::plan::plan;
+use super::plan::tests::{accepted, attempt, client};
+use super::read::{Reader, StatsBy, StatsQuery, TrackFilter};
+use super::sqlite::SqliteWriter;
+use super::writer::{self, Backend, Settings, WriteError};
+use super::{Counters, Journal, JournalConfig};
+use std::path::{Path, PathBuf};
+use std::sync::atomic::Ordering;
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+
+/// 2026-11-22T10:00:00Z
+const DAY1: u64 = 1_795_341_600_000;
+const HOUR: u64 = 3_600_000;
+
+fn journal_file() -> (tempfile::TempDir, PathBuf) {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let path = dir.path().join("journal.sqlite");
+    (dir, path)
+}
+
+fn write(path: &Path, events: &[Event]) {
+    let mut w = SqliteWriter::new(path.to_path_buf(), "gw1".into());
+    w.write(&plan(events)).expect("write");
+}
+
+async fn reader(path: &Path) -> Reader {
+    let cfg = JournalConfig {
+        path: path.to_path_buf(),
+        ..JournalConfig::default()
+    };
+    Reader::open(&cfg, Path::new("/")).await.expect("open")
+}
+
+fn refusal(t: u64, to: &str) -> Event {
+    Event {
+        time: t,
+        body: EventBody::Refused(Box::new(Refusal {
+            stage: Stage::Rcpt,
+            reason: "unknown-recipient".into(),
+            reply: ReplyInfo {
+                code: 550,
+                status: Some("5.1.1".into()),
+                text: format!("<{to}>: unknown in the MSSante directory"),
+            },
+            client: client("etablissement", Origin::Establishment),
+            from: Some("sec@chu.fr".into()),
+            to: Some(to.into()),
+            tls_failure: None,
+        })),
+    }
+}
+
+fn admin(t: u64, qid: &str, action: AdminAction) -> Event {
+    Event {
+        time: t,
+        body: EventBody::Admin(Admin {
+            queue_id: qid.into(),
+            action,
+            user: "cli".into(),
+        }),
+    }
+}
+
+/// A day of traffic: A1 from an establishment to two mailboxes (one deferred once), a refusal
+/// at RCPT, B2 held by an administrator, C3 from the trust space, D4 to the trust space with
+/// a TLS deferral, E5 bounced with a DSN.
+fn traffic() -> Vec<Event> {
+    let mut c3 = accepted("C3", DAY1 + 5 * HOUR, "dr.x@op.mssante.fr", &["dr@chu.fr"]);
+    if let EventBody::Accepted(a) = &mut c3.body {
+        a.client = client("trust-space", Origin::TrustSpace);
+        a.client.dn = Some("CN=mx.op,O=OP,C=FR".into());
+        a.client.establishment = Some("chu-a".into());
+    }
+    let mut d4 = attempt(
+        "D4",
+        DAY1 + 6 * HOUR + 1,
+        0,
+        "dr.y@op.mssante.fr",
+        Outcome::Deferred,
+    );
+    let mut d4ok = attempt(
+        "D4",
+        DAY1 + 6 * HOUR + 2,
+        0,
+        "dr.y@op.mssante.fr",
+        Outcome::Delivered,
+    );
+    for e in [&mut d4, &mut d4ok] {
+        if let EventBody::Attempt(a) = &mut e.body {
+            a.destination = Some(Destination::TrustSpace);
+            a.transport = "trust-space".into();
+            a.peer_dn = Some("CN=mx.op,O=OP,C=FR".into());
+            if a.outcome == Outcome::Deferred {
+                a.tls_failure = Some("dn_not_declared".into());
+                a.reply = None;
+            }
+        }
+    }
+    vec![
+        accepted("A1", DAY1, "Sec@chu.fr", &["dr@chu.fr", "x@chu.fr"]),
+        attempt("A1", DAY1 + 1000, 0, "dr@chu.fr", Outcome::Deferred),
+        attempt("A1", DAY1 + 2000, 0, "dr@chu.fr", Outcome::Delivered),
+        attempt("A1", DAY1 + 2000, 1, "x@chu.fr", Outcome::Delivered),
+        refusal(DAY1 + HOUR, "nobody@chu.fr"),
+        accepted("B2", DAY1 + 2 * HOUR, "other@chu.fr", &["z@chu.fr"]),
+        admin(DAY1 + 2 * HOUR + 5, "B2", AdminAction::Held),
+        c3,
+        attempt(
+            "C3",
+            DAY1 + 5 * HOUR + 10,
+            0,
+            "dr@chu.fr",
+            Outcome::Delivered,
+        ),
+        accepted("D4", DAY1 + 6 * HOUR, "sec@chu.fr", &["dr.y@op.mssante.fr"]),
+        d4,
+        d4ok,
+        accepted("E5", DAY1 + 26 * HOUR, "sec@chu.fr", &["gone@chu.fr"]),
+        attempt(
+            "E5",
+            DAY1 + 26 * HOUR + 1,
+            0,
+            "gone@chu.fr",
+            Outcome::Bounced,
+        ),
+        Event {
+            time: DAY1 + 26 * HOUR + 2,
+            body: EventBody::Dsn(Box::new(DsnQueued {
+                queue_id: "E5".into(),
+                dsn: "failure".into(),
+                dsn_id: "F6".into(),
+                to: "sec@chu.fr".into(),
+                recipients: vec!["gone@chu.fr".into()],
+            })),
+        },
+    ]
+}
+
+fn filter() -> TrackFilter {
+    TrackFilter {
+        limit: 100,
+        ..TrackFilter::default()
+    }
+}
+
+#[tokio::test]
+async fn track_by_each_filter_with_timelines() {
+    let (_d, path) = journal_file();
+    let t = traffic();
+    // In two batches, as the writer would.
+    write(&path, &t[..3]);
+    write(&path, &t[3..]);
+    let r = reader(&path).await;
+
+    let found = r
+        .track(&TrackFilter {
+            to: Some("<DR@chu.fr>".into()),
+            ..filter()
+        })
+        .await
+        .unwrap();
+    let ids: Vec<_> = found.iter().map(|m| m.queue_id.clone()).collect();
+    assert_eq!(
+        ids,
+        [Some("A1".to_string()), Some("C3".to_string())],
+        "oldest first"
+    );
+    let a1 = &found[0];
+    assert_eq!(a1.status, "delivered");
+    assert_eq!(a1.from.as_deref(), Some("sec@chu.fr"));
+    assert_eq!(a1.to, ["dr@chu.fr", "x@chu.fr"]);
+    assert_eq!(a1.message_id.as_deref(), Some("A1@test"));
+    assert_eq!(a1.gateway, "gw1");
+    let kinds: Vec<&str> = a1
+        .events
+        .iter()
+        .map(|e| e["kind"].as_str().unwrap())
+        .collect();
+    assert_eq!(kinds, ["accepted", "deferred", "delivered", "delivered"]);
+    assert_eq!(a1.events[2]["reply"]["code"], 250);
+    assert_eq!(a1.events[0]["time"], "2026-11-22T10:00:00.000Z");
+
+    let refused = r
+        .track(&TrackFilter {
+            to: Some("nobody@chu.fr".into()),
+            ..filter()
+        })
+        .await
+        .unwrap();
+    assert_eq!(refused.len(), 1);
+    assert_eq!(refused[0].queue_id, None);
+    assert!(refused[0].refusal_id.is_some());
+    assert_eq!(refused[0].status, "refused");
+    assert_eq!(refused[0].events[0]["reason"], "unknown-recipient");
+    assert_eq!(refused[0].events[0]["reply"]["status"], "5.1.1");
+
+    let one = |f: TrackFilter| {
+        let r = &r;
+        async move {
+            r.track(&f)
+                .await
+                .unwrap()
+                .iter()
+                .map(|m| m.queue_id.clone().unwrap_or_default())
+                .collect::<Vec<_>>()
+        }
+    };
+    assert_eq!(
+        one(TrackFilter {
+            id: Some("b2".into()),
+            ..filter()
+        })
+        .await,
+        ["B2"]
+    );
+    assert_eq!(
+        one(TrackFilter {
+            message_id: Some("<D4@test>".into()),
+            ..filter()
+        })
+        .await,
+        ["D4"]
+    );
+    assert_eq!(
+        one(TrackFilter {
+            status: Some("held".into()),
+            ..filter()
+        })
+        .await,
+        ["B2"]
+    );
+    assert_eq!(
+        one(TrackFilter {
+            status: Some("bounced".into()),
+            ..filter()
+        })
+        .await,
+        ["E5"]
+    );
+    assert_eq!(
+        one(TrackFilter {
+            from: Some("SEC@chu.fr".into()),
+            since: Some((DAY1 + HOUR) as i64),
+            ..filter()
+        })
+        .await,
+        ["", "D4", "E5"],
+        "the refusal at RCPT too"
+    );
+    assert_eq!(
+        one(TrackFilter {
+            establishment: Some("chu-a".into()),
+            ..filter()
+        })
+        .await,
+        ["C3"]
+    );
+    assert_eq!(
+        one(TrackFilter {
+            limit: 1,
+            ..filter()
+        })
+        .await,
+        ["E5"],
+        "the most recent"
+    );
+    assert!(one(TrackFilter {
+        to: Some("nobody@else.fr".into()),
+        ..filter()
+    })
+    .await
+    .is_empty());
+    let e5 = r
+        .track(&TrackFilter {
+            id: Some("E5".into()),
+            ..filter()
+        })
+        .await
+        .unwrap();
+    assert_eq!(e5[0].events.last().unwrap()["kind"], "dsn");
+    let text = super::cli::render_tracked(&e5[0]);
+    assert!(
+        text.contains("failure notification F6 queued to <sec@chu.fr>"),
+        "{text}"
+    );
+}
+
+#[tokio::test]
+async fn stats_by_day_establishment_mailbox_and_peer() {
+    let (_d, path) = journal_file();
+    write(&path, &traffic());
+    let r = reader(&path).await;
+    let q = |by| StatsQuery {
+        by,
+        since: None,
+        until: None,
+        establishment: None,
+    };
+    let days = r.stats(&q(StatsBy::Day)).await.unwrap();
+    let keys: Vec<&str> = days.rows.iter().map(|x| x.key.as_str()).collect();
+    assert_eq!(keys, ["2026-11-22", "2026-11-23"]);
+    let d1 = &days.rows[0];
+    assert_eq!(d1.received_from_establishments, 3, "A1, B2, D4");
+    assert_eq!(d1.received_from_trust_space, 1, "C3");
+    assert_eq!(d1.delivered_to_mailboxes, 3, "A1 x2, C3");
+    assert_eq!(d1.sent_to_trust_space, 1, "D4");
+    assert_eq!(d1.deferred, 2);
+    assert_eq!(d1.refused, 1);
+    assert_eq!(d1.refused_by_reason["unknown-recipient"], 1);
+    assert_eq!(d1.tls_failures_by_reason["dn_not_declared"], 1);
+    assert_eq!(
+        d1.bal_types["PER"], 4,
+        "BAL types of the delivered recipients"
+    );
+    // sec (sent A1, D4), other (B2), dr and x (received).
+    assert_eq!(d1.active_mailboxes, 4);
+    let d2 = &days.rows[1];
+    assert_eq!((d2.bounced, d2.dsn), (1, 1));
+    assert_eq!(days.total.received_from_establishments, 4);
+    assert_eq!(days.total.active_mailboxes, 4);
+
+    let est = r.stats(&q(StatsBy::Establishment)).await.unwrap();
+    let chu_a = est.rows.iter().find(|x| x.key == "chu-a").unwrap();
+    assert_eq!(chu_a.received_from_trust_space, 1);
+    assert_eq!(
+        chu_a.delivered_to_mailboxes, 1,
+        "C3's delivery inherits its establishment"
+    );
+
+    let mb = r.stats(&q(StatsBy::Mailbox)).await.unwrap();
+    let sec = mb.rows.iter().find(|x| x.key == "sec@chu.fr").unwrap();
+    assert_eq!(
+        sec.received_from_establishments, 3,
+        "A1, D4, E5 sent by sec"
+    );
+    assert_eq!(sec.sent_to_trust_space, 1);
+    let dr = mb.rows.iter().find(|x| x.key == "dr@chu.fr").unwrap();
+    assert_eq!(dr.delivered_to_mailboxes, 2);
+
+    let peers = r.stats(&q(StatsBy::Peer)).await.unwrap();
+    let op = peers
+        .rows
+        .iter()
+        .find(|x| x.key == "CN=mx.op,O=OP,C=FR")
+        .unwrap();
+    assert_eq!(
+        (op.received_from_trust_space, op.sent_to_trust_space),
+        (1, 1)
+    );
+
+    let week = r.stats(&q(StatsBy::Week)).await.unwrap();
+    assert_eq!(week.rows[0].key, "2026-W47");
+    let month = r
+        .stats(&StatsQuery {
+            since: Some((DAY1 + 24 * HOUR) as i64),
+            ..q(StatsBy::Month)
+        })
+        .await
+        .unwrap();
+    assert_eq!(month.rows.len(), 1);
+    assert_eq!(month.rows[0].key, "2026-11");
+    assert_eq!(month.rows[0].received_from_establishments, 1, "E5 only");
+
+    let domain = r.stats(&q(StatsBy::Domain)).await.unwrap();
+    assert!(domain.rows.iter().any(|x| x.key == "chu.fr"));
+
+    let csv = super::cli::render_csv(&days);
+    let mut lines = csv.lines();
+    let head = lines.next().unwrap();
+    assert!(
+        head.starts_with("day,received_from_establishments,sent_to_trust_space,"),
+        "{head}"
+    );
+    assert!(head.contains("refused:unknown-recipient") && head.contains("bal_type:PER"));
+    assert!(
+        csv.lines().last().unwrap().starts_with("total,4,1,1,"),
+        "{csv}"
+    );
+    let text = super::cli::render_stats(&days);
+    assert!(text.contains("refused: unknown-recipient 1"), "{text}");
+}
+
+#[tokio::test]
+async fn retention_prunes_old_messages_and_events() {
+    let (_d, path) = journal_file();
+    write(&path, &traffic());
+    let mut w = SqliteWriter::new(path.clone(), "gw1".into());
+    // Everything before day 2: A1..D4 go, E5 stays.
+    let mut removed = 0;
+    loop {
+        let n = w.prune((DAY1 + 24 * HOUR) as i64, 3).unwrap();
+        removed += n;
+        if n == 0 {
+            break;
+        }
+    }
+    assert!(removed > 10, "{removed}");
+    let r = reader(&path).await;
+    let left = r.track(&filter()).await.unwrap();
+    let ids: Vec<_> = left
+        .iter()
+        .map(|m| m.queue_id.clone().unwrap_or_default())
+        .collect();
+    assert_eq!(ids, ["E5"]);
+    assert_eq!(left[0].events.len(), 3);
+}
+
+#[tokio::test]
+async fn stub_rows_when_the_acceptance_was_lost() {
+    let (_d, path) = journal_file();
+    write(
+        &path,
+        &[attempt("Z9", DAY1, 0, "dr@chu.fr", Outcome::Delivered)],
+    );
+    let r = reader(&path).await;
+    let f = r
+        .track(&TrackFilter {
+            to: Some("dr@chu.fr".into()),
+            ..filter()
+        })
+        .await
+        .unwrap();
+    assert_eq!(f.len(), 1);
+    assert_eq!(f[0].status, "delivered");
+    // Its acceptance arriving late (a replayed batch) fills the row in.
+    write(
+        &path,
+        &[accepted("Z9", DAY1 - 5, "a@chu.fr", &["dr@chu.fr"])],
+    );
+    let f = r
+        .track(&TrackFilter {
+            id: Some("Z9".into()),
+            ..filter()
+        })
+        .await
+        .unwrap();
+    assert_eq!(f[0].events.len(), 2);
+}
+
+fn test_journal(buffer: usize) -> (Journal, std::sync::mpsc::Receiver<Event>) {
+    let (tx, rx) = std::sync::mpsc::sync_channel(buffer);
+    (
+        Journal {
+            tx,
+            counters: Arc::new(Counters::default()),
+            writer: Mutex::new(None),
+        },
+        rx,
+    )
+}
+
+fn settings(batch_size: usize) -> Settings {
+    Settings {
+        batch_size,
+        flush_interval: Duration::from_millis(50),
+        retention: Duration::ZERO,
+        prune_interval: Duration::from_secs(3600),
+    }
+}
+
+#[test]
+fn writer_thread_batches_and_flushes_on_close() {
+    let (_d, path) = journal_file();
+    let (j, rx) = test_journal(10_000);
+    let backend = Box::new(SqliteWriter::new(path.clone(), "gw1".into()));
+    let thread = writer::spawn(backend, rx, settings(1000), j.counters.clone());
+    for i in 0..2500u64 {
+        j.push(accepted(
+            &format!("{i:016X}"),
+            DAY1 + i,
+            "a@chu.fr",
+            &["b@chu.fr"],
+        ));
+    }
+    let c = j.counters.clone();
+    drop(j);
+    assert!(thread.join(Duration::from_secs(30)));
+    assert_eq!(c.written.load(Ordering::Relaxed), 2500);
+    assert!(c.batches.load(Ordering::Relaxed) >= 3);
+    assert_eq!(c.dropped.load(Ordering::Relaxed), 0);
+    let conn = super::sqlite::open(&path, false).unwrap();
+    let n: i64 = conn
+        .query_row("SELECT COUNT(*) FROM events", [], |r| r.get(0))
+        .unwrap();
+    assert_eq!(n, 2500);
+}
+
+#[test]
+fn full_buffer_drops_and_counts_without_blocking() {
+    let (j, _rx) = test_journal(3);
+    let t = std::time::Instant::now();
+    for i in 0..5 {
+        j.push(accepted(&format!("{i}"), DAY1, "a@b", &["c@d"]));
+    }
+    assert!(t.elapsed() < Duration::from_secs(1));
+    assert_eq!(j.counters.recorded.load(Ordering::Relaxed), 5);
+    assert_eq!(j.counters.dropped.load(Ordering::Relaxed), 2);
+}
+
+/// Fails its first `fail` writes, then stores the event counts it was given.
+struct Flaky {
+    fail: usize,
+    retryable: bool,
+    seen: Arc<Mutex<Vec<usize>>>,
+}
+
+impl Backend for Flaky {
+    fn describe(&self) -> String {
+        "flaky".into()
+    }
+    fn write(&mut self, p: &super::plan::Plan) -> Result<(), WriteError> {
+        if self.fail > 0 {
+            self.fail -= 1;
+            return Err(WriteError {
+                message: "database down".into(),
+                retryable: self.retryable,
+            });
+        }
+        self.seen.lock().unwrap().push(p.events.len());
+        Ok(())
+    }
+    fn prune(&mut self, _: i64, _: i64) -> Result<u64, WriteError> {
+        Ok(0)
+    }
+}
+
+#[test]
+fn an_unreachable_database_keeps_the_batch_and_resumes() {
+    let seen = Arc::new(Mutex::new(Vec::new()));
+    let (j, rx) = test_journal(100);
+    let backend = Box::new(Flaky {
+        fail: 2,
+        retryable: true,
+        seen: seen.clone(),
+    });
+    let thread = writer::spawn(backend, rx, settings(10), j.counters.clone());
+    for i in 0..5 {
+        j.push(accepted(&format!("{i}"), DAY1, "a@b", &["c@d"]));
+    }
+    std::thread::sleep(Duration::from_millis(1200)); // two retries: 250 + 500 ms
+    let c = j.counters.clone();
+    drop(j);
+    assert!(thread.join(Duration::from_secs(10)));
+    assert_eq!(
+        seen.lock().unwrap().iter().sum::<usize>(),
+        5,
+        "nothing lost, nothing twice"
+    );
+    assert_eq!(c.errors.load(Ordering::Relaxed), 2);
+    assert_eq!(c.written.load(Ordering::Relaxed), 5);
+}
+
+#[test]
+fn a_batch_the_database_refuses_is_dropped_and_counted() {
+    let seen = Arc::new(Mutex::new(Vec::new()));
+    let (j, rx) = test_journal(100);
+    let backend = Box::new(Flaky {
+        fail: 1,
+        retryable: false,
+        seen: seen.clone(),
+    });
+    let thread = writer::spawn(backend, rx, settings(10), j.counters.clone());
+    j.push(accepted("1", DAY1, "a@b", &["c@d"]));
+    std::thread::sleep(Duration::from_millis(300));
+    j.push(accepted("2", DAY1, "a@b", &["c@d"]));
+    let c = j.counters.clone();
+    drop(j);
+    assert!(thread.join(Duration::from_secs(10)));
+    assert_eq!(c.dropped.load(Ordering::Relaxed), 1);
+    assert_eq!(c.written.load(Ordering::Relaxed), 1);
+}
+
+#[test]
+fn times_parse_as_documented() {
+    use super::read::{format_time, parse_time};
+    let now = DAY1 as i64;
+    assert_eq!(
+        parse_time("2026-11-22", now).unwrap(),
+        (DAY1 - 10 * HOUR) as i64
+    );
+    assert_eq!(
+        parse_time("2026-11-22T10:00:00Z", now).unwrap(),
+        DAY1 as i64
+    );
+    assert_eq!(
+        parse_time("2026-11-22T11:00:00+01:00", now).unwrap(),
+        DAY1 as i64
+    );
+    assert_eq!(parse_time("2026-11-22 10:00", now).unwrap(), DAY1 as i64);
+    assert_eq!(parse_time("2h", now).unwrap(), (DAY1 - 2 * HOUR) as i64);
+    assert_eq!(parse_time("now", now).unwrap(), now);
+    assert!(parse_time("yesterday", now).is_err());
+    assert_eq!(format_time(DAY1 as i64 + 7), "2026-11-22T10:00:00.007Z");
+}
+
+#[test]
+fn connect_refusals_are_journaled_once_a_minute_per_client() {
+    let ip: std::net::IpAddr = "192.0.2.77".parse().unwrap();
+    assert!(super::connect_due(ip, 554, 1_000_000));
+    assert!(!super::connect_due(ip, 554, 1_030_000));
+    assert!(
+        super::connect_due(ip, 421, 1_030_000),
+        "another reply counts apart"
+    );
+    assert!(super::connect_due(ip, 554, 1_061_000));
+}

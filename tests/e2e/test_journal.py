@@ -1,0 +1,317 @@
+"""End-to-end tests of issue 14: the message journal, `passerelle track` and `stats`.
+
+- SQLite (the default, a file beside the spool): a message sent by hand is tracked with its
+  timeline and counted; a refusal at RCPT is journaled with its reply and reason; deferral,
+  hold, release and delete by the administrator; no subject or body in the journal file;
+  the journal's health on /metrics.
+- PostgreSQL (a real server started by the test): two gateways writing to one journal, each
+  one's `track` finding both gateways' messages; the server stopped and restarted under
+  traffic: mail keeps flowing, events are buffered up to `journal.buffer` then dropped and
+  counted, and writing resumes by itself.
+"""
+
+import json
+import os
+import re
+import socket
+import time
+import uuid
+
+from harness import (E2ETestCase, free_port, gateway_config, http_get, listener, relay_transport,
+                     smtp_session, swaks, wait_until)
+
+DOMAIN = "chu-test.mssante.fr"
+SENDER = "secretariat@" + DOMAIN
+RCPT = "dr.martin@" + DOMAIN
+REJECT = "550 5.7.1 only MSSante destinations are relayed here"
+
+
+def config(tmp, peer_port, name="gw", journal=None, hostname="passerelle.chu-test.mssante.fr"):
+    cfg = gateway_config(
+        tmp,
+        listeners=[listener("etablissement", free_port(), ["local", "others"])],
+        routes=[
+            {"name": "local", "domains": [DOMAIN], "transport": "etablissement"},
+            {"name": "others", "domains": ["*"], "reject": REJECT},
+        ],
+        transports={"etablissement": relay_transport(peer_port)},
+        name=name,
+        hostname=hostname,
+    )
+    cfg["journal"] = dict(journal or {})
+    cfg["journal"].setdefault("flush_interval", "200ms")
+    return cfg
+
+
+def message(subject, body, msgid=None):
+    msgid = msgid or "<%s@%s>" % (uuid.uuid4().hex, DOMAIN)
+    return ("From: %s\r\nTo: %s\r\nSubject: %s\r\nMessage-ID: %s\r\n\r\n%s\r\n" % (
+        SENDER, RCPT, subject, msgid, body)).encode(), msgid.strip("<>")
+
+
+def send(gw, to=RCPT, subject="test", body="Bonjour."):
+    data, msgid = message(subject, body)
+    host, port = gw.listener()
+    with smtp_session(host, port) as s:
+        s.sendmail(SENDER, [to], data)
+    return msgid
+
+
+def metric(gw, name):
+    _, body = http_get(*gw.admin, "/metrics")
+    m = re.search(r"^%s(?:\{[^}]*\})? ([0-9.e+]+)$" % re.escape(name), body.decode(), re.M)
+    return float(m.group(1)) if m else None
+
+
+def track(gw, *args):
+    return gw.cli("track", *args)
+
+
+def track_json(gw, *args):
+    rc, out = gw.cli("track", "--format", "json", *args)
+    return rc, (json.loads(out) if rc == 0 else [])
+
+
+def wait_tracked(gw, pred, *args, timeout=20):
+    """Polls `track --format json ARGS` until pred(messages) holds; returns the messages."""
+    last = []
+
+    def ok():
+        nonlocal last
+        _, last = track_json(gw, *args)
+        return last if last and pred(last) else None
+    try:
+        return wait_until(ok, timeout, interval=0.3, what="track %s" % " ".join(args))
+    except TimeoutError as e:
+        raise AssertionError("%s; last answer: %s" % (e, json.dumps(last, indent=1)[:3000]))
+
+
+class JournalSqliteTests(E2ETestCase):
+
+    def test_message_by_hand_is_tracked_and_counted(self):
+        """The README's "Sending a message by hand", then track --to and stats --by day."""
+        peer = self.peer("mailbox")
+        gw = self.gateway(config(self.tmp, peer.port))
+        host, port = gw.listener()
+        rc, out = swaks("--server", "%s:%d" % (host, port), "--from", SENDER, "--to", RCPT,
+                        "--h-X-MSS-Test", "yes")
+        self.assertEqual(rc, 0, out)
+        peer.wait_messages(1)
+        rc, out = swaks("--server", "%s:%d" % (host, port), "--to", "bob@gmail.com")
+        self.assertIn("550 5.7.1", out)
+
+        msgs = wait_tracked(gw, lambda m: m[0]["status"] == "delivered", "--to", RCPT)
+        self.assertEqual(len(msgs), 1)
+        m = msgs[0]
+        for key in ("queue_id", "message_id", "from", "to", "establishment", "status", "events"):
+            self.assertIn(key, m)
+        self.assertRegex(m["queue_id"], r"^[0-9A-F]{16}$")
+        self.assertEqual(m["from"], SENDER)
+        self.assertEqual(m["to"], [RCPT])
+        self.assertEqual([e["kind"] for e in m["events"]], ["accepted", "delivered"])
+        for e in m["events"]:
+            self.assertRegex(e["time"], r"^\d{4}-\d\d-\d\dT\d\d:\d\d:\d\d\.\d{3}Z$")
+        d = m["events"][1]
+        self.assertEqual(d["reply"]["code"], 250)
+        self.assertEqual(d["next_hop"], "127.0.0.1:%d" % peer.port)
+        self.assertEqual(d["destination"], "mailbox")
+
+        rc, text = track(gw, "--to", RCPT)
+        self.assertEqual(rc, 0, text)
+        self.assertIn(m["queue_id"], text)
+        self.assertRegex(text, r"accepted .*1 recipient")
+        self.assertRegex(text, r"delivered <%s> via etablissement to 127\.0\.0\.1:%d .*250 2\.0\.0"
+                         % (re.escape(RCPT), peer.port))
+        rc, text = track(gw, "--id", m["queue_id"].lower())
+        self.assertEqual(rc, 0, text)
+
+        rc, out = gw.cli("stats", "--by", "day", "--format", "json")
+        self.assertEqual(rc, 0, out)
+        st = json.loads(out)
+        today = time.strftime("%Y-%m-%d", time.gmtime())
+        self.assertEqual([r["key"] for r in st["rows"]], [today])
+        row = st["rows"][0]
+        self.assertEqual(row["received_from_establishments"], 1)
+        self.assertEqual(row["delivered_to_mailboxes"], 1)
+        self.assertEqual(row["refused"], 1)
+        self.assertEqual(row["refused_by_reason"], {"route-reject": 1})
+        rc, text = gw.cli("stats", "--by", "day")
+        self.assertEqual(rc, 0, text)
+        self.assertRegex(text, r"(?m)^%s\s+1\s+0\s+0\s+1\s" % today)
+        rc, csv = gw.cli("stats", "--by", "establishment", "--since", today, "--format", "csv")
+        self.assertEqual(rc, 0, csv)
+        self.assertTrue(csv.startswith("establishment,received_from_establishments,"), csv)
+        self.assertIn("\ntotal,1,", csv)
+
+    def test_refusal_at_rcpt_is_journaled_with_reply_and_reason(self):
+        peer = self.peer("mailbox")
+        gw = self.gateway(config(self.tmp, peer.port))
+        host, port = gw.listener()
+        with smtp_session(host, port) as s:
+            s.mail(SENDER)
+            code, text = s.rcpt("someone@example.org")
+            self.assertEqual(code, 550)
+        msgs = wait_tracked(gw, lambda m: True, "--to", "someone@example.org")
+        m = msgs[0]
+        self.assertIsNone(m["queue_id"])
+        self.assertEqual(m["status"], "refused")
+        self.assertEqual(m["from"], SENDER)
+        ev = m["events"][0]
+        self.assertEqual(ev["kind"], "refused")
+        self.assertEqual(ev["stage"], "rcpt")
+        self.assertEqual(ev["reason"], "route-reject")
+        self.assertEqual((ev["reply"]["code"], ev["reply"]["status"]), (550, "5.7.1"))
+        self.assertIn("only MSSante destinations", ev["reply"]["text"])
+        rc, text = track(gw, "--status", "refused")
+        self.assertEqual(rc, 0)
+        self.assertIn("at rcpt: 550 5.7.1 only MSSante destinations are relayed here [route-reject]", text)
+
+    def test_deferred_held_released_deleted_and_nothing_matches(self):
+        peer = self.peer("mailbox", start=False)  # down: deliveries are deferred
+        gw = self.gateway(config(self.tmp, peer.port))
+        send(gw)
+        msgs = wait_tracked(gw, lambda m: m[0]["status"] == "deferred", "--to", RCPT)
+        qid = msgs[0]["queue_id"]
+        ev = [e for e in msgs[0]["events"] if e["kind"] == "deferred"][0]
+        self.assertIn("connect to", ev["diagnostic"])
+        for verb, status in (("hold", "held"), ("release", None), ("delete", "deleted")):
+            rc, out = gw.cli("queue", verb, qid)
+            self.assertEqual(rc, 0, out)
+            if status:
+                wait_tracked(gw, lambda m, s=status: m[0]["status"] == s, "--id", qid)
+        msgs = wait_tracked(gw, lambda m: True, "--status", "deleted")
+        kinds = [e["kind"] for e in msgs[0]["events"]]
+        for k in ("accepted", "deferred", "held", "released", "deleted"):
+            self.assertIn(k, kinds)
+        held = [e for e in msgs[0]["events"] if e["kind"] == "held"][0]
+        self.assertEqual(held["user"], "cli")
+        rc, out = track(gw, "--to", "nobody@" + DOMAIN)
+        self.assertEqual(rc, 1, out)
+        rc, out = track(gw, "--since", "not-a-date")
+        self.assertEqual(rc, 2, out)
+
+    def test_queue_verb_on_a_stopped_server_is_journaled(self):
+        peer = self.peer("mailbox", start=False)
+        gw = self.gateway(config(self.tmp, peer.port))
+        send(gw)
+        msgs = wait_tracked(gw, lambda m: m[0]["status"] == "deferred", "--to", RCPT)
+        qid = msgs[0]["queue_id"]
+        gw.stop()
+        rc, out = gw.cli("queue", "hold", qid)
+        self.assertEqual(rc, 0, out)
+        msgs = wait_tracked(gw, lambda m: m[0]["status"] == "held", "--id", qid, timeout=5)
+        self.assertEqual(msgs[0]["events"][-1]["user"], "cli")
+
+    def test_refusal_at_connect_is_journaled_once_a_minute(self):
+        peer = self.peer("mailbox")
+        cfg = config(self.tmp, peer.port)
+        cfg["listener"][0]["clients"] = ["192.0.2.0/24"]  # not us
+        gw = self.gateway(cfg)
+        host, port = gw.listener()
+        for _ in range(3):
+            with socket.create_connection((host, port), timeout=10) as c:
+                self.assertTrue(c.recv(512).startswith(b"554 5.7.1"))
+        msgs = wait_tracked(gw, lambda m: True, "--status", "refused")
+        self.assertEqual(len(msgs), 1, "one event per client and reply per minute")
+        ev = msgs[0]["events"][0]
+        self.assertEqual((ev["stage"], ev["reason"]), ("connect", "client-not-allowed"))
+        self.assertEqual(msgs[0]["client"], "127.0.0.1")
+
+    def test_no_subject_or_body_in_the_journal_and_health_on_metrics(self):
+        peer = self.peer("mailbox")
+        gw = self.gateway(config(self.tmp, peer.port))
+        secret = "DIAGNOSTIC-" + uuid.uuid4().hex
+        msgid = send(gw, subject="Subject " + secret, body="Body " + secret)
+        peer.wait_messages(1)
+        wait_tracked(gw, lambda m: m[0]["status"] == "delivered", "--message-id", msgid)
+        gw.stop()  # flushes the journal and checkpoints nothing away: read every file
+        spool = gw.config["server"]["spool"]
+        blob = b""
+        for f in os.listdir(spool):
+            if f.startswith("journal.sqlite"):
+                with open(os.path.join(spool, f), "rb") as fh:
+                    blob += fh.read()
+        self.assertIn(msgid.encode(), blob, "the Message-ID is journaled")
+        self.assertNotIn(secret.encode(), blob, "no subject, no body")
+        gw.start()
+        rc, out = track(gw, "--message-id", "<%s>" % msgid)
+        self.assertEqual(rc, 0, out)
+        send(gw)
+        wait_until(lambda: (metric(gw, "passerelle_journal_events_written_total") or 0) >= 2, 10,
+                   what="journal events written")
+        self.assertEqual(metric(gw, "passerelle_journal_events_dropped_total"), 0)
+        self.assertEqual(metric(gw, "passerelle_journal_write_errors_total"), 0)
+        self.assertGreaterEqual(metric(gw, "passerelle_journal_batches_total"), 1)
+        self.assertIsNotNone(metric(gw, "passerelle_journal_lag_seconds"))
+
+
+class JournalPostgresTests(E2ETestCase):
+
+    def test_two_gateways_share_one_journal(self):
+        pg = self.postgres()
+        url = pg.createdb("passerelle")
+        peer = self.peer("mailbox")
+        gws = []
+        for name in ("gw-a", "gw-b"):
+            gws.append(self.gateway(config(self.tmp, peer.port, name=name,
+                                           journal={"kind": "postgres", "url": url, "gateway": name}),
+                                    name=name))
+        ids = {}
+        for g in gws:
+            ids[g.name] = send(g)
+        peer.wait_messages(2)
+        for g in gws:
+            msgs = wait_tracked(g, lambda m: len(m) == 2 and all(x["status"] == "delivered" for x in m),
+                                "--to", RCPT)
+            self.assertEqual(sorted(x["gateway"] for x in msgs), ["gw-a", "gw-b"])
+            self.assertEqual(sorted(x["message_id"] for x in msgs), sorted(ids.values()))
+        rc, out = gws[1].cli("stats", "--by", "day", "--format", "json")
+        self.assertEqual(rc, 0, out)
+        self.assertEqual(json.loads(out)["total"]["received_from_establishments"], 2)
+        self.assertEqual(pg.psql("SELECT count(*) FROM gateways"), "2")
+
+    def test_postgres_stopped_and_restarted_under_traffic(self):
+        pg = self.postgres()
+        url = pg.createdb("passerelle")
+        peer = self.peer("mailbox")
+        # A small buffer (and batch: the batch being retried is held too), so that an outage
+        # of a few seconds overflows them.
+        gw = self.gateway(config(self.tmp, peer.port,
+                                 journal={"kind": "postgres", "url": url, "buffer": 40,
+                                          "batch_size": 10}))
+        sent = 0
+        for _ in range(5):
+            send(gw)
+            sent += 1
+        wait_tracked(gw, lambda m: len(m) == 5 and all(x["status"] == "delivered" for x in m),
+                     "--to", RCPT)
+        pg.stop()
+        # Mail keeps flowing while the journal is away: each message is accepted at once.
+        slowest = 0.0
+        for _ in range(60):
+            t = time.monotonic()
+            send(gw)
+            slowest = max(slowest, time.monotonic() - t)
+            sent += 1
+        peer.wait_messages(sent, timeout=30)
+        self.assertLess(slowest, 2.0, "a message waited on the journal")
+        wait_until(lambda: (metric(gw, "passerelle_journal_write_errors_total") or 0) >= 1, 15,
+                   what="the journal to notice the outage")
+        self.assertEqual(metric(gw, "passerelle_journal_up"), 0)
+        # 60 messages x 2 events overflow 40 + 10.
+        wait_until(lambda: (metric(gw, "passerelle_journal_events_dropped_total") or 0) > 0, 5,
+                   what="the dropped events to be counted")
+        self.assertIn("journal buffer full", gw.log())
+        pg.start()
+        # Writing resumes by itself; everything recorded is either written or dropped.
+        expected = sent * 2  # accepted + delivered
+        wait_until(lambda: metric(gw, "passerelle_journal_pending_events") == 0
+                   and metric(gw, "passerelle_journal_up") == 1, 30, what="the journal to catch up")
+        written = metric(gw, "passerelle_journal_events_written_total")
+        dropped = metric(gw, "passerelle_journal_events_dropped_total")
+        self.assertEqual(written + dropped, expected)
+        self.assertEqual(int(pg.psql("SELECT count(*) FROM events")), written)
+        self.assertIn("journal: writing again", gw.log())
+        # And new traffic is journaled as before.
+        msgid = send(gw)
+        wait_tracked(gw, lambda m: m[0]["status"] == "delivered", "--message-id", msgid)
