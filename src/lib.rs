@@ -3,10 +3,11 @@
 //! The modules follow the mail's path: [`intake`] (SMTP server) -> [`policy`] (who may relay,
 //! where each recipient goes) -> [`queue`] (durable spool, scheduler) -> [`delivery`] (SMTP
 //! client, DNS, TLS) -> [`dsn`] (reports to the sender). Beside the path: [`config`], [`tls`],
-//! [`pki`], and [`server`], which wires them together.
+//! [`pki`], [`server`], which wires them together, and [`console`], the admin web console.
 
 pub mod admin;
 pub mod config;
+pub mod console;
 pub mod delivery;
 pub mod dn;
 pub mod dsn;

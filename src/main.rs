@@ -55,6 +55,40 @@ enum Command {
         #[command(subcommand)]
         what: DirectoryCommand,
     },
+    /// The admin web console.
+    Console {
+        #[command(subcommand)]
+        what: ConsoleCommand,
+    },
+}
+
+#[derive(Subcommand)]
+enum ConsoleCommand {
+    /// Console users ([console] users_file).
+    User {
+        #[command(subcommand)]
+        what: ConsoleUserCommand,
+    },
+}
+
+#[derive(Subcommand)]
+enum ConsoleUserCommand {
+    /// Create or replace a user; the password is read from standard input.
+    Add {
+        name: String,
+        /// operator, auditor, or establishment:NAME.
+        #[arg(long)]
+        role: passerelle::console::access::Role,
+        /// Read the password from the first line of standard input (required: never on the
+        /// command line, where `ps` shows it).
+        #[arg(long)]
+        password_stdin: bool,
+    },
+    /// Every user and its role.
+    List,
+    Remove {
+        name: String,
+    },
 }
 
 #[derive(Subcommand)]
@@ -367,6 +401,9 @@ fn run(cli: Cli) -> anyhow::Result<ExitCode> {
                 .build()?;
             rt.block_on(directory_lookup(&cli.config, &address))
         }
+        Command::Console {
+            what: ConsoleCommand::User { what },
+        } => console_user(&cli.config, what),
         Command::Route {
             what:
                 RouteCommand::Test {
@@ -525,90 +562,74 @@ async fn directory_lookup(config: &std::path::Path, address: &str) -> anyhow::Re
     }
 }
 
-/// `passerelle route test`: the same decision RCPT makes, explained.
+/// `passerelle console user ...`: edits `[console] users_file` (a running console sees the
+/// change at the next request).
+fn console_user(config: &std::path::Path, what: ConsoleUserCommand) -> anyhow::Result<ExitCode> {
+    use passerelle::console::users;
+    let cfg = Config::load_unvalidated(config)?;
+    let file = cfg
+        .console
+        .map(|c| c.users_file)
+        .ok_or_else(|| anyhow::anyhow!("no [console] section in {}", config.display()))?;
+    match what {
+        ConsoleUserCommand::Add {
+            name,
+            role,
+            password_stdin,
+        } => {
+            if !password_stdin {
+                anyhow::bail!("give the password on standard input with --password-stdin");
+            }
+            let mut line = String::new();
+            std::io::stdin().read_line(&mut line)?;
+            let password = line.trim_end_matches(['\r', '\n']);
+            let replaced = users::add(&file, &name, role.clone(), password)?;
+            println!(
+                "{}: user {name} ({role}) {}",
+                file.display(),
+                if replaced { "replaced" } else { "added" }
+            );
+            tracing::info!(target: "passerelle::console::audit", user = %name, role = %role, action = "user add", "console user {}", if replaced { "replaced" } else { "added" });
+        }
+        ConsoleUserCommand::List => {
+            let list = users::load(&file)?;
+            if list.is_empty() {
+                println!("{}: no users", file.display());
+            }
+            for u in list {
+                println!("{}\t{}", u.name, u.role);
+            }
+        }
+        ConsoleUserCommand::Remove { name } => {
+            if !users::remove(&file, &name)? {
+                println!("{}: no user {name}", file.display());
+                return Ok(ExitCode::from(1));
+            }
+            println!("{}: user {name} removed", file.display());
+            tracing::info!(target: "passerelle::console::audit", user = %name, action = "user remove", "console user removed");
+        }
+    }
+    Ok(ExitCode::SUCCESS)
+}
+
+/// `passerelle route test`: the same decision RCPT makes, explained (the console's route
+/// test page shows the same explanation).
 async fn route_test(
     config: &std::path::Path,
     address: &str,
     listener: Option<&str>,
     _from: Option<&str>,
 ) -> anyhow::Result<ExitCode> {
-    use passerelle::config::NextHop;
-    use passerelle::policy::{parse_path, RcptDecision, RouteTarget};
     let snap = passerelle::server::offline_snapshot(passerelle::server::load_config(config)?)?;
-    let cfg = &snap.config;
-    let l = match listener {
-        Some(n) => cfg
-            .listener(n)
-            .ok_or_else(|| anyhow::anyhow!("no listener named {n:?}"))?,
-        None => cfg
-            .listener
-            .first()
-            .ok_or_else(|| anyhow::anyhow!("no listener configured"))?,
-    };
-    println!("listener: {} ({})", l.name, l.address);
-    let addr = match parse_path(address.trim_matches(['<', '>'])) {
-        Ok(Some(a)) => a,
-        Ok(None) => anyhow::bail!("the null address cannot be a recipient"),
-        Err(e) => {
-            println!("refused: {e}");
-            return Ok(ExitCode::from(1));
-        }
-    };
-    let p = &snap.policy;
-    let declared = |d: &str| p.is_declared(d);
-    for step in p.routes.explain(&l.routes, &addr.domain, &declared) {
-        match step.matched {
-            Some(pat) => println!("route {}: matched by pattern {pat}", step.route.name),
-            None => println!(
-                "route {}: no pattern matches {}",
-                step.route.name, addr.domain
-            ),
-        }
-        if step.matched.is_some() {
-            if let RouteTarget::Transport(t) = &step.route.target {
-                if let Some(tc) = cfg.transport.get(t) {
-                    let hop = match &tc.hop {
-                        NextHop::Relay(hp) => format!("relay to {hp}"),
-                        NextHop::Mx { port } => format!("MX of {} on port {port}", addr.domain),
-                    };
-                    println!("transport: {t} ({hop}), tls {}", tc.tls.as_str());
-                    if tc.tls == passerelle::config::TlsPolicy::Mutual {
-                        println!("tls: the peer must show a valid, unrevoked certificate chaining to tls.trust_anchors whose subject DN is one of the whitelist DNs below");
-                    }
-                }
-                let list = p.lists.whitelist.load_full();
-                let entries = list
-                    .as_ref()
-                    .map(|w| w.entries(&addr.domain))
-                    .unwrap_or(&[]);
-                if step.route.whitelist || !entries.is_empty() {
-                    if entries.is_empty() {
-                        println!("whitelist: {} is not declared", addr.domain);
-                    }
-                    for e in entries {
-                        println!("whitelist: {} declared with DN {}", addr.domain, e.dn);
-                    }
-                }
-            }
-        }
+    let e =
+        passerelle::policy::explain::explain(&snap.config, &snap.policy, listener, address).await?;
+    println!("listener: {} ({})", e.listener, e.listener_address);
+    for step in &e.steps {
+        println!("{step}");
     }
-    match p.check_recipient(&l.routes, &addr).await {
-        RcptDecision::Accept {
-            route,
-            transport,
-            bal_type,
-        } => {
-            println!(
-                "verdict: accepted (route {route}, transport {transport}{})",
-                bal_type
-                    .map(|b| format!(", directory BAL type {b}"))
-                    .unwrap_or_default()
-            );
-            Ok(ExitCode::SUCCESS)
-        }
-        RcptDecision::Reject(r) => {
-            println!("verdict: refused: {r}");
-            Ok(ExitCode::from(1))
-        }
-    }
+    Ok(if e.accepted {
+        ExitCode::SUCCESS
+    } else {
+        ExitCode::from(1)
+    })
 }

@@ -8,10 +8,12 @@
 //!
 //! This is the bottom of the house: it imports only the value types of `reply` and `dn`.
 
+mod console;
 mod source;
 mod validate;
 pub mod values;
 
+pub use console::{ConsoleConfig, ConsoleTransport};
 pub use source::{locate, Problem, Severity};
 pub use values::{parse_duration, ClientNet, DomainPattern, HostPort};
 
@@ -75,9 +77,16 @@ pub struct Config {
     pub whitelist: Option<WhitelistConfig>,
     #[serde(default)]
     pub directory: DirectoryConfig,
+    /// The admin web console; none when absent.
+    #[serde(default)]
+    pub console: Option<ConsoleConfig>,
     /// Where the file was read from (not a key): used in messages.
     #[serde(skip)]
     pub source: PathBuf,
+    /// The file's text as read (not a key): the console shows the running configuration and
+    /// diffs an edit against it.
+    #[serde(skip)]
+    pub source_text: String,
 }
 
 #[derive(Debug, Clone, Deserialize)]
@@ -96,7 +105,7 @@ fn default_spool() -> PathBuf {
     PathBuf::from("var/spool")
 }
 
-fn de_socket<'de, D: Deserializer<'de>>(d: D) -> Result<SocketAddr, D::Error> {
+pub(crate) fn de_socket<'de, D: Deserializer<'de>>(d: D) -> Result<SocketAddr, D::Error> {
     let s = String::deserialize(d)?;
     s.trim()
         .parse()
@@ -674,6 +683,7 @@ impl Config {
         })?;
         let mut parsed = Self::from_toml_str(&text, &shown)?;
         parsed.config.source = path.to_path_buf();
+        parsed.config.source_text = text.clone();
         Ok((parsed, text))
     }
 

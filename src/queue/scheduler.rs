@@ -71,6 +71,7 @@ enum Command {
     },
     List(oneshot::Sender<Vec<QueueItem>>),
     Show(String, oneshot::Sender<Option<QueueItem>>),
+    Detail(String, oneshot::Sender<Option<MessageDetail>>),
     Stats(oneshot::Sender<QueueStats>),
     /// Retry now: one id, or all when `None`.
     Retry(Option<String>, oneshot::Sender<Result<usize, QueueError>>),
@@ -78,6 +79,16 @@ enum Command {
     Delete(String, oneshot::Sender<Result<(), QueueError>>),
     Reconfigure(SchedulerConfig),
     Shutdown(oneshot::Sender<()>),
+}
+
+/// One message as the console's message page shows it: its row, its whole envelope (client,
+/// HELO, listener, each recipient's route and transport) and where its content is in the spool
+/// (the console reads the header section only).
+#[derive(Debug, Clone)]
+pub struct MessageDetail {
+    pub item: QueueItem,
+    pub envelope: Arc<Envelope>,
+    pub body: BodyLoc,
 }
 
 /// Gauges for /metrics.
@@ -126,6 +137,12 @@ impl QueueHandle {
     }
     pub async fn show(&self, id: &str) -> Option<QueueItem> {
         self.ask(|tx| Command::Show(id.to_string(), tx))
+            .await
+            .ok()
+            .flatten()
+    }
+    pub async fn detail(&self, id: &str) -> Option<MessageDetail> {
+        self.ask(|tx| Command::Detail(id.to_string(), tx))
             .await
             .ok()
             .flatten()
@@ -373,6 +390,13 @@ impl Scheduler {
             }
             Command::Show(id, reply) => {
                 let _ = reply.send(self.entries.get(&id).map(item));
+            }
+            Command::Detail(id, reply) => {
+                let _ = reply.send(self.entries.get(&id).map(|e| MessageDetail {
+                    item: item(e),
+                    envelope: e.env.clone(),
+                    body: e.body,
+                }));
             }
             Command::Stats(reply) => {
                 let now = now_ms() / 1000;
