@@ -453,6 +453,3 @@ async fn guarded(
 pub fn page(app: &App, v: &Viewer, current: &str, title: &str, body: Markup) -> Html<String> {
     pages::layout::frame(app, v, current, title, body)
 }
-
-#[cfg(test)]
-mod tests;

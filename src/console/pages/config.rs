@@ -42,7 +42,8 @@ fn editor(v: &Viewer, text: &str, base: &str) -> Markup {
             input type="hidden" name="base" value=(base);
             p {
                 label for="config-text" { "Configuration file" }
-                textarea #config-text name="text" rows="30" spellcheck="false" autocomplete="off" { (text) }
+                // HTML drops one newline right after <textarea>: give it one to drop.
+                textarea #config-text name="text" rows="30" spellcheck="false" autocomplete="off" { "\n" (text) }
             }
             p.buttons {
                 button type="submit" formaction="/config/check" { "Check" }

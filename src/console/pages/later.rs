@@ -65,16 +65,9 @@ pub async fn track(
     if let Some(own) = access::confined_to(v.role()) {
         q.establishment = Some(own.to_string());
     }
-    let asked = q
-        != TrackQuery {
-            establishment: q.establishment.clone(),
-            ..Default::default()
-        };
-    let result = if asked {
-        Some(app.backend.journal.track(&q).await)
-    } else {
-        None
-    };
+    // Without a search, the latest messages.
+    q.limit = Some(q.limit.unwrap_or(50).min(1000));
+    let result = app.backend.journal.track(&q).await;
     let body = html! {
         form.filters method="get" action="/track" aria-label="Search the journal" {
             (field("id", "Queue id", &q.id, ""))
@@ -87,10 +80,9 @@ pub async fn track(
             p.buttons { button type="submit" { "Search" } }
         }
         @match &result {
-            None => p.note { "Search the message journal as " code { "passerelle track" } " does." }
-            Some(Err(e)) => (unavailable(e)),
-            Some(Ok(found)) if found.is_empty() => p { "No message matches." }
-            Some(Ok(found)) => {
+            Err(e) => (unavailable(e)),
+            Ok(found) if found.is_empty() => p { "No message matches." }
+            Ok(found) => {
                 p { (found.len()) " message(s)." }
                 @for m in found {
                     article.tracked {
