@@ -79,6 +79,10 @@ pub fn line_chart(title: &str, lines: &[Line<'_>], x_labels: [&str; 3]) -> Marku
                 text.axis x=(W - 8.0) y=(H - 6.0) text-anchor="end" { (x_labels[2]) }
                 @for l in lines {
                     path class=(format!("series {}", l.class)) d=(path(&l.points)) {}
+                    // A point with no neighbour draws no line: a dot instead.
+                    @for (i, v) in isolated(&l.points) {
+                        circle class=(format!("dot {}", l.class)) cx=(format!("{:.1}", x(i))) cy=(format!("{:.1}", y(v))) r="3" {}
+                    }
                 }
             }
             figcaption {
@@ -91,6 +95,19 @@ pub fn line_chart(title: &str, lines: &[Line<'_>], x_labels: [&str; 3]) -> Marku
             }
         }
     }
+}
+
+/// Points with data whose neighbours have none.
+fn isolated(points: &[Option<f64>]) -> Vec<(usize, f64)> {
+    let has = |i: Option<usize>| i.and_then(|i| points.get(i)).is_some_and(|p| p.is_some());
+    points
+        .iter()
+        .enumerate()
+        .filter_map(|(i, p)| {
+            let v = (*p)?;
+            (!has(i.checked_sub(1)) && !has(Some(i + 1))).then_some((i, v))
+        })
+        .collect()
 }
 
 /// Horizontal bars, one per row, for counts by category.
@@ -178,5 +195,9 @@ mod tests {
         assert_eq!(d.matches('M').count(), 2, "{d}");
         assert_eq!(d.matches('L').count(), 1, "{d}");
         assert!(m.contains("<title>t</title>"));
+        assert_eq!(
+            isolated(&[Some(1.0), None, Some(2.0), Some(3.0), None, Some(4.0)]),
+            vec![(0, 1.0), (5, 4.0)]
+        );
     }
 }

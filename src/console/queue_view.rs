@@ -88,11 +88,12 @@ impl QueueFilter {
     }
 }
 
-/// held, deferred (tried and waiting) or new (not tried yet).
+/// held, deferred (tried, or postponed while its destination rests after a failure, and
+/// waiting) or new (not tried yet).
 pub fn status(item: &QueueItem) -> &'static str {
     if item.held {
         "held"
-    } else if item.attempts > 0 {
+    } else if item.attempts > 0 || item.recipients.iter().any(|r| r.last_error.is_some()) {
         "deferred"
     } else {
         "new"
@@ -278,6 +279,13 @@ mod tests {
         assert_eq!(
             (status(&a), status(&b), status(&c)),
             ("new", "deferred", "held")
+        );
+        let mut postponed = a.clone();
+        postponed.recipients[0].last_error = Some("destination resting".into());
+        assert_eq!(
+            status(&postponed),
+            "deferred",
+            "not attempted, but waiting after a failure"
         );
         let f = QueueFilter {
             age: "1h".into(),

@@ -190,14 +190,17 @@ fn at(samples: &[Sample], t: u64) -> Option<&Sample> {
     i.checked_sub(1).map(|i| &samples[i])
 }
 
-/// Pure: the per-bucket increments of sorted cumulative samples.
+/// Pure: the per-bucket increments of sorted cumulative samples. The bucket holding the first
+/// sample counts from it (what came before the console started is unknown); buckets before it
+/// have no data.
 pub fn buckets(samples: &[Sample], now: u64, width: u64, n: u64) -> Vec<Bucket> {
     let start = now.saturating_sub(width * n);
     (0..n)
         .map(|i| {
             let b0 = start + i * width;
             let b1 = b0 + width;
-            let (a, b) = (at(samples, b0), at(samples, b1.min(now)));
+            let first = samples.first().filter(|f| f.time < b1);
+            let (a, b) = (at(samples, b0).or(first), at(samples, b1.min(now)));
             let d = |f: fn(&Sample) -> f64| match (a, b) {
                 (Some(a), Some(b)) => Some((f(b) - f(a)).max(0.0)),
                 _ => None,
@@ -248,6 +251,13 @@ passerelle_deliveries_total{transport=\"u\",result=\"sent\"} 4\n# EOF\n";
         assert_eq!(b[0].accepted, None, "before the first sample");
         assert_eq!(b[1].accepted, Some(5.0), "100 -> 120");
         assert_eq!(b[2].accepted, Some(7.0), "120 -> 140 (last sample 130)");
+        let b = buckets(&samples, 140, 30, 2);
+        assert_eq!(
+            b[0].accepted,
+            Some(5.0),
+            "80..110 counts from the first sample, at 100"
+        );
+        assert_eq!(b[1].accepted, Some(7.0), "110 -> 140");
         let ring = Samples::default();
         for i in 0..(KEEP as u64 + 5) {
             ring.push(mk(i, i as f64));
