@@ -3,11 +3,12 @@
 //! The modules follow the mail's path: [`intake`] (SMTP server) -> [`policy`] (who may relay,
 //! where each recipient goes) -> [`queue`] (durable spool, scheduler) -> [`delivery`] (SMTP
 //! client, DNS, TLS) -> [`dsn`] (reports to the sender). Beside the path: [`journal`] (every
-//! message event, for `track` and `stats`), [`config`], [`tls`], [`pki`], and [`server`], which
-//! wires them together.
+//! message event, for `track` and `stats`), [`console`] (the admin web console, reading what
+//! the path reports), [`config`], [`tls`], [`pki`], and [`server`], which wires them together.
 
 pub mod admin;
 pub mod config;
+pub mod console;
 pub mod csr;
 pub mod delivery;
 pub mod dirsync;

@@ -97,6 +97,43 @@ enum Command {
     Track(passerelle::journal::cli::TrackArgs),
     /// The activity indicators from the journal.
     Stats(passerelle::journal::cli::StatsArgs),
+    /// The admin web console.
+    Console {
+        #[command(subcommand)]
+        what: ConsoleCommand,
+    },
+}
+
+#[derive(Subcommand)]
+enum ConsoleCommand {
+    /// Console users ([console] users_file).
+    User {
+        #[command(subcommand)]
+        what: ConsoleUserCommand,
+    },
+}
+
+#[derive(Subcommand)]
+enum ConsoleUserCommand {
+    /// Create or replace a user; the password is read from standard input.
+    Add {
+        /// The login name.
+        name: String,
+        /// operator, auditor, or establishment:NAME.
+        #[arg(long)]
+        role: passerelle::console::access::Role,
+        /// Read the password from the first line of standard input (required: never on the
+        /// command line, where `ps` shows it).
+        #[arg(long)]
+        password_stdin: bool,
+    },
+    /// Every user and its role.
+    List,
+    /// Remove a user; its open console sessions end.
+    Remove {
+        /// The login name.
+        name: String,
+    },
 }
 
 #[derive(Subcommand)]
@@ -573,6 +610,9 @@ fn run(cli: Cli) -> anyhow::Result<ExitCode> {
                 .build()?;
             rt.block_on(directory_lookup(&cli.config, &address, format))
         }
+        Command::Console {
+            what: ConsoleCommand::User { what },
+        } => console_user(&cli.config, what),
         Command::Route {
             what:
                 RouteCommand::Test {
@@ -870,46 +910,58 @@ async fn directory_lookup(
     })
 }
 
-/// `route test`'s answer: sentences as they come, or one JSON object at the end.
-struct Explain {
-    json: Option<serde_json::Map<String, serde_json::Value>>,
-}
-
-impl Explain {
-    fn new(format: Format) -> Explain {
-        Explain {
-            json: (format == Format::Json).then(serde_json::Map::new),
+/// `passerelle console user ...`: edits `[console] users_file` (a running console sees the
+/// change at the next request).
+fn console_user(config: &std::path::Path, what: ConsoleUserCommand) -> anyhow::Result<ExitCode> {
+    use passerelle::console::users;
+    let cfg = Config::load_unvalidated(config)?;
+    let file = cfg
+        .console
+        .map(|c| c.users_file)
+        .ok_or_else(|| anyhow::anyhow!("no [console] section in {}", config.display()))?;
+    match what {
+        ConsoleUserCommand::Add {
+            name,
+            role,
+            password_stdin,
+        } => {
+            if !password_stdin {
+                anyhow::bail!("give the password on standard input with --password-stdin");
+            }
+            let mut line = String::new();
+            std::io::stdin().read_line(&mut line)?;
+            let password = line.trim_end_matches(['\r', '\n']);
+            let replaced = users::add(&file, &name, role.clone(), password)?;
+            println!(
+                "{}: user {name} ({role}) {}",
+                file.display(),
+                if replaced { "replaced" } else { "added" }
+            );
+            tracing::info!(target: "passerelle::console::audit", user = %name, role = %role, action = "user add", "console user {}", if replaced { "replaced" } else { "added" });
         }
-    }
-    fn say(&self, line: impl std::fmt::Display) {
-        if self.json.is_none() {
-            println!("{line}");
-        }
-    }
-    fn set(&mut self, key: &str, value: serde_json::Value) {
-        if let Some(m) = &mut self.json {
-            m.insert(key.into(), value);
-        }
-    }
-    fn push(&mut self, key: &str, value: serde_json::Value) {
-        if let Some(m) = &mut self.json {
-            if let serde_json::Value::Array(a) = m
-                .entry(key)
-                .or_insert_with(|| serde_json::Value::Array(Vec::new()))
-            {
-                a.push(value);
+        ConsoleUserCommand::List => {
+            let list = users::load(&file)?;
+            if list.is_empty() {
+                println!("{}: no users", file.display());
+            }
+            for u in list {
+                println!("{}\t{}", u.name, u.role);
             }
         }
-    }
-    fn finish(self, code: ExitCode) -> anyhow::Result<ExitCode> {
-        if let Some(m) = self.json {
-            print_json(&serde_json::Value::Object(m))?;
+        ConsoleUserCommand::Remove { name } => {
+            if !users::remove(&file, &name)? {
+                println!("{}: no user {name}", file.display());
+                return Ok(ExitCode::from(1));
+            }
+            println!("{}: user {name} removed", file.display());
+            tracing::info!(target: "passerelle::console::audit", user = %name, action = "user remove", "console user removed");
         }
-        Ok(code)
     }
+    Ok(ExitCode::SUCCESS)
 }
 
-/// `passerelle route test`: the same decision RCPT makes, explained.
+/// `passerelle route test`: the same decision RCPT makes, explained (the console's route
+/// test page shows the same explanation).
 async fn route_test(
     config: &std::path::Path,
     address: &str,
@@ -917,128 +969,22 @@ async fn route_test(
     _from: Option<&str>,
     format: Format,
 ) -> anyhow::Result<ExitCode> {
-    use passerelle::config::NextHop;
-    use passerelle::policy::{parse_path, RcptDecision, RouteTarget};
-    use serde_json::json;
     let snap = passerelle::server::offline_snapshot(passerelle::server::load_config(config)?)?;
-    let cfg = &snap.config;
-    let l = match listener {
-        Some(n) => cfg
-            .listener(n)
-            .ok_or_else(|| anyhow::anyhow!("no listener named {n:?}"))?,
-        None => cfg
-            .listener
-            .first()
-            .ok_or_else(|| anyhow::anyhow!("no listener configured"))?,
-    };
-    let mut out = Explain::new(format);
-    out.say(format_args!("listener: {} ({})", l.name, l.address));
-    out.set("address", json!(address));
-    out.set(
-        "listener",
-        json!({"name": l.name, "address": l.address.to_string()}),
-    );
-    let addr = match parse_path(address.trim_matches(['<', '>'])) {
-        Ok(Some(a)) => a,
-        Ok(None) => anyhow::bail!("the null address cannot be a recipient"),
-        Err(e) => {
-            out.say(format_args!("refused: {e}"));
-            out.set("verdict", json!("refused"));
-            out.set("reply", json!(e.to_string()));
-            return out.finish(ExitCode::from(1));
-        }
-    };
-    let p = &snap.policy;
-    let declared = |d: &str| p.is_declared(d);
-    for step in p.routes.explain(&l.routes, &addr.domain, &declared) {
-        match step.matched {
-            Some(pat) => out.say(format_args!(
-                "route {}: matched by pattern {pat}",
-                step.route.name
-            )),
-            None => out.say(format_args!(
-                "route {}: no pattern matches {}",
-                step.route.name, addr.domain
-            )),
-        }
-        out.push(
-            "routes",
-            json!({"route": step.route.name, "matched": step.matched.map(|m| m.to_string())}),
-        );
-        if step.matched.is_some() {
-            if let RouteTarget::Transport(t) = &step.route.target {
-                if let Some(tc) = cfg.transport.get(t) {
-                    let (hop, next_hop) = match &tc.hop {
-                        NextHop::Relay(hp) => (format!("relay to {hp}"), json!(hp.to_string())),
-                        NextHop::Mx { port } => (
-                            format!("MX of {} on port {port}", addr.domain),
-                            json!(format!("MX of {}:{port}", addr.domain)),
-                        ),
-                    };
-                    out.say(format_args!(
-                        "transport: {t} ({hop}), tls {}",
-                        tc.tls.as_str()
-                    ));
-                    out.set(
-                        "transport",
-                        json!({"name": t, "next_hop": next_hop, "tls": tc.tls.as_str()}),
-                    );
-                    if tc.tls == passerelle::config::TlsPolicy::Mutual {
-                        out.say("tls: the peer must show a valid, unrevoked certificate chaining to tls.trust_anchors whose subject DN is one of the whitelist DNs below");
-                    }
-                }
-                let list = p.lists.whitelist.load_full();
-                let entries = list
-                    .as_ref()
-                    .map(|w| w.entries(&addr.domain))
-                    .unwrap_or(&[]);
-                if step.route.whitelist || !entries.is_empty() {
-                    if entries.is_empty() {
-                        out.say(format_args!("whitelist: {} is not declared", addr.domain));
-                    }
-                    for e in entries {
-                        out.say(format_args!(
-                            "whitelist: {} declared with DN {}",
-                            addr.domain, e.dn
-                        ));
-                    }
-                    out.set(
-                        "whitelist",
-                        json!({
-                            "domain": addr.domain,
-                            "declared": !entries.is_empty(),
-                            "dns": entries.iter().map(|e| e.dn.as_str()).collect::<Vec<_>>(),
-                        }),
-                    );
-                }
-            }
+    let e =
+        passerelle::policy::explain::explain(&snap.config, &snap.policy, listener, address).await?;
+    if format == Format::Json {
+        print_json(&e.to_json(address))?;
+    } else {
+        println!("listener: {} ({})", e.listener, e.listener_address);
+        for step in &e.steps {
+            println!("{step}");
         }
     }
-    match p.check_recipient(&l.routes, &addr).await {
-        RcptDecision::Accept {
-            route,
-            transport,
-            bal_type,
-        } => {
-            out.say(format_args!(
-                "verdict: accepted (route {route}, transport {transport}{})",
-                bal_type
-                    .as_ref()
-                    .map(|b| format!(", directory BAL type {b}"))
-                    .unwrap_or_default()
-            ));
-            out.set("verdict", json!("accepted"));
-            out.set("route", json!(route));
-            out.set("bal_type", json!(bal_type));
-            out.finish(ExitCode::SUCCESS)
-        }
-        RcptDecision::Reject(r) => {
-            out.say(format_args!("verdict: refused: {r}"));
-            out.set("verdict", json!("refused"));
-            out.set("reply", json!(r.to_string()));
-            out.finish(ExitCode::from(1))
-        }
-    }
+    Ok(if e.accepted {
+        ExitCode::SUCCESS
+    } else {
+        ExitCode::from(1)
+    })
 }
 
 #[cfg(test)]

@@ -116,6 +116,15 @@ impl CrlSet {
             .collect()
     }
 
+    /// The earliest `nextUpdate` (Unix time) of the CRLs in force (the console's health table).
+    pub fn next_update(&self) -> Option<i64> {
+        self.files
+            .iter()
+            .flat_map(|(_, c)| c.iter())
+            .filter_map(|der| crate::trust::crl_next_update(der.as_ref()))
+            .min()
+    }
+
     pub fn is_empty(&self) -> bool {
         self.parsed.is_empty()
     }

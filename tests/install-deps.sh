@@ -25,6 +25,14 @@ fi
 
 # PostgreSQL for the shared journal (tests start private servers with initdb/pg_ctl).
 ls /usr/lib/postgresql/*/bin/pg_ctl >/dev/null 2>&1 || need="$need postgresql"
+# The console's browser tests: headless Chromium driven by selenium (for the default python3,
+# which may be a pyenv build that does not see Debian's python3-selenium).
+command -v chromium >/dev/null 2>&1 || need="$need chromium"
+command -v chromedriver >/dev/null 2>&1 || need="$need chromium-driver"
+if ! python3 -c "import selenium" 2>/dev/null; then
+  echo "installing: selenium (pip)"
+  python3 -m pip install -q --disable-pip-version-check selenium || echo "pip install selenium failed" >&2
+fi
 [ -z "$need" ] && exit 0
 echo "installing:$need"
 export DEBIAN_FRONTEND=noninteractive
@@ -40,3 +48,4 @@ apt-get update -q >/dev/null
 apt-get install -y -q --no-install-recommends postfix swaks slapd ldap-utils openssl \
     libnet-ssleay-perl libio-socket-ssl-perl libio-socket-inet6-perl ca-certificates \
     postgresql >/dev/null
+    chromium chromium-driver fonts-dejavu-core >/dev/null

@@ -8,6 +8,7 @@
 //!
 //! This is the bottom of the house: it imports only the value types of `reply` and `dn`.
 
+mod console;
 mod dirsync;
 mod journal;
 #[cfg(test)]
@@ -16,6 +17,7 @@ mod source;
 mod validate;
 pub mod values;
 
+pub use console::{ConsoleConfig, ConsoleTransport};
 pub use dirsync::SyncConfig;
 pub use journal::{JournalConfig, JournalKind};
 pub use source::{locate, Problem, Severity};
@@ -84,9 +86,16 @@ pub struct Config {
     /// The message journal (`track`, `stats`, the console's timelines and indicators).
     #[serde(default)]
     pub journal: JournalConfig,
+    /// The admin web console; none when absent.
+    #[serde(default)]
+    pub console: Option<ConsoleConfig>,
     /// Where the file was read from (not a key): used in messages.
     #[serde(skip)]
     pub source: PathBuf,
+    /// The file's text as read (not a key): the console shows the running configuration and
+    /// diffs an edit against it.
+    #[serde(skip)]
+    pub source_text: String,
 }
 
 #[derive(Debug, Clone, Deserialize)]
@@ -105,7 +114,7 @@ fn default_spool() -> PathBuf {
     PathBuf::from("var/spool")
 }
 
-fn de_socket<'de, D: Deserializer<'de>>(d: D) -> Result<SocketAddr, D::Error> {
+pub(crate) fn de_socket<'de, D: Deserializer<'de>>(d: D) -> Result<SocketAddr, D::Error> {
     let s = String::deserialize(d)?;
     s.trim()
         .parse()
@@ -775,6 +784,7 @@ impl Config {
         })?;
         let mut parsed = Self::from_toml_str(&text, &shown)?;
         parsed.config.source = path.to_path_buf();
+        parsed.config.source_text = text.clone();
         Ok((parsed, text))
     }
 

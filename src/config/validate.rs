@@ -222,11 +222,12 @@ pub fn validate(c: &Config) -> Vec<Problem> {
             ));
         }
     }
+    super::console::validate(c, &mut p);
     p
 }
 
 /// Two addresses that one bind would make collide (0.0.0.0 covers every IPv4 address).
-fn same_socket(a: std::net::SocketAddr, b: std::net::SocketAddr) -> bool {
+pub(super) fn same_socket(a: std::net::SocketAddr, b: std::net::SocketAddr) -> bool {
     a.port() == b.port()
         && (a.ip() == b.ip()
             || (a.is_ipv4() == b.is_ipv4() && (a.ip().is_unspecified() || b.ip().is_unspecified())))

@@ -187,6 +187,17 @@ fn reply_text(v: &Json) -> Option<String> {
 /// One line of a timeline.
 pub fn describe_event(e: &Json) -> String {
     let kind = s(e, "kind").unwrap_or("?");
+    format!(
+        "  {}  {:<9} {}\n",
+        s(e, "time").unwrap_or("?"),
+        kind,
+        event_details(e)
+    )
+}
+
+/// What a timeline line says after the time and the kind (the console shows the same words).
+pub fn event_details(e: &Json) -> String {
+    let kind = s(e, "kind").unwrap_or("?");
     let mut d = String::new();
     match kind {
         "accepted" => {
@@ -271,7 +282,7 @@ pub fn describe_event(e: &Json) -> String {
             }
         }
     }
-    format!("  {}  {:<9} {}\n", s(e, "time").unwrap_or("?"), kind, d)
+    d
 }
 
 /// A message and its timeline, as `track` prints it.
@@ -422,9 +433,10 @@ fn csv_field(s: &str) -> String {
     }
 }
 
-/// One line per group and a `total` line; the reasons and BAL types found become columns
-/// (`refused:<reason>`, `tls_failure:<reason>`, `bal_type:<type>`).
-pub fn render_csv(r: &StatsReport) -> String {
+/// The indicators as a table: a header row, one row per group and a `total` row; the reasons
+/// and BAL types found become columns (`refused:<reason>`, `tls_failure:<reason>`,
+/// `bal_type:<type>`). The CSV of `stats` and the console's tables are this.
+pub fn stats_table(r: &StatsReport) -> (Vec<String>, Vec<Vec<String>>) {
     use std::collections::BTreeSet;
     let all = || r.rows.iter().chain(std::iter::once(&r.total));
     let keys = |f: fn(&StatsRow) -> &std::collections::BTreeMap<String, u64>| {
@@ -435,30 +447,38 @@ pub fn render_csv(r: &StatsReport) -> String {
     let refused = keys(|x| &x.refused_by_reason);
     let tls = keys(|x| &x.tls_failures_by_reason);
     let bal = keys(|x| &x.bal_types);
-    let mut o = String::new();
     let mut head = vec![by_name(r.by).to_string()];
     head.extend(columns(&r.total).iter().map(|(c, _, _)| c.to_string()));
     head.extend(refused.iter().map(|k| format!("refused:{k}")));
     head.extend(tls.iter().map(|k| format!("tls_failure:{k}")));
     head.extend(bal.iter().map(|k| format!("bal_type:{k}")));
-    o.push_str(
-        &head
-            .iter()
-            .map(|h| csv_field(h))
-            .collect::<Vec<_>>()
-            .join(","),
-    );
-    o.push('\n');
-    for row in all() {
-        let mut f = vec![csv_field(&row.key)];
-        f.extend(columns(row).iter().map(|(_, _, v)| v.to_string()));
-        let get = |m: &std::collections::BTreeMap<String, u64>, k: &String| {
-            m.get(k).copied().unwrap_or(0).to_string()
-        };
-        f.extend(refused.iter().map(|k| get(&row.refused_by_reason, k)));
-        f.extend(tls.iter().map(|k| get(&row.tls_failures_by_reason, k)));
-        f.extend(bal.iter().map(|k| get(&row.bal_types, k)));
-        o.push_str(&f.join(","));
+    let rows = all()
+        .map(|row| {
+            let mut f = vec![row.key.clone()];
+            f.extend(columns(row).iter().map(|(_, _, v)| v.to_string()));
+            let get = |m: &std::collections::BTreeMap<String, u64>, k: &String| {
+                m.get(k).copied().unwrap_or(0).to_string()
+            };
+            f.extend(refused.iter().map(|k| get(&row.refused_by_reason, k)));
+            f.extend(tls.iter().map(|k| get(&row.tls_failures_by_reason, k)));
+            f.extend(bal.iter().map(|k| get(&row.bal_types, k)));
+            f
+        })
+        .collect();
+    (head, rows)
+}
+
+/// [`stats_table`] as CSV (RFC 4180 quoting).
+pub fn render_csv(r: &StatsReport) -> String {
+    let (head, rows) = stats_table(r);
+    let mut o = String::new();
+    for row in std::iter::once(&head).chain(&rows) {
+        o.push_str(
+            &row.iter()
+                .map(|h| csv_field(h))
+                .collect::<Vec<_>>()
+                .join(","),
+        );
         o.push('\n');
     }
     o

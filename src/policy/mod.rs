@@ -4,6 +4,7 @@
 
 pub mod address;
 pub mod directory;
+pub mod explain;
 pub mod extract;
 pub mod ldap;
 pub mod ldif;

@@ -8,7 +8,9 @@ pub mod attempt;
 pub mod scheduler;
 pub mod spool;
 
-pub use scheduler::{QueueError, QueueHandle, QueueItem, QueueRcpt, QueueStats, Scheduler};
+pub use scheduler::{
+    MessageDetail, QueueError, QueueHandle, QueueItem, QueueRcpt, QueueStats, Scheduler,
+};
 pub use spool::{BodyLoc, Recovered, Spool, SpoolError};
 
 use crate::message::{now_ms, Envelope, State};

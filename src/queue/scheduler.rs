@@ -72,6 +72,7 @@ enum Command {
     List(oneshot::Sender<Vec<QueueItem>>),
     Show(String, oneshot::Sender<Option<QueueItem>>),
     Locate(String, oneshot::Sender<Option<BodyLoc>>),
+    Detail(String, oneshot::Sender<Option<MessageDetail>>),
     Stats(oneshot::Sender<QueueStats>),
     /// Retry now: one id, or all when `None`.
     Retry(Option<String>, oneshot::Sender<Result<usize, QueueError>>),
@@ -79,6 +80,16 @@ enum Command {
     Delete(String, oneshot::Sender<Result<(), QueueError>>),
     Reconfigure(SchedulerConfig),
     Shutdown(oneshot::Sender<()>),
+}
+
+/// One message as the console's message page shows it: its row, its whole envelope (client,
+/// HELO, listener, each recipient's route and transport) and where its content is in the spool
+/// (the console reads the header section only).
+#[derive(Debug, Clone)]
+pub struct MessageDetail {
+    pub item: QueueItem,
+    pub envelope: Arc<Envelope>,
+    pub body: BodyLoc,
 }
 
 /// Gauges for /metrics.
@@ -134,6 +145,13 @@ impl QueueHandle {
     /// Where a message's bytes are in the spool (`queue show --headers/--body`).
     pub async fn locate(&self, id: &str) -> Option<BodyLoc> {
         self.ask(|tx| Command::Locate(id.to_string(), tx))
+            .await
+            .ok()
+            .flatten()
+    }
+    /// One message with its envelope, for the console's message page.
+    pub async fn detail(&self, id: &str) -> Option<MessageDetail> {
+        self.ask(|tx| Command::Detail(id.to_string(), tx))
             .await
             .ok()
             .flatten()
@@ -384,6 +402,13 @@ impl Scheduler {
             }
             Command::Locate(id, reply) => {
                 let _ = reply.send(self.entries.get(&id).map(|e| e.body));
+            }
+            Command::Detail(id, reply) => {
+                let _ = reply.send(self.entries.get(&id).map(|e| MessageDetail {
+                    item: item(e),
+                    envelope: e.env.clone(),
+                    body: e.body,
+                }));
             }
             Command::Stats(reply) => {
                 let now = now_ms() / 1000;

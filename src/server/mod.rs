@@ -108,6 +108,12 @@ fn scheduler_config(cfg: &Config) -> SchedulerConfig {
 }
 
 pub async fn serve(config_path: &Path) -> anyhow::Result<()> {
+    // Signals first: a SIGHUP that lands while the listeners bind (a supervisor reloading
+    // right after start) must be taken as a reload, never by the default action, which exits.
+    use tokio::signal::unix::{signal, SignalKind};
+    let mut term = signal(SignalKind::terminate())?;
+    let mut int = signal(SignalKind::interrupt())?;
+    let mut hup = signal(SignalKind::hangup())?;
     let cfg = load_config(config_path)?;
     // Files with a download URL that do not exist yet are fetched before they are loaded.
     {
@@ -121,6 +127,8 @@ pub async fn serve(config_path: &Path) -> anyhow::Result<()> {
     let cfg = &snap.config;
 
     let (spool, recovered, report) = Spool::open(&cfg.server.spool)?;
+    let queue_dir = spool.queue_dir().to_path_buf();
+    let (reloader, mut reload_requests) = ReloadHandle::channel();
     tracing::info!(spool = %cfg.server.spool.display(), messages = report.messages, segments = report.segments,
         quarantined = report.quarantined, "queue recovered");
     crate::journal::install(crate::journal::start(cfg), cfg);
@@ -201,10 +209,19 @@ pub async fn serve(config_path: &Path) -> anyhow::Result<()> {
         ))
     };
 
-    use tokio::signal::unix::{signal, SignalKind};
-    let mut term = signal(SignalKind::terminate())?;
-    let mut int = signal(SignalKind::interrupt())?;
-    let mut hup = signal(SignalKind::hangup())?;
+    let console = crate::console::start(crate::console::ConsoleBackend {
+        queue: queue.handle().clone(),
+        queue_dir,
+        snapshot: rt.snapshot.clone(),
+        crls: rt.crls.clone(),
+        reload: reloader,
+        journal: Arc::new(crate::console::journal_hook::JournalHook::new(
+            rt.snapshot.clone(),
+        )),
+        establishments: Arc::new(crate::console::NoEstablishments),
+    })
+    .await?;
+
     loop {
         tokio::select! {
             _ = term.recv() => break,
@@ -213,18 +230,12 @@ pub async fn serve(config_path: &Path) -> anyhow::Result<()> {
                 crate::fetch::What::Crl(_) => rt.crl_files.check_now(),
                 crate::fetch::What::Whitelist => rt.whitelist.check_now(),
             },
-            _ = hup.recv() => match rt.reload().await {
-                Ok(()) => {
-                    crate::metrics::inc("passerelle_reloads_total", "SIGHUP reloads, by result", &[("result", "ok")]);
-                    tracing::info!(config = %config_path.display(), "configuration reloaded")
-                }
-                Err(e) => {
-                    crate::metrics::inc("passerelle_reloads_total", "SIGHUP reloads, by result", &[("result", "refused")]);
-                    // One error, one line.
-                    let why = format!("{e:#}").replace('\n', "; ");
-                    tracing::error!(config = %config_path.display(), "reload refused, keeping the running configuration: {why}")
-                }
-            },
+            _ = hup.recv() => {
+                let _ = rt.reload_logged().await;
+            }
+            Some(done) = reload_requests.recv() => {
+                let _ = done.send(rt.reload_logged().await);
+            }
         }
     }
     tracing::info!("shutting down: no new connections, finishing sessions in flight");
@@ -241,6 +252,9 @@ pub async fn serve(config_path: &Path) -> anyhow::Result<()> {
     if let Some(a) = admin {
         a.abort();
     }
+    if let Some(c) = console {
+        c.abort();
+    }
     let bound: Vec<Bound> = rt.listeners.lock().await.drain().map(|(_, b)| b).collect();
     futures::future::join_all(bound.into_iter().map(Bound::close)).await;
     queue.handle().shutdown().await;
@@ -250,7 +264,59 @@ pub async fn serve(config_path: &Path) -> anyhow::Result<()> {
     Ok(())
 }
 
+/// Asks the running server to reload, as SIGHUP does, and waits for the outcome (the
+/// console's "apply"). The signal loop serves both, so two reloads never run at once.
+#[derive(Clone)]
+pub struct ReloadHandle(tokio::sync::mpsc::Sender<ReloadRequest>);
+
+/// A reload request: where to send the outcome (the refusal as one line).
+pub type ReloadRequest = tokio::sync::oneshot::Sender<Result<(), String>>;
+
+impl ReloadHandle {
+    pub fn channel() -> (ReloadHandle, tokio::sync::mpsc::Receiver<ReloadRequest>) {
+        let (tx, rx) = tokio::sync::mpsc::channel(4);
+        (ReloadHandle(tx), rx)
+    }
+
+    pub async fn reload(&self) -> Result<(), String> {
+        let (tx, rx) = tokio::sync::oneshot::channel();
+        self.0
+            .send(tx)
+            .await
+            .map_err(|_| "the server is stopping".to_string())?;
+        rx.await.map_err(|_| "the server is stopping".to_string())?
+    }
+}
+
 impl Runtime {
+    /// A reload (SIGHUP or [`ReloadHandle`]) with its log line and metric; the refusal as
+    /// one line.
+    async fn reload_logged(&self) -> Result<(), String> {
+        let config = self.config_path.display();
+        match self.reload().await {
+            Ok(()) => {
+                crate::metrics::inc(
+                    "passerelle_reloads_total",
+                    "SIGHUP reloads, by result",
+                    &[("result", "ok")],
+                );
+                tracing::info!(%config, "configuration reloaded");
+                Ok(())
+            }
+            Err(e) => {
+                crate::metrics::inc(
+                    "passerelle_reloads_total",
+                    "SIGHUP reloads, by result",
+                    &[("result", "refused")],
+                );
+                // One error, one line.
+                let why = format!("{e:#}").replace('\n', "; ");
+                tracing::error!(%config, "reload refused, keeping the running configuration: {why}");
+                Err(why)
+            }
+        }
+    }
+
     /// SIGHUP: a whole new snapshot, and every file it names re-read; swapped in only when all
     /// of it loaded and every new listener is bound. Removed listeners stop accepting and
     /// drain their sessions.

@@ -1,0 +1,110 @@
+//! The console's socket: plain HTTP (loopback only, checked by the config) or HTTPS, as an
+//! `axum::serve::Listener`. TLS handshakes run in their own tasks (bounded in time), so a slow
+//! client never holds up the others' accepts.
+
+use crate::net::BoxStream;
+use std::net::SocketAddr;
+use std::sync::Arc;
+use std::time::Duration;
+use tokio::net::TcpListener;
+use tokio::sync::mpsc;
+
+/// Where the TLS configuration comes from at each handshake (a reload may change the
+/// gateway's certificate); `None` for plain HTTP.
+pub type TlsSource = Option<Arc<dyn Fn() -> Option<Arc<rustls::ServerConfig>> + Send + Sync>>;
+
+/// A handshake taking longer than this is dropped.
+const HANDSHAKE_TIMEOUT: Duration = Duration::from_secs(10);
+
+pub struct ConsoleListener {
+    rx: mpsc::Receiver<(BoxStream, SocketAddr)>,
+    local: SocketAddr,
+    task: tokio::task::JoinHandle<()>,
+}
+
+impl Drop for ConsoleListener {
+    fn drop(&mut self) {
+        self.task.abort();
+    }
+}
+
+impl ConsoleListener {
+    pub fn new(sock: TcpListener, tls: TlsSource) -> std::io::Result<ConsoleListener> {
+        let local = sock.local_addr()?;
+        let (tx, rx) = mpsc::channel(64);
+        let task = tokio::spawn(accept_loop(sock, tls, tx));
+        Ok(ConsoleListener { rx, local, task })
+    }
+}
+
+async fn accept_loop(sock: TcpListener, tls: TlsSource, tx: mpsc::Sender<(BoxStream, SocketAddr)>) {
+    loop {
+        let (tcp, peer) = match sock.accept().await {
+            Ok(c) => c,
+            Err(e) => {
+                // EMFILE and friends: wait instead of spinning.
+                tracing::warn!(error = %e, "console: accept failed");
+                tokio::time::sleep(Duration::from_millis(100)).await;
+                continue;
+            }
+        };
+        let _ = tcp.set_nodelay(true);
+        let Some(source) = &tls else {
+            if tx.send((Box::new(tcp), peer)).await.is_err() {
+                return;
+            }
+            continue;
+        };
+        let Some(cfg) = source() else {
+            tracing::error!("console: no TLS certificate available; connection closed");
+            continue;
+        };
+        let tx = tx.clone();
+        tokio::spawn(async move {
+            let acceptor = tokio_rustls::TlsAcceptor::from(cfg);
+            match tokio::time::timeout(HANDSHAKE_TIMEOUT, acceptor.accept(tcp)).await {
+                Ok(Ok(s)) => {
+                    let _ = tx.send((Box::new(s), peer)).await;
+                }
+                Ok(Err(e)) => tracing::debug!(%peer, error = %e, "console: TLS handshake failed"),
+                Err(_) => tracing::debug!(%peer, "console: TLS handshake timed out"),
+            }
+        });
+    }
+}
+
+impl axum::serve::Listener for ConsoleListener {
+    type Io = BoxStream;
+    type Addr = SocketAddr;
+
+    async fn accept(&mut self) -> (BoxStream, SocketAddr) {
+        match self.rx.recv().await {
+            Some(c) => c,
+            // The accept task ended (never, short of a panic): serve nothing more.
+            None => std::future::pending().await,
+        }
+    }
+
+    fn local_addr(&self) -> std::io::Result<SocketAddr> {
+        Ok(self.local)
+    }
+}
+
+/// The client's address, for the login rate limit and the audit log.
+#[derive(Debug, Clone, Copy)]
+pub struct ClientAddr(pub SocketAddr);
+
+impl axum::extract::connect_info::Connected<axum::serve::IncomingStream<'_, ConsoleListener>>
+    for ClientAddr
+{
+    fn connect_info(s: axum::serve::IncomingStream<'_, ConsoleListener>) -> Self {
+        ClientAddr(*s.remote_addr())
+    }
+}
+
+/// A rustls server configuration for the console: HTTP/1.1 over the given identity.
+pub fn server_config(base: &rustls::ServerConfig) -> Arc<rustls::ServerConfig> {
+    let mut c = base.clone();
+    c.alpn_protocols = vec![b"http/1.1".to_vec()];
+    Arc::new(c)
+}

@@ -1,0 +1,459 @@
+//! The admin web console: server-rendered pages on `[console] address` for the operator, the
+//! auditors and each establishment's administrators.
+//!
+//! - Pages are HTML made on the server with `maud` (compile-time checked, escaped by
+//!   default); charts are inline SVG; there is no script at all and nothing is fetched from
+//!   elsewhere, so a strict Content-Security-Policy holds.
+//! - Everything the console needs from the gateway is in [`ConsoleBackend`]; the journal and
+//!   the establishments plug in through its two hooks.
+//! - Access is one pure function, [`access::decide`]; every page asks it.
+//! - One guard in front of every route: the session (cookie `HttpOnly`, `SameSite=Strict`,
+//!   `Secure` over HTTPS, idle timeout), the CSRF token of every state-changing request
+//!   (403 without it), a same-origin check, and the security headers.
+
+pub mod access;
+mod charts;
+pub mod config_edit;
+mod hooks;
+pub mod journal_hook;
+mod listener;
+mod pages;
+pub mod queue_view;
+pub mod samples;
+mod session;
+pub mod users;
+
+pub use hooks::{
+    AuditEvent, ConsoleBackend, Establishments, HookError, Journal, JournalEvent, NoEstablishments,
+    NoJournal, StatsQuery, StatsTable, TrackQuery, TrackedMessage,
+};
+
+use access::{Action, Resource, Role, Verdict};
+use anyhow::Context;
+use axum::body::Body;
+use axum::extract::{ConnectInfo, Request, State};
+use axum::http::{header, HeaderMap, HeaderValue, Method, StatusCode};
+use axum::middleware::Next;
+use axum::response::{Html, IntoResponse, Redirect, Response};
+use axum::routing::{get, post};
+use axum::Router;
+use listener::{ClientAddr, ConsoleListener, TlsSource};
+use maud::{html, Markup, DOCTYPE};
+use session::{LoginLimiter, Session, Sessions};
+use std::net::SocketAddr;
+use std::sync::Arc;
+use std::time::Instant;
+use users::UsersCache;
+
+/// Largest request body accepted (a config file edit is the largest form).
+const MAX_BODY: usize = 2 * 1024 * 1024;
+
+/// The console's state, shared by every request.
+pub struct App {
+    backend: ConsoleBackend,
+    users: UsersCache,
+    sessions: Sessions,
+    limiter: LoginLimiter,
+    /// HTTPS: cookies get `Secure`.
+    secure: bool,
+    samples: samples::Samples,
+    /// Verified against when the user name is unknown, so a login takes as long either way.
+    dummy_hash: String,
+    /// One configuration change at a time.
+    config_lock: tokio::sync::Mutex<()>,
+}
+
+/// The logged-in user of a request, put there by the guard.
+#[derive(Clone)]
+pub struct Viewer {
+    pub session: Session,
+    pub client: SocketAddr,
+}
+
+impl Viewer {
+    pub fn role(&self) -> &Role {
+        &self.session.role
+    }
+    pub fn user(&self) -> &str {
+        &self.session.user
+    }
+}
+
+/// Starts the console when `[console]` is configured: binds its address (an error stops
+/// `serve`, like any listener), then serves until the task is aborted.
+pub async fn start(backend: ConsoleBackend) -> anyhow::Result<Option<tokio::task::JoinHandle<()>>> {
+    let snap = backend.snapshot.load_full();
+    let Some(cc) = snap.config.console.clone() else {
+        return Ok(None);
+    };
+    let transport = cc.transport(snap.config.tls.is_some()).ok_or_else(|| {
+        anyhow::anyhow!(
+            "console.address: {} needs HTTPS and there is no certificate",
+            cc.address
+        )
+    })?;
+    let tls = tls_source(&transport, &backend)?;
+    let sock = tokio::net::TcpListener::bind(cc.address)
+        .await
+        .with_context(|| format!("console.address: bind {}", cc.address))?;
+    let dummy_hash =
+        tokio::task::spawn_blocking(|| users::hash_password("not a password, only a timing twin"))
+            .await
+            .context("console: hashing")??;
+    let users = UsersCache::new(cc.users_file.clone());
+    if users.get().is_empty() {
+        tracing::warn!(users_file = %cc.users_file.display(),
+            "console: no users yet; create the first one with `passerelle console user add NAME --role operator --password-stdin`");
+    }
+    let app = Arc::new(App {
+        backend,
+        users,
+        sessions: Sessions::new(cc.idle_timeout),
+        limiter: LoginLimiter::new(),
+        secure: tls.is_some(),
+        samples: samples::Samples::default(),
+        dummy_hash,
+        config_lock: tokio::sync::Mutex::new(()),
+    });
+    let listener = ConsoleListener::new(sock, tls)?;
+    tracing::info!(address = %cc.address, https = app.secure, "console listening");
+    let router = router(app.clone());
+    Ok(Some(tokio::spawn(async move {
+        let serve = axum::serve(
+            listener,
+            router.into_make_service_with_connect_info::<ClientAddr>(),
+        );
+        tokio::select! {
+            r = serve => if let Err(e) = r { tracing::error!(error = %e, "console stopped") },
+            _ = app.samples.run() => {}
+        }
+    })))
+}
+
+fn tls_source(
+    t: &crate::config::ConsoleTransport,
+    backend: &ConsoleBackend,
+) -> anyhow::Result<TlsSource> {
+    use crate::config::ConsoleTransport as T;
+    Ok(match t {
+        T::Plain => None,
+        T::OwnCertificate { certificate, key } => {
+            let m = crate::tls::TlsMaterial::load(&crate::config::TlsConfig {
+                certificate: certificate.clone(),
+                private_key: key.clone(),
+                trust_anchors: None,
+                crls: Vec::new(),
+                crl_urls: Vec::new(),
+                crl_refresh: std::time::Duration::from_secs(3600),
+                crl_grace: std::time::Duration::ZERO,
+            })
+            .context("console certificate")?;
+            let cfg = listener::server_config(&*m.server_config(None)?);
+            Some(Arc::new(move || Some(cfg.clone())))
+        }
+        T::GatewayCertificate => {
+            // The gateway's identity in force, rebuilt only when a reload changed the snapshot.
+            let snapshot = backend.snapshot.clone();
+            let cache: std::sync::Mutex<Option<(usize, Arc<rustls::ServerConfig>)>> =
+                Default::default();
+            Some(Arc::new(move || {
+                let snap = snapshot.load_full();
+                let key = Arc::as_ptr(&snap) as usize;
+                let mut c = cache.lock().unwrap_or_else(|p| p.into_inner());
+                if let Some((k, cfg)) = c.as_ref() {
+                    if *k == key {
+                        return Some(cfg.clone());
+                    }
+                }
+                let cfg = listener::server_config(&*snap.tls.as_ref()?.server_config(None).ok()?);
+                *c = Some((key, cfg.clone()));
+                Some(cfg)
+            }))
+        }
+    })
+}
+
+pub fn router(app: Arc<App>) -> Router {
+    Router::new()
+        .route("/login", get(pages::login::form).post(pages::login::submit))
+        .route("/logout", post(pages::login::logout))
+        .route("/", get(pages::dashboard::page))
+        .route("/queue", get(pages::queue::page))
+        .route("/queue/confirm", get(pages::queue::confirm))
+        .route("/queue/bulk", post(pages::queue::bulk))
+        .route("/messages/{id}", get(pages::message::page))
+        .route("/messages/{id}/delete", get(pages::message::confirm_delete))
+        .route("/messages/{id}/{action}", post(pages::message::act))
+        .route("/track", get(pages::later::track))
+        .route("/indicators", get(pages::later::indicators))
+        .route("/indicators.csv", get(pages::later::indicators_csv))
+        .route("/establishments", get(pages::later::establishments))
+        .route("/establishments/{name}", get(pages::later::establishment))
+        .route("/route-test", get(pages::lookups::route_test))
+        .route("/whitelist", get(pages::lookups::whitelist))
+        .route("/directory", get(pages::lookups::directory))
+        .route("/config", get(pages::config::page))
+        .route("/config/check", post(pages::config::check))
+        .route("/config/apply", post(pages::config::apply))
+        .route("/config/rollback", post(pages::config::rollback))
+        .route("/static/console.css", get(pages::layout::css))
+        .route("/favicon.svg", get(pages::layout::favicon))
+        .route("/favicon.ico", get(pages::layout::favicon))
+        .fallback(|| async { PageError::NotFound })
+        .layer(axum::middleware::from_fn_with_state(app.clone(), guard))
+        .with_state(app)
+}
+
+/// A page that could not be shown, as its status and a short page.
+#[derive(Debug)]
+pub enum PageError {
+    NotFound,
+    Forbidden(String),
+    BadRequest(String),
+    Unavailable(String),
+}
+
+impl IntoResponse for PageError {
+    fn into_response(self) -> Response {
+        let (status, title, text) = match self {
+            PageError::NotFound => (
+                StatusCode::NOT_FOUND,
+                "Not found",
+                "There is nothing here, or nothing you may see.".to_string(),
+            ),
+            PageError::Forbidden(t) => (StatusCode::FORBIDDEN, "Not allowed", t),
+            PageError::BadRequest(t) => (StatusCode::BAD_REQUEST, "Bad request", t),
+            PageError::Unavailable(t) => (StatusCode::SERVICE_UNAVAILABLE, "Unavailable", t),
+        };
+        let body = html! {
+            (DOCTYPE)
+            html lang="en" {
+                (pages::layout::head(title))
+                body {
+                    main #main .narrow {
+                        h1 { (title) }
+                        p { (text) }
+                        p { a href="/" { "Back to the console" } }
+                    }
+                }
+            }
+        };
+        (status, Html(body.into_string())).into_response()
+    }
+}
+
+/// Maps a verdict to the page's outcome.
+pub fn allow(v: &Viewer, action: Action, resource: Resource<'_>) -> Result<(), PageError> {
+    match access::decide(v.role(), action, resource) {
+        Verdict::Allow => Ok(()),
+        Verdict::NotFound => Err(PageError::NotFound),
+        Verdict::Forbidden => Err(PageError::Forbidden(format!(
+            "Your role ({}) may not {} here.",
+            v.role(),
+            action.as_str()
+        ))),
+    }
+}
+
+impl App {
+    /// Logs an administrator's action and hands it to the journal.
+    pub fn audit(&self, v: &Viewer, action: &str, target: &str, outcome: &str) {
+        self.audit_as(
+            v.user(),
+            &v.role().to_string(),
+            v.client,
+            action,
+            target,
+            outcome,
+        );
+    }
+
+    fn audit_as(
+        &self,
+        user: &str,
+        role: &str,
+        client: SocketAddr,
+        action: &str,
+        target: &str,
+        outcome: &str,
+    ) {
+        tracing::info!(target: "passerelle::console::audit", user, role, client = %client.ip(),
+            action, target, outcome, "console action");
+        self.backend.journal.record(&AuditEvent {
+            user: user.to_string(),
+            role: role.to_string(),
+            client: client.ip().to_string(),
+            action: action.to_string(),
+            target: target.to_string(),
+            outcome: outcome.to_string(),
+        });
+    }
+
+    /// The establishments a message belongs to (none while establishments are not there).
+    pub fn owners(&self, sender: &str, recipients: &[crate::queue::QueueRcpt]) -> Vec<String> {
+        match self.backend.establishments.scopes() {
+            Ok(scopes) => access::owners(
+                sender,
+                recipients.iter().map(|r| r.address.as_str()),
+                &scopes,
+            ),
+            Err(_) => Vec::new(),
+        }
+    }
+
+    fn session_cookie(&self, value: &str, max_age: Option<cookie::time::Duration>) -> HeaderValue {
+        let mut c = cookie::Cookie::build((session::COOKIE, value.to_string()))
+            .path("/")
+            .http_only(true)
+            .same_site(cookie::SameSite::Strict)
+            .secure(self.secure)
+            .build();
+        if let Some(m) = max_age {
+            c.set_max_age(m);
+        }
+        HeaderValue::from_str(&c.to_string()).unwrap_or_else(|_| HeaderValue::from_static(""))
+    }
+}
+
+fn cookie_value(headers: &HeaderMap, name: &str) -> Option<String> {
+    headers
+        .get_all(header::COOKIE)
+        .iter()
+        .filter_map(|v| v.to_str().ok())
+        .flat_map(cookie::Cookie::split_parse)
+        .filter_map(Result::ok)
+        .find(|c| c.name() == name)
+        .map(|c| c.value().to_string())
+}
+
+/// A browser says where a request comes from; a state change from another site is refused
+/// even before its (missing) token is looked at.
+fn same_origin(app: &App, headers: &HeaderMap) -> bool {
+    if headers
+        .get("sec-fetch-site")
+        .and_then(|v| v.to_str().ok())
+        .is_some_and(|s| s == "cross-site" || s == "same-site")
+    {
+        return false;
+    }
+    let Some(origin) = headers.get(header::ORIGIN).and_then(|v| v.to_str().ok()) else {
+        return true;
+    };
+    let host = headers
+        .get(header::HOST)
+        .and_then(|v| v.to_str().ok())
+        .unwrap_or("");
+    let scheme = if app.secure { "https" } else { "http" };
+    origin == format!("{scheme}://{host}")
+}
+
+/// The `csrf` field of a urlencoded form.
+fn form_token(body: &[u8]) -> Option<String> {
+    serde_urlencoded::from_bytes::<Vec<(String, String)>>(body)
+        .ok()?
+        .into_iter()
+        .find(|(k, _)| k == "csrf")
+        .map(|(_, v)| v)
+}
+
+fn security_headers(r: &mut Response) {
+    let h = r.headers_mut();
+    h.insert(
+        header::CONTENT_SECURITY_POLICY,
+        HeaderValue::from_static(
+            "default-src 'none'; style-src 'self'; img-src 'self'; form-action 'self'; frame-ancestors 'none'; base-uri 'none'",
+        ),
+    );
+    h.insert(header::X_FRAME_OPTIONS, HeaderValue::from_static("DENY"));
+    h.insert(
+        header::X_CONTENT_TYPE_OPTIONS,
+        HeaderValue::from_static("nosniff"),
+    );
+    h.insert(
+        header::REFERRER_POLICY,
+        HeaderValue::from_static("same-origin"),
+    );
+    if !h.contains_key(header::CACHE_CONTROL) {
+        h.insert(header::CACHE_CONTROL, HeaderValue::from_static("no-store"));
+    }
+}
+
+/// In front of every route: session, CSRF, origin, headers.
+async fn guard(
+    State(app): State<Arc<App>>,
+    ConnectInfo(ClientAddr(client)): ConnectInfo<ClientAddr>,
+    mut req: Request,
+    next: Next,
+) -> Response {
+    let path = req.uri().path().to_string();
+    let reading = matches!(*req.method(), Method::GET | Method::HEAD);
+    let public = path == "/login" || path.starts_with("/static/") || path.starts_with("/favicon");
+    let mut resp = if !reading && !same_origin(&app, req.headers()) {
+        PageError::Forbidden("Cross-site request refused.".into()).into_response()
+    } else if public {
+        req.extensions_mut().insert(ClientAddr(client));
+        next.run(req).await
+    } else {
+        guarded(&app, client, req, next, reading).await
+    };
+    security_headers(&mut resp);
+    resp
+}
+
+async fn guarded(
+    app: &App,
+    client: SocketAddr,
+    req: Request,
+    next: Next,
+    reading: bool,
+) -> Response {
+    let now = Instant::now();
+    let session = cookie_value(req.headers(), session::COOKIE)
+        .and_then(|id| app.sessions.touch(&id, now))
+        // A user removed from the file, or whose role changed, is logged out at once.
+        .filter(|s| app.users.find(&s.user).is_some_and(|u| u.role == s.role));
+    let Some(session) = session else {
+        if reading {
+            let target = req
+                .uri()
+                .path_and_query()
+                .map(|p| p.as_str().to_string())
+                .unwrap_or_else(|| "/".into());
+            let q = serde_urlencoded::to_string([("next", target)]).unwrap_or_default();
+            return Redirect::to(&format!("/login?{q}")).into_response();
+        }
+        return PageError::Forbidden("Your session has ended: log in again.".into())
+            .into_response();
+    };
+    let mut req = req;
+    if !reading {
+        let (parts, body) = req.into_parts();
+        let Ok(bytes) = axum::body::to_bytes(body, MAX_BODY).await else {
+            return (StatusCode::PAYLOAD_TOO_LARGE, "request too large").into_response();
+        };
+        let ok = form_token(&bytes).is_some_and(|t| session::same_token(&t, &session.csrf));
+        if !ok {
+            app.audit_as(
+                &session.user,
+                &session.role.to_string(),
+                client,
+                "refused request",
+                parts.uri.path(),
+                "missing or wrong CSRF token",
+            );
+            return PageError::Forbidden(
+                "This form's security token is missing or out of date. Go back, reload the page and try again."
+                    .into(),
+            )
+            .into_response();
+        }
+        req = Request::from_parts(parts, Body::from(bytes));
+    }
+    req.extensions_mut().insert(Viewer { session, client });
+    next.run(req).await
+}
+
+/// A page in the console's frame.
+pub fn page(app: &App, v: &Viewer, current: &str, title: &str, body: Markup) -> Html<String> {
+    pages::layout::frame(app, v, current, title, body)
+}

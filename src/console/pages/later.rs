@@ -1,0 +1,297 @@
+//! The pages that stand on the journal and the establishments: `/track`, `/indicators` (and
+//! its CSV), `/establishments`, `/establishments/{name}`. Each asks its hook; until the hook
+//! has something behind it, the page says what is missing rather than showing nothing.
+//!
+//! Extension points for the second round: [`super::super::Journal::track`] and
+//! [`super::super::Journal::stats`] feed the two journal pages as they are;
+//! [`super::super::Establishments`] grows the settings, MTA configuration, mailbox test and
+//! edit form of an establishment's page (`establishment` below).
+
+use super::super::access::{self, Action, Resource};
+use super::super::charts::bars;
+use super::super::hooks::{HookError, StatsQuery, StatsTable, TrackQuery};
+use super::super::{allow, page as frame, App, PageError, Viewer};
+use super::message::timeline_markup;
+use axum::extract::{Path, Query, State};
+use axum::http::{header, StatusCode};
+use axum::response::{Html, IntoResponse, Response};
+use axum::Extension;
+use maud::{html, Markup};
+use std::sync::Arc;
+
+fn unavailable(e: &HookError) -> Markup {
+    match e {
+        HookError::Unavailable(why) => {
+            html! { p.note role="status" { "Not available yet: " (why) "." } }
+        }
+        HookError::Failed(why) => html! { p.error role="alert" { (why) } },
+    }
+}
+
+fn field(id: &str, label: &str, value: &Option<String>, placeholder: &str) -> Markup {
+    html! {
+        p {
+            label for=(id) { (label) }
+            input id=(id) name=(id) type="text" value=(value.clone().unwrap_or_default()) placeholder=(placeholder);
+        }
+    }
+}
+
+/// Empty form fields mean "no filter".
+fn clean(s: &mut Option<String>) {
+    if s.as_deref().is_some_and(|t| t.trim().is_empty()) {
+        *s = None;
+    }
+}
+
+pub async fn track(
+    State(app): State<Arc<App>>,
+    Extension(v): Extension<Viewer>,
+    Query(mut q): Query<TrackQuery>,
+) -> Result<Html<String>, PageError> {
+    allow(&v, Action::View, Resource::Scoped)?;
+    for f in [
+        &mut q.id,
+        &mut q.message_id,
+        &mut q.from,
+        &mut q.to,
+        &mut q.establishment,
+        &mut q.since,
+        &mut q.until,
+        &mut q.status,
+    ] {
+        clean(f);
+    }
+    if let Some(own) = access::confined_to(v.role()) {
+        q.establishment = Some(own.to_string());
+    }
+    // Without a search, the latest messages.
+    q.limit = Some(q.limit.unwrap_or(50).min(1000));
+    let result = app.backend.journal.track(&q).await;
+    let body = html! {
+        form.filters method="get" action="/track" aria-label="Search the journal" {
+            (field("id", "Queue id", &q.id, ""))
+            (field("message_id", "Message-ID", &q.message_id, ""))
+            (field("from", "From", &q.from, "sender address"))
+            (field("to", "To", &q.to, "recipient address"))
+            (field("since", "Since", &q.since, "2026-01-31 or RFC 3339"))
+            (field("until", "Until", &q.until, ""))
+            (field("status", "Status", &q.status, "delivered, bounced, deferred…"))
+            p.buttons { button type="submit" { "Search" } }
+        }
+        @match &result {
+            Err(e) => (unavailable(e)),
+            Ok(found) if found.is_empty() => p { "No message matches." }
+            Ok(found) => {
+                p { (found.len()) " message(s)." }
+                @for m in found {
+                    article.tracked {
+                        h2 { a.mono href=(format!("/messages/{}", m.queue_id)) { (m.queue_id) } " — " (m.status) }
+                        p { "From " (m.from) " to " (m.to.join(", ")) @if let Some(e) = &m.establishment { " · " (e) } @if let Some(id) = &m.message_id { " · " code { (id) } } }
+                        (timeline_markup(&Ok(Some(m.clone()))))
+                    }
+                }
+            }
+        }
+    };
+    Ok(frame(&app, &v, "/track", "Track", body))
+}
+
+fn stats_query(v: &Viewer, mut q: StatsQuery) -> StatsQuery {
+    for f in [&mut q.by, &mut q.since, &mut q.until, &mut q.establishment] {
+        clean(f);
+    }
+    if let Some(own) = access::confined_to(v.role()) {
+        q.establishment = Some(own.to_string());
+    }
+    q
+}
+
+pub async fn indicators(
+    State(app): State<Arc<App>>,
+    Extension(v): Extension<Viewer>,
+    Query(q): Query<StatsQuery>,
+) -> Result<Html<String>, PageError> {
+    allow(&v, Action::View, Resource::Scoped)?;
+    let q = stats_query(&v, q);
+    let by = q.by.clone().unwrap_or_else(|| "day".into());
+    let result = app.backend.journal.stats(&q).await;
+    let csv = format!(
+        "/indicators.csv?{}",
+        serde_urlencoded::to_string([
+            ("by", by.as_str()),
+            ("since", q.since.as_deref().unwrap_or("")),
+            ("until", q.until.as_deref().unwrap_or(""))
+        ])
+        .unwrap_or_default()
+    );
+    let body = html! {
+        form.filters method="get" action="/indicators" aria-label="Indicators" {
+            p {
+                label for="by" { "By" }
+                select #by name="by" {
+                    @for b in ["day", "week", "month", "establishment", "domain", "mailbox", "peer"] {
+                        option value=(b) selected[by == b] { (b) }
+                    }
+                }
+            }
+            (field("since", "Since", &q.since, "2026-01-01"))
+            (field("until", "Until", &q.until, ""))
+            p.buttons { button type="submit" { "Show" } }
+        }
+        @match &result {
+            Err(e) => (unavailable(e)),
+            Ok(t) => {
+                p { a href=(csv) download { "Download as CSV" } }
+                (stats_table(t))
+                @if t.columns.len() > 1 {
+                    (bars(&format!("{} by {by}", t.columns[1]), &t.rows.iter().filter(|r| r.first().is_some_and(|k| k != "total")).map(|r| (r.first().cloned().unwrap_or_default(), r.get(1).and_then(|x| x.parse().ok()).unwrap_or(0.0))).collect::<Vec<_>>()))
+                }
+            }
+        }
+    };
+    Ok(frame(&app, &v, "/indicators", "Indicators", body))
+}
+
+fn stats_table(t: &StatsTable) -> Markup {
+    html! {
+        div.scroll {
+            table {
+                thead { tr { @for c in &t.columns { th scope="col" { (c) } } } }
+                tbody { @for r in &t.rows { tr { @for (i, c) in r.iter().enumerate() { @if i == 0 { th scope="row" { (c) } } @else { td.num { (c) } } } } } }
+            }
+        }
+    }
+}
+
+/// RFC 4180: fields with a comma, quote or line break are quoted, quotes doubled.
+pub fn csv(t: &StatsTable) -> String {
+    let cell = |s: &str| {
+        if s.contains([',', '"', '\n', '\r']) {
+            format!("\"{}\"", s.replace('"', "\"\""))
+        } else {
+            s.to_string()
+        }
+    };
+    let mut out = String::new();
+    for row in std::iter::once(&t.columns).chain(&t.rows) {
+        out.push_str(&row.iter().map(|c| cell(c)).collect::<Vec<_>>().join(","));
+        out.push_str("\r\n");
+    }
+    out
+}
+
+pub async fn indicators_csv(
+    State(app): State<Arc<App>>,
+    Extension(v): Extension<Viewer>,
+    Query(q): Query<StatsQuery>,
+) -> Response {
+    if let Err(e) = allow(&v, Action::View, Resource::Scoped) {
+        return e.into_response();
+    }
+    let q = stats_query(&v, q);
+    match app.backend.journal.stats(&q).await {
+        Ok(t) => (
+            [
+                (header::CONTENT_TYPE, "text/csv; charset=utf-8"),
+                (
+                    header::CONTENT_DISPOSITION,
+                    "attachment; filename=\"passerelle-indicators.csv\"",
+                ),
+            ],
+            csv(&t),
+        )
+            .into_response(),
+        Err(e) => (StatusCode::SERVICE_UNAVAILABLE, format!("{e}\n")).into_response(),
+    }
+}
+
+pub async fn establishments(
+    State(app): State<Arc<App>>,
+    Extension(v): Extension<Viewer>,
+) -> Result<Html<String>, PageError> {
+    allow(&v, Action::View, Resource::Gateway)?;
+    let body = html! {
+        @match app.backend.establishments.scopes() {
+            Err(e) => (unavailable(&e)),
+            Ok(list) if list.is_empty() => p { "No establishment is declared." }
+            Ok(list) => {
+                table {
+                    thead { tr { th scope="col" { "Establishment" } th scope="col" { "Domains" } th scope="col" { "Queue" } } }
+                    tbody {
+                        @for e in &list {
+                            tr {
+                                th scope="row" { a href=(format!("/establishments/{}", e.name)) { (e.name) } }
+                                td { (e.domains.iter().map(|d| d.to_string()).collect::<Vec<_>>().join(", ")) }
+                                td { a href=(format!("/queue?establishment={}", e.name)) { "its messages" } }
+                            }
+                        }
+                    }
+                }
+            }
+        }
+    };
+    Ok(frame(&app, &v, "/establishments", "Establishments", body))
+}
+
+pub async fn establishment(
+    State(app): State<Arc<App>>,
+    Extension(v): Extension<Viewer>,
+    Path(name): Path<String>,
+) -> Result<Html<String>, PageError> {
+    allow(&v, Action::View, Resource::Establishment(&name))?;
+    let scopes = app.backend.establishments.scopes();
+    let current = format!("/establishments/{name}");
+    let body = match &scopes {
+        Err(e) => html! {
+            (unavailable(e))
+            p { "Your messages will be in " a href="/queue" { "the queue" } " once the gateway knows which are yours." }
+        },
+        Ok(list) => {
+            let Some(e) = list.iter().find(|e| e.name == name) else {
+                return Err(PageError::NotFound);
+            };
+            let queued = app
+                .backend
+                .queue
+                .list()
+                .await
+                .iter()
+                .filter(|it| app.owners(&it.sender, &it.recipients).contains(&name))
+                .count();
+            html! {
+                table.kv {
+                    tbody {
+                        tr { th scope="row" { "Domains" } td { (e.domains.iter().map(|d| d.to_string()).collect::<Vec<_>>().join(", ")) } }
+                        tr { th scope="row" { "Queued messages" } td { a href=(format!("/queue?establishment={name}")) { (queued) } } }
+                    }
+                }
+            }
+        }
+    };
+    Ok(frame(
+        &app,
+        &v,
+        &current,
+        &format!("Establishment {name}"),
+        body,
+    ))
+}
+
+#[cfg(test)]
+mod tests {
+    #[test]
+    fn csv_quotes_what_needs_it() {
+        let t = super::StatsTable {
+            columns: vec!["day".into(), "sent".into()],
+            rows: vec![
+                vec!["2026-01-01".into(), "3".into()],
+                vec!["a,\"b\"".into(), "1".into()],
+            ],
+        };
+        assert_eq!(
+            super::csv(&t),
+            "day,sent\r\n2026-01-01,3\r\n\"a,\"\"b\"\"\",1\r\n"
+        );
+    }
+}

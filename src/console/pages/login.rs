@@ -1,0 +1,150 @@
+//! Log in (`/login`, form fields `username` and `password`) and log out.
+
+use super::super::listener::ClientAddr;
+use super::super::{users, App, PageError, Viewer};
+use axum::extract::{Query, State};
+use axum::http::{header, StatusCode};
+use axum::response::{Html, IntoResponse, Redirect, Response};
+use axum::{Extension, Form};
+use maud::{html, DOCTYPE};
+use std::sync::Arc;
+use std::time::Instant;
+
+#[derive(serde::Deserialize, Default)]
+#[serde(default)]
+pub struct Next {
+    next: String,
+}
+
+#[derive(serde::Deserialize)]
+pub struct Credentials {
+    username: String,
+    password: String,
+    #[serde(default)]
+    next: String,
+}
+
+/// Only a path of this console: never an absolute URL (no open redirect).
+fn safe_next(next: &str) -> &str {
+    if next.starts_with('/') && !next.starts_with("//") && !next.contains('\\') {
+        next
+    } else {
+        "/"
+    }
+}
+
+fn login_page(status: StatusCode, next: &str, message: Option<&str>) -> Response {
+    let body = html! {
+        (DOCTYPE)
+        html lang="en" {
+            (super::layout::head("Log in"))
+            body {
+                main #main .narrow {
+                    h1 { "passerelle console" }
+                    @if let Some(m) = message {
+                        p.error role="alert" { (m) }
+                    }
+                    form.login method="post" action="/login" {
+                        input type="hidden" name="next" value=(safe_next(next));
+                        p {
+                            label for="username" { "User name" }
+                            input #username name="username" type="text" autocomplete="username" required autofocus;
+                        }
+                        p {
+                            label for="password" { "Password" }
+                            input #password name="password" type="password" autocomplete="current-password" required;
+                        }
+                        p { button type="submit" { "Log in" } }
+                    }
+                }
+            }
+        }
+    };
+    (status, Html(body.into_string())).into_response()
+}
+
+pub async fn form(Query(q): Query<Next>) -> Response {
+    login_page(StatusCode::OK, &q.next, None)
+}
+
+pub async fn submit(
+    State(app): State<Arc<App>>,
+    Extension(ClientAddr(client)): Extension<ClientAddr>,
+    Form(c): Form<Credentials>,
+) -> Response {
+    let now = Instant::now();
+    let name = c.username.trim().to_string();
+    let refused = |why: &str| app.audit_as(&name, "-", client, "login", &name, why);
+    if let Err(wait) = app.limiter.check(client.ip(), &name, now) {
+        refused("refused: too many failed attempts");
+        let minutes = wait.as_secs().div_ceil(60);
+        return login_page(
+            StatusCode::TOO_MANY_REQUESTS,
+            &c.next,
+            Some(&format!(
+                "Too many failed attempts: try again in {minutes} minute(s)."
+            )),
+        );
+    }
+    let user = app.users.find(&name);
+    let hash = user
+        .as_ref()
+        .map(|u| u.hash.clone())
+        .unwrap_or_else(|| app.dummy_hash.clone());
+    let password = c.password;
+    // Argon2 takes tens of milliseconds of CPU: off the async threads.
+    let good = tokio::task::spawn_blocking(move || users::verify_password(&hash, &password))
+        .await
+        .unwrap_or(false);
+    let Some(user) = user.filter(|_| good) else {
+        app.limiter.failed(client.ip(), &name, now);
+        refused("refused: wrong user name or password");
+        return login_page(
+            StatusCode::UNAUTHORIZED,
+            &c.next,
+            Some("Wrong user name or password."),
+        );
+    };
+    app.limiter.succeeded(client.ip(), &name);
+    let s = match app.sessions.create(&user.name, user.role.clone(), now) {
+        Ok(s) => s,
+        Err(e) => {
+            return PageError::Unavailable(format!("no randomness for a session: {e}"))
+                .into_response()
+        }
+    };
+    app.audit_as(
+        &user.name,
+        &user.role.to_string(),
+        client,
+        "login",
+        &user.name,
+        "ok",
+    );
+    let mut r = Redirect::to(safe_next(&c.next)).into_response();
+    r.headers_mut()
+        .insert(header::SET_COOKIE, app.session_cookie(&s.id, None));
+    r
+}
+
+pub async fn logout(State(app): State<Arc<App>>, Extension(v): Extension<Viewer>) -> Response {
+    app.sessions.remove(&v.session.id);
+    app.audit(&v, "logout", v.user(), "ok");
+    let mut r = Redirect::to("/login").into_response();
+    r.headers_mut().insert(
+        header::SET_COOKIE,
+        app.session_cookie("", Some(cookie::time::Duration::ZERO)),
+    );
+    r
+}
+
+#[cfg(test)]
+mod tests {
+    #[test]
+    fn next_stays_on_this_site() {
+        assert_eq!(super::safe_next("/queue?x=1"), "/queue?x=1");
+        for bad in ["https://evil.example/", "//evil.example", "/\\evil", ""] {
+            assert_eq!(super::safe_next(bad), "/", "{bad}");
+        }
+    }
+}

@@ -1,0 +1,314 @@
+//! Console users: `[console] users_file`, a TOML list of names, roles and Argon2id hashes,
+//! written by `passerelle console user add/remove` and read by the console (again whenever
+//! the file changes, so a user added or removed while `serve` runs takes effect at once).
+
+use super::access::Role;
+use argon2::password_hash::{PasswordHash, PasswordHasher, PasswordVerifier, SaltString};
+use argon2::Argon2;
+use serde::{Deserialize, Serialize};
+use std::path::{Path, PathBuf};
+use std::sync::{Arc, Mutex};
+use std::time::SystemTime;
+
+/// Shorter passwords are refused by `user add`.
+pub const MIN_PASSWORD_LEN: usize = 10;
+
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct User {
+    pub name: String,
+    pub role: Role,
+    /// PHC string `$argon2id$v=19$m=...,t=...,p=...$salt$hash`.
+    pub hash: String,
+}
+
+#[derive(Debug, thiserror::Error)]
+pub enum UsersError {
+    #[error("{path}: {source}")]
+    Io {
+        path: String,
+        #[source]
+        source: std::io::Error,
+    },
+    #[error("{path}: {message}")]
+    Invalid { path: String, message: String },
+    #[error("{0:?} is not a user name: 1 to 64 of letters, digits, '.', '_', '-', '@'")]
+    BadName(String),
+    #[error("the password must have at least {MIN_PASSWORD_LEN} characters")]
+    ShortPassword,
+    #[error("hashing the password: {0}")]
+    Hash(String),
+}
+
+#[derive(Serialize, Deserialize, Default)]
+struct FileFormat {
+    #[serde(default, rename = "user")]
+    users: Vec<RawUser>,
+}
+
+#[derive(Serialize, Deserialize)]
+struct RawUser {
+    name: String,
+    role: String,
+    password_hash: String,
+}
+
+pub fn valid_name(name: &str) -> bool {
+    !name.is_empty()
+        && name.len() <= 64
+        && name
+            .bytes()
+            .all(|b| b.is_ascii_alphanumeric() || matches!(b, b'.' | b'_' | b'-' | b'@'))
+}
+
+fn io_err(path: &Path) -> impl FnOnce(std::io::Error) -> UsersError + '_ {
+    move |source| UsersError::Io {
+        path: path.display().to_string(),
+        source,
+    }
+}
+
+/// The users of `path`; none when the file does not exist yet.
+pub fn load(path: &Path) -> Result<Vec<User>, UsersError> {
+    let text = match std::fs::read_to_string(path) {
+        Ok(t) => t,
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(Vec::new()),
+        Err(e) => return Err(io_err(path)(e)),
+    };
+    let invalid = |message: String| UsersError::Invalid {
+        path: path.display().to_string(),
+        message,
+    };
+    let f: FileFormat = toml::from_str(&text).map_err(|e| invalid(e.to_string()))?;
+    f.users
+        .into_iter()
+        .map(|u| {
+            let role = u
+                .role
+                .parse::<Role>()
+                .map_err(|e| invalid(format!("user {}: {e}", u.name)))?;
+            if !valid_name(&u.name) {
+                return Err(invalid(format!("user {:?}: bad name", u.name)));
+            }
+            PasswordHash::new(&u.password_hash)
+                .map_err(|e| invalid(format!("user {}: password_hash: {e}", u.name)))?;
+            Ok(User {
+                name: u.name,
+                role,
+                hash: u.password_hash,
+            })
+        })
+        .collect()
+}
+
+/// Writes `users` to `path` atomically, readable by its owner only (the hashes are secrets
+/// too: an offline guess needs them).
+pub fn save(path: &Path, users: &[User]) -> Result<(), UsersError> {
+    use std::io::Write;
+    use std::os::unix::fs::OpenOptionsExt;
+    let f = FileFormat {
+        users: users
+            .iter()
+            .map(|u| RawUser {
+                name: u.name.clone(),
+                role: u.role.to_string(),
+                password_hash: u.hash.clone(),
+            })
+            .collect(),
+    };
+    let text = toml::to_string(&f).map_err(|e| UsersError::Invalid {
+        path: path.display().to_string(),
+        message: e.to_string(),
+    })?;
+    if let Some(dir) = path.parent().filter(|d| !d.as_os_str().is_empty()) {
+        std::fs::create_dir_all(dir).map_err(io_err(dir))?;
+    }
+    let tmp = path.with_extension("toml.tmp");
+    let mut out = std::fs::OpenOptions::new()
+        .write(true)
+        .create(true)
+        .truncate(true)
+        .mode(0o600)
+        .open(&tmp)
+        .map_err(io_err(&tmp))?;
+    out.write_all(
+        b"# passerelle console users: written by `passerelle console user add/remove`.\n",
+    )
+    .and_then(|_| out.write_all(text.as_bytes()))
+    .and_then(|_| out.sync_all())
+    .map_err(io_err(&tmp))?;
+    std::fs::rename(&tmp, path).map_err(io_err(path))
+}
+
+/// An Argon2id hash with the crate's defaults (19 MiB, 2 passes: OWASP's minimum).
+pub fn hash_password(password: &str) -> Result<String, UsersError> {
+    if password.chars().count() < MIN_PASSWORD_LEN {
+        return Err(UsersError::ShortPassword);
+    }
+    let mut raw = [0u8; 16];
+    getrandom::fill(&mut raw).map_err(|e| UsersError::Hash(e.to_string()))?;
+    let salt = SaltString::encode_b64(&raw).map_err(|e| UsersError::Hash(e.to_string()))?;
+    Argon2::default()
+        .hash_password(password.as_bytes(), &salt)
+        .map(|h| h.to_string())
+        .map_err(|e| UsersError::Hash(e.to_string()))
+}
+
+/// Whether `password` matches `hash` (constant time inside the crate).
+pub fn verify_password(hash: &str, password: &str) -> bool {
+    PasswordHash::new(hash)
+        .and_then(|h| Argon2::default().verify_password(password.as_bytes(), &h))
+        .is_ok()
+}
+
+/// Creates or replaces `name`; returns true when it replaced one.
+pub fn add(path: &Path, name: &str, role: Role, password: &str) -> Result<bool, UsersError> {
+    if !valid_name(name) {
+        return Err(UsersError::BadName(name.to_string()));
+    }
+    let hash = hash_password(password)?;
+    let mut users = load(path)?;
+    let user = User {
+        name: name.to_string(),
+        role,
+        hash,
+    };
+    let replaced = match users.iter_mut().find(|u| u.name == name) {
+        Some(u) => {
+            *u = user;
+            true
+        }
+        None => {
+            users.push(user);
+            false
+        }
+    };
+    save(path, &users)?;
+    Ok(replaced)
+}
+
+/// Removes `name`; returns false when there was no such user.
+pub fn remove(path: &Path, name: &str) -> Result<bool, UsersError> {
+    let mut users = load(path)?;
+    let before = users.len();
+    users.retain(|u| u.name != name);
+    if users.len() == before {
+        return Ok(false);
+    }
+    save(path, &users)?;
+    Ok(true)
+}
+
+/// Modification time and size: what tells that the file changed.
+type FileStamp = (SystemTime, u64);
+
+/// The users file as the running console sees it: read again when its modification time or
+/// size changes; a file that no longer loads keeps the last good list (and says why).
+pub struct UsersCache {
+    path: PathBuf,
+    state: Mutex<(Option<FileStamp>, Arc<Vec<User>>)>,
+}
+
+impl UsersCache {
+    pub fn new(path: PathBuf) -> UsersCache {
+        UsersCache {
+            path,
+            state: Mutex::new((None, Arc::new(Vec::new()))),
+        }
+    }
+
+    pub fn path(&self) -> &Path {
+        &self.path
+    }
+
+    pub fn get(&self) -> Arc<Vec<User>> {
+        let stamp = std::fs::metadata(&self.path)
+            .ok()
+            .map(|m| (m.modified().unwrap_or(SystemTime::UNIX_EPOCH), m.len()));
+        let mut st = self.state.lock().unwrap_or_else(|p| p.into_inner());
+        if st.0 != stamp || stamp.is_none() {
+            match load(&self.path) {
+                Ok(users) => *st = (stamp, Arc::new(users)),
+                Err(e) => {
+                    tracing::error!("console users file unusable, keeping the last good list: {e}");
+                    st.0 = stamp;
+                }
+            }
+        }
+        st.1.clone()
+    }
+
+    pub fn find(&self, name: &str) -> Option<User> {
+        self.get().iter().find(|u| u.name == name).cloned()
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn add_replace_list_remove() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("sub/users.toml");
+        assert!(load(&path).unwrap().is_empty(), "missing file: no users");
+        assert!(!add(&path, "alice", Role::Operator, "correct horse battery").unwrap());
+        assert!(!add(
+            &path,
+            "bob",
+            "establishment:chu-a".parse().unwrap(),
+            "0123456789"
+        )
+        .unwrap());
+        assert!(add(&path, "alice", Role::Auditor, "another password").unwrap());
+        let users = load(&path).unwrap();
+        assert_eq!(users.len(), 2);
+        assert_eq!(users[0].role, Role::Auditor);
+        assert!(users[0].hash.starts_with("$argon2id$"), "{}", users[0].hash);
+        assert!(verify_password(&users[0].hash, "another password"));
+        assert!(!verify_password(&users[0].hash, "correct horse battery"));
+        use std::os::unix::fs::PermissionsExt;
+        assert_eq!(
+            std::fs::metadata(&path).unwrap().permissions().mode() & 0o777,
+            0o600
+        );
+        assert!(remove(&path, "alice").unwrap());
+        assert!(!remove(&path, "alice").unwrap());
+        assert_eq!(load(&path).unwrap().len(), 1);
+    }
+
+    #[test]
+    fn refuses_bad_input() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("users.toml");
+        assert!(matches!(
+            add(&path, "a b", Role::Operator, "0123456789"),
+            Err(UsersError::BadName(_))
+        ));
+        assert!(matches!(
+            add(&path, "a", Role::Operator, "short"),
+            Err(UsersError::ShortPassword)
+        ));
+        assert!(!verify_password("not a hash", "x"));
+        std::fs::write(
+            &path,
+            "[[user]]\nname = \"x\"\nrole = \"root\"\npassword_hash = \"$argon2id$v=19$m=19456,t=2,p=1$c2FsdHNhbHQ$aGFzaA\"\n",
+        )
+        .unwrap();
+        let e = load(&path).unwrap_err().to_string();
+        assert!(e.contains("user x: \"root\" is not a role"), "{e}");
+    }
+
+    #[test]
+    fn the_cache_follows_the_file_and_keeps_the_last_good_list() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("users.toml");
+        let cache = UsersCache::new(path.clone());
+        assert!(cache.get().is_empty());
+        add(&path, "alice", Role::Operator, "0123456789").unwrap();
+        assert!(cache.find("alice").is_some());
+        std::fs::write(&path, "this is [ not toml").unwrap();
+        assert!(cache.find("alice").is_some(), "last good list kept");
+        std::fs::write(&path, "").unwrap();
+        assert!(cache.find("alice").is_none());
+    }
+}

@@ -1,0 +1,374 @@
+"""End-to-end tests of issue 15 (first part): the admin web console in a real browser.
+
+A gateway with `[console]` on loopback, its users made by `passerelle console user add`, and
+headless Chromium driven by selenium:
+- the operator logs in, finds a deferred message in the queue, opens it (envelope, header
+  section with the Subject hidden, never the body), retries it once the next hop is back,
+  and sees it delivered and gone from the queue;
+- route test, whitelist and directory lookups show what the CLI shows;
+- the configuration editor shows problems at their lines, applies a valid edit through a
+  reload, and rolls back;
+- an auditor sees everything and may act on nothing (403); a POST without the CSRF token is
+  refused (403); an establishment user gets 404 outside its establishment; repeated wrong
+  passwords are rate-limited; HTTPS sets Secure cookies.
+Screenshots of each page go to target/console-screenshots/.
+"""
+
+import os
+import re
+import smtplib
+import ssl
+import subprocess
+import time
+
+from browser import Browser, request
+from harness import (PASSERELLE_BIN, REPO, E2ETestCase, dev_pki, free_port, gateway_config,
+                     listener, queued_id, relay_transport, smtp_session, wait_until)
+
+SENDER = "secretariat@chu-exemple.mssante.fr"
+RCPT = "dr.martin@chu-exemple.mssante.fr"
+PASSWORDS = {"admin": "operator password 1", "audit": "auditor password 1", "chua": "establishment pw 1"}
+
+
+class ConsoleTestCase(E2ETestCase):
+
+    def start(self, console_extra=None, retry="1h"):
+        self.peer_ = self.peer("mailbox", start=False)
+        self.gw_port = free_port()
+        self.console_port = free_port()
+        cfg = gateway_config(
+            self.tmp,
+            listeners=[listener("etablissement", self.gw_port, ["local", "mssante", "others"])],
+            routes=[
+                {"name": "local", "domains": ["chu-exemple.mssante.fr"], "transport": "etablissement",
+                 "directory": True},
+                {"name": "mssante", "domains": ["*.mssante.fr", "@whitelist"], "transport": "etablissement",
+                 "whitelist": True},
+                {"name": "others", "domains": ["*"], "reject": "550 5.7.1 only MSSante destinations are relayed here"},
+            ],
+            transports={"etablissement": relay_transport(self.peer_.port)},
+            queue={"retry": [retry]},
+            whitelist={"file": os.path.join(REPO, "config", "listeblanchemssante.xml")},
+            directory={"kind": "extract",
+                       "file": os.path.join(REPO, "config", "Extraction_Correspondance_MSSante.sample.txt")},
+            console=dict({"address": "127.0.0.1:%d" % self.console_port,
+                          "users_file": os.path.join(self.tmp, "users.toml")}, **(console_extra or {})),
+        )
+        self.gw = self.gateway(cfg, start=False)
+        for name, role in (("admin", "operator"), ("audit", "auditor"), ("chua", "establishment:chu-a")):
+            self.user_add(name, role, PASSWORDS[name])
+        self.gw.start()
+        scheme = "https" if console_extra and "certificate" in console_extra else "http"
+        self.base = "%s://127.0.0.1:%d" % (scheme, self.console_port)
+        self.gw.wait_log(r"console listening", timeout=10)
+        return self.gw
+
+    def user_add(self, name, role, password):
+        r = subprocess.run([PASSERELLE_BIN, "console", "user", "add", name, "--role", role, "--password-stdin",
+                            "--config", self.gw.config_path], input=(password + "\n").encode(),
+                           stdout=subprocess.PIPE, stderr=subprocess.STDOUT, timeout=30)
+        self.assertEqual(r.returncode, 0, r.stdout.decode())
+        return r.stdout.decode()
+
+    def browser(self):
+        b = Browser(self.base)
+        self.addCleanup(b.quit)
+        return b
+
+    def send(self):
+        """One message to RCPT, deferred while the mailbox server (the peer) is down."""
+        with smtp_session("127.0.0.1", self.gw_port) as s:
+            msg = ("From: <%s>\r\nTo: <%s>\r\nSubject: patient Jean Secret, results\r\n"
+                   "Message-ID: <console-1@chu-exemple.mssante.fr>\r\nX-MSS-Test: console\r\n\r\n"
+                   "BODY-NEVER-SHOWN\r\n" % (SENDER, RCPT))
+            s.mail(SENDER)
+            s.rcpt(RCPT)
+            code, text = s.data(msg.encode())
+        self.assertEqual(code, 250, text)
+        qid = queued_id(text)
+        self.assertTrue(qid, text)
+        return qid
+
+    def wait_deferred(self, qid):
+        def deferred():
+            rc, out = self.gw.cli("queue", "show", qid)
+            return rc == 0 and re.search(r"attempts [1-9]", out)
+        wait_until(deferred, 20, what="message %s deferred once" % qid)
+
+
+class OperatorTests(ConsoleTestCase):
+
+    def test_operator_finds_a_deferred_message_retries_it_and_sees_it_delivered(self):
+        self.start()
+        qid = self.send()
+        self.wait_deferred(qid)
+        b = self.browser()
+        b.get("/")
+        self.assertEqual(b.path(), "/login", "not logged in: the login page")
+        b.shot("login")
+        b.login("admin", PASSWORDS["admin"])
+        self.assertEqual(b.h1(), "Dashboard")
+        self.assertIn("Queue", b.text())
+        self.assertIn("Certificates, lists and directory", b.text())
+        b.shot("dashboard")
+
+        b.get("/queue")
+        self.assertTrue(b.all("a[href='/messages/%s']" % qid), "the deferred message is listed")
+        self.assertIn("deferred", b.text("table.messages"))
+        self.assertIn("chu-exemple.mssante.fr", b.text("table.shape"), "qshape lists the domain")
+        b.shot("queue")
+        b.get("/queue?status=held")
+        self.assertNotIn(qid, b.text(), "the filter keeps held messages only")
+        b.get("/queue?domain=chu-exemple.mssante.fr&status=deferred")
+        self.assertIn(qid, b.text())
+
+        b.get("/queue")
+        b.click("a[href='/messages/%s']" % qid)
+        self.assertEqual(b.h1(), "Message %s" % qid)
+        page = b.text()
+        self.assertIn(SENDER, page)
+        self.assertIn("X-MSS-Test", page)
+        self.assertIn("(hidden: may carry health data)", page)
+        self.assertNotIn("Jean Secret", b.driver.page_source, "the subject is never shown")
+        self.assertNotIn("BODY-NEVER-SHOWN", b.driver.page_source, "the body is never shown")
+        # The journal's timeline: accepted, then the failed attempt (written within a second).
+        b.wait_text("#h-timeline + *", "deferred", refresh=True)
+        timeline = b.text("#h-timeline + *")
+        self.assertIn("accepted", timeline)
+        self.assertIn("1 recipient(s)", timeline)
+        b.shot("message")
+
+        self.peer_.start()
+        b.click("form[action='/messages/%s/retry'] button" % qid)
+        self.assertIn("retry scheduled now", b.text("p.flash"))
+        self.peer_.wait_messages(1, timeout=15)
+        b.wait_text("main", "There is no message", refresh=True)
+        b.get("/queue")
+        self.assertEqual(b.all("a[href='/messages/%s']" % qid), [], "delivered: gone from the queue")
+        self.assertRegex(self.gw.log(), r'user="?admin"? role="?operator"? client=127.0.0.1 action="?retry"? target="?%s' % qid,
+                         "the action is logged with its user")
+        # Track: the same timeline as `passerelle track`, with the retry by the console user
+        # and the delivery.
+        b.get("/track?id=%s" % qid)
+        b.wait_text("main", "250 2.0.0", refresh=True)
+        page = b.text()
+        self.assertIn("delivered", page)
+        self.assertIn("retried", page)
+        self.assertIn("console:admin", page)
+        rc, cli = self.gw.cli("track", "--id", qid)
+        self.assertEqual(rc, 0, cli)
+        self.assertIn("console:admin", cli)
+        b.shot("track")
+        b.get("/indicators?by=day")
+        self.assertIn("total", b.text("table"))
+        self.assertIn("received_from_establishments", b.text("table"))
+        b.shot("indicators")
+        self.assertEqual([l for l in b.severe_logs() if "status of 404" not in l["message"]], [],
+                         "no browser error (missing resources, blocked styles)")
+
+    def test_lookups_and_the_other_pages(self):
+        self.start()
+        b = self.browser().login("admin", PASSWORDS["admin"])
+        b.get("/route-test")
+        b.fill("#address", RCPT)
+        b.click("form.inline button")
+        result = b.text("#route-result")
+        self.assertIn("Accepted", result)
+        self.assertIn("route local: matched by pattern chu-exemple.mssante.fr", result)
+        self.assertIn("directory BAL type PER", result)
+        rc, cli = self.gw.cli("route", "test", RCPT)
+        for line in cli.splitlines()[1:]:
+            self.assertIn(line, result, "the page shows what `passerelle route test` prints")
+        b.shot("route-test")
+        b.get("/route-test?address=someone%40gmail.com")
+        self.assertIn("Refused", b.text("#route-result"))
+        self.assertIn("550 5.7.1 only MSSante", b.text("#route-result"))
+
+        b.get("/whitelist?domain=chu-exemple.mssante.fr")
+        self.assertIn("is declared", b.text("#whitelist-result"))
+        self.assertIn("CN=passerelle.chu-exemple.mssante.fr", b.text("#whitelist-result"))
+        b.shot("whitelist")
+        b.get("/directory?address=" + RCPT)
+        self.assertIn("is known", b.text("#directory-result"))
+        b.shot("directory")
+        b.get("/directory?address=nobody%40chu-exemple.mssante.fr")
+        self.assertIn("is unknown", b.text("#directory-result"))
+
+        b.get("/establishments")
+        self.assertIn("Not available yet", b.text(), "/establishments")
+        self.assertEqual(b.severe_logs(), [])
+
+    def test_configuration_check_apply_and_roll_back(self):
+        self.start()
+        b = self.browser().login("admin", PASSWORDS["admin"])
+        b.get("/config")
+        self.assertIn("In force", b.text())
+        original = open(self.gw.config_path).read()
+        area = b.css("#config-text")
+        self.assertEqual(area.get_attribute("value").replace("\r\n", "\n"), original)
+        b.shot("config")
+
+        # A typo and a dangling reference: both shown at their lines, nothing applied.
+        broken = original.replace('transport = "etablissement"', 'transport = "nowhere"', 1) + "\n[queue2]\nx = 1\n"
+        b.driver.execute_script("arguments[0].value = arguments[1]", area, broken)
+        b.click("button[formaction='/config/apply']")
+        self.assertIn("error(s)", b.text("#check-verdict"))
+        line = broken.splitlines().index('transport = "nowhere"') + 1
+        problem_row = b.css("tr#L%d + tr.problem" % line)
+        self.assertIn('no [transport.nowhere]', problem_row.text)
+        self.assertIn("unknown key", b.text("table.listing"))
+        self.assertIn('+transport = "nowhere"', b.text("pre.diff"))
+        b.shot("config-check")
+        self.assertEqual(open(self.gw.config_path).read(), original, "nothing written")
+
+        # A valid edit is written and reloaded.
+        edited = original.replace('retry = ["1h"]', 'retry = ["2h"]')
+        self.assertNotEqual(edited, original)
+        b.driver.execute_script("arguments[0].value = arguments[1]", b.css("#config-text"), edited)
+        b.click("button[formaction='/config/apply']")
+        self.assertEqual(b.path(), "/config")
+        self.assertIn("in force", b.text("p.flash"))
+        self.assertEqual(open(self.gw.config_path).read(), edited)
+        self.gw.wait_log(r"configuration reloaded", timeout=10)
+        self.assertIn('retry = ["2h"]', b.text("#h-running + *"))
+
+        # A reload refused (the whitelist file is gone) puts the file back.
+        refused = edited.replace("listeblanchemssante.xml", "missing.xml")
+        b.driver.execute_script("arguments[0].value = arguments[1]", b.css("#config-text"), refused)
+        b.click("button[formaction='/config/apply']")
+        self.assertIn("refused the new configuration", b.text("main"))
+        self.assertEqual(open(self.gw.config_path).read(), edited, "the file is put back")
+
+        b.get("/config")
+        b.click("form[action='/config/rollback'] button")
+        self.assertIn("previous configuration is back", b.text("p.flash"))
+        self.assertEqual(open(self.gw.config_path).read(), original)
+        self.assertIn('retry = ["1h"]', b.text("#h-running + *"))
+
+
+class AccessTests(ConsoleTestCase):
+
+    def test_auditor_sees_but_cannot_act_and_posts_need_the_csrf_token(self):
+        self.start()
+        qid = self.send()
+        self.wait_deferred(qid)
+
+        b = self.browser().login("audit", PASSWORDS["audit"])
+        b.get("/messages/%s" % qid)
+        self.assertEqual(b.h1(), "Message %s" % qid)
+        self.assertEqual(b.all(".actions"), [], "no action offered to an auditor")
+        b.get("/config")
+        self.assertEqual(b.all("#config-text"), [], "no editor for an auditor")
+        b.get("/queue")
+        self.assertEqual(b.all("form.bulk"), [], "no bulk action for an auditor")
+        # Forged by hand with the auditor's own valid token: still not allowed.
+        status, _, body = request(self.base, "POST", "/messages/%s/retry" % qid,
+                                  form={"csrf": b.csrf()}, cookie=b.cookie_header())
+        self.assertEqual(status, 403, body)
+        status, _, _ = request(self.base, "POST", "/config/apply", form={"csrf": b.csrf(), "text": "x"},
+                               cookie=b.cookie_header())
+        self.assertEqual(status, 403)
+
+        op = self.browser().login("admin", PASSWORDS["admin"])
+        op.get("/messages/%s" % qid)
+        cookie = op.cookie_header()
+        token = op.csrf()
+        # The operator's session, without the token, or with a wrong one: 403, nothing done.
+        for form in ({}, {"csrf": "0" * 64}):
+            status, _, body = request(self.base, "POST", "/messages/%s/hold" % qid, form=form, cookie=cookie)
+            self.assertEqual(status, 403, body)
+        # In the browser: the form with its token field removed.
+        op.driver.execute_script(
+            "document.querySelector(\"form[action='/messages/%s/hold'] input[name=csrf]\").remove()" % qid)
+        op.click("form[action='/messages/%s/hold'] button" % qid)
+        self.assertEqual(op.h1(), "Not allowed")
+        self.assertIn("security token", op.text())
+        op.shot("csrf-refused")
+        rc, out = self.gw.cli("queue", "show", qid)
+        self.assertNotIn("on hold", out, "nothing was done")
+        # A cross-site form post is refused whatever it carries.
+        status, _, _ = request(self.base, "POST", "/messages/%s/hold" % qid, form={"csrf": token},
+                               cookie=cookie, headers={"Origin": "http://evil.example"})
+        self.assertEqual(status, 403)
+        # With the token, the operator can.
+        status, _, _ = request(self.base, "POST", "/messages/%s/hold" % qid, form={"csrf": token},
+                               cookie=cookie, headers={"Origin": self.base})
+        self.assertEqual(status, 303)
+        wait_until(lambda: "on hold" in self.gw.cli("queue", "show", qid)[1], 5, what="held")
+
+    def test_establishment_user_gets_404_outside_its_establishment(self):
+        self.start()
+        qid = self.send()
+        b = self.browser().login("chua", PASSWORDS["chua"])
+        self.assertEqual(b.path(), "/establishments/chu-a", "an establishment user lands on its page")
+        b.shot("establishment")
+        nav = b.text("header nav")
+        for hidden in ("Dashboard", "Route test", "Configuration", "Whitelist"):
+            self.assertNotIn(hidden, nav)
+        cookie = b.cookie_header()
+        for path in ("/messages/%s" % qid, "/config", "/route-test", "/whitelist", "/directory",
+                     "/establishments", "/establishments/chu-b"):
+            status, _, _ = request(self.base, "GET", path, cookie=cookie)
+            self.assertEqual(status, 404, path)
+        b.get("/messages/%s" % qid)
+        self.assertNotIn(SENDER, b.driver.page_source, "nothing of another's message")
+        b.get("/queue")
+        self.assertEqual(b.all("a[href='/messages/%s']" % qid), [], "not in its queue")
+        status, _, _ = request(self.base, "POST", "/messages/%s/retry" % qid, form={"csrf": b.csrf()},
+                               cookie=cookie)
+        self.assertEqual(status, 404)
+
+    def test_login_rate_limit_users_file_and_logout(self):
+        self.start()
+        for _ in range(5):
+            status, _, _ = request(self.base, "POST", "/login", form={"username": "admin", "password": "wrong"})
+            self.assertEqual(status, 401)
+        status, _, body = request(self.base, "POST", "/login",
+                                  form={"username": "admin", "password": PASSWORDS["admin"]})
+        self.assertEqual(status, 429, "even the right password waits")
+        self.assertIn("Too many failed attempts", body)
+        # Another user from the same address is not locked out.
+        status, h, _ = request(self.base, "POST", "/login", form={"username": "audit", "password": PASSWORDS["audit"]})
+        self.assertEqual(status, 303)
+        cookie = h["set-cookie"]
+        self.assertIn("HttpOnly", cookie)
+        self.assertIn("SameSite=Strict", cookie)
+        self.assertNotIn("Secure", cookie, "plain HTTP on loopback")
+        session = cookie.split(";")[0]
+        self.assertEqual(request(self.base, "GET", "/queue", cookie=session)[0], 200)
+        # Removing the user ends its sessions at once.
+        r = subprocess.run([PASSERELLE_BIN, "console", "user", "remove", "audit", "--config", self.gw.config_path],
+                           stdout=subprocess.PIPE, stderr=subprocess.STDOUT, timeout=30)
+        self.assertEqual(r.returncode, 0, r.stdout)
+        status, h, _ = request(self.base, "GET", "/queue", cookie=session)
+        self.assertEqual(status, 303)
+        self.assertTrue(h["location"].startswith("/login"))
+        r = subprocess.run([PASSERELLE_BIN, "console", "user", "list", "--config", self.gw.config_path],
+                           stdout=subprocess.PIPE, stderr=subprocess.STDOUT, timeout=30)
+        self.assertEqual(r.stdout.decode().split(), ["admin", "operator", "chua", "establishment:chu-a"])
+        r = subprocess.run([PASSERELLE_BIN, "console", "user", "add", "x", "--role", "root", "--password-stdin",
+                            "--config", self.gw.config_path], input=b"0123456789\n",
+                           stdout=subprocess.PIPE, stderr=subprocess.STDOUT, timeout=30)
+        self.assertNotEqual(r.returncode, 0)
+        self.assertIn("is not a role", r.stdout.decode())
+
+    def test_https_with_its_own_certificate_sets_secure_cookies(self):
+        pki = dev_pki()
+        self.start(console_extra={"certificate": pki["certificate"], "private_key": pki["private_key"]})
+        ctx = ssl.create_default_context(cafile=pki["trust_anchors"])
+        ctx.check_hostname = False
+        import http.client
+        import urllib.parse
+        c = http.client.HTTPSConnection("127.0.0.1", self.console_port, context=ctx, timeout=15)
+        c.request("POST", "/login", body=urllib.parse.urlencode({"username": "admin", "password": PASSWORDS["admin"]}),
+                  headers={"Content-Type": "application/x-www-form-urlencoded"})
+        r = c.getresponse()
+        r.read()
+        self.assertEqual(r.status, 303)
+        cookie = r.getheader("Set-Cookie")
+        self.assertIn("Secure", cookie)
+        self.assertIn("HttpOnly", cookie)
+        c.close()
+        # Plain HTTP to the HTTPS port gets nothing useful.
+        with self.assertRaises(Exception):
+            request("http://127.0.0.1:%d" % self.console_port, "GET", "/login")
