@@ -78,12 +78,13 @@ pub async fn run(
         let ip_ok = sh.listener.admits(peer.ip());
         // Clients outside the CIDRs may still come in to authenticate by certificate.
         if !ip_ok && sh.listener.client_dns.is_empty() {
-            tracing::info!(listener = %name, client = %peer, "connection refused: client not in listener.clients");
             let msg = format!(
                 "554 5.7.1 {} ESMTP access denied for {}\r\n",
                 sh.hostname,
                 peer.ip()
             );
+            tracing::info!(listener = %name, client = %peer, command = "CONNECT", reply = msg.trim_end(),
+                "reject: client not in listener.clients");
             crate::journal::refused_connect(&name, peer, &msg);
             tokio::spawn(async move {
                 let _ = tokio::time::timeout(
@@ -95,7 +96,8 @@ pub async fn run(
             continue;
         }
         if sessions.len() >= sh.limits.max_connections {
-            tracing::warn!(listener = %name, client = %peer, "too many connections");
+            tracing::warn!(listener = %name, client = %peer, command = "CONNECT",
+                reply = "421 4.7.0 Too many connections, try again later", "reject: max_connections reached");
             crate::journal::refused_connect(&name, peer, "421 4.7.0 Too many connections");
             tokio::spawn(async move {
                 let _ = stream
@@ -105,7 +107,9 @@ pub async fn run(
             continue;
         }
         let Some(slot) = per_client.acquire(peer.ip(), sh.limits.client_connection_limit) else {
-            tracing::warn!(listener = %name, client = %peer, "too many connections from this client");
+            tracing::warn!(listener = %name, client = %peer, command = "CONNECT",
+                reply = "421 4.7.0 Too many connections from your address",
+                "reject: client_connection_limit reached");
             crate::journal::refused_connect(
                 &name,
                 peer,
