@@ -9,6 +9,7 @@
 //! This is the bottom of the house: it imports only the value types of `reply` and `dn`.
 
 mod dirsync;
+pub mod establishment;
 mod journal;
 #[cfg(test)]
 mod reference;
@@ -17,6 +18,7 @@ mod validate;
 pub mod values;
 
 pub use dirsync::SyncConfig;
+pub use establishment::{EstablishmentConfig, SenderCheck};
 pub use journal::{JournalConfig, JournalKind};
 pub use source::{locate, Problem, Severity};
 pub use values::{parse_duration, ClientNet, DomainPattern, HostPort};
@@ -84,6 +86,9 @@ pub struct Config {
     /// The message journal (`track`, `stats`, the console's timelines and indicators).
     #[serde(default)]
     pub journal: JournalConfig,
+    /// The establishments of a regional gateway (those of `establishments_dir` added when read).
+    #[serde(default)]
+    pub establishment: Vec<EstablishmentConfig>,
     /// Where the file was read from (not a key): used in messages.
     #[serde(skip)]
     pub source: PathBuf,
@@ -99,6 +104,13 @@ pub struct ServerConfig {
     /// HTTP admin endpoint (/metrics, /healthz, /readyz, queue verbs); loopback by default.
     #[serde(default, deserialize_with = "de_opt_socket")]
     pub admin: Option<SocketAddr>,
+    /// One `*.toml` per establishment (`passerelle establishment add` writes there).
+    #[serde(default = "default_establishments_dir")]
+    pub establishments_dir: PathBuf,
+}
+
+fn default_establishments_dir() -> PathBuf {
+    PathBuf::from(establishment::DEFAULT_ESTABLISHMENTS_DIR)
 }
 
 fn default_spool() -> PathBuf {
@@ -201,6 +213,10 @@ pub struct ListenerConfig {
     /// authenticated by its certificate instead of its address.
     #[serde(default, deserialize_with = "de_list")]
     pub client_dns: Vec<Dn>,
+    /// Sessions are attributed to the establishment whose `clients`/`client_dns` match; any
+    /// other client gets `554 5.7.1`, and each is held to its own sender domains.
+    #[serde(default)]
+    pub establishments: bool,
 }
 
 fn default_starttls() -> StartTls {
@@ -775,6 +791,15 @@ impl Config {
         })?;
         let mut parsed = Self::from_toml_str(&text, &shown)?;
         parsed.config.source = path.to_path_buf();
+        // The establishments' own files: one that does not load fails the whole read (a
+        // reload then keeps the config in force).
+        let (list, warnings, errors) =
+            establishment::read_dir(&parsed.config.server.establishments_dir);
+        if !errors.is_empty() {
+            return Err(ConfigError::Invalid(errors));
+        }
+        parsed.config.establishment.extend(list);
+        parsed.warnings.extend(warnings);
         Ok((parsed, text))
     }
 
@@ -786,6 +811,22 @@ impl Config {
     /// Cross-reference problems (errors and warnings), without locations.
     pub fn validate(&self) -> Vec<Problem> {
         validate::validate(self)
+    }
+
+    /// The `[transport.NAME]`s and one `establishment:NAME` per establishment (its mailbox
+    /// with its `mailbox_tls`): what delivery can deliver through.
+    pub fn all_transports(&self) -> BTreeMap<String, TransportConfig> {
+        let mut all = self.transport.clone();
+        for e in &self.establishment {
+            all.insert(
+                e.transport_name(),
+                TransportConfig {
+                    hop: NextHop::Relay(e.mailbox.clone()),
+                    tls: e.mailbox_tls,
+                },
+            );
+        }
+        all
     }
 
     pub fn listener(&self, name: &str) -> Option<&ListenerConfig> {

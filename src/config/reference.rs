@@ -72,6 +72,7 @@ fn section_fields(section: &str) -> Option<Vec<&'static str>> {
         "directory" => fields_of::<DirectoryConfig>(),
         "directory.sync" => fields_of::<super::SyncConfig>(),
         "journal" => fields_of::<super::JournalConfig>(),
+        "establishment" => fields_of::<super::EstablishmentConfig>(),
         _ => return None,
     })
 }
@@ -163,6 +164,10 @@ file = "w.xml"
 kind = "ldap"
 url = "ldap://127.0.0.1"
 base = "dc=x"
+[[establishment]]
+name = "e"
+domains = ["e.mssante.fr"]
+mailbox = "127.0.0.1:25"
 "#;
 
 /// The header line of a doc section in [`BASE`].

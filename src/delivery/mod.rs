@@ -105,7 +105,7 @@ impl DeliveryConfig {
         };
         Ok(DeliveryConfig {
             hostname: cfg.server.hostname.clone(),
-            transports: cfg.transport.clone(),
+            transports: cfg.all_transports(),
             queue: cfg.queue.clone(),
             resolver: Resolver::new(&cfg.dns)?,
             tls_any,
