@@ -844,7 +844,7 @@ async fn directory_lookup(
     let directory = passerelle::server::build_directory(&spec, &crls)?;
     let address = address.trim().trim_matches(['<', '>']);
     let (known, bal_type) = match directory.lookup(address).await {
-        Ok(Lookup::Found { bal_type }) => (true, Some(bal_type)),
+        Ok(Lookup::Found { bal_type, .. }) => (true, Some(bal_type)),
         Ok(Lookup::NotFound) => (false, None),
         Err(e) => return Err(anyhow::anyhow!("{address}: {e}")),
     };

@@ -30,6 +30,9 @@ pub struct QueueItem {
     pub attempts: u32,
     pub next_attempt: u64,
     pub recipients: Vec<QueueRcpt>,
+    /// The sending establishment (`queue list --establishment`).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub establishment: Option<String>,
 }
 
 #[derive(Debug, Clone, serde::Serialize, serde::Deserialize)]
@@ -73,6 +76,8 @@ enum Command {
     Show(String, oneshot::Sender<Option<QueueItem>>),
     Locate(String, oneshot::Sender<Option<BodyLoc>>),
     Stats(oneshot::Sender<QueueStats>),
+    /// How many messages of one establishment are queued (its `max_queued`).
+    Queued(String, oneshot::Sender<usize>),
     /// Retry now: one id, or all when `None`.
     Retry(Option<String>, oneshot::Sender<Result<usize, QueueError>>),
     Hold(String, bool, oneshot::Sender<Result<(), QueueError>>),
@@ -138,6 +143,13 @@ impl QueueHandle {
             .ok()
             .flatten()
     }
+    /// Messages of establishment `name` in the queue (0 when the queue manager is stopped).
+    pub async fn queued_for(&self, name: &str) -> usize {
+        self.ask(|tx| Command::Queued(name.to_string(), tx))
+            .await
+            .unwrap_or_default()
+    }
+
     pub async fn stats(&self) -> QueueStats {
         self.ask(Command::Stats).await.unwrap_or_default()
     }
@@ -221,6 +233,9 @@ pub struct Scheduler {
     transport: Arc<dyn Transport>,
     return_path: Arc<dyn ReturnPath>,
     config: Arc<SchedulerConfig>,
+    /// Messages per sending establishment, kept with `entries` (a `max_queued` check at
+    /// every MAIL must not walk the queue).
+    per_establishment: HashMap<String, usize>,
     permits: Arc<Semaphore>,
     permits_size: usize,
 }
@@ -246,6 +261,7 @@ impl Scheduler {
             transport,
             return_path,
             config: Arc::new(config),
+            per_establishment: HashMap::new(),
             permits: Arc::new(Semaphore::new(max)),
             permits_size: max,
         };
@@ -259,6 +275,9 @@ impl Scheduler {
 
     fn insert(&mut self, env: Envelope, state: State, body: BodyLoc, mem: Option<InMemory>) {
         let id = env.id.clone();
+        if let Some(e) = &env.establishment {
+            *self.per_establishment.entry(e.clone()).or_default() += 1;
+        }
         if !state.held {
             self.heap.push(Reverse((state.next_attempt, id.clone())));
         }
@@ -351,7 +370,7 @@ impl Scheduler {
     fn finished(&mut self, f: Finished) {
         match f.state {
             None => {
-                self.entries.remove(&f.id);
+                self.remove(&f.id);
             }
             Some(state) => {
                 if let Some(e) = self.entries.get_mut(&f.id) {
@@ -385,6 +404,9 @@ impl Scheduler {
             Command::Locate(id, reply) => {
                 let _ = reply.send(self.entries.get(&id).map(|e| e.body));
             }
+            Command::Queued(name, reply) => {
+                let _ = reply.send(self.per_establishment.get(&name).copied().unwrap_or(0));
+            }
             Command::Stats(reply) => {
                 let now = now_ms() / 1000;
                 let oldest = self
@@ -409,7 +431,7 @@ impl Scheduler {
                     None => Err(QueueError::NotFound(id)),
                     Some(e) if e.running => Err(QueueError::Busy(id)),
                     Some(_) => {
-                        let e = self.entries.remove(&id).map(|e| e.body);
+                        let e = self.remove(&id).map(|e| e.body);
                         if let Some(body) = e {
                             let spool = self.spool.clone();
                             tokio::spawn(async move {
@@ -432,6 +454,20 @@ impl Scheduler {
             }
             Command::Shutdown(_) => {}
         }
+    }
+
+    /// Takes a message out of the table, and out of its establishment's count.
+    fn remove(&mut self, id: &str) -> Option<Entry> {
+        let e = self.entries.remove(id)?;
+        if let Some(name) = &e.env.establishment {
+            if let Some(n) = self.per_establishment.get_mut(name) {
+                *n = n.saturating_sub(1);
+                if *n == 0 {
+                    self.per_establishment.remove(name);
+                }
+            }
+        }
+        Some(e)
     }
 
     /// Postfix's `postqueue -f` / `-i`: due now, and their destinations no longer resting.
@@ -505,6 +541,7 @@ impl QueueItem {
             held: state.held,
             attempts: state.attempts,
             next_attempt: state.next_attempt,
+            establishment: env.establishment.clone(),
             recipients: env
                 .recipients
                 .iter()
@@ -828,6 +865,7 @@ mod tests {
 
     fn env(id: &str) -> Envelope {
         Envelope {
+            establishment: None,
             id: id.into(),
             received: now_ms() / 1000,
             listener: "l".into(),

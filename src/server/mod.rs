@@ -87,6 +87,15 @@ impl crate::dsn::ReturnPath for SenderRoutes {
             .unwrap_or(&[]);
         snap.policy.route_for(order, address)
     }
+
+    fn establishment(&self, name: &str) -> Option<(String, String)> {
+        let snap = self.0.load();
+        let e = snap.policy.establishments.get(name)?;
+        Some((
+            crate::config::establishment::BUILTIN_ROUTE.to_string(),
+            e.transport_name(),
+        ))
+    }
 }
 
 fn directory_spec(cfg: &Config) -> DirectorySpec {
