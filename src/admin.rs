@@ -21,6 +21,10 @@ pub const TOKEN_FILE: &str = "admin.token";
 
 pub struct AdminState {
     pub queue: QueueHandle,
+    /// Asks the server to reload its configuration (as SIGHUP); the answer is its verdict.
+    pub reload: Option<
+        tokio::sync::mpsc::UnboundedSender<tokio::sync::oneshot::Sender<Result<(), String>>>,
+    >,
     pub spool: PathBuf,
     pub token: String,
 }
@@ -270,6 +274,34 @@ async fn serve_one(mut stream: TcpStream, st: Arc<AdminState>) {
                 &crate::metrics::render(),
             )
             .await
+        }
+        ("POST", "/reload") => {
+            use subtle::ConstantTimeEq;
+            let given = req.token.as_deref().unwrap_or("").as_bytes();
+            if !bool::from(given.ct_eq(st.token.as_bytes())) {
+                return respond(
+                    &mut stream,
+                    403,
+                    text,
+                    "missing or wrong X-Passerelle-Token (see SPOOL/admin.token)\n",
+                )
+                .await;
+            }
+            let (tx, rx) = tokio::sync::oneshot::channel();
+            let sent = st.reload.as_ref().is_some_and(|r| r.send(tx).is_ok());
+            match (sent, rx.await) {
+                (true, Ok(Ok(()))) => respond(&mut stream, 200, text, "reloaded\n").await,
+                (true, Ok(Err(why))) => {
+                    respond(
+                        &mut stream,
+                        409,
+                        text,
+                        &format!("reload refused, keeping the running configuration: {why}\n"),
+                    )
+                    .await
+                }
+                _ => respond(&mut stream, 503, text, "reload unavailable\n").await,
+            }
         }
         (_, p) if p == "/queue" || p.starts_with("/queue/") => {
             use subtle::ConstantTimeEq;

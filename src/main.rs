@@ -93,6 +93,11 @@ enum Command {
         #[command(subcommand)]
         what: DirectoryCommand,
     },
+    /// The establishments of a regional gateway: onboard, list, show, test.
+    Establishment {
+        #[command(subcommand)]
+        what: passerelle::establishment_cli::EstablishmentCommand,
+    },
     /// Find messages in the journal and show their timelines (exit 1 when none matches).
     Track(passerelle::journal::cli::TrackArgs),
     /// The activity indicators from the journal.
@@ -107,6 +112,9 @@ enum QueueCommand {
         /// `json`: an array of messages, for tools.
         #[arg(long, value_enum, default_value_t)]
         format: Format,
+        /// Only the messages sent by this establishment.
+        #[arg(long)]
+        establishment: Option<String>,
     },
     /// One message's envelope and recipients; its stored headers or body on request
     /// (`postcat -q`).
@@ -382,6 +390,7 @@ fn run(cli: Cli) -> anyhow::Result<ExitCode> {
                 ExitCode::from(1)
             })
         }
+        Command::Establishment { what } => passerelle::establishment_cli::run(&cli.config, what),
         Command::Track(a) => passerelle::journal::cli::track(&cli.config, &a).map(ExitCode::from),
         Command::Stats(a) => passerelle::journal::cli::stats(&cli.config, &a).map(ExitCode::from),
         Command::Pki {
@@ -466,14 +475,15 @@ fn run(cli: Cli) -> anyhow::Result<ExitCode> {
             let json = matches!(
                 what,
                 QueueCommand::List {
-                    format: Format::Json
+                    format: Format::Json,
+                    ..
                 } | QueueCommand::Show {
                     format: Format::Json,
                     ..
                 }
             );
             let verb = match what {
-                QueueCommand::List { .. } => Verb::List,
+                QueueCommand::List { establishment, .. } => Verb::List(establishment),
                 QueueCommand::Show {
                     id, headers, body, ..
                 } => Verb::Show(id, Content { headers, body }),

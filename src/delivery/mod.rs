@@ -115,7 +115,7 @@ impl DeliveryConfig {
         })
     }
 
-    fn tls_mode(&self, t: &TransportConfig, domain: &str) -> Result<TlsMode, Failure> {
+    pub fn tls_mode(&self, t: &TransportConfig, domain: &str) -> Result<TlsMode, Failure> {
         let local = |why: &str| Failure::new(FailureKind::Local, why);
         match t.tls {
             TlsPolicy::Mutual => {

@@ -149,6 +149,9 @@ pub async fn serve(config_path: &Path) -> anyhow::Result<()> {
         let ctx = snap.listener_context(l, &crls, &queue)?;
         bound.insert(l.name.clone(), Bound::start(sock, l, ctx));
     }
+    // `POST /reload` on the admin endpoint (`establishment add`): a reload as SIGHUP's.
+    let (reload_tx, mut reload_rx) =
+        tokio::sync::mpsc::unbounded_channel::<tokio::sync::oneshot::Sender<Result<(), String>>>();
     let admin = match &cfg.server.admin {
         Some(addr) => {
             let sock = TcpListener::bind(*addr)
@@ -162,6 +165,7 @@ pub async fn serve(config_path: &Path) -> anyhow::Result<()> {
                 )
             })?;
             let state = Arc::new(crate::admin::AdminState {
+                reload: Some(reload_tx.clone()),
                 queue: queue.handle().clone(),
                 spool: cfg.server.spool.clone(),
                 token,
@@ -221,6 +225,14 @@ pub async fn serve(config_path: &Path) -> anyhow::Result<()> {
             Some(what) = changed.recv() => match what {
                 crate::fetch::What::Crl(_) => rt.crl_files.check_now(),
                 crate::fetch::What::Whitelist => rt.whitelist.check_now(),
+            },
+            Some(answer) = reload_rx.recv() => {
+                let r = rt.reload().await.map_err(|e| format!("{e:#}").replace('\n', "; "));
+                match &r {
+                    Ok(()) => tracing::info!(config = %config_path.display(), "configuration reloaded (admin endpoint)"),
+                    Err(why) => tracing::error!(config = %config_path.display(), "reload refused, keeping the running configuration: {why}"),
+                }
+                let _ = answer.send(r);
             },
             _ = hup.recv() => match rt.reload().await {
                 Ok(()) => {
