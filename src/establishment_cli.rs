@@ -506,6 +506,51 @@ fn render_show(cfg: &Config, e: &EstablishmentConfig, dn: Option<&str>) -> Strin
     o
 }
 
+/// `route test`: which establishment owns `addr` and why, when the listener's routes name
+/// the built-in route (nothing otherwise).
+pub async fn explain_owner(
+    policy: &crate::policy::Policy,
+    order: &[String],
+    addr: &crate::policy::Address,
+) -> Vec<String> {
+    use crate::policy::Owner;
+    if !order.iter().any(|r| r == BUILTIN_ROUTE) {
+        return Vec::new();
+    }
+    let table = &policy.establishments;
+    let structures = match policy.structures_of(addr).await {
+        Ok(s) => s,
+        Err(r) => return vec![format!("route {BUILTIN_ROUTE}: directory: {r}")],
+    };
+    let claimants: Vec<&str> = table
+        .claimants(&addr.domain)
+        .iter()
+        .map(|e| e.name.as_str())
+        .collect();
+    let mut out = Vec::new();
+    if claimants.len() > 1 {
+        out.push(format!(
+            "route {BUILTIN_ROUTE}: {} is shared by establishments {}; the directory gives structure(s) {}",
+            addr.domain,
+            claimants.join(", "),
+            if structures.is_empty() { "none".to_string() } else { structures.join(", ") }
+        ));
+    }
+    out.push(match table.owner(&addr.to_string(), &structures) {
+        Owner::None => format!("route {BUILTIN_ROUTE}: no establishment claims {}", addr.domain),
+        Owner::Owned(e, why) => format!(
+            "route {BUILTIN_ROUTE}: establishment {} owns <{addr}> ({why}): its mailbox {} (tls {})",
+            e.name,
+            e.mailbox,
+            e.mailbox_tls.as_str()
+        ),
+        Owner::Unowned { .. } => format!(
+            "route {BUILTIN_ROUTE}: no establishment owns <{addr}> (550 5.1.1)"
+        ),
+    });
+    out
+}
+
 /// One step of `establishment test`.
 fn step(name: &str, started: Instant, ok: bool, detail: &str) -> bool {
     println!(

@@ -1024,6 +1024,9 @@ async fn route_test(
             }
         }
     }
+    for line in passerelle::establishment_cli::explain_owner(p, &l.routes, &addr).await {
+        out.say(line);
+    }
     match p.check_recipient(&l.routes, &addr).await {
         RcptDecision::Accept {
             route,
