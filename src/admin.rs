@@ -21,6 +21,8 @@ pub const TOKEN_FILE: &str = "admin.token";
 
 pub struct AdminState {
     pub queue: QueueHandle,
+    /// Asks the server to reload its configuration (as SIGHUP); the answer is its verdict.
+    pub reload: Option<crate::server::ReloadHandle>,
     pub spool: PathBuf,
     pub token: String,
 }
@@ -270,6 +272,36 @@ async fn serve_one(mut stream: TcpStream, st: Arc<AdminState>) {
                 &crate::metrics::render(),
             )
             .await
+        }
+        ("POST", "/reload") => {
+            use subtle::ConstantTimeEq;
+            let given = req.token.as_deref().unwrap_or("").as_bytes();
+            if !bool::from(given.ct_eq(st.token.as_bytes())) {
+                return respond(
+                    &mut stream,
+                    403,
+                    text,
+                    "missing or wrong X-Passerelle-Token (see SPOOL/admin.token)\n",
+                )
+                .await;
+            }
+            let verdict = match &st.reload {
+                Some(r) => Some(r.reload().await),
+                None => None,
+            };
+            match verdict {
+                Some(Ok(())) => respond(&mut stream, 200, text, "reloaded\n").await,
+                Some(Err(why)) => {
+                    respond(
+                        &mut stream,
+                        409,
+                        text,
+                        &format!("reload refused, keeping the running configuration: {why}\n"),
+                    )
+                    .await
+                }
+                _ => respond(&mut stream, 503, text, "reload unavailable\n").await,
+            }
         }
         (_, p) if p == "/queue" || p.starts_with("/queue/") => {
             use subtle::ConstantTimeEq;

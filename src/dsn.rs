@@ -46,6 +46,12 @@ pub struct DsnRequest<'a> {
 pub trait ReturnPath: Send + Sync {
     /// `listener` is where the original message came in (its routes are tried first).
     fn route(&self, listener: &str, address: &str) -> Option<(String, String)>;
+    /// The route and transport to establishment `name`'s mailbox, while it exists: the
+    /// bounces of its senders go there (on a shared domain the sender's domain alone could
+    /// not tell whose mailbox).
+    fn establishment(&self, _name: &str) -> Option<(String, String)> {
+        None
+    }
 }
 
 /// A notification ready to queue.
@@ -78,7 +84,12 @@ pub fn notification(
     if rcpts.is_empty() || env.mail_from.is_empty() {
         return None;
     }
-    let Some((route, transport)) = by.return_path.route(&env.listener, &env.mail_from) else {
+    let found = env
+        .establishment
+        .as_deref()
+        .and_then(|e| by.return_path.establishment(e))
+        .or_else(|| by.return_path.route(&env.listener, &env.mail_from));
+    let Some((route, transport)) = found else {
         tracing::warn!(queue_id = %env.id, to = %env.mail_from,
             "no route for the sender's domain: {kind:?} notification not sent");
         return None;
@@ -132,6 +143,7 @@ pub fn notification(
     message.extend_from_slice(&body);
     Some(Notification {
         envelope: Envelope {
+            establishment: None,
             id,
             received: now,
             listener: env.listener.clone(),
@@ -305,6 +317,7 @@ mod tests {
 
     fn env() -> Envelope {
         Envelope {
+            establishment: None,
             id: "00000000000000AB".into(),
             received: 1_700_000_000,
             listener: "etab".into(),

@@ -14,6 +14,7 @@ pub mod delivery;
 pub mod dirsync;
 pub mod dn;
 pub mod dsn;
+pub mod establishment_cli;
 pub mod fetch;
 pub mod intake;
 pub mod journal;

@@ -93,6 +93,11 @@ enum Command {
         #[command(subcommand)]
         what: DirectoryCommand,
     },
+    /// The establishments of a regional gateway: onboard, list, show, test.
+    Establishment {
+        #[command(subcommand)]
+        what: passerelle::establishment_cli::EstablishmentCommand,
+    },
     /// Find messages in the journal and show their timelines (exit 1 when none matches).
     Track(passerelle::journal::cli::TrackArgs),
     /// The activity indicators from the journal.
@@ -144,6 +149,9 @@ enum QueueCommand {
         /// `json`: an array of messages, for tools.
         #[arg(long, value_enum, default_value_t)]
         format: Format,
+        /// Only the messages sent by this establishment.
+        #[arg(long)]
+        establishment: Option<String>,
     },
     /// One message's envelope and recipients; its stored headers or body on request
     /// (`postcat -q`).
@@ -419,6 +427,7 @@ fn run(cli: Cli) -> anyhow::Result<ExitCode> {
                 ExitCode::from(1)
             })
         }
+        Command::Establishment { what } => passerelle::establishment_cli::run(&cli.config, what),
         Command::Track(a) => passerelle::journal::cli::track(&cli.config, &a).map(ExitCode::from),
         Command::Stats(a) => passerelle::journal::cli::stats(&cli.config, &a).map(ExitCode::from),
         Command::Pki {
@@ -503,14 +512,15 @@ fn run(cli: Cli) -> anyhow::Result<ExitCode> {
             let json = matches!(
                 what,
                 QueueCommand::List {
-                    format: Format::Json
+                    format: Format::Json,
+                    ..
                 } | QueueCommand::Show {
                     format: Format::Json,
                     ..
                 }
             );
             let verb = match what {
-                QueueCommand::List { .. } => Verb::List,
+                QueueCommand::List { establishment, .. } => Verb::List(establishment),
                 QueueCommand::Show {
                     id, headers, body, ..
                 } => Verb::Show(id, Content { headers, body }),
@@ -884,7 +894,7 @@ async fn directory_lookup(
     let directory = passerelle::server::build_directory(&spec, &crls)?;
     let address = address.trim().trim_matches(['<', '>']);
     let (known, bal_type) = match directory.lookup(address).await {
-        Ok(Lookup::Found { bal_type }) => (true, Some(bal_type)),
+        Ok(Lookup::Found { bal_type, .. }) => (true, Some(bal_type)),
         Ok(Lookup::NotFound) => (false, None),
         Err(e) => return Err(anyhow::anyhow!("{address}: {e}")),
     };
@@ -966,12 +976,13 @@ async fn route_test(
     config: &std::path::Path,
     address: &str,
     listener: Option<&str>,
-    _from: Option<&str>,
+    from: Option<&str>,
     format: Format,
 ) -> anyhow::Result<ExitCode> {
     let snap = passerelle::server::offline_snapshot(passerelle::server::load_config(config)?)?;
     let e =
-        passerelle::policy::explain::explain(&snap.config, &snap.policy, listener, address).await?;
+        passerelle::policy::explain::explain(&snap.config, &snap.policy, listener, address, from)
+            .await?;
     if format == Format::Json {
         print_json(&e.to_json(address))?;
     } else {

@@ -17,7 +17,8 @@ use std::time::Duration;
 
 #[derive(Debug, Clone)]
 pub enum Verb {
-    List,
+    /// Every message, or those of one establishment.
+    List(Option<String>),
     Show(String, Content),
     Retry(Option<String>),
     Hold(String),
@@ -84,6 +85,16 @@ impl Answer {
     }
 }
 
+/// One request to the running server's admin endpoint (with its token): status and body,
+/// or `None` when nothing listens there (`establishment add` asks it to reload).
+pub fn admin_request(
+    cfg: &Config,
+    method: &str,
+    path: &str,
+) -> anyhow::Result<Option<(u16, String)>> {
+    Ok(online(cfg, method, path)?.map(|a| (a.code, a.text())))
+}
+
 /// One request to the running server, or `None` when nothing listens there.
 fn online(cfg: &Config, method: &str, path: &str) -> anyhow::Result<Option<Answer>> {
     let Some(sa) = cfg.server.admin else {
@@ -143,13 +154,17 @@ pub fn print_item(it: &QueueItem, out: &mut impl Write) -> std::io::Result<()> {
     };
     writeln!(
         out,
-        "{}  {:>8}  {:>5}  <{}>  attempts {}  next {}",
+        "{}  {:>8}  {:>5}  <{}>  attempts {}  next {}{}",
         it.id,
         it.size,
         age((now / 1000).saturating_sub(it.received)),
         it.sender,
         it.attempts,
-        next
+        next,
+        it.establishment
+            .as_ref()
+            .map(|e| format!("  establishment {e}"))
+            .unwrap_or_default()
     )?;
     for QueueRcpt {
         address,
@@ -276,7 +291,7 @@ async fn offline_verb(cfg: &Config, verb: &Verb) -> anyhow::Result<String> {
             spool.remove(id, m.body).await?;
             Ok(format!("{id}: deleted"))
         }
-        Verb::List | Verb::Show(..) => bail!("internal: read-only verb routed as a change"),
+        Verb::List(_) | Verb::Show(..) => bail!("internal: read-only verb routed as a change"),
     }
 }
 
@@ -294,7 +309,7 @@ fn done(verb: &Verb, body: &str) -> String {
         Verb::Delete(id) => format!("{id}: deleted"),
         Verb::Retry(Some(id)) => format!("{id}: attempt now"),
         Verb::Retry(None) => format!("{} message(s) scheduled for an attempt now", retried()),
-        Verb::List | Verb::Show(..) => String::new(),
+        Verb::List(_) | Verb::Show(..) => String::new(),
     }
 }
 
@@ -304,7 +319,7 @@ pub async fn run(cfg: &Config, verb: Verb, json: bool) -> anyhow::Result<bool> {
     let stdout = std::io::stdout();
     let mut out = stdout.lock();
     let (method, path) = match &verb {
-        Verb::List => ("GET", "/queue".to_string()),
+        Verb::List(_) => ("GET", "/queue".to_string()),
         Verb::Show(id, c) if c.body => ("GET", format!("/queue/{id}/message")),
         Verb::Show(id, c) if c.headers => ("GET", format!("/queue/{id}/headers")),
         Verb::Show(id, _) => ("GET", format!("/queue/{id}")),
@@ -322,8 +337,9 @@ pub async fn run(cfg: &Config, verb: Verb, json: bool) -> anyhow::Result<bool> {
     match answer {
         Some(a) if a.code == 200 => {
             match &verb {
-                Verb::List => {
-                    let items: Vec<QueueItem> = serde_json::from_slice(&a.body)?;
+                Verb::List(only) => {
+                    let mut items: Vec<QueueItem> = serde_json::from_slice(&a.body)?;
+                    items.retain(|i| only.is_none() || i.establishment == *only);
                     print_list(&items, json, "", &mut out)?
                 }
                 Verb::Show(_, c) if c.headers || c.body => out.write_all(c.select(&a.body))?,
@@ -340,8 +356,9 @@ pub async fn run(cfg: &Config, verb: Verb, json: bool) -> anyhow::Result<bool> {
             Ok(false)
         }
         None => match &verb {
-            Verb::List => {
-                let items = offline_items(cfg)?;
+            Verb::List(only) => {
+                let mut items = offline_items(cfg)?;
+                items.retain(|i| only.is_none() || i.establishment == *only);
                 print_list(&items, json, " (server not running)", &mut out)?;
                 Ok(true)
             }

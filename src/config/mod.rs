@@ -10,6 +10,7 @@
 
 mod console;
 mod dirsync;
+pub mod establishment;
 mod journal;
 #[cfg(test)]
 mod reference;
@@ -19,6 +20,7 @@ pub mod values;
 
 pub use console::{ConsoleConfig, ConsoleTransport};
 pub use dirsync::SyncConfig;
+pub use establishment::{EstablishmentConfig, SenderCheck};
 pub use journal::{JournalConfig, JournalKind};
 pub use source::{locate, Problem, Severity};
 pub use values::{parse_duration, ClientNet, DomainPattern, HostPort};
@@ -89,6 +91,9 @@ pub struct Config {
     /// The admin web console; none when absent.
     #[serde(default)]
     pub console: Option<ConsoleConfig>,
+    /// The establishments of a regional gateway (those of `establishments_dir` added when read).
+    #[serde(default)]
+    pub establishment: Vec<EstablishmentConfig>,
     /// Where the file was read from (not a key): used in messages.
     #[serde(skip)]
     pub source: PathBuf,
@@ -108,6 +113,13 @@ pub struct ServerConfig {
     /// HTTP admin endpoint (/metrics, /healthz, /readyz, queue verbs); loopback by default.
     #[serde(default, deserialize_with = "de_opt_socket")]
     pub admin: Option<SocketAddr>,
+    /// One `*.toml` per establishment (`passerelle establishment add` writes there).
+    #[serde(default = "default_establishments_dir")]
+    pub establishments_dir: PathBuf,
+}
+
+fn default_establishments_dir() -> PathBuf {
+    PathBuf::from(establishment::DEFAULT_ESTABLISHMENTS_DIR)
 }
 
 fn default_spool() -> PathBuf {
@@ -210,6 +222,10 @@ pub struct ListenerConfig {
     /// authenticated by its certificate instead of its address.
     #[serde(default, deserialize_with = "de_list")]
     pub client_dns: Vec<Dn>,
+    /// Sessions are attributed to the establishment whose `clients`/`client_dns` match; any
+    /// other client gets `554 5.7.1`, and each is held to its own sender domains.
+    #[serde(default)]
+    pub establishments: bool,
 }
 
 fn default_starttls() -> StartTls {
@@ -785,6 +801,15 @@ impl Config {
         let mut parsed = Self::from_toml_str(&text, &shown)?;
         parsed.config.source = path.to_path_buf();
         parsed.config.source_text = text.clone();
+        // The establishments' own files: one that does not load fails the whole read (a
+        // reload then keeps the config in force).
+        let (list, warnings, errors) =
+            establishment::read_dir(&parsed.config.server.establishments_dir);
+        if !errors.is_empty() {
+            return Err(ConfigError::Invalid(errors));
+        }
+        parsed.config.establishment.extend(list);
+        parsed.warnings.extend(warnings);
         Ok((parsed, text))
     }
 
@@ -796,6 +821,22 @@ impl Config {
     /// Cross-reference problems (errors and warnings), without locations.
     pub fn validate(&self) -> Vec<Problem> {
         validate::validate(self)
+    }
+
+    /// The `[transport.NAME]`s and one `establishment:NAME` per establishment (its mailbox
+    /// with its `mailbox_tls`): what delivery can deliver through.
+    pub fn all_transports(&self) -> BTreeMap<String, TransportConfig> {
+        let mut all = self.transport.clone();
+        for e in &self.establishment {
+            all.insert(
+                e.transport_name(),
+                TransportConfig {
+                    hop: NextHop::Relay(e.mailbox.clone()),
+                    tls: e.mailbox_tls,
+                },
+            );
+        }
+        all
     }
 
     pub fn listener(&self, name: &str) -> Option<&ListenerConfig> {

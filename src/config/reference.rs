@@ -73,6 +73,7 @@ fn section_fields(section: &str) -> Option<Vec<&'static str>> {
         "directory.sync" => fields_of::<super::SyncConfig>(),
         "journal" => fields_of::<super::JournalConfig>(),
         "console" => fields_of::<super::ConsoleConfig>(),
+        "establishment" => fields_of::<super::EstablishmentConfig>(),
         _ => return None,
     })
 }
@@ -166,6 +167,10 @@ url = "ldap://127.0.0.1"
 base = "dc=x"
 [console]
 address = "127.0.0.1:8026"
+[[establishment]]
+name = "e"
+domains = ["e.mssante.fr"]
+mailbox = "127.0.0.1:25"
 "#;
 
 /// The header line of a doc section in [`BASE`].

@@ -46,8 +46,12 @@ impl Problem {
         }
     }
 
-    /// Names the file and finds the key's line in `text`.
+    /// Names the file and finds the key's line in `text`; a problem already located (in an
+    /// establishment's own file) keeps its place.
     pub fn located(mut self, file: &str, text: &str) -> Problem {
+        if self.file.is_some() {
+            return self;
+        }
         self.file = Some(file.to_string());
         if self.line.is_none() && !self.key.is_empty() {
             self.line = locate(text, &self.key);
@@ -106,6 +110,40 @@ pub fn parse(text: &str, shown: &str) -> Result<Parsed, Vec<Problem>> {
         .map(|k| Problem::warning(k, "unknown key (typo?), ignored").located(shown, text))
         .collect();
     Ok(Parsed { config, warnings })
+}
+
+/// Parses a partial file (an establishment's, in `establishments_dir`) the way the main file
+/// is, without environment overrides: syntax, typed values, unknown keys, all located.
+pub fn parse_part<T: serde::de::DeserializeOwned>(
+    text: &str,
+    shown: &str,
+) -> Result<(T, Vec<Problem>), Vec<Problem>> {
+    let value: toml::Value = match toml::from_str(text) {
+        Ok(v) => v,
+        Err(e) => {
+            let line = e.span().map(|s| line_of(text, s.start));
+            return Err(vec![Problem {
+                line,
+                file: Some(shown.to_string()),
+                ..Problem::error("", format!("TOML syntax: {}", e.message().trim()))
+            }]);
+        }
+    };
+    let mut unknown = Vec::new();
+    let mut track = |path: serde_ignored::Path<'_>| unknown.push(key_path(&path));
+    let de = serde_ignored::Deserializer::new(value, &mut track);
+    let parsed: T = serde_path_to_error::deserialize(de).map_err(|e| {
+        // toml's errors add the table path on further lines: the key already says it.
+        let inner = e.inner().to_string();
+        let first = inner.lines().next().unwrap_or_default();
+        let (key, message) = explain(e.path().to_string(), first);
+        vec![Problem::error(key, message).located(shown, text)]
+    })?;
+    let warnings = unknown
+        .into_iter()
+        .map(|k| Problem::warning(k, "unknown key (typo?), ignored").located(shown, text))
+        .collect();
+    Ok((parsed, warnings))
 }
 
 /// `serde_ignored`'s path in our `a[0].b` form (options and newtypes are not keys).

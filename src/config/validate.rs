@@ -25,6 +25,15 @@ pub fn validate(c: &Config) -> Vec<Problem> {
             ));
         }
         for r in &l.routes {
+            if r == super::establishment::BUILTIN_ROUTE {
+                if c.establishment.is_empty() {
+                    p.push(Problem::warning(
+                        format!("{key}.routes"),
+                        "route \"establishments\" matches nothing: no establishment is declared",
+                    ));
+                }
+                continue;
+            }
             if !route_names.contains(&r.as_str()) {
                 p.push(Problem::error(
                     format!("{key}.routes"),
@@ -99,6 +108,12 @@ pub fn validate(c: &Config) -> Vec<Problem> {
             p.push(Problem::error(
                 format!("{key}.directory"),
                 "directory.kind is \"none\"; every recipient would be unknown",
+            ));
+        }
+        if r.name == super::establishment::BUILTIN_ROUTE {
+            p.push(Problem::error(
+                format!("{key}.name"),
+                "\"establishments\" is the built-in route of the establishments; choose another name",
             ));
         }
         if route_names[..i].contains(&r.name.as_str()) {
@@ -198,6 +213,16 @@ pub fn validate(c: &Config) -> Vec<Problem> {
             p.push(Problem::error("tls.crl_refresh", "must be positive"));
         }
     }
+    if l_establishments_without_any(c) {
+        p.push(Problem::warning(
+            "listener",
+            "a listener has establishments = true but no establishment is declared: every client would be refused",
+        ));
+    }
+    p.extend(super::establishment::validate(
+        &c.establishment,
+        c.tls.is_some(),
+    ));
     for line in c.journal.validate() {
         let (key, msg) = line.split_once(": ").unwrap_or(("journal", &line));
         p.push(Problem::error(key, msg));
@@ -224,6 +249,11 @@ pub fn validate(c: &Config) -> Vec<Problem> {
     }
     super::console::validate(c, &mut p);
     p
+}
+
+/// A listener attributes sessions to establishments, and there are none.
+fn l_establishments_without_any(c: &Config) -> bool {
+    c.establishment.is_empty() && c.listener.iter().any(|l| l.establishments)
 }
 
 /// Two addresses that one bind would make collide (0.0.0.0 covers every IPv4 address).

@@ -165,3 +165,22 @@ impl Establishments for NoEstablishments {
         ))
     }
 }
+
+/// The establishments of the configuration in force (a reload that adds one shows it at once).
+pub struct GatewayEstablishments(pub Arc<ArcSwap<Snapshot>>);
+
+impl Establishments for GatewayEstablishments {
+    fn scopes(&self) -> Result<Vec<EstablishmentScope>, HookError> {
+        Ok(self
+            .0
+            .load()
+            .config
+            .establishment
+            .iter()
+            .map(|e| EstablishmentScope {
+                name: e.name.clone(),
+                domains: e.domains.clone(),
+            })
+            .collect())
+    }
+}

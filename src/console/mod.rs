@@ -24,8 +24,8 @@ mod session;
 pub mod users;
 
 pub use hooks::{
-    AuditEvent, ConsoleBackend, Establishments, HookError, Journal, JournalEvent, NoEstablishments,
-    NoJournal, StatsQuery, StatsTable, TrackQuery, TrackedMessage,
+    AuditEvent, ConsoleBackend, Establishments, GatewayEstablishments, HookError, Journal,
+    JournalEvent, NoEstablishments, NoJournal, StatsQuery, StatsTable, TrackQuery, TrackedMessage,
 };
 
 use access::{Action, Resource, Role, Verdict};
@@ -187,8 +187,16 @@ pub fn router(app: Arc<App>) -> Router {
         .route("/track", get(pages::later::track))
         .route("/indicators", get(pages::later::indicators))
         .route("/indicators.csv", get(pages::later::indicators_csv))
-        .route("/establishments", get(pages::later::establishments))
-        .route("/establishments/{name}", get(pages::later::establishment))
+        .route("/establishments", get(pages::establishments::list))
+        .route(
+            "/establishments/new",
+            get(pages::establishments::new_form).post(pages::establishments::add),
+        )
+        .route("/establishments/{name}", get(pages::establishments::page))
+        .route(
+            "/establishments/{name}/test",
+            post(pages::establishments::test),
+        )
         .route("/route-test", get(pages::lookups::route_test))
         .route("/whitelist", get(pages::lookups::whitelist))
         .route("/directory", get(pages::lookups::directory))

@@ -246,7 +246,8 @@ impl Client {
         .map_err(|e| Failure::new(FailureKind::Io, e.to_string()).at(remote))
     }
 
-    async fn command(&mut self, cmd: &str) -> Result<Reply, Failure> {
+    /// One command and its reply (`establishment test` walks MAIL, RCPT, RSET with it).
+    pub async fn command(&mut self, cmd: &str) -> Result<Reply, Failure> {
         self.write(cmd.as_bytes()).await?;
         self.read_reply().await
     }

@@ -105,7 +105,7 @@ impl DeliveryConfig {
         };
         Ok(DeliveryConfig {
             hostname: cfg.server.hostname.clone(),
-            transports: cfg.transport.clone(),
+            transports: cfg.all_transports(),
             queue: cfg.queue.clone(),
             resolver: Resolver::new(&cfg.dns)?,
             tls_any,
@@ -115,7 +115,7 @@ impl DeliveryConfig {
         })
     }
 
-    fn tls_mode(&self, t: &TransportConfig, domain: &str) -> Result<TlsMode, Failure> {
+    pub fn tls_mode(&self, t: &TransportConfig, domain: &str) -> Result<TlsMode, Failure> {
         let local = |why: &str| Failure::new(FailureKind::Local, why);
         match t.tls {
             TlsPolicy::Mutual => {

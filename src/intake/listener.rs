@@ -75,9 +75,9 @@ pub async fn run(
         let sh = shared.load_full();
         let _ = stream.set_nodelay(true);
         let name = sh.listener.name.clone();
-        let ip_ok = sh.listener.admits(peer.ip());
+        let ip_ok = sh.admits(peer.ip());
         // Clients outside the CIDRs may still come in to authenticate by certificate.
-        if !ip_ok && sh.listener.client_dns.is_empty() {
+        if !ip_ok && !sh.certificate_may_admit() {
             let msg = format!(
                 "554 5.7.1 {} ESMTP access denied for {}\r\n",
                 sh.hostname,

@@ -6,6 +6,7 @@
 pub mod command;
 pub mod data;
 pub mod listener;
+pub mod rate;
 pub mod session;
 
 use crate::config::{ListenerConfig, SmtpLimits};
@@ -26,4 +27,23 @@ pub struct ListenerContext {
     /// Judges client certificates after the handshake (listeners that ask for one).
     pub validator: Option<crate::tls::PeerValidator>,
     pub queue: Queue,
+}
+
+impl ListenerContext {
+    /// Whether a client at `ip` may relay by its address: in `clients`, or on a listener of
+    /// establishments, an MTA of one of them.
+    pub fn admits(&self, ip: std::net::IpAddr) -> bool {
+        if self.listener.establishments {
+            self.policy.establishments.by_ip(ip).is_some()
+        } else {
+            self.listener.admits(ip)
+        }
+    }
+
+    /// Whether a client its address does not admit may still come in to prove itself with
+    /// a certificate (checked at MAIL).
+    pub fn certificate_may_admit(&self) -> bool {
+        !self.listener.client_dns.is_empty()
+            || (self.listener.establishments && self.policy.establishments.any_by_certificate())
+    }
 }

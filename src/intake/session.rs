@@ -53,6 +53,9 @@ pub struct Session {
     client_cert: Option<Result<crate::dn::Dn, Refusal>>,
     /// The client's address is in `listener.clients`; otherwise only a listed certificate relays.
     ip_authorized: bool,
+    /// On a listener with `establishments = true`: the establishment this session speaks for
+    /// (by address at connect, by certificate at MAIL).
+    establishment: Option<String>,
     tx: Transaction,
     errors: u32,
     junk: u32,
@@ -80,6 +83,14 @@ impl Session {
         ctx: Arc<ListenerContext>,
         ip_authorized: bool,
     ) -> Session {
+        let establishment = if ctx.listener.establishments {
+            ctx.policy
+                .establishments
+                .by_ip(peer.ip())
+                .map(|e| e.name.clone())
+        } else {
+            None
+        };
         Session {
             // Small: thousands of idle sessions each hold one; DATA is read around it.
             r: BufReader::with_capacity(4 * 1024, Rewind::new(stream)),
@@ -92,6 +103,7 @@ impl Session {
             client_dn: None,
             client_cert: None,
             ip_authorized,
+            establishment,
             tx: Transaction::default(),
             errors: 0,
             junk: 0,
@@ -110,13 +122,17 @@ impl Session {
         if r.code >= 400 {
             self.errors += 1;
             let status = format!("{} {}", r.code, r.status.as_deref().unwrap_or(""));
+            let mut labels = vec![
+                ("listener", self.ctx.listener.name.as_str()),
+                ("reply", status.trim()),
+            ];
+            if let Some(e) = &self.establishment {
+                labels.push(("establishment", e.as_str()));
+            }
             crate::metrics::inc(
                 "passerelle_smtp_rejected_total",
                 "SMTP commands refused, per listener and reply",
-                &[
-                    ("listener", &self.ctx.listener.name),
-                    ("reply", status.trim()),
-                ],
+                &labels,
             );
             self.refused(r);
         }
@@ -147,6 +163,7 @@ impl Session {
             from = from.map(|f| format!("<{f}>")),
             to = to.map(|t| format!("<{t}>")),
             helo = self.helo.as_deref(),
+            establishment = self.establishment.as_deref(),
             "reject"
         );
         let stage = match self.current {
@@ -177,6 +194,7 @@ impl Session {
             helo: self.helo.clone(),
             dn: self.client_dn.clone(),
             tls: self.tls.clone(),
+            establishment: self.establishment.clone(),
             ..crate::journal::Client::default()
         }
     }
@@ -387,7 +405,7 @@ impl Session {
                     "Must issue a STARTTLS command first",
                 ));
             }
-            Verb::Mail => self.mail(arg),
+            Verb::Mail => self.mail(arg).await,
             Verb::Rcpt => self.rcpt(arg).await,
             Verb::Data => return self.data(arg).await,
             Verb::Bdat => return self.bdat(arg).await,
@@ -482,7 +500,7 @@ impl Session {
         self.reply(&Reply::new(250, "", caps.join("\n")));
     }
 
-    fn mail(&mut self, arg: &str) {
+    async fn mail(&mut self, arg: &str) {
         if self.helo.is_none() {
             self.reply(&Reply::new(503, "5.5.1", "Error: send HELO/EHLO first"));
             return;
@@ -492,6 +510,9 @@ impl Session {
             return;
         }
         if let Some(r) = self.ctx.policy.check_client(&self.client()) {
+            return self.reply(&r);
+        }
+        if let Some(r) = self.attribute() {
             return self.reply(&r);
         }
         let m = match parse_mail(arg) {
@@ -512,6 +533,9 @@ impl Session {
         self.current_addr = Some(sender.as_ref().map(|a| a.to_string()).unwrap_or_default());
         let domain = sender.as_ref().map(|a| a.domain.as_str());
         if let Some(r) = self.ctx.policy.check_sender(&self.client(), domain) {
+            return self.reply(&r);
+        }
+        if let Some(r) = self.establishment_sender(sender.as_ref()).await {
             return self.reply(&r);
         }
         if m.size
@@ -538,13 +562,131 @@ impl Session {
         self.reply(&Reply::new(250, "2.1.0", "Ok"));
     }
 
-    /// Who is at the other end, as the sender checks see it.
+    /// Who is at the other end, as the sender checks see it. An establishment's MTA, once
+    /// recognised, relays as a listed client does.
     fn client(&self) -> crate::policy::Client<'_> {
         crate::policy::Client {
             listener: &self.ctx.listener,
             certificate: self.client_cert.as_ref(),
-            ip_authorized: self.ip_authorized,
+            ip_authorized: self.ip_authorized || self.establishment.is_some(),
         }
+    }
+
+    /// On a listener of establishments, at MAIL: the establishment whose certificate DN (or
+    /// else address) this client shows; `554 5.7.1` when none.
+    fn attribute(&mut self) -> Option<Reply> {
+        if !self.ctx.listener.establishments {
+            return None;
+        }
+        let dn = match &self.client_cert {
+            Some(Ok(dn)) => Some(dn),
+            _ => None,
+        };
+        let table = &self.ctx.policy.establishments;
+        match table.attribute(self.peer.ip(), dn) {
+            Some(e) => {
+                if self.establishment.as_deref() != Some(e.name.as_str()) {
+                    tracing::info!(client = %self.peer, establishment = %e.name,
+                        client_dn = self.client_dn.as_deref().unwrap_or("-"), "establishment recognised");
+                }
+                self.establishment = Some(e.name.clone());
+                None
+            }
+            None => {
+                self.establishment = None;
+                Some(Reply::new(
+                    554,
+                    "5.7.1",
+                    format!(
+                        "Error: relay access denied: {} is no establishment's MTA{}",
+                        self.peer.ip(),
+                        match &self.client_dn {
+                            Some(dn) => format!(" (certificate \"{dn}\" is not listed either)"),
+                            None => String::new(),
+                        }
+                    ),
+                ))
+            }
+        }
+    }
+
+    /// The sending establishment's checks at MAIL: the sender is one of its addresses, then
+    /// its rate and queue limits.
+    async fn establishment_sender(
+        &mut self,
+        sender: Option<&crate::policy::Address>,
+    ) -> Option<Reply> {
+        let name = self.establishment.clone()?;
+        let policy = self.ctx.policy.clone();
+        let est = policy.establishments.get(&name)?;
+        let structures = match sender {
+            Some(a) => match policy.structures_of(a).await {
+                Ok(s) => s,
+                Err(r) => return Some(r),
+            },
+            None => Vec::new(),
+        };
+        let text = sender.map(|a| a.to_string());
+        if let Some(r) = policy
+            .establishments
+            .check_sender(est, text.as_deref(), &structures)
+        {
+            return Some(r);
+        }
+        if let Some(max) = est.max_queued {
+            let queued = self.ctx.queue.handle().queued_for(&name).await;
+            if queued >= max {
+                return Some(Reply::new(
+                    452,
+                    "4.3.1",
+                    format!("Error: establishment {name} has {queued} messages queued (max_queued {max}), try again later"),
+                ));
+            }
+        }
+        if let Some(rate) = est.max_message_rate {
+            if !super::rate::admit(&name, rate) {
+                return Some(Reply::new(
+                    450,
+                    "4.7.1",
+                    format!("Error: establishment {name} exceeds its message rate ({rate} per minute), try again later"),
+                ));
+            }
+        }
+        None
+    }
+
+    /// After DATA, with `sender_check = "envelope+header"`: every `From:` address is one of
+    /// the sending establishment's (`content` is the client's bytes).
+    async fn establishment_header(&mut self, null_sender: bool, content: &[u8]) -> Option<Reply> {
+        let name = self.establishment.as_deref()?;
+        let policy = &self.ctx.policy;
+        let est = policy.establishments.get(name)?;
+        if est.sender_check == crate::config::SenderCheck::Envelope {
+            return None;
+        }
+        let from = crate::policy::establishment::from_header(content);
+        let mut known: Vec<(String, Vec<String>)> = Vec::new();
+        if let crate::policy::establishment::FromHeader::Addresses(list) = &from {
+            for a in list {
+                let Ok(Some(addr)) = crate::policy::parse_path(a) else {
+                    continue;
+                };
+                match policy.structures_of(&addr).await {
+                    Ok(s) => known.push((a.clone(), s)),
+                    Err(r) => return Some(r),
+                }
+            }
+        }
+        let structures_of = |a: &str| {
+            known
+                .iter()
+                .find(|(k, _)| k == a)
+                .map(|(_, s)| s.clone())
+                .unwrap_or_default()
+        };
+        policy
+            .establishments
+            .check_header(est, null_sender, &from, &structures_of)
     }
 
     async fn rcpt(&mut self, arg: &str) {
@@ -791,6 +933,11 @@ impl Session {
             self.reply(&r);
             return;
         }
+        let null_sender = tx.mail_from.as_deref().is_none_or(str::is_empty);
+        if let Some(r) = self.establishment_header(null_sender, &msg[hl..]).await {
+            self.reply(&r);
+            return;
+        }
         let now = now_ms();
         let env = Envelope {
             id: id.clone(),
@@ -804,6 +951,7 @@ impl Session {
             eight_bit: tx.eight_bit,
             smtputf8: tx.smtputf8,
             recipients: tx.recipients,
+            establishment: self.establishment.clone(),
         };
         let size = msg.len();
         let (from, nrcpt) = (env.mail_from.clone(), env.recipients.len());
@@ -821,13 +969,18 @@ impl Session {
         {
             Ok(()) => {
                 tracing::info!(queue_id = %id, client = %self.peer, from = %from, nrcpt,
-                    size, tls = self.tls.as_deref().unwrap_or("-"), "queued");
+                    size, tls = self.tls.as_deref().unwrap_or("-"),
+                    establishment = self.establishment.as_deref(), "queued");
                 self.reply(&Reply::new(250, "2.0.0", format!("Ok: queued as {id}")));
                 let l = [("listener", self.ctx.listener.name.as_str())];
+                let mut by = l.to_vec();
+                if let Some(e) = &self.establishment {
+                    by.push(("establishment", e.as_str()));
+                }
                 crate::metrics::inc(
                     "passerelle_messages_accepted_total",
                     "messages queued (250 after fsync)",
-                    &l,
+                    &by,
                 );
                 crate::metrics::observe(
                     "passerelle_accept_seconds",

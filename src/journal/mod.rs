@@ -83,10 +83,11 @@ impl Topology {
                 })
                 .collect(),
             transports: cfg
-                .transport
+                .all_transports()
                 .iter()
                 .map(|(n, t)| {
-                    let d = if t.tls == TlsPolicy::Mutual {
+                    let mailbox = n.starts_with(crate::config::establishment::TRANSPORT_PREFIX);
+                    let d = if t.tls == TlsPolicy::Mutual && !mailbox {
                         Destination::TrustSpace
                     } else {
                         Destination::Mailbox

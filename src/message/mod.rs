@@ -69,6 +69,10 @@ pub struct Envelope {
     #[serde(default)]
     pub smtputf8: bool,
     pub recipients: Vec<Recipient>,
+    /// The establishment that sent it (a listener with `establishments = true`): its limits,
+    /// `queue list --establishment`, and where its bounces go.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub establishment: Option<String>,
 }
 
 #[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize, Deserialize)]

@@ -8,9 +8,12 @@ pub type BoxFuture<'a, T> = Pin<Box<dyn Future<Output = T> + Send + 'a>>;
 
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum Lookup {
-    /// Known; carries the BAL type (PER, ORG, APP, ...) for the log.
+    /// Known; carries the BAL type (PER, ORG, APP, ...) for the log, and the structure ids
+    /// (the extract's `Identification Structure`) its BAL belongs to: who owns an address
+    /// of a domain several establishments share.
     Found {
         bal_type: String,
+        structures: Vec<String>,
     },
     NotFound,
 }
@@ -37,6 +40,9 @@ impl Directory for NoDirectory {
         "none".into()
     }
 }
+
+/// The extract's `Identification Structure` (kept by [`super::extract::DIRECTORY_COLUMNS`]).
+const STRUCTURE_COLUMN: usize = 6;
 
 /// `directory.kind = "extract"`: the ANS extract held in memory.
 pub struct ExtractDirectory {
@@ -100,6 +106,12 @@ impl Directory for ExtractDirectory {
                     .first()
                     .map(|e| e.bal_type.to_string())
                     .unwrap_or_default(),
+                structures: entries
+                    .iter()
+                    .filter_map(|e| e.field(STRUCTURE_COLUMN))
+                    .map(|s| s.trim().to_string())
+                    .filter(|s| !s.is_empty())
+                    .collect(),
             },
             None => Lookup::NotFound,
         };

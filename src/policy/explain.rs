@@ -2,7 +2,8 @@
 //! address, with every step that led to it. One explanation, two renderings (text lines for
 //! the CLI, a page for the console), so both show what the server does.
 
-use super::{parse_path, Policy, RcptDecision, RouteTarget};
+use super::{parse_path, Address, Owner, Policy, RcptDecision, RouteTarget};
+use crate::config::establishment::BUILTIN_ROUTE;
 use crate::config::{Config, NextHop, TlsPolicy};
 use std::fmt;
 
@@ -42,6 +43,10 @@ pub enum Step {
         bal_type: Option<String>,
     },
     Rejected(String),
+    /// The built-in route `establishments`: who owns the address, and why.
+    Owner(String),
+    /// With `--from`: what the sender checks and the notifications route say of the sender.
+    Sender(String),
 }
 
 impl fmt::Display for Step {
@@ -60,6 +65,8 @@ impl fmt::Display for Step {
                 bal_type.as_ref().map(|b| format!(", directory BAL type {b}")).unwrap_or_default()
             ),
             Step::Rejected(reply) => write!(f, "verdict: refused: {reply}"),
+            Step::Owner(line) => f.write_str(line),
+            Step::Sender(line) => write!(f, "sender: {line}"),
         }
     }
 }
@@ -88,6 +95,7 @@ impl Explanation {
         let mut routes = Vec::new();
         let mut dns: Vec<&str> = Vec::new();
         let mut wl_domain = None;
+        let (mut owner, mut sender) = (Vec::new(), Vec::new());
         for step in &self.steps {
             match step {
                 Step::Refused(why) | Step::Rejected(why) => {
@@ -112,6 +120,8 @@ impl Explanation {
                     );
                 }
                 Step::MutualTls => {}
+                Step::Owner(line) => owner.push(line.as_str()),
+                Step::Sender(line) => sender.push(line.as_str()),
                 Step::NotDeclared { domain } => wl_domain = Some(domain),
                 Step::Declared { domain, dn } => {
                     wl_domain = Some(domain);
@@ -129,6 +139,12 @@ impl Explanation {
         if !routes.is_empty() {
             m.insert("routes".into(), Value::Array(routes));
         }
+        if !owner.is_empty() {
+            m.insert("establishment".into(), json!(owner));
+        }
+        if !sender.is_empty() {
+            m.insert("sender".into(), json!(sender));
+        }
         if let Some(d) = wl_domain {
             m.insert(
                 "whitelist".into(),
@@ -137,6 +153,104 @@ impl Explanation {
         }
         Value::Object(m)
     }
+}
+
+/// The built-in route's view of `addr`: the establishments claiming its domain, the one that
+/// owns the address and why (domain, structure, address), or why none does.
+async fn owner_steps(policy: &Policy, addr: &Address) -> Vec<String> {
+    let table = &policy.establishments;
+    let structures = match policy.structures_of(addr).await {
+        Ok(s) => s,
+        Err(r) => return vec![format!("route {BUILTIN_ROUTE}: directory: {r}")],
+    };
+    let claimants: Vec<&str> = table
+        .claimants(&addr.domain)
+        .iter()
+        .map(|e| e.name.as_str())
+        .collect();
+    let mut out = Vec::new();
+    if claimants.len() > 1 {
+        out.push(format!(
+            "route {BUILTIN_ROUTE}: {} is shared by establishments {}; the directory gives structure(s) {}",
+            addr.domain,
+            claimants.join(", "),
+            if structures.is_empty() {
+                "none".to_string()
+            } else {
+                structures.join(", ")
+            }
+        ));
+    }
+    out.push(match table.owner(&addr.to_string(), &structures) {
+        Owner::None => format!(
+            "route {BUILTIN_ROUTE}: no establishment claims {}",
+            addr.domain
+        ),
+        Owner::Owned(e, why) => format!(
+            "route {BUILTIN_ROUTE}: establishment {} owns <{addr}> ({why}): its mailbox {} (tls {})",
+            e.name,
+            e.mailbox,
+            e.mailbox_tls.as_str()
+        ),
+        Owner::Unowned { .. } => {
+            format!("route {BUILTIN_ROUTE}: no establishment owns <{addr}> (550 5.1.1)")
+        }
+    });
+    out
+}
+
+/// `route test --from`: which establishment may send as `from` (what MAIL FROM answers on a
+/// listener with `establishments = true`), and where a notification to `from` would go.
+async fn sender_steps(
+    policy: &Policy,
+    attributed: bool,
+    order: &[String],
+    from: &str,
+) -> Vec<String> {
+    let from = from.trim().trim_matches(['<', '>']);
+    let mut out = Vec::new();
+    let addr = match parse_path(from) {
+        Ok(Some(a)) => a,
+        Ok(None) => {
+            out.push("<> (the null sender: notifications and MDNs) passes the envelope check; the From: header is checked after DATA".into());
+            return out;
+        }
+        Err(e) => {
+            out.push(format!("<{from}> is refused at MAIL: {e}"));
+            return out;
+        }
+    };
+    let table = &policy.establishments;
+    if !table.is_empty() {
+        let structures = policy.structures_of(&addr).await.unwrap_or_default();
+        let own: Vec<&str> = table
+            .all()
+            .iter()
+            .filter(|e| table.is_own(e, &addr.to_string(), &structures).is_ok())
+            .map(|e| e.name.as_str())
+            .collect();
+        out.push(match (own.as_slice(), attributed) {
+            ([], true) => format!(
+                "<{addr}> is no establishment's: MAIL FROM is refused on this listener (550 5.7.1) whoever sends it"
+            ),
+            ([], false) => format!("<{addr}> is no establishment's (this listener does not attribute sessions)"),
+            (names, true) => format!(
+                "<{addr}> may be sent only by establishment {} (any other gets 550 5.7.1 at MAIL)",
+                names.join(", ")
+            ),
+            (names, false) => format!(
+                "<{addr}> is establishment {}'s (this listener does not attribute sessions)",
+                names.join(", ")
+            ),
+        });
+    }
+    out.push(match policy.route_for(order, &addr.to_string()) {
+        Some((route, transport)) => {
+            format!("notifications to <{addr}> go by route {route}, transport {transport}")
+        }
+        None => format!("no route delivers notifications to <{addr}>: they would be dropped"),
+    });
+    out
 }
 
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
@@ -156,6 +270,7 @@ pub async fn explain(
     policy: &Policy,
     listener: Option<&str>,
     address: &str,
+    from: Option<&str>,
 ) -> Result<Explanation, ExplainError> {
     let l = match listener {
         Some(n) => cfg
@@ -227,6 +342,22 @@ pub async fn explain(
                 dn: e.dn.to_string(),
             });
         }
+    }
+    if l.routes.iter().any(|r| r == BUILTIN_ROUTE) {
+        out.steps.extend(
+            owner_steps(policy, &addr)
+                .await
+                .into_iter()
+                .map(Step::Owner),
+        );
+    }
+    if let Some(from) = from {
+        out.steps.extend(
+            sender_steps(policy, l.establishments, &l.routes, from)
+                .await
+                .into_iter()
+                .map(Step::Sender),
+        );
     }
     match policy.check_recipient(&l.routes, &addr).await {
         RcptDecision::Accept {

@@ -14,6 +14,10 @@ use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
+/// Where `directory import` and `directory sync` write the extract's `Identification
+/// Structure` (see `ldif`): which structure owns a BAL.
+const STRUCTURE_ATTRIBUTE: &str = "departmentNumber";
+
 /// `[directory]` with `kind = "ldap"`, and the TLS trust for ldaps/StartTLS (built from
 /// `[tls].trust_anchors`).
 #[derive(Clone, Debug)]
@@ -187,7 +191,12 @@ impl LdapDirectory {
         let attr = self.opts.config.bal_type_attribute.as_str();
         let result = ldap
             .with_timeout(self.opts.config.timeout)
-            .search(&self.opts.config.base, Scope::Subtree, &filter, vec![attr])
+            .search(
+                &self.opts.config.base,
+                Scope::Subtree,
+                &filter,
+                vec![attr, STRUCTURE_ATTRIBUTE],
+            )
             .await
             .and_then(|r| r.success());
         match result {
@@ -200,7 +209,16 @@ impl LdapDirectory {
                         .find(|(k, _)| k.eq_ignore_ascii_case(attr))
                         .and_then(|(_, v)| v.first().cloned())
                         .unwrap_or_default();
-                    Lookup::Found { bal_type }
+                    let structures = e
+                        .attrs
+                        .iter()
+                        .find(|(k, _)| k.eq_ignore_ascii_case(STRUCTURE_ATTRIBUTE))
+                        .map(|(_, v)| v.clone())
+                        .unwrap_or_default();
+                    Lookup::Found {
+                        bal_type,
+                        structures,
+                    }
                 }
                 None => Lookup::NotFound,
             }),
@@ -264,6 +282,7 @@ mod tests {
             "a@x".into(),
             Lookup::Found {
                 bal_type: "PER".into(),
+                structures: vec![],
             },
         );
         c.put("b@x".into(), Lookup::NotFound);
@@ -274,6 +293,7 @@ mod tests {
                 format!("{i}@x"),
                 Lookup::Found {
                     bal_type: "ORG".into(),
+                    structures: vec![],
                 },
             );
         }

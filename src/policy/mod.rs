@@ -4,6 +4,7 @@
 
 pub mod address;
 pub mod directory;
+pub mod establishment;
 pub mod explain;
 pub mod extract;
 pub mod ldap;
@@ -14,9 +15,11 @@ pub mod xmldsig;
 
 pub use address::{parse_path, Address, AddressError};
 pub use directory::{Directory, DirectoryError, Lookup, NoDirectory};
+pub use establishment::{Establishment, Establishments, Owner};
 pub use routes::{DomainPattern, Route, RouteTable, RouteTarget};
 pub use whitelist::{Dn, Whitelist};
 
+use crate::config::establishment::BUILTIN_ROUTE;
 use crate::config::{ClientCert, ListenerConfig};
 use crate::reply::Reply;
 use crate::tls::Refusal;
@@ -79,6 +82,8 @@ impl crate::delivery::TrustList for Lists {
 #[derive(Clone)]
 pub struct Policy {
     pub routes: Arc<RouteTable>,
+    /// The snapshot's establishments (the built-in route `establishments`).
+    pub establishments: Arc<Establishments>,
     pub lists: Arc<Lists>,
 }
 
@@ -172,27 +177,152 @@ impl Policy {
             matches!(r.target, RouteTarget::Transport(_))
                 && r.domains.iter().any(|p| p.matches(&domain, &declared))
         };
-        let route = order
-            .iter()
-            .filter_map(|n| self.routes.get(n))
-            .find(usable)
-            .or_else(|| self.routes.all().iter().find(usable))?;
+        let builtin = || match self.establishments.owner(address, &[]) {
+            Owner::Owned(e, _) => Some((BUILTIN_ROUTE.to_string(), e.transport_name())),
+            _ => None,
+        };
+        for name in order {
+            if name == BUILTIN_ROUTE {
+                if let Some(found) = builtin() {
+                    return Some(found);
+                }
+            } else if let Some(r) = self.routes.get(name).filter(|r| usable(r)) {
+                if let RouteTarget::Transport(t) = &r.target {
+                    return Some((r.name.clone(), t.clone()));
+                }
+            }
+        }
+        if let Some(found) = builtin() {
+            return Some(found);
+        }
+        let route = self.routes.all().iter().find(usable)?;
         match &route.target {
             RouteTarget::Transport(t) => Some((route.name.clone(), t.clone())),
             RouteTarget::Reject(_) => None,
         }
     }
 
-    /// The RCPT decision for `rcpt` on a listener whose routes are `order`.
+    /// The RCPT decision for `rcpt` on a listener whose routes are `order`; the built-in
+    /// route `establishments` is tried where `order` names it.
     pub async fn check_recipient(&self, order: &[String], rcpt: &Address) -> RcptDecision {
-        let declared = |d: &str| self.is_declared(d);
-        let Some((route, _)) = self.routes.select(order, &rcpt.domain, &declared) else {
-            return RcptDecision::Reject(Reply::new(
-                554,
-                "5.7.1",
-                format!("<{rcpt}>: Relay access denied"),
-            ));
+        let mut rest = order;
+        loop {
+            let cut = rest.iter().position(|n| n == BUILTIN_ROUTE);
+            let before = cut.map_or(rest, |i| &rest[..i]);
+            if let Some(d) = self.check_routes(before, rcpt).await {
+                return d;
+            }
+            let Some(i) = cut else { break };
+            if let Some(d) = self.check_establishments(rcpt).await {
+                return d;
+            }
+            rest = &rest[i + 1..];
+        }
+        RcptDecision::Reject(Reply::new(
+            554,
+            "5.7.1",
+            format!("<{rcpt}>: Relay access denied"),
+        ))
+    }
+
+    /// The directory's answer for `rcpt`, counted; `Err` is the reply to give.
+    async fn lookup(&self, rcpt: &Address) -> Result<Lookup, Reply> {
+        let addr = rcpt.to_string();
+        let directory = self.lists.directory.load_full();
+        let answer = directory.lookup(&addr).await;
+        let result = match &answer {
+            Ok(Lookup::Found { .. }) => "found",
+            Ok(Lookup::NotFound) => "unknown",
+            Err(_) => "error",
         };
+        crate::metrics::inc(
+            "passerelle_directory_lookups_total",
+            "directory lookups at RCPT, by result",
+            &[("result", result)],
+        );
+        answer.map_err(|e| {
+            tracing::warn!(rcpt = %addr, error = %e, "directory lookup failed");
+            Reply::new(
+                451,
+                "4.4.3",
+                format!("<{rcpt}>: directory temporarily unavailable, try again later"),
+            )
+        })
+    }
+
+    /// The directory's structure ids of `address` when its owner depends on them (a shared
+    /// domain whose claimants list `structures`); empty otherwise.
+    pub async fn structures_of(&self, address: &Address) -> Result<Vec<String>, Reply> {
+        if !self.establishments.needs_structures(&address.domain) {
+            return Ok(Vec::new());
+        }
+        match self.lookup(address).await? {
+            Lookup::Found { structures, .. } => Ok(structures),
+            Lookup::NotFound => Ok(Vec::new()),
+        }
+    }
+
+    /// The built-in route: `None` when no establishment claims the domain (the next route
+    /// decides), else the owner's mailbox, or `550 5.1.1` for an address of a shared domain
+    /// that none owns.
+    pub async fn check_establishments(&self, rcpt: &Address) -> Option<RcptDecision> {
+        let claimants = self.establishments.claimants(&rcpt.domain);
+        if claimants.is_empty() {
+            return None;
+        }
+        let wants_directory = claimants.iter().any(|e| e.directory)
+            || self.establishments.needs_structures(&rcpt.domain);
+        let found = if wants_directory {
+            match self.lookup(rcpt).await {
+                Ok(l) => Some(l),
+                Err(r) => return Some(RcptDecision::Reject(r)),
+            }
+        } else {
+            None
+        };
+        let (structures, bal_type) = match &found {
+            Some(Lookup::Found {
+                structures,
+                bal_type,
+            }) => (structures.as_slice(), Some(bal_type.clone())),
+            _ => (&[][..], None),
+        };
+        let unknown = || {
+            RcptDecision::Reject(Reply::new(
+                550,
+                "5.1.1",
+                format!(
+                    "<{rcpt}>: Recipient address rejected: unknown in the MSSante directory ({})",
+                    self.lists.directory.load().describe()
+                ),
+            ))
+        };
+        Some(match self.establishments.owner(&rcpt.to_string(), structures) {
+            Owner::Owned(e, _) if e.directory && found == Some(Lookup::NotFound) => unknown(),
+            Owner::Owned(e, _) => RcptDecision::Accept {
+                route: BUILTIN_ROUTE.to_string(),
+                transport: e.transport_name(),
+                bal_type,
+            },
+            Owner::Unowned { .. } | Owner::None => RcptDecision::Reject(Reply::new(
+                550,
+                "5.1.1",
+                format!(
+                    "<{rcpt}>: Recipient address rejected: no establishment of this gateway owns this address of the shared domain {}",
+                    rcpt.domain
+                ),
+            )),
+        })
+    }
+
+    /// The configured routes of `order`: `None` when none matches.
+    async fn check_routes(&self, order: &[String], rcpt: &Address) -> Option<RcptDecision> {
+        let declared = |d: &str| self.is_declared(d);
+        let (route, _) = self.routes.select(order, &rcpt.domain, &declared)?;
+        Some(self.check_route(route, rcpt).await)
+    }
+
+    async fn check_route(&self, route: &Route, rcpt: &Address) -> RcptDecision {
         let transport = match &route.target {
             RouteTarget::Reject(reply) => return RcptDecision::Reject(reply.clone()),
             RouteTarget::Transport(t) => t.clone(),
@@ -209,21 +339,9 @@ impl Policy {
         }
         let mut bal_type = None;
         if route.directory {
-            let addr = rcpt.to_string();
             let directory = self.lists.directory.load_full();
-            let answer = directory.lookup(&addr).await;
-            let result = match &answer {
-                Ok(Lookup::Found { .. }) => "found",
-                Ok(Lookup::NotFound) => "unknown",
-                Err(_) => "error",
-            };
-            crate::metrics::inc(
-                "passerelle_directory_lookups_total",
-                "directory lookups at RCPT, by result",
-                &[("result", result)],
-            );
-            match answer {
-                Ok(Lookup::Found { bal_type: t }) => bal_type = Some(t),
+            match self.lookup(rcpt).await {
+                Ok(Lookup::Found { bal_type: t, .. }) => bal_type = Some(t),
                 Ok(Lookup::NotFound) => {
                     return RcptDecision::Reject(Reply::new(
                         550,
@@ -234,14 +352,7 @@ impl Policy {
                         ),
                     ))
                 }
-                Err(e) => {
-                    tracing::warn!(rcpt = %addr, error = %e, "directory lookup failed");
-                    return RcptDecision::Reject(Reply::new(
-                        451,
-                        "4.4.3",
-                        format!("<{rcpt}>: directory temporarily unavailable, try again later"),
-                    ));
-                }
+                Err(r) => return RcptDecision::Reject(r),
             }
         }
         RcptDecision::Accept {
@@ -292,6 +403,7 @@ mod tests {
                 r("mss", "*.mssante.fr", Some("trust"), true),
                 r("others", "*", None, false),
             ])),
+            establishments: Arc::default(),
             lists: Arc::new(Lists::new(Some(whitelist), Box::new(Fixed(dir)))),
         }
     }
@@ -397,6 +509,7 @@ mod tests {
         let order = vec!["mss".to_string(), "others".to_string()];
         let found = Ok(Lookup::Found {
             bal_type: "PER".into(),
+            structures: vec![],
         });
         let p = policy(found);
         assert_eq!(
@@ -430,5 +543,73 @@ mod tests {
             panic!()
         };
         assert_eq!((r.code, r.status.as_deref()), (451, Some("4.4.3")));
+    }
+
+    #[tokio::test]
+    async fn the_builtin_route_delivers_to_the_owner() {
+        use crate::config::establishment::parse_file;
+        let est = |t: &str| parse_file(&format!("[establishment]\n{t}"), "x").unwrap().0;
+        let mut p = policy(Ok(Lookup::Found {
+            bal_type: "PER".into(),
+            structures: vec!["310000002".into()],
+        }));
+        p.establishments = Arc::new(Establishments::new(vec![
+            est("name = \"chu-a\"\ndomains = [\"chu-a.mssante.fr\"]\nclients = [\"127.0.0.10\"]\nmailbox = \"127.0.0.1:2601\"\n"),
+            est("name = \"e1\"\ndomains = [\"ehpad.oc.mssante.fr\"]\nclients = [\"127.0.0.30\"]\nmailbox = \"127.0.0.1:2603\"\nstructures = [\"310000001\"]\n"),
+            est("name = \"e2\"\ndomains = [\"ehpad.oc.mssante.fr\"]\nclients = [\"127.0.0.31\"]\nmailbox = \"127.0.0.1:2604\"\nstructures = [\"310000002\"]\n"),
+        ]));
+        let order: Vec<String> = ["establishments", "mss", "others"]
+            .map(String::from)
+            .to_vec();
+        let accept = |t: &str| RcptDecision::Accept {
+            route: "establishments".into(),
+            transport: t.into(),
+            bal_type: None,
+        };
+        // A domain of an establishment: its mailbox, before the trust space route.
+        assert_eq!(
+            p.check_recipient(&order, &addr("dr@chu-a.mssante.fr"))
+                .await,
+            accept("establishment:chu-a")
+        );
+        // A shared domain: the directory's structure says whose.
+        let RcptDecision::Accept { transport, .. } = p
+            .check_recipient(&order, &addr("x@ehpad.oc.mssante.fr"))
+            .await
+        else {
+            panic!()
+        };
+        assert_eq!(transport, "establishment:e2");
+        // Not an establishment's: the next routes decide.
+        let RcptDecision::Accept { route, .. } =
+            p.check_recipient(&order, &addr("a@ok.mssante.fr")).await
+        else {
+            panic!()
+        };
+        assert_eq!(route, "mss");
+        // Without the built-in route in the listener's order, nothing changes.
+        let plain = vec!["mss".to_string()];
+        let RcptDecision::Reject(r) = p
+            .check_recipient(&plain, &addr("dr@chu-a.mssante.fr"))
+            .await
+        else {
+            panic!()
+        };
+        assert_eq!(r.code, 550, "not in the whitelist: {r}");
+        // A shared domain's address nobody owns.
+        let mut q = policy(Ok(Lookup::NotFound));
+        q.establishments = p.establishments.clone();
+        let RcptDecision::Reject(r) = q
+            .check_recipient(&order, &addr("z@ehpad.oc.mssante.fr"))
+            .await
+        else {
+            panic!()
+        };
+        assert_eq!((r.code, r.status.as_deref()), (550, Some("5.1.1")), "{r}");
+        // Bounces to an establishment's sender go to its mailbox.
+        assert_eq!(
+            p.route_for(&[], "dr@chu-a.mssante.fr"),
+            Some(("establishments".into(), "establishment:chu-a".into()))
+        );
     }
 }

@@ -182,6 +182,7 @@ mod tests {
 
     fn env(n: usize, notify: u8) -> Envelope {
         Envelope {
+            establishment: None,
             id: "ID".into(),
             received: T0,
             listener: "etab".into(),

@@ -30,6 +30,9 @@ pub struct QueueItem {
     pub attempts: u32,
     pub next_attempt: u64,
     pub recipients: Vec<QueueRcpt>,
+    /// The sending establishment (`queue list --establishment`).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub establishment: Option<String>,
 }
 
 #[derive(Debug, Clone, serde::Serialize, serde::Deserialize)]
@@ -74,6 +77,8 @@ enum Command {
     Locate(String, oneshot::Sender<Option<BodyLoc>>),
     Detail(String, oneshot::Sender<Option<MessageDetail>>),
     Stats(oneshot::Sender<QueueStats>),
+    /// How many messages of one establishment are queued (its `max_queued`).
+    Queued(String, oneshot::Sender<usize>),
     /// Retry now: one id, or all when `None`.
     Retry(Option<String>, oneshot::Sender<Result<usize, QueueError>>),
     Hold(String, bool, oneshot::Sender<Result<(), QueueError>>),
@@ -156,6 +161,13 @@ impl QueueHandle {
             .ok()
             .flatten()
     }
+    /// Messages of establishment `name` in the queue (0 when the queue manager is stopped).
+    pub async fn queued_for(&self, name: &str) -> usize {
+        self.ask(|tx| Command::Queued(name.to_string(), tx))
+            .await
+            .unwrap_or_default()
+    }
+
     pub async fn stats(&self) -> QueueStats {
         self.ask(Command::Stats).await.unwrap_or_default()
     }
@@ -239,6 +251,9 @@ pub struct Scheduler {
     transport: Arc<dyn Transport>,
     return_path: Arc<dyn ReturnPath>,
     config: Arc<SchedulerConfig>,
+    /// Messages per sending establishment, kept with `entries` (a `max_queued` check at
+    /// every MAIL must not walk the queue).
+    per_establishment: HashMap<String, usize>,
     permits: Arc<Semaphore>,
     permits_size: usize,
 }
@@ -264,6 +279,7 @@ impl Scheduler {
             transport,
             return_path,
             config: Arc::new(config),
+            per_establishment: HashMap::new(),
             permits: Arc::new(Semaphore::new(max)),
             permits_size: max,
         };
@@ -277,6 +293,9 @@ impl Scheduler {
 
     fn insert(&mut self, env: Envelope, state: State, body: BodyLoc, mem: Option<InMemory>) {
         let id = env.id.clone();
+        if let Some(e) = &env.establishment {
+            *self.per_establishment.entry(e.clone()).or_default() += 1;
+        }
         if !state.held {
             self.heap.push(Reverse((state.next_attempt, id.clone())));
         }
@@ -369,7 +388,7 @@ impl Scheduler {
     fn finished(&mut self, f: Finished) {
         match f.state {
             None => {
-                self.entries.remove(&f.id);
+                self.remove(&f.id);
             }
             Some(state) => {
                 if let Some(e) = self.entries.get_mut(&f.id) {
@@ -410,6 +429,9 @@ impl Scheduler {
                     body: e.body,
                 }));
             }
+            Command::Queued(name, reply) => {
+                let _ = reply.send(self.per_establishment.get(&name).copied().unwrap_or(0));
+            }
             Command::Stats(reply) => {
                 let now = now_ms() / 1000;
                 let oldest = self
@@ -434,7 +456,7 @@ impl Scheduler {
                     None => Err(QueueError::NotFound(id)),
                     Some(e) if e.running => Err(QueueError::Busy(id)),
                     Some(_) => {
-                        let e = self.entries.remove(&id).map(|e| e.body);
+                        let e = self.remove(&id).map(|e| e.body);
                         if let Some(body) = e {
                             let spool = self.spool.clone();
                             tokio::spawn(async move {
@@ -457,6 +479,20 @@ impl Scheduler {
             }
             Command::Shutdown(_) => {}
         }
+    }
+
+    /// Takes a message out of the table, and out of its establishment's count.
+    fn remove(&mut self, id: &str) -> Option<Entry> {
+        let e = self.entries.remove(id)?;
+        if let Some(name) = &e.env.establishment {
+            if let Some(n) = self.per_establishment.get_mut(name) {
+                *n = n.saturating_sub(1);
+                if *n == 0 {
+                    self.per_establishment.remove(name);
+                }
+            }
+        }
+        Some(e)
     }
 
     /// Postfix's `postqueue -f` / `-i`: due now, and their destinations no longer resting.
@@ -530,6 +566,7 @@ impl QueueItem {
             held: state.held,
             attempts: state.attempts,
             next_attempt: state.next_attempt,
+            establishment: env.establishment.clone(),
             recipients: env
                 .recipients
                 .iter()
@@ -853,6 +890,7 @@ mod tests {
 
     fn env(id: &str) -> Envelope {
         Envelope {
+            establishment: None,
             id: id.into(),
             received: now_ms() / 1000,
             listener: "l".into(),

@@ -87,6 +87,15 @@ impl crate::dsn::ReturnPath for SenderRoutes {
             .unwrap_or(&[]);
         snap.policy.route_for(order, address)
     }
+
+    fn establishment(&self, name: &str) -> Option<(String, String)> {
+        let snap = self.0.load();
+        let e = snap.policy.establishments.get(name)?;
+        Some((
+            crate::config::establishment::BUILTIN_ROUTE.to_string(),
+            e.transport_name(),
+        ))
+    }
 }
 
 fn directory_spec(cfg: &Config) -> DirectorySpec {
@@ -161,6 +170,8 @@ pub async fn serve(config_path: &Path) -> anyhow::Result<()> {
                 )
             })?;
             let state = Arc::new(crate::admin::AdminState {
+                // `POST /reload` (`establishment add`): a reload as SIGHUP's.
+                reload: Some(reloader.clone()),
                 queue: queue.handle().clone(),
                 spool: cfg.server.spool.clone(),
                 token,
@@ -218,7 +229,7 @@ pub async fn serve(config_path: &Path) -> anyhow::Result<()> {
         journal: Arc::new(crate::console::journal_hook::JournalHook::new(
             rt.snapshot.clone(),
         )),
-        establishments: Arc::new(crate::console::NoEstablishments),
+        establishments: Arc::new(crate::console::GatewayEstablishments(rt.snapshot.clone())),
     })
     .await?;
 

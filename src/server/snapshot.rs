@@ -5,7 +5,7 @@
 use crate::config::{ClientCert, Config, ListenerConfig, StartTls};
 use crate::delivery::DeliveryConfig;
 use crate::intake::ListenerContext;
-use crate::policy::{Lists, Policy, RouteTable};
+use crate::policy::{Establishments, Lists, Policy, RouteTable};
 use crate::queue::Queue;
 use crate::tls::{Crls, TlsMaterial};
 use anyhow::{anyhow, Context};
@@ -66,6 +66,7 @@ impl Snapshot {
         }
         let policy = Policy {
             routes: Arc::new(RouteTable::new(config.route.clone())),
+            establishments: Arc::new(Establishments::new(config.establishment.clone())),
             lists,
         };
         Ok(Snapshot {

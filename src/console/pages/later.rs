@@ -1,18 +1,12 @@
-//! The pages that stand on the journal and the establishments: `/track`, `/indicators` (and
-//! its CSV), `/establishments`, `/establishments/{name}`. Each asks its hook; until the hook
-//! has something behind it, the page says what is missing rather than showing nothing.
-//!
-//! Extension points for the second round: [`super::super::Journal::track`] and
-//! [`super::super::Journal::stats`] feed the two journal pages as they are;
-//! [`super::super::Establishments`] grows the settings, MTA configuration, mailbox test and
-//! edit form of an establishment's page (`establishment` below).
+//! The pages that read the journal: `/track` and `/indicators` (and its CSV), with the same
+//! queries as `passerelle track` and `passerelle stats`; an establishment's user sees its own.
 
 use super::super::access::{self, Action, Resource};
 use super::super::charts::bars;
 use super::super::hooks::{HookError, StatsQuery, StatsTable, TrackQuery};
 use super::super::{allow, page as frame, App, PageError, Viewer};
 use super::message::timeline_markup;
-use axum::extract::{Path, Query, State};
+use axum::extract::{Query, State};
 use axum::http::{header, StatusCode};
 use axum::response::{Html, IntoResponse, Response};
 use axum::Extension;
@@ -204,78 +198,6 @@ pub async fn indicators_csv(
             .into_response(),
         Err(e) => (StatusCode::SERVICE_UNAVAILABLE, format!("{e}\n")).into_response(),
     }
-}
-
-pub async fn establishments(
-    State(app): State<Arc<App>>,
-    Extension(v): Extension<Viewer>,
-) -> Result<Html<String>, PageError> {
-    allow(&v, Action::View, Resource::Gateway)?;
-    let body = html! {
-        @match app.backend.establishments.scopes() {
-            Err(e) => (unavailable(&e)),
-            Ok(list) if list.is_empty() => p { "No establishment is declared." }
-            Ok(list) => {
-                table {
-                    thead { tr { th scope="col" { "Establishment" } th scope="col" { "Domains" } th scope="col" { "Queue" } } }
-                    tbody {
-                        @for e in &list {
-                            tr {
-                                th scope="row" { a href=(format!("/establishments/{}", e.name)) { (e.name) } }
-                                td { (e.domains.iter().map(|d| d.to_string()).collect::<Vec<_>>().join(", ")) }
-                                td { a href=(format!("/queue?establishment={}", e.name)) { "its messages" } }
-                            }
-                        }
-                    }
-                }
-            }
-        }
-    };
-    Ok(frame(&app, &v, "/establishments", "Establishments", body))
-}
-
-pub async fn establishment(
-    State(app): State<Arc<App>>,
-    Extension(v): Extension<Viewer>,
-    Path(name): Path<String>,
-) -> Result<Html<String>, PageError> {
-    allow(&v, Action::View, Resource::Establishment(&name))?;
-    let scopes = app.backend.establishments.scopes();
-    let current = format!("/establishments/{name}");
-    let body = match &scopes {
-        Err(e) => html! {
-            (unavailable(e))
-            p { "Your messages will be in " a href="/queue" { "the queue" } " once the gateway knows which are yours." }
-        },
-        Ok(list) => {
-            let Some(e) = list.iter().find(|e| e.name == name) else {
-                return Err(PageError::NotFound);
-            };
-            let queued = app
-                .backend
-                .queue
-                .list()
-                .await
-                .iter()
-                .filter(|it| app.owners(&it.sender, &it.recipients).contains(&name))
-                .count();
-            html! {
-                table.kv {
-                    tbody {
-                        tr { th scope="row" { "Domains" } td { (e.domains.iter().map(|d| d.to_string()).collect::<Vec<_>>().join(", ")) } }
-                        tr { th scope="row" { "Queued messages" } td { a href=(format!("/queue?establishment={name}")) { (queued) } } }
-                    }
-                }
-            }
-        }
-    };
-    Ok(frame(
-        &app,
-        &v,
-        &current,
-        &format!("Establishment {name}"),
-        body,
-    ))
 }
 
 #[cfg(test)]

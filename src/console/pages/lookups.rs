@@ -40,7 +40,7 @@ pub async fn route_test(
         Some(
             tokio::time::timeout(
                 Duration::from_secs(30),
-                explain(&snap.config, &snap.policy, listener, address),
+                explain(&snap.config, &snap.policy, listener, address, None),
             )
             .await
             .map_err(|_| "no answer within 30 s".to_string())
@@ -187,7 +187,7 @@ pub async fn directory(
         @if let Some(a) = &answer {
             section #directory-result {
                 @match a {
-                    Ok(Lookup::Found { bal_type }) => {
+                    Ok(Lookup::Found { bal_type, .. }) => {
                         h2 { span.ok { (address) " is known" } }
                         p { "BAL type " strong { (bal_type) } "." }
                     }

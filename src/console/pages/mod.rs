@@ -2,6 +2,7 @@
 
 pub mod config;
 pub mod dashboard;
+pub mod establishments;
 pub mod later;
 pub mod layout;
 pub mod login;

@@ -1,0 +1,372 @@
+//! `/establishments`: the list, one establishment's page (settings, indicators, queue, the
+//! ready-to-paste configuration of its side, the mailbox test) and the form that adds one with
+//! the same validation as `passerelle establishment add`, applied by a reload.
+
+use super::super::access::{self, Action, Resource};
+use super::super::hooks::StatsQuery;
+use super::super::{allow, page as frame, App, PageError, Viewer};
+use super::layout::csrf;
+use crate::config::EstablishmentConfig;
+use crate::establishment_cli::{self, FileSpec};
+use axum::extract::{Path, State};
+use axum::response::{Html, IntoResponse, Redirect, Response};
+use axum::{Extension, Form};
+use maud::{html, Markup};
+use std::sync::Arc;
+
+fn joined<T: std::fmt::Display>(v: &[T]) -> String {
+    if v.is_empty() {
+        "-".into()
+    } else {
+        v.iter()
+            .map(|x| x.to_string())
+            .collect::<Vec<_>>()
+            .join(", ")
+    }
+}
+
+/// The establishment `name` of the configuration in force.
+fn find(app: &App, name: &str) -> Option<EstablishmentConfig> {
+    app.backend
+        .snapshot
+        .load()
+        .config
+        .establishment
+        .iter()
+        .find(|e| e.name == name)
+        .cloned()
+}
+
+pub async fn list(
+    State(app): State<Arc<App>>,
+    Extension(v): Extension<Viewer>,
+) -> Result<Html<String>, PageError> {
+    allow(&v, Action::View, Resource::Gateway)?;
+    let snap = app.backend.snapshot.load_full();
+    let all = &snap.config.establishment;
+    let may_add = access::decide(v.role(), Action::EditEstablishment, Resource::Gateway)
+        == access::Verdict::Allow;
+    let body = html! {
+        @if may_add {
+            p { a.button href="/establishments/new" { "Add an establishment" } }
+        }
+        @if all.is_empty() {
+            p { "No establishment is declared. Add one with the button above or `passerelle establishment add`." }
+        } @else {
+            div.scroll {
+                table.establishments {
+                    thead { tr {
+                        th scope="col" { "Establishment" } th scope="col" { "Domains" }
+                        th scope="col" { "MTAs" } th scope="col" { "Mailbox" } th scope="col" { "Queue" }
+                    } }
+                    tbody {
+                        @for e in all {
+                            tr {
+                                th scope="row" { a href=(format!("/establishments/{}", e.name)) { (e.name) } }
+                                td { (joined(&e.domains)) }
+                                td { (joined(&e.clients)) @if !e.client_dns.is_empty() { br; (joined(&e.client_dns)) } }
+                                td { (e.mailbox) " (tls " (e.mailbox_tls.as_str()) ")" }
+                                td { a href=(format!("/queue?establishment={}", e.name)) { "its messages" } }
+                            }
+                        }
+                    }
+                }
+            }
+        }
+    };
+    Ok(frame(&app, &v, "/establishments", "Establishments", body))
+}
+
+pub async fn page(
+    State(app): State<Arc<App>>,
+    Extension(v): Extension<Viewer>,
+    Path(name): Path<String>,
+) -> Result<Html<String>, PageError> {
+    allow(&v, Action::View, Resource::Establishment(&name))?;
+    let Some(e) = find(&app, &name) else {
+        return Err(PageError::NotFound);
+    };
+    Ok(frame(
+        &app,
+        &v,
+        &format!("/establishments/{name}"),
+        &format!("Establishment {name}"),
+        establishment_body(&app, &v, &e, None).await,
+    ))
+}
+
+async fn establishment_body(
+    app: &App,
+    v: &Viewer,
+    e: &EstablishmentConfig,
+    test: Option<&(bool, Vec<String>)>,
+) -> Markup {
+    let name = &e.name;
+    let queued = app.backend.queue.queued_for(name).await;
+    let stats = app
+        .backend
+        .journal
+        .stats(&StatsQuery {
+            by: Some("day".into()),
+            since: Some("30d".into()),
+            until: None,
+            establishment: Some(name.clone()),
+        })
+        .await;
+    let snap = app.backend.snapshot.load_full();
+    let paste = establishment_cli::render_show(
+        &snap.config,
+        e,
+        establishment_cli::our_dn(&snap.config).as_deref(),
+    );
+    html! {
+        section aria-labelledby="h-settings" {
+            h2 #h-settings { "Settings" }
+            table.kv { tbody {
+                tr { th scope="row" { "Domains" } td { (joined(&e.domains)) } }
+                tr { th scope="row" { "MTAs by address" } td { (joined(&e.clients)) } }
+                tr { th scope="row" { "MTAs by certificate" } td { (joined(&e.client_dns)) } }
+                tr { th scope="row" { "Mailbox" } td { (e.mailbox) " (tls " (e.mailbox_tls.as_str()) ")" } }
+                tr { th scope="row" { "Sender check" } td { (e.sender_check.as_str()) } }
+                @if !e.structures.is_empty() { tr { th scope="row" { "Structures" } td { (joined(&e.structures)) } } }
+                @if !e.addresses.is_empty() { tr { th scope="row" { "Addresses" } td { (joined(&e.addresses)) } } }
+                tr { th scope="row" { "Limits" } td {
+                    "messages per minute: " (e.max_message_rate.map_or("unlimited".to_string(), |n| n.to_string()))
+                    "; queued at most: " (e.max_queued.map_or("unlimited".to_string(), |n| n.to_string()))
+                } }
+                tr { th scope="row" { "Declared in" } td { (e.file.as_ref().map_or(snap.config.source.display().to_string(), |f| f.display().to_string())) } }
+                tr { th scope="row" { "Queued messages" } td { a href=(format!("/queue?establishment={name}")) { (queued) } } }
+            } }
+        }
+        section aria-labelledby="h-indicators" {
+            h2 #h-indicators { "Indicators (last 30 days)" }
+            @match &stats {
+                Err(err) => p { (err.to_string()) }
+                Ok(t) => {
+                    div.scroll { table.stats {
+                        thead { tr { @for c in &t.columns { th scope="col" { (c) } } } }
+                        tbody { @for r in &t.rows { tr { @for (i, c) in r.iter().enumerate() { @if i == 0 { th scope="row" { (c) } } @else { td.num { (c) } } } } } }
+                    } }
+                    p { a href=(format!("/indicators?by=mailbox&establishment={name}")) { "Per mailbox" } " · " a href=(format!("/track?establishment={name}")) { "Its messages in the journal" } }
+                }
+            }
+        }
+        section aria-labelledby="h-test" {
+            h2 #h-test { "Mailbox test" }
+            p { "Checks the mailbox server as delivery would: connect, EHLO, STARTTLS per its policy, MAIL FROM:<>, RCPT TO:<postmaster@its domain>, RSET. No message is sent." }
+            form.inline method="post" action=(format!("/establishments/{name}/test")) {
+                (csrf(v))
+                button type="submit" { "Test the mailbox" }
+            }
+            @if let Some((ok, lines)) = test {
+                p.flash { @if *ok { "Mailbox ready." } @else { "Mailbox NOT ready." } }
+                pre #mailbox-test { (lines.join("\n")) }
+            }
+        }
+        section aria-labelledby="h-paste" {
+            h2 #h-paste { "Its side, ready to paste" }
+            p { "The establishment's MTA (Postfix or Exchange) and the declarations to make (the domain's MX, the DN in the whitelist)." }
+            pre #paste { (paste) }
+        }
+    }
+}
+
+pub async fn test(
+    State(app): State<Arc<App>>,
+    Extension(v): Extension<Viewer>,
+    Path(name): Path<String>,
+) -> Result<Html<String>, PageError> {
+    allow(&v, Action::View, Resource::Establishment(&name))?;
+    let Some(e) = find(&app, &name) else {
+        return Err(PageError::NotFound);
+    };
+    let cfg = app.backend.snapshot.load().config.clone();
+    let result = match establishment_cli::mailbox_test(&cfg, &name).await {
+        Ok(r) => r,
+        Err(err) => (false, vec![format!("{err:#}")]),
+    };
+    app.audit(
+        &v,
+        "mailbox test",
+        &name,
+        if result.0 { "ready" } else { "not ready" },
+    );
+    Ok(frame(
+        &app,
+        &v,
+        &format!("/establishments/{name}"),
+        &format!("Establishment {name}"),
+        establishment_body(&app, &v, &e, Some(&result)).await,
+    ))
+}
+
+/// The add form's fields, as `establishment add`'s options (lists one per line or comma).
+#[derive(Debug, Default, serde::Deserialize)]
+#[serde(default)]
+pub struct AddForm {
+    name: String,
+    domains: String,
+    clients: String,
+    client_dns: String,
+    mailbox: String,
+    mailbox_tls: String,
+    sender_check: String,
+    structures: String,
+    max_message_rate: String,
+    max_queued: String,
+}
+
+/// Items of a list field: one per line; commas also separate, except in DNs (which contain
+/// them), so `client_dns` is one per line only.
+fn items(s: &str, commas: bool) -> Vec<String> {
+    s.lines()
+        .flat_map(|l| {
+            if commas {
+                l.split(',').map(str::to_string).collect::<Vec<_>>()
+            } else {
+                vec![l.to_string()]
+            }
+        })
+        .map(|x| x.trim().to_string())
+        .filter(|x| !x.is_empty())
+        .collect()
+}
+
+fn form_markup(v: &Viewer, f: &AddForm, problems: &[String]) -> Markup {
+    let opt = |cur: &str, val: &str, default: bool| (cur == val) || (cur.is_empty() && default);
+    html! {
+        @if !problems.is_empty() {
+            div.error role="alert" {
+                p { "Refused, nothing written:" }
+                ul #problems { @for p in problems { li { (p) } } }
+            }
+        }
+        form.establishment method="post" action="/establishments/new" {
+            (csrf(v))
+            p { label for="name" { "Name" } input #name name="name" required value=(f.name) placeholder="chu-a" pattern="[a-z0-9-]+"; span.hint { "lowercase letters, digits and -" } }
+            p { label for="domains" { "Domains" } textarea #domains name="domains" rows="2" required placeholder="chu-a.mssante.fr" { (f.domains) } span.hint { "one per line: exact names or *.suffix" } }
+            p { label for="clients" { "MTAs by address" } textarea #clients name="clients" rows="2" placeholder="10.1.0.0/24" { (f.clients) } }
+            p { label for="client_dns" { "MTAs by certificate subject" } textarea #client_dns name="client_dns" rows="2" placeholder="CN=mta.chu-a.fr,O=CHU A,C=FR" { (f.client_dns) } span.hint { "one DN per line" } }
+            p { label for="mailbox" { "Mailbox server" } input #mailbox name="mailbox" required value=(f.mailbox) placeholder="10.1.0.25:25"; }
+            p { label for="mailbox_tls" { "Mailbox TLS" } select #mailbox_tls name="mailbox_tls" {
+                @for (val, default) in [("none", false), ("opportunistic", true), ("required", false), ("mutual", false)] {
+                    option value=(val) selected[opt(&f.mailbox_tls, val, default)] { (val) }
+                }
+            } }
+            p { label for="sender_check" { "Sender check" } select #sender_check name="sender_check" {
+                @for (val, default) in [("envelope+header", true), ("envelope", false)] {
+                    option value=(val) selected[opt(&f.sender_check, val, default)] { (val) }
+                }
+            } }
+            p { label for="structures" { "Structures (shared domain)" } input #structures name="structures" value=(f.structures) placeholder="FINESS or SIRET, comma separated"; }
+            p { label for="max_message_rate" { "Messages per minute at most" } input #max_message_rate name="max_message_rate" inputmode="numeric" value=(f.max_message_rate); }
+            p { label for="max_queued" { "Queued messages at most" } input #max_queued name="max_queued" inputmode="numeric" value=(f.max_queued); }
+            p.buttons { button type="submit" { "Check and add" } a href="/establishments" { "Cancel" } }
+        }
+    }
+}
+
+pub async fn new_form(
+    State(app): State<Arc<App>>,
+    Extension(v): Extension<Viewer>,
+) -> Result<Html<String>, PageError> {
+    allow(&v, Action::EditEstablishment, Resource::Gateway)?;
+    Ok(frame(
+        &app,
+        &v,
+        "/establishments",
+        "Add an establishment",
+        form_markup(&v, &AddForm::default(), &[]),
+    ))
+}
+
+fn number<T: std::str::FromStr>(s: &str, what: &str) -> Result<Option<T>, String> {
+    let s = s.trim();
+    if s.is_empty() {
+        return Ok(None);
+    }
+    s.parse()
+        .map(Some)
+        .map_err(|_| format!("{what}: {s:?} is not a whole number"))
+}
+
+pub async fn add(
+    State(app): State<Arc<App>>,
+    Extension(v): Extension<Viewer>,
+    Form(f): Form<AddForm>,
+) -> Result<Response, PageError> {
+    allow(&v, Action::EditEstablishment, Resource::Gateway)?;
+    let _one_at_a_time = app.config_lock.lock().await;
+    let name = f.name.trim().to_string();
+    let refuse = |problems: Vec<String>| {
+        app.audit(&v, "establishment add", &name, "refused");
+        Ok(frame(
+            &app,
+            &v,
+            "/establishments",
+            "Add an establishment",
+            form_markup(&v, &f, &problems),
+        )
+        .into_response())
+    };
+    let (rate, queued) = match (
+        number::<u32>(&f.max_message_rate, "messages per minute"),
+        number::<usize>(&f.max_queued, "queued messages"),
+    ) {
+        (Ok(r), Ok(q)) => (r, q),
+        (Err(e), _) | (_, Err(e)) => return refuse(vec![e]),
+    };
+    let (domains, clients, client_dns, structures) = (
+        items(&f.domains, true),
+        items(&f.clients, true),
+        items(&f.client_dns, false),
+        items(&f.structures, true),
+    );
+    let or = |s: &str, d: &'static str| {
+        if s.trim().is_empty() {
+            d.to_string()
+        } else {
+            s.trim().to_string()
+        }
+    };
+    let (tls, check) = (
+        or(&f.mailbox_tls, "opportunistic"),
+        or(&f.sender_check, "envelope+header"),
+    );
+    let text = establishment_cli::file_text(&FileSpec {
+        name: &name,
+        domains: &domains,
+        clients: &clients,
+        client_dns: &client_dns,
+        mailbox: f.mailbox.trim(),
+        mailbox_tls: &tls,
+        sender_check: &check,
+        structures: &structures,
+        addresses: &[],
+        max_message_rate: rate,
+        max_queued: queued,
+    });
+    let config = app.backend.snapshot.load().config.source.clone();
+    let path = match establishment_cli::write_checked(&config, &name, &text) {
+        Ok((path, _warnings)) => path,
+        Err(problems) => return refuse(problems),
+    };
+    match app.backend.reload.reload().await {
+        Ok(()) => {
+            app.audit(&v, "establishment add", &name, "ok: written and reloaded");
+            app.sessions.set_flash(
+                &v.session.id,
+                &format!(
+                    "Establishment {name} is added ({}) and in force.",
+                    path.display()
+                ),
+            );
+            Ok(Redirect::to(&format!("/establishments/{name}")).into_response())
+        }
+        Err(why) => {
+            // The file and the running configuration must not disagree.
+            let _ = std::fs::remove_file(&path);
+            refuse(vec![format!("the reload refused it: {why}")])
+        }
+    }
+}
