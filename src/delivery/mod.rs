@@ -177,6 +177,9 @@ struct Part<'a> {
 /// space several domains reached by the same route whose declared DNs have one in common.
 struct Batch<'a> {
     transport: String,
+    /// The next hop (relay) or recipient domain (mx) whose hops are resolved at delivery
+    /// when `hops` is empty.
+    destination: String,
     /// Connections are cached and limited per key: `transport|destination|` unpinned,
     /// `transport|route|pinned` pinned (the route is the next hop or the MX host names), so
     /// one operator's connections serve all the domains that declare its DN.
@@ -275,6 +278,7 @@ impl Agent {
                     BatchResult::Done(a) => out.push(a),
                     BatchResult::Split => again.extend(b.parts.into_iter().map(|p| Batch {
                         transport: b.transport.clone(),
+                        destination: p.domain.clone(),
                         key: b.key.clone(),
                         pinned: true,
                         hops: b.hops.clone(),
@@ -349,6 +353,7 @@ impl Agent {
             if domain.is_empty() {
                 batches.push(Batch {
                     transport,
+                    destination,
                     key: dead_key.clone(),
                     pinned: false,
                     hops: None,
@@ -434,12 +439,14 @@ impl Agent {
             let plan = share::batch_by_common_dn(&declared);
             let mut slots: Vec<Option<Part>> = parts.into_iter().map(Some).collect();
             for members in plan {
+                let parts: Vec<Part> = members.iter().filter_map(|&i| slots[i].take()).collect();
                 batches.push(Batch {
                     transport: transport.clone(),
+                    destination: parts.first().map(|p| p.domain.clone()).unwrap_or_default(),
                     key: format!("{transport}|{route}|pinned"),
                     pinned: true,
                     hops: hops.clone(),
-                    parts: members.iter().filter_map(|&i| slots[i].take()).collect(),
+                    parts,
                 });
             }
         }
@@ -526,7 +533,7 @@ impl Agent {
         let hops = match (&b.hops, &t.hop) {
             (Some(h), _) => Ok(h.clone()),
             (None, NextHop::Relay(hp)) => cfg.resolver.static_hop(hp).await,
-            (None, NextHop::Mx { port }) => cfg.resolver.mx_hops(first_domain, *port).await,
+            (None, NextHop::Mx { port }) => cfg.resolver.mx_hops(&b.destination, *port).await,
         };
         let hops = match hops {
             Ok(h) => h,
