@@ -8,7 +8,8 @@
 # Usage: benches/trustspace.sh        (about 2-4 minutes on 2 cores)
 # Environment:
 #   TS_N=4000 TS_WARMUP=1000 TS_SESSIONS=20 TS_LOAD_PROCS=2 TS_REPEAT=1
-#   TS_SYSTEMS=postfix,passerelle   BENCH_GW_LOG=info   BENCH_KEEP=1
+#   TS_SYSTEMS=postfix,passerelle,nojournal (journal kind = "none")   BENCH_GW_LOG=info   BENCH_KEEP=1
+#   TS_PERF=DIR   perf record the gateway during each measure into DIR/SYSTEM.perf.data
 # Needs: postfix (root: private instance), the release gateway and test peer.
 # Loopback only; every wait is bounded; everything started is stopped on exit.
 set -euo pipefail
