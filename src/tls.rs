@@ -217,13 +217,25 @@ impl TlsMaterial {
         let b = rustls::ServerConfig::builder_with_provider(provider())
             .with_protocol_versions(VERSIONS)
             .map_err(|e| TlsError::Rustls(e.to_string()))?;
+        let with_ccert = client_verifier.is_some();
         let b = match client_verifier {
             Some(v) => b.with_client_cert_verifier(v),
             None => b.with_no_client_auth(),
         };
-        let cfg = b
+        let mut cfg = b
             .with_single_cert(self.chain.clone(), self.key.clone_key())
             .map_err(|e| TlsError::Rustls(format!("certificate/key: {e}")))?;
+        // Inbound resumption (TLS 1.2 session IDs, TLS 1.3 tickets naming a cache entry): one
+        // store per kind of listener, kept across reloads, so a reload does not cost every
+        // peer a full handshake. A listener that asks for client certificates has its own, so
+        // a session opened without a certificate elsewhere is never resumed there; and its
+        // certificate checks (chain, CRLs, DN) run on every session, resumed or not, on the
+        // chain rustls keeps with the session.
+        cfg.session_storage = if with_ccert {
+            server_sessions(&CCERT_SERVER_SESSIONS)
+        } else {
+            server_sessions(&PLAIN_SERVER_SESSIONS)
+        };
         Ok(Arc::new(cfg))
     }
 
@@ -259,6 +271,64 @@ impl TlsMaterial {
         let v = b.build().map_err(|e| TlsError::Rustls(e.to_string()))?;
         Ok(v)
     }
+}
+
+/// TLS sessions remembered per server name for outbound resumption. 1,024 names: the trust
+/// space has ~390 operator DNs, most with one or two MX hosts.
+const CLIENT_SESSION_NAMES: usize = 1024;
+/// Inbound sessions remembered per kind of listener.
+const SERVER_SESSIONS: usize = 4096;
+
+type SharedClientConfigs =
+    std::sync::Mutex<Vec<(Vec<CertificateDer<'static>>, Arc<rustls::ClientConfig>)>>;
+static PEER_JUDGED_CLIENTS: SharedClientConfigs = std::sync::Mutex::new(Vec::new());
+static CCERT_SERVER_SESSIONS: std::sync::OnceLock<Arc<rustls::server::ServerSessionMemoryCache>> =
+    std::sync::OnceLock::new();
+static PLAIN_SERVER_SESSIONS: std::sync::OnceLock<Arc<rustls::server::ServerSessionMemoryCache>> =
+    std::sync::OnceLock::new();
+
+fn server_sessions(
+    cell: &std::sync::OnceLock<Arc<rustls::server::ServerSessionMemoryCache>>,
+) -> Arc<dyn rustls::server::StoresServerSessions> {
+    cell.get_or_init(|| rustls::server::ServerSessionMemoryCache::new(SERVER_SESSIONS))
+        .clone()
+}
+
+/// The client config of the connections whose peer is judged after the handshake
+/// (opportunistic and mutual TLS), presenting our certificate: the same one for as long as
+/// our certificate is the same, reloads included, with a session cache of 1,024 server names.
+///
+/// The same object, because rustls resumes a session only with the very verifier and client
+/// certificate objects that created it (pointer equality): a config rebuilt at each reload
+/// would make every peer pay a full handshake again.
+///
+/// Why resuming is safe here: rustls does not call the verifier on a resumed session (in TLS
+/// 1.3 the server does not even send its certificate again), but `peer_certificates()` gives
+/// back the chain of the full handshake that created the session, whose signature over that
+/// handshake was checked. The trust-space checks are not in the verifier: they run after
+/// every handshake, resumed or not, on that chain, with the CRLs and the clock of now
+/// (`PeerValidator`), then the DN pin of the domain. A certificate revoked or expired since
+/// is refused on resumption as on a full handshake, and the pin is the same; a session never
+/// makes a peer more trusted than its certificate is today. The `tls = "required"` config
+/// verifies inside the handshake instead, so it keeps rustls's per-config cache: it is
+/// rebuilt with the CRLs at each reload and no session outlives the CRLs it was checked with.
+pub fn peer_judged_client_config(m: &TlsMaterial) -> Result<Arc<rustls::ClientConfig>, TlsError> {
+    let mut cache = PEER_JUDGED_CLIENTS
+        .lock()
+        .unwrap_or_else(|p| p.into_inner());
+    if let Some((_, c)) = cache.iter().find(|(chain, _)| *chain == m.chain) {
+        return Ok(c.clone());
+    }
+    let built = m.client_config(Arc::new(AcceptAnyServer(provider())))?;
+    let mut c = (*built).clone();
+    c.resumption = rustls::client::Resumption::in_memory_sessions(CLIENT_SESSION_NAMES);
+    let c = Arc::new(c);
+    // A few identities at most (a certificate renewal); the oldest goes.
+    if cache.len() >= 4 {
+        cache.remove(0);
+    }
+    cache.push((m.chain.clone(), c.clone()));
+    Ok(c)
 }
 
 /// A client without a certificate of its own (opportunistic TLS with no `[tls]`, LDAP over

@@ -82,6 +82,13 @@ pub struct Client {
     pub tls: Option<String>,
     /// The peer certificate's subject DN, as written, once encrypted.
     pub peer_dn: Option<String>,
+    /// The peer DN this connection has proven in mutual TLS: a valid chain (anchors, CRLs,
+    /// dates) whose subject was declared for the domain it was opened for. Another domain may
+    /// use the connection only if it declares this DN too (`share::may_carry`).
+    pub verified_dn: Option<crate::dn::Dn>,
+    /// The TLS session was resumed (no certificate sent again): the checks above were still
+    /// made, on the chain the original handshake verified (see `check_trust_space_peer`).
+    pub resumed: bool,
     /// The host: `host[ip]:port` in logs and DSNs.
     pub remote: Remote,
     pub transactions: usize,
@@ -109,6 +116,8 @@ impl Client {
             caps: Caps::default(),
             tls: None,
             peer_dn: None,
+            verified_dn: None,
+            resumed: false,
             remote,
             transactions: 0,
             last_used: Instant::now(),
@@ -196,6 +205,10 @@ impl Client {
                 .map_err(|_| tls_failure(TlsRefusal::Handshake, "handshake timeout".into()))?
                 .map_err(|e| tls_failure(TlsRefusal::Handshake, e.to_string()))?;
         let desc = crate::tls::describe(tls.get_ref().1);
+        let resumed = tls.get_ref().1.handshake_kind() == Some(rustls::HandshakeKind::Resumed);
+        // On a resumed session the server sends no certificate: rustls hands back the chain
+        // of the handshake that created the session (kept with the ticket), and the same
+        // checks run on it below, with today's CRLs and clock.
         let chain = tls.get_ref().1.peer_certificates().unwrap_or(&[]);
         let peer_dn = chain
             .first()
@@ -210,11 +223,17 @@ impl Client {
             check_trust_space_peer(chain, peer_dn.as_ref(), validator, allowed, domain)
                 .map_err(|(reason, why)| tls_failure(reason, why))?;
         }
+        let verified_dn = match mode {
+            TlsMode::Mutual { .. } => peer_dn.clone(),
+            _ => None,
+        };
         Ok(Client {
             r: BufReader::with_capacity(16 * 1024, Box::new(tls) as BoxStream),
             caps: Caps::default(),
             tls: Some(desc),
             peer_dn: peer_dn.map(|d| d.to_string()),
+            verified_dn,
+            resumed,
             ..self
         })
     }
@@ -476,15 +495,19 @@ fn check_trust_space_peer(
     if allowed.contains(dn) {
         return Ok(());
     }
-    // Quoted as the certificate writes it, not in its comparison form.
     Err((
         TlsRefusal::DnNotDeclared,
-        format!(
-            "peer certificate DN \"{dn}\" is not declared in the MSSante whitelist for {domain} \
-             ({} DN(s) declared; see `passerelle whitelist show {domain}`)",
-            allowed.len()
-        ),
+        pin_refusal(dn, domain, allowed.len()),
     ))
+}
+
+/// Why a peer whose certificate DN is `dn` may not receive `domain`'s mail, which declares
+/// `declared` DNs. The DN is quoted as the certificate writes it, not in its comparison form.
+pub fn pin_refusal(dn: &crate::dn::Dn, domain: &str, declared: usize) -> String {
+    format!(
+        "peer certificate DN \"{dn}\" is not declared in the MSSante whitelist for {domain} \
+         ({declared} DN(s) declared; see `passerelle whitelist show {domain}`)"
+    )
 }
 
 fn split_status(code: u16, text: String) -> Reply {

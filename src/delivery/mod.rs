@@ -9,6 +9,10 @@
 
 pub mod client;
 pub mod resolve;
+pub mod share;
+
+#[cfg(test)]
+mod resume_tests;
 
 pub use client::{Client, ClientOptions, TlsMode};
 pub use resolve::{Hop, ResolveError, Resolver};
@@ -86,7 +90,9 @@ impl DeliveryConfig {
         let any_server = || Arc::new(AcceptAnyServer(crate::tls::provider()));
         let (tls_any, tls_verified, tls_mutual) = match tls {
             Some(m) => {
-                let any = m.client_config(any_server()).map_err(|e| e.to_string())?;
+                // Opportunistic and trust-space connections resume TLS sessions, across
+                // reloads too (see `tls::peer_judged_client_config` for why it is safe).
+                let any = crate::tls::peer_judged_client_config(m).map_err(|e| e.to_string())?;
                 let verified = m
                     .client_config(
                         m.webpki_server_verifier(&crls.load())
@@ -155,21 +161,55 @@ impl DeliveryConfig {
     }
 }
 
-/// A group of recipients that share one transaction.
-struct Group<'a> {
-    transport: String,
-    /// next_hop for relay, the recipient domain for mx.
-    destination: String,
+/// Recipients of one pinned domain (or, unpinned, all recipients of one destination) inside
+/// a [`Batch`].
+struct Part<'a> {
     /// The recipients' domain when the DN pin depends on it (mutual TLS), else empty.
     domain: String,
-    rcpts: Vec<(usize, &'a Recipient)>,
+    /// The DNs the whitelist declares for `domain` (empty when unpinned).
+    declared: Arc<[Dn]>,
+    /// Rest periods stay per (transport, destination, pinned domain), as `revive` expects.
+    dead_key: String,
+    rcpts: Rcpts<'a>,
 }
 
-impl Group<'_> {
-    /// Connections, limits and rest periods are per (transport, destination, pinned domain).
-    fn key(&self) -> String {
-        format!("{}|{}|{}", self.transport, self.destination, self.domain)
+/// Recipients that go in one transaction on one connection: one destination, or in the trust
+/// space several domains reached by the same route whose declared DNs have one in common.
+struct Batch<'a> {
+    transport: String,
+    /// The next hop (relay) or recipient domain (mx) whose hops are resolved at delivery
+    /// when `hops` is empty.
+    destination: String,
+    /// Connections are cached and limited per key: `transport|destination|` unpinned,
+    /// `transport|route|pinned` pinned (the route is the next hop or the MX host names), so
+    /// one operator's connections serve all the domains that declare its DN.
+    key: String,
+    pinned: bool,
+    /// Next hops when batching had to resolve them (MX of pinned domains).
+    hops: Option<Vec<Hop>>,
+    parts: Vec<Part<'a>>,
+}
+
+impl Batch<'_> {
+    fn rcpts(&self) -> impl Iterator<Item = &(usize, &Recipient)> {
+        self.parts.iter().flat_map(|p| p.rcpts.iter())
     }
+
+    fn declared(&self) -> Vec<&[Dn]> {
+        self.parts.iter().map(|p| &p.declared[..]).collect()
+    }
+}
+
+type Rcpts<'a> = Vec<(usize, &'a Recipient)>;
+/// Pinned parts of one (transport, route), with the route's hops.
+type RouteGroup<'a> = (String, String, Option<Vec<Hop>>, Vec<Part<'a>>);
+
+/// What one batch came to.
+enum BatchResult {
+    Done(Attempt),
+    /// A batch of several domains met a peer DN declared for none of them: each domain is
+    /// tried alone, so that each gets the refusal that names it.
+    Split,
 }
 
 /// The simultaneous deliveries allowed to one destination, resized when a reload changes
@@ -221,8 +261,53 @@ impl Agent {
     async fn deliver_all(&self, env: &Envelope, pending: &[usize], body: &[u8]) -> Vec<Attempt> {
         // One settings snapshot for the whole job.
         let cfg = self.config.load_full();
-        let mut groups: Vec<Group> = Vec::new();
         let mut out = Vec::new();
+        let mut batches = self.batches(&cfg, env, pending, &mut out).await;
+        // At most two rounds: a split batch comes back as single-domain batches, which never
+        // split again.
+        for _ in 0..2 {
+            let results = futures::future::join_all(
+                batches
+                    .iter()
+                    .map(|b| self.deliver_batch(&cfg, env, b, body)),
+            )
+            .await;
+            let mut again = Vec::new();
+            for (b, r) in batches.into_iter().zip(results) {
+                match r {
+                    BatchResult::Done(a) => out.push(a),
+                    BatchResult::Split => again.extend(b.parts.into_iter().map(|p| Batch {
+                        transport: b.transport.clone(),
+                        destination: p.domain.clone(),
+                        key: b.key.clone(),
+                        pinned: true,
+                        hops: b.hops.clone(),
+                        parts: vec![p],
+                    })),
+                }
+            }
+            batches = again;
+            if batches.is_empty() {
+                break;
+            }
+        }
+        out
+    }
+
+    /// Sorts the recipients into batches. Unpinned: one batch per (transport, destination).
+    /// Pinned (mutual TLS): one part per recipient domain, the route of each (next hop, or MX
+    /// hosts resolved now), then domains of one route batched when a DN is declared for all
+    /// of them. Recipients decided on the way (no transport, resting, undeclared domain, DNS
+    /// failure) get their attempt in `out`.
+    async fn batches<'a>(
+        &self,
+        cfg: &DeliveryConfig,
+        env: &'a Envelope,
+        pending: &[usize],
+        out: &mut Vec<Attempt>,
+    ) -> Vec<Batch<'a>> {
+        // (transport, destination, pinned domain) -> recipients, in first-seen order.
+        let mut groups: Vec<(String, String, String, Rcpts<'a>)> = Vec::new();
         for &i in pending {
             let Some(r) = env.recipients.get(i) else {
                 continue;
@@ -245,101 +330,222 @@ impl Agent {
                 NextHop::Relay(hp) => hp.to_string(),
                 NextHop::Mx { .. } => rcpt_domain.clone(),
             };
-            // Mutual TLS pins the peer per recipient domain: never mix domains in one session.
             let domain = if t.tls == TlsPolicy::Mutual {
                 rcpt_domain
             } else {
                 String::new()
             };
-            match groups.iter_mut().find(|g| {
-                g.transport == r.transport && g.destination == destination && g.domain == domain
-            }) {
-                Some(g) => g.rcpts.push((i, r)),
-                None => groups.push(Group {
-                    transport: r.transport.clone(),
-                    destination,
-                    domain,
-                    rcpts: vec![(i, r)],
-                }),
+            match groups
+                .iter_mut()
+                .find(|g| g.0 == r.transport && g.1 == destination && g.2 == domain)
+            {
+                Some(g) => g.3.push((i, r)),
+                None => groups.push((r.transport.clone(), destination, domain, vec![(i, r)])),
             }
         }
-        let futs = groups
-            .iter()
-            .map(|g| self.deliver_group(&cfg, env, g, body));
-        out.extend(futures::future::join_all(futs).await);
-        out
+
+        let mut batches = Vec::new();
+        let mut pinned = Vec::new();
+        for (transport, destination, domain, rcpts) in groups {
+            // Unpinned: the destination is in the key; pinned, the route replaces it below.
+            let dead_key = format!("{transport}|{destination}|{domain}");
+            let decided = |o: Outcome| rcpts.iter().map(|(i, _)| (*i, o.clone())).collect();
+            if domain.is_empty() {
+                batches.push(Batch {
+                    transport,
+                    destination,
+                    key: dead_key.clone(),
+                    pinned: false,
+                    hops: None,
+                    parts: vec![Part {
+                        domain,
+                        declared: Arc::from(Vec::new()),
+                        dead_key,
+                        rcpts,
+                    }],
+                });
+                continue;
+            }
+            if let Some((until_ms, failure)) = self.resting(&dead_key) {
+                out.push(Attempt::local(
+                    &transport,
+                    decided(Outcome::Postponed { until_ms, failure }),
+                ));
+                continue;
+            }
+            let declared: Arc<[Dn]> = cfg.pins.declared_dns(&domain).into();
+            if declared.is_empty() {
+                let f = Failure::new(
+                    FailureKind::Tls(TlsRefusal::DomainNotDeclared),
+                    format!(
+                        "{domain} is not declared in the MSSante whitelist: no operator certificate to expect, not sending"
+                    ),
+                );
+                out.push(Attempt::local(&transport, decided(Outcome::Deferred(f))));
+                continue;
+            }
+            pinned.push(Part {
+                domain,
+                declared,
+                dead_key,
+                rcpts,
+            });
+        }
+
+        // The route of each pinned part, resolved together.
+        let routes = futures::future::join_all(pinned.iter().map(|p| {
+            let t = &p.rcpts[0].1.transport;
+            async move {
+                match cfg.transports.get(t).map(|t| &t.hop) {
+                    Some(NextHop::Relay(hp)) => Ok((hp.to_string(), None)),
+                    Some(NextHop::Mx { port }) => cfg
+                        .resolver
+                        .mx_hops(&p.domain, *port)
+                        .await
+                        .map(|hops| (route_of(&hops), Some(hops))),
+                    None => Err(ResolveError::Temporary("transport vanished".into())),
+                }
+            }
+        }))
+        .await;
+        // (transport, route) -> parts and their hops.
+        let mut by_route: Vec<RouteGroup<'a>> = Vec::new();
+        for (part, route) in pinned.into_iter().zip(routes) {
+            let transport = part.rcpts[0].1.transport.clone();
+            let decided = |o: Outcome| part.rcpts.iter().map(|(i, _)| (*i, o.clone())).collect();
+            let (route, hops) = match route {
+                Ok(r) => r,
+                Err(ResolveError::Permanent(e)) => {
+                    let f = Failure::new(FailureKind::Dns, e);
+                    out.push(Attempt::local(&transport, decided(Outcome::Failed(f))));
+                    continue;
+                }
+                Err(ResolveError::Temporary(e)) => {
+                    let f = Failure::new(FailureKind::Dns, e);
+                    out.push(Attempt::local(&transport, decided(Outcome::Deferred(f))));
+                    continue;
+                }
+            };
+            match by_route
+                .iter_mut()
+                .find(|g| g.0 == transport && g.1 == route)
+            {
+                Some(g) => g.3.push(part),
+                None => by_route.push((transport, route, hops, vec![part])),
+            }
+        }
+        for (transport, route, hops, parts) in by_route {
+            let declared: Vec<&[Dn]> = parts.iter().map(|p| &p.declared[..]).collect();
+            let plan = share::batch_by_common_dn(&declared);
+            let mut slots: Vec<Option<Part>> = parts.into_iter().map(Some).collect();
+            for members in plan {
+                let parts: Vec<Part> = members.iter().filter_map(|&i| slots[i].take()).collect();
+                batches.push(Batch {
+                    transport: transport.clone(),
+                    destination: parts.first().map(|p| p.domain.clone()).unwrap_or_default(),
+                    key: format!("{transport}|{route}|pinned"),
+                    pinned: true,
+                    hops: hops.clone(),
+                    parts,
+                });
+            }
+        }
+        batches
     }
 
-    async fn deliver_group(
+    async fn deliver_batch(
         &self,
         cfg: &DeliveryConfig,
         env: &Envelope,
-        g: &Group<'_>,
+        b: &Batch<'_>,
         body: &[u8],
-    ) -> Attempt {
+    ) -> BatchResult {
         let started = Instant::now();
-        let mut attempt = Attempt::local(&g.transport, Vec::new());
-        let all = |o: Outcome| g.rcpts.iter().map(|(i, _)| (*i, o.clone())).collect();
-        let Some(t) = cfg.transports.get(&g.transport) else {
-            attempt.outcomes = all(Outcome::Deferred(Failure::new(
-                FailureKind::Local,
-                "transport vanished",
-            )));
-            return attempt;
+        let mut attempt = Attempt::local(&b.transport, Vec::new());
+        let all = |o: Outcome| -> Vec<(usize, Outcome)> {
+            b.rcpts().map(|(i, _)| (*i, o.clone())).collect()
         };
-        let tls = match cfg.tls_mode(t, &g.domain) {
+        let done_with = |mut a: Attempt, o| {
+            a.outcomes = o;
+            BatchResult::Done(a)
+        };
+        let Some(t) = cfg.transports.get(&b.transport) else {
+            let f = Failure::new(FailureKind::Local, "transport vanished");
+            return done_with(attempt, all(Outcome::Deferred(f)));
+        };
+        let first_domain = b.parts.first().map_or("", |p| p.domain.as_str());
+        let tls = match cfg.tls_mode(t, first_domain) {
+            // A batch's connection must show a DN declared by one of its domains before
+            // anything more is said; each domain is then held to its own list.
+            Ok(TlsMode::Mutual {
+                config,
+                validator,
+                domain,
+                ..
+            }) => TlsMode::Mutual {
+                config,
+                validator,
+                allowed: share::union_of(&b.declared()).into(),
+                domain,
+            },
             Ok(m) => m,
-            Err(f) => {
-                attempt.outcomes = all(Outcome::Deferred(f));
-                return attempt;
+            Err(f) => return done_with(attempt, all(Outcome::Deferred(f))),
+        };
+        if !b.pinned {
+            if let Some((until_ms, failure)) = self.resting(&b.key) {
+                return done_with(attempt, all(Outcome::Postponed { until_ms, failure }));
             }
-        };
-        let key = g.key();
-        if let Some((until_ms, failure)) = self.resting(&key) {
-            attempt.outcomes = all(Outcome::Postponed { until_ms, failure });
-            return attempt;
         }
-        let sem = self.limit(&key, cfg.queue.destination_concurrency);
+        let sem = self.limit(&b.key, cfg.queue.destination_concurrency);
         let Ok(_permit) = sem.acquire_owned().await else {
-            attempt.outcomes = all(Outcome::Deferred(Failure::new(
-                FailureKind::Local,
-                "shutting down",
-            )));
-            return attempt;
+            let f = Failure::new(FailureKind::Local, "shutting down");
+            return done_with(attempt, all(Outcome::Deferred(f)));
         };
-        let done = |mut a: Attempt, c: &Client, outcomes| {
+        let finish = |mut a: Attempt, c: &Client, outcomes| {
             a.remote = Some(c.remote.clone());
             a.tls = c.tls.clone();
             a.peer_dn = c.peer_dn.clone();
             a.outcomes = outcomes;
             a.duration = started.elapsed();
-            a
+            BatchResult::Done(a)
         };
 
-        // A cached connection first; a dead one is replaced by a fresh one, once.
-        if let Some(mut c) = self.take_pooled(&key, cfg) {
-            match c.send(env, &g.rcpts, body).await {
+        // A cached connection first, one that has proven a DN every domain of the batch
+        // declares; a dead one is replaced by a fresh one, once.
+        let declared = b.declared();
+        let fits = |c: &Client| {
+            !b.pinned
+                || declared
+                    .iter()
+                    .all(|d| share::may_carry(c.verified_dn.as_ref(), d))
+        };
+        if let Some(mut c) = self.take_pooled(&b.key, cfg, fits) {
+            let rcpts: Vec<_> = b.rcpts().copied().collect();
+            match c.send(env, &rcpts, body).await {
                 Ok(res) => {
-                    let a = done(attempt, &c, res);
-                    self.give_back(key, c, cfg);
+                    let a = finish(attempt, &c, res);
+                    self.give_back(b.key.clone(), c, cfg);
                     return a;
                 }
                 Err(e) => tracing::debug!(error = %e, "cached connection failed; reconnecting"),
             }
         }
-        let hops = match &t.hop {
-            NextHop::Relay(hp) => cfg.resolver.static_hop(hp).await,
-            NextHop::Mx { port } => cfg.resolver.mx_hops(&g.destination, *port).await,
+        let hops = match (&b.hops, &t.hop) {
+            (Some(h), _) => Ok(h.clone()),
+            (None, NextHop::Relay(hp)) => cfg.resolver.static_hop(hp).await,
+            (None, NextHop::Mx { port }) => cfg.resolver.mx_hops(&b.destination, *port).await,
         };
         let hops = match hops {
             Ok(h) => h,
             Err(ResolveError::Permanent(e)) => {
-                attempt.outcomes = all(Outcome::Failed(Failure::new(FailureKind::Dns, e)));
-                return attempt;
+                return done_with(
+                    attempt,
+                    all(Outcome::Failed(Failure::new(FailureKind::Dns, e))),
+                )
             }
             Err(ResolveError::Temporary(e)) => {
-                attempt.outcomes = all(Outcome::Deferred(Failure::new(FailureKind::Dns, e)));
-                return attempt;
+                let f = Failure::new(FailureKind::Dns, e);
+                return done_with(attempt, all(Outcome::Deferred(f)));
             }
         };
         let mut last: Option<Failure> = None;
@@ -355,20 +561,53 @@ impl Agent {
                 let mut c = match Client::connect(*addr, &opts).await {
                     Ok(c) => c,
                     Err(e) => {
+                        if b.parts.len() > 1
+                            && e.kind == FailureKind::Tls(TlsRefusal::DnNotDeclared)
+                        {
+                            return BatchResult::Split;
+                        }
                         tracing::info!(queue_id = %env.id, error = %e, "next hop unusable");
                         attempt.remote = e.remote.clone();
                         last = Some(e);
                         continue;
                     }
                 };
-                match c.send(env, &g.rcpts, body).await {
+                // The pin, domain by domain, against the DN this connection has proven.
+                let (carried, refused) = if b.pinned {
+                    share::split_by_pin(c.verified_dn.as_ref(), &declared)
+                } else {
+                    ((0..b.parts.len()).collect(), Vec::new())
+                };
+                let mut outcomes = Vec::new();
+                for &k in &refused {
+                    let p = &b.parts[k];
+                    let why = match &c.verified_dn {
+                        Some(dn) => client::pin_refusal(dn, &p.domain, p.declared.len()),
+                        None => "peer certificate refused: unreadable subject".to_string(),
+                    };
+                    let f = Failure::new(FailureKind::Tls(TlsRefusal::DnNotDeclared), why)
+                        .at(&c.remote);
+                    outcomes.extend(
+                        p.rcpts
+                            .iter()
+                            .map(|(i, _)| (*i, Outcome::Deferred(f.clone()))),
+                    );
+                }
+                let rcpts: Vec<_> = carried
+                    .iter()
+                    .flat_map(|&k| b.parts[k].rcpts.iter().copied())
+                    .collect();
+                match c.send(env, &rcpts, body).await {
                     Ok(res) => {
-                        let a = done(attempt, &c, res);
-                        self.give_back(key, c, cfg);
+                        outcomes.extend(res);
+                        let a = finish(attempt, &c, outcomes);
+                        self.give_back(b.key.clone(), c, cfg);
                         return a;
                     }
                     Err(e) if e.is_permanent() => {
-                        let a = done(attempt, &c, all(Outcome::Failed(e)));
+                        outcomes
+                            .extend(rcpts.iter().map(|(i, _)| (*i, Outcome::Failed(e.clone()))));
+                        let a = finish(attempt, &c, outcomes);
                         c.quit().await;
                         return a;
                     }
@@ -388,11 +627,13 @@ impl Agent {
             // interval (1m by default), so the rest of its queue is not tried one by one.
             let until = now_ms() + cfg.queue.retry_after(1).as_millis() as u64;
             let mut dead = self.dead.lock().unwrap_or_else(|p| p.into_inner());
-            dead.insert(key, (until, failure.clone()));
+            for p in &b.parts {
+                dead.insert(p.dead_key.clone(), (until, failure.clone()));
+            }
         }
         attempt.outcomes = all(Outcome::Deferred(failure));
         attempt.duration = started.elapsed();
-        attempt
+        BatchResult::Done(attempt)
     }
 
     /// The end of a destination's rest period and its reason, if it rests.
@@ -420,16 +661,22 @@ impl Agent {
             .clone()
     }
 
-    fn take_pooled(&self, key: &str, cfg: &DeliveryConfig) -> Option<Client> {
+    /// The most recently used cached connection under `key` that `fits`; expired ones met on
+    /// the way are closed.
+    fn take_pooled(
+        &self,
+        key: &str,
+        cfg: &DeliveryConfig,
+        fits: impl Fn(&Client) -> bool,
+    ) -> Option<Client> {
         let mut pool = self.pool.lock().unwrap_or_else(|p| p.into_inner());
         let v = pool.get_mut(key)?;
-        while let Some(c) = v.pop() {
-            if c.last_used.elapsed() < cfg.queue.connection_cache_time {
-                return Some(c);
-            }
+        let ttl = cfg.queue.connection_cache_time;
+        for c in v.extract_if(.., |c| c.last_used.elapsed() >= ttl) {
             tokio::spawn(c.quit());
         }
-        None
+        let at = v.iter().rposition(fits)?;
+        Some(v.remove(at))
     }
 
     fn give_back(&self, key: String, c: Client, cfg: &DeliveryConfig) {
@@ -533,6 +780,14 @@ impl Attempt {
             outcomes,
         }
     }
+}
+
+/// A pinned route's name: its MX hosts in preference order. Domains whose MX records name the
+/// same hosts are served by the same machines, so their connections are interchangeable once
+/// the pin allows it.
+fn route_of(hops: &[Hop]) -> String {
+    let names: Vec<&str> = hops.iter().map(|h| h.name.as_str()).collect();
+    format!("mx:{}", names.join(","))
 }
 
 /// The domain of an address, lowercased (the part that routes and pins).

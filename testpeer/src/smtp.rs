@@ -228,10 +228,16 @@ async fn serve(stream: TcpStream, config: &Config) -> io::Result<()> {
         }
     };
     let info = crate::tls::session_info(tls.get_ref().1);
+    // full or resumed: benches count the handshakes a client costs us.
+    let kind = match tls.get_ref().1.handshake_kind() {
+        Some(rustls::HandshakeKind::Resumed) => "resumed",
+        _ => "full",
+    };
     config.log.event(&format!(
-        "tls ok {} {} client_dn={}",
+        "tls ok {} {} handshake={} client_dn={}",
         info.version,
         info.cipher,
+        kind,
         info.client_dn.as_deref().unwrap_or("-")
     ));
     let mut conn = Conn::new(tls);
