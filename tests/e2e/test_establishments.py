@@ -147,7 +147,8 @@ class EstablishmentsTest(E2ETestCase):
         self.pki = pki()
         self.box = {n: self.peer("box-" + n) for n in ("chu-a", "chu-b", "ehpad-1", "ehpad-2")}
         self.op = self.peer("op", cert=self.pki.op[0], key=self.pki.op[1], require_tls=True,
-                            client_ca=self.pki.ca, require_client_cert=True)
+                            client_ca=self.pki.ca, require_client_cert=True,
+                            rcpt_reply=["inconnu=550 5.1.1 no such user"])
         self.est_dir = os.path.join(self.tmp, "establishments.d")
         wl = os.path.join(self.tmp, "liste.xml")
         with open(wl, "w") as f:
@@ -317,6 +318,16 @@ class EstablishmentsTest(E2ETestCase):
         rc, out = self.gw.cli("route", "test", "dr.w@" + B_DOM, "--listener", "etablissements")
         self.assertEqual(rc, 0, out)
         self.assertIn("establishment chu-b", out)
+
+    def test_bounces_for_an_establishments_sender_go_to_its_mailbox(self):
+        a = self.client("chu-a")
+        code, text = a.send("dr.x@" + A_DOM, ["inconnu@" + OP_DOMAIN], message("dr.x@" + A_DOM, "inconnu@" + OP_DOMAIN))
+        self.assertEqual(code, 250, text)
+        meta, eml = self.box["chu-a"].wait_messages(1, timeout=20)[0]
+        self.assertEqual(rcpts(meta), ["dr.x@" + A_DOM])
+        self.assertEqual(meta["mail_from"].strip("<>"), "")
+        self.assertIn(b"550 5.1.1 no such user", eml)
+        self.assertEqual(self.box["chu-b"].count(), 0)
 
     def test_an_unknown_client_is_refused_at_connect(self):
         banner = banner_of(IP["stranger"], self.est_port)
