@@ -451,8 +451,11 @@ pub fn render_show(cfg: &Config, e: &EstablishmentConfig, dn: Option<&str>) -> S
     );
     let _ = writeln!(
         o,
-        "# (its own domains stay local: list them before, or keep them out of this map)"
+        "# its own domains first: they stay on its usual delivery (else mail to its own users loops)"
     );
+    for d in &domains {
+        let _ = writeln!(o, "{:<16} :", d.trim_start_matches('*'));
+    }
     let _ = writeln!(o, ".mssante.fr      mssante:[{bracket}]:{port}");
     let _ = writeln!(o, "mssante.fr       mssante:[{bracket}]:{port}");
     let _ = writeln!(o, "# master.cf:");

@@ -394,7 +394,11 @@ fn configmap_config() -> String {
 
 #[test]
 fn shipped_configs_load_without_warnings_and_agree() {
-    for rel in ["config/passerelle.toml", "deploy/host/passerelle.toml"] {
+    for rel in [
+        "config/passerelle.toml",
+        "deploy/host/passerelle.toml",
+        "examples/regional.toml",
+    ] {
         parse_quiet(&read(rel), rel).unwrap_or_else(|e| panic!("{e}"));
     }
     let host =

@@ -55,6 +55,12 @@ pub fn validate(c: &Config) -> Vec<Problem> {
                 "needs starttls = \"offer\" or \"require\"",
             ));
         }
+        if l.establishments && !l.clients.is_empty() {
+            p.push(Problem::warning(
+                format!("{key}.clients"),
+                "not used with establishments = true: each establishment's clients and client_dns say who may connect",
+            ));
+        }
         if !l.client_dns.is_empty() && l.client_certificate == ClientCert::Off {
             p.push(Problem::error(
                 format!("{key}.client_dns"),
@@ -290,6 +296,32 @@ mod tests {
                 && m.starts_with(
                     "listener[1] (two).address: 0.0.0.0:2525 is already the address of listener[0]"
                 )),
+            "{p:?}"
+        );
+    }
+
+    #[test]
+    fn the_builtin_route_needs_no_route_table_and_cannot_be_redefined() {
+        let est = "[[establishment]]\nname = \"chu-a\"\ndomains = [\"chu-a.mssante.fr\"]\nclients = [\"10.1.0.0/24\"]\nmailbox = \"10.1.0.25:25\"\n";
+        let text = MIN.replace(
+            "routes = [\"a\", \"others\"]",
+            "routes = [\"establishments\", \"a\", \"others\"]\nestablishments = true",
+        ) + est;
+        let p = problems(&text);
+        assert_eq!(
+            p,
+            vec![(
+                Severity::Warning,
+                "listener[0] (etab).clients: not used with establishments = true: each establishment's clients and client_dns say who may connect".to_string()
+            )]
+        );
+        let text = format!(
+            "{text}[[route]]\nname = \"establishments\"\ndomains = [\"x.fr\"]\ntransport = \"t\"\n"
+        );
+        let p = problems(&text);
+        assert!(
+            p.iter()
+                .any(|(s, m)| *s == Severity::Error && m.contains("is the built-in route")),
             "{p:?}"
         );
     }

@@ -204,6 +204,7 @@ mod tests {
         QueueItem {
             id: id.into(),
             received: NOW - age_s,
+            establishment: None,
             sender: sender.into(),
             size: 10,
             held,

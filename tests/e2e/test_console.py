@@ -54,6 +54,12 @@ class ConsoleTestCase(E2ETestCase):
             console=dict({"address": "127.0.0.1:%d" % self.console_port,
                           "users_file": os.path.join(self.tmp, "users.toml")}, **(console_extra or {})),
         )
+        cfg["server"]["establishments_dir"] = os.path.join(self.tmp, "establishments.d")
+        # A regional side: one establishment declared in the file, its MTAs on their listener.
+        cfg["listener"].append(listener("etablissements", free_port(), ["establishments", "mssante", "others"],
+                                        clients=[], establishments=True))
+        cfg["establishment"] = [{"name": "chu-a", "domains": ["chu-a.mssante.fr"], "clients": ["127.0.0.21/32"],
+                                 "mailbox": "127.0.0.1:%d" % self.peer_.port}]
         self.gw = self.gateway(cfg, start=False)
         for name, role in (("admin", "operator"), ("audit", "auditor"), ("chua", "establishment:chu-a")):
             self.user_add(name, role, PASSWORDS[name])
@@ -195,7 +201,7 @@ class OperatorTests(ConsoleTestCase):
         self.assertIn("is unknown", b.text("#directory-result"))
 
         b.get("/establishments")
-        self.assertIn("Not available yet", b.text(), "/establishments")
+        self.assertIn("chu-a.mssante.fr", b.text("table.establishments"), "/establishments")
         self.assertEqual(b.severe_logs(), [])
 
     def test_configuration_check_apply_and_roll_back(self):
@@ -372,3 +378,59 @@ class AccessTests(ConsoleTestCase):
         # Plain HTTP to the HTTPS port gets nothing useful.
         with self.assertRaises(Exception):
             request("http://127.0.0.1:%d" % self.console_port, "GET", "/login")
+
+
+class EstablishmentPagesTests(ConsoleTestCase):
+
+    def fill_form(self, b, name, domain, client):
+        b.get("/establishments/new")
+        b.fill("#name", name)
+        b.fill("#domains", domain)
+        b.fill("#clients", client)
+        b.fill("#mailbox", "127.0.0.1:%d" % self.peer_.port)
+        b.click("form.establishment button[type=submit]")
+
+    def test_add_an_establishment_through_the_form_and_test_its_mailbox(self):
+        self.start()
+        b = self.browser().login("admin", PASSWORDS["admin"])
+        b.get("/establishments")
+        b.click("a[href='/establishments/new']")
+        self.assertEqual(b.h1(), "Add an establishment")
+        b.shot("establishment-add")
+        self.fill_form(b, "chu-c", "chu-c.mssante.fr", "127.0.0.23/32")
+        self.assertEqual(b.path(), "/establishments/chu-c", b.text())
+        self.assertIn("is added", b.text("p.flash"))
+        self.assertIn("chu-c.mssante.fr", b.text("table.kv"))
+        paste = b.text("#paste")
+        self.assertIn("transport_maps = hash:/etc/postfix/transport_mssante", paste)
+        self.assertIn("New-SendConnector", paste)
+        rc, out = self.gw.cli("establishment", "list")
+        self.assertIn("chu-c", out, "the CLI sees what the form wrote")
+        self.assertIn("configuration reloaded", self.gw.log())
+
+        # The same validation as `establishment add`: a second claim of the domain is refused
+        # and nothing is written.
+        self.fill_form(b, "chu-d", "chu-a.mssante.fr", "127.0.0.24/32")
+        self.assertIn("chu-a.mssante.fr", b.text("#problems"))
+        self.assertFalse(os.path.exists(os.path.join(self.tmp, "establishments.d", "chu-d.toml")))
+        b.shot("establishment-refused")
+
+        # The mailbox test: down, then up.
+        b.get("/establishments/chu-c")
+        b.click("form[action='/establishments/chu-c/test'] button")
+        self.assertIn("NOT ready", b.text("p.flash"))
+        self.peer_.start()
+        b.click("form[action='/establishments/chu-c/test'] button")
+        self.assertIn("Mailbox ready", b.text("p.flash"))
+        self.assertIn("RCPT", b.text("#mailbox-test"))
+        self.assertEqual(self.peer_.count(), 0, "the test sends no message")
+        b.shot("establishment")
+
+        # Its administrator sees its page, not the list nor another's.
+        e = self.browser().login("chua", PASSWORDS["chua"])
+        e.get("/establishments/chu-a")
+        self.assertEqual(e.h1(), "Establishment chu-a")
+        status, _, _ = request(self.base, "GET", "/establishments/chu-c", cookie=e.cookie_header())
+        self.assertEqual(status, 404, "another establishment's page does not exist for it")
+        status, _, _ = request(self.base, "GET", "/establishments/new", cookie=e.cookie_header())
+        self.assertIn(status, (403, 404))

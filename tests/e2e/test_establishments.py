@@ -36,6 +36,8 @@ import gen_extract
 GW_HOST = "passerelle.region-test.mssante.fr"
 OP_DOMAIN = "autre.mssante.fr"
 OP_DN = "CN=mx.autre-operateur.test,OU=999999999900077,O=AUTRE OPERATEUR,C=FR"
+MTA_D_DN = "CN=mta.chu-d.test,OU=999999999900044,O=CHU D,C=FR"
+D_DOM = "chu-d.mssante.fr"
 A_DOM, B_DOM, C_DOM = "chu-a.mssante.fr", "chu-b.mssante.fr", "chu-c.mssante.fr"
 SHARED = "ehpad.oc.mssante.fr"
 IP = {"chu-a": "127.0.0.11", "chu-b": "127.0.0.12", "chu-c": "127.0.0.13",
@@ -58,6 +60,9 @@ class PKI:
         self.run("pki", "issue", "--dir", self.dir, "--name", "op", "--subject", OP_DN,
                  "--dns", "localhost", "--ip", "127.0.0.1", "--out", out)
         self.op = (os.path.join(out, "op.crt"), os.path.join(out, "op.key"))
+        self.run("pki", "issue", "--dir", self.dir, "--name", "mta-d", "--subject", MTA_D_DN,
+                 "--dns", "localhost", "--out", out)
+        self.mta_d = (os.path.join(out, "mta-d.crt"), os.path.join(out, "mta-d.key"))
         self.ca = os.path.join(self.dir, "ca.pem")
         self.gateway = {"certificate": os.path.join(self.dir, "passerelle.crt"),
                         "private_key": os.path.join(self.dir, "passerelle.key"),
@@ -147,7 +152,8 @@ class EstablishmentsTest(E2ETestCase):
         self.pki = pki()
         self.box = {n: self.peer("box-" + n) for n in ("chu-a", "chu-b", "ehpad-1", "ehpad-2")}
         self.op = self.peer("op", cert=self.pki.op[0], key=self.pki.op[1], require_tls=True,
-                            client_ca=self.pki.ca, require_client_cert=True)
+                            client_ca=self.pki.ca, require_client_cert=True,
+                            rcpt_reply=["inconnu=550 5.1.1 no such user"])
         self.est_dir = os.path.join(self.tmp, "establishments.d")
         wl = os.path.join(self.tmp, "liste.xml")
         with open(wl, "w") as f:
@@ -162,7 +168,7 @@ class EstablishmentsTest(E2ETestCase):
         self.est_port, self.trust_port = free_port(), free_port()
         listeners = [
             listener("etablissements", self.est_port, ["establishments", "mssante", "others"],
-                     clients=(), establishments=True),
+                     clients=(), establishments=True, client_certificate="request"),
             listener("trust-space", self.trust_port, ["establishments"], clients=(),
                      starttls="require", client_certificate="require"),
         ]
@@ -317,6 +323,48 @@ class EstablishmentsTest(E2ETestCase):
         rc, out = self.gw.cli("route", "test", "dr.w@" + B_DOM, "--listener", "etablissements")
         self.assertEqual(rc, 0, out)
         self.assertIn("establishment chu-b", out)
+
+    def test_bounces_for_an_establishments_sender_go_to_its_mailbox(self):
+        a = self.client("chu-a")
+        code, text = a.send("dr.x@" + A_DOM, ["inconnu@" + OP_DOMAIN], message("dr.x@" + A_DOM, "inconnu@" + OP_DOMAIN))
+        self.assertEqual(code, 250, text)
+        meta, eml = self.box["chu-a"].wait_messages(1, timeout=20)[0]
+        self.assertEqual(rcpts(meta), ["dr.x@" + A_DOM])
+        self.assertEqual(meta["mail_from"].strip("<>"), "")
+        self.assertIn(b"550 5.1.1 no such user", eml)
+        self.assertEqual(self.box["chu-b"].count(), 0)
+
+    def test_an_mta_known_by_its_certificate_is_attributed_at_mail(self):
+        os.makedirs(self.est_dir, exist_ok=True)
+        with open(os.path.join(self.est_dir, "chu-d.toml"), "w") as f:
+            f.write('[establishment]\nname = "chu-d"\ndomains = ["%s"]\nclient_dns = ["%s"]\n'
+                    'mailbox = "127.0.0.1:%d"\nmailbox_tls = "none"\n' % (D_DOM, MTA_D_DN, self.box["chu-b"].port))
+        self.gw.proc.send_signal(signal.SIGHUP)
+        wait_until(lambda: "configuration reloaded" in self.gw.log(), 10, what="reload")
+        # Without a certificate, an unknown address now gets in, and is refused at MAIL.
+        anon = Client(("127.0.0.1", self.est_port), IP["stranger"])
+        self.addCleanup(anon.close)
+        code, text = anon.mail("dr@" + D_DOM)
+        self.assertEqual(code, 554, text)
+        self.assertIn(b"5.7.1", text)
+        # With chu-d's certificate, from any address: chu-d, held to its domain.
+        s = smtplib.SMTP("127.0.0.1", self.est_port, timeout=20, source_address=(IP["stranger"], 0))
+        self.addCleanup(s.close)
+        ctx = ssl.SSLContext(ssl.PROTOCOL_TLS_CLIENT)
+        ctx.load_verify_locations(self.pki.ca)
+        ctx.check_hostname = False
+        ctx.load_cert_chain(*self.pki.mta_d)
+        s.ehlo("mta.chu-d.test")
+        s.starttls(context=ctx)
+        s.ehlo("mta.chu-d.test")
+        code, text = s.mail("dr@" + A_DOM)
+        self.assertEqual(code, 550, text)
+        self.assertIn(b"not a domain of establishment chu-d", text)
+        s.rset()
+        s.sendmail("dr@" + D_DOM, ["dr.x@" + A_DOM], message("dr@" + D_DOM, "dr.x@" + A_DOM))
+        meta, _ = self.box["chu-a"].wait_messages(1)[0]
+        self.assertEqual(meta["mail_from"].strip("<>"), "dr@" + D_DOM)
+        self.assertRegex(self.gw.log(), r"establishment recognised.*establishment=\"?chu-d")
 
     def test_an_unknown_client_is_refused_at_connect(self):
         banner = banner_of(IP["stranger"], self.est_port)

@@ -356,7 +356,7 @@ pub async fn add(
             app.audit(&v, "establishment add", &name, "ok: written and reloaded");
             app.sessions.set_flash(
                 &v.session.id,
-                &format!(
+                format!(
                     "Establishment {name} is added ({}) and in force.",
                     path.display()
                 ),
