@@ -297,16 +297,23 @@ impl App {
         });
     }
 
-    /// The establishments a message belongs to (none while establishments are not there).
-    pub fn owners(&self, sender: &str, recipients: &[crate::queue::QueueRcpt]) -> Vec<String> {
-        match self.backend.establishments.scopes() {
+    /// The establishments a message belongs to: the one that sent it (its envelope says so)
+    /// and those whose domains its sender or recipients are in.
+    pub fn owners(&self, it: &crate::queue::QueueItem) -> Vec<String> {
+        let mut owners = match self.backend.establishments.scopes() {
             Ok(scopes) => access::owners(
-                sender,
-                recipients.iter().map(|r| r.address.as_str()),
+                &it.sender,
+                it.recipients.iter().map(|r| r.address.as_str()),
                 &scopes,
             ),
             Err(_) => Vec::new(),
+        };
+        if let Some(e) = &it.establishment {
+            if !owners.contains(e) {
+                owners.push(e.clone());
+            }
         }
+        owners
     }
 
     fn session_cookie(&self, value: &str, max_age: Option<cookie::time::Duration>) -> HeaderValue {

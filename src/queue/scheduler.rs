@@ -735,6 +735,15 @@ fn metrics(env: &Envelope, attempts: &[Attempt], d: &Decision, now: u64) {
                 "delivery attempts per recipient, by transport and result",
                 &[("transport", &a.transport), ("result", result)],
             );
+            // The sending establishment's own count (its dashboard row), beside the global one
+            // whose labels tools already read.
+            if let Some(est) = &env.establishment {
+                crate::metrics::inc(
+                    "passerelle_establishment_deliveries_total",
+                    "delivery attempts per recipient of an establishment's messages, by result",
+                    &[("establishment", est), ("result", result)],
+                );
+            }
             match o {
                 Outcome::Delivered(_) => crate::metrics::observe(
                     "passerelle_delivery_seconds",
@@ -819,6 +828,7 @@ fn log_outcomes(env: &Envelope, attempts: &[Attempt], d: &Decision) {
         .unwrap_or_default();
         let delay = Duration::from_millis(now_ms().saturating_sub(env.received * 1000));
         tracing::info!(queue_id = %env.id, to = %rcpt.address, relay = %rcpt.transport,
+            establishment = env.establishment.as_deref().unwrap_or("-"),
             tls = a.and_then(|a| a.tls.as_deref()).unwrap_or("-"),
             peer_dn = a.and_then(|a| a.peer_dn.as_deref()).unwrap_or("-"),
             delay = %format!("{:.1}s", delay.as_secs_f64()),

@@ -18,6 +18,7 @@ Shared domain: ehpad.oc.mssante.fr claimed by "ehpad-1" (structure 310000001) an
 import atexit
 import email.utils
 import os
+import re
 import shutil
 import signal
 import smtplib
@@ -323,6 +324,16 @@ class EstablishmentsTest(E2ETestCase):
         rc, out = self.gw.cli("route", "test", "dr.w@" + B_DOM, "--listener", "etablissements")
         self.assertEqual(rc, 0, out)
         self.assertIn("establishment chu-b", out)
+        # --from: who may send as the sender, and where its notifications go.
+        rc, out = self.gw.cli("route", "test", "dr.w@" + B_DOM, "--listener", "etablissements",
+                              "--from", "dr.x@" + A_DOM)
+        self.assertEqual(rc, 0, out)
+        self.assertIn("sender: <dr.x@%s> may be sent only by establishment chu-a" % A_DOM, out)
+        self.assertRegex(out, r"sender: notifications to <dr\.x@%s> go by route establishments, "
+                              r"transport establishment:chu-a" % re.escape(A_DOM))
+        rc, out = self.gw.cli("route", "test", "dr.w@" + B_DOM, "--listener", "etablissements",
+                              "--from", "usurpateur@" + OP_DOMAIN)
+        self.assertIn("is no establishment's: MAIL FROM is refused on this listener (550 5.7.1)", out)
 
     def test_bounces_for_an_establishments_sender_go_to_its_mailbox(self):
         a = self.client("chu-a")
@@ -477,6 +488,12 @@ class EstablishmentsTest(E2ETestCase):
         self.assertNotIn("establishment chu-c", out)
         metrics = self.admin_get("/metrics")
         self.assertRegex(metrics, r'passerelle_smtp_rejected_total\{[^}]*establishment="chu-c"')
+        # Delivery is counted per sending establishment too (chu-a's mail to chu-b's mailbox),
+        # and its log line names it.
+        wait_until(lambda: re.search(r'passerelle_establishment_deliveries_total\{establishment="chu-a",'
+                                     r'result="sent"\} [1-9]', self.admin_get("/metrics")), 15,
+                   what="chu-a's deliveries counted")
+        self.assertRegex(self.gw.log(), r'to=dr\.w@%s .*establishment="?chu-a"? .*status="sent"' % re.escape(B_DOM))
 
     def admin_get(self, path):
         from harness import http_get

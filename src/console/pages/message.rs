@@ -148,7 +148,7 @@ pub async fn page(
             Err(e) => e.into_response(),
         };
     };
-    let owners = app.owners(&d.item.sender, &d.item.recipients);
+    let owners = app.owners(&d.item);
     if let Err(e) = allow(&v, Action::View, Resource::Message(&owners)) {
         return e.into_response();
     }
@@ -297,7 +297,7 @@ async fn checked(
             Err(e) => e.into_response(),
         });
     };
-    let owners = app.owners(&it.sender, &it.recipients);
+    let owners = app.owners(&it);
     allow(v, Action::View, Resource::Message(&owners)).map_err(IntoResponse::into_response)?;
     allow(v, action, Resource::Message(&owners)).map_err(IntoResponse::into_response)?;
     Ok(it)

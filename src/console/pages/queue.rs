@@ -28,7 +28,7 @@ async fn matching(app: &App, v: &Viewer, f: &QueueFilter) -> Vec<(QueueItem, Vec
         .await
         .into_iter()
         .map(|it| {
-            let owners = app.owners(&it.sender, &it.recipients);
+            let owners = app.owners(&it);
             (it, owners)
         })
         .filter(|(it, owners)| {
