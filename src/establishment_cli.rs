@@ -310,6 +310,51 @@ pub fn write_checked(
     }
 }
 
+/// The console's edit: replaces the file of establishment `name` with `text` when the whole
+/// configuration with it passes `check-config`; otherwise the old file is put back and the
+/// problems say why. Ok: the file, its previous text (to put back if the reload refuses it),
+/// and the warnings.
+pub fn replace_checked(
+    config: &Path,
+    name: &str,
+    text: &str,
+) -> Result<(PathBuf, String, Vec<String>), Vec<String>> {
+    let one = |e: String| vec![e];
+    let cfg = Config::load_unvalidated(config).map_err(|e| one(format!("{e:#}")))?;
+    let e = find(&cfg, name).map_err(|e| one(format!("{e:#}")))?;
+    let Some(path) = e.file.clone() else {
+        return Err(one(format!(
+            "establishment {name:?} is declared in {} ([[establishment]]): edit it there (Configuration)",
+            config.display()
+        )));
+    };
+    let parsed = establishment::parse_file(text, &path.display().to_string())
+        .map_err(|p| p.iter().map(|p| p.to_string()).collect::<Vec<_>>())?;
+    if parsed.0.name != name {
+        return Err(one(format!(
+            "the name cannot change ({name:?} -> {:?}): add a new establishment and remove this one",
+            parsed.0.name
+        )));
+    }
+    let old = std::fs::read_to_string(&path)
+        .map_err(|e| one(format!("reading {}: {e}", path.display())))?;
+    let dir = path.parent().unwrap_or(Path::new("."));
+    let tmp = dir.join(format!(".{name}.toml.new"));
+    std::fs::write(&tmp, text).map_err(|e| one(format!("writing {}: {e}", tmp.display())))?;
+    std::fs::rename(&tmp, &path).map_err(|e| one(format!("writing {}: {e}", path.display())))?;
+    match Config::check(config) {
+        Ok(parsed) => Ok((
+            path,
+            old,
+            parsed.warnings.iter().map(|w| w.to_string()).collect(),
+        )),
+        Err(e) => {
+            let _ = std::fs::write(&path, &old);
+            Err(e.to_string().lines().map(String::from).collect())
+        }
+    }
+}
+
 fn remove(config: &Path, name: &str) -> anyhow::Result<ExitCode> {
     let cfg = Config::load_unvalidated(config)?;
     let e = find(&cfg, name)?;

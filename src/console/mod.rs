@@ -194,6 +194,10 @@ pub fn router(app: Arc<App>) -> Router {
         )
         .route("/establishments/{name}", get(pages::establishments::page))
         .route(
+            "/establishments/{name}/edit",
+            get(pages::establishments::edit_form).post(pages::establishments::edit),
+        )
+        .route(
             "/establishments/{name}/test",
             post(pages::establishments::test),
         )

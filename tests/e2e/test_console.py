@@ -408,6 +408,27 @@ class EstablishmentPagesTests(ConsoleTestCase):
         self.assertIn("chu-c", out, "the CLI sees what the form wrote")
         self.assertIn("configuration reloaded", self.gw.log())
 
+        # Edit: a limit changed through the form, in force after the reload; a broken value
+        # refused with the file left as it was.
+        b.click("a[href='/establishments/chu-c/edit']")
+        self.assertEqual(b.h1(), "Edit establishment chu-c")
+        self.assertEqual(b.css("#mailbox").get_attribute("value"), "127.0.0.1:%d" % self.peer_.port)
+        b.fill("#max_queued", "5")
+        b.click("form.establishment button[type=submit]")
+        self.assertEqual(b.path(), "/establishments/chu-c", b.text())
+        self.assertIn("is changed", b.text("p.flash"))
+        self.assertIn("queued at most: 5", b.text("table.kv"))
+        rc, out = self.gw.cli("establishment", "show", "chu-c")
+        self.assertIn("max_queued 5", out)
+        path = os.path.join(self.tmp, "establishments.d", "chu-c.toml")
+        before = open(path).read()
+        b.get("/establishments/chu-c/edit")
+        b.fill("#mailbox", "pas une adresse")
+        b.click("form.establishment button[type=submit]")
+        self.assertIn("mailbox", b.text("#problems"))
+        self.assertEqual(open(path).read(), before, "a refused edit leaves the file as it was")
+        b.shot("establishment-edit-refused")
+
         # The same validation as `establishment add`: a second claim of the domain is refused
         # and nothing is written.
         self.fill_form(b, "chu-d", "chu-a.mssante.fr", "127.0.0.24/32")

@@ -1,6 +1,7 @@
 //! `/establishments`: the list, one establishment's page (settings, indicators, queue, the
-//! ready-to-paste configuration of its side, the mailbox test) and the form that adds one with
-//! the same validation as `passerelle establishment add`, applied by a reload.
+//! ready-to-paste configuration of its side, the mailbox test) and the form that adds or edits
+//! one with the same validation as `passerelle establishment add`, applied by a reload (a
+//! refused change leaves the file as it was).
 
 use super::super::access::{self, Action, Resource};
 use super::super::hooks::StatsQuery;
@@ -119,9 +120,12 @@ async fn establishment_body(
         e,
         establishment_cli::our_dn(&snap.config).as_deref(),
     );
+    let may_edit = access::decide(v.role(), Action::EditEstablishment, Resource::Gateway)
+        == access::Verdict::Allow;
     html! {
         section aria-labelledby="h-settings" {
             h2 #h-settings { "Settings" }
+            @if may_edit { p { a.button href=(format!("/establishments/{name}/edit")) { "Edit" } } }
             table.kv { tbody {
                 tr { th scope="row" { "Domains" } td { (joined(&e.domains)) } }
                 tr { th scope="row" { "MTAs by address" } td { (joined(&e.clients)) } }
@@ -233,6 +237,25 @@ fn items(s: &str, commas: bool) -> Vec<String> {
 }
 
 fn form_markup(v: &Viewer, f: &AddForm, problems: &[String]) -> Markup {
+    form_markup_at(
+        v,
+        f,
+        problems,
+        "/establishments/new",
+        "Check and add",
+        false,
+    )
+}
+
+/// The establishment form, posted to `action`; when `editing`, the name is fixed.
+fn form_markup_at(
+    v: &Viewer,
+    f: &AddForm,
+    problems: &[String],
+    action: &str,
+    submit: &str,
+    editing: bool,
+) -> Markup {
     let opt = |cur: &str, val: &str, default: bool| (cur == val) || (cur.is_empty() && default);
     html! {
         @if !problems.is_empty() {
@@ -241,9 +264,9 @@ fn form_markup(v: &Viewer, f: &AddForm, problems: &[String]) -> Markup {
                 ul #problems { @for p in problems { li { (p) } } }
             }
         }
-        form.establishment method="post" action="/establishments/new" {
+        form.establishment method="post" action=(action) {
             (csrf(v))
-            p { label for="name" { "Name" } input #name name="name" required value=(f.name) placeholder="chu-a" pattern="[a-z0-9-]+"; span.hint { "lowercase letters, digits and -" } }
+            p { label for="name" { "Name" } input #name name="name" required value=(f.name) placeholder="chu-a" pattern="[a-z0-9-]+" readonly[editing]; span.hint { "lowercase letters, digits and -" } }
             p { label for="domains" { "Domains" } textarea #domains name="domains" rows="2" required placeholder="chu-a.mssante.fr" { (f.domains) } span.hint { "one per line: exact names or *.suffix" } }
             p { label for="clients" { "MTAs by address" } textarea #clients name="clients" rows="2" placeholder="10.1.0.0/24" { (f.clients) } }
             p { label for="client_dns" { "MTAs by certificate subject" } textarea #client_dns name="client_dns" rows="2" placeholder="CN=mta.chu-a.fr,O=CHU A,C=FR" { (f.client_dns) } span.hint { "one DN per line" } }
@@ -261,7 +284,7 @@ fn form_markup(v: &Viewer, f: &AddForm, problems: &[String]) -> Markup {
             p { label for="structures" { "Structures (shared domain)" } input #structures name="structures" value=(f.structures) placeholder="FINESS or SIRET, comma separated"; }
             p { label for="max_message_rate" { "Messages per minute at most" } input #max_message_rate name="max_message_rate" inputmode="numeric" value=(f.max_message_rate); }
             p { label for="max_queued" { "Queued messages at most" } input #max_queued name="max_queued" inputmode="numeric" value=(f.max_queued); }
-            p.buttons { button type="submit" { "Check and add" } a href="/establishments" { "Cancel" } }
+            p.buttons { button type="submit" { (submit) } a href="/establishments" { "Cancel" } }
         }
     }
 }
@@ -290,32 +313,11 @@ fn number<T: std::str::FromStr>(s: &str, what: &str) -> Result<Option<T>, String
         .map_err(|_| format!("{what}: {s:?} is not a whole number"))
 }
 
-pub async fn add(
-    State(app): State<Arc<App>>,
-    Extension(v): Extension<Viewer>,
-    Form(f): Form<AddForm>,
-) -> Result<Response, PageError> {
-    allow(&v, Action::EditEstablishment, Resource::Gateway)?;
-    let _one_at_a_time = app.config_lock.lock().await;
+/// The file text of a submitted form, or the problem with its numbers.
+fn form_text(f: &AddForm) -> Result<(String, String), String> {
     let name = f.name.trim().to_string();
-    let refuse = |problems: Vec<String>| {
-        app.audit(&v, "establishment add", &name, "refused");
-        Ok(frame(
-            &app,
-            &v,
-            "/establishments",
-            "Add an establishment",
-            form_markup(&v, &f, &problems),
-        )
-        .into_response())
-    };
-    let (rate, queued) = match (
-        number::<u32>(&f.max_message_rate, "messages per minute"),
-        number::<usize>(&f.max_queued, "queued messages"),
-    ) {
-        (Ok(r), Ok(q)) => (r, q),
-        (Err(e), _) | (_, Err(e)) => return refuse(vec![e]),
-    };
+    let rate = number::<u32>(&f.max_message_rate, "messages per minute")?;
+    let queued = number::<usize>(&f.max_queued, "queued messages")?;
     let (domains, clients, client_dns, structures) = (
         items(&f.domains, true),
         items(&f.clients, true),
@@ -346,6 +348,144 @@ pub async fn add(
         max_message_rate: rate,
         max_queued: queued,
     });
+    Ok((name, text))
+}
+
+/// The form filled with an establishment's settings (`addresses` are kept by the file only:
+/// the form does not show them, and an edit of one that has some is refused).
+fn form_of(e: &EstablishmentConfig) -> AddForm {
+    let lines = |v: Vec<String>| v.join("\n");
+    AddForm {
+        name: e.name.clone(),
+        domains: lines(e.domains.iter().map(|d| d.to_string()).collect()),
+        clients: lines(e.clients.iter().map(|c| c.to_string()).collect()),
+        client_dns: lines(e.client_dns.iter().map(|d| d.to_string()).collect()),
+        mailbox: e.mailbox.to_string(),
+        mailbox_tls: e.mailbox_tls.as_str().to_string(),
+        sender_check: e.sender_check.as_str().to_string(),
+        structures: e.structures.join(", "),
+        max_message_rate: e
+            .max_message_rate
+            .map(|n| n.to_string())
+            .unwrap_or_default(),
+        max_queued: e.max_queued.map(|n| n.to_string()).unwrap_or_default(),
+    }
+}
+
+pub async fn edit_form(
+    State(app): State<Arc<App>>,
+    Extension(v): Extension<Viewer>,
+    Path(name): Path<String>,
+) -> Result<Html<String>, PageError> {
+    allow(&v, Action::EditEstablishment, Resource::Gateway)?;
+    let Some(e) = find(&app, &name) else {
+        return Err(PageError::NotFound);
+    };
+    let problems: Vec<String> = match (&e.file, e.addresses.is_empty()) {
+        (None, _) => vec![format!(
+            "{name} is declared in the main configuration file ([[establishment]]): edit it on the Configuration page"
+        )],
+        (_, false) => vec![format!(
+            "{name} lists addresses of a shared domain, which this form does not show: edit its file"
+        )],
+        _ => Vec::new(),
+    };
+    let action = format!("/establishments/{name}/edit");
+    Ok(frame(
+        &app,
+        &v,
+        "/establishments",
+        &format!("Edit establishment {name}"),
+        form_markup_at(&v, &form_of(&e), &problems, &action, "Check and save", true),
+    ))
+}
+
+pub async fn edit(
+    State(app): State<Arc<App>>,
+    Extension(v): Extension<Viewer>,
+    Path(name): Path<String>,
+    Form(f): Form<AddForm>,
+) -> Result<Response, PageError> {
+    allow(&v, Action::EditEstablishment, Resource::Gateway)?;
+    let Some(e) = find(&app, &name) else {
+        return Err(PageError::NotFound);
+    };
+    let _one_at_a_time = app.config_lock.lock().await;
+    let action = format!("/establishments/{name}/edit");
+    let title = format!("Edit establishment {name}");
+    let refuse = |problems: Vec<String>| {
+        app.audit(&v, "establishment edit", &name, "refused");
+        Ok(frame(
+            &app,
+            &v,
+            "/establishments",
+            &title,
+            form_markup_at(&v, &f, &problems, &action, "Check and save", true),
+        )
+        .into_response())
+    };
+    if !e.addresses.is_empty() {
+        return refuse(vec![format!(
+            "{name} lists addresses of a shared domain, which this form does not show: edit its file"
+        )]);
+    }
+    let (new_name, text) = match form_text(&f) {
+        Ok(t) => t,
+        Err(why) => return refuse(vec![why]),
+    };
+    if new_name != name {
+        return refuse(vec![format!(
+            "the name cannot change ({name} -> {new_name}): add a new establishment and remove this one"
+        )]);
+    }
+    let config = app.backend.snapshot.load().config.source.clone();
+    let (path, old) = match establishment_cli::replace_checked(&config, &name, &text) {
+        Ok((path, old, _warnings)) => (path, old),
+        Err(problems) => return refuse(problems),
+    };
+    match app.backend.reload.reload().await {
+        Ok(()) => {
+            app.audit(&v, "establishment edit", &name, "ok: written and reloaded");
+            app.sessions.set_flash(
+                &v.session.id,
+                format!(
+                    "Establishment {name} is changed ({}) and in force.",
+                    path.display()
+                ),
+            );
+            Ok(Redirect::to(&format!("/establishments/{name}")).into_response())
+        }
+        Err(why) => {
+            // The file and the running configuration must not disagree.
+            let _ = std::fs::write(&path, old);
+            refuse(vec![format!("the reload refused it: {why}")])
+        }
+    }
+}
+
+pub async fn add(
+    State(app): State<Arc<App>>,
+    Extension(v): Extension<Viewer>,
+    Form(f): Form<AddForm>,
+) -> Result<Response, PageError> {
+    allow(&v, Action::EditEstablishment, Resource::Gateway)?;
+    let _one_at_a_time = app.config_lock.lock().await;
+    let name = f.name.trim().to_string();
+    let refuse = |problems: Vec<String>| {
+        app.audit(&v, "establishment add", &name, "refused");
+        Ok(frame(
+            &app,
+            &v,
+            "/establishments",
+            "Add an establishment",
+            form_markup(&v, &f, &problems),
+        )
+        .into_response())
+    };
+    let text = match form_text(&f) {
+        Ok((_, t)) => t,
+        Err(why) => return refuse(vec![why]),
+    };
     let config = app.backend.snapshot.load().config.source.clone();
     let path = match establishment_cli::write_checked(&config, &name, &text) {
         Ok((path, _warnings)) => path,
