@@ -240,9 +240,10 @@ class PeerCounter:
 # --------------------------------------------------------------------------- systems under test
 
 def bench_gateway(tmp, name, next_hop_port, p, tls="none", smtp=None, queue=None, loglevel=None,
-                  starttls="off", start=True):
+                  starttls="off", start=True, journal=None):
     """passerelle: one listener (clients 127.0.0.0/8, no STARTTLS), one route "*" to a relay
-    transport towards 127.0.0.1:next_hop_port with the given TLS policy."""
+    transport towards 127.0.0.1:next_hop_port with the given TLS policy. journal: the
+    [journal] kind ("none" to measure without it; the default is the SQLite journal)."""
     port = H.free_port()
     cfg = {
         "server": {"hostname": "passerelle.bench.test", "spool": os.path.join(tmp, name, "spool"),
@@ -257,6 +258,8 @@ def bench_gateway(tmp, name, next_hop_port, p, tls="none", smtp=None, queue=None
     }
     if queue:
         cfg["queue"] = dict(queue)
+    if journal:
+        cfg["journal"] = {"kind": journal}
     if smtp:
         cfg["smtp"] = dict(smtp)
     env = {"PASSERELLE_LOG": loglevel or os.environ.get("BENCH_GW_LOG", "info")}

@@ -14,7 +14,8 @@ which for passerelle and Postfix includes putting the message on stable storage 
       achieved rate.
   latency.py --bench
       the side-by-side run used by benches/latency.sh: smtp-sink (the client's own floor),
-      passerelle relaying to smtp-sink, Postfix relaying to smtp-sink, same load.
+      passerelle relaying to smtp-sink (with its journal, then without), Postfix relaying to
+      smtp-sink, same load.
 """
 
 import argparse
@@ -222,9 +223,12 @@ def bench(args):
         time.strftime("%Y-%m-%d %H:%M:%S %Z")))
     sink = B.SmtpSink(tmp, "sink")
     gw = B.bench_gateway(tmp, "gw", sink.port, p)
+    # The same without the message journal (issue 17: "within 10 % of journal off").
+    gw_nj = B.bench_gateway(tmp, "gwnj", sink.port, p, journal="none")
     pf = B.bench_postfix(tmp, "pf", sink.port)
     targets = [("smtp-sink (client floor)", sink.port, None),
                ("passerelle", gw.listener()[1], "gw"),
+               ("passerelle, journal off", gw_nj.listener()[1], "gw"),
                ("postfix", pf.port, "pf")]
     results = []
     problems = []
