@@ -19,6 +19,14 @@ use tokio::net::{TcpListener, TcpStream};
 
 pub const TOKEN_FILE: &str = "admin.token";
 
+const WRONG_TOKEN: &str = "missing or wrong X-Passerelle-Token (see SPOOL/admin.token)\n";
+
+/// The admin token check of every state-changing route, in constant time.
+fn token_ok(given: Option<&str>, token: &str) -> bool {
+    use subtle::ConstantTimeEq;
+    bool::from(given.unwrap_or("").as_bytes().ct_eq(token.as_bytes()))
+}
+
 pub struct AdminState {
     pub queue: QueueHandle,
     /// Asks the server to reload its configuration (as SIGHUP); the answer is its verdict.
@@ -274,16 +282,8 @@ async fn serve_one(mut stream: TcpStream, st: Arc<AdminState>) {
             .await
         }
         ("POST", "/reload") => {
-            use subtle::ConstantTimeEq;
-            let given = req.token.as_deref().unwrap_or("").as_bytes();
-            if !bool::from(given.ct_eq(st.token.as_bytes())) {
-                return respond(
-                    &mut stream,
-                    403,
-                    text,
-                    "missing or wrong X-Passerelle-Token (see SPOOL/admin.token)\n",
-                )
-                .await;
+            if !token_ok(req.token.as_deref(), &st.token) {
+                return respond(&mut stream, 403, text, WRONG_TOKEN).await;
             }
             let verdict = match &st.reload {
                 Some(r) => Some(r.reload().await),
@@ -304,16 +304,8 @@ async fn serve_one(mut stream: TcpStream, st: Arc<AdminState>) {
             }
         }
         (_, p) if p == "/queue" || p.starts_with("/queue/") => {
-            use subtle::ConstantTimeEq;
-            let given = req.token.as_deref().unwrap_or("").as_bytes();
-            if !bool::from(given.ct_eq(st.token.as_bytes())) {
-                return respond(
-                    &mut stream,
-                    403,
-                    text,
-                    "missing or wrong X-Passerelle-Token (see SPOOL/admin.token)\n",
-                )
-                .await;
+            if !token_ok(req.token.as_deref(), &st.token) {
+                return respond(&mut stream, 403, text, WRONG_TOKEN).await;
             }
             let parts: Vec<&str> = p
                 .trim_start_matches("/queue")

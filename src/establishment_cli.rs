@@ -129,7 +129,8 @@ fn find<'a>(cfg: &'a Config, name: &str) -> anyhow::Result<&'a EstablishmentConf
         .ok_or_else(|| anyhow!("no establishment named {name:?}"))
 }
 
-fn joined<T: std::fmt::Display>(v: &[T]) -> String {
+/// A list for a human: `a, b`, or `-` when empty.
+pub fn joined<T: std::fmt::Display>(v: &[T]) -> String {
     if v.is_empty() {
         "-".into()
     } else {
@@ -293,18 +294,34 @@ pub fn write_checked(
         return Err(p.iter().map(|p| p.to_string()).collect());
     }
     std::fs::create_dir_all(&dir).map_err(|e| one(format!("creating {}: {e}", dir.display())))?;
-    // Written under a name the config does not read, then validated in place, then kept
-    // or removed: the directory never holds a file a reload would refuse.
-    let tmp = dir.join(format!(".{name}.toml.new"));
+    let warnings = install_checked(config, &path, text, None)?;
+    Ok((path, warnings))
+}
+
+/// Puts `text` at `path` (written under a name the config does not read, then renamed) and
+/// checks the whole configuration with it; when that fails, `previous` is put back (or the file
+/// removed): the directory never keeps a file a reload would refuse. Ok: the warnings.
+fn install_checked(
+    config: &Path,
+    path: &Path,
+    text: &str,
+    previous: Option<&str>,
+) -> Result<Vec<String>, Vec<String>> {
+    let one = |e: String| vec![e];
+    let dir = path.parent().unwrap_or(Path::new("."));
+    let stem = path
+        .file_name()
+        .map_or_else(String::new, |n| n.to_string_lossy().into_owned());
+    let tmp = dir.join(format!(".{stem}.new"));
     std::fs::write(&tmp, text).map_err(|e| one(format!("writing {}: {e}", tmp.display())))?;
-    std::fs::rename(&tmp, &path).map_err(|e| one(format!("writing {}: {e}", path.display())))?;
+    std::fs::rename(&tmp, path).map_err(|e| one(format!("writing {}: {e}", path.display())))?;
     match Config::check(config) {
-        Ok(parsed) => Ok((
-            path,
-            parsed.warnings.iter().map(|w| w.to_string()).collect(),
-        )),
+        Ok(parsed) => Ok(parsed.warnings.iter().map(|w| w.to_string()).collect()),
         Err(e) => {
-            let _ = std::fs::remove_file(&path);
+            let _ = match previous {
+                Some(old) => std::fs::write(path, old),
+                None => std::fs::remove_file(path),
+            };
             Err(e.to_string().lines().map(String::from).collect())
         }
     }
@@ -338,21 +355,8 @@ pub fn replace_checked(
     }
     let old = std::fs::read_to_string(&path)
         .map_err(|e| one(format!("reading {}: {e}", path.display())))?;
-    let dir = path.parent().unwrap_or(Path::new("."));
-    let tmp = dir.join(format!(".{name}.toml.new"));
-    std::fs::write(&tmp, text).map_err(|e| one(format!("writing {}: {e}", tmp.display())))?;
-    std::fs::rename(&tmp, &path).map_err(|e| one(format!("writing {}: {e}", path.display())))?;
-    match Config::check(config) {
-        Ok(parsed) => Ok((
-            path,
-            old,
-            parsed.warnings.iter().map(|w| w.to_string()).collect(),
-        )),
-        Err(e) => {
-            let _ = std::fs::write(&path, &old);
-            Err(e.to_string().lines().map(String::from).collect())
-        }
-    }
+    let warnings = install_checked(config, &path, text, Some(&old))?;
+    Ok((path, old, warnings))
 }
 
 fn remove(config: &Path, name: &str) -> anyhow::Result<ExitCode> {

@@ -304,20 +304,12 @@ impl App {
     /// The establishments a message belongs to: the one that sent it (its envelope says so)
     /// and those whose domains its sender or recipients are in.
     pub fn owners(&self, it: &crate::queue::QueueItem) -> Vec<String> {
-        let mut owners = match self.backend.establishments.scopes() {
-            Ok(scopes) => access::owners(
-                &it.sender,
-                it.recipients.iter().map(|r| r.address.as_str()),
-                &scopes,
-            ),
-            Err(_) => Vec::new(),
-        };
-        if let Some(e) = &it.establishment {
-            if !owners.contains(e) {
-                owners.push(e.clone());
-            }
-        }
-        owners
+        owners_in(&self.scopes(), it)
+    }
+
+    /// The establishments in force, for pages that attribute many messages at once.
+    pub fn scopes(&self) -> Vec<access::EstablishmentScope> {
+        self.backend.establishments.scopes().unwrap_or_default()
     }
 
     fn session_cookie(&self, value: &str, max_age: Option<cookie::time::Duration>) -> HeaderValue {
@@ -475,4 +467,22 @@ async fn guarded(
 /// A page in the console's frame.
 pub fn page(app: &App, v: &Viewer, current: &str, title: &str, body: Markup) -> Html<String> {
     pages::layout::frame(app, v, current, title, body)
+}
+
+/// [`App::owners`] against scopes the caller loaded once.
+pub fn owners_in(
+    scopes: &[access::EstablishmentScope],
+    it: &crate::queue::QueueItem,
+) -> Vec<String> {
+    let mut owners = access::owners(
+        &it.sender,
+        it.recipients.iter().map(|r| r.address.as_str()),
+        scopes,
+    );
+    if let Some(e) = &it.establishment {
+        if !owners.contains(e) {
+            owners.push(e.clone());
+        }
+    }
+    owners
 }

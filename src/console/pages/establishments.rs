@@ -8,23 +8,12 @@ use super::super::hooks::StatsQuery;
 use super::super::{allow, page as frame, App, PageError, Viewer};
 use super::layout::csrf;
 use crate::config::EstablishmentConfig;
-use crate::establishment_cli::{self, FileSpec};
+use crate::establishment_cli::{self, joined, FileSpec};
 use axum::extract::{Path, State};
 use axum::response::{Html, IntoResponse, Redirect, Response};
 use axum::{Extension, Form};
 use maud::{html, Markup};
 use std::sync::Arc;
-
-fn joined<T: std::fmt::Display>(v: &[T]) -> String {
-    if v.is_empty() {
-        "-".into()
-    } else {
-        v.iter()
-            .map(|x| x.to_string())
-            .collect::<Vec<_>>()
-            .join(", ")
-    }
-}
 
 /// The establishment `name` of the configuration in force.
 fn find(app: &App, name: &str) -> Option<EstablishmentConfig> {
@@ -443,24 +432,9 @@ pub async fn edit(
         Ok((path, old, _warnings)) => (path, old),
         Err(problems) => return refuse(problems),
     };
-    match app.backend.reload.reload().await {
-        Ok(()) => {
-            app.audit(&v, "establishment edit", &name, "ok: written and reloaded");
-            app.sessions.set_flash(
-                &v.session.id,
-                format!(
-                    "Establishment {name} is changed ({}) and in force.",
-                    path.display()
-                ),
-            );
-            Ok(Redirect::to(&format!("/establishments/{name}")).into_response())
-        }
-        Err(why) => {
-            // The file and the running configuration must not disagree.
-            let _ = std::fs::write(&path, old);
-            refuse(vec![format!("the reload refused it: {why}")])
-        }
-    }
+    applied(&app, &v, &name, &path, Some(old), "changed")
+        .await
+        .or_else(|why| refuse(vec![why]))
 }
 
 pub async fn add(
@@ -491,22 +465,45 @@ pub async fn add(
         Ok((path, _warnings)) => path,
         Err(problems) => return refuse(problems),
     };
+    applied(&app, &v, &name, &path, None, "added")
+        .await
+        .or_else(|why| refuse(vec![why]))
+}
+
+/// Reloads after an establishment's file was written; when the reload refuses it, the file is
+/// put back (`previous`, or removed): the file and the running configuration never disagree.
+async fn applied(
+    app: &App,
+    v: &Viewer,
+    name: &str,
+    path: &std::path::Path,
+    previous: Option<String>,
+    done: &str,
+) -> Result<Response, String> {
     match app.backend.reload.reload().await {
         Ok(()) => {
-            app.audit(&v, "establishment add", &name, "ok: written and reloaded");
+            let verb = if previous.is_some() { "edit" } else { "add" };
+            app.audit(
+                v,
+                &format!("establishment {verb}"),
+                name,
+                "ok: written and reloaded",
+            );
             app.sessions.set_flash(
                 &v.session.id,
                 format!(
-                    "Establishment {name} is added ({}) and in force.",
+                    "Establishment {name} is {done} ({}) and in force.",
                     path.display()
                 ),
             );
             Ok(Redirect::to(&format!("/establishments/{name}")).into_response())
         }
         Err(why) => {
-            // The file and the running configuration must not disagree.
-            let _ = std::fs::remove_file(&path);
-            refuse(vec![format!("the reload refused it: {why}")])
+            let _ = match previous {
+                Some(old) => std::fs::write(path, old),
+                None => std::fs::remove_file(path),
+            };
+            Err(format!("the reload refused it: {why}"))
         }
     }
 }
