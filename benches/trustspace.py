@@ -25,6 +25,7 @@ resumed), and CPU per message (machine-wide busy time minus load client and oper
 """
 
 import asyncio
+import json
 import multiprocessing
 import os
 import random
@@ -333,7 +334,8 @@ def main():
             return v
         beds[system] = (gw.listener()[1], lambda: {"gateway": B.gw_pid(gw)}, gw_verify, lambda: None)
     if "passerelle" in SYSTEMS:
-        add_gateway("passerelle", None)
+        # TS_JOURNAL='{"batch_size": 10000}': [journal] settings of the journal-on gateway.
+        add_gateway("passerelle", json.loads(os.environ.get("TS_JOURNAL", "{}")) or None)
     if "nojournal" in SYSTEMS:
         add_gateway("nojournal", {"kind": "none"})
 

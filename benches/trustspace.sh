@@ -9,6 +9,7 @@
 # Environment:
 #   TS_N=4000 TS_WARMUP=1000 TS_SESSIONS=20 TS_LOAD_PROCS=2 TS_REPEAT=1
 #   TS_SYSTEMS=postfix,passerelle,nojournal (journal kind = "none")   BENCH_GW_LOG=info   BENCH_KEEP=1
+#   TS_JOURNAL={"batch_size":10000}   [journal] settings of the journal-on gateway (JSON)
 #   TS_PERF=DIR   perf record the gateway during each measure into DIR/SYSTEM.perf.data
 # Needs: postfix (root: private instance), the release gateway and test peer.
 # Loopback only; every wait is bounded; everything started is stopped on exit.

@@ -9,6 +9,9 @@
 //! thread's batches): the write rate printed is the writer's. With `--bulk` the same batches
 //! are written directly with the secondary indexes dropped, then the indexes are rebuilt (a
 //! bulk load: the same rows, the same schema, minutes instead of tens of minutes).
+//! With `--cost` the batches (`journal.batch_size` events, as the writer makes them at load)
+//! are planned and written directly, and the time of each half is printed per event and per
+//! message every 100,000 events: what the journal costs the gateway's CPU (issue 17).
 //! Prints `sample KEY VALUE` lines naming entries that exist, for the queries to time.
 
 use passerelle::journal::writer::Backend;
@@ -22,12 +25,11 @@ use std::time::{Duration, Instant};
 /// The secondary indexes (dropped during a bulk load).
 const INDEXES: &[&str] = &[
     "messages_time",
-    "messages_updated",
-    "messages_sender",
-    "messages_message_id",
+    "messages_day_sender",
+    "messages_day_message_id",
     "messages_establishment",
     "messages_status",
-    "recipients_address",
+    "recipients_day_address",
     "events_message",
     "events_time",
 ];
@@ -355,6 +357,7 @@ fn bulk(
     };
     sql(&[
         journal::schema::ddl(jc.kind == JournalKind::Postgres),
+        journal::schema::INDEXES.to_string(),
         analyze.to_string(),
     ])?;
     Ok(format!(
@@ -364,10 +367,65 @@ fn bulk(
     ))
 }
 
+/// The writer's work per event, without the channel: plan, then write, timed apart.
+fn cost(cfg: &passerelle::config::Config, total: u64, traffic: &mut Traffic) -> Result<String, String> {
+    let jc = &cfg.journal;
+    let mut backend: Box<dyn Backend> = match jc.kind {
+        JournalKind::Sqlite => Box::new(journal::sqlite::SqliteWriter::new(
+            jc.sqlite_path(&cfg.server.spool),
+            jc.gateway_name(),
+        )),
+        JournalKind::Postgres => Box::new(journal::postgres::PgWriter::new(
+            jc.url.clone().unwrap_or_default(),
+            jc.gateway_name(),
+        )),
+        JournalKind::None => return Err("journal.kind is none".into()),
+    };
+    let size = jc.batch_size.max(1);
+    let (mut n, mut msgs0) = (0u64, traffic.msg);
+    let (mut plan_t, mut write_t, mut window) = (0f64, 0f64, 0u64);
+    let (mut plan_all, mut write_all) = (0f64, 0f64);
+    let mut batch = Vec::with_capacity(size + 10);
+    while n < total {
+        while batch.len() < size {
+            traffic.next_message(&mut batch);
+        }
+        let t0 = Instant::now();
+        let p = journal::plan::plan(&batch);
+        let t1 = Instant::now();
+        backend.write(&p).map_err(|e| e.to_string())?;
+        let (dp, dw) = ((t1 - t0).as_secs_f64(), t1.elapsed().as_secs_f64());
+        plan_t += dp;
+        write_t += dw;
+        plan_all += dp;
+        write_all += dw;
+        n += batch.len() as u64;
+        window += batch.len() as u64;
+        batch.clear();
+        if window >= 100_000 || n >= total {
+            let m = (traffic.msg - msgs0).max(1) as f64;
+            eprintln!(
+                "{n} events: plan {:.1} us/event, write {:.1} us/event, {:.1} us/message",
+                plan_t * 1e6 / window as f64,
+                write_t * 1e6 / window as f64,
+                (plan_t + write_t) * 1e6 / m
+            );
+            (plan_t, write_t, window, msgs0) = (0.0, 0.0, 0, traffic.msg);
+        }
+    }
+    Ok(format!(
+        "cost: {n} events ({} messages), batches of {size}: plan {:.1} us/event, write {:.1} us/event, {:.1} us/message",
+        traffic.msg,
+        plan_all * 1e6 / n as f64,
+        write_all * 1e6 / n as f64,
+        (plan_all + write_all) * 1e6 / traffic.msg.max(1) as f64
+    ))
+}
+
 fn main() -> Result<(), Box<dyn std::error::Error>> {
     let args: Vec<String> = std::env::args().collect();
     let (Some(config), Some(total)) = (args.get(1), args.get(2)) else {
-        eprintln!("usage: journal_fill CONFIG EVENTS [--bulk]");
+        eprintln!("usage: journal_fill CONFIG EVENTS [--bulk|--cost]");
         std::process::exit(2);
     };
     let total: u64 = total.parse()?;
@@ -379,6 +437,8 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
     let mut traffic = Traffic::new(total);
     let report = if args.iter().any(|a| a == "--bulk") {
         bulk(&cfg, total, &mut traffic)?
+    } else if args.iter().any(|a| a == "--cost") {
+        cost(&cfg, total, &mut traffic)?
     } else {
         let rt = tokio::runtime::Builder::new_current_thread()
             .enable_all()

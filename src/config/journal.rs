@@ -43,7 +43,9 @@ pub struct JournalConfig {
     /// This gateway's name in a shared journal (default: the machine's host name). Queue ids
     /// are unique per host, so two gateways sharing one journal need distinct names.
     pub gateway: Option<String>,
-    /// Events written per transaction at most.
+    /// Events written per transaction at most. Under load a batch holds `flush_interval` of
+    /// events: each commit writes every page it touched, so fewer, larger commits cost less
+    /// (at 3,000 msg/s, 1,000 per commit cost 3-4x the CPU of 10,000).
     pub batch_size: usize,
     /// A batch is written at the latest this long after its first event: a crash loses at
     /// most about this much of the journal (never queue state).
@@ -65,7 +67,7 @@ impl Default for JournalConfig {
             url: None,
             retention: Duration::from_secs(365 * 86400),
             gateway: None,
-            batch_size: 1000,
+            batch_size: 10_000,
             flush_interval: Duration::from_secs(1),
             buffer: 100_000,
             prune_interval: Duration::from_secs(3600),

@@ -7,6 +7,7 @@
 //! message can still be found by id and recipient.
 
 use super::event::{Destination, Event, EventBody, Origin, Outcome};
+use super::schema::day;
 use std::collections::{HashMap, HashSet};
 
 #[derive(Debug, Clone, PartialEq)]
@@ -15,6 +16,8 @@ pub struct MessageRow {
     /// A real queue id (false: the journal's own reference for a refusal).
     pub queued: bool,
     pub time: i64,
+    /// Time of the last event that changed the status (pruning keeps what is recent).
+    pub updated: i64,
     pub status: &'static str,
     pub origin: Option<String>,
     pub listener: Option<String>,
@@ -26,6 +29,8 @@ pub struct MessageRow {
     pub message_id: Option<String>,
     pub size: Option<i64>,
     pub nrcpt: i32,
+    /// `schema::day(time)`: leads the lookups by sender and Message-ID.
+    pub day: i64,
 }
 
 #[derive(Debug, Clone, PartialEq)]
@@ -38,6 +43,8 @@ pub struct RecipientRow {
     pub bal_type: Option<String>,
     pub destination: Option<String>,
     pub status: &'static str,
+    /// Its message row's `day`: leads the lookup by address.
+    pub day: i64,
 }
 
 /// One event row. `None` columns are filled by the writer from the message and recipient rows
@@ -59,6 +66,8 @@ pub struct EventRow {
     pub bal_type: Option<String>,
     /// The event's details as a JSON object.
     pub details: String,
+    /// Every column is final (its message row is in the same batch): no join needed.
+    pub resolved: bool,
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -110,47 +119,116 @@ fn details<T: serde::Serialize>(v: &T) -> String {
     j.to_string()
 }
 
+/// A message whose row this batch inserts: the row and its recipients' rows (contiguous in
+/// [`Plan::recipients`]). Events about it are applied to these rows in memory.
+#[derive(Clone, Copy)]
+struct Here {
+    msg: usize,
+    first: usize,
+    n: usize,
+}
+
+/// A message's status from its recipients' statuses, as `schema::STATUS_FROM_RECIPIENTS`
+/// computes it in SQL: any to retry -> deferred; any not tried -> queued; all alike -> that;
+/// a mix of delivered and bounced -> partial. `None` without recipients.
+fn status_from(rows: &[RecipientRow]) -> Option<&'static str> {
+    let first = rows.first()?.status;
+    Some(if rows.iter().any(|r| r.status == "deferred") {
+        "deferred"
+    } else if rows.iter().any(|r| r.status == "queued") {
+        "queued"
+    } else if rows.iter().all(|r| r.status == first) {
+        first
+    } else {
+        "partial"
+    })
+}
+
+/// Fills the columns the writer would otherwise take from the stored message and recipient
+/// rows (the joins of the event insert), for an event whose message row is in this batch.
+fn resolve(e: &mut EventRow, m: &MessageRow, r: Option<&RecipientRow>) {
+    if e.origin.is_none() {
+        e.origin = m.origin.clone();
+    }
+    if e.destination.is_none() {
+        e.destination = r.and_then(|r| r.destination.clone());
+    }
+    if e.establishment.is_none() {
+        e.establishment = m.establishment.clone();
+    }
+    if e.mailbox.is_none() {
+        e.mailbox = match e.destination.as_deref() {
+            Some("mailbox") => e.rcpt.clone(),
+            Some("trust-space") => m.sender.clone().filter(|s| !s.is_empty()),
+            _ => None,
+        };
+    }
+    if e.bal_type.is_none() {
+        e.bal_type = r.and_then(|r| r.bal_type.clone());
+    }
+    e.resolved = true;
+}
+
+/// The rows for a batch of events.
+///
+/// Most messages are accepted and delivered within one batch (a batch spans up to
+/// `flush_interval`, deliveries take milliseconds): their rows are inserted once with their
+/// final statuses and their events with every column filled, so the database does no update
+/// and no lookup for them. Only events about messages of earlier batches are left to the
+/// writer's updates and joins (`rcpt_status`, `msg_status`, unresolved events).
 pub fn plan(batch: &[Event]) -> Plan {
     let mut p = Plan::default();
-    let mut real: HashSet<&str> = HashSet::new();
+    let mut here: HashMap<String, Here> = HashMap::new();
     let mut stubs: Vec<MessageRow> = Vec::new();
     let mut stub_seen: HashSet<String> = HashSet::new();
     let mut stub_rcpts: Vec<RecipientRow> = Vec::new();
     let mut rcpt_status: HashMap<(String, i32), (usize, &'static str)> = HashMap::new();
     let mut msg_status: HashMap<String, (usize, MsgStatus, i64)> = HashMap::new();
     let mut seq = 0usize;
-    let mut stub = |qid: &str, time: i64, p_real: &HashSet<&str>| {
-        if !p_real.contains(qid) && stub_seen.insert(qid.to_string()) {
-            stubs.push(MessageRow {
-                qid: qid.to_string(),
-                queued: true,
-                time,
-                status: "queued",
-                origin: None,
-                listener: None,
-                establishment: None,
-                client_ip: None,
-                client_dn: None,
-                tls: None,
-                sender: None,
-                message_id: None,
-                size: None,
-                nrcpt: 0,
-            });
-        }
+    let stub_row = |qid: &str, time: i64| MessageRow {
+        qid: qid.to_string(),
+        queued: true,
+        time,
+        updated: time,
+        status: "queued",
+        origin: None,
+        listener: None,
+        establishment: None,
+        client_ip: None,
+        client_dn: None,
+        tls: None,
+        sender: None,
+        message_id: None,
+        size: None,
+        nrcpt: 0,
+        day: day(time),
     };
     for ev in batch {
         let t = ev.time as i64;
         seq += 1;
         match &ev.body {
             EventBody::Accepted(a) => {
+                let qid = clean(&a.queue_id);
                 let origin = a.client.origin;
                 let sender = lower(&a.from);
-                real.insert(a.queue_id.as_str());
+                // Applied in memory only when nothing about this message came before it in
+                // the batch (it never does: the acceptance is journaled before the queue
+                // hands the message to delivery); otherwise the writer's updates do it.
+                if !stub_seen.contains(&qid) && !here.contains_key(&qid) {
+                    here.insert(
+                        qid.clone(),
+                        Here {
+                            msg: p.messages.len(),
+                            first: p.recipients.len(),
+                            n: a.recipients.len(),
+                        },
+                    );
+                }
                 p.messages.push(MessageRow {
-                    qid: clean(&a.queue_id),
+                    qid: qid.clone(),
                     queued: true,
                     time: t,
+                    updated: t,
                     status: "queued",
                     origin: origin.map(|o| o.as_str().to_string()),
                     listener: opt(Some(&a.client.listener)),
@@ -162,10 +240,11 @@ pub fn plan(batch: &[Event]) -> Plan {
                     message_id: opt(a.message_id.as_deref()),
                     size: Some(a.size as i64),
                     nrcpt: a.recipients.len() as i32,
+                    day: day(t),
                 });
                 for (i, r) in a.recipients.iter().enumerate() {
                     p.recipients.push(RecipientRow {
-                        qid: clean(&a.queue_id),
+                        qid: qid.clone(),
                         idx: i as i32,
                         address: lower(&r.address),
                         route: opt(Some(&r.route)),
@@ -173,6 +252,7 @@ pub fn plan(batch: &[Event]) -> Plan {
                         bal_type: opt(r.bal_type.as_deref()),
                         destination: r.destination.map(|d| d.as_str().to_string()),
                         status: "queued",
+                        day: day(t),
                     });
                 }
                 let mailbox = (origin == Some(Origin::Establishment) && !sender.is_empty())
@@ -180,8 +260,8 @@ pub fn plan(batch: &[Event]) -> Plan {
                 let peer = (origin == Some(Origin::TrustSpace))
                     .then(|| opt(a.client.dn.as_deref()).or_else(|| opt(Some(&a.client.ip))))
                     .flatten();
-                p.events.push(EventRow {
-                    qid: clean(&a.queue_id),
+                let mut e = EventRow {
+                    qid,
                     time: t,
                     kind: "accepted",
                     rcpt: None,
@@ -195,7 +275,12 @@ pub fn plan(batch: &[Event]) -> Plan {
                     tls_failure: None,
                     bal_type: None,
                     details: details(a),
-                });
+                    resolved: false,
+                };
+                if let Some(h) = here.get(&e.qid) {
+                    resolve(&mut e, &p.messages[h.msg], None);
+                }
+                p.events.push(e);
             }
             EventBody::Refused(r) => {
                 // A refusal is its own entry, under a journal reference in the queue id space.
@@ -203,10 +288,11 @@ pub fn plan(batch: &[Event]) -> Plan {
                 let origin = r.client.origin;
                 let from = r.from.as_deref().map(lower);
                 let to = r.to.as_deref().map(lower);
-                p.messages.push(MessageRow {
+                let row = MessageRow {
                     qid: qid.clone(),
                     queued: false,
                     time: t,
+                    updated: t,
                     status: "refused",
                     origin: origin.map(|o| o.as_str().to_string()),
                     listener: opt(Some(&r.client.listener)),
@@ -218,7 +304,8 @@ pub fn plan(batch: &[Event]) -> Plan {
                     message_id: None,
                     size: None,
                     nrcpt: i32::from(to.is_some()),
-                });
+                    day: day(t),
+                };
                 if let Some(to) = &to {
                     p.recipients.push(RecipientRow {
                         qid: qid.clone(),
@@ -229,6 +316,7 @@ pub fn plan(batch: &[Event]) -> Plan {
                         bal_type: None,
                         destination: None,
                         status: "refused",
+                        day: day(t),
                     });
                 }
                 let mailbox = match origin {
@@ -238,7 +326,7 @@ pub fn plan(batch: &[Event]) -> Plan {
                 let peer = (origin == Some(Origin::TrustSpace))
                     .then(|| opt(r.client.dn.as_deref()).or_else(|| opt(Some(&r.client.ip))))
                     .flatten();
-                p.events.push(EventRow {
+                let mut e = EventRow {
                     qid,
                     time: t,
                     kind: "refused",
@@ -253,29 +341,20 @@ pub fn plan(batch: &[Event]) -> Plan {
                     tls_failure: opt(r.tls_failure.as_deref()),
                     bal_type: None,
                     details: details(r),
-                });
+                    resolved: false,
+                };
+                resolve(&mut e, &row, None);
+                p.messages.push(row);
+                p.events.push(e);
             }
             EventBody::Attempt(a) => {
                 let qid = clean(&a.queue_id);
                 let idx = a.index as i32;
-                stub(&qid, t, &real);
-                stub_rcpts.push(RecipientRow {
-                    qid: qid.clone(),
-                    idx,
-                    address: lower(&a.to),
-                    route: None,
-                    transport: opt(Some(&a.transport)),
-                    bal_type: None,
-                    destination: a.destination.map(|d| d.as_str().to_string()),
-                    status: "queued",
-                });
                 let status = match a.outcome {
                     Outcome::Delivered => "delivered",
                     Outcome::Deferred => "deferred",
                     Outcome::Bounced | Outcome::Expired => "bounced",
                 };
-                rcpt_status.insert((qid.clone(), idx), (seq, status));
-                msg_status.insert(qid.clone(), (seq, MsgStatus::Recompute, t));
                 let peer = (a.destination == Some(Destination::TrustSpace))
                     .then(|| {
                         opt(a.peer_dn.as_deref())
@@ -283,8 +362,8 @@ pub fn plan(batch: &[Event]) -> Plan {
                             .or_else(|| opt(a.next_hop.as_deref()))
                     })
                     .flatten();
-                p.events.push(EventRow {
-                    qid,
+                let mut e = EventRow {
+                    qid: qid.clone(),
                     time: t,
                     kind: a.outcome.as_str(),
                     rcpt: Some(lower(&a.to)),
@@ -298,13 +377,42 @@ pub fn plan(batch: &[Event]) -> Plan {
                     tls_failure: opt(a.tls_failure.as_deref()),
                     bal_type: None,
                     details: details(a),
-                });
+                    resolved: false,
+                };
+                match here.get(&qid).filter(|h| (idx as usize) < h.n).copied() {
+                    Some(h) => {
+                        let rows = &mut p.recipients[h.first..h.first + h.n];
+                        rows[idx as usize].status = status;
+                        let m = &mut p.messages[h.msg];
+                        m.status = status_from(rows).unwrap_or(m.status);
+                        m.updated = t;
+                        resolve(&mut e, m, Some(&rows[idx as usize]));
+                    }
+                    None => {
+                        if stub_seen.insert(qid.clone()) {
+                            stubs.push(stub_row(&qid, t));
+                        }
+                        stub_rcpts.push(RecipientRow {
+                            qid: qid.clone(),
+                            idx,
+                            address: lower(&a.to),
+                            route: None,
+                            transport: opt(Some(&a.transport)),
+                            bal_type: None,
+                            destination: a.destination.map(|d| d.as_str().to_string()),
+                            status: "queued",
+                            day: day(t),
+                        });
+                        rcpt_status.insert((qid.clone(), idx), (seq, status));
+                        msg_status.insert(qid, (seq, MsgStatus::Recompute, t));
+                    }
+                }
+                p.events.push(e);
             }
             EventBody::Dsn(d) => {
                 let qid = clean(&d.queue_id);
-                stub(&qid, t, &real);
-                p.events.push(EventRow {
-                    qid,
+                let mut e = EventRow {
+                    qid: qid.clone(),
                     time: t,
                     kind: "dsn",
                     rcpt: opt(Some(&d.to)).map(|s| s.to_ascii_lowercase()),
@@ -318,22 +426,28 @@ pub fn plan(batch: &[Event]) -> Plan {
                     tls_failure: None,
                     bal_type: None,
                     details: details(d),
-                });
+                    resolved: false,
+                };
+                match here.get(&qid) {
+                    Some(h) => resolve(&mut e, &p.messages[h.msg], None),
+                    None => {
+                        if stub_seen.insert(qid.clone()) {
+                            stubs.push(stub_row(&qid, t));
+                        }
+                    }
+                }
+                p.events.push(e);
             }
             EventBody::Admin(a) => {
                 let qid = clean(&a.queue_id);
-                stub(&qid, t, &real);
                 let directive = match a.action {
                     super::AdminAction::Held => Some(MsgStatus::Set("held")),
                     super::AdminAction::Released => Some(MsgStatus::Recompute),
                     super::AdminAction::Deleted => Some(MsgStatus::Set("deleted")),
                     super::AdminAction::Retried => None,
                 };
-                if let Some(d) = directive {
-                    msg_status.insert(qid.clone(), (seq, d, t));
-                }
-                p.events.push(EventRow {
-                    qid,
+                let mut e = EventRow {
+                    qid: qid.clone(),
                     time: t,
                     kind: a.action.as_str(),
                     rcpt: None,
@@ -347,13 +461,40 @@ pub fn plan(batch: &[Event]) -> Plan {
                     tls_failure: None,
                     bal_type: None,
                     details: details(a),
-                });
+                    resolved: false,
+                };
+                match here.get(&qid).copied() {
+                    Some(h) => {
+                        let m = &mut p.messages[h.msg];
+                        match directive {
+                            Some(MsgStatus::Set(s)) => m.status = s,
+                            Some(MsgStatus::Recompute) => {
+                                let rows = &p.recipients[h.first..h.first + h.n];
+                                m.status = status_from(rows).unwrap_or(m.status);
+                            }
+                            None => {}
+                        }
+                        if directive.is_some() {
+                            m.updated = t;
+                        }
+                        resolve(&mut e, m, None);
+                    }
+                    None => {
+                        if stub_seen.insert(qid.clone()) {
+                            stubs.push(stub_row(&qid, t));
+                        }
+                        if let Some(d) = directive {
+                            msg_status.insert(qid, (seq, d, t));
+                        }
+                    }
+                }
+                p.events.push(e);
             }
         }
     }
     // Stubs after the real rows: they only land where no row exists (insert-or-ignore).
     p.messages
-        .extend(stubs.into_iter().filter(|s| !real.contains(s.qid.as_str())));
+        .extend(stubs.into_iter().filter(|s| !here.contains_key(&s.qid)));
     let mut seen_rcpt = HashSet::new();
     p.recipients.extend(
         stub_rcpts
@@ -461,28 +602,31 @@ pub(crate) mod tests {
         assert_eq!(p.messages[0].sender.as_deref(), Some("sec@chu.fr"));
         assert_eq!(p.events.len(), 5);
         assert_eq!(p.events[0].mailbox.as_deref(), Some("sec@chu.fr"));
-        assert_eq!(
-            p.rcpt_status,
-            vec![
-                ("A1".to_string(), 0, "delivered"),
-                ("B2".to_string(), 1, "bounced")
-            ]
-        );
+        // A1 was accepted in this batch: its rows carry the final statuses, nothing is left
+        // to the writer's updates; B2 and C3 are rows of earlier batches.
+        assert_eq!(p.messages[0].status, "queued", "A1: x@chu.fr not tried yet");
+        assert_eq!(p.messages[0].updated, 1200);
+        assert_eq!(p.recipients[0].status, "delivered");
+        assert_eq!(p.recipients[1].status, "queued");
+        assert!(p.events[..3].iter().all(|e| e.resolved));
+        assert!(!p.events[3].resolved && !p.events[4].resolved);
+        assert_eq!(p.events[2].bal_type.as_deref(), Some("PER"));
+        assert_eq!(p.events[2].mailbox.as_deref(), Some("dr@chu.fr"));
+        assert_eq!(p.rcpt_status, vec![("B2".to_string(), 1, "bounced")]);
         assert_eq!(
             p.msg_status,
             vec![
-                ("A1".to_string(), MsgStatus::Recompute, 1200),
                 ("B2".to_string(), MsgStatus::Recompute, 1300),
                 ("C3".to_string(), MsgStatus::Set("held"), 1400),
             ]
         );
-        // Accepted recipients, then one stub per (message, index) of the attempts.
+        // Accepted recipients, then one stub per (message, index) of the other attempts.
         let r: Vec<(&str, i32)> = p
             .recipients
             .iter()
             .map(|r| (r.qid.as_str(), r.idx))
             .collect();
-        assert_eq!(r, [("A1", 0), ("A1", 1), ("A1", 0), ("B2", 1)]);
+        assert_eq!(r, [("A1", 0), ("A1", 1), ("B2", 1)]);
         assert!(!p.events[0].details.contains("body"));
     }
 

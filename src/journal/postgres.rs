@@ -59,10 +59,23 @@ pub async fn migrate(client: &mut Client) -> Result<(), String> {
         .await
         .map_err(|e| e.to_string())?
         .map(|r| r.get(0));
-    if schema::check_version(v.as_deref())? {
+    let m = schema::check_version(v.as_deref())?;
+    if m == schema::Migration::FromV1 {
+        tracing::info!("journal: upgrading the schema from version 1 (day-led lookups)");
+        tx.batch_execute(schema::UPGRADE_FROM_1)
+            .await
+            .map_err(|e| format!("upgrading from version 1: {e}"))?;
+    }
+    tx.batch_execute(schema::DROPPED)
+        .await
+        .map_err(|e| format!("dropping old indexes: {e}"))?;
+    tx.batch_execute(schema::INDEXES)
+        .await
+        .map_err(|e| format!("creating the indexes: {e}"))?;
+    if m != schema::Migration::None {
         tx.execute(
             "INSERT INTO journal_meta (key, value) VALUES ('schema_version', $1)
-             ON CONFLICT (key) DO NOTHING",
+             ON CONFLICT (key) DO UPDATE SET value = EXCLUDED.value",
             &[&schema::VERSION.to_string()],
         )
         .await
@@ -120,27 +133,27 @@ async fn prepare(c: &Client) -> Result<Prepared, tokio_postgres::Error> {
         messages: c
             .prepare(
                 "INSERT INTO messages (qid, gw, queued, time, updated, status, origin, listener,
-                    establishment, client_ip, client_dn, tls, sender, message_id, size, nrcpt)
-                 SELECT u.qid, $1, u.queued, u.time, u.time, u.status, u.origin, u.listener,
+                    establishment, client_ip, client_dn, tls, sender, message_id, size, nrcpt, day)
+                 SELECT u.qid, $1, u.queued, u.time, u.updated, u.status, u.origin, u.listener,
                     u.establishment, u.client_ip, u.client_dn, u.tls, u.sender, u.message_id,
-                    u.size, u.nrcpt
+                    u.size, u.nrcpt, u.day
                  FROM UNNEST($2::text[], $3::bool[], $4::bigint[], $5::text[], $6::text[],
                     $7::text[], $8::text[], $9::text[], $10::text[], $11::text[], $12::text[],
-                    $13::text[], $14::bigint[], $15::int[])
+                    $13::text[], $14::bigint[], $15::int[], $16::bigint[], $17::bigint[])
                     AS u(qid, queued, time, status, origin, listener, establishment, client_ip,
-                         client_dn, tls, sender, message_id, size, nrcpt)
+                         client_dn, tls, sender, message_id, size, nrcpt, updated, day)
                  ON CONFLICT (qid, gw) DO NOTHING",
             )
             .await?,
         recipients: c
             .prepare(
                 "INSERT INTO recipients (qid, gw, idx, address, route, transport, bal_type,
-                    destination, status)
+                    destination, status, day)
                  SELECT u.qid, $1, u.idx, u.address, u.route, u.transport, u.bal_type,
-                    u.destination, u.status
+                    u.destination, u.status, u.day
                  FROM UNNEST($2::text[], $3::int[], $4::text[], $5::text[], $6::text[],
-                    $7::text[], $8::text[], $9::text[])
-                    AS u(qid, idx, address, route, transport, bal_type, destination, status)
+                    $7::text[], $8::text[], $9::text[], $10::bigint[])
+                    AS u(qid, idx, address, route, transport, bal_type, destination, status, day)
                  ON CONFLICT (qid, gw, idx) DO NOTHING",
             )
             .await?,
@@ -220,6 +233,8 @@ async fn write_plan(
                 &col(|r| r.message_id.clone()),
                 &m.iter().map(|r| r.size).collect::<Vec<_>>(),
                 &m.iter().map(|r| r.nrcpt).collect::<Vec<_>>(),
+                &m.iter().map(|r| r.updated).collect::<Vec<_>>(),
+                &m.iter().map(|r| r.day).collect::<Vec<_>>(),
             ],
         )
         .await?;
@@ -241,6 +256,7 @@ async fn write_plan(
                 &col(|x| x.bal_type.clone()),
                 &col(|x| x.destination.clone()),
                 &r.iter().map(|x| x.status).collect::<Vec<_>>(),
+                &r.iter().map(|x| x.day).collect::<Vec<_>>(),
             ],
         )
         .await?;
@@ -329,8 +345,8 @@ pub async fn prune(c: &Client, before: i64, limit: i64) -> Result<u64, tokio_pos
         .await?;
     n += c
         .execute(
-            "WITH old AS (SELECT qid, gw FROM messages WHERE updated < $1
-                          ORDER BY updated LIMIT $2),
+            "WITH old AS (SELECT qid, gw FROM messages WHERE time < $1 AND updated < $1
+                          ORDER BY time LIMIT $2),
                   gone AS (DELETE FROM recipients r USING old
                            WHERE r.qid = old.qid AND r.gw = old.gw)
              DELETE FROM messages m USING old WHERE m.qid = old.qid AND m.gw = old.gw",

@@ -328,6 +328,29 @@ pub const STATUSES: &[&str] = &[
 
 impl Reader {
     pub async fn track(&self, f: &TrackFilter) -> Result<Vec<Tracked>, JournalError> {
+        // The lookups by address and Message-ID are led by the day (see `schema`): the days
+        // of the period asked, or of the whole journal.
+        let days = if f.to.is_some() || f.from.is_some() || f.message_id.is_some() {
+            let since = match f.since {
+                Some(s) => s,
+                None => match self
+                    .rows("SELECT MIN(time) FROM messages", Vec::new())
+                    .await?
+                    .first()
+                    .and_then(|r| r.first())
+                {
+                    Some(Value::Null) | None => return Ok(Vec::new()), // an empty journal
+                    Some(v) => v.int(),
+                },
+            };
+            let until = f.until.unwrap_or(crate::message::now_ms() as i64);
+            super::schema::days(since, until)
+                .map(|d| d.to_string())
+                .collect::<Vec<_>>()
+                .join(",")
+        } else {
+            String::new()
+        };
         let mut conds: Vec<String> = Vec::new();
         let mut params: Vec<Param> = Vec::new();
         let mut add = |cond: &str, p: Param| {
@@ -339,16 +362,22 @@ impl Reader {
         }
         if let Some(mid) = &f.message_id {
             add(
-                "m.message_id = #",
+                &format!("m.day IN ({days}) AND m.message_id = #"),
                 Param::Text(super::event::normalize_message_id(mid)),
             );
         }
         if let Some(from) = &f.from {
-            add("m.sender = #", Param::Text(address(from)));
+            add(
+                &format!("m.day IN ({days}) AND m.sender = #"),
+                Param::Text(address(from)),
+            );
         }
         if let Some(to) = &f.to {
             add(
-                "(m.qid, m.gw) IN (SELECT r.qid, r.gw FROM recipients r WHERE r.address = #)",
+                &format!(
+                    "(m.qid, m.gw) IN (SELECT r.qid, r.gw FROM recipients r
+                                      WHERE r.day IN ({days}) AND r.address = #)"
+                ),
                 Param::Text(address(to)),
             );
         }

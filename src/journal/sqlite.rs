@@ -22,30 +22,59 @@ pub fn open(path: &Path, create: bool) -> rusqlite::Result<Connection> {
     // 64 MiB of page cache (the default 2 MiB spilled each batch's dirty index pages to the
     // WAL several times over: 5 page writes per event at 10,000 events per batch).
     conn.pragma_update(None, "cache_size", -65536)?;
+    // Checkpoint every 16,384 WAL pages (64 MiB) rather than SQLite's 1,000: index pages
+    // written by several batches in a row are copied into the database once instead of once
+    // per batch (-20 % of the writer's CPU at 3,000 msg/s, `journal_fill --cost`).
+    conn.pragma_update(None, "wal_autocheckpoint", 16384)?;
     conn.set_prepared_statement_cache_capacity(32);
     Ok(conn)
 }
 
-/// Creates the tables if needed and checks the schema version.
+/// Creates the tables if needed, upgrades an older journal and checks the schema version
+/// (one transaction: an interrupted upgrade is done again whole).
 pub fn migrate(conn: &Connection) -> Result<(), String> {
-    conn.execute_batch(&schema::ddl(false))
-        .map_err(|e| format!("creating the tables: {e}"))?;
-    let v: Option<String> = conn
-        .query_row(
-            "SELECT value FROM journal_meta WHERE key = 'schema_version'",
-            [],
-            |r| r.get(0),
-        )
-        .optional()
-        .map_err(|e| e.to_string())?;
-    if schema::check_version(v.as_deref())? {
-        conn.execute(
-            "INSERT OR REPLACE INTO journal_meta (key, value) VALUES ('schema_version', ?1)",
-            [schema::VERSION.to_string()],
-        )
-        .map_err(|e| e.to_string())?;
+    let run = || -> Result<(), String> {
+        conn.execute_batch(&schema::ddl(false))
+            .map_err(|e| format!("creating the tables: {e}"))?;
+        let v: Option<String> = conn
+            .query_row(
+                "SELECT value FROM journal_meta WHERE key = 'schema_version'",
+                [],
+                |r| r.get(0),
+            )
+            .optional()
+            .map_err(|e| e.to_string())?;
+        let m = schema::check_version(v.as_deref())?;
+        if m == schema::Migration::FromV1 {
+            tracing::info!("journal: upgrading the schema from version 1 (day-led lookups)");
+            conn.execute_batch(schema::UPGRADE_FROM_1)
+                .map_err(|e| format!("upgrading from version 1: {e}"))?;
+        }
+        conn.execute_batch(schema::DROPPED)
+            .map_err(|e| format!("dropping old indexes: {e}"))?;
+        conn.execute_batch(schema::INDEXES)
+            .map_err(|e| format!("creating the indexes: {e}"))?;
+        if m != schema::Migration::None {
+            conn.execute(
+                "INSERT OR REPLACE INTO journal_meta (key, value) VALUES ('schema_version', ?1)",
+                [schema::VERSION.to_string()],
+            )
+            .map_err(|e| e.to_string())?;
+        }
+        Ok(())
+    };
+    // Deferred: an up-to-date journal is only read (a reader may not be allowed to write).
+    conn.execute_batch("BEGIN")
+        .map_err(|e| format!("opening the schema transaction: {e}"))?;
+    match run() {
+        Ok(()) => conn
+            .execute_batch("COMMIT")
+            .map_err(|e| format!("committing the schema: {e}")),
+        Err(e) => {
+            let _ = conn.execute_batch("ROLLBACK");
+            Err(e)
+        }
     }
-    Ok(())
 }
 
 /// The id of a gateway name, registered on first use.
@@ -150,6 +179,12 @@ FROM (SELECT 1) AS one
 LEFT JOIN messages m ON m.qid = ?1 AND m.gw = ?2
 LEFT JOIN recipients r ON r.qid = ?1 AND r.gw = ?2 AND r.idx = ?15";
 
+/// The insert of an event whose columns the plan filled (its message is in the batch).
+const INSERT_RESOLVED_EVENT: &str = "
+INSERT INTO events (qid, gw, time, kind, rcpt, origin, destination, establishment, mailbox,
+                    peer, reason, tls_failure, bal_type, details)
+VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10, ?11, ?12, ?13, ?14)";
+
 /// Stores one batch in one transaction.
 pub fn write_plan(conn: &mut Connection, gw: i64, p: &Plan) -> rusqlite::Result<()> {
     let tx = conn.transaction()?;
@@ -157,8 +192,8 @@ pub fn write_plan(conn: &mut Connection, gw: i64, p: &Plan) -> rusqlite::Result<
         let mut st = tx.prepare_cached(
             "INSERT OR IGNORE INTO messages (qid, gw, queued, time, updated, status, origin,
                 listener, establishment, client_ip, client_dn, tls, sender, message_id, size,
-                nrcpt)
-             VALUES (?1, ?2, ?3, ?4, ?4, ?5, ?6, ?7, ?8, ?9, ?10, ?11, ?12, ?13, ?14, ?15)",
+                nrcpt, day)
+             VALUES (?1, ?2, ?3, ?4, ?16, ?5, ?6, ?7, ?8, ?9, ?10, ?11, ?12, ?13, ?14, ?15, ?17)",
         )?;
         for m in &p.messages {
             st.execute(params![
@@ -176,13 +211,15 @@ pub fn write_plan(conn: &mut Connection, gw: i64, p: &Plan) -> rusqlite::Result<
                 m.sender,
                 m.message_id,
                 m.size,
-                m.nrcpt
+                m.nrcpt,
+                m.updated,
+                m.day
             ])?;
         }
         let mut st = tx.prepare_cached(
             "INSERT OR IGNORE INTO recipients (qid, gw, idx, address, route, transport,
-                bal_type, destination, status)
-             VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9)",
+                bal_type, destination, status, day)
+             VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10)",
         )?;
         for r in &p.recipients {
             st.execute(params![
@@ -194,28 +231,35 @@ pub fn write_plan(conn: &mut Connection, gw: i64, p: &Plan) -> rusqlite::Result<
                 r.transport,
                 r.bal_type,
                 r.destination,
-                r.status
+                r.status,
+                r.day
             ])?;
         }
-        let mut st = tx.prepare_cached(INSERT_EVENT)?;
+        let mut join = tx.prepare_cached(INSERT_EVENT)?;
+        let mut plain = tx.prepare_cached(INSERT_RESOLVED_EVENT)?;
         for e in &p.events {
-            st.execute(params![
-                e.qid,
-                gw,
-                e.time,
-                e.kind,
-                e.rcpt,
-                e.origin,
-                e.destination,
-                e.establishment,
-                e.mailbox,
-                e.peer,
-                e.reason,
-                e.tls_failure,
-                e.bal_type,
-                e.details,
-                e.idx
-            ])?;
+            let v: [&dyn rusqlite::ToSql; 15] = [
+                &e.qid,
+                &gw,
+                &e.time,
+                &e.kind,
+                &e.rcpt,
+                &e.origin,
+                &e.destination,
+                &e.establishment,
+                &e.mailbox,
+                &e.peer,
+                &e.reason,
+                &e.tls_failure,
+                &e.bal_type,
+                &e.details,
+                &e.idx,
+            ];
+            if e.resolved {
+                plain.execute(&v[..14])?;
+            } else {
+                join.execute(&v[..])?;
+            }
         }
         let mut st = tx.prepare_cached(
             "UPDATE recipients SET status = ?3 WHERE qid = ?1 AND gw = ?4 AND idx = ?2",
@@ -251,7 +295,9 @@ pub fn prune(conn: &mut Connection, before: i64, limit: i64) -> rusqlite::Result
             (SELECT id FROM events WHERE time < ?1 ORDER BY time LIMIT ?2)",
         params![before, limit],
     )?;
-    let old = "SELECT qid, gw FROM messages WHERE updated < ?1 ORDER BY updated, qid, gw LIMIT ?2";
+    // By `time` (indexed; `updated` is never before it), keeping what changed since.
+    let old = "SELECT qid, gw FROM messages WHERE time < ?1 AND updated < ?1
+               ORDER BY time LIMIT ?2";
     n += tx.execute(
         &format!("DELETE FROM recipients WHERE (qid, gw) IN ({old})"),
         params![before, limit],

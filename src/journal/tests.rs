@@ -609,3 +609,199 @@ fn connect_refusals_are_journaled_once_a_minute_per_client() {
     );
     assert!(super::connect_due(ip, 554, 1_061_000));
 }
+
+/// Every table's rows, in key order, for comparing two journals (event ids left out).
+fn dump(path: &Path) -> Vec<String> {
+    let c = rusqlite::Connection::open(path).expect("open");
+    let mut out = Vec::new();
+    for sql in [
+        "SELECT qid, queued, time, updated, status, origin, listener, establishment, client_ip,
+                client_dn, tls, sender, message_id, size, nrcpt, day
+         FROM messages WHERE queued ORDER BY qid",
+        "SELECT r.qid, idx, address, route, transport, bal_type, destination, r.status, r.day
+         FROM recipients r JOIN messages m ON m.qid = r.qid AND m.gw = r.gw
+         WHERE m.queued ORDER BY r.qid, idx",
+        "SELECT e.qid, e.time, kind, rcpt, e.origin, destination, e.establishment, mailbox, peer,
+                reason, tls_failure, bal_type, details
+         FROM events e JOIN messages m ON m.qid = e.qid AND m.gw = e.gw
+         WHERE m.queued ORDER BY e.id",
+    ] {
+        let mut st = c.prepare(sql).expect("prepare");
+        let n = st.column_count();
+        let rows = st
+            .query_map([], |r| {
+                Ok((0..n)
+                    .map(|i| format!("{:?}", r.get_ref(i).expect("col")))
+                    .collect::<Vec<_>>()
+                    .join("|"))
+            })
+            .expect("query");
+        out.extend(rows.map(|r| r.expect("row")));
+    }
+    out
+}
+
+#[test]
+fn one_batch_and_one_event_per_batch_store_the_same_rows() {
+    // The plan applies the events of a message accepted in the same batch in memory (final
+    // statuses, event columns filled); the writer's updates and joins do it across batches.
+    // Both must store the same thing (refusals left out: their references are random).
+    let mut t: Vec<Event> = traffic()
+        .into_iter()
+        .filter(|e| !matches!(e.body, EventBody::Refused(_)))
+        .collect();
+    t.push(admin(DAY1 + 30 * HOUR, "A1", AdminAction::Held));
+    t.push(admin(DAY1 + 31 * HOUR, "A1", AdminAction::Released));
+    let (_d1, whole) = journal_file();
+    write(&whole, &t);
+    let (_d2, split) = journal_file();
+    for e in &t {
+        write(&split, std::slice::from_ref(e));
+    }
+    let (a, b) = (dump(&whole), dump(&split));
+    assert!(a.len() > 10, "{a:?}");
+    assert_eq!(a, b);
+    // And the fast path was taken: in one batch, nothing is left to the updates.
+    let p = plan(&t);
+    assert!(p.rcpt_status.is_empty() && p.msg_status.is_empty(), "{p:?}");
+    assert!(p.events.iter().all(|e| e.resolved));
+}
+
+#[tokio::test]
+async fn a_version_1_journal_is_upgraded_and_still_found() {
+    let (_d, path) = journal_file();
+    {
+        // The version 1 tables, as the first release wrote them.
+        let c = rusqlite::Connection::open(&path).expect("open");
+        c.execute_batch(
+            "CREATE TABLE journal_meta (key TEXT PRIMARY KEY, value TEXT NOT NULL);
+             INSERT INTO journal_meta VALUES ('schema_version', '1');
+             CREATE TABLE gateways (id INTEGER PRIMARY KEY, name TEXT NOT NULL UNIQUE);
+             INSERT INTO gateways VALUES (1, 'gw1');
+             CREATE TABLE messages (
+                qid TEXT NOT NULL, gw INTEGER NOT NULL, queued BOOLEAN NOT NULL,
+                time BIGINT NOT NULL, updated BIGINT NOT NULL, status TEXT NOT NULL,
+                origin TEXT, listener TEXT, establishment TEXT, client_ip TEXT, client_dn TEXT,
+                tls TEXT, sender TEXT, message_id TEXT, size BIGINT, nrcpt INTEGER NOT NULL,
+                PRIMARY KEY (qid, gw)) WITHOUT ROWID;
+             CREATE INDEX messages_updated ON messages (updated);
+             CREATE INDEX messages_sender ON messages (sender, time);
+             CREATE INDEX messages_message_id ON messages (message_id);
+             CREATE TABLE recipients (
+                qid TEXT NOT NULL, gw INTEGER NOT NULL, idx INTEGER NOT NULL,
+                address TEXT NOT NULL, route TEXT, transport TEXT, bal_type TEXT,
+                destination TEXT, status TEXT NOT NULL,
+                PRIMARY KEY (qid, gw, idx)) WITHOUT ROWID;
+             CREATE INDEX recipients_address ON recipients (address);
+             CREATE TABLE events (
+                id INTEGER PRIMARY KEY, qid TEXT NOT NULL, gw INTEGER NOT NULL,
+                time BIGINT NOT NULL, kind TEXT NOT NULL, rcpt TEXT, origin TEXT,
+                destination TEXT, establishment TEXT, mailbox TEXT, peer TEXT, reason TEXT,
+                tls_failure TEXT, bal_type TEXT, details TEXT NOT NULL);
+             INSERT INTO messages VALUES ('OLD1', 1, 1, 1795341600000, 1795341600000,
+                'delivered', 'establishment', 'etablissement', NULL, '127.0.0.1', NULL, NULL,
+                'sec@chu.fr', 'old1@chu.fr', 100, 1);
+             INSERT INTO recipients VALUES ('OLD1', 1, 0, 'dr@op.fr', 'mssante', 'trust',
+                NULL, 'trust-space', 'delivered');
+             INSERT INTO events (qid, gw, time, kind, details)
+                VALUES ('OLD1', 1, 1795341600000, 'accepted', '{}');",
+        )
+        .expect("v1 schema");
+    }
+    // The writer upgrades it, then writes version 2 rows beside the old ones.
+    write(&path, &[accepted("NEW2", DAY1 + HOUR, "sec@chu.fr", &["dr@op.fr"])]);
+    let c = rusqlite::Connection::open(&path).expect("open");
+    let v: String = c
+        .query_row(
+            "SELECT value FROM journal_meta WHERE key = 'schema_version'",
+            [],
+            |r| r.get(0),
+        )
+        .expect("version");
+    assert_eq!(v, super::schema::VERSION.to_string());
+    let idx: Vec<String> = c
+        .prepare("SELECT name FROM sqlite_master WHERE type = 'index' AND name NOT LIKE 'sqlite_%' ORDER BY name")
+        .expect("prepare")
+        .query_map([], |r| r.get(0))
+        .expect("query")
+        .map(|r| r.expect("row"))
+        .collect();
+    assert!(idx.contains(&"recipients_day_address".to_string()), "{idx:?}");
+    assert!(!idx.iter().any(|i| i == "recipients_address" || i == "messages_updated"));
+    let day: i64 = c
+        .query_row("SELECT day FROM recipients WHERE qid = 'OLD1'", [], |r| {
+            r.get(0)
+        })
+        .expect("day");
+    assert_eq!(day, super::schema::day(1_795_341_600_000));
+    let r = reader(&path).await;
+    for f in [
+        TrackFilter {
+            to: Some("dr@op.fr".into()),
+            ..filter()
+        },
+        TrackFilter {
+            from: Some("sec@chu.fr".into()),
+            ..filter()
+        },
+    ] {
+        let ids: Vec<_> = r
+            .track(&f)
+            .await
+            .expect("track")
+            .into_iter()
+            .filter_map(|m| m.queue_id)
+            .collect();
+        assert_eq!(ids, ["OLD1", "NEW2"], "{f:?}");
+    }
+    let f = TrackFilter {
+        message_id: Some("<old1@chu.fr>".into()),
+        ..filter()
+    };
+    assert_eq!(r.track(&f).await.expect("track").len(), 1);
+}
+
+#[tokio::test]
+async fn lookups_probe_each_day_of_the_period() {
+    // Messages on days far apart, found by address with and without a period; an empty
+    // journal answers nothing.
+    let (_d, path) = journal_file();
+    let day = super::schema::DAY_MS as u64;
+    let d1 = DAY1 - 40 * day;
+    write(&path, &[accepted("D1", d1, "a@chu.fr", &["dr@op.fr"])]);
+    write(&path, &[accepted("D2", DAY1, "a@chu.fr", &["dr@op.fr"])]);
+    let r = reader(&path).await;
+    let to = |since: Option<u64>, until: Option<u64>| TrackFilter {
+        to: Some("dr@op.fr".into()),
+        since: since.map(|s| s as i64),
+        until: until.map(|u| u as i64),
+        ..filter()
+    };
+    let ids = |v: Vec<super::read::Tracked>| -> Vec<String> {
+        v.into_iter().filter_map(|m| m.queue_id).collect()
+    };
+    assert_eq!(ids(r.track(&to(None, None)).await.expect("all")), ["D1", "D2"]);
+    assert_eq!(
+        ids(r.track(&to(Some(d1 + day), None)).await.expect("since")),
+        ["D2"]
+    );
+    assert_eq!(
+        ids(r.track(&to(None, Some(d1 + day))).await.expect("until")),
+        ["D1"]
+    );
+    let (_e, empty) = journal_file();
+    write(&empty, &[]);
+    let r = reader(&empty).await;
+    assert!(r.track(&to(None, None)).await.expect("empty").is_empty());
+}
+
+#[test]
+fn days_cover_the_period_with_a_margin() {
+    use super::schema::{day, days, DAY_MS};
+    assert_eq!(day(0), 0);
+    assert_eq!(day(DAY_MS - 1), 0);
+    assert_eq!(day(DAY_MS), 1);
+    assert_eq!(days(DAY_MS * 10 + 5, DAY_MS * 12), 9..=13);
+    // until before since: still the day of since
+    assert_eq!(days(DAY_MS * 10, 0), 9..=11);
+}
