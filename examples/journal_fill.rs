@@ -280,14 +280,10 @@ fn through_writer(
     ))
 }
 
-/// Bulk: the writer's batches written directly, secondary indexes dropped then rebuilt.
-fn bulk(
-    cfg: &passerelle::config::Config,
-    total: u64,
-    traffic: &mut Traffic,
-) -> Result<String, String> {
+/// The config's journal, written to directly (without the writer thread).
+fn backend(cfg: &passerelle::config::Config) -> Result<Box<dyn Backend>, String> {
     let jc = &cfg.journal;
-    let mut backend: Box<dyn Backend> = match jc.kind {
+    Ok(match jc.kind {
         JournalKind::Sqlite => Box::new(journal::sqlite::SqliteWriter::new(
             jc.sqlite_path(&cfg.server.spool),
             jc.gateway_name(),
@@ -297,7 +293,17 @@ fn bulk(
             jc.gateway_name(),
         )),
         JournalKind::None => return Err("journal.kind is none".into()),
-    };
+    })
+}
+
+/// Bulk: the writer's batches written directly, secondary indexes dropped then rebuilt.
+fn bulk(
+    cfg: &passerelle::config::Config,
+    total: u64,
+    traffic: &mut Traffic,
+) -> Result<String, String> {
+    let jc = &cfg.journal;
+    let mut backend = backend(cfg)?;
     backend
         .write(&journal::plan::plan(&[]))
         .map_err(|e| e.to_string())?; // schema
@@ -368,19 +374,13 @@ fn bulk(
 }
 
 /// The writer's work per event, without the channel: plan, then write, timed apart.
-fn cost(cfg: &passerelle::config::Config, total: u64, traffic: &mut Traffic) -> Result<String, String> {
+fn cost(
+    cfg: &passerelle::config::Config,
+    total: u64,
+    traffic: &mut Traffic,
+) -> Result<String, String> {
     let jc = &cfg.journal;
-    let mut backend: Box<dyn Backend> = match jc.kind {
-        JournalKind::Sqlite => Box::new(journal::sqlite::SqliteWriter::new(
-            jc.sqlite_path(&cfg.server.spool),
-            jc.gateway_name(),
-        )),
-        JournalKind::Postgres => Box::new(journal::postgres::PgWriter::new(
-            jc.url.clone().unwrap_or_default(),
-            jc.gateway_name(),
-        )),
-        JournalKind::None => return Err("journal.kind is none".into()),
-    };
+    let mut backend = backend(cfg)?;
     let size = jc.batch_size.max(1);
     let (mut n, mut msgs0) = (0u64, traffic.msg);
     let (mut plan_t, mut write_t, mut window) = (0f64, 0f64, 0u64);

@@ -709,7 +709,10 @@ async fn a_version_1_journal_is_upgraded_and_still_found() {
         .expect("v1 schema");
     }
     // The writer upgrades it, then writes version 2 rows beside the old ones.
-    write(&path, &[accepted("NEW2", DAY1 + HOUR, "sec@chu.fr", &["dr@op.fr"])]);
+    write(
+        &path,
+        &[accepted("NEW2", DAY1 + HOUR, "sec@chu.fr", &["dr@op.fr"])],
+    );
     let c = rusqlite::Connection::open(&path).expect("open");
     let v: String = c
         .query_row(
@@ -726,8 +729,13 @@ async fn a_version_1_journal_is_upgraded_and_still_found() {
         .expect("query")
         .map(|r| r.expect("row"))
         .collect();
-    assert!(idx.contains(&"recipients_day_address".to_string()), "{idx:?}");
-    assert!(!idx.iter().any(|i| i == "recipients_address" || i == "messages_updated"));
+    assert!(
+        idx.contains(&"recipients_day_address".to_string()),
+        "{idx:?}"
+    );
+    assert!(!idx
+        .iter()
+        .any(|i| i == "recipients_address" || i == "messages_updated"));
     let day: i64 = c
         .query_row("SELECT day FROM recipients WHERE qid = 'OLD1'", [], |r| {
             r.get(0)
@@ -780,7 +788,10 @@ async fn lookups_probe_each_day_of_the_period() {
     let ids = |v: Vec<super::read::Tracked>| -> Vec<String> {
         v.into_iter().filter_map(|m| m.queue_id).collect()
     };
-    assert_eq!(ids(r.track(&to(None, None)).await.expect("all")), ["D1", "D2"]);
+    assert_eq!(
+        ids(r.track(&to(None, None)).await.expect("all")),
+        ["D1", "D2"]
+    );
     assert_eq!(
         ids(r.track(&to(Some(d1 + day), None)).await.expect("since")),
         ["D2"]
