@@ -169,7 +169,10 @@ _counter_rx = re.compile(rb"mesg=(\d+)")
 
 
 def last_counter(path):
-    """The last `mesg=N` counter a sink printed to `path` (smtp-sink -c, mss-peer --discard)."""
+    """The highest `mesg=N` counter among the last ones a sink printed to `path` (smtp-sink -c,
+    mss-peer --discard). Not the last line's: mss-peer takes the number, then prints it, from
+    several threads, so "mesg=5000" can come before "mesg=4999" (a bench then waited for
+    the 5,000th message that had arrived)."""
     try:
         with open(path, "rb") as f:
             f.seek(0, os.SEEK_END)
@@ -179,7 +182,7 @@ def last_counter(path):
     except FileNotFoundError:
         return 0
     m = _counter_rx.findall(tailb)
-    return int(m[-1]) if m else 0
+    return max(int(x) for x in m) if m else 0
 
 
 class DiscardPeer:
