@@ -1,6 +1,7 @@
 //! The read side: `track` (messages and their timelines) and `stats` (the activity
 //! indicators), the same SQL on SQLite and PostgreSQL. Used by the CLI, and by the console.
 
+use super::plan::{MessageRow, RecipientRow};
 use super::{JournalConfig, JournalError, JournalKind};
 use serde::Serialize;
 use std::borrow::Cow;
@@ -402,7 +403,7 @@ impl Reader {
         let sql = format!(
             "SELECT m.qid, m.gw, g.name, m.queued, m.time, m.status, m.message_id, m.sender,
                     m.establishment, m.origin, m.listener, m.client_ip, m.client_dn, m.tls,
-                    m.size
+                    m.size, m.nrcpt
              FROM messages m JOIN gateways g ON g.id = m.gw
              WHERE {where_}
              ORDER BY m.time DESC, m.qid DESC LIMIT ${}",
@@ -413,15 +414,54 @@ impl Reader {
         for r in rows.iter().rev() {
             let (qid, gw) = (r[0].text().unwrap_or_default(), r[1].int());
             let key = vec![Param::Text(qid.clone()), Param::Int(gw)];
-            let to = self
+            let rcpts: Vec<RecipientRow> = self
                 .rows(
-                    "SELECT address FROM recipients WHERE qid = $1 AND gw = $2 ORDER BY idx",
+                    "SELECT address, route, transport, destination, bal_type, idx
+                     FROM recipients WHERE qid = $1 AND gw = $2 ORDER BY idx",
                     key.clone(),
                 )
                 .await?
                 .into_iter()
-                .filter_map(|r| r[0].text())
+                .map(|x| RecipientRow {
+                    qid: String::new(),
+                    idx: x[5].int() as i32,
+                    address: x[0].text().unwrap_or_default(),
+                    route: x[1].text(),
+                    transport: x[2].text(),
+                    destination: x[3].text(),
+                    bal_type: x[4].text(),
+                    status: "",
+                    day: 0,
+                })
                 .collect();
+            // What the acceptance's stored details leave to the rows (see `plan`).
+            let nrcpt = r[15].int();
+            let implied = super::plan::implied_accepted(
+                &MessageRow {
+                    qid: String::new(),
+                    queued: true,
+                    time: 0,
+                    updated: 0,
+                    status: "",
+                    origin: r[9].text(),
+                    listener: r[10].text(),
+                    establishment: r[8].text(),
+                    client_ip: r[11].text(),
+                    client_dn: r[12].text(),
+                    tls: r[13].text(),
+                    sender: r[7].text(),
+                    message_id: r[6].text(),
+                    size: Some(r[14].int()),
+                    nrcpt: nrcpt as i32,
+                    day: 0,
+                },
+                &rcpts
+                    .iter()
+                    .filter(|x| i64::from(x.idx) < nrcpt)
+                    .cloned()
+                    .collect::<Vec<_>>(),
+            );
+            let to = rcpts.into_iter().map(|x| x.address).collect();
             let events = self
                 .rows(
                     "SELECT time, kind, details FROM events WHERE qid = $1 AND gw = $2
@@ -430,7 +470,14 @@ impl Reader {
                 )
                 .await?
                 .into_iter()
-                .map(|e| event_json(e[0].int(), &e[1].text().unwrap_or_default(), &e[2]))
+                .map(|e| {
+                    let kind = e[1].text().unwrap_or_default();
+                    let mut j = event_json(e[0].int(), &kind, &e[2]);
+                    if kind == "accepted" {
+                        j = super::plan::merge_details(implied.clone(), &j);
+                    }
+                    j
+                })
                 .collect();
             let queued = r[3].int() != 0;
             out.push(Tracked {
