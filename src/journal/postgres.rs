@@ -48,6 +48,11 @@ pub async fn migrate(client: &mut Client) -> Result<(), String> {
     tx.execute("SELECT pg_advisory_xact_lock($1)", &[&SCHEMA_LOCK])
         .await
         .map_err(|e| e.to_string())?;
+    // Without the server's NOTICE for each IF [NOT] EXISTS that skips (a log line each, at
+    // every start).
+    tx.batch_execute("SET LOCAL client_min_messages = warning")
+        .await
+        .map_err(|e| e.to_string())?;
     tx.batch_execute(&schema::ddl(true))
         .await
         .map_err(|e| format!("creating the tables: {e}"))?;

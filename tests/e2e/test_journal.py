@@ -276,6 +276,66 @@ class JournalPostgresTests(E2ETestCase):
         self.assertEqual(json.loads(out)["total"]["received_from_establishments"], 2)
         self.assertEqual(pg.psql("SELECT count(*) FROM gateways"), "2")
 
+    def test_a_version_1_journal_is_upgraded_in_place(self):
+        """A PostgreSQL journal of the first release (no `day`, lookups by address alone):
+        the gateway upgrades it when it starts, and `track --to` finds the old message and a
+        new one."""
+        pg = self.postgres()
+        url = pg.createdb("passerelle")
+        old = int(time.time() * 1000) - 3600 * 1000
+        pg.psql("""
+            CREATE TABLE journal_meta (key TEXT PRIMARY KEY, value TEXT NOT NULL);
+            INSERT INTO journal_meta VALUES ('schema_version', '1');
+            CREATE TABLE gateways (id SERIAL PRIMARY KEY, name TEXT NOT NULL UNIQUE);
+            INSERT INTO gateways (name) VALUES ('gw-old');
+            CREATE TABLE messages (
+                qid TEXT NOT NULL, gw INTEGER NOT NULL, queued BOOLEAN NOT NULL,
+                time BIGINT NOT NULL, updated BIGINT NOT NULL, status TEXT NOT NULL,
+                origin TEXT, listener TEXT, establishment TEXT, client_ip TEXT, client_dn TEXT,
+                tls TEXT, sender TEXT, message_id TEXT, size BIGINT, nrcpt INTEGER NOT NULL,
+                PRIMARY KEY (qid, gw));
+            CREATE INDEX messages_updated ON messages (updated);
+            CREATE INDEX messages_sender ON messages (sender, time);
+            CREATE INDEX messages_message_id ON messages (message_id);
+            CREATE TABLE recipients (
+                qid TEXT NOT NULL, gw INTEGER NOT NULL, idx INTEGER NOT NULL,
+                address TEXT NOT NULL, route TEXT, transport TEXT, bal_type TEXT,
+                destination TEXT, status TEXT NOT NULL, PRIMARY KEY (qid, gw, idx));
+            CREATE INDEX recipients_address ON recipients (address);
+            CREATE TABLE events (
+                id BIGINT GENERATED ALWAYS AS IDENTITY PRIMARY KEY, qid TEXT NOT NULL,
+                gw INTEGER NOT NULL, time BIGINT NOT NULL, kind TEXT NOT NULL, rcpt TEXT,
+                origin TEXT, destination TEXT, establishment TEXT, mailbox TEXT, peer TEXT,
+                reason TEXT, tls_failure TEXT, bal_type TEXT, details TEXT NOT NULL);
+            INSERT INTO messages VALUES ('0006000000000001', 1, true, %(t)d, %(t)d, 'delivered',
+                'establishment', 'etablissement', NULL, '127.0.0.1', NULL, NULL, '%(s)s',
+                'old1@%(d)s', 100, 1);
+            INSERT INTO recipients VALUES ('0006000000000001', 1, 0, '%(r)s', 'local',
+                'etablissement', NULL, 'mailbox', 'delivered');
+            INSERT INTO events (qid, gw, time, kind, details)
+                VALUES ('0006000000000001', 1, %(t)d, 'accepted', '{}');
+        """ % {"t": old, "s": SENDER, "r": RCPT, "d": DOMAIN})
+        peer = self.peer("mailbox")
+        gw = self.gateway(config(self.tmp, peer.port,
+                                 journal={"kind": "postgres", "url": url, "gateway": "gw-new"}))
+        send(gw)
+        peer.wait_messages(1)
+        for args in (("--to", RCPT), ("--from", SENDER)):
+            msgs = wait_tracked(gw, lambda m: len(m) == 2 and m[1]["status"] == "delivered", *args)
+            self.assertEqual([x["gateway"] for x in msgs], ["gw-old", "gw-new"], args)
+        rc, out = track(gw, "--message-id", "old1@" + DOMAIN)
+        self.assertEqual(rc, 0, out)
+        self.assertEqual(pg.psql("SELECT value FROM journal_meta WHERE key = 'schema_version'"), "2")
+        self.assertEqual(pg.psql("SELECT day FROM recipients WHERE qid = '0006000000000001'"),
+                         str(old // 86400000))
+        indexes = pg.psql("SELECT indexname FROM pg_indexes WHERE tablename IN "
+                          "('messages', 'recipients') ORDER BY 1").split()
+        self.assertIn("recipients_day_address", indexes)
+        self.assertNotIn("recipients_address", indexes)
+        self.assertNotIn("messages_updated", indexes)
+        # The IF NOT EXISTS of every start are not worth a log line each.
+        self.assertNotIn("already exists, skipping", gw.log())
+
     def test_postgres_stopped_and_restarted_under_traffic(self):
         pg = self.postgres()
         url = pg.createdb("passerelle")
