@@ -258,6 +258,38 @@ fn resolve(e: &mut EventRow, m: &MessageRow, r: Option<&RecipientRow>) {
     e.resolved = true;
 }
 
+/// Minimal message rows for the events whose acceptance is not in the batch, one per message.
+#[derive(Default)]
+struct Stubs {
+    seen: HashSet<String>,
+    rows: Vec<MessageRow>,
+}
+
+impl Stubs {
+    fn add(&mut self, qid: &str, time: i64) {
+        if self.seen.insert(qid.to_string()) {
+            self.rows.push(MessageRow {
+                qid: qid.to_string(),
+                queued: true,
+                time,
+                updated: time,
+                status: "queued",
+                origin: None,
+                listener: None,
+                establishment: None,
+                client_ip: None,
+                client_dn: None,
+                tls: None,
+                sender: None,
+                message_id: None,
+                size: None,
+                nrcpt: 0,
+                day: day(time),
+            });
+        }
+    }
+}
+
 /// The rows for a batch of events.
 ///
 /// Most messages are accepted and delivered within one batch (a batch spans up to
@@ -268,30 +300,11 @@ fn resolve(e: &mut EventRow, m: &MessageRow, r: Option<&RecipientRow>) {
 pub fn plan(batch: &[Event]) -> Plan {
     let mut p = Plan::default();
     let mut here: HashMap<String, Here> = HashMap::new();
-    let mut stubs: Vec<MessageRow> = Vec::new();
-    let mut stub_seen: HashSet<String> = HashSet::new();
+    let mut stubs = Stubs::default();
     let mut stub_rcpts: Vec<RecipientRow> = Vec::new();
     let mut rcpt_status: HashMap<(String, i32), (usize, &'static str)> = HashMap::new();
     let mut msg_status: HashMap<String, (usize, MsgStatus, i64)> = HashMap::new();
     let mut seq = 0usize;
-    let stub_row = |qid: &str, time: i64| MessageRow {
-        qid: qid.to_string(),
-        queued: true,
-        time,
-        updated: time,
-        status: "queued",
-        origin: None,
-        listener: None,
-        establishment: None,
-        client_ip: None,
-        client_dn: None,
-        tls: None,
-        sender: None,
-        message_id: None,
-        size: None,
-        nrcpt: 0,
-        day: day(time),
-    };
     for ev in batch {
         let t = ev.time as i64;
         seq += 1;
@@ -303,7 +316,7 @@ pub fn plan(batch: &[Event]) -> Plan {
                 // Applied in memory only when nothing about this message came before it in
                 // the batch (it never does: the acceptance is journaled before the queue
                 // hands the message to delivery); otherwise the writer's updates do it.
-                if !stub_seen.contains(&qid) && !here.contains_key(&qid) {
+                if !stubs.seen.contains(&qid) && !here.contains_key(&qid) {
                     here.insert(
                         qid.clone(),
                         Here {
@@ -483,9 +496,7 @@ pub fn plan(batch: &[Event]) -> Plan {
                         resolve(&mut e, m, Some(&rows[idx as usize]));
                     }
                     None => {
-                        if stub_seen.insert(qid.clone()) {
-                            stubs.push(stub_row(&qid, t));
-                        }
+                        stubs.add(&qid, t);
                         stub_rcpts.push(RecipientRow {
                             qid: qid.clone(),
                             idx,
@@ -525,9 +536,7 @@ pub fn plan(batch: &[Event]) -> Plan {
                 match here.get(&qid) {
                     Some(h) => resolve(&mut e, &p.messages[h.msg], None),
                     None => {
-                        if stub_seen.insert(qid.clone()) {
-                            stubs.push(stub_row(&qid, t));
-                        }
+                        stubs.add(&qid, t);
                     }
                 }
                 p.events.push(e);
@@ -574,9 +583,7 @@ pub fn plan(batch: &[Event]) -> Plan {
                         resolve(&mut e, m, None);
                     }
                     None => {
-                        if stub_seen.insert(qid.clone()) {
-                            stubs.push(stub_row(&qid, t));
-                        }
+                        stubs.add(&qid, t);
                         if let Some(d) = directive {
                             msg_status.insert(qid, (seq, d, t));
                         }
@@ -587,8 +594,12 @@ pub fn plan(batch: &[Event]) -> Plan {
         }
     }
     // Stubs after the real rows: they only land where no row exists (insert-or-ignore).
-    p.messages
-        .extend(stubs.into_iter().filter(|s| !here.contains_key(&s.qid)));
+    p.messages.extend(
+        stubs
+            .rows
+            .into_iter()
+            .filter(|s| !here.contains_key(&s.qid)),
+    );
     let mut seen_rcpt = HashSet::new();
     p.recipients.extend(
         stub_rcpts

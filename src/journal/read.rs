@@ -436,32 +436,34 @@ impl Reader {
                 .collect();
             // What the acceptance's stored details leave to the rows (see `plan`).
             let nrcpt = r[15].int();
-            let implied = super::plan::implied_accepted(
-                &MessageRow {
-                    qid: String::new(),
-                    queued: true,
-                    time: 0,
-                    updated: 0,
-                    status: "",
-                    origin: r[9].text(),
-                    listener: r[10].text(),
-                    establishment: r[8].text(),
-                    client_ip: r[11].text(),
-                    client_dn: r[12].text(),
-                    tls: r[13].text(),
-                    sender: r[7].text(),
-                    message_id: r[6].text(),
-                    size: Some(r[14].int()),
-                    nrcpt: nrcpt as i32,
-                    day: 0,
-                },
-                &rcpts
-                    .iter()
-                    .filter(|x| i64::from(x.idx) < nrcpt)
-                    .cloned()
-                    .collect::<Vec<_>>(),
-            );
-            let to = rcpts.into_iter().map(|x| x.address).collect();
+            let implied = || {
+                super::plan::implied_accepted(
+                    &MessageRow {
+                        qid: String::new(),
+                        queued: true,
+                        time: 0,
+                        updated: 0,
+                        status: "",
+                        origin: r[9].text(),
+                        listener: r[10].text(),
+                        establishment: r[8].text(),
+                        client_ip: r[11].text(),
+                        client_dn: r[12].text(),
+                        tls: r[13].text(),
+                        sender: r[7].text(),
+                        message_id: r[6].text(),
+                        size: Some(r[14].int()),
+                        nrcpt: nrcpt as i32,
+                        day: 0,
+                    },
+                    &rcpts
+                        .iter()
+                        .filter(|x| i64::from(x.idx) < nrcpt)
+                        .cloned()
+                        .collect::<Vec<_>>(),
+                )
+            };
+            let to = rcpts.iter().map(|x| x.address.clone()).collect();
             let events = self
                 .rows(
                     "SELECT time, kind, details FROM events WHERE qid = $1 AND gw = $2
@@ -474,7 +476,7 @@ impl Reader {
                     let kind = e[1].text().unwrap_or_default();
                     let mut j = event_json(e[0].int(), &kind, &e[2]);
                     if kind == "accepted" {
-                        j = super::plan::merge_details(implied.clone(), &j);
+                        j = super::plan::merge_details(implied(), &j);
                     }
                     j
                 })

@@ -16,7 +16,7 @@ use maud::{html, Markup};
 use std::sync::Arc;
 
 /// The establishment `name` of the configuration in force.
-fn find(app: &App, name: &str) -> Option<EstablishmentConfig> {
+fn find(app: &App, name: &str) -> Result<EstablishmentConfig, PageError> {
     app.backend
         .snapshot
         .load()
@@ -25,6 +25,7 @@ fn find(app: &App, name: &str) -> Option<EstablishmentConfig> {
         .iter()
         .find(|e| e.name == name)
         .cloned()
+        .ok_or(PageError::NotFound)
 }
 
 pub async fn list(
@@ -73,9 +74,7 @@ pub async fn page(
     Path(name): Path<String>,
 ) -> Result<Html<String>, PageError> {
     allow(&v, Action::View, Resource::Establishment(&name))?;
-    let Some(e) = find(&app, &name) else {
-        return Err(PageError::NotFound);
-    };
+    let e = find(&app, &name)?;
     Ok(frame(
         &app,
         &v,
@@ -170,9 +169,7 @@ pub async fn test(
     Path(name): Path<String>,
 ) -> Result<Html<String>, PageError> {
     allow(&v, Action::View, Resource::Establishment(&name))?;
-    let Some(e) = find(&app, &name) else {
-        return Err(PageError::NotFound);
-    };
+    let e = find(&app, &name)?;
     let cfg = app.backend.snapshot.load().config.clone();
     let result = match establishment_cli::mailbox_test(&cfg, &name).await {
         Ok(r) => r,
@@ -367,9 +364,7 @@ pub async fn edit_form(
     Path(name): Path<String>,
 ) -> Result<Html<String>, PageError> {
     allow(&v, Action::EditEstablishment, Resource::Gateway)?;
-    let Some(e) = find(&app, &name) else {
-        return Err(PageError::NotFound);
-    };
+    let e = find(&app, &name)?;
     let problems: Vec<String> = match (&e.file, e.addresses.is_empty()) {
         (None, _) => vec![format!(
             "{name} is declared in the main configuration file ([[establishment]]): edit it on the Configuration page"
@@ -396,9 +391,7 @@ pub async fn edit(
     Form(f): Form<AddForm>,
 ) -> Result<Response, PageError> {
     allow(&v, Action::EditEstablishment, Resource::Gateway)?;
-    let Some(e) = find(&app, &name) else {
-        return Err(PageError::NotFound);
-    };
+    let e = find(&app, &name)?;
     let _one_at_a_time = app.config_lock.lock().await;
     let action = format!("/establishments/{name}/edit");
     let title = format!("Edit establishment {name}");
