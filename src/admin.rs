@@ -37,22 +37,14 @@ pub struct AdminState {
 
 /// Creates (or replaces) the token file, readable by the spool's owner only.
 pub fn write_token(spool: &Path) -> std::io::Result<String> {
-    use std::io::Write;
-    use std::os::unix::fs::OpenOptionsExt;
     let mut raw = [0u8; 24];
     getrandom::fill(&mut raw).map_err(std::io::Error::other)?;
     let token = data_encoding::HEXLOWER.encode(&raw);
-    let path = spool.join(TOKEN_FILE);
-    let tmp = spool.join(".admin.token.tmp");
-    let mut f = std::fs::OpenOptions::new()
-        .write(true)
-        .create(true)
-        .truncate(true)
-        .mode(0o600)
-        .open(&tmp)?;
-    f.write_all(token.as_bytes())?;
-    f.sync_all()?;
-    std::fs::rename(&tmp, &path)?;
+    crate::util::fs::write_atomic(
+        &spool.join(TOKEN_FILE),
+        token.as_bytes(),
+        crate::util::fs::Mode::Set(0o600),
+    )?;
     Ok(token)
 }
 

@@ -22,7 +22,6 @@ use crate::config::Config;
 use crate::policy::whitelist::{Acceptance, Whitelist};
 use crate::trust::FetchRecord;
 use std::collections::HashMap;
-use std::io::Write;
 use std::path::{Path, PathBuf};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant, SystemTime};
@@ -205,39 +204,16 @@ impl Fetcher {
 
 /// Temporary file beside `dest`, fsync, rename, fsync of the directory; mtime = `modified`.
 pub fn install(dest: &Path, data: &[u8], modified: Option<SystemTime>) -> Result<(), FetchError> {
-    let io = |path: &Path| {
-        let path = path.to_path_buf();
-        move |err| FetchError::Io { path, err }
-    };
-    let dir = match dest.parent() {
-        Some(d) if !d.as_os_str().is_empty() => d.to_path_buf(),
-        _ => PathBuf::from("."),
-    };
-    std::fs::create_dir_all(&dir).map_err(io(&dir))?;
-    let name = dest
-        .file_name()
-        .map(|n| n.to_string_lossy().into_owned())
-        .unwrap_or_else(|| "download".into());
-    let tmp = dir.join(format!(".{name}.{}.tmp", std::process::id()));
-    let written = (|| {
-        let mut f = std::fs::File::create(&tmp)?;
-        f.write_all(data)?;
-        if let Some(m) = modified {
-            f.set_modified(m)?;
-        }
-        f.sync_all()
-    })();
-    if let Err(e) = written {
-        let _ = std::fs::remove_file(&tmp);
-        return Err(io(&tmp)(e));
-    }
-    if let Err(e) = std::fs::rename(&tmp, dest) {
-        let _ = std::fs::remove_file(&tmp);
-        return Err(io(dest)(e));
-    }
-    std::fs::File::open(&dir)
-        .and_then(|d| d.sync_all())
-        .map_err(io(&dir))
+    crate::util::fs::write_atomic_modified(
+        dest,
+        data,
+        crate::util::fs::Mode::KeepOr(0o644),
+        modified,
+    )
+    .map_err(|err| FetchError::Io {
+        path: dest.to_path_buf(),
+        err,
+    })
 }
 
 // ---------------------------------------------------------------------------
@@ -558,7 +534,7 @@ pub async fn run(
 #[cfg(test)]
 mod tests {
     use super::*;
-    use std::io::{BufRead, BufReader};
+    use std::io::{BufRead, BufReader, Write};
     use std::net::TcpListener;
     use std::sync::atomic::{AtomicUsize, Ordering};
 

@@ -30,3 +30,4 @@ pub mod reply;
 pub mod server;
 pub mod tls;
 pub mod trust;
+pub mod util;

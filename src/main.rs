@@ -593,13 +593,12 @@ fn run(cli: Cli) -> anyhow::Result<ExitCode> {
                 let mut out = std::io::BufWriter::new(std::io::stdout().lock());
                 passerelle::policy::ldif::write_ldif(&x, &base, &mut out)?
             } else {
-                let tmp = ldif.with_extension("ldif.tmp");
-                let mut out = std::io::BufWriter::new(std::fs::File::create(&tmp)?);
-                let n = passerelle::policy::ldif::write_ldif(&x, &base, &mut out)?;
-                std::io::Write::flush(&mut out)?;
-                drop(out);
-                std::fs::rename(&tmp, &ldif)?;
-                n
+                passerelle::util::fs::write_atomic_with(
+                    &ldif,
+                    passerelle::util::fs::Mode::KeepOr(0o644),
+                    None,
+                    |mut out| passerelle::policy::ldif::write_ldif(&x, &base, &mut out),
+                )?
             };
             eprintln!(
                 "{}: {n} entries from {} lines ({} skipped) under {base}",

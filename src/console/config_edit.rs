@@ -132,21 +132,10 @@ pub enum ApplyError {
     NotRestored(String, String),
 }
 
-/// Writes `text` to `path` atomically (temporary file, fsync, rename), keeping its mode.
+/// Writes `text` to `path` atomically, keeping its mode (0640 for a new file: the
+/// configuration may hold secrets, and the `.previous` copy holds the same).
 pub fn write_atomic(path: &Path, text: &str) -> std::io::Result<()> {
-    use std::io::Write;
-    let mut name = path.file_name().unwrap_or_default().to_os_string();
-    name.push(".console-tmp");
-    let tmp = path.with_file_name(name);
-    let mode = std::fs::metadata(path).ok().map(|m| m.permissions());
-    let mut f = std::fs::File::create(&tmp)?;
-    f.write_all(text.as_bytes())?;
-    f.sync_all()?;
-    drop(f);
-    if let Some(m) = mode {
-        std::fs::set_permissions(&tmp, m)?;
-    }
-    std::fs::rename(&tmp, path)
+    crate::util::fs::write_atomic(path, text.as_bytes(), crate::util::fs::Mode::KeepOr(0o640))
 }
 
 fn io(path: &Path) -> impl FnOnce(std::io::Error) -> ApplyError + '_ {

@@ -103,8 +103,6 @@ pub fn load(path: &Path) -> Result<Vec<User>, UsersError> {
 /// Writes `users` to `path` atomically, readable by its owner only (the hashes are secrets
 /// too: an offline guess needs them).
 pub fn save(path: &Path, users: &[User]) -> Result<(), UsersError> {
-    use std::io::Write;
-    use std::os::unix::fs::OpenOptionsExt;
     let f = FileFormat {
         users: users
             .iter()
@@ -122,21 +120,11 @@ pub fn save(path: &Path, users: &[User]) -> Result<(), UsersError> {
     if let Some(dir) = path.parent().filter(|d| !d.as_os_str().is_empty()) {
         std::fs::create_dir_all(dir).map_err(io_err(dir))?;
     }
-    let tmp = path.with_extension("toml.tmp");
-    let mut out = std::fs::OpenOptions::new()
-        .write(true)
-        .create(true)
-        .truncate(true)
-        .mode(0o600)
-        .open(&tmp)
-        .map_err(io_err(&tmp))?;
-    out.write_all(
-        b"# passerelle console users: written by `passerelle console user add/remove`.\n",
-    )
-    .and_then(|_| out.write_all(text.as_bytes()))
-    .and_then(|_| out.sync_all())
-    .map_err(io_err(&tmp))?;
-    std::fs::rename(&tmp, path).map_err(io_err(path))
+    let mut data =
+        b"# passerelle console users: written by `passerelle console user add/remove`.\n".to_vec();
+    data.extend_from_slice(text.as_bytes());
+    crate::util::fs::write_atomic(path, &data, crate::util::fs::Mode::Set(0o600))
+        .map_err(io_err(path))
 }
 
 /// An Argon2id hash with the crate's defaults (19 MiB, 2 passes: OWASP's minimum).
