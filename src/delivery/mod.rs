@@ -832,8 +832,14 @@ mod tests {
         // One idle permit forgotten at once; one more is taken back when the holder finishes.
         assert_eq!(sem.available_permits(), 0);
         drop(held);
-        tokio::task::yield_now().await;
-        tokio::time::sleep(Duration::from_millis(10)).await;
+        // The spawned task takes the third permit back as soon as it runs: wait for that.
+        tokio::time::timeout(Duration::from_secs(5), async {
+            while sem.available_permits() != 2 {
+                tokio::task::yield_now().await;
+            }
+        })
+        .await
+        .expect("the released permits settle at the new size");
         assert_eq!(sem.available_permits(), 2);
         resize_semaphore(&sem, &mut size, 5);
         assert_eq!(sem.available_permits(), 5);

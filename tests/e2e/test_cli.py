@@ -14,10 +14,9 @@ import json
 import os
 import re
 import subprocess
-import time
 
 from harness import PASSERELLE_BIN, REPO, E2ETestCase, free_port, gateway_config, listener, relay_transport, \
-    smtp_session
+    smtp_session, wait_until
 
 SENDER = "secretariat@chu-test.mssante.fr"
 RCPT = "dr.cli@autre-ch.mssante.fr"
@@ -77,7 +76,14 @@ class QueueCliTests(CliTestCase):
         down = free_port()  # nothing listens: the messages stay queued
         gw = self.start(down)
         self.send(3)
-        time.sleep(1.0)
+
+        def deferred(qid):
+            # A failed attempt, or one skipped because the destination rests after a failure.
+            return len(re.findall(r'queue_id=%s .*status="?(?:deferred|postponed)' % qid, gw.log()))
+
+        # Each message's first attempt has failed (nothing listens) and been written.
+        wait_until(lambda: len(re.findall(r'status="?(?:deferred|postponed)', gw.log())) >= 3, 20,
+                   what="the first attempt of each message")
         rc, out, err = cli(gw, "queue", "list", "--format", "json")
         self.assertEqual(rc, 0, err)
         items = json.loads(out)
@@ -134,7 +140,9 @@ class QueueCliTests(CliTestCase):
         self.assertEqual(cli(gw, "queue", "release", a)[:2], (0, "%s: released, attempt now\n" % a))
         self.assertEqual(cli(gw, "queue", "retry", b)[:2], (0, "%s: attempt now\n" % b))
         self.assertEqual(cli(gw, "queue", "delete", c)[:2], (0, "%s: deleted\n" % c))
-        time.sleep(0.5)  # the attempts started by release/retry fail at once (refused)
+        # The attempts started by release/retry fail at once (refused): wait for both.
+        wait_until(lambda: deferred(a) >= 2 and deferred(b) >= 2, 20,
+                   what="the attempts of the released and the retried message")
         rc, out, _ = cli(gw, "queue", "retry", "--all")
         self.assertEqual((rc, out), (0, "2 message(s) scheduled for an attempt now\n"))
         rc, out, err = cli(gw, "queue", "hold", "0000000000000000")

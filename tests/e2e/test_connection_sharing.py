@@ -11,7 +11,6 @@ must never use it, and is refused by its pin on a connection of its own.
 """
 
 import re
-import time
 
 from fakedns import FakeDNS
 from harness import free_port, rcpts, wait_until
@@ -69,7 +68,10 @@ class ConnectionSharingTests(TrustTestCase):
             self.send(self.etab_port, SENDER, [r], simple_message("partage-%d" % (i + 2), SENDER, r))
             msgs = self.op.wait_messages(i + 2, 20)
         self.assertEqual([rcpts(m) for m, _ in msgs[1:]], [[RCPT_A], [RCPT_B], [RCPT_A]])
-        time.sleep(0.5)
+        # Every delivery finished on the gateway's side (a and b of the first message, then the
+        # three): no attempt is still under way that could open a connection.
+        wait_until(lambda: len(re.findall(r'status="?sent', self.gw.log())) >= 5, 20,
+                   what="the gateway's five deliveries")
         self.assertEqual(len(self.handshakes()), 2, "a and b reuse the connection:\n" + self.op.log())
         self.assertEqual(len(re.findall(r"(?m)^connect ", self.op.log())), 2, self.op.log())
         # c never reached RCPT on any connection.

@@ -10,10 +10,9 @@
 """
 
 import os
-import unittest
 
 from harness import E2ETestCase, REPO, free_port, gateway_config, listener, relay_transport, smtp_session
-from slapd import Slapd, have_slapd
+from slapd import Slapd
 
 SAMPLE = os.path.join(REPO, "config", "Extraction_Correspondance_MSSante.sample.txt")
 KNOWN = "dr.martin@chu-exemple.mssante.fr"
@@ -61,7 +60,6 @@ class DirectoryTestCase(E2ETestCase):
         self.assertIn(describe, msg, "the 550 should name the directory")
 
 
-@unittest.skipUnless(have_slapd(), "slapd is not installed")
 class LdapDirectoryTests(DirectoryTestCase):
 
     def setUp(self):
@@ -162,7 +160,6 @@ class ExtractDirectoryTests(DirectoryTestCase):
         self.assertIn("keeping the current one", self.gw.log())
 
 
-@unittest.skipUnless(have_slapd(), "slapd is not installed")
 class LdapStartTlsTests(DirectoryTestCase):
     """`directory.starttls = true`: the LDAP server is verified against [tls].trust_anchors."""
 

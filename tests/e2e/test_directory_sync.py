@@ -25,7 +25,7 @@ import zipfile
 
 from harness import (E2ETestCase, PASSERELLE_BIN, dev_pki, free_port, gateway_config, http_get, listener,
                      relay_transport, wait_until)
-from slapd import SUFFIX, Slapd, have_slapd
+from slapd import SUFFIX, Slapd
 import gen_extract
 
 BASE = "ou=mssante," + SUFFIX
@@ -47,7 +47,6 @@ def ldif_entries(text):
     return out
 
 
-@unittest.skipUnless(have_slapd(), "slapd is not installed")
 class DirectorySyncTests(E2ETestCase):
 
     def setUp(self):

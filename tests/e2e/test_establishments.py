@@ -26,7 +26,6 @@ import socket
 import ssl
 import subprocess
 import tempfile
-import time
 import unittest
 import uuid
 
@@ -274,7 +273,10 @@ class EstablishmentsTest(E2ETestCase):
                             message("=?UTF-8?Q?Dr_=C3=89lise?= <elise@%s>" % A_DOM, "dr.y@" + OP_DOMAIN))
         self.assertEqual(code, 250, text)
         self.op.wait_messages(1, timeout=20)
-        time.sleep(1)
+        # The refusals were final at DATA: the queue is empty once the accepted one is sent,
+        # so nothing else can still be on its way.
+        wait_until(lambda: self.gw.cli("queue", "list", "--format", "json")[1].strip() == "[]", 20,
+                   what="an empty queue")
         self.assertEqual(self.op.count(), 1, "nothing refused was relayed")
         # Through a real Postfix: the 550 reaches the MTA (and its bounce goes to the sender).
         pf = self.mta("chu-b", B_DOM)

@@ -11,9 +11,8 @@ same message loops between Postfix and passerelle: the control that shows the li
 import os
 import re
 import smtplib
-import time
 
-from harness import REPO, E2ETestCase, free_port, gateway_config, listener, rcpts, relay_transport
+from harness import REPO, E2ETestCase, free_port, gateway_config, listener, rcpts, relay_transport, wait_until
 
 OWN = "chu-exemple.mssante.fr"
 SNIPPET_HOP = "[passerelle.chu-exemple.mssante.fr]:2525"
@@ -73,7 +72,10 @@ class PostfixSnippetTests(E2ETestCase):
         # From the trust space, through passerelle's route "local", then Postfix: once.
         self.submit("127.0.0.1", self.gw.listener()[1], "j.dupont@%s" % OWN, "inbound")
         self.mailbox.wait_messages(2, 30)
-        time.sleep(2)
+        # Nothing left anywhere that could still arrive: Postfix's queue and passerelle's empty.
+        wait_until(lambda: "Mail queue is empty" in self.pf.queue()
+                   and self.gw.cli("queue", "list", "--format", "json")[1].strip() == "[]", 30,
+                   what="Postfix's and passerelle's queues empty")
         got = self.mailbox.messages()
         self.assertEqual(sorted(r for m, _ in got for r in rcpts(m)),
                          ["dr.martin@%s" % OWN, "j.dupont@%s" % OWN])
