@@ -73,13 +73,28 @@ def _ephemeral_range():
         return 32768, 60999
 
 
+def _port_range():
+    """E2E_PORTS=LO-HI (set by run_all.py --jobs for each worker), or None."""
+    v = os.environ.get("E2E_PORTS", "")
+    if "-" not in v:
+        return None
+    lo, hi = (int(x) for x in v.split("-", 1))
+    return (lo, hi) if 1024 <= lo < hi <= 65535 else None
+
+
+_PORT_RANGE = _port_range()
+
+
 def free_port(host=LOOPBACK):
     """A TCP port free on host right now, never the same one twice in this process, and
     outside the kernel's ephemeral range when possible (a port reserved for a peer started
     later must not be taken meanwhile as the local port of some outgoing connection)."""
     lo, _ = _ephemeral_range()
     candidates = []
-    if lo > 12000:
+    if _PORT_RANGE:
+        # run_all.py --jobs: each worker process draws from its own slice of the range.
+        candidates = [_rnd.randrange(*_PORT_RANGE) for _ in range(200)]
+    elif lo > 12000:
         candidates = [_rnd.randrange(10000, lo) for _ in range(200)]
     candidates += [0] * 50
     for want in candidates:
