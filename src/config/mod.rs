@@ -480,6 +480,28 @@ pub struct SmtpLimits {
     pub client_connection_limit: usize,
     /// Simultaneous sessions in all, per listener.
     pub max_connections: usize,
+    /// Time a client has, from connect, to show who it is (an establishment by its address or
+    /// certificate, any client by a valid certificate after STARTTLS) before it is closed with
+    /// 421: an unknown client cannot hold a slot for minutes.
+    #[serde(deserialize_with = "de_duration")]
+    pub attribution_timeout: Duration,
+    /// Percent of `max_connections` that clients not yet attributed may hold; when it is full
+    /// the oldest of them is closed to make room, and attributed clients always find room.
+    pub unattributed_share: usize,
+    /// Simultaneous unattributed connections from one network (/24, /64); 0 = no limit.
+    pub network_connection_limit: usize,
+    /// New unattributed connections per second from one network; 0 = no limit.
+    pub network_rate_limit: usize,
+    /// Prefix length of an IPv4 network for the per-network limits.
+    pub network_prefix_v4: u8,
+    /// Prefix length of an IPv6 network for the per-network limits.
+    pub network_prefix_v6: u8,
+    /// Percent of `max_connections` in use above which the listener is in stress mode (as
+    /// Postfix's): timeouts shrink to `stress_timeout`, DATA's rate is enforced sooner.
+    pub stress_threshold: usize,
+    /// Per-command, attribution and DATA grace time while in stress mode.
+    #[serde(deserialize_with = "de_duration")]
+    pub stress_timeout: Duration,
     /// Received headers at which a message is a loop (Postfix hopcount_limit).
     pub hop_count_limit: usize,
     /// Answer VRFY (252, never a real answer) and advertise it; off by default, as Postfix's
@@ -500,6 +522,14 @@ impl Default for SmtpLimits {
             junk_command_limit: 100,
             client_connection_limit: 50,
             max_connections: 10_000,
+            attribution_timeout: Duration::from_secs(30),
+            unattributed_share: 50,
+            network_connection_limit: 500,
+            network_rate_limit: 500,
+            network_prefix_v4: 24,
+            network_prefix_v6: 64,
+            stress_threshold: 75,
+            stress_timeout: Duration::from_secs(10),
             hop_count_limit: 50,
             vrfy: false,
         }

@@ -168,6 +168,20 @@ pub fn validate(c: &Config) -> Vec<Problem> {
             "RFC 5321 needs at least 512",
         ));
     }
+    for (k, v) in [
+        ("smtp.unattributed_share", c.smtp.unattributed_share),
+        ("smtp.stress_threshold", c.smtp.stress_threshold),
+    ] {
+        if !(1..=100).contains(&v) {
+            p.push(Problem::error(k, "a percentage from 1 to 100"));
+        }
+    }
+    if c.smtp.network_prefix_v4 > 32 {
+        p.push(Problem::error("smtp.network_prefix_v4", "at most 32"));
+    }
+    if c.smtp.network_prefix_v6 > 128 {
+        p.push(Problem::error("smtp.network_prefix_v6", "at most 128"));
+    }
     if c.smtp.line_length_limit < 1000 {
         p.push(Problem::error(
             "smtp.line_length_limit",

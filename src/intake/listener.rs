@@ -1,52 +1,18 @@
-//! Accepts connections, screens them (client CIDRs, connection limits) and starts sessions.
+//! Accepts connections, screens them (client CIDRs, then [`Admission`]: connection limits per
+//! listener, address and network, room kept for attributed clients) and starts sessions.
 
 use super::session::Session;
 use super::ListenerContext;
 use crate::net::BoxStream;
 use arc_swap::ArcSwap;
-use std::collections::HashMap;
-use std::net::IpAddr;
-use std::sync::{Arc, Mutex};
+use super::admission::{Admission, Net, Reason, Settings};
+use super::floodlog::FloodLog;
+use std::net::SocketAddr;
+use std::sync::Arc;
 use tokio::io::AsyncWriteExt;
 use tokio::net::TcpListener;
 use tokio::sync::watch;
 use tokio::task::JoinSet;
-
-/// Live sessions per client address, to enforce `client_connection_limit`.
-#[derive(Default)]
-struct PerClient(Mutex<HashMap<IpAddr, usize>>);
-
-struct ClientSlot {
-    table: Arc<PerClient>,
-    ip: IpAddr,
-}
-
-impl Drop for ClientSlot {
-    fn drop(&mut self) {
-        let mut t = self.table.0.lock().unwrap_or_else(|p| p.into_inner());
-        if let Some(n) = t.get_mut(&self.ip) {
-            *n -= 1;
-            if *n == 0 {
-                t.remove(&self.ip);
-            }
-        }
-    }
-}
-
-impl PerClient {
-    fn acquire(self: &Arc<Self>, ip: IpAddr, limit: usize) -> Option<ClientSlot> {
-        let mut t = self.0.lock().unwrap_or_else(|p| p.into_inner());
-        let n = t.entry(ip).or_insert(0);
-        if limit > 0 && *n >= limit {
-            return None;
-        }
-        *n += 1;
-        Some(ClientSlot {
-            table: self.clone(),
-            ip,
-        })
-    }
-}
 
 /// Runs until `shutdown` turns true, then waits for the sessions in flight (they are told to
 /// finish: idle ones get 421 at once, one inside DATA completes its message first).
@@ -55,15 +21,28 @@ pub async fn run(
     shared: Arc<ArcSwap<ListenerContext>>,
     mut shutdown: watch::Receiver<bool>,
 ) {
-    let per_client = Arc::new(PerClient::default());
+    let first = shared.load_full();
+    let admission = Admission::new(
+        &first.listener.name,
+        Settings::from_limits(&first.limits),
+        first.limits.attribution_timeout,
+        first.limits.stress_timeout,
+    );
+    let flood = Arc::new(FloodLog::new(&first.listener.name));
+    drop(first);
     let mut sessions = JoinSet::new();
+    let mut tick = tokio::time::interval(super::floodlog::WINDOW / 2);
     loop {
         let accepted = tokio::select! {
             a = listener.accept() => a,
             _ = shutdown.changed() => break,
             Some(_) = sessions.join_next(), if !sessions.is_empty() => continue,
+            _ = tick.tick() => {
+                flood.tick();
+                continue;
+            }
         };
-        let (mut stream, peer) = match accepted {
+        let (stream, peer) = match accepted {
             Ok(x) => x,
             Err(e) => {
                 // EMFILE and friends: back off instead of spinning.
@@ -76,6 +55,8 @@ pub async fn run(
         let _ = stream.set_nodelay(true);
         let name = sh.listener.name.clone();
         let ip_ok = sh.admits(peer.ip());
+        let limits = &sh.limits;
+        let net = Net::of(peer.ip(), limits.network_prefix_v4, limits.network_prefix_v6);
         // Clients outside the CIDRs may still come in to authenticate by certificate.
         if !ip_ok && !sh.certificate_may_admit() {
             let msg = format!(
@@ -83,50 +64,26 @@ pub async fn run(
                 sh.hostname,
                 peer.ip()
             );
-            tracing::info!(listener = %name, client = %peer, command = "CONNECT", reply = msg.trim_end(),
-                "reject: client not in listener.clients");
-            crate::journal::refused_connect(&name, peer, &msg);
-            tokio::spawn(async move {
-                let _ = tokio::time::timeout(
-                    std::time::Duration::from_secs(5),
-                    stream.write_all(msg.as_bytes()),
-                )
-                .await;
-            });
+            refuse(&name, &flood, net, peer, Reason::NotAllowed, stream, msg);
             continue;
         }
-        if sessions.len() >= sh.limits.max_connections {
-            tracing::warn!(listener = %name, client = %peer, command = "CONNECT",
-                reply = "421 4.7.0 Too many connections, try again later", "reject: max_connections reached");
-            crate::journal::refused_connect(&name, peer, "421 4.7.0 Too many connections");
-            tokio::spawn(async move {
-                let _ = stream
-                    .write_all(b"421 4.7.0 Too many connections, try again later\r\n")
-                    .await;
-            });
-            continue;
-        }
-        let Some(slot) = per_client.acquire(peer.ip(), sh.limits.client_connection_limit) else {
-            tracing::warn!(listener = %name, client = %peer, command = "CONNECT",
-                reply = "421 4.7.0 Too many connections from your address",
-                "reject: client_connection_limit reached");
-            crate::journal::refused_connect(
-                &name,
-                peer,
-                "421 4.7.0 Too many connections from your address",
-            );
-            tokio::spawn(async move {
-                let _ = stream
-                    .write_all(b"421 4.7.0 Too many connections from your address\r\n")
-                    .await;
-            });
-            continue;
+        admission.reconfigure(Settings::from_limits(limits), limits.attribution_timeout);
+        // Attributed at once: an establishment's MTA by its address, or a client inside the
+        // listener's own `clients` (a trust-space listener has none: its peers are attributed
+        // by their certificate, after the handshake).
+        let attributed = ip_ok && (sh.listener.establishments || !sh.listener.clients.is_empty());
+        let ticket = match admission.enter(peer.ip(), attributed) {
+            Ok(t) => t,
+            Err(reason) => {
+                refuse(&name, &flood, net, peer, reason, stream, reason.reply().to_string());
+                continue;
+            }
         };
+        let loud = attributed || flood.session(net);
         tracing::debug!(listener = %name, client = %peer, "connect");
         let rx = shutdown.clone();
         sessions.spawn(async move {
-            let _slot = slot;
-            Session::new(Box::new(stream) as BoxStream, peer, sh, ip_ok)
+            Session::new(Box::new(stream) as BoxStream, peer, sh, ip_ok, ticket, loud)
                 .run(rx)
                 .await;
         });
@@ -140,4 +97,34 @@ pub async fn run(
     {
         sessions.abort_all();
     }
+}
+
+/// Refuses a connection: counted, journaled, logged within the flood budget, and answered
+/// (bounded: a client that does not read gets 5 s).
+fn refuse(
+    listener: &str,
+    flood: &FloodLog,
+    net: Net,
+    peer: SocketAddr,
+    reason: Reason,
+    mut stream: tokio::net::TcpStream,
+    msg: String,
+) {
+    crate::metrics::inc(
+        "passerelle_connections_refused_total",
+        "Connections refused or ended by the listener's limits, by reason",
+        &[("listener", listener), ("reason", reason.label())],
+    );
+    if flood.refusal(net) {
+        tracing::warn!(listener = %listener, client = %peer, command = "CONNECT", reply = msg.trim_end(),
+            "reject: {}", reason.log_text());
+    }
+    crate::journal::refused_connect(listener, peer, msg.trim_end());
+    tokio::spawn(async move {
+        let _ = tokio::time::timeout(
+            std::time::Duration::from_secs(5),
+            stream.write_all(msg.as_bytes()),
+        )
+        .await;
+    });
 }

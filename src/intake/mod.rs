@@ -3,8 +3,10 @@
 //! policy at MAIL and RCPT, and hands accepted messages to the queue only once they are on
 //! disk.
 
+pub mod admission;
 pub mod command;
 pub mod data;
+pub mod floodlog;
 pub mod listener;
 pub mod rate;
 pub mod session;

@@ -1,6 +1,7 @@
 //! One SMTP session (RFC 5321 state machine), one task per connection. The syntax of each
 //! command is `command`'s; here is what it means at this point of the dialogue.
 
+use super::admission::{Reason, Ticket};
 use super::command::{parse_bdat, parse_line, parse_mail, parse_rcpt, Verb};
 use super::data::{check_bdat, count_received, read_data, DataEnd, DataLimits};
 use super::ListenerContext;
@@ -17,6 +18,16 @@ use std::net::SocketAddr;
 use std::sync::Arc;
 use std::time::Duration;
 use tokio::io::{AsyncReadExt, AsyncWriteExt, BufReader};
+
+/// An INFO line of this session, unless the session is one of a flood's: unattributed and
+/// over its listener's log budget (see `floodlog`).
+macro_rules! sinfo {
+    ($s:expr, $($t:tt)*) => {
+        if $s.loud() {
+            tracing::info!($($t)*);
+        }
+    };
+}
 
 /// The transaction being built between MAIL and the end of data.
 #[derive(Default)]
@@ -69,6 +80,11 @@ pub struct Session {
     /// Commands seen, and how many were accepted, per verb in order of first use: the
     /// disconnect line (`ehlo=1 mail=1 rcpt=1/2 data=1 quit=1 commands=5/6`).
     counts: Vec<(&'static str, u32, u32)>,
+    /// This connection's slot: says when the listener ends the session (shed, or not
+    /// attributed in time) and learns when the session shows who it is.
+    ticket: Arc<Ticket>,
+    /// Logged line by line (see `sinfo!`).
+    loud: bool,
 }
 
 enum Flow {
@@ -82,6 +98,8 @@ impl Session {
         peer: SocketAddr,
         ctx: Arc<ListenerContext>,
         ip_authorized: bool,
+        ticket: Arc<Ticket>,
+        loud: bool,
     ) -> Session {
         let establishment = if ctx.listener.establishments {
             ctx.policy
@@ -112,7 +130,26 @@ impl Session {
             current_addr: None,
             answered: 0,
             counts: Vec::new(),
+            ticket,
+            loud,
         }
+    }
+
+    fn loud(&self) -> bool {
+        self.loud || self.ticket.is_attributed()
+    }
+
+    /// A 421 of the listener's limits (shed, attribution or command timeout): counted, logged
+    /// within the flood budget, sent.
+    fn limit_close(&mut self, reason: Reason) {
+        crate::metrics::inc(
+            "passerelle_connections_refused_total",
+            "Connections refused or ended by the listener's limits, by reason",
+            &[("listener", self.ctx.listener.name.as_str()), ("reason", reason.label())],
+        );
+        sinfo!(self, client = self.peer.to_string(), after = self.current, reply = reason.reply().trim_end(),
+            "end: {}", reason.log_text());
+        self.raw(reason.reply());
     }
 
     fn reply(&mut self, r: &Reply) {
@@ -155,7 +192,7 @@ impl Session {
                 None,
             ),
         };
-        tracing::info!(
+        sinfo!(self,
             client = self.peer.to_string(),
             listener = self.ctx.listener.name.as_str(),
             command = self.current,
@@ -271,13 +308,13 @@ impl Session {
             1.0,
         );
         let mut this = self;
-        tracing::info!(
+        sinfo!(this,
             client = this.peer.to_string(),
             listener = listener.as_str(),
             "connect"
         );
         this.dialogue(shutdown).await;
-        tracing::info!(
+        sinfo!(this,
             client = this.peer.to_string(),
             listener = listener.as_str(),
             helo = this.helo.as_deref(),
@@ -305,11 +342,17 @@ impl Session {
                 }
             }
             let limit = self.ctx.limits.command_line_limit;
-            let timeout = self.ctx.limits.timeout;
+            let timeout = self.ticket.command_timeout(self.ctx.limits.timeout);
+            let ticket = self.ticket.clone();
             let read = tokio::select! {
                 r = read_line(&mut self.r, &mut self.line, limit, timeout) => r,
+                reason = ticket.ended() => {
+                    self.limit_close(reason);
+                    let _ = self.flush().await;
+                    return;
+                }
                 _ = shutdown.changed() => {
-                    tracing::info!(client = self.peer.to_string(), "421 shutting down");
+                    sinfo!(self, client = self.peer.to_string(), "421 shutting down");
                     self.raw("421 4.3.2 Service shutting down, closing connection\r\n");
                     let _ = self.flush().await;
                     return;
@@ -317,12 +360,7 @@ impl Session {
             };
             let flow = match read {
                 Err(e) if e.kind() == std::io::ErrorKind::TimedOut => {
-                    tracing::info!(
-                        client = self.peer.to_string(),
-                        after = self.current,
-                        "timeout"
-                    );
-                    self.raw("421 4.4.2 Error: timeout exceeded\r\n");
+                    self.limit_close(Reason::Timeout);
                     Flow::Close
                 }
                 Err(_) | Ok(Line::Eof) => {
@@ -347,7 +385,7 @@ impl Session {
             if self.errors > self.ctx.limits.hard_error_limit {
                 self.raw("421 4.7.0 Error: too many errors\r\n");
                 let _ = self.flush().await;
-                tracing::info!(
+                sinfo!(self,
                     client = self.peer.to_string(),
                     errors = self.errors,
                     reply = "421 4.7.0 Error: too many errors",
@@ -356,7 +394,7 @@ impl Session {
                 return;
             }
             if self.junk > self.ctx.limits.junk_command_limit {
-                tracing::info!(
+                sinfo!(self,
                     client = self.peer.to_string(),
                     reply = "421 4.7.0 Error: too many commands without mail",
                     "reject: junk_command_limit reached"
@@ -471,7 +509,7 @@ impl Session {
             self.raw(&r);
             return;
         }
-        tracing::info!(client = self.peer.to_string(), helo = arg, "EHLO");
+        sinfo!(self, client = self.peer.to_string(), helo = arg, "EHLO");
         let mut caps = vec![
             self.ctx.hostname.clone(),
             "PIPELINING".into(),
@@ -586,10 +624,11 @@ impl Session {
         match table.attribute(self.peer.ip(), dn) {
             Some(e) => {
                 if self.establishment.as_deref() != Some(e.name.as_str()) {
-                    tracing::info!(client = %self.peer, establishment = %e.name,
+                    sinfo!(self, client = %self.peer, establishment = %e.name,
                         client_dn = self.client_dn.as_deref().unwrap_or("-"), "establishment recognised");
                 }
                 self.establishment = Some(e.name.clone());
+                self.ticket.attribute();
                 None
             }
             None => {
@@ -732,7 +771,7 @@ impl Session {
                 transport,
                 bal_type,
             } => {
-                tracing::info!(client = %self.peer, from = %self.tx.mail_from.as_deref().unwrap_or(""),
+                sinfo!(self, client = %self.peer, from = %self.tx.mail_from.as_deref().unwrap_or(""),
                     to = %addr, route = %route, transport = %transport, bal_type = bal_type.as_deref().unwrap_or("-"),
                     "recipient accepted");
                 self.tx.bal_types.push(bal_type);
@@ -776,7 +815,9 @@ impl Session {
         let lim = DataLimits {
             max_size: self.ctx.limits.message_size_limit,
             max_line: self.ctx.limits.line_length_limit,
-            timeout: self.ctx.limits.timeout,
+            // In stress mode both the per-line timeout and the grace before min_data_rate
+            // applies shrink to stress_timeout.
+            timeout: self.ticket.command_timeout(self.ctx.limits.timeout),
             min_rate: self.ctx.limits.min_data_rate,
         };
         let (id, mut body, hl) = self.begin_content();
@@ -796,7 +837,7 @@ impl Session {
                 Flow::Continue
             }
             DataEnd::Lost(why) => {
-                tracing::info!(client = %self.peer, why = %why, "connection lost during DATA; nothing queued");
+                sinfo!(self, client = %self.peer, why = %why, "connection lost during DATA; nothing queued");
                 if why.contains("timeout") || why.contains("rate") {
                     self.raw("421 4.4.2 Error: timeout exceeded\r\n");
                 }
@@ -854,7 +895,7 @@ impl Session {
         )
         .await;
         if !matches!(read, Ok(Ok(_))) {
-            tracing::info!(client = %self.peer, "connection lost during BDAT; nothing queued");
+            sinfo!(self, client = %self.peer, "connection lost during BDAT; nothing queued");
             return Flow::Close;
         }
         if !last {
@@ -1051,15 +1092,32 @@ impl Session {
         );
         let plain = r.into_inner().into_inner();
         let acceptor = tokio_rustls::TlsAcceptor::from(cfg);
-        let tls = match tokio::time::timeout(self.ctx.limits.timeout, acceptor.accept(plain)).await
-        {
+        let timeout = self.ticket.command_timeout(self.ctx.limits.timeout);
+        let ticket = self.ticket.clone();
+        let handshake = tokio::select! {
+            r = tokio::time::timeout(timeout, acceptor.accept(plain)) => r.map_err(|_| "timeout"),
+            reason = ticket.ended() => Err(match reason {
+                Reason::Stress => "shed",
+                _ => "timeout",
+            }),
+        };
+        let failed = |s: &Self, reason: &str| {
+            crate::metrics::inc(
+                "passerelle_tls_handshake_failures_total",
+                "TLS handshakes of clients that failed or were abandoned, by reason",
+                &[("listener", s.ctx.listener.name.as_str()), ("reason", reason)],
+            );
+        };
+        let tls = match handshake {
             Ok(Ok(s)) => s,
             Ok(Err(e)) => {
-                tracing::info!(client = %self.peer, error = %e, "TLS handshake failed");
+                failed(self, "error");
+                sinfo!(self, client = %self.peer, error = %e, "TLS handshake failed");
                 return Flow::Close;
             }
-            Err(_) => {
-                tracing::info!(client = %self.peer, "TLS handshake timeout");
+            Err(why) => {
+                failed(self, why);
+                sinfo!(self, client = %self.peer, why, "TLS handshake not completed");
                 return Flow::Close;
             }
         };
@@ -1091,11 +1149,16 @@ impl Session {
                     "TLS peers refused, by direction and reason",
                     &[("direction", "inbound"), ("reason", why.reason.label())],
                 );
-                tracing::info!(client = %self.peer, dn = self.client_dn.as_deref().unwrap_or("-"), why = %why, "client certificate not valid");
+                sinfo!(self, client = %self.peer, dn = self.client_dn.as_deref().unwrap_or("-"), why = %why, "client certificate not valid");
+            }
+            // A valid certificate says who the client is: it no longer competes for the
+            // unattributed share.
+            if verdict.is_ok() {
+                self.ticket.attribute();
             }
             self.client_cert = Some(verdict);
         }
-        tracing::info!(client = %self.peer, tls = %desc, client_dn = self.client_dn.as_deref().unwrap_or("-"), "TLS established");
+        sinfo!(self, client = %self.peer, tls = %desc, client_dn = self.client_dn.as_deref().unwrap_or("-"), "TLS established");
         self.tls = Some(desc);
         self.r = BufReader::with_capacity(4 * 1024, Rewind::new(Box::new(tls) as BoxStream));
         self.helo = None;
