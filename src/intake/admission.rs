@@ -76,12 +76,16 @@ impl Net {
         Net(match ip {
             IpAddr::V4(a) => {
                 let bits = u32::from(a);
-                let keep = u32::MAX.checked_shl(32 - u32::from(v4.min(32))).unwrap_or(0);
+                let keep = u32::MAX
+                    .checked_shl(32 - u32::from(v4.min(32)))
+                    .unwrap_or(0);
                 IpAddr::V4((bits & keep).into())
             }
             IpAddr::V6(a) => {
                 let bits = u128::from(a);
-                let keep = u128::MAX.checked_shl(128 - u32::from(v6.min(128))).unwrap_or(0);
+                let keep = u128::MAX
+                    .checked_shl(128 - u32::from(v6.min(128)))
+                    .unwrap_or(0);
                 IpAddr::V6((bits & keep).into())
             }
         })
@@ -354,6 +358,8 @@ pub struct Admission {
     /// Unattributed tickets by sequence number, to shed them.
     sheddable: Mutex<HashMap<u64, std::sync::Weak<Ticket>>>,
     stressed: AtomicBool,
+    /// Most connections at once since memory was last given back (see `drained`).
+    peak: std::sync::atomic::AtomicUsize,
     attribution_timeout: Mutex<Duration>,
     stress_timeout: Duration,
 }
@@ -371,6 +377,7 @@ impl Admission {
             settings: Mutex::new(settings),
             sheddable: Mutex::new(HashMap::new()),
             stressed: AtomicBool::new(false),
+            peak: std::sync::atomic::AtomicUsize::new(0),
             attribution_timeout: Mutex::new(attribution_timeout),
             stress_timeout,
         })
@@ -407,7 +414,11 @@ impl Admission {
 
     /// Screens a new connection: a ticket, or the reason to refuse it.
     pub fn enter(self: &Arc<Self>, ip: IpAddr, attributed: bool) -> Result<Arc<Ticket>, Reason> {
-        let s = self.settings.lock().unwrap_or_else(|p| p.into_inner()).clone();
+        let s = self
+            .settings
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .clone();
         let net = Net::of(ip, s.network_prefix_v4, s.network_prefix_v6);
         let now_s = crate::message::now_ms() / 1000;
         let (seq, shed, total) = {
@@ -449,6 +460,7 @@ impl Admission {
                 .unwrap_or_else(|p| p.into_inner())
                 .insert(seq, Arc::downgrade(&ticket));
         }
+        self.peak.fetch_max(total, Ordering::Relaxed);
         self.update_stress(total, &s);
         Ok(ticket)
     }
@@ -463,8 +475,24 @@ impl Admission {
             .lock()
             .unwrap_or_else(|p| p.into_inner())
             .remove(&seq);
-        let s = self.settings.lock().unwrap_or_else(|p| p.into_inner()).clone();
+        let s = self
+            .settings
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .clone();
         self.update_stress(total, &s);
+    }
+
+    /// Whether a crowd of connections (1,000 or more) has since shrunk to under a quarter:
+    /// then the memory its sessions used can be given back to the system (once per crowd).
+    pub fn drained(&self) -> bool {
+        let total = self.lock().total();
+        let peak = self.peak.load(Ordering::Relaxed);
+        if peak >= 1000 && total * 4 < peak {
+            self.peak.store(total, Ordering::Relaxed);
+            return true;
+        }
+        false
     }
 
     /// Enters stress above the threshold, leaves it below 80% of it (hysteresis: a listener at
@@ -553,7 +581,10 @@ mod tests {
         let mut seqs = Vec::new();
         for i in 0..5 {
             let a = ip(&format!("10.0.{i}.1"));
-            assert_eq!(t.decide(&s, a, net(&a.to_string()), false, 0), Decision::Admit);
+            assert_eq!(
+                t.decide(&s, a, net(&a.to_string()), false, 0),
+                Decision::Admit
+            );
             seqs.push(t.admit(a, net(&a.to_string()), false));
         }
         // Share of 10 at 50% = 5: the sixth sheds the first.
@@ -576,7 +607,10 @@ mod tests {
         }
         for i in 0..5 {
             let a = ip(&format!("10.1.{i}.1"));
-            assert_eq!(t.decide(&s, a, net(&a.to_string()), true, 0), Decision::Admit);
+            assert_eq!(
+                t.decide(&s, a, net(&a.to_string()), true, 0),
+                Decision::Admit
+            );
             t.admit(a, net(&a.to_string()), true);
         }
         // Full (10): an attributed client sheds the oldest unattributed session...
@@ -663,7 +697,10 @@ mod tests {
             Decision::Refuse(Reason::Rate)
         );
         // Another network, or the next second, is not held back.
-        assert_eq!(t.decide(&s, ip("10.0.1.3"), net("10.0.1.3"), false, 7), Decision::Admit);
+        assert_eq!(
+            t.decide(&s, ip("10.0.1.3"), net("10.0.1.3"), false, 7),
+            Decision::Admit
+        );
         assert_eq!(t.decide(&s, ip("10.0.0.3"), n, false, 8), Decision::Admit);
     }
 

@@ -134,7 +134,12 @@ mod tests {
 
     fn net(i: usize) -> Net {
         Net::of(
-            std::net::IpAddr::V4(std::net::Ipv4Addr::new(10, (i / 256) as u8, (i % 256) as u8, 1)),
+            std::net::IpAddr::V4(std::net::Ipv4Addr::new(
+                10,
+                (i / 256) as u8,
+                (i % 256) as u8,
+                1,
+            )),
             24,
             64,
         )

@@ -145,10 +145,19 @@ impl Session {
         crate::metrics::inc(
             "passerelle_connections_refused_total",
             "Connections refused or ended by the listener's limits, by reason",
-            &[("listener", self.ctx.listener.name.as_str()), ("reason", reason.label())],
+            &[
+                ("listener", self.ctx.listener.name.as_str()),
+                ("reason", reason.label()),
+            ],
         );
-        sinfo!(self, client = self.peer.to_string(), after = self.current, reply = reason.reply().trim_end(),
-            "end: {}", reason.log_text());
+        sinfo!(
+            self,
+            client = self.peer.to_string(),
+            after = self.current,
+            reply = reason.reply().trim_end(),
+            "end: {}",
+            reason.log_text()
+        );
         self.raw(reason.reply());
     }
 
@@ -192,7 +201,8 @@ impl Session {
                 None,
             ),
         };
-        sinfo!(self,
+        sinfo!(
+            self,
             client = self.peer.to_string(),
             listener = self.ctx.listener.name.as_str(),
             command = self.current,
@@ -308,13 +318,15 @@ impl Session {
             1.0,
         );
         let mut this = self;
-        sinfo!(this,
+        sinfo!(
+            this,
             client = this.peer.to_string(),
             listener = listener.as_str(),
             "connect"
         );
         this.dialogue(shutdown).await;
-        sinfo!(this,
+        sinfo!(
+            this,
             client = this.peer.to_string(),
             listener = listener.as_str(),
             helo = this.helo.as_deref(),
@@ -385,7 +397,8 @@ impl Session {
             if self.errors > self.ctx.limits.hard_error_limit {
                 self.raw("421 4.7.0 Error: too many errors\r\n");
                 let _ = self.flush().await;
-                sinfo!(self,
+                sinfo!(
+                    self,
                     client = self.peer.to_string(),
                     errors = self.errors,
                     reply = "421 4.7.0 Error: too many errors",
@@ -394,7 +407,8 @@ impl Session {
                 return;
             }
             if self.junk > self.ctx.limits.junk_command_limit {
-                sinfo!(self,
+                sinfo!(
+                    self,
                     client = self.peer.to_string(),
                     reply = "421 4.7.0 Error: too many commands without mail",
                     "reject: junk_command_limit reached"
@@ -1105,7 +1119,10 @@ impl Session {
             crate::metrics::inc(
                 "passerelle_tls_handshake_failures_total",
                 "TLS handshakes of clients that failed or were abandoned, by reason",
-                &[("listener", s.ctx.listener.name.as_str()), ("reason", reason)],
+                &[
+                    ("listener", s.ctx.listener.name.as_str()),
+                    ("reason", reason),
+                ],
             );
         };
         let tls = match handshake {
