@@ -55,7 +55,12 @@ enum Command {
     /// Run the gateway in the foreground (SIGTERM/SIGINT stop it, SIGHUP reloads).
     Serve,
     /// Validate the configuration and everything it refers to (`postfix check`).
-    CheckConfig,
+    CheckConfig {
+        /// Warnings are problems too (exit 1): for a production configuration, where an
+        /// unsigned whitelist or any IGC-Santé signer must not pass unnoticed.
+        #[arg(long)]
+        strict: bool,
+    },
     /// Download now what `[whitelist] url` and `[tls] crl_urls` name, verify each file and
     /// install it (what `serve` does on its own periods); exit 1 when one failed.
     Fetch {
@@ -384,7 +389,7 @@ fn run(cli: Cli) -> anyhow::Result<ExitCode> {
             rt.block_on(passerelle::server::serve(&cli.config))?;
             Ok(ExitCode::SUCCESS)
         }
-        Command::CheckConfig => check_config(&cli.config),
+        Command::CheckConfig { strict } => check_config(&cli.config, strict),
         Command::Fetch { missing } => fetch(&cli.config, missing),
         Command::Tls {
             what:
@@ -648,7 +653,7 @@ fn run(cli: Cli) -> anyhow::Result<ExitCode> {
 /// Every problem on its own line as `FILE:LINE: key: message`, warnings as
 /// `warning: FILE:LINE: ...`, and what was found (certificate subject and expiry) as plain
 /// information. Exit 1 when there is any problem (warnings alone exit 0).
-fn check_config(path: &std::path::Path) -> anyhow::Result<ExitCode> {
+fn check_config(path: &std::path::Path, strict: bool) -> anyhow::Result<ExitCode> {
     use passerelle::config::ConfigError;
     let shown = path.display().to_string();
     if let Ok(cfg) = Config::load_unvalidated(path) {
@@ -670,6 +675,13 @@ fn check_config(path: &std::path::Path) -> anyhow::Result<ExitCode> {
     };
     for w in &parsed.warnings {
         println!("warning: {w}");
+    }
+    if strict && !parsed.warnings.is_empty() {
+        println!(
+            "{shown}: {} warning(s), refused under --strict",
+            parsed.warnings.len()
+        );
+        return Ok(ExitCode::from(1));
     }
     let text = std::fs::read_to_string(path).unwrap_or_default();
     let at = |key: &str, msg: String| {

@@ -46,6 +46,7 @@ pub fn refusal_label(e: &WhitelistError) -> &'static str {
     match e {
         WhitelistError::Io { .. } => "unreadable",
         WhitelistError::Xml { .. } => "not_xml",
+        WhitelistError::Bounds { .. } => "over_bounds",
         WhitelistError::MissingListeDomaines { .. } | WhitelistError::NoDomains { .. } => {
             "no_domains"
         }

@@ -214,6 +214,19 @@ pub fn validate(c: &Config) -> Vec<Problem> {
                 format!("{} does not exist", a.display()),
             ));
         }
+        // Weak trust defaults are allowed (test beds, a first hour) but never silent;
+        // `check-config --strict` refuses them.
+        if !w.signature_required() {
+            p.push(Problem::warning(
+                "whitelist.signer_anchors",
+                "unset: the list's signature is not checked, whoever can replace the file decides the trust space",
+            ));
+        } else if w.signer_dns.is_empty() {
+            p.push(Problem::warning(
+                "whitelist.signer_dns",
+                "empty: any certificate chaining to signer_anchors may sign the list; name the ANS signer",
+            ));
+        }
         if w.url.is_some() && w.refresh.is_zero() {
             p.push(Problem::error("whitelist.refresh", "must be positive"));
         }

@@ -80,6 +80,9 @@ pub enum WhitelistError {
     /// The file's `DateDeGeneration` is missing, unreadable, too old or in the future.
     #[error("{file}: refused: {reason}")]
     Freshness { file: String, reason: String },
+    /// The file is over a bound checked before it is parsed (size, nesting, CDATA sections).
+    #[error("{file}: refused before parsing: {reason}")]
+    Bounds { file: String, reason: String },
     /// `<ListeDomaines>` exists but no `<Domaine>` could be used.
     #[error("{file}: <ListeDomaines> holds no usable <Domaine> ({skipped} skipped){}", first_warning.as_deref().map(|w| format!("; first problem: {w}")).unwrap_or_default())]
     NoDomains {
@@ -217,7 +220,11 @@ fn is_ans_element(node: roxmltree::Node<'_, '_>, local: &str) -> bool {
         && matches!(node.tag_name().namespace(), None | Some(NAMESPACE))
 }
 
-/// All text below `node`, text nodes trimmed and joined with one space.
+/// All text below `node` as XML reads it: the text and CDATA pieces of an element
+/// concatenated as they are, comments contributing nothing, then trimmed. Why: exclusive c14n drops a comment and
+/// keeps the text around it as one string, so `1001-<!--x-->services.fr` is signed as
+/// `1001-services.fr`; joining pieces with a space (as before) read another value than the
+/// one signed, and a comment could drop a domain or change a DN while the signature held.
 /// Borrowed from the document in the usual single-text-child case.
 fn element_text<'a>(node: roxmltree::Node<'a, '_>) -> Cow<'a, str> {
     let mut children = node.children();
@@ -226,17 +233,122 @@ fn element_text<'a>(node: roxmltree::Node<'a, '_>) -> Cow<'a, str> {
         (Some(c), None) if c.is_text() => return Cow::Borrowed(c.text().unwrap_or("").trim()),
         _ => {}
     }
+    // Text pieces of one element (split only by comments or CDATA) are one value; the
+    // values of different child elements (a contact's name and mail) are joined by a space.
     let mut out = String::new();
+    let mut piece = String::new();
+    let mut parent = None;
     for t in node.descendants().filter(|n| n.is_text()) {
-        let s = t.text().unwrap_or("").trim();
-        if !s.is_empty() {
-            if !out.is_empty() {
-                out.push(' ');
+        let p = t.parent().map(|p| p.id());
+        if p != parent {
+            push_piece(&mut out, &piece);
+            piece.clear();
+            parent = p;
+        }
+        piece.push_str(t.text().unwrap_or(""));
+    }
+    push_piece(&mut out, &piece);
+    Cow::Owned(out)
+}
+
+fn push_piece(out: &mut String, piece: &str) {
+    let piece = piece.trim();
+    if !piece.is_empty() {
+        if !out.is_empty() {
+            out.push(' ');
+        }
+        out.push_str(piece);
+    }
+}
+
+/// Largest whitelist file read (the real one is 3.6 MB; the same cap as a download's).
+pub const MAX_FILE_BYTES: u64 = 64 << 20;
+/// Deepest element nesting accepted (the real list is 5 deep, its signature 6).
+pub const MAX_NESTING: usize = 64;
+/// Most CDATA sections in a file (the real list has none): the XML parser copies the text
+/// gathered so far at each CDATA boundary, so 400,000 alternations took 22 s of CPU.
+pub const MAX_CDATA: usize = 1000;
+
+/// A linear scan of the raw text before the XML parser runs. Why: the parser recurses once
+/// per nesting level, so a file 4,000 elements deep overflowed the reload thread's stack and
+/// killed the gateway before any depth or signature check; and its CDATA handling is
+/// quadratic. This scan knows just enough XML (comments, CDATA, processing instructions,
+/// quoted attribute values) to count depth and CDATA sections; the parser judges the rest.
+pub fn check_shape(xml: &str) -> Result<(), String> {
+    let b = xml.as_bytes();
+    let find = |from: usize, pat: &[u8]| -> Option<usize> {
+        b.get(from..)?
+            .windows(pat.len())
+            .position(|w| w == pat)
+            .map(|p| from + p)
+    };
+    let (mut i, mut depth, mut cdata) = (0usize, 0usize, 0usize);
+    while let Some(p) = memchr::memchr(b'<', &b[i..]) {
+        let at = i + p;
+        let rest = &b[at..];
+        if rest.starts_with(b"<!--") {
+            i = find(at + 4, b"-->").map_or(b.len(), |e| e + 3);
+        } else if rest.starts_with(b"<![CDATA[") {
+            cdata += 1;
+            if cdata > MAX_CDATA {
+                return Err(format!("more than {MAX_CDATA} CDATA sections"));
             }
-            out.push_str(s);
+            i = find(at + 9, b"]]>").map_or(b.len(), |e| e + 3);
+        } else if rest.starts_with(b"<?") {
+            i = find(at + 2, b"?>").map_or(b.len(), |e| e + 2);
+        } else if rest.starts_with(b"</") {
+            depth = depth.saturating_sub(1);
+            i = at + 2;
+        } else if rest.starts_with(b"<!") {
+            // A DTD: the parser refuses it; nothing to count.
+            i = at + 2;
+        } else {
+            // A start tag: to its '>' outside quoted attribute values.
+            let mut j = at + 1;
+            let mut quote = None;
+            while j < b.len() {
+                match (quote, b[j]) {
+                    (None, b'"') | (None, b'\'') => quote = Some(b[j]),
+                    (Some(q), c) if c == q => quote = None,
+                    (None, b'>') => break,
+                    _ => {}
+                }
+                j += 1;
+            }
+            if j > at + 1 && b.get(j - 1) != Some(&b'/') {
+                depth += 1;
+                if depth > MAX_NESTING {
+                    return Err(format!("elements nested deeper than {MAX_NESTING}"));
+                }
+            }
+            i = j + 1;
+        }
+        if i >= b.len() {
+            break;
         }
     }
-    Cow::Owned(out)
+    Ok(())
+}
+
+/// Reads a whitelist file, refusing one over [`MAX_FILE_BYTES`] without reading it whole.
+fn read_bounded(path: &Path) -> Result<String, WhitelistError> {
+    use std::io::Read;
+    let io = |err| WhitelistError::Io {
+        path: path.to_path_buf(),
+        err,
+    };
+    let f = std::fs::File::open(path).map_err(io)?;
+    let mut buf = Vec::new();
+    f.take(MAX_FILE_BYTES + 1)
+        .read_to_end(&mut buf)
+        .map_err(io)?;
+    if buf.len() as u64 > MAX_FILE_BYTES {
+        return Err(WhitelistError::Bounds {
+            file: path.display().to_string(),
+            reason: format!("larger than {} MiB", MAX_FILE_BYTES >> 20),
+        });
+    }
+    String::from_utf8(buf).map_err(|e| io(std::io::Error::new(std::io::ErrorKind::InvalidData, e)))
 }
 
 impl Whitelist {
@@ -323,10 +435,7 @@ impl Whitelist {
         rules: &Acceptance,
         now: i64,
     ) -> Result<Whitelist, WhitelistError> {
-        let xml = std::fs::read_to_string(path).map_err(|err| WhitelistError::Io {
-            path: path.to_path_buf(),
-            err,
-        })?;
+        let xml = read_bounded(path)?;
         Whitelist::parse_accepted(&xml, &path.display().to_string(), rules, now)
     }
 
@@ -342,6 +451,16 @@ impl Whitelist {
 
     fn document<'x>(xml: &'x str, source: &str) -> Result<roxmltree::Document<'x>, WhitelistError> {
         let xml = xml.strip_prefix('\u{feff}').unwrap_or(xml);
+        if xml.len() as u64 > MAX_FILE_BYTES {
+            return Err(WhitelistError::Bounds {
+                file: source.to_string(),
+                reason: format!("larger than {} MiB", MAX_FILE_BYTES >> 20),
+            });
+        }
+        check_shape(xml).map_err(|reason| WhitelistError::Bounds {
+            file: source.to_string(),
+            reason,
+        })?;
         roxmltree::Document::parse(xml).map_err(|e| {
             let pos = e.pos();
             WhitelistError::Xml {
@@ -497,10 +616,7 @@ impl Whitelist {
 
     /// Read and parse a whitelist file.
     pub fn load(path: &Path) -> Result<Whitelist, WhitelistError> {
-        let xml = std::fs::read_to_string(path).map_err(|err| WhitelistError::Io {
-            path: path.to_path_buf(),
-            err,
-        })?;
+        let xml = read_bounded(path)?;
         Whitelist::parse(&xml, &path.display().to_string())
     }
 
@@ -916,6 +1032,56 @@ mod tests {
         )
         .unwrap_err();
         assert!(matches!(e, WhitelistError::Xml { .. }), "{e}");
+    }
+
+    #[test]
+    fn hostile_shapes_are_refused_before_parsing() {
+        let deep = |n: usize| format!("{}{}", "<a>".repeat(n), "</a>".repeat(n));
+        for n in [4_000, 12_400, 100_000] {
+            let e = Whitelist::parse(&deep(n), "deep.xml").unwrap_err();
+            assert!(matches!(e, WhitelistError::Bounds { .. }), "{e}");
+            assert!(e.to_string().contains("nested deeper than 64"), "{e}");
+        }
+        // Self-closing tags, comments, PIs and quoted '>' do not count as depth.
+        let ok = format!(
+            "<?xml version=\"1.0\"?><r a=\"x>y\" b='<z>'>{}<!-- <a><a><a> --><?pi <a>?></r>",
+            "<e/>".repeat(10_000)
+        );
+        assert_eq!(check_shape(&ok), Ok(()));
+        assert_eq!(check_shape(&deep(MAX_NESTING)), Ok(()));
+        assert!(check_shape(&deep(MAX_NESTING + 1)).is_err());
+        let t0 = std::time::Instant::now();
+        let cdata = format!("<r><n>{}</n></r>", "x<![CDATA[y]]>".repeat(400_000));
+        let e = Whitelist::parse(&cdata, "cdata.xml").unwrap_err();
+        assert!(e.to_string().contains("CDATA"), "{e}");
+        assert!(t0.elapsed() < std::time::Duration::from_secs(2));
+        // Unterminated constructs end the scan without a panic.
+        for bad in ["<", "<!--", "<![CDATA[", "<?", "<a b=\"", "</"] {
+            let _ = check_shape(bad);
+        }
+    }
+
+    #[test]
+    fn a_comment_inside_a_value_reads_as_what_was_signed() {
+        let xml = r#"<ListeBlancheMSSante xmlns="https://listeblanche.mssante.fr/schema"><ListeDomaines>
+<Domaine><Nom>1001-<!--x-->services.mssante.fr</Nom><DNCertificatOperateur>CN=a,O=GIP MIP<!--x-->IH,C=FR</DNCertificatOperateur></Domaine>
+<Domaine><Nom>b.<![CDATA[mssante]]>.fr</Nom><DNCertificatOperateur>CN=b,C=FR</DNCertificatOperateur></Domaine>
+</ListeDomaines></ListeBlancheMSSante>"#;
+        let wl = Whitelist::parse(xml, "c.xml").unwrap();
+        assert!(wl.contains("1001-services.mssante.fr"));
+        assert!(wl.dn_allowed("1001-services.mssante.fr", &dn("CN=a,O=GIP MIPIH,C=FR")));
+        assert!(!wl.dn_allowed("1001-services.mssante.fr", &dn("CN=a,O=GIP MIP IH,C=FR")));
+        assert!(wl.contains("b.mssante.fr"));
+    }
+
+    #[test]
+    fn an_oversized_file_is_refused_without_reading_it_whole() {
+        let dir = tempfile::tempdir().unwrap();
+        let p = dir.path().join("big.xml");
+        let f = std::fs::File::create(&p).unwrap();
+        f.set_len(MAX_FILE_BYTES + 10).unwrap();
+        let e = Whitelist::load(&p).unwrap_err();
+        assert!(matches!(e, WhitelistError::Bounds { .. }), "{e}");
     }
 
     #[test]

@@ -114,6 +114,53 @@ class WhitelistSignatureTests(E2ETestCase):
         self.assertIn(MIPIH, out)
         self.assertIn("signature verified, signed by " + ANS_SIGNER, out)
 
+    def test_hostile_files_are_bounded_before_parsing(self):
+        """Files crafted from the real list (issue 24 B.15, B.17): each refused before the XML
+        parser runs, quickly, by check-config and by the running gateway, which keeps the last
+        good list; a comment inside signed text reads as what was signed."""
+        gw, wl = self.start_gateway()
+        gw.wait_log(r"whitelist loaded, signature verified.*domains=4944", 10)
+        text = signed_text()
+        cut = text.index("<ListeDomaines>")
+        shapes = {
+            "4,000 deep": text[:cut] + "<a>" * 4000 + "</a>" * 4000 + text[cut:],
+            "12,400 deep": text[:cut] + "<a>" * 12400 + "</a>" * 12400 + text[cut:],
+            "400,000 CDATA": text[:cut] + "<a>" + "x<![CDATA[y]]>" * 400000 + "</a>" + text[cut:],
+        }
+        for n, (name, bad) in enumerate(shapes.items(), 1):
+            replace_file(wl, bad)
+            t0 = time.monotonic()
+            rc, out = gw.cli("check-config")
+            self.assertEqual(rc, 1, "%s: %s" % (name, out))
+            self.assertIn("refused before parsing", out, name)
+            self.assertLess(time.monotonic() - t0, 10, name)
+            gw.wait_log(r"whitelist refused: .*refused before parsing.*keeping the last good whitelist "
+                        r"\(4944 domains\)", 20)
+            wait_until(lambda: 'passerelle_whitelist_refused_total{reason="over_bounds"} %d' % n
+                       in self.metrics(gw), 20, what="%s refused" % name)
+            self.assertTrue(gw.running(), name)
+            self.assertEqual(self.readyz(gw)[0], 200)
+        # A comment inside a signed <Nom>: the signature still verifies (c14n drops comments),
+        # and the domain reads as signed, not as "1001- services.mssante.fr".
+        replace_file(wl, text.replace("<Nom>1001-services.mssante.fr</Nom>",
+                                      "<Nom>1001-<!--x-->services.mssante.fr</Nom>", 1))
+        wait_until(lambda: "REFUSED" not in self.readyz(gw)[1], 20, what="the commented list accepted")
+        rc, out = gw.cli("whitelist", "show", "1001-services.mssante.fr")
+        self.assertEqual(rc, 0, out)
+        self.assertIn(MIPIH, out)
+        # --strict: the weak default (no signer_dns) is refused, the configured one passes.
+        rc, out = gw.cli("check-config", "--strict")
+        self.assertEqual(rc, 0, out)
+        cfg = dict(gw.config)
+        cfg["whitelist"] = {k: v for k, v in cfg["whitelist"].items() if k != "signer_dns"}
+        gw.set_config(cfg)
+        rc, out = gw.cli("check-config")
+        self.assertEqual(rc, 0, out)
+        self.assertRegex(out, r"warning: .*whitelist.signer_dns: empty: any certificate")
+        rc, out = gw.cli("check-config", "--strict")
+        self.assertEqual(rc, 1, out)
+        self.assertIn("refused under --strict", out)
+
     def test_stale_list_refused_at_start(self):
         # With the default max_age (7 days), the 2025 list is refused: no last good list, so
         # the gateway does not start, and check-config says why.
