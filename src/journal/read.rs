@@ -237,6 +237,12 @@ pub fn format_time(ms: i64) -> String {
     t.format(&f).unwrap_or_default()
 }
 
+/// The longest period a user may ask for ("36500d").
+const MAX_AGO: std::time::Duration = std::time::Duration::from_secs(100 * 366 * 86_400);
+/// Periods of up to this many days are looked up day by day (an `IN` list: point lookups in
+/// the day-led indexes); longer ones as one range of days.
+const MAX_DAY_LIST: i64 = 400;
+
 /// An RFC 3339 date (`2026-11-01`, midnight UTC) or date-time (`2026-11-01T08:00:00+01:00`;
 /// without an offset: UTC), `now`, or a duration ago (`2h`, `7d`). Unix ms.
 pub fn parse_time(s: &str, now_ms: i64) -> Result<i64, String> {
@@ -246,27 +252,42 @@ pub fn parse_time(s: &str, now_ms: i64) -> Result<i64, String> {
     if s.eq_ignore_ascii_case("now") {
         return Ok(now_ms);
     }
+    // Dates before 1970 are refused rather than turned into negative times.
+    let in_range = |ms: i64| {
+        if ms < 0 {
+            Err(format!("{s:?}: before 1970"))
+        } else {
+            Ok(ms)
+        }
+    };
     let ms = |t: time::OffsetDateTime| (t.unix_timestamp_nanos() / 1_000_000) as i64;
     if let Ok(t) = time::OffsetDateTime::parse(s, &Rfc3339) {
-        return Ok(ms(t));
+        return in_range(ms(t));
     }
     let spaced = s.replacen(' ', "T", 1);
     if let Ok(t) = time::OffsetDateTime::parse(&spaced, &Rfc3339) {
-        return Ok(ms(t));
+        return in_range(ms(t));
     }
     for f in [
         format_description!("[year]-[month]-[day]T[hour]:[minute]:[second]"),
         format_description!("[year]-[month]-[day]T[hour]:[minute]"),
     ] {
         if let Ok(t) = time::PrimitiveDateTime::parse(&spaced, &f) {
-            return Ok(ms(t.assume_utc()));
+            return in_range(ms(t.assume_utc()));
         }
     }
     if let Ok(d) = time::Date::parse(s, &format_description!("[year]-[month]-[day]")) {
-        return Ok(ms(d.midnight().assume_utc()));
+        return in_range(ms(d.midnight().assume_utc()));
     }
     if let Ok(d) = crate::config::parse_duration(s) {
-        return Ok(now_ms - d.as_millis() as i64);
+        // Bounded: an absurd period ("99999999999d") once wrapped around and made a lookup
+        // list of 876 GB that aborted the gateway.
+        if d > MAX_AGO {
+            return Err(format!(
+                "{s:?}: a period of at most 100 years (the journal holds nothing older)"
+            ));
+        }
+        return Ok(now_ms.saturating_sub(d.as_millis() as i64).max(0));
     }
     Err(format!(
         "{s:?}: expected an RFC 3339 date or date-time (2026-11-01, 2026-11-01T08:00:00Z), \"now\", or a duration ago (2h, 7d)"
@@ -344,11 +365,18 @@ impl Reader {
                     Some(v) => v.int(),
                 },
             };
-            let until = f.until.unwrap_or(crate::message::now_ms() as i64);
-            super::schema::days(since, until)
-                .map(|d| d.to_string())
-                .collect::<Vec<_>>()
-                .join(",")
+            let now = crate::message::now_ms() as i64;
+            // Never past tomorrow: the journal holds nothing later.
+            let until = f.until.unwrap_or(now).min(now + 86_400_000);
+            let days = super::schema::days(since, until);
+            if days.end() - days.start() > MAX_DAY_LIST {
+                format!("BETWEEN {} AND {}", days.start(), days.end())
+            } else {
+                format!(
+                    "IN ({})",
+                    days.map(|d| d.to_string()).collect::<Vec<_>>().join(",")
+                )
+            }
         } else {
             String::new()
         };
@@ -363,13 +391,13 @@ impl Reader {
         }
         if let Some(mid) = &f.message_id {
             add(
-                &format!("m.day IN ({days}) AND m.message_id = #"),
+                &format!("m.day {days} AND m.message_id = #"),
                 Param::Text(super::event::normalize_message_id(mid)),
             );
         }
         if let Some(from) = &f.from {
             add(
-                &format!("m.day IN ({days}) AND m.sender = #"),
+                &format!("m.day {days} AND m.sender = #"),
                 Param::Text(address(from)),
             );
         }
@@ -377,7 +405,7 @@ impl Reader {
             add(
                 &format!(
                     "(m.qid, m.gw) IN (SELECT r.qid, r.gw FROM recipients r
-                                      WHERE r.day IN ({days}) AND r.address = #)"
+                                      WHERE r.day {days} AND r.address = #)"
                 ),
                 Param::Text(address(to)),
             );

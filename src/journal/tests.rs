@@ -595,6 +595,14 @@ fn times_parse_as_documented() {
     assert_eq!(parse_time("2h", now).unwrap(), (DAY1 - 2 * HOUR) as i64);
     assert_eq!(parse_time("now", now).unwrap(), now);
     assert!(parse_time("yesterday", now).is_err());
+    // Absurd periods are refused with a reason, never wrapped around (issue 24 B.1).
+    let e = parse_time("99999999999d", now).unwrap_err();
+    assert!(e.contains("at most 100 years"), "{e}");
+    assert!(parse_time("36500d", now).is_ok());
+    assert!(parse_time("1969-12-31", now)
+        .unwrap_err()
+        .contains("before 1970"));
+    assert_eq!(parse_time("1000d", 0).unwrap(), 0);
     assert_eq!(format_time(DAY1 as i64 + 7), "2026-11-22T10:00:00.007Z");
 }
 

@@ -455,3 +455,34 @@ class EstablishmentPagesTests(ConsoleTestCase):
         self.assertEqual(status, 404, "another establishment's page does not exist for it")
         status, _, _ = request(self.base, "GET", "/establishments/new", cookie=e.cookie_header())
         self.assertIn(status, (403, 404))
+
+
+class HostileRequestTests(ConsoleTestCase):
+    """What an attack on the console tried (issue 24 B), with a plain HTTP client."""
+
+    def plain_login(self, name):
+        status, headers, body = request(self.base, "POST", "/login",
+                                        form={"username": name, "password": PASSWORDS[name]})
+        self.assertEqual(status, 303, body)
+        return headers["set-cookie"].split(";", 1)[0]
+
+    def test_absurd_periods_are_refused_and_mail_keeps_flowing(self):
+        """B.1: `/track?to=ADDRESS&since=99999999999d` once aborted the whole gateway."""
+        self.start()
+        for name in ("chua", "admin"):
+            cookie = self.plain_login(name)
+            for path in ("/track?to=%s&since=99999999999d" % RCPT,
+                         "/track?from=%s&until=99999999999d" % SENDER,
+                         "/track?message_id=x&since=1969-12-31",
+                         "/indicators?since=99999999999d",
+                         "/indicators.csv?until=-5d"):
+                status, _, body = request(self.base, "GET", path, cookie=cookie)
+                self.assertEqual(status, 400, "%s %s: %s" % (name, path, body[-300:]))
+            # A long but sane period is looked up as a range of days: answered.
+            status, _, body = request(self.base, "GET", "/track?to=%s&since=36500d" % RCPT, cookie=cookie)
+            self.assertEqual(status, 200, body[-300:])
+        self.assertTrue(self.gw.running())
+        self.send()  # mail still flows
+        rc, out = self.gw.cli("track", "--to", RCPT, "--since", "99999999999d")
+        self.assertEqual(rc, 2, out)
+        self.assertIn("100 years", out)

@@ -31,6 +31,19 @@ fn field(id: &str, label: &str, value: &Option<String>, placeholder: &str) -> Ma
     }
 }
 
+/// The period's fields, checked before any lookup: a bad or absurd one is a 400 naming it
+/// (the journal also bounds what it is given; this gives the reason to the user).
+fn check_period(since: &Option<String>, until: &Option<String>) -> Result<(), PageError> {
+    let now = crate::message::now_ms() as i64;
+    for (name, v) in [("since", since), ("until", until)] {
+        if let Some(t) = v.as_deref() {
+            crate::journal::read::parse_time(t, now)
+                .map_err(|e| PageError::BadRequest(format!("{name}: {e}")))?;
+        }
+    }
+    Ok(())
+}
+
 /// Empty form fields mean "no filter".
 fn clean(s: &mut Option<String>) {
     if s.as_deref().is_some_and(|t| t.trim().is_empty()) {
@@ -56,6 +69,7 @@ pub async fn track(
     ] {
         clean(f);
     }
+    check_period(&q.since, &q.until)?;
     if let Some(own) = access::confined_to(v.role()) {
         q.establishment = Some(own.to_string());
     }
@@ -108,6 +122,7 @@ pub async fn indicators(
 ) -> Result<Html<String>, PageError> {
     allow(&v, Action::View, Resource::Scoped)?;
     let q = stats_query(&v, q);
+    check_period(&q.since, &q.until)?;
     let by = q.by.clone().unwrap_or_else(|| "day".into());
     let result = app.backend.journal.stats(&q).await;
     let csv = format!(
@@ -184,6 +199,9 @@ pub async fn indicators_csv(
         return e.into_response();
     }
     let q = stats_query(&v, q);
+    if let Err(e) = check_period(&q.since, &q.until) {
+        return e.into_response();
+    }
     match app.backend.journal.stats(&q).await {
         Ok(t) => (
             [
