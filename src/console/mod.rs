@@ -182,7 +182,10 @@ pub fn router(app: Arc<App>) -> Router {
         .route("/queue/confirm", get(pages::queue::confirm))
         .route("/queue/bulk", post(pages::queue::bulk))
         .route("/messages/{id}", get(pages::message::page))
-        .route("/messages/{id}/delete", get(pages::message::confirm_delete))
+        .route(
+            "/messages/{id}/delete",
+            get(pages::message::confirm_delete).post(pages::message::act_delete),
+        )
         .route("/messages/{id}/{action}", post(pages::message::act))
         .route("/track", get(pages::later::track))
         .route("/indicators", get(pages::later::indicators))

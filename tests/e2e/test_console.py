@@ -486,3 +486,27 @@ class HostileRequestTests(ConsoleTestCase):
         rc, out = self.gw.cli("track", "--to", RCPT, "--since", "99999999999d")
         self.assertEqual(rc, 2, out)
         self.assertIn("100 years", out)
+
+    def test_delete_through_its_confirmation_form(self):
+        """B.6: the confirmation form's POST answered 405: delete had never worked."""
+        self.start()
+        qid = self.send()
+        self.wait_deferred(qid)
+        b = self.browser().login("admin", PASSWORDS["admin"])
+        b.get("/messages/%s/delete" % qid)
+        self.assertEqual(b.h1(), "Delete a message")
+        b.click("form[action='/messages/%s/delete'] button" % qid)
+        wait_until(lambda: b.h1() == "Queue", 20, what="back on the queue")
+        self.assertIn("%s: deleted" % qid, b.text("body"))
+        rc, out = self.gw.cli("queue", "show", qid)
+        self.assertNotEqual(rc, 0, out)
+
+    def test_login_next_stays_on_this_site(self):
+        """B.9: a TAB in `next=` made `/<TAB>/evil.example` a redirect to another host."""
+        self.start()
+        for nxt in ("/\t/evil.example", "//evil.example", "/\\evil.example"):
+            status, headers, body = request(self.base, "POST", "/login",
+                                            form={"username": "admin", "password": PASSWORDS["admin"],
+                                                  "next": nxt})
+            self.assertEqual(status, 303, body)
+            self.assertEqual(headers["location"], "/", nxt)

@@ -25,8 +25,15 @@ pub struct Credentials {
 }
 
 /// Only a path of this console: never an absolute URL (no open redirect).
+/// Where to go after the login: only a path of this site. One leading `/` (not `//`, a
+/// host), no backslash (browsers read `/\\host` as `//host`), no control character (a TAB
+/// or newline is dropped by browsers, so `/\t/evil.example` became `//evil.example`).
 fn safe_next(next: &str) -> &str {
-    if next.starts_with('/') && !next.starts_with("//") && !next.contains('\\') {
+    if next.starts_with('/')
+        && !next.starts_with("//")
+        && !next.contains('\\')
+        && !next.chars().any(|c| c.is_control())
+    {
         next
     } else {
         "/"
@@ -143,7 +150,16 @@ mod tests {
     #[test]
     fn next_stays_on_this_site() {
         assert_eq!(super::safe_next("/queue?x=1"), "/queue?x=1");
-        for bad in ["https://evil.example/", "//evil.example", "/\\evil", ""] {
+        for bad in [
+            "https://evil.example/",
+            "//evil.example",
+            "/\\evil",
+            "",
+            "/\t/evil.example",
+            "/\n/evil.example",
+            "/\r/evil",
+            "/x\u{7f}",
+        ] {
             assert_eq!(super::safe_next(bad), "/", "{bad}");
         }
     }

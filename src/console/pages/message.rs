@@ -327,6 +327,16 @@ pub async fn confirm_delete(
     frame(&app, &v, "/queue", "Delete a message", body).into_response()
 }
 
+/// `POST /messages/ID/delete`: its own route, because the confirmation page's GET on the same
+/// path made the router answer 405 to the POST, and delete never worked (REVIEW F1).
+pub async fn act_delete(
+    State(app): State<Arc<App>>,
+    Extension(v): Extension<Viewer>,
+    Path(id): Path<String>,
+) -> Response {
+    act(State(app), Extension(v), Path((id, "delete".to_string()))).await
+}
+
 pub async fn act(
     State(app): State<Arc<App>>,
     Extension(v): Extension<Viewer>,
