@@ -316,6 +316,11 @@ class AccessTests(ConsoleTestCase):
                      "/establishments", "/establishments/chu-b"):
             status, _, _ = request(self.base, "GET", path, cookie=cookie)
             self.assertEqual(status, 404, path)
+        # B.4: another establishment's message answers exactly as one that does not exist.
+        missing = "0" * (len(qid) - 1) + "1"
+        seen = [request(self.base, "GET", "/messages/%s" % q, cookie=cookie) for q in (qid, missing)]
+        self.assertEqual(seen[0][0], seen[1][0])
+        self.assertEqual(seen[0][2].replace(qid, "ID"), seen[1][2].replace(missing, "ID"))
         b.get("/messages/%s" % qid)
         self.assertNotIn(SENDER, b.driver.page_source, "nothing of another's message")
         b.get("/queue")

@@ -111,6 +111,8 @@ pub fn header_fields(raw: &[u8]) -> Vec<(String, String)> {
         .or_else(|| memchr::memmem::find(raw, b"\n\n").map(|i| i + 1))
         .unwrap_or(raw.len());
     let text = String::from_utf8_lossy(&raw[..end]);
+    // Unfold first (RFC 5322 2.2.3), decide what is hidden after: deciding on the first
+    // physical line showed the continuation of a folded Subject (REVIEW B2).
     let mut fields: Vec<(String, String)> = Vec::new();
     for line in text.split('\n') {
         let line = line.trim_end_matches('\r');
@@ -125,13 +127,12 @@ pub fn header_fields(raw: &[u8]) -> Vec<(String, String)> {
             continue;
         }
         if let Some((name, value)) = line.split_once(':') {
-            let name = name.trim().to_string();
-            let value = if HIDDEN_FIELDS.contains(&name.to_ascii_lowercase().as_str()) {
-                "(hidden: may carry health data)".to_string()
-            } else {
-                value.trim().to_string()
-            };
-            fields.push((name, value));
+            fields.push((name.trim().to_string(), value.trim().to_string()));
+        }
+    }
+    for (name, value) in &mut fields {
+        if HIDDEN_FIELDS.contains(&name.to_ascii_lowercase().as_str()) {
+            *value = "(hidden: may carry health data)".to_string();
         }
     }
     fields
@@ -150,7 +151,7 @@ pub async fn page(
     };
     let owners = app.owners(&d.item);
     if let Err(e) = allow(&v, Action::View, Resource::Message(&owners)) {
-        return e.into_response();
+        return unseen(&app, &v, &id, e);
     }
     let dir = app.backend.queue_dir.clone();
     let loc = BodyLoc {
@@ -251,6 +252,15 @@ pub async fn page(
     frame(&app, &v, "/queue", &format!("Message {id}"), body).into_response()
 }
 
+/// A message the viewer may not see answers exactly as one that does not exist (REVIEW B5:
+/// two different 404s told another establishment's queue ids apart from missing ones).
+fn unseen(app: &App, v: &Viewer, id: &str, e: PageError) -> Response {
+    match e {
+        PageError::NotFound => frame_gone(app, v, id),
+        other => other.into_response(),
+    }
+}
+
 fn frame_gone(app: &App, v: &Viewer, id: &str) -> Response {
     let body = html! {
         p { "There is no message " code { (id) } " in the queue: it was delivered, bounced or deleted, or never existed." }
@@ -298,7 +308,7 @@ async fn checked(
         });
     };
     let owners = app.owners(&it);
-    allow(v, Action::View, Resource::Message(&owners)).map_err(IntoResponse::into_response)?;
+    allow(v, Action::View, Resource::Message(&owners)).map_err(|e| unseen(app, v, id, e))?;
     allow(v, action, Resource::Message(&owners)).map_err(IntoResponse::into_response)?;
     Ok(it)
 }
@@ -362,6 +372,18 @@ pub async fn act(
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn a_folded_subject_is_hidden_whole() {
+        let raw = b"Subject: a\r\n tail about patient Y\r\n\tmore\r\nX-MSS-Test: yes\r\n\r\nbody";
+        let f = header_fields(raw);
+        assert_eq!(f[0].1, "(hidden: may carry health data)");
+        assert!(!format!("{f:?}").contains("patient"), "{f:?}");
+        let raw = b"X-A: 1\n  two\nsubject: folded\n continued\n\n";
+        let f = header_fields(raw);
+        assert_eq!(f[0], ("X-A".to_string(), "1 two".to_string()));
+        assert!(!format!("{f:?}").contains("continued"), "{f:?}");
+    }
 
     #[test]
     fn header_section_only_with_sensitive_fields_hidden() {
