@@ -424,8 +424,13 @@ async fn guarded(
     let now = Instant::now();
     let session = cookie_value(req.headers(), session::COOKIE)
         .and_then(|id| app.sessions.touch(&id, now))
-        // A user removed from the file, or whose role changed, is logged out at once.
-        .filter(|s| app.users.find(&s.user).is_some_and(|u| u.role == s.role));
+        // A user removed from the file, or whose role or password changed, is logged out at
+        // once (REVIEW B4: a password reset used to keep the old sessions).
+        .filter(|s| {
+            app.users
+                .find(&s.user)
+                .is_some_and(|u| u.role == s.role && u.stamp() == s.stamp)
+        });
     let Some(session) = session else {
         if reading {
             let target = req

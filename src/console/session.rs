@@ -32,6 +32,9 @@ pub struct Session {
     pub id: String,
     pub user: String,
     pub role: Role,
+    /// The user's credential at login ([`super::users::User::stamp`]): a new password ends
+    /// the sessions opened with the old one.
+    pub stamp: String,
     /// Every state-changing form carries it; see the console's guard.
     pub csrf: String,
     pub created: Instant,
@@ -61,12 +64,14 @@ impl Sessions {
         &self,
         user: &str,
         role: Role,
+        stamp: String,
         now: Instant,
     ) -> Result<Session, getrandom::Error> {
         let s = Session {
             id: random_token()?,
             user: user.to_string(),
             role,
+            stamp,
             csrf: random_token()?,
             created: now,
             last_seen: now,
@@ -208,7 +213,9 @@ mod tests {
     fn sessions_expire_when_idle_and_after_max_age() {
         let s = Sessions::new(Duration::from_secs(600));
         let t0 = Instant::now();
-        let a = s.create("alice", Role::Operator, t0).unwrap();
+        let a = s
+            .create("alice", Role::Operator, String::new(), t0)
+            .unwrap();
         assert_ne!(a.id, a.csrf);
         assert_eq!(a.id.len(), 64);
         let later = t0 + Duration::from_secs(599);
@@ -217,7 +224,7 @@ mod tests {
         assert!(s.touch(&a.id, t0 + Duration::from_secs(1190)).is_some());
         assert!(s.touch(&a.id, t0 + Duration::from_secs(1800)).is_none());
         assert!(s.touch(&a.id, t0).is_none(), "removed once expired");
-        let b = s.create("bob", Role::Auditor, t0).unwrap();
+        let b = s.create("bob", Role::Auditor, String::new(), t0).unwrap();
         let mut t = t0;
         while t < t0 + MAX_AGE - Duration::from_secs(300) {
             t += Duration::from_secs(300);
@@ -231,7 +238,9 @@ mod tests {
     fn flash_is_shown_once() {
         let s = Sessions::new(Duration::from_secs(600));
         let t0 = Instant::now();
-        let a = s.create("alice", Role::Operator, t0).unwrap();
+        let a = s
+            .create("alice", Role::Operator, String::new(), t0)
+            .unwrap();
         s.set_flash(&a.id, "retried");
         assert_eq!(
             s.touch(&a.id, t0).unwrap().flash.as_deref(),

@@ -21,6 +21,16 @@ pub struct User {
     pub hash: String,
 }
 
+impl User {
+    /// What a session remembers of the credential it was opened with: a digest of the
+    /// password hash, so that a new password (or a new salt) ends the old sessions without
+    /// the session table holding the hash itself.
+    pub fn stamp(&self) -> String {
+        let d = ring::digest::digest(&ring::digest::SHA256, self.hash.as_bytes());
+        data_encoding::HEXLOWER.encode(&d.as_ref()[..16])
+    }
+}
+
 #[derive(Debug, thiserror::Error)]
 pub enum UsersError {
     #[error("{path}: {source}")]

@@ -515,3 +515,24 @@ class HostileRequestTests(ConsoleTestCase):
                                                   "next": nxt})
             self.assertEqual(status, 303, body)
             self.assertEqual(headers["location"], "/", nxt)
+
+    def test_sessions_end_when_the_password_changes_or_the_user_goes(self):
+        """B.3: a password reset kept the sessions opened with the old password."""
+        self.start()
+        admin, audit = self.plain_login("admin"), self.plain_login("audit")
+        for cookie in (admin, audit):
+            self.assertEqual(request(self.base, "GET", "/queue", cookie=cookie)[0], 200)
+        self.user_add("admin", "operator", "a-new-password-for-admin")
+        r = subprocess.run([PASSERELLE_BIN, "console", "user", "remove", "audit", "--config",
+                            self.gw.config_path], stdout=subprocess.PIPE, stderr=subprocess.STDOUT,
+                           timeout=30)
+        self.assertEqual(r.returncode, 0, r.stdout.decode())
+        for cookie in (admin, audit):
+            wait_until(lambda: request(self.base, "GET", "/queue", cookie=cookie)[0] == 303, 10,
+                       what="the old session ended")
+            status, headers, _ = request(self.base, "GET", "/queue", cookie=cookie)
+            self.assertTrue(headers["location"].startswith("/login"), headers)
+        # The new password opens a new session.
+        status, _, body = request(self.base, "POST", "/login",
+                                  form={"username": "admin", "password": "a-new-password-for-admin"})
+        self.assertEqual(status, 303, body)

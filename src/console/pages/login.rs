@@ -113,7 +113,10 @@ pub async fn submit(
         );
     };
     app.limiter.succeeded(client.ip(), &name);
-    let s = match app.sessions.create(&user.name, user.role.clone(), now) {
+    let s = match app
+        .sessions
+        .create(&user.name, user.role.clone(), user.stamp(), now)
+    {
         Ok(s) => s,
         Err(e) => {
             return PageError::Unavailable(format!("no randomness for a session: {e}"))
