@@ -536,3 +536,31 @@ class HostileRequestTests(ConsoleTestCase):
         status, _, body = request(self.base, "POST", "/login",
                                   form={"username": "admin", "password": "a-new-password-for-admin"})
         self.assertEqual(status, 303, body)
+
+    def test_parallel_wrong_logins_are_bounded(self):
+        """B.2: 200 parallel wrong passwords all ran Argon2 (19 MiB each): RSS grew by GBs."""
+        from concurrent.futures import ThreadPoolExecutor
+        self.start()
+
+        def rss():
+            with open("/proc/%d/status" % self.gw.proc.pid) as f:
+                return next(int(l.split()[1]) for l in f if l.startswith("VmRSS:")) // 1024
+
+        before = rss()
+
+        def wrong(i):
+            return request(self.base, "POST", "/login",
+                           form={"username": "admin", "password": "wrong-%d" % i})[0]
+
+        with ThreadPoolExecutor(max_workers=200) as pool:
+            statuses = list(pool.map(wrong, range(200)))
+        grown = rss() - before
+        print("\n    200 parallel wrong logins: %s; RSS +%d MiB"
+              % ({s: statuses.count(s) for s in set(statuses)}, grown))
+        self.assertEqual(set(statuses) - {401, 429}, set(), statuses)
+        self.assertLessEqual(statuses.count(401), 5, "at most PER_USER verified")
+        self.assertLess(grown, 200)
+        # Another user from the same address is not locked out.
+        status, _, body = request(self.base, "POST", "/login",
+                                  form={"username": "audit", "password": PASSWORDS["audit"]})
+        self.assertEqual(status, 303, body)

@@ -3,7 +3,7 @@
 use super::super::listener::ClientAddr;
 use super::super::{users, App, PageError, Viewer};
 use axum::extract::{Query, State};
-use axum::http::{header, StatusCode};
+use axum::http::{header, HeaderValue, StatusCode};
 use axum::response::{Html, IntoResponse, Redirect, Response};
 use axum::{Extension, Form};
 use maud::{html, DOCTYPE};
@@ -74,6 +74,9 @@ pub async fn form(Query(q): Query<Next>) -> Response {
     login_page(StatusCode::OK, &q.next, None)
 }
 
+/// Password verifications running at once (one per CPU of the small machines we run on).
+static HASHING: tokio::sync::Semaphore = tokio::sync::Semaphore::const_new(2);
+
 pub async fn submit(
     State(app): State<Arc<App>>,
     Extension(ClientAddr(client)): Extension<ClientAddr>,
@@ -82,7 +85,7 @@ pub async fn submit(
     let now = Instant::now();
     let name = c.username.trim().to_string();
     let refused = |why: &str| app.audit_as(&name, "-", client, "login", &name, why);
-    if let Err(wait) = app.limiter.check(client.ip(), &name, now) {
+    if let Err(wait) = app.limiter.attempt(client.ip(), &name, now) {
         refused("refused: too many failed attempts");
         let minutes = wait.as_secs().div_ceil(60);
         return login_page(
@@ -99,12 +102,25 @@ pub async fn submit(
         .map(|u| u.hash.clone())
         .unwrap_or_else(|| app.dummy_hash.clone());
     let password = c.password;
-    // Argon2 takes tens of milliseconds of CPU: off the async threads.
+    // Argon2 takes tens of milliseconds of CPU and 19 MiB: off the async threads, and at most
+    // as many at once as there are CPUs; beyond, an immediate 429 rather than a queue of
+    // hashes (memory) that answers nobody in time.
+    let Ok(permit) = HASHING.try_acquire() else {
+        refused("refused: too many logins at once");
+        let mut r = login_page(
+            StatusCode::TOO_MANY_REQUESTS,
+            &c.next,
+            Some("Too many logins at once: try again in a moment."),
+        );
+        r.headers_mut()
+            .insert(header::RETRY_AFTER, HeaderValue::from_static("1"));
+        return r;
+    };
     let good = tokio::task::spawn_blocking(move || users::verify_password(&hash, &password))
         .await
         .unwrap_or(false);
+    drop(permit);
     let Some(user) = user.filter(|_| good) else {
-        app.limiter.failed(client.ip(), &name, now);
         refused("refused: wrong user name or password");
         return login_page(
             StatusCode::UNAUTHORIZED,
