@@ -426,11 +426,7 @@ pub fn render_stats(r: &StatsReport) -> String {
 }
 
 fn csv_field(s: &str) -> String {
-    if s.contains([',', '"', '\n', '\r']) {
-        format!("\"{}\"", s.replace('"', "\"\""))
-    } else {
-        s.to_string()
-    }
+    crate::util::csv::cell(s).into_owned()
 }
 
 /// The indicators as a table: a header row, one row per group and a `total` row; the reasons

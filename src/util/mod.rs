@@ -1,4 +1,5 @@
 //! Small helpers every room of the house uses, with one way to do each thing: atomic file
-//! writes ([`fs`]). Imports nothing above it.
+//! writes ([`fs`]), CSV cells ([`csv`]). Imports nothing above it.
 
+pub mod csv;
 pub mod fs;

@@ -173,21 +173,12 @@ fn stats_table(t: &StatsTable) -> Markup {
     }
 }
 
-/// RFC 4180: fields with a comma, quote or line break are quoted, quotes doubled.
+/// The table as CSV, through the project's one cell writer (formulas neutralised).
 pub fn csv(t: &StatsTable) -> String {
-    let cell = |s: &str| {
-        if s.contains([',', '"', '\n', '\r']) {
-            format!("\"{}\"", s.replace('"', "\"\""))
-        } else {
-            s.to_string()
-        }
-    };
-    let mut out = String::new();
-    for row in std::iter::once(&t.columns).chain(&t.rows) {
-        out.push_str(&row.iter().map(|c| cell(c)).collect::<Vec<_>>().join(","));
-        out.push_str("\r\n");
-    }
-    out
+    std::iter::once(&t.columns)
+        .chain(&t.rows)
+        .map(|row| crate::util::csv::row(row.iter().map(String::as_str)))
+        .collect()
 }
 
 pub async fn indicators_csv(
