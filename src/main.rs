@@ -673,17 +673,23 @@ fn check_config(path: &std::path::Path, strict: bool) -> anyhow::Result<ExitCode
             return Ok(ExitCode::from(1));
         }
     };
-    for w in &parsed.warnings {
+    let text = std::fs::read_to_string(path).unwrap_or_default();
+    let mut warnings = parsed.warnings.clone();
+    warnings.extend(
+        passerelle::config::trust_warnings(&parsed.config)
+            .into_iter()
+            .map(|w| w.located(&shown, &text)),
+    );
+    for w in &warnings {
         println!("warning: {w}");
     }
-    if strict && !parsed.warnings.is_empty() {
+    if strict && !warnings.is_empty() {
         println!(
             "{shown}: {} warning(s), refused under --strict",
-            parsed.warnings.len()
+            warnings.len()
         );
         return Ok(ExitCode::from(1));
     }
-    let text = std::fs::read_to_string(path).unwrap_or_default();
     let at = |key: &str, msg: String| {
         passerelle::config::Problem::error(key, msg).located(&shown, &text)
     };

@@ -16,6 +16,7 @@ mod journal;
 mod reference;
 mod source;
 mod validate;
+pub use validate::trust_warnings;
 pub mod values;
 
 pub use console::{ConsoleConfig, ConsoleTransport};

@@ -214,19 +214,6 @@ pub fn validate(c: &Config) -> Vec<Problem> {
                 format!("{} does not exist", a.display()),
             ));
         }
-        // Weak trust defaults are allowed (test beds, a first hour) but never silent;
-        // `check-config --strict` refuses them.
-        if !w.signature_required() {
-            p.push(Problem::warning(
-                "whitelist.signer_anchors",
-                "unset: the list's signature is not checked, whoever can replace the file decides the trust space",
-            ));
-        } else if w.signer_dns.is_empty() {
-            p.push(Problem::warning(
-                "whitelist.signer_dns",
-                "empty: any certificate chaining to signer_anchors may sign the list; name the ANS signer",
-            ));
-        }
         if w.url.is_some() && w.refresh.is_zero() {
             p.push(Problem::error("whitelist.refresh", "must be positive"));
         }
@@ -285,6 +272,27 @@ pub fn validate(c: &Config) -> Vec<Problem> {
 }
 
 /// A listener attributes sessions to establishments, and there are none.
+/// Weak trust defaults, said by `check-config` (and refused under `--strict`): allowed for a
+/// test bed or a first hour, never silent. Not part of [`validate`]: every CLI verb would
+/// repeat them.
+pub fn trust_warnings(c: &Config) -> Vec<Problem> {
+    let mut p = Vec::new();
+    if let Some(w) = &c.whitelist {
+        if !w.signature_required() {
+            p.push(Problem::warning(
+                "whitelist.signer_anchors",
+                "unset: the list's signature is not checked, whoever can replace the file decides the trust space",
+            ));
+        } else if w.signer_dns.is_empty() {
+            p.push(Problem::warning(
+                "whitelist.signer_dns",
+                "empty: any certificate chaining to signer_anchors may sign the list; name the ANS signer",
+            ));
+        }
+    }
+    p
+}
+
 fn l_establishments_without_any(c: &Config) -> bool {
     c.establishment.is_empty() && c.listener.iter().any(|l| l.establishments)
 }

@@ -19,6 +19,7 @@ pub mod journal_hook;
 mod listener;
 mod pages;
 pub mod queue_view;
+pub mod redact;
 pub mod samples;
 mod session;
 pub mod users;

@@ -564,3 +564,28 @@ class HostileRequestTests(ConsoleTestCase):
         status, _, body = request(self.base, "POST", "/login",
                                   form={"username": "audit", "password": PASSWORDS["audit"]})
         self.assertEqual(status, 303, body)
+
+    def test_secrets_are_never_shown_and_survive_an_edit(self):
+        """B.10: an auditor read the directory's bind_password on /config."""
+        self.start()
+        self.gw.stop()
+        cfg = dict(self.gw.config)
+        cfg["directory"] = dict(cfg["directory"], bind_password="Sup3r-s3cret")
+        self.gw.set_config(cfg)
+        self.gw.start()
+        self.gw.wait_log(r"console listening", timeout=10)
+        for name in ("audit", "admin"):
+            status, _, body = request(self.base, "GET", "/config", cookie=self.plain_login(name))
+            self.assertEqual(status, 200)
+            self.assertNotIn("Sup3r-s3cret", body, name)
+            self.assertIn("********", body, name)
+        # The operator edits another line of the redacted text: the stored secret is kept.
+        b = self.browser().login("admin", PASSWORDS["admin"])
+        b.get("/config")
+        text = b.driver.find_element("css selector", "#config-text").get_property("value")
+        self.assertNotIn("Sup3r-s3cret", text)
+        b.driver.execute_script("document.querySelector('#config-text').value = arguments[0]",
+                                text + "\n# edited\n")
+        b.click("button[formaction='/config/apply']")
+        wait_until(lambda: "# edited" in open(self.gw.config_path).read(), 20, what="applied")
+        self.assertIn('bind_password = "Sup3r-s3cret"', open(self.gw.config_path).read())

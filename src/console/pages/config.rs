@@ -6,6 +6,7 @@ use super::super::access::{Action, Resource};
 use super::super::config_edit::{self, Checked, DiffLine};
 use super::super::{allow, page as frame, App, PageError, Viewer};
 use super::layout::csrf;
+use crate::console::redact::redact;
 use axum::extract::State;
 use axum::http::StatusCode;
 use axum::response::{IntoResponse, Redirect, Response};
@@ -55,6 +56,12 @@ fn editor(v: &Viewer, text: &str, base: &str) -> Markup {
     }
 }
 
+/// The edited text with the secrets the page hid put back from the file on disk.
+fn with_secrets(path: &std::path::Path, edited: &str) -> Result<String, String> {
+    let stored = std::fs::read_to_string(path).unwrap_or_default();
+    crate::console::redact::restore(edited, &stored)
+}
+
 pub async fn page(
     State(app): State<Arc<App>>,
     Extension(v): Extension<Viewer>,
@@ -62,9 +69,18 @@ pub async fn page(
     allow(&v, Action::View, Resource::Gateway)?;
     let snap = app.backend.snapshot.load_full();
     let path = snap.config.source.clone();
-    let running = snap.config.source_text.clone();
-    let on_disk = std::fs::read_to_string(&path).map_err(|e| e.to_string());
-    let previous = std::fs::read_to_string(config_edit::previous_path(&path)).ok();
+    // Secrets are never shown: every text below is redacted (the fingerprint is the real
+    // file's, and an apply puts the stored secrets back: see `redact::restore`).
+    let running = redact(&snap.config.source_text);
+    let on_disk_real = std::fs::read_to_string(&path).map_err(|e| e.to_string());
+    let base_fp = on_disk_real
+        .as_ref()
+        .map(|t| config_edit::fingerprint(t))
+        .unwrap_or_default();
+    let on_disk = on_disk_real.map(|t| redact(&t));
+    let previous = std::fs::read_to_string(config_edit::previous_path(&path))
+        .ok()
+        .map(|t| redact(&t));
     let may_edit = allow(&v, Action::ChangeConfig, Resource::Gateway).is_ok();
     let body = html! {
         p { "File: " code { (path.display()) } ". Environment overrides (PASSERELLE__…) apply on top of it and are not shown." }
@@ -77,7 +93,7 @@ pub async fn page(
         @if may_edit {
             section aria-labelledby="h-edit" {
                 h2 #h-edit { "Edit" }
-                @if let Ok(t) = &on_disk { (editor(&v, t, &config_edit::fingerprint(t))) }
+                @if let Ok(t) = &on_disk { (editor(&v, t, &base_fp)) }
             }
             @if let (Some(prev), Ok(cur)) = (&previous, &on_disk) {
                 section aria-labelledby="h-rollback" {
@@ -140,7 +156,8 @@ fn check_page(
     checked: &Checked,
     outcome: Option<&str>,
 ) -> Response {
-    let running = app.backend.snapshot.load().config.source_text.clone();
+    let running = redact(&app.backend.snapshot.load().config.source_text);
+    let text = &redact(text);
     let errors = checked.errors.len();
     let body = html! {
         @if let Some(o) = outcome { p.error role="alert" { (o) } }
@@ -182,15 +199,16 @@ pub async fn check(
     Form(f): Form<EditForm>,
 ) -> Result<Response, PageError> {
     allow(&v, Action::ChangeConfig, Resource::Gateway)?;
-    let text = config_edit::normalize(&f.text);
-    let shown = app
-        .backend
-        .snapshot
-        .load()
-        .config
-        .source
-        .display()
-        .to_string();
+    let path = app.backend.snapshot.load().config.source.clone();
+    let shown = path.display().to_string();
+    let edited = config_edit::normalize(&f.text);
+    let text = match with_secrets(&path, &edited) {
+        Ok(t) => t,
+        Err(e) => {
+            let checked = config_edit::check(&edited, &shown);
+            return Ok(check_page(&app, &v, &edited, &f.base, &checked, Some(&e)));
+        }
+    };
     let checked = config_edit::check(&text, &shown);
     Ok(check_page(&app, &v, &text, &f.base, &checked, None))
 }
@@ -202,9 +220,17 @@ pub async fn apply(
 ) -> Result<Response, PageError> {
     allow(&v, Action::ChangeConfig, Resource::Gateway)?;
     let _one_at_a_time = app.config_lock.lock().await;
-    let text = config_edit::normalize(&f.text);
+    let edited = config_edit::normalize(&f.text);
     let path = app.backend.snapshot.load().config.source.clone();
     let shown = path.display().to_string();
+    let text = match with_secrets(&path, &edited) {
+        Ok(t) => t,
+        Err(e) => {
+            app.audit(&v, "config apply", &shown, &format!("refused: {e}"));
+            let checked = config_edit::check(&edited, &shown);
+            return Ok(check_page(&app, &v, &edited, &f.base, &checked, Some(&e)));
+        }
+    };
     let checked = config_edit::check(&text, &shown);
     if !checked.errors.is_empty() {
         app.audit(
