@@ -170,6 +170,7 @@ pub fn print_item(it: &QueueItem, out: &mut impl Write) -> std::io::Result<()> {
         address,
         status,
         last_error,
+        ..
     } in &it.recipients
     {
         match last_error {

@@ -162,25 +162,32 @@ impl EstablishmentScope {
                 .collect(),
         }
     }
-
-    pub fn covers(&self, address: &str) -> bool {
-        let domain = crate::delivery::domain_of(address);
-        !domain.is_empty() && self.domains.iter().any(|p| p.matches(&domain, &|_| false))
-    }
 }
 
-/// The establishments a message belongs to: those whose domains cover its sender or one of
-/// its recipients. A message between two establishments of this gateway belongs to both.
+/// The establishments a message belongs to, as intake attributed it (issue 24 B.7): the one
+/// that sent it (recorded in the envelope when its server was recognised, never guessed from
+/// the sender address, which any client writes), the one whose mailbox each recipient was
+/// routed to (`establishment:NAME` transport), and otherwise the owner of each recipient
+/// address (`owner_of`: one establishment, or none on a shared domain whose owner is not
+/// known). A domain claimed by two establishments thus shows each only its own mail.
 pub fn owners<'a>(
-    sender: &str,
-    recipients: impl IntoIterator<Item = &'a str> + Clone,
-    establishments: &[EstablishmentScope],
+    sent_by: Option<&str>,
+    recipients: impl IntoIterator<Item = (&'a str, &'a str)>,
+    owner_of: &dyn Fn(&str) -> Option<String>,
 ) -> Vec<String> {
-    establishments
-        .iter()
-        .filter(|e| e.covers(sender) || recipients.clone().into_iter().any(|r| e.covers(r)))
-        .map(|e| e.name.clone())
-        .collect()
+    let mut out: Vec<String> = sent_by.map(str::to_string).into_iter().collect();
+    for (address, transport) in recipients {
+        let owner = match transport.strip_prefix(crate::config::establishment::TRANSPORT_PREFIX) {
+            Some(name) => Some(name.to_string()),
+            None => owner_of(address),
+        };
+        if let Some(o) = owner {
+            if !out.contains(&o) {
+                out.push(o);
+            }
+        }
+    }
+    out
 }
 
 #[cfg(test)]
@@ -334,25 +341,47 @@ mod tests {
     }
 
     #[test]
-    fn a_message_belongs_to_the_establishments_of_its_addresses() {
-        let ests = vec![
-            EstablishmentScope::new("chu-a", &["chu-a.mssante.fr"]),
-            EstablishmentScope::new("chu-b", &["*.chu-b.mssante.fr"]),
-        ];
-        let o = |from: &str, to: &[&str]| owners(from, to.iter().copied(), &ests);
-        assert_eq!(o("x@chu-a.mssante.fr", &["y@op.mssante.fr"]), vec!["chu-a"]);
-        assert_eq!(o("x@op.mssante.fr", &["y@CHU-A.mssante.fr"]), vec!["chu-a"]);
+    fn a_message_belongs_to_the_establishments_intake_named() {
+        // chu-a and chu-b share ght.mssante.fr; chu-a alone owns chu-a.mssante.fr.
+        let owner_of = |a: &str| match a {
+            "x@chu-a.mssante.fr" | "a1@ght.mssante.fr" => Some("chu-a".to_string()),
+            "b1@ght.mssante.fr" => Some("chu-b".to_string()),
+            _ => None,
+        };
+        let o = |by: Option<&str>, to: &[(&str, &str)]| owners(by, to.iter().copied(), &owner_of);
         assert_eq!(
-            o("x@chu-a.mssante.fr", &["y@svc.chu-b.mssante.fr"]),
-            vec!["chu-a", "chu-b"]
+            o(Some("chu-a"), &[("y@op.mssante.fr", "trust-space")]),
+            vec!["chu-a"],
+            "sent by chu-a"
         );
         assert!(
-            o("x@chu-b.mssante.fr", &["y@op.mssante.fr"]).is_empty(),
-            "*.suffix is strict"
+            o(None, &[("y@op.mssante.fr", "trust-space")]).is_empty(),
+            "a sender address of chu-a is not chu-a's mail: it is written by the client"
+        );
+        assert_eq!(
+            o(None, &[("b1@ght.mssante.fr", "establishment:chu-b")]),
+            vec!["chu-b"],
+            "inbound, routed to chu-b's mailbox"
+        );
+        assert_eq!(
+            o(None, &[("any@ght.mssante.fr", "establishment:chu-b")]),
+            vec!["chu-b"],
+            "the transport intake chose decides, the shared domain does not"
+        );
+        assert_eq!(
+            o(
+                Some("chu-b"),
+                &[
+                    ("a1@ght.mssante.fr", "relay"),
+                    ("b1@ght.mssante.fr", "relay")
+                ]
+            ),
+            vec!["chu-b", "chu-a"],
+            "explicit route: the owner of each address"
         );
         assert!(
-            o("", &["y@other.fr"]).is_empty(),
-            "null sender, foreign recipient"
+            o(None, &[("z@ght.mssante.fr", "relay")]).is_empty(),
+            "a shared domain's unknown address belongs to no establishment"
         );
     }
 }

@@ -152,6 +152,9 @@ impl Journal for NoJournal {
 pub trait Establishments: Send + Sync {
     /// `Err(Unavailable)` while the gateway has no notion of establishments.
     fn scopes(&self) -> Result<Vec<EstablishmentScope>, HookError>;
+    /// The one establishment that owns `address` (`None`: no establishment's, or a shared
+    /// domain's address whose owner is not known).
+    fn owner_of(&self, address: &str) -> Option<String>;
 }
 
 /// The establishments hook until establishments land: none, so an establishment user sees
@@ -163,6 +166,9 @@ impl Establishments for NoEstablishments {
         Err(HookError::Unavailable(
             "establishments are not part of this gateway yet: their pages arrive with them",
         ))
+    }
+    fn owner_of(&self, _: &str) -> Option<String> {
+        None
     }
 }
 
@@ -182,5 +188,11 @@ impl Establishments for GatewayEstablishments {
                 domains: e.domains.clone(),
             })
             .collect())
+    }
+    fn owner_of(&self, address: &str) -> Option<String> {
+        match self.0.load().policy.establishments.owner(address, &[]) {
+            crate::policy::establishment::Owner::Owned(e, _) => Some(e.name.clone()),
+            _ => None,
+        }
     }
 }

@@ -305,10 +305,16 @@ impl App {
         });
     }
 
-    /// The establishments a message belongs to: the one that sent it (its envelope says so)
-    /// and those whose domains its sender or recipients are in.
+    /// The establishments a message belongs to, as intake attributed it ([`access::owners`]).
     pub fn owners(&self, it: &crate::queue::QueueItem) -> Vec<String> {
-        owners_in(&self.scopes(), it)
+        let ests = &*self.backend.establishments;
+        access::owners(
+            it.establishment.as_deref(),
+            it.recipients
+                .iter()
+                .map(|r| (r.address.as_str(), r.transport.as_str())),
+            &|a| ests.owner_of(a),
+        )
     }
 
     /// The establishments in force, for pages that attribute many messages at once.
@@ -476,22 +482,4 @@ async fn guarded(
 /// A page in the console's frame.
 pub fn page(app: &App, v: &Viewer, current: &str, title: &str, body: Markup) -> Html<String> {
     pages::layout::frame(app, v, current, title, body)
-}
-
-/// [`App::owners`] against scopes the caller loaded once.
-pub fn owners_in(
-    scopes: &[access::EstablishmentScope],
-    it: &crate::queue::QueueItem,
-) -> Vec<String> {
-    let mut owners = access::owners(
-        &it.sender,
-        it.recipients.iter().map(|r| r.address.as_str()),
-        scopes,
-    );
-    if let Some(e) = &it.establishment {
-        if !owners.contains(e) {
-            owners.push(e.clone());
-        }
-    }
-    owners
 }

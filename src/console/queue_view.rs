@@ -216,6 +216,7 @@ mod tests {
                     address: a.to_string(),
                     status: s.to_string(),
                     last_error: None,
+                    transport: String::new(),
                 })
                 .collect(),
         }

@@ -411,7 +411,14 @@ impl Reader {
             );
         }
         if let Some(e) = &f.establishment {
-            add("m.establishment = #", Param::Text(e.clone()));
+            // Its mail as intake attributed it (issue 24 B.7): what its servers sent, and what
+            // was routed to its mailbox; never a domain guessed from an address.
+            add(
+                "(m.establishment = # OR EXISTS (SELECT 1 FROM recipients r
+                    WHERE r.qid = m.qid AND r.gw = m.gw
+                      AND r.transport = 'establishment:' || CAST(# AS TEXT)))",
+                Param::Text(e.clone()),
+            );
         }
         if let Some(s) = f.since {
             add("m.time >= #", Param::Int(s));

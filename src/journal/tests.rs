@@ -151,7 +151,15 @@ fn filter() -> TrackFilter {
 #[tokio::test]
 async fn track_by_each_filter_with_timelines() {
     let (_d, path) = journal_file();
-    let t = traffic();
+    let mut t = traffic();
+    // B2 came in for establishment chu-b's mailbox (the transport intake chose).
+    for e in &mut t {
+        if let EventBody::Accepted(a) = &mut e.body {
+            if a.queue_id == "B2" {
+                a.recipients[0].transport = "establishment:chu-b".into();
+            }
+        }
+    }
     // In two batches, as the writer would.
     write(&path, &t[..3]);
     write(&path, &t[3..]);
@@ -259,6 +267,15 @@ async fn track_by_each_filter_with_timelines() {
         })
         .await,
         ["C3"]
+    );
+    assert_eq!(
+        one(TrackFilter {
+            establishment: Some("chu-b".into()),
+            ..filter()
+        })
+        .await,
+        ["B2"],
+        "mail routed to its mailbox is an establishment's too"
     );
     assert_eq!(
         one(TrackFilter {

@@ -40,6 +40,10 @@ pub struct QueueRcpt {
     pub address: String,
     pub status: String,
     pub last_error: Option<String>,
+    /// The transport intake chose (`establishment:NAME` for an establishment's mailbox): who
+    /// the console shows an inbound message to.
+    #[serde(default)]
+    pub transport: String,
 }
 
 /// Why an administrator's request could not be done.
@@ -575,6 +579,7 @@ impl QueueItem {
                     address: r.address.clone(),
                     status: format!("{:?}", s.status).to_lowercase(),
                     last_error: s.last.as_ref().map(|f| f.to_string()),
+                    transport: r.transport.clone(),
                 })
                 .collect(),
         }

@@ -27,12 +27,14 @@ from harness import (PASSERELLE_BIN, REPO, E2ETestCase, dev_pki, free_port, gate
 
 SENDER = "secretariat@chu-exemple.mssante.fr"
 RCPT = "dr.martin@chu-exemple.mssante.fr"
-PASSWORDS = {"admin": "operator password 1", "audit": "auditor password 1", "chua": "establishment pw 1"}
+PASSWORDS = {"admin": "operator password 1", "audit": "auditor password 1", "chua": "establishment pw 1",
+             "chub": "establishment pw 2"}
 
 
 class ConsoleTestCase(E2ETestCase):
 
-    def start(self, console_extra=None, retry="1h"):
+    def start(self, console_extra=None, retry="1h", shape=None):
+        """shape(cfg), if given, changes the gateway's configuration before it starts."""
         self.peer_ = self.peer("mailbox", start=False)
         self.gw_port = free_port()
         self.console_port = free_port()
@@ -60,6 +62,8 @@ class ConsoleTestCase(E2ETestCase):
                                         clients=[], establishments=True))
         cfg["establishment"] = [{"name": "chu-a", "domains": ["chu-a.mssante.fr"], "clients": ["127.0.0.21/32"],
                                  "mailbox": "127.0.0.1:%d" % self.peer_.port}]
+        if shape:
+            shape(cfg)
         self.gw = self.gateway(cfg, start=False)
         for name, role in (("admin", "operator"), ("audit", "auditor"), ("chua", "establishment:chu-a")):
             self.user_add(name, role, PASSWORDS[name])
@@ -328,6 +332,62 @@ class AccessTests(ConsoleTestCase):
         status, _, _ = request(self.base, "POST", "/messages/%s/retry" % qid, form={"csrf": b.csrf()},
                                cookie=cookie)
         self.assertEqual(status, 404)
+
+    def test_two_establishments_on_one_shared_domain_see_only_their_own(self):
+        """B.7: who owns a message is the establishment intake attributed it to (its sending
+        server, the mailbox a recipient was routed to), never a domain guessed from an address:
+        chu-a and chu-b share ght.mssante.fr, and a client may write any sender address."""
+        inbound_port = free_port()
+
+        def shape(cfg):
+            cfg["establishment"][0]["domains"].append("ght.mssante.fr")
+            cfg["establishment"][0]["addresses"] = ["a1@ght.mssante.fr"]
+            cfg["establishment"].append({"name": "chu-b", "domains": ["chu-b.mssante.fr", "ght.mssante.fr"],
+                                         "clients": ["127.0.0.22/32"], "addresses": ["b1@ght.mssante.fr"],
+                                         "mailbox": "127.0.0.1:%d" % self.peer_.port})
+            # Mail coming in from another operator (plain SMTP here: ownership is the point).
+            cfg["listener"].append(listener("entrant", inbound_port, ["establishments", "others"]))
+
+        self.start(shape=shape)
+        self.user_add("chub", "establishment:chu-b", PASSWORDS["chub"])
+        est_port = int(self.gw.config["listener"][1]["address"].rsplit(":", 1)[1])
+
+        def send(port, sender, rcpt, source=None):
+            s = smtplib.SMTP(timeout=20, source_address=(source, 0) if source else None)
+            try:
+                s.connect("127.0.0.1", port)
+                s.ehlo("mta.example")
+                s.mail(sender)
+                code, text = s.rcpt(rcpt)
+                self.assertEqual(code, 250, text)
+                code, text = s.data(("From: <%s>\r\nTo: <%s>\r\nSubject: s\r\n\r\nb\r\n"
+                                     % (sender, rcpt)).encode())
+                self.assertEqual(code, 250, text)
+                return queued_id(text.decode() if isinstance(text, bytes) else text)
+            finally:
+                s.quit()
+
+        sent_by_a = send(est_port, "a1@ght.mssante.fr", RCPT, source="127.0.0.21")
+        inbound_b = send(inbound_port, SENDER, "b1@ght.mssante.fr")
+        forged_b = send(self.gw_port, "b1@ght.mssante.fr", RCPT)
+        cookies = {}
+        for user in ("chua", "chub"):
+            status, headers, body = request(self.base, "POST", "/login",
+                                            form={"username": user, "password": PASSWORDS[user]})
+            self.assertEqual(status, 303, body)
+            cookies[user] = headers["set-cookie"].split(";", 1)[0]
+        sees = {"chua": {sent_by_a}, "chub": {inbound_b}}
+        for user, own in sees.items():
+            status, _, queue = request(self.base, "GET", "/queue", cookie=cookies[user])
+            self.assertEqual(status, 200)
+            for qid in (sent_by_a, inbound_b, forged_b):
+                status, _, _ = request(self.base, "GET", "/messages/%s" % qid, cookie=cookies[user])
+                mine = qid in own
+                self.assertEqual(status, 200 if mine else 404, "%s on %s" % (user, qid))
+                self.assertEqual(qid in queue, mine, "%s's queue page and %s" % (user, qid))
+        b = self.browser().login("admin", PASSWORDS["admin"])
+        b.get("/messages/%s" % forged_b)
+        self.assertIn(forged_b, b.text(), "the operator sees a message no establishment owns")
 
     def test_login_rate_limit_users_file_and_logout(self):
         self.start()

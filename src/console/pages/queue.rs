@@ -21,7 +21,6 @@ const MAX_ROWS: usize = 500;
 /// The messages `v` may see that pass `f`, oldest first.
 async fn matching(app: &App, v: &Viewer, f: &QueueFilter) -> Vec<(QueueItem, Vec<String>)> {
     let now = now_s();
-    let scopes = app.scopes();
     let mut rows: Vec<(QueueItem, Vec<String>)> = app
         .backend
         .queue
@@ -29,7 +28,7 @@ async fn matching(app: &App, v: &Viewer, f: &QueueFilter) -> Vec<(QueueItem, Vec
         .await
         .into_iter()
         .map(|it| {
-            let owners = super::super::owners_in(&scopes, &it);
+            let owners = app.owners(&it);
             (it, owners)
         })
         .filter(|(it, owners)| {
