@@ -311,6 +311,25 @@ async fn serve_one(mut stream: TcpStream, st: Arc<AdminState>) {
                 return stored_message(&mut stream, &st, id, whole, req.reader.as_deref()).await;
             }
             let q = &st.queue;
+            // An action on one message keeps its record's place in the journal first: one
+            // that could not be recorded is refused, never done unrecorded (issue 24 B.12).
+            let slot = match (req.method.as_str(), parts.as_slice()) {
+                ("POST", [_, "retry" | "hold" | "release" | "delete"]) => {
+                    match journal::reserve_admin() {
+                        Ok(s) => Some(s),
+                        Err(e) => {
+                            let msg = format!("refused: {e}; nothing was done, try again later\n");
+                            return respond(&mut stream, 503, text, &msg).await;
+                        }
+                    }
+                }
+                _ => None,
+            };
+            let record = |id: &str, action: AdminAction| {
+                if let Some(s) = slot {
+                    s.admin(id, action, "cli");
+                }
+            };
             let r: Result<String, QueueError> = match (req.method.as_str(), parts.as_slice()) {
                 ("GET", [""]) => Ok(json(&q.list().await)),
                 ("GET", [id]) => q
@@ -324,22 +343,22 @@ async fn serve_one(mut stream: TcpStream, st: Arc<AdminState>) {
                 ("POST", [id, "retry"]) => q
                     .retry(Some(id))
                     .await
-                    .inspect(|_| journal::admin(id, AdminAction::Retried, "cli"))
+                    .inspect(|_| record(id, AdminAction::Retried))
                     .map(|n| format!("{{\"retried\":{n}}}")),
                 ("POST", [id, "hold"]) => q
                     .hold(id)
                     .await
-                    .inspect(|_| journal::admin(id, AdminAction::Held, "cli"))
+                    .inspect(|_| record(id, AdminAction::Held))
                     .map(|_| "{}".into()),
                 ("POST", [id, "release"]) => q
                     .release(id)
                     .await
-                    .inspect(|_| journal::admin(id, AdminAction::Released, "cli"))
+                    .inspect(|_| record(id, AdminAction::Released))
                     .map(|_| "{}".into()),
                 ("POST", [id, "delete"]) => q
                     .delete(id)
                     .await
-                    .inspect(|_| journal::admin(id, AdminAction::Deleted, "cli"))
+                    .inspect(|_| record(id, AdminAction::Deleted))
                     .map(|_| "{}".into()),
                 _ => return respond(&mut stream, 404, text, "no such route\n").await,
             };

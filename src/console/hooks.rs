@@ -107,6 +107,9 @@ pub struct AuditEvent {
     pub outcome: String,
 }
 
+/// Writes an action's record in the place kept for it ([`Journal::reserve`]).
+pub type AuditRecord = Box<dyn FnOnce(&AuditEvent) + Send>;
+
 /// The message journal: timelines, search, indicators, and the audit trail.
 pub trait Journal: Send + Sync {
     fn timeline<'a>(
@@ -118,9 +121,10 @@ pub trait Journal: Send + Sync {
         q: &'a TrackQuery,
     ) -> BoxFuture<'a, Result<Vec<TrackedMessage>, HookError>>;
     fn stats<'a>(&'a self, q: &'a StatsQuery) -> BoxFuture<'a, Result<StatsTable, HookError>>;
-    /// Records an administrator's action. The console logs every action too, so nothing is
-    /// lost while no journal is configured.
-    fn record(&self, event: &AuditEvent);
+    /// Keeps a place for the record of an action on a message before it is done (issue 24
+    /// B.12); `Err` says why it could not be kept, and the action is then refused. The
+    /// console logs every action too, so nothing is lost while no journal is configured.
+    fn reserve(&self) -> Result<AuditRecord, HookError>;
 }
 
 /// The journal hook until the journal lands.
@@ -145,7 +149,9 @@ impl Journal for NoJournal {
     fn stats<'a>(&'a self, _: &'a StatsQuery) -> BoxFuture<'a, Result<StatsTable, HookError>> {
         Box::pin(async { Err(HookError::Unavailable(NO_JOURNAL)) })
     }
-    fn record(&self, _: &AuditEvent) {}
+    fn reserve(&self) -> Result<AuditRecord, HookError> {
+        Ok(Box::new(|_| {}))
+    }
 }
 
 /// The establishments this gateway serves.

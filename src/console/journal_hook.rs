@@ -3,7 +3,7 @@
 //! `passerelle track` never disagree. Actions on messages are journaled with the console user.
 
 use super::hooks::{
-    AuditEvent, HookError, Journal, JournalEvent, StatsQuery, StatsTable, TrackQuery,
+    AuditEvent, AuditRecord, HookError, Journal, JournalEvent, StatsQuery, StatsTable, TrackQuery,
     TrackedMessage,
 };
 use crate::config::{JournalConfig, JournalKind};
@@ -210,21 +210,24 @@ impl Journal for JournalHook {
 
     /// Actions on a message go into its timeline, with the console user; the others (config,
     /// users, logins) have the console's audit log line (target `passerelle::console::audit`).
-    fn record(&self, event: &AuditEvent) {
-        let action = match event.action.as_str() {
-            "retry" => AdminAction::Retried,
-            "hold" => AdminAction::Held,
-            "release" => AdminAction::Released,
-            "delete" => AdminAction::Deleted,
-            _ => return,
-        };
-        // The outcomes `message::perform` gives when the queue did it; errors are not facts.
-        let done = matches!(
-            event.outcome.as_str(),
-            "retry scheduled now" | "held" | "released for an attempt now" | "deleted"
-        );
-        if done && !event.target.is_empty() {
-            crate::journal::admin(&event.target, action, &format!("console:{}", event.user));
-        }
+    fn reserve(&self) -> Result<AuditRecord, HookError> {
+        let slot = crate::journal::reserve_admin().map_err(|e| HookError::Failed(e.to_string()))?;
+        Ok(Box::new(move |event: &AuditEvent| {
+            let action = match event.action.as_str() {
+                "retry" => AdminAction::Retried,
+                "hold" => AdminAction::Held,
+                "release" => AdminAction::Released,
+                "delete" => AdminAction::Deleted,
+                _ => return,
+            };
+            // The outcomes `message::perform` gives when the queue did it; errors are not facts.
+            let done = matches!(
+                event.outcome.as_str(),
+                "retry scheduled now" | "held" | "released for an attempt now" | "deleted"
+            );
+            if done && !event.target.is_empty() {
+                slot.admin(&event.target, action, &format!("console:{}", event.user));
+            }
+        }))
     }
 }

@@ -272,8 +272,9 @@ pub fn allow(v: &Viewer, action: Action, resource: Resource<'_>) -> Result<(), P
 }
 
 impl App {
-    /// Logs an administrator's action and hands it to the journal.
-    pub fn audit(&self, v: &Viewer, action: &str, target: &str, outcome: &str) {
+    /// Logs an administrator's action (target `passerelle::console::audit`). Actions on a
+    /// message are journalled too, in a place kept before they are done ([`hooks::Journal::reserve`]).
+    pub fn audit(&self, v: &Viewer, action: &str, target: &str, outcome: &str) -> AuditEvent {
         self.audit_as(
             v.user(),
             &v.role().to_string(),
@@ -281,7 +282,7 @@ impl App {
             action,
             target,
             outcome,
-        );
+        )
     }
 
     fn audit_as(
@@ -292,17 +293,17 @@ impl App {
         action: &str,
         target: &str,
         outcome: &str,
-    ) {
+    ) -> AuditEvent {
         tracing::info!(target: "passerelle::console::audit", user, role, client = %client.ip(),
             action, target, outcome, "console action");
-        self.backend.journal.record(&AuditEvent {
+        AuditEvent {
             user: user.to_string(),
             role: role.to_string(),
             client: client.ip().to_string(),
             action: action.to_string(),
             target: target.to_string(),
             outcome: outcome.to_string(),
-        });
+        }
     }
 
     /// The establishments a message belongs to, as intake attributed it ([`access::owners`]).

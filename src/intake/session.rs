@@ -85,6 +85,9 @@ pub struct Session {
     ticket: Arc<Ticket>,
     /// Logged line by line (see `sinfo!`).
     loud: bool,
+    /// Its end was logged with the reason (a limit's 421): no disconnect line follows, so a
+    /// session shed under a flood is one line (issue 25 item 5).
+    end_logged: bool,
 }
 
 enum Flow {
@@ -132,6 +135,7 @@ impl Session {
             counts: Vec::new(),
             ticket,
             loud,
+            end_logged: false,
         }
     }
 
@@ -153,11 +157,14 @@ impl Session {
         sinfo!(
             self,
             client = self.peer.to_string(),
+            listener = self.ctx.listener.name.as_str(),
             after = self.current,
             reply = reason.reply().trim_end(),
-            "end: {}",
-            reason.log_text()
+            "end: {} {}",
+            reason.log_text(),
+            self.summary()
         );
+        self.end_logged = true;
         self.raw(reason.reply());
     }
 
@@ -318,22 +325,29 @@ impl Session {
             1.0,
         );
         let mut this = self;
-        sinfo!(
-            this,
-            client = this.peer.to_string(),
-            listener = listener.as_str(),
-            "connect"
-        );
+        // A client not yet known (it may be one of a flood's) has its one line at the end:
+        // the disconnect line says who it was and what it did.
+        if this.ticket.is_attributed() {
+            tracing::info!(
+                client = this.peer.to_string(),
+                listener = listener.as_str(),
+                "connect"
+            );
+        }
         this.dialogue(shutdown).await;
-        sinfo!(
-            this,
-            client = this.peer.to_string(),
-            listener = listener.as_str(),
-            helo = this.helo.as_deref(),
-            tls = this.tls.as_deref(),
-            "disconnect {}",
-            this.summary()
-        );
+        if this.end_logged {
+            // Its `end:` line said it.
+        } else {
+            sinfo!(
+                this,
+                client = this.peer.to_string(),
+                listener = listener.as_str(),
+                helo = this.helo.as_deref(),
+                tls = this.tls.as_deref(),
+                "disconnect {}",
+                this.summary()
+            );
+        }
         crate::metrics::gauge_add(
             "passerelle_sessions_active",
             "SMTP sessions in progress",

@@ -107,6 +107,9 @@ pub struct Counters {
     pub written: AtomicU64,
     pub batches: AtomicU64,
     pub errors: AtomicU64,
+    /// Events in the channel or promised a place in it ([`reserve_admin`]); the writer takes
+    /// one off for each event it receives.
+    pub pending: std::sync::atomic::AtomicUsize,
     /// Unix seconds of the last "dropped" log line (one per 10 s at most).
     last_drop_log: AtomicU64,
 }
@@ -114,6 +117,9 @@ pub struct Counters {
 /// The running journal: the sending end of the writer's channel, and the writer thread.
 pub struct Journal {
     tx: std::sync::mpsc::SyncSender<Event>,
+    /// `journal.buffer`: ordinary events beyond it are dropped; the channel holds
+    /// [`ADMIN_HEADROOM`] more, for administrators' actions only.
+    buffer: usize,
     pub counters: Arc<Counters>,
     writer: std::sync::Mutex<Option<writer::WriterThread>>,
 }
@@ -130,12 +136,13 @@ pub fn start(cfg: &crate::config::Config) -> Option<Arc<Journal>> {
         return None;
     }
     let backend = backend(cfg)?;
-    let (tx, rx) = std::sync::mpsc::sync_channel(jc.buffer);
+    let (tx, rx) = std::sync::mpsc::sync_channel(jc.buffer + ADMIN_HEADROOM);
     let counters = Arc::new(Counters::default());
     tracing::info!(kind = jc.kind.as_str(), gateway = %jc.gateway_name(), "journal: {}", backend.describe());
     let thread = writer::spawn(backend, rx, writer::Settings::from(jc), counters.clone());
     Some(Arc::new(Journal {
         tx,
+        buffer: jc.buffer,
         counters,
         writer: std::sync::Mutex::new(Some(thread)),
     }))
@@ -212,8 +219,11 @@ impl Journal {
     pub fn push(&self, ev: Event) {
         let c = &self.counters;
         c.recorded.fetch_add(1, Ordering::Relaxed);
-        if self.tx.try_send(ev).is_ok() {
-            return;
+        if self.take_place(self.buffer) {
+            if self.tx.try_send(ev).is_ok() {
+                return;
+            }
+            self.give_back();
         }
         let n = c.dropped.fetch_add(1, Ordering::Relaxed) + 1;
         let now = crate::message::now_ms() / 1000;
@@ -227,6 +237,88 @@ impl Journal {
                 dropped_total = n,
                 "journal buffer full (database slow or down): events dropped; mail is not affected"
             );
+        }
+    }
+
+    /// Counts one more pending event if fewer than `limit` are: the count never exceeds the
+    /// channel's capacity, so a place taken is a `try_send` that succeeds.
+    fn take_place(&self, limit: usize) -> bool {
+        self.counters
+            .pending
+            .fetch_update(Ordering::AcqRel, Ordering::Acquire, |n| {
+                (n < limit).then_some(n + 1)
+            })
+            .is_ok()
+    }
+
+    /// See [`reserve_admin`].
+    pub fn reserve_admin(self: &Arc<Journal>) -> Result<AdminSlot, JournalFull> {
+        if self.take_place(self.buffer + ADMIN_HEADROOM) {
+            Ok(AdminSlot {
+                journal: Some(self.clone()),
+            })
+        } else {
+            Err(JournalFull)
+        }
+    }
+
+    fn give_back(&self) {
+        self.counters.pending.fetch_sub(1, Ordering::AcqRel);
+    }
+}
+
+/// Places kept in the journal's channel beyond `journal.buffer` for administrators' actions:
+/// a flood of mail events fills the buffer, never these.
+pub const ADMIN_HEADROOM: usize = 256;
+
+/// Why an administrator's action cannot be recorded now.
+#[derive(Debug, Clone, thiserror::Error)]
+#[error("the journal cannot record it now: its buffer is full (database slow or down)")]
+pub struct JournalFull;
+
+/// A place in the journal kept for the record of one administrator's action, taken before
+/// the action is done (issue 24 B.12): an action whose record would be dropped is refused,
+/// never done unrecorded. Dropped unused, the place is given back.
+pub struct AdminSlot {
+    journal: Option<Arc<Journal>>,
+}
+
+/// Keeps a place for an action's record (`Err` when even the administrators' headroom is
+/// full). Without a journal the action's log line is its record.
+pub fn reserve_admin() -> Result<AdminSlot, JournalFull> {
+    match HANDLE.load_full() {
+        Some(j) => j.reserve_admin(),
+        None => Ok(AdminSlot { journal: None }),
+    }
+}
+
+impl AdminSlot {
+    /// Records the action done on message `queue_id` in the place kept for it.
+    pub fn admin(mut self, queue_id: &str, action: AdminAction, user: &str) {
+        let Some(j) = self.journal.take() else { return };
+        j.counters.recorded.fetch_add(1, Ordering::Relaxed);
+        let ev = Event::now(EventBody::Admin(Admin {
+            queue_id: queue_id.to_string(),
+            action,
+            user: user.to_string(),
+        }));
+        if j.tx.try_send(ev).is_err() {
+            // Only when the writer is gone (shutdown): nothing is left to record it.
+            j.give_back();
+            j.counters.dropped.fetch_add(1, Ordering::Relaxed);
+            tracing::error!(
+                queue_id,
+                user,
+                "journal: writer gone, an administrator's action is not recorded"
+            );
+        }
+    }
+}
+
+impl Drop for AdminSlot {
+    fn drop(&mut self) {
+        if let Some(j) = self.journal.take() {
+            j.give_back();
         }
     }
 }

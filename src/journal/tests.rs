@@ -460,10 +460,11 @@ async fn stub_rows_when_the_acceptance_was_lost() {
 }
 
 fn test_journal(buffer: usize) -> (Journal, std::sync::mpsc::Receiver<Event>) {
-    let (tx, rx) = std::sync::mpsc::sync_channel(buffer);
+    let (tx, rx) = std::sync::mpsc::sync_channel(buffer + super::ADMIN_HEADROOM);
     (
         Journal {
             tx,
+            buffer,
             counters: Arc::new(Counters::default()),
             writer: Mutex::new(None),
         },
@@ -517,6 +518,36 @@ fn full_buffer_drops_and_counts_without_blocking() {
     assert!(t.elapsed() < Duration::from_secs(1));
     assert_eq!(j.counters.recorded.load(Ordering::Relaxed), 5);
     assert_eq!(j.counters.dropped.load(Ordering::Relaxed), 2);
+}
+
+/// Issue 24 B.12: mail events fill the buffer, an administrator's action still finds its
+/// place; when even that headroom is full the action is refused (never done unrecorded), and
+/// a place kept but unused is given back.
+#[test]
+fn administrators_actions_are_recorded_or_refused_never_dropped() {
+    let (j, rx) = test_journal(3);
+    let j = Arc::new(j);
+    for i in 0..10 {
+        j.push(accepted(&format!("{i}"), DAY1, "a@b", &["c@d"]));
+    }
+    assert_eq!(j.counters.dropped.load(Ordering::Relaxed), 7);
+    let mut kept = Vec::new();
+    for _ in 0..super::ADMIN_HEADROOM {
+        kept.push(j.reserve_admin().expect("headroom for administrators"));
+    }
+    assert!(j.reserve_admin().is_err(), "full: the action is refused");
+    drop(kept.pop());
+    let slot = j.reserve_admin().expect("an unused place was given back");
+    slot.admin("Q1", AdminAction::Held, "console:admin");
+    drop(kept);
+    let got: Vec<Event> = rx.try_iter().collect();
+    assert_eq!(got.len(), 4, "three mail events and the action");
+    assert!(matches!(&got[3].body, EventBody::Admin(a) if a.queue_id == "Q1"));
+    assert_eq!(
+        j.counters.dropped.load(Ordering::Relaxed),
+        7,
+        "the action was not dropped"
+    );
 }
 
 /// Fails its first `fail` writes, then stores the event counts it was given.

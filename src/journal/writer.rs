@@ -189,7 +189,10 @@ fn run(mut backend: Box<dyn Backend>, rx: Receiver<Event>, s: Settings, c: Arc<C
         // Gather: wait for a first event, then up to flush_interval for more.
         if !closed {
             match rx.recv_timeout(idle) {
-                Ok(e) => batch.push(e),
+                Ok(e) => {
+                    c.pending.fetch_sub(1, Ordering::AcqRel);
+                    batch.push(e)
+                }
                 Err(RecvTimeoutError::Timeout) => {}
                 Err(RecvTimeoutError::Disconnected) => closed = true,
             }
@@ -202,6 +205,7 @@ fn run(mut backend: Box<dyn Backend>, rx: Receiver<Event>, s: Settings, c: Arc<C
                 loop {
                     match rx.try_recv() {
                         Ok(e) => {
+                            c.pending.fetch_sub(1, Ordering::AcqRel);
                             batch.push(e);
                             if batch.len() >= s.batch_size {
                                 break;

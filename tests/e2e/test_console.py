@@ -625,6 +625,56 @@ class HostileRequestTests(ConsoleTestCase):
                                   form={"username": "audit", "password": PASSWORDS["audit"]})
         self.assertEqual(status, 303, body)
 
+    def test_actions_are_recorded_or_refused_when_the_journal_is_full(self):
+        """B.12: with the journal's database down and its buffer full of mail events, an
+        operator's actions still get their place; once even that headroom is full an action is
+        refused and not done, and every action done is in the journal when it comes back."""
+        blocker = os.path.join(self.tmp, "journal-dir")
+        with open(blocker, "w") as f:
+            f.write("a file where the journal's directory should be: the database is down\n")
+
+        def shape(cfg):
+            cfg["journal"] = {"kind": "sqlite", "path": os.path.join(blocker, "journal.db"),
+                              "buffer": 1, "batch_size": 1}
+
+        self.start(shape=shape)
+        qid = self.send()
+        cookie = self.plain_login("admin")
+        _, _, page = request(self.base, "GET", "/messages/%s" % qid, cookie=cookie)
+        token = re.search(r'name="csrf" value="([0-9a-f]+)"', page).group(1)
+        done, refused = 0, None
+        for i in range(400):
+            action = ("hold", "release")[i % 2]
+            status, _, _ = request(self.base, "POST", "/messages/%s/%s" % (qid, action), form={"csrf": token},
+                                   cookie=cookie, headers={"Origin": self.base})
+            self.assertEqual(status, 303)
+            _, _, page = request(self.base, "GET", "/messages/%s" % qid, cookie=cookie)
+            if "the journal cannot record it now" in page:
+                refused = action
+                break
+            done += 1
+        self.assertIsNotNone(refused, "an action beyond the headroom is refused")
+        self.assertGreaterEqual(done, 256, "the administrators' headroom")
+        self.gw.wait_log(r"refused: the journal cannot record it now", timeout=5)
+        outcomes = re.findall(r'console action user="admin" .* outcome="(held|released for an attempt now)"',
+                              self.gw.log())
+        held = "on hold" in self.gw.cli("queue", "show", qid)[1]
+        self.assertEqual(held, outcomes[-1] == "held", "the refused %s was not done" % refused)
+        # The database comes back: every action done is recorded, none was dropped (an action
+        # the queue could not do, "delivery in progress", is no fact and has no record).
+        done = len(outcomes)
+        os.remove(blocker)
+        os.mkdir(blocker)
+
+        def recorded():
+            rc, out = self.gw.cli("track", "--id", qid)
+            self.last_track = out
+            return rc == 0 and out.count("console:admin") >= done
+        try:
+            wait_until(recorded, 30, what="%d console actions in the journal" % done)
+        except TimeoutError:
+            self.fail("%d actions done, journal says:\n%s" % (done, self.last_track[-3000:]))
+
     def test_secrets_are_never_shown_and_survive_an_edit(self):
         """B.10: an auditor read the directory's bind_password on /config."""
         self.start()

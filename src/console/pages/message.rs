@@ -73,6 +73,15 @@ pub async fn perform(
     action: QueueAction,
     id: &str,
 ) -> Result<String, String> {
+    // Its record's place first: an action that could not be recorded is not done.
+    let record = match app.backend.journal.reserve() {
+        Ok(r) => r,
+        Err(e) => {
+            let why = format!("refused: {e}; nothing was done, try again later");
+            app.audit(v, action.as_str(), id, &why);
+            return Err(why);
+        }
+    };
     let q = &app.backend.queue;
     let r: Result<String, QueueError> = match action {
         QueueAction::Retry => q.retry(Some(id)).await.map(|n| {
@@ -93,7 +102,7 @@ pub async fn perform(
         Ok(t) => t.clone(),
         Err(e) => e.to_string(),
     };
-    app.audit(v, action.as_str(), id, &outcome);
+    record(&app.audit(v, action.as_str(), id, &outcome));
     r.map_err(|e| e.to_string())
 }
 
