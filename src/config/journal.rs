@@ -100,8 +100,8 @@ impl JournalConfig {
             match self.url.as_deref() {
                 None | Some("") => p.push("journal.url: required for kind = \"postgres\"".into()),
                 Some(u) => {
-                    if let Err(e) = u.parse::<tokio_postgres::Config>() {
-                        p.push(format!("journal.url: {e}"));
+                    if let Err(e) = postgres_target(u) {
+                        p.push(e);
                     }
                 }
             }
@@ -140,6 +140,152 @@ fn host_name() -> String {
     }
 }
 
+/// libpq's `sslmode`: tokio-postgres knows `disable`, `prefer` and `require` only, and no CA
+/// file, so the two `verify-*` modes and `sslrootcert` are taken out of the URL and honoured
+/// here (issue 24 B.8).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum SslMode {
+    Disable,
+    /// libpq's default: TLS when the server offers it, the certificate not checked.
+    Prefer,
+    /// TLS or nothing; the certificate checked against `sslrootcert` when one is given.
+    Require,
+    /// TLS, the certificate signed by `sslrootcert`'s CA.
+    VerifyCa,
+    /// TLS, the certificate signed by `sslrootcert`'s CA and naming the host connected to.
+    VerifyFull,
+}
+
+impl SslMode {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            SslMode::Disable => "disable",
+            SslMode::Prefer => "prefer",
+            SslMode::Require => "require",
+            SslMode::VerifyCa => "verify-ca",
+            SslMode::VerifyFull => "verify-full",
+        }
+    }
+
+    fn parse(v: &str) -> Result<SslMode, String> {
+        Ok(match v {
+            "disable" => SslMode::Disable,
+            "allow" | "prefer" => SslMode::Prefer,
+            "require" => SslMode::Require,
+            "verify-ca" => SslMode::VerifyCa,
+            "verify-full" => SslMode::VerifyFull,
+            other => {
+                return Err(format!(
+                "journal.url: sslmode={other:?}: disable, prefer, require, verify-ca or verify-full"
+            ))
+            }
+        })
+    }
+}
+
+/// Where the journal is and how its connection is protected.
+pub struct PgTarget {
+    pub config: tokio_postgres::Config,
+    pub mode: SslMode,
+    pub root_cert: Option<std::path::PathBuf>,
+}
+
+/// Parses the URL (libpq URL or key=value form) and applies our defaults (connect timeout
+/// 5 s, application name).
+pub fn postgres_target(url: &str) -> Result<PgTarget, String> {
+    let (rest, mode, root) = take_tls_options(url)?;
+    let mut c: tokio_postgres::Config = rest.parse().map_err(|e| format!("journal.url: {e}"))?;
+    if c.get_connect_timeout().is_none() {
+        c.connect_timeout(Duration::from_secs(5));
+    }
+    if c.get_application_name().is_none() {
+        c.application_name("passerelle");
+    }
+    let mode = mode.unwrap_or(SslMode::Prefer);
+    if matches!(mode, SslMode::VerifyCa | SslMode::VerifyFull) && root.is_none() {
+        return Err(
+            "journal.url: sslmode=verify-ca and verify-full need sslrootcert=FILE (the CA that signed the server's certificate)"
+                .into(),
+        );
+    }
+    c.ssl_mode(match mode {
+        SslMode::Disable => tokio_postgres::config::SslMode::Disable,
+        SslMode::Prefer => tokio_postgres::config::SslMode::Prefer,
+        _ => tokio_postgres::config::SslMode::Require,
+    });
+    Ok(PgTarget {
+        config: c,
+        mode,
+        root_cert: root.map(std::path::PathBuf::from),
+    })
+}
+
+/// Takes `sslmode` and `sslrootcert` out of a URL or key=value string: the rest is what
+/// tokio-postgres parses.
+fn take_tls_options(url: &str) -> Result<(String, Option<SslMode>, Option<String>), String> {
+    let (mut mode, mut root) = (None, None);
+    let mut take = |k: &str, v: &str| -> Result<bool, String> {
+        match k {
+            "sslmode" => mode = Some(SslMode::parse(v)?),
+            "sslrootcert" => root = Some(v.to_string()),
+            _ => return Ok(false),
+        }
+        Ok(true)
+    };
+    if url.starts_with("postgres://") || url.starts_with("postgresql://") {
+        let Some((base, query)) = url.split_once('?') else {
+            return Ok((url.to_string(), None, None));
+        };
+        let mut kept = Vec::new();
+        for pair in query.split('&').filter(|p| !p.is_empty()) {
+            let (k, v) = pair.split_once('=').unwrap_or((pair, ""));
+            if !take(k, &percent_decode(v))? {
+                kept.push(pair);
+            }
+        }
+        let rest = if kept.is_empty() {
+            base.to_string()
+        } else {
+            format!("{base}?{}", kept.join("&"))
+        };
+        Ok((rest, mode, root))
+    } else {
+        let mut kept = Vec::new();
+        for word in url.split_whitespace() {
+            match word.split_once('=') {
+                Some((k, v)) if take(k.trim(), v.trim_matches('\''))? => {}
+                _ => kept.push(word),
+            }
+        }
+        Ok((kept.join(" "), mode, root))
+    }
+}
+
+/// `%XX` escapes of a URL parameter (a path to a CA file may hold a space or a slash).
+fn percent_decode(v: &str) -> String {
+    let b = v.as_bytes();
+    let mut out = Vec::with_capacity(b.len());
+    let mut i = 0;
+    while i < b.len() {
+        let hex = |c: u8| (c as char).to_digit(16);
+        match (
+            b[i],
+            b.get(i + 1).and_then(|&c| hex(c)),
+            b.get(i + 2).and_then(|&c| hex(c)),
+        ) {
+            (b'%', Some(h), Some(l)) => {
+                out.push((h * 16 + l) as u8);
+                i += 3;
+            }
+            (c, _, _) => {
+                out.push(c);
+                i += 1;
+            }
+        }
+    }
+    String::from_utf8_lossy(&out).into_owned()
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -164,5 +310,45 @@ mod tests {
             ..JournalConfig::default()
         };
         assert!(pg.validate().is_empty(), "{:?}", pg.validate());
+    }
+
+    #[test]
+    fn sslmode_and_sslrootcert_are_ours() {
+        let t = postgres_target(
+            "postgresql://u@db.example:5433/j?sslmode=verify-full&sslrootcert=/etc/ca%20x.pem&connect_timeout=9",
+        )
+        .unwrap();
+        assert_eq!(t.mode, SslMode::VerifyFull);
+        assert_eq!(t.root_cert.as_deref(), Some(Path::new("/etc/ca x.pem")));
+        assert_eq!(t.config.get_dbname(), Some("j"));
+        assert_eq!(
+            t.config.get_connect_timeout(),
+            Some(&Duration::from_secs(9))
+        );
+        assert_eq!(
+            t.config.get_ssl_mode(),
+            tokio_postgres::config::SslMode::Require
+        );
+        let t =
+            postgres_target("host=db dbname=j sslmode=verify-ca sslrootcert='/ca.pem'").unwrap();
+        assert_eq!(t.mode, SslMode::VerifyCa);
+        assert_eq!(t.root_cert.as_deref(), Some(Path::new("/ca.pem")));
+        assert_eq!(t.config.get_dbname(), Some("j"));
+        let t = postgres_target("postgresql://u@db/j").unwrap();
+        assert_eq!(t.mode, SslMode::Prefer, "libpq's default");
+        assert_eq!(
+            postgres_target("postgresql://u@db/j?sslmode=disable")
+                .unwrap()
+                .config
+                .get_ssl_mode(),
+            tokio_postgres::config::SslMode::Disable
+        );
+        for bad in [
+            "postgresql://u@db/j?sslmode=verify-full",
+            "postgresql://u@db/j?sslmode=sometimes",
+            "host=db sslmode=verify-ca",
+        ] {
+            assert!(postgres_target(bad).is_err(), "{bad}");
+        }
     }
 }

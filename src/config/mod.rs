@@ -22,7 +22,7 @@ pub mod values;
 pub use console::{ConsoleConfig, ConsoleTransport};
 pub use dirsync::SyncConfig;
 pub use establishment::{EstablishmentConfig, SenderCheck};
-pub use journal::{JournalConfig, JournalKind};
+pub use journal::{postgres_target, JournalConfig, JournalKind, PgTarget, SslMode};
 pub use source::{locate, Problem, Severity};
 pub use values::{parse_duration, ClientNet, DomainPattern, HostPort};
 

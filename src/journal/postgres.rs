@@ -10,30 +10,125 @@
 use super::plan::{MsgStatus, Plan};
 use super::schema;
 use super::writer::{Backend, WriteError};
+use std::sync::Arc;
 use std::time::Duration;
-use tokio_postgres::{Client, NoTls, Statement};
+use tokio_postgres::{Client, Statement};
 
 /// Any lock id: serialises schema creation between gateways starting together.
 const SCHEMA_LOCK: i64 = 0x7061_7373_6a72_6e6c; // "passjrnl"
 
-/// Parses the URL and applies our defaults (connect timeout 5 s, application name).
-pub fn config(url: &str) -> Result<tokio_postgres::Config, String> {
-    let mut c: tokio_postgres::Config = url.parse().map_err(|e| format!("journal.url: {e}"))?;
-    if c.get_connect_timeout().is_none() {
-        c.connect_timeout(Duration::from_secs(5));
-    }
-    if c.get_application_name().is_none() {
-        c.application_name("passerelle");
-    }
-    Ok(c)
+pub use crate::config::{postgres_target as target, PgTarget as Target, SslMode};
+
+/// The rustls side of a target: reads `sslrootcert` (blocking: call it off the runtime's
+/// threads, see [`connect`]).
+fn tls_connector(t: &Target) -> Result<tokio_postgres_rustls::MakeRustlsConnect, String> {
+    use crate::tls::{anonymous_client_config, provider, AcceptAnyServer};
+    let verifier: Arc<dyn rustls::client::danger::ServerCertVerifier> = match &t.root_cert {
+        Some(path) => {
+            let mut roots = rustls::RootCertStore::empty();
+            for c in crate::tls::load_certs("journal.url sslrootcert", path)
+                .map_err(|e| e.to_string())?
+            {
+                roots
+                    .add(c)
+                    .map_err(|e| format!("journal.url sslrootcert {}: {e}", path.display()))?;
+            }
+            let full = rustls::client::WebPkiServerVerifier::builder_with_provider(
+                Arc::new(roots),
+                provider(),
+            )
+            .build()
+            .map_err(|e| e.to_string())?;
+            if t.mode == SslMode::VerifyFull {
+                full
+            } else {
+                Arc::new(AnyName(full))
+            }
+        }
+        None => Arc::new(AcceptAnyServer(provider())),
+    };
+    let cfg = anonymous_client_config(verifier).map_err(|e| e.to_string())?;
+    Ok(tokio_postgres_rustls::MakeRustlsConnect::new(
+        (*cfg).clone(),
+    ))
 }
 
-/// Connects; the connection task runs on the caller's runtime.
+/// `verify-ca`: the chain must lead to the CA, whatever name the certificate carries.
+#[derive(Debug)]
+struct AnyName(Arc<rustls::client::WebPkiServerVerifier>);
+
+impl rustls::client::danger::ServerCertVerifier for AnyName {
+    fn verify_server_cert(
+        &self,
+        end_entity: &rustls::pki_types::CertificateDer<'_>,
+        intermediates: &[rustls::pki_types::CertificateDer<'_>],
+        name: &rustls::pki_types::ServerName<'_>,
+        ocsp: &[u8],
+        now: rustls::pki_types::UnixTime,
+    ) -> Result<rustls::client::danger::ServerCertVerified, rustls::Error> {
+        match self
+            .0
+            .verify_server_cert(end_entity, intermediates, name, ocsp, now)
+        {
+            Err(rustls::Error::InvalidCertificate(rustls::CertificateError::NotValidForName))
+            | Err(rustls::Error::InvalidCertificate(
+                rustls::CertificateError::NotValidForNameContext { .. },
+            )) => Ok(rustls::client::danger::ServerCertVerified::assertion()),
+            other => other,
+        }
+    }
+    fn verify_tls12_signature(
+        &self,
+        message: &[u8],
+        cert: &rustls::pki_types::CertificateDer<'_>,
+        dss: &rustls::DigitallySignedStruct,
+    ) -> Result<rustls::client::danger::HandshakeSignatureValid, rustls::Error> {
+        self.0.verify_tls12_signature(message, cert, dss)
+    }
+    fn verify_tls13_signature(
+        &self,
+        message: &[u8],
+        cert: &rustls::pki_types::CertificateDer<'_>,
+        dss: &rustls::DigitallySignedStruct,
+    ) -> Result<rustls::client::danger::HandshakeSignatureValid, rustls::Error> {
+        self.0.verify_tls13_signature(message, cert, dss)
+    }
+    fn supported_verify_schemes(&self) -> Vec<rustls::SignatureScheme> {
+        self.0.supported_verify_schemes()
+    }
+}
+
+/// An error and its causes (tokio-postgres says "error performing TLS handshake" and keeps
+/// which certificate was refused, and why, in its source).
+fn with_causes(e: &dyn std::error::Error) -> String {
+    let mut out = e.to_string();
+    let mut cause = e.source();
+    while let Some(c) = cause {
+        let text = c.to_string();
+        if !out.contains(&text) {
+            out.push_str(": ");
+            out.push_str(&text);
+        }
+        cause = c.source();
+    }
+    out
+}
+
+/// Connects; the connection task runs on the caller's runtime. The CA file is read on a
+/// blocking thread.
 pub async fn connect(url: &str) -> Result<Client, String> {
-    let (client, conn) = config(url)?
-        .connect(NoTls)
+    let t = target(url)?;
+    let (t, tls) = tokio::task::spawn_blocking(move || {
+        let tls = tls_connector(&t);
+        (t, tls)
+    })
+    .await
+    .map_err(|e| e.to_string())?;
+    let (client, conn) = t
+        .config
+        .connect(tls?)
         .await
-        .map_err(|e| format!("connecting: {e}"))?;
+        .map_err(|e| format!("connecting: {}", with_causes(&e)))?;
     tokio::spawn(async move {
         if let Err(e) = conn.await {
             tracing::debug!(error = %e, "journal: PostgreSQL connection closed");
@@ -464,11 +559,12 @@ const STATEMENT_LIMIT: Duration = Duration::from_secs(60);
 
 impl Backend for PgWriter {
     fn describe(&self) -> String {
-        match config(&self.url) {
-            Ok(c) => format!(
-                "PostgreSQL {:?} database {}",
-                c.get_hosts(),
-                c.get_dbname().unwrap_or("-")
+        match target(&self.url) {
+            Ok(t) => format!(
+                "PostgreSQL {:?} database {}, sslmode {}",
+                t.config.get_hosts(),
+                t.config.get_dbname().unwrap_or("-"),
+                t.mode.as_str()
             ),
             Err(e) => e,
         }

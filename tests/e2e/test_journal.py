@@ -13,12 +13,14 @@
 import json
 import os
 import re
+import shutil
 import socket
+import subprocess
 import time
 import uuid
 
-from harness import (E2ETestCase, free_port, gateway_config, http_get, listener, relay_transport,
-                     smtp_session, swaks, wait_until)
+from harness import (PASSERELLE_BIN, E2ETestCase, free_port, gateway_config, http_get, listener, relay_transport,
+                     smtp_session, swaks, toml_dumps, wait_until)
 
 DOMAIN = "chu-test.mssante.fr"
 SENDER = "secretariat@" + DOMAIN
@@ -281,6 +283,79 @@ class JournalPostgresTests(E2ETestCase):
         self.assertEqual(rc, 0, out)
         self.assertEqual(json.loads(out)["total"]["received_from_establishments"], 2)
         self.assertEqual(pg.psql("SELECT count(*) FROM gateways"), "2")
+
+    def test_the_journal_connection_is_encrypted_and_checked(self):
+        """Issue 24 B.8: a PostgreSQL that refuses clear connections (ssl = on, hostnossl
+        rejected); libpq's sslmode and sslrootcert are honoured: verify-full checks the CA and
+        the host name, a wrong CA or a clear connection is refused with the reason."""
+        pki = os.path.join(self.tmp, "pg-pki")
+        os.makedirs(pki)
+
+        def ssl(*args):
+            r = subprocess.run(["openssl"] + list(args), cwd=pki, stdout=subprocess.PIPE,
+                               stderr=subprocess.STDOUT, timeout=60)
+            self.assertEqual(r.returncode, 0, r.stdout.decode())
+
+        for ca in ("ca", "other-ca"):
+            ssl("req", "-x509", "-newkey", "ec", "-pkeyopt", "ec_paramgen_curve:P-256", "-nodes",
+                "-keyout", ca + ".key", "-out", ca + ".pem", "-days", "2", "-subj", "/CN=journal " + ca)
+        ssl("req", "-newkey", "ec", "-pkeyopt", "ec_paramgen_curve:P-256", "-nodes", "-keyout",
+            "server.key", "-out", "server.csr", "-subj", "/CN=journal.example")
+        with open(os.path.join(pki, "san.ext"), "w") as f:
+            f.write("subjectAltName = DNS:journal.example, IP:127.0.0.1\n")
+        ssl("x509", "-req", "-in", "server.csr", "-CA", "ca.pem", "-CAkey", "ca.key", "-CAcreateserial",
+            "-days", "2", "-extfile", "san.ext", "-out", "server.pem")
+        pg = self.postgres(start=False)
+        for f in ("server.pem", "server.key"):
+            dst = os.path.join(pg.data, f)
+            shutil.copy(os.path.join(pki, f), dst)
+            os.chmod(dst, 0o600)
+            if os.geteuid() == 0:
+                shutil.chown(dst, "postgres", "postgres")
+        with open(os.path.join(pg.data, "postgresql.conf"), "a") as f:
+            f.write("ssl = on\nssl_cert_file = 'server.pem'\nssl_key_file = 'server.key'\n")
+        hba = os.path.join(pg.data, "pg_hba.conf")
+        with open(hba) as f:
+            rules = f.read()
+        with open(hba, "w") as f:
+            f.write("hostnossl all all 0.0.0.0/0 reject\n" + rules)
+        pg.start()
+        url = pg.createdb("passerelle")
+        ca = os.path.join(pki, "ca.pem")
+        peer = self.peer("mailbox")
+        gw = self.gateway(config(self.tmp, peer.port, journal={
+            "kind": "postgres", "url": url + "?sslmode=verify-full&sslrootcert=" + ca}))
+        send(gw)
+        wait_tracked(gw, lambda m: m[0]["status"] == "delivered", "--to", RCPT)
+        self.assertEqual(pg.psql("SELECT count(*) FROM pg_stat_ssl s JOIN pg_stat_activity a USING (pid) "
+                                 "WHERE a.application_name = 'passerelle' AND NOT s.ssl"), "0")
+        self.assertNotEqual(pg.psql("SELECT count(*) FROM pg_stat_ssl s JOIN pg_stat_activity a "
+                                    "USING (pid) WHERE a.application_name = 'passerelle' AND s.ssl"), "0",
+                            "the gateway's journal connection is encrypted")
+
+        def cli_with(url):
+            cfg = dict(gw.config)
+            cfg["journal"] = {"kind": "postgres", "url": url}
+            path = os.path.join(self.tmp, "other.toml")
+            with open(path, "w") as f:
+                f.write(toml_dumps(cfg))
+            r = subprocess.run([PASSERELLE_BIN, "track", "--to", RCPT, "--config", path],
+                               stdout=subprocess.PIPE, stderr=subprocess.STDOUT, timeout=60)
+            return r.returncode, r.stdout.decode()
+
+        rc, out = cli_with(url + "?sslmode=verify-full&sslrootcert=" + os.path.join(pki, "other-ca.pem"))
+        self.assertNotEqual(rc, 0, out)
+        self.assertRegex(out, r"(?i)certificate|issuer", "a server signed by another CA is refused")
+        rc, out = cli_with(url.replace("127.0.0.1", "localhost") + "?sslmode=verify-full&sslrootcert=" + ca)
+        self.assertNotEqual(rc, 0, "verify-full: localhost is not a name of the certificate:\n" + out)
+        rc, out = cli_with(url.replace("127.0.0.1", "localhost") + "?sslmode=verify-ca&sslrootcert=" + ca)
+        self.assertEqual(rc, 0, "verify-ca: the CA is enough:\n" + out)
+        rc, out = cli_with(url + "?sslmode=disable")
+        self.assertNotEqual(rc, 0, out)
+        self.assertIn("no encryption", out, "the server refuses clear connections")
+        rc, out = cli_with(url + "?sslmode=verify-full")
+        self.assertNotEqual(rc, 0, out)
+        self.assertIn("verify-full need sslrootcert=FILE", out)
 
     def test_a_version_1_journal_is_upgraded_in_place(self):
         """A PostgreSQL journal of the first release (no `day`, lookups by address alone):
