@@ -60,6 +60,21 @@ fn spool_writable(spool: &Path) -> Result<(), String> {
     r.map_err(|e| e.to_string())
 }
 
+/// [`spool_writable`], its answer kept for 2 s.
+fn spool_probe(spool: &Path) -> Result<(), String> {
+    type Probe = Option<(std::time::Instant, Result<(), String>)>;
+    static LAST: std::sync::Mutex<Probe> = std::sync::Mutex::new(None);
+    let mut last = LAST.lock().unwrap_or_else(|p| p.into_inner());
+    if let Some((at, r)) = last.as_ref() {
+        if at.elapsed() < Duration::from_secs(2) {
+            return r.clone();
+        }
+    }
+    let r = spool_writable(spool);
+    *last = Some((std::time::Instant::now(), r.clone()));
+    r
+}
+
 pub async fn run(listener: TcpListener, state: Arc<AdminState>) {
     loop {
         let Ok((stream, _)) = listener.accept().await else {
@@ -223,7 +238,13 @@ async fn serve_one(mut stream: TcpStream, st: Arc<AdminState>) {
         ("GET", "/readyz") => {
             let trust = crate::trust::readiness(crate::trust::now_unix());
             let detail = trust.render();
-            match spool_writable(&st.spool) {
+            // Create + fsync: on a blocking thread, and at most once per 2 s whoever asks
+            // (issue 24 B.13: it ran on the runtime at every request).
+            let spool = st.spool.clone();
+            let writable = tokio::task::spawn_blocking(move || spool_probe(&spool))
+                .await
+                .unwrap_or_else(|e| Err(e.to_string()));
+            match writable {
                 Ok(()) if trust.ready => {
                     respond(&mut stream, 200, text, &format!("ready\n{detail}")).await
                 }

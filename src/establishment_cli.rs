@@ -644,15 +644,18 @@ pub async fn mailbox_test(cfg: &Config, name: &str) -> anyhow::Result<(bool, Vec
             return Ok((false, lines));
         }
     };
-    let tls = cfg
-        .tls
-        .as_ref()
-        .map(crate::tls::TlsMaterial::load)
-        .transpose()?;
-    let crls = std::sync::Arc::new(arc_swap::ArcSwap::from_pointee(crate::tls::CrlSet::load(
-        &cfg.tls.as_ref().map(|t| t.crls.clone()).unwrap_or_default(),
-        None,
-    )?));
+    // Files and CRL parsing: on a blocking thread, never the runtime's (issue 24 B.13).
+    let tls_cfg = cfg.tls.clone();
+    let (tls, crls) = tokio::task::spawn_blocking(move || -> anyhow::Result<_> {
+        let tls = tls_cfg
+            .as_ref()
+            .map(crate::tls::TlsMaterial::load)
+            .transpose()?;
+        let crls = crate::tls::CrlSet::load(&tls_cfg.map(|t| t.crls).unwrap_or_default(), None)?;
+        Ok((tls, crls))
+    })
+    .await??;
+    let crls = std::sync::Arc::new(arc_swap::ArcSwap::from_pointee(crls));
     let pins: std::sync::Arc<dyn crate::delivery::TrustList> = std::sync::Arc::new(
         crate::policy::Lists::new(None, Box::new(crate::policy::NoDirectory)),
     );

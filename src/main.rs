@@ -656,10 +656,28 @@ fn run(cli: Cli) -> anyhow::Result<ExitCode> {
 fn check_config(path: &std::path::Path, strict: bool) -> anyhow::Result<ExitCode> {
     use passerelle::config::ConfigError;
     let shown = path.display().to_string();
-    if let Ok(cfg) = Config::load_unvalidated(path) {
-        // serve would generate it; its absence is not a problem of this config.
-        passerelle::server::ensure_dev_pki(&cfg)?;
-    }
+    // Read-only (issue 24 C.1): a development PKI that `serve` would generate is not made
+    // here; the rest is checked against a throw-away one.
+    let pending = Config::load_unvalidated(path).ok().and_then(|c| {
+        passerelle::server::pending_dev_pki(&c)
+            .map(|d| (d.to_path_buf(), c.server.hostname.clone()))
+    });
+    let scratch = match &pending {
+        Some((dir, hostname)) => {
+            println!(
+                "tls: {}: no development PKI yet; `passerelle serve` generates it (checked here against a temporary one)",
+                dir.display()
+            );
+            let tmp = tempfile::tempdir()?;
+            passerelle::pki::generate_dev_pki(&passerelle::pki::DevPkiOptions {
+                out: tmp.path().to_path_buf(),
+                hostname: hostname.clone(),
+                force: false,
+            })?;
+            Some((dir.clone(), tmp))
+        }
+        None => None,
+    };
     let parsed = match Config::check(path) {
         Ok(p) => p,
         Err(ConfigError::Invalid(problems)) => {
@@ -694,8 +712,11 @@ fn check_config(path: &std::path::Path, strict: bool) -> anyhow::Result<ExitCode
         passerelle::config::Problem::error(key, msg).located(&shown, &text)
     };
     let mut problems = Vec::new();
-    let cfg = parsed.config;
-    if let Some(tls) = &cfg.tls {
+    let mut cfg = parsed.config;
+    if let (Some((dev, tmp)), Some(tls)) = (&scratch, &cfg.tls) {
+        cfg.tls = Some(tls.moved(dev, tmp.path()));
+    }
+    if let Some(tls) = cfg.tls.as_ref().filter(|_| scratch.is_none()) {
         if let Ok(chain) = passerelle::tls::load_certs("tls.certificate", &tls.certificate) {
             if let Ok((_, cert)) = x509_parser::parse_x509_certificate(chain[0].as_ref()) {
                 let not_after = cert.validity().not_after;

@@ -159,6 +159,31 @@ pub struct TlsConfig {
     pub crl_grace: Duration,
 }
 
+impl TlsConfig {
+    /// The `certs/dev` directory its certificate is in while it is still missing: `serve`
+    /// generates the development PKI there, so the missing files are no problem yet.
+    pub fn pending_dev_pki(&self) -> Option<&Path> {
+        let dir = self.certificate.parent()?;
+        (!self.certificate.exists() && dir.ends_with("certs/dev")).then_some(dir)
+    }
+
+    /// Every file it names inside `from`, named inside `to` instead (check-config's
+    /// throw-away development PKI).
+    pub fn moved(&self, from: &Path, to: &Path) -> TlsConfig {
+        let mv = |p: &PathBuf| match p.strip_prefix(from) {
+            Ok(rest) => to.join(rest),
+            Err(_) => p.clone(),
+        };
+        TlsConfig {
+            certificate: mv(&self.certificate),
+            private_key: mv(&self.private_key),
+            trust_anchors: self.trust_anchors.as_ref().map(mv),
+            crls: self.crls.iter().map(mv).collect(),
+            ..self.clone()
+        }
+    }
+}
+
 fn default_crl_refresh() -> Duration {
     Duration::from_secs(3600)
 }

@@ -101,9 +101,10 @@ pub fn parse(text: &str, shown: &str) -> Result<Parsed, Vec<Problem>> {
     let mut unknown = Vec::new();
     let mut track = |path: serde_ignored::Path<'_>| unknown.push(key_path(&path));
     let de = serde_ignored::Deserializer::new(merged, &mut track);
-    let config: Config = serde_path_to_error::deserialize(de).map_err(|e| {
+    let parsed: Result<Config, _> = serde_path_to_error::deserialize(de);
+    let config = parsed.map_err(|e| {
         let (key, message) = explain(e.path().to_string(), &e.inner().to_string());
-        vec![Problem::error(key, message).located(shown, text)]
+        with_typos(key, message, &unknown, shown, text)
     })?;
     let warnings = unknown
         .into_iter()
@@ -132,18 +133,68 @@ pub fn parse_part<T: serde::de::DeserializeOwned>(
     let mut unknown = Vec::new();
     let mut track = |path: serde_ignored::Path<'_>| unknown.push(key_path(&path));
     let de = serde_ignored::Deserializer::new(value, &mut track);
-    let parsed: T = serde_path_to_error::deserialize(de).map_err(|e| {
+    let parsed: Result<T, _> = serde_path_to_error::deserialize(de);
+    let parsed = parsed.map_err(|e| {
         // toml's errors add the table path on further lines: the key already says it.
         let inner = e.inner().to_string();
         let first = inner.lines().next().unwrap_or_default();
         let (key, message) = explain(e.path().to_string(), first);
-        vec![Problem::error(key, message).located(shown, text)]
+        with_typos(key, message, &unknown, shown, text)
     })?;
     let warnings = unknown
         .into_iter()
         .map(|k| Problem::warning(k, "unknown key (typo?), ignored").located(shown, text))
         .collect();
     Ok((parsed, warnings))
+}
+
+/// A file that does not deserialize, and the unknown keys met before (issue 24 C.2: a
+/// `hostnme = ...` was reported only as `server.hostname: required`). A required key
+/// missing beside an unknown key of the same table that is one or two edits away is said to
+/// be its probable typo.
+fn with_typos(
+    key: String,
+    message: String,
+    unknown: &[String],
+    shown: &str,
+    text: &str,
+) -> Vec<Problem> {
+    let (table, name) = key.rsplit_once('.').unwrap_or(("", key.as_str()));
+    let typo = (message == "required")
+        .then(|| {
+            unknown.iter().find(|u| {
+                let (t, n) = u.rsplit_once('.').unwrap_or(("", u.as_str()));
+                t == table && edit_distance(n, name) <= 2
+            })
+        })
+        .flatten();
+    let message = match typo {
+        Some(u) => format!("{message} (is `{u}` a typo of it?)"),
+        None => message,
+    };
+    let mut out = vec![Problem::error(key, message).located(shown, text)];
+    out.extend(
+        unknown
+            .iter()
+            .map(|k| Problem::error(k.clone(), "unknown key (typo?)").located(shown, text)),
+    );
+    out
+}
+
+/// Levenshtein distance of two short key names (no crate for a dozen letters).
+fn edit_distance(a: &str, b: &str) -> usize {
+    let b: Vec<char> = b.chars().collect();
+    let mut row: Vec<usize> = (0..=b.len()).collect();
+    for (i, ca) in a.chars().enumerate() {
+        let mut prev = row[0];
+        row[0] = i + 1;
+        for (j, cb) in b.iter().enumerate() {
+            let cur = row[j + 1];
+            row[j + 1] = (prev + usize::from(ca != *cb)).min(row[j] + 1).min(cur + 1);
+            prev = cur;
+        }
+    }
+    row[b.len()]
 }
 
 /// `serde_ignored`'s path in our `a[0].b` form (options and newtypes are not keys).
@@ -302,6 +353,28 @@ mod tests {
         // Absent key: the deepest table that exists.
         assert_eq!(locate(text, "server.spool"), Some(1));
         assert_eq!(locate(text, "nothing.here"), None);
+    }
+
+    #[test]
+    fn a_missing_key_names_its_probable_typo() {
+        assert_eq!(edit_distance("hostnme", "hostname"), 1);
+        assert_eq!(edit_distance("spool", "hostname"), 7);
+        let text = "[server]\nhostnme = \"x\"\nspool = \"s\"\n";
+        let p = with_typos(
+            "server.hostname".into(),
+            "required".into(),
+            &["server.hostnme".to_string()],
+            "t.toml",
+            text,
+        );
+        assert_eq!(
+            p[0].to_string(),
+            "t.toml:1: server.hostname: required (is `server.hostnme` a typo of it?)"
+        );
+        assert_eq!(
+            p[1].to_string(),
+            "t.toml:2: server.hostnme: unknown key (typo?)"
+        );
     }
 
     #[test]

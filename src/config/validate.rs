@@ -188,7 +188,7 @@ pub fn validate(c: &Config) -> Vec<Problem> {
             "RFC 5321 needs at least 1000",
         ));
     }
-    if let Some(tls) = &c.tls {
+    if let Some(tls) = c.tls.as_ref().filter(|t| t.pending_dev_pki().is_none()) {
         for (k, f) in [
             ("tls.certificate", Some(&tls.certificate)),
             ("tls.private_key", Some(&tls.private_key)),

@@ -102,7 +102,7 @@ pub async fn start(backend: ConsoleBackend) -> anyhow::Result<Option<tokio::task
             .await
             .context("console: hashing")??;
     let users = UsersCache::new(cc.users_file.clone());
-    if users.get().is_empty() {
+    if users.get().await.is_empty() {
         tracing::warn!(users_file = %cc.users_file.display(),
             "console: no users yet; create the first one with `passerelle console user add NAME --role operator --password-stdin`");
     }
@@ -430,15 +430,16 @@ async fn guarded(
     reading: bool,
 ) -> Response {
     let now = Instant::now();
-    let session = cookie_value(req.headers(), session::COOKIE)
-        .and_then(|id| app.sessions.touch(&id, now))
-        // A user removed from the file, or whose role or password changed, is logged out at
-        // once (REVIEW B4: a password reset used to keep the old sessions).
-        .filter(|s| {
-            app.users
-                .find(&s.user)
-                .is_some_and(|u| u.role == s.role && u.stamp() == s.stamp)
-        });
+    let mut session =
+        cookie_value(req.headers(), session::COOKIE).and_then(|id| app.sessions.touch(&id, now));
+    // A user removed from the file, or whose role or password changed, is logged out at once
+    // (REVIEW B4: a password reset used to keep the old sessions).
+    if let Some(s) = &session {
+        let still = app.users.find(&s.user).await;
+        if !still.is_some_and(|u| u.role == s.role && u.stamp() == s.stamp) {
+            session = None;
+        }
+    }
     let Some(session) = session else {
         if reading {
             let target = req

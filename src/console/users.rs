@@ -218,13 +218,25 @@ impl UsersCache {
         &self.path
     }
 
-    pub fn get(&self) -> Arc<Vec<User>> {
-        let stamp = std::fs::metadata(&self.path)
-            .ok()
-            .map(|m| (m.modified().unwrap_or(SystemTime::UNIX_EPOCH), m.len()));
-        let mut st = self.state.lock().unwrap_or_else(|p| p.into_inner());
-        if st.0 != stamp || stamp.is_none() {
-            match load(&self.path) {
+    /// The users as the file says now. The file is looked at (a `stat`, and a read when it
+    /// changed) on a blocking thread, never the runtime's (issue 24 B.13: it was a `stat` on
+    /// the runtime per request).
+    pub async fn get(&self) -> Arc<Vec<User>> {
+        let path = self.path.clone();
+        let known = self.lock().0;
+        let fresh = tokio::task::spawn_blocking(move || {
+            let stamp = stamp_of(&path);
+            if stamp.is_some() && stamp == known {
+                return None;
+            }
+            Some((stamp, load(&path)))
+        })
+        .await
+        .ok()
+        .flatten();
+        let mut st = self.lock();
+        if let Some((stamp, loaded)) = fresh {
+            match loaded {
                 Ok(users) => *st = (stamp, Arc::new(users)),
                 Err(e) => {
                     tracing::error!("console users file unusable, keeping the last good list: {e}");
@@ -235,9 +247,19 @@ impl UsersCache {
         st.1.clone()
     }
 
-    pub fn find(&self, name: &str) -> Option<User> {
-        self.get().iter().find(|u| u.name == name).cloned()
+    pub async fn find(&self, name: &str) -> Option<User> {
+        self.get().await.iter().find(|u| u.name == name).cloned()
     }
+
+    fn lock(&self) -> std::sync::MutexGuard<'_, (Option<FileStamp>, Arc<Vec<User>>)> {
+        self.state.lock().unwrap_or_else(|p| p.into_inner())
+    }
+}
+
+fn stamp_of(path: &Path) -> Option<FileStamp> {
+    std::fs::metadata(path)
+        .ok()
+        .map(|m| (m.modified().unwrap_or(SystemTime::UNIX_EPOCH), m.len()))
 }
 
 #[cfg(test)]
@@ -296,17 +318,17 @@ mod tests {
         assert!(e.contains("user x: \"root\" is not a role"), "{e}");
     }
 
-    #[test]
-    fn the_cache_follows_the_file_and_keeps_the_last_good_list() {
+    #[tokio::test]
+    async fn the_cache_follows_the_file_and_keeps_the_last_good_list() {
         let dir = tempfile::tempdir().unwrap();
         let path = dir.path().join("users.toml");
         let cache = UsersCache::new(path.clone());
-        assert!(cache.get().is_empty());
+        assert!(cache.get().await.is_empty());
         add(&path, "alice", Role::Operator, "0123456789").unwrap();
-        assert!(cache.find("alice").is_some());
+        assert!(cache.find("alice").await.is_some());
         std::fs::write(&path, "this is [ not toml").unwrap();
-        assert!(cache.find("alice").is_some(), "last good list kept");
+        assert!(cache.find("alice").await.is_some(), "last good list kept");
         std::fs::write(&path, "").unwrap();
-        assert!(cache.find("alice").is_none());
+        assert!(cache.find("alice").await.is_none());
     }
 }

@@ -90,12 +90,20 @@ impl Reader {
                         path.display()
                     )));
                 }
-                let conn =
-                    super::sqlite::open(&path, false).map_err(|source| JournalError::Sqlite {
-                        path: path.display().to_string(),
-                        source,
+                // Opening and migrating touch the file: on a blocking thread, never the
+                // runtime's (issue 24 B.13).
+                let conn = tokio::task::spawn_blocking(move || {
+                    let conn = super::sqlite::open(&path, false).map_err(|source| {
+                        JournalError::Sqlite {
+                            path: path.display().to_string(),
+                            source,
+                        }
                     })?;
-                super::sqlite::migrate(&conn).map_err(JournalError::Other)?;
+                    super::sqlite::migrate(&conn).map_err(JournalError::Other)?;
+                    Ok::<_, JournalError>(conn)
+                })
+                .await
+                .map_err(|e| JournalError::Other(e.to_string()))??;
                 Ok(Reader::Sqlite(Arc::new(Mutex::new(conn))))
             }
             JournalKind::Postgres => {

@@ -17,7 +17,7 @@ mod snapshot;
 mod watch;
 
 pub use data::{build_directory, load_whitelist, DirectorySpec};
-pub use snapshot::{ensure_dev_pki, load_config, Snapshot};
+pub use snapshot::{ensure_dev_pki, load_config, pending_dev_pki, Snapshot};
 
 use crate::config::Config;
 use crate::delivery::{Agent, Transport};
@@ -332,7 +332,10 @@ impl Runtime {
     /// of it loaded and every new listener is bound. Removed listeners stop accepting and
     /// drain their sessions.
     async fn reload(&self) -> anyhow::Result<()> {
-        let cfg = load_config(&self.config_path)?;
+        // Reading the files (and generating a missing development PKI, RSA keys) on a
+        // blocking thread, never the runtime's (issue 24 B.13).
+        let path = self.config_path.clone();
+        let cfg = tokio::task::spawn_blocking(move || load_config(&path)).await??;
         // Data first: the CRLs (the directory's TLS may need them), then the lists.
         let crl_spec = crl_paths(&cfg);
         let crls = self
@@ -351,7 +354,8 @@ impl Runtime {
             .prepare(&dir_spec)
             .await
             .map_err(anyhow::Error::msg)?;
-        let snap = Snapshot::build(cfg, self.lists.clone())?;
+        let lists = self.lists.clone();
+        let snap = tokio::task::spawn_blocking(move || Snapshot::build(cfg, lists)).await??;
         let delivery = snap.delivery(&self.crls)?;
         let mut listeners = self.listeners.lock().await;
         let mut keep = Vec::new();

@@ -18,15 +18,17 @@ pub struct Snapshot {
     pub policy: Policy,
 }
 
+/// The `certs/dev` directory the config points into when it is still missing: `serve`
+/// generates the development PKI there.
+pub fn pending_dev_pki(cfg: &Config) -> Option<&Path> {
+    cfg.tls.as_ref()?.pending_dev_pki()
+}
+
 /// Generates the development PKI when the config points into a missing `certs/dev`.
 pub fn ensure_dev_pki(cfg: &Config) -> anyhow::Result<()> {
-    let Some(tls) = &cfg.tls else { return Ok(()) };
-    let Some(dir) = tls.certificate.parent() else {
+    let Some(dir) = pending_dev_pki(cfg) else {
         return Ok(());
     };
-    if tls.certificate.exists() || !dir.ends_with("certs/dev") {
-        return Ok(());
-    }
     let report = crate::pki::generate_dev_pki(&crate::pki::DevPkiOptions {
         out: dir.to_path_buf(),
         hostname: cfg.server.hostname.clone(),

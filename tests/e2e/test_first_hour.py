@@ -12,12 +12,13 @@ in `check-config`.
 
 import os
 import re
+import shutil
 import smtplib
 import socket
 import ssl
 import subprocess
 
-from harness import (E2ETestCase, PASSERELLE_BIN, RawSMTP, free_port, gateway_config, listener,
+from harness import (REPO, E2ETestCase, PASSERELLE_BIN, RawSMTP, free_port, gateway_config, listener,
                      relay_transport, toml_dumps)
 
 SENDER = "secretariat@chu-test.mssante.fr"
@@ -150,6 +151,30 @@ class CheckConfigTests(E2ETestCase):
         with open(path, "w") as f:
             f.write(toml_dumps(cfg) + "\n")
         return path
+
+    def test_the_default_config_is_checked_without_writing_and_a_typo_is_named(self):
+        """Issue 24 C.1, C.2: check-config on the README's default configuration, in a fresh
+        directory, writes nothing (the development PKI is `serve`'s to make) and says ok; a
+        typo in a required key names the unknown key and suggests it."""
+        work = os.path.join(self.tmp, "fresh")
+        shutil.copytree(os.path.join(REPO, "config"), os.path.join(work, "config"),
+                        ignore=shutil.ignore_patterns("establishments.d"))
+        before = sorted(os.listdir(work))
+        r = subprocess.run([PASSERELLE_BIN, "check-config"], cwd=work, stdout=subprocess.PIPE,
+                           stderr=subprocess.STDOUT, text=True, timeout=60)
+        self.assertEqual(r.returncode, 0, r.stdout)
+        self.assertIn("no development PKI yet", r.stdout)
+        self.assertIn("config/passerelle.toml: ok", r.stdout)
+        self.assertEqual(sorted(os.listdir(work)), before, "check-config wrote nothing")
+        path = os.path.join(work, "config", "passerelle.toml")
+        with open(path) as f:
+            text = f.read()
+        with open(path, "w") as f:
+            f.write(re.sub(r"(?m)^hostname = ", "hostnme = ", text, count=1))
+        rc, out = check_config(path)
+        self.assertEqual(rc, 1, out)
+        self.assertRegex(out, r"server\.hostname: required \(is `server\.hostnme` a typo of it\?\)")
+        self.assertRegex(out, r"passerelle\.toml:\d+: server\.hostnme: unknown key")
 
     def test_each_case(self):
         rc, out = check_config(self.write(self.base()))

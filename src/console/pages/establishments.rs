@@ -171,9 +171,18 @@ pub async fn test(
     allow(&v, Action::View, Resource::Establishment(&name))?;
     let e = find(&app, &name)?;
     let cfg = app.backend.snapshot.load().config.clone();
-    let result = match establishment_cli::mailbox_test(&cfg, &name).await {
-        Ok(r) => r,
-        Err(err) => (false, vec![format!("{err:#}")]),
+    // One test at a time for the whole console (issue 24 B.13): each reads the TLS material
+    // and the CRLs and opens a connection, and any establishment user may ask for one.
+    static RUNNING: tokio::sync::Semaphore = tokio::sync::Semaphore::const_new(1);
+    let result = match RUNNING.try_acquire() {
+        Err(_) => (
+            false,
+            vec!["another mailbox test is running: try again in a few seconds".to_string()],
+        ),
+        Ok(_one) => match establishment_cli::mailbox_test(&cfg, &name).await {
+            Ok(r) => r,
+            Err(err) => (false, vec![format!("{err:#}")]),
+        },
     };
     app.audit(
         &v,

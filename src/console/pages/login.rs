@@ -96,7 +96,7 @@ pub async fn submit(
             )),
         );
     }
-    let user = app.users.find(&name);
+    let user = app.users.find(&name).await;
     let hash = user
         .as_ref()
         .map(|u| u.hash.clone())
