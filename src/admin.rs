@@ -75,14 +75,29 @@ fn spool_probe(spool: &Path) -> Result<(), String> {
     r
 }
 
+/// Admin connections served at once (issue 24 B.14: there was no cap); beyond, closed at once.
+/// The CLI, the monitoring's scrapes and probes need a handful.
+const MAX_CONNECTIONS: usize = 64;
+
 pub async fn run(listener: TcpListener, state: Arc<AdminState>) {
+    let permits = Arc::new(tokio::sync::Semaphore::new(MAX_CONNECTIONS));
     loop {
         let Ok((stream, _)) = listener.accept().await else {
             tokio::time::sleep(Duration::from_millis(100)).await;
             continue;
         };
+        let Ok(permit) = permits.clone().try_acquire_owned() else {
+            crate::metrics::inc(
+                "passerelle_admin_connections_refused_total",
+                "Admin connections closed at once: too many open",
+                &[],
+            );
+            continue;
+        };
         let st = state.clone();
+        // The whole exchange, headers included, within 30 s (the request is read by hand).
         tokio::spawn(async move {
+            let _permit = permit;
             let _ = tokio::time::timeout(Duration::from_secs(30), serve_one(stream, st)).await;
         });
     }

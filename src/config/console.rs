@@ -26,6 +26,40 @@ pub struct ConsoleConfig {
     pub certificate: Option<PathBuf>,
     #[serde(default)]
     pub private_key: Option<PathBuf>,
+    /// The address browsers use when the console is behind a TLS-terminating reverse proxy
+    /// (`https://console.example.fr`): the origin a form must come from, and HTTPS for the
+    /// cookies and HSTS although the console itself speaks plain HTTP to the proxy.
+    #[serde(default)]
+    pub public_url: Option<String>,
+}
+
+impl ConsoleConfig {
+    /// `public_url` as an origin (`scheme://host[:port]`, lowercase, no trailing slash), or
+    /// why it is not one.
+    pub fn public_origin(&self) -> Option<Result<String, String>> {
+        let u = self.public_url.as_deref()?.trim();
+        let lower = u.to_ascii_lowercase();
+        let rest = lower
+            .strip_prefix("https://")
+            .map(|r| ("https", r))
+            .or_else(|| lower.strip_prefix("http://").map(|r| ("http", r)));
+        Some(match rest {
+            Some((scheme, r)) => {
+                let host = r.strip_suffix('/').unwrap_or(r);
+                if host.is_empty()
+                    || host.contains(['/', '?', '#', '@', ' '])
+                    || host.chars().any(|c| c.is_control())
+                {
+                    Err(format!(
+                        "{u:?}: scheme and host only (https://console.example.fr[:port])"
+                    ))
+                } else {
+                    Ok(format!("{scheme}://{host}"))
+                }
+            }
+            None => Err(format!("{u:?}: must begin with https:// (or http://)")),
+        })
+    }
 }
 
 fn default_users_file() -> PathBuf {
@@ -76,6 +110,9 @@ pub(super) fn validate(c: &Config, p: &mut Vec<Problem>) {
             "needed with console.private_key",
         )),
         _ => {}
+    }
+    if let Some(Err(e)) = k.public_origin() {
+        p.push(Problem::error("console.public_url", e));
     }
     if k.transport(c.tls.is_some()).is_none() {
         p.push(Problem::error(

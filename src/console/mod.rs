@@ -55,8 +55,11 @@ pub struct App {
     users: UsersCache,
     sessions: Sessions,
     limiter: LoginLimiter,
-    /// HTTPS: cookies get `Secure`.
+    /// HTTPS as the browser sees it (the console's own, or `public_url`'s behind a proxy):
+    /// cookies get `Secure` and answers HSTS.
     secure: bool,
+    /// `console.public_url`'s origin: the one a form may come from behind a proxy.
+    public_origin: Option<String>,
     samples: samples::Samples,
     /// Verified against when the user name is unknown, so a login takes as long either way.
     dummy_hash: String,
@@ -101,6 +104,10 @@ pub async fn start(backend: ConsoleBackend) -> anyhow::Result<Option<tokio::task
         tokio::task::spawn_blocking(|| users::hash_password("not a password, only a timing twin"))
             .await
             .context("console: hashing")??;
+    let public_origin = cc
+        .public_origin()
+        .transpose()
+        .map_err(|e| anyhow::anyhow!("console.public_url: {e}"))?;
     let users = UsersCache::new(cc.users_file.clone());
     if users.get().await.is_empty() {
         tracing::warn!(users_file = %cc.users_file.display(),
@@ -111,7 +118,11 @@ pub async fn start(backend: ConsoleBackend) -> anyhow::Result<Option<tokio::task
         users,
         sessions: Sessions::new(cc.idle_timeout),
         limiter: LoginLimiter::new(),
-        secure: tls.is_some(),
+        secure: tls.is_some()
+            || public_origin
+                .as_deref()
+                .is_some_and(|o| o.starts_with("https://")),
+        public_origin,
         samples: samples::Samples::default(),
         dummy_hash,
         config_lock: tokio::sync::Mutex::new(()),
@@ -120,12 +131,8 @@ pub async fn start(backend: ConsoleBackend) -> anyhow::Result<Option<tokio::task
     tracing::info!(address = %cc.address, https = app.secure, "console listening");
     let router = router(app.clone());
     Ok(Some(tokio::spawn(async move {
-        let serve = axum::serve(
-            listener,
-            router.into_make_service_with_connect_info::<ClientAddr>(),
-        );
         tokio::select! {
-            r = serve => if let Err(e) = r { tracing::error!(error = %e, "console stopped") },
+            _ = listener::serve(listener, router) => {},
             _ = app.samples.run() => {}
         }
     })))
@@ -361,6 +368,11 @@ fn same_origin(app: &App, headers: &HeaderMap) -> bool {
     let Some(origin) = headers.get(header::ORIGIN).and_then(|v| v.to_str().ok()) else {
         return true;
     };
+    if let Some(public) = &app.public_origin {
+        // Behind a reverse proxy the Host header is the proxy's business: the browser's
+        // origin is the public address.
+        return origin.eq_ignore_ascii_case(public);
+    }
     let host = headers
         .get(header::HOST)
         .and_then(|v| v.to_str().ok())
@@ -378,8 +390,15 @@ fn form_token(body: &[u8]) -> Option<String> {
         .map(|(_, v)| v)
 }
 
-fn security_headers(r: &mut Response) {
+fn security_headers(r: &mut Response, https: bool) {
     let h = r.headers_mut();
+    if https {
+        // A browser that once reached the console over HTTPS never tries it in clear again.
+        h.insert(
+            header::STRICT_TRANSPORT_SECURITY,
+            HeaderValue::from_static("max-age=31536000"),
+        );
+    }
     h.insert(
         header::CONTENT_SECURITY_POLICY,
         HeaderValue::from_static(
@@ -418,7 +437,7 @@ async fn guard(
     } else {
         guarded(&app, client, req, next, reading).await
     };
-    security_headers(&mut resp);
+    security_headers(&mut resp, app.secure);
     resp
 }
 

@@ -17,6 +17,7 @@ Screenshots of each page go to target/console-screenshots/.
 import os
 import re
 import smtplib
+import socket
 import ssl
 import subprocess
 import time
@@ -439,6 +440,7 @@ class AccessTests(ConsoleTestCase):
         cookie = r.getheader("Set-Cookie")
         self.assertIn("Secure", cookie)
         self.assertIn("HttpOnly", cookie)
+        self.assertIn("max-age=", r.getheader("Strict-Transport-Security") or "", "HSTS over HTTPS (B.14)")
         c.close()
         # Plain HTTP to the HTTPS port gets nothing useful.
         with self.assertRaises(Exception):
@@ -674,6 +676,61 @@ class HostileRequestTests(ConsoleTestCase):
             wait_until(recorded, 30, what="%d console actions in the journal" % done)
         except TimeoutError:
             self.fail("%d actions done, journal says:\n%s" % (done, self.last_track[-3000:]))
+
+    def test_connections_are_capped_and_slow_headers_cut(self):
+        """B.14: the console had no connection cap and no header timeout."""
+        self.start()
+        held = []
+        try:
+            for _ in range(300):
+                held.append(socket.create_connection(("127.0.0.1", self.console_port), timeout=5))
+            closed = []
+
+            def over_the_cap_closed():
+                for s in held[256:]:
+                    if s not in closed:
+                        s.settimeout(0.01)
+                        try:
+                            if s.recv(1) == b"":
+                                closed.append(s)
+                        except socket.timeout:
+                            pass
+                        except OSError:
+                            closed.append(s)
+                return len(closed) >= 40
+            wait_until(over_the_cap_closed, 5, what="connections over 256 closed at once")
+            # A request whose headers never end is cut after 10 s.
+            slow = held[0]
+            slow.settimeout(20)
+            slow.sendall(b"GET /login HTTP/1.1\r\nHost: x\r\n")
+            t0 = time.monotonic()
+            try:
+                while slow.recv(4096):
+                    pass
+            except OSError:
+                pass
+            self.assertLess(time.monotonic() - t0, 15, "headers not finished within 10 s: closed")
+        finally:
+            for s in held:
+                s.close()
+        wait_until(lambda: request(self.base, "GET", "/login")[0] == 200, 20, what="the console serves again")
+
+    def test_behind_a_tls_proxy_with_public_url(self):
+        """B.14: behind a TLS-terminating proxy the browser's origin is the public address;
+        every POST used to be refused. With public_url, that origin is the one accepted and
+        cookies are Secure with HSTS."""
+        public = "https://console.example.fr"
+        self.start(console_extra={"public_url": public + "/"})
+        form = {"username": "admin", "password": PASSWORDS["admin"]}
+        status, _, _ = request(self.base, "POST", "/login", form=form, headers={"Origin": self.base})
+        self.assertEqual(status, 403, "the console's own address is not the origin browsers use")
+        status, headers, body = request(self.base, "POST", "/login", form=form,
+                                        headers={"Origin": public, "Host": "console.example.fr"})
+        self.assertEqual(status, 303, body)
+        self.assertIn("Secure", headers["set-cookie"])
+        self.assertIn("max-age=", headers.get("strict-transport-security", ""))
+        rc, out = self.gw.cli("check-config")
+        self.assertEqual(rc, 0, out)
 
     def test_secrets_are_never_shown_and_survive_an_edit(self):
         """B.10: an auditor read the directory's bind_password on /config."""
