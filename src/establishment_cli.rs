@@ -294,37 +294,23 @@ pub fn write_checked(
         return Err(p.iter().map(|p| p.to_string()).collect());
     }
     std::fs::create_dir_all(&dir).map_err(|e| one(format!("creating {}: {e}", dir.display())))?;
-    let warnings = install_checked(config, &path, text, None)?;
+    let warnings = install_checked(config, &path, text)?;
     Ok((path, warnings))
 }
 
-/// Puts `text` at `path` (written under a name the config does not read, then renamed) and
-/// checks the whole configuration with it; when that fails, `previous` is put back (or the file
-/// removed): the directory never keeps a file a reload would refuse. Ok: the warnings.
-fn install_checked(
-    config: &Path,
-    path: &Path,
-    text: &str,
-    previous: Option<&str>,
-) -> Result<Vec<String>, Vec<String>> {
+/// Checks the whole configuration as if `text` were at `path`, and only then places it
+/// (written under a name the config does not read, then renamed): the live directory never
+/// holds a file a reload would refuse, not even for a moment (issue 24 B.16). Ok: the
+/// warnings.
+fn install_checked(config: &Path, path: &Path, text: &str) -> Result<Vec<String>, Vec<String>> {
     let one = |e: String| vec![e];
-    let dir = path.parent().unwrap_or(Path::new("."));
-    let stem = path
-        .file_name()
-        .map_or_else(String::new, |n| n.to_string_lossy().into_owned());
-    let tmp = dir.join(format!(".{stem}.new"));
-    std::fs::write(&tmp, text).map_err(|e| one(format!("writing {}: {e}", tmp.display())))?;
-    std::fs::rename(&tmp, path).map_err(|e| one(format!("writing {}: {e}", path.display())))?;
-    match Config::check(config) {
-        Ok(parsed) => Ok(parsed.warnings.iter().map(|w| w.to_string()).collect()),
-        Err(e) => {
-            let _ = match previous {
-                Some(old) => std::fs::write(path, old),
-                None => std::fs::remove_file(path),
-            };
-            Err(e.to_string().lines().map(String::from).collect())
-        }
-    }
+    let warnings = match Config::check_with(config, Some((path, text))) {
+        Ok(parsed) => parsed.warnings.iter().map(|w| w.to_string()).collect(),
+        Err(e) => return Err(e.to_string().lines().map(String::from).collect()),
+    };
+    crate::util::fs::write_atomic(path, text.as_bytes(), crate::util::fs::Mode::KeepOr(0o640))
+        .map_err(|e| one(format!("writing {}: {e}", path.display())))?;
+    Ok(warnings)
 }
 
 /// The console's edit: replaces the file of establishment `name` with `text` when the whole
@@ -355,7 +341,7 @@ pub fn replace_checked(
     }
     let old = std::fs::read_to_string(&path)
         .map_err(|e| one(format!("reading {}: {e}", path.display())))?;
-    let warnings = install_checked(config, &path, text, Some(&old))?;
+    let warnings = install_checked(config, &path, text)?;
     Ok((path, old, warnings))
 }
 
@@ -767,6 +753,59 @@ mod tests {
             e.client_dns[0].to_string(),
             "CN=mta.chu-c.fr,O=CHU \"C\",C=FR"
         );
+    }
+
+    /// Issue 24 B.16: the configuration is checked with the new file before it is placed; a
+    /// refused one never enters the live directory.
+    #[test]
+    fn a_file_is_checked_before_it_is_placed() {
+        let dir = tempfile::tempdir().unwrap();
+        let est_dir = dir.path().join("est.d");
+        let main = std::fs::read_to_string(concat!(
+            env!("CARGO_MANIFEST_DIR"),
+            "/config/passerelle.toml"
+        ))
+        .unwrap()
+        .replacen(
+            "[server]\n",
+            &format!(
+                "[server]\nestablishments_dir = {:?}\n",
+                est_dir.display().to_string()
+            ),
+            1,
+        );
+        let config = dir.path().join("p.toml");
+        std::fs::write(&config, main).unwrap();
+        let spec = |name: &'static str, domain: &'static [String]| FileSpec {
+            name,
+            domains: domain,
+            clients: &[],
+            client_dns: &[],
+            mailbox: "127.0.0.1:2605",
+            mailbox_tls: "none",
+            sender_check: "envelope",
+            structures: &[],
+            addresses: &[],
+            max_message_rate: None,
+            max_queued: None,
+        };
+        static C: std::sync::LazyLock<Vec<String>> =
+            std::sync::LazyLock::new(|| vec!["chu-c.mssante.fr".into()]);
+        let mut c = spec("chu-c", &C);
+        let clients = ["127.0.0.40".to_string()];
+        c.clients = &clients;
+        let (path, _) = write_checked(&config, "chu-c", &file_text(&c)).expect("chu-c placed");
+        assert!(path.exists());
+        let mut d = spec("chu-d", &C);
+        let clients = ["127.0.0.41".to_string()];
+        d.clients = &clients;
+        let e = write_checked(&config, "chu-d", &file_text(&d)).unwrap_err();
+        assert!(e.join("\n").contains("chu-c.mssante.fr"), "{e:?}");
+        let names: Vec<_> = std::fs::read_dir(&est_dir)
+            .unwrap()
+            .map(|e| e.unwrap().file_name().to_string_lossy().into_owned())
+            .collect();
+        assert_eq!(names, ["chu-c.toml"], "nothing else was ever placed there");
     }
 
     #[test]

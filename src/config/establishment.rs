@@ -238,10 +238,30 @@ pub fn dir_files(dir: &Path) -> std::io::Result<Vec<PathBuf>> {
     Ok(files)
 }
 
+/// A file about to be written (`path`, `text`): read as if it were there already, so that
+/// a configuration is checked with it before it is placed (issue 24 B.16).
+pub type Candidate<'a> = Option<(&'a Path, &'a str)>;
+
 /// Reads every file of `dir`: the establishments, the warnings, and the errors.
 pub fn read_dir(dir: &Path) -> (Vec<EstablishmentConfig>, Vec<Problem>, Vec<Problem>) {
+    read_dir_with(dir, None)
+}
+
+/// [`read_dir`], with `candidate` in place of (or beside) the file of its path.
+pub fn read_dir_with(
+    dir: &Path,
+    candidate: Candidate<'_>,
+) -> (Vec<EstablishmentConfig>, Vec<Problem>, Vec<Problem>) {
     let (mut list, mut warnings, mut errors) = (Vec::new(), Vec::new(), Vec::new());
-    let files = match dir_files(dir) {
+    let files = match dir_files(dir).map(|mut f| {
+        if let Some((path, _)) = candidate {
+            if !f.iter().any(|p| p == path) {
+                f.push(path.to_path_buf());
+                f.sort();
+            }
+        }
+        f
+    }) {
         Ok(f) => f,
         Err(e) => {
             errors.push(Problem::error(
@@ -252,7 +272,17 @@ pub fn read_dir(dir: &Path) -> (Vec<EstablishmentConfig>, Vec<Problem>, Vec<Prob
         }
     };
     for f in files {
-        match read_file(&f) {
+        let read = match candidate {
+            Some((path, text)) if path == f => {
+                parse_file(text, &f.display().to_string()).map(|(mut e, w)| {
+                    e.file = Some(f.clone());
+                    e.file_text = Some(text.into());
+                    (e, w)
+                })
+            }
+            _ => read_file(&f),
+        };
+        match read {
             Ok((e, w)) => {
                 warnings.extend(w);
                 list.push(e);

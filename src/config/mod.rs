@@ -820,7 +820,16 @@ impl Config {
 
     /// Like [`Config::load`], returning the warnings instead of logging them.
     pub fn check(path: &Path) -> Result<Parsed, ConfigError> {
-        let (parsed, text) = Self::read(path)?;
+        Self::check_with(path, None)
+    }
+
+    /// [`Config::check`] as if `candidate`, an establishment file about to be written, were
+    /// in `establishments_dir` already: nothing is placed before it is checked.
+    pub fn check_with(
+        path: &Path,
+        candidate: establishment::Candidate<'_>,
+    ) -> Result<Parsed, ConfigError> {
+        let (parsed, text) = Self::read_with(path, candidate)?;
         let shown = path.display().to_string();
         let mut errors = Vec::new();
         let mut warnings = parsed.warnings;
@@ -848,6 +857,13 @@ impl Config {
     }
 
     fn read(path: &Path) -> Result<(Parsed, String), ConfigError> {
+        Self::read_with(path, None)
+    }
+
+    fn read_with(
+        path: &Path,
+        candidate: establishment::Candidate<'_>,
+    ) -> Result<(Parsed, String), ConfigError> {
         let shown = path.display().to_string();
         // Read ourselves first so a missing file is a clear one-line error.
         let text = std::fs::read_to_string(path).map_err(|source| ConfigError::Read {
@@ -860,7 +876,7 @@ impl Config {
         // The establishments' own files: one that does not load fails the whole read (a
         // reload then keeps the config in force).
         let (list, warnings, errors) =
-            establishment::read_dir(&parsed.config.server.establishments_dir);
+            establishment::read_dir_with(&parsed.config.server.establishments_dir, candidate);
         if !errors.is_empty() {
             return Err(ConfigError::Invalid(errors));
         }
