@@ -214,9 +214,10 @@ enum TlsCommand {
         /// A recipient to try with RCPT TO.
         #[arg(long)]
         rcpt: Option<String>,
-        /// Port of the MX hosts.
-        #[arg(long, default_value_t = 25)]
-        port: u16,
+        /// Port of the MX hosts (default: the port of the transport delivery would use for
+        /// DOMAIN, else 25).
+        #[arg(long)]
+        port: Option<u16>,
         /// Timeout of each network step.
         #[arg(long, default_value = "30s", value_parser = passerelle::config::parse_duration)]
         timeout: std::time::Duration,
@@ -408,6 +409,18 @@ fn run(cli: Cli) -> anyhow::Result<ExitCode> {
                 eprintln!("passerelle: tls probe HOST:PORT needs --domain or --rcpt: the peer's DN is checked against that domain's whitelist entries");
                 return Ok(ExitCode::from(2));
             }
+            // As delivery would (issue 24 C.3): the port of the route's MX transport, or the
+            // relay next hop it names.
+            let (target, port, domain) = match (host_port, cfg.delivery_hop(&target)) {
+                (false, Some((t, passerelle::config::NextHop::Relay(hp)))) if port.is_none() => {
+                    eprintln!("tls probe: {target} is delivered through transport {t}: probing its next hop {hp}");
+                    (hp.to_string(), 25, domain.or(Some(target)))
+                }
+                (false, Some((_, passerelle::config::NextHop::Mx { port: p }))) => {
+                    (target, port.unwrap_or(p), domain)
+                }
+                _ => (target, port.unwrap_or(25), domain),
+            };
             let opts = passerelle::probe::ProbeOptions {
                 target,
                 port,

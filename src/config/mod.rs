@@ -911,6 +911,23 @@ impl Config {
         all
     }
 
+    /// Where delivery would take mail for `domain` (`tls probe DOMAIN`, issue 24 C.3): the
+    /// first route in order whose patterns cover it and that delivers (`@whitelist` counted as
+    /// covering: a probed domain is a trust-space one), and its transport's next hop. `None`
+    /// when no route delivers there.
+    pub fn delivery_hop(&self, domain: &str) -> Option<(String, NextHop)> {
+        let domain = domain.trim_end_matches('.').to_ascii_lowercase();
+        let transports = self.all_transports();
+        self.route.iter().find_map(|r| match &r.target {
+            RouteTarget::Transport(t)
+                if r.domains.iter().any(|p| p.matches(&domain, &|_| true)) =>
+            {
+                transports.get(t).map(|tc| (t.clone(), tc.hop.clone()))
+            }
+            _ => None,
+        })
+    }
+
     pub fn listener(&self, name: &str) -> Option<&ListenerConfig> {
         self.listener.iter().find(|l| l.name == name)
     }

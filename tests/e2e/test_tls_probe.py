@@ -141,6 +141,13 @@ class ProbeMxTests(TrustTestCase):
         self.assertEqual(rc, 0, out)
         self.assertRegex(out, r"mx\s+ok\s+mx\.valide\.audit\.test \(%s:%d\)" % (re.escape(valide.ip), op.port))
         self.assertIn("verdict: OK delivery to %s via mx.valide.audit.test would succeed" % valide.domain, out)
+        # Issue 24 C.3: without --port, the port of the transport delivery would use (it was 25
+        # whatever the route said).
+        cfg["transport"]["trust-space"] = {"kind": "mx", "port": op.port, "tls": "mutual"}
+        self.gw.set_config(cfg)
+        rc, out = self.gw.cli("tls", "probe", valide.domain, timeout=60)
+        self.assertEqual(rc, 0, out)
+        self.assertRegex(out, r"mx\s+ok\s+mx\.valide\.audit\.test \(%s:%d\)" % (re.escape(valide.ip), op.port))
 
 
 if __name__ == "__main__":
