@@ -170,9 +170,19 @@ class OperatorTests(ConsoleTestCase):
         self.assertEqual(rc, 0, cli)
         self.assertIn("console:admin", cli)
         b.shot("track")
+        # C.4: words, not column names; a chart of the last 30 days; no sideways scrolling on
+        # a 1366 px screen.
+        b.driver.set_window_size(1366, 900)
         b.get("/indicators?by=day")
-        self.assertIn("total", b.text("table"))
-        self.assertIn("received_from_establishments", b.text("table"))
+        table = b.text("table.indicators")
+        self.assertIn("total", table)
+        self.assertIn("From establishments", table)
+        self.assertNotIn("received_from_establishments", table)
+        self.assertIn("Messages per day, last 30 days", b.text())
+        self.assertEqual(len(b.all("svg")) >= 1, True, "the chart is drawn")
+        self.assertTrue(b.driver.execute_script(
+            "const s = document.querySelector('table.indicators').parentElement;"
+            "return s.scrollWidth <= s.clientWidth;"), "the table fits 1366 px")
         b.shot("indicators")
         self.assertEqual([l for l in b.severe_logs() if "status of 404" not in l["message"]], [],
                          "no browser error (missing resources, blocked styles)")

@@ -121,7 +121,6 @@ fn chart(title: &str, b: &[Bucket]) -> Markup {
     let first = b.first().map(|x| x.start as i64).unwrap_or(0);
     let last = b.last().map(|x| x.start as i64).unwrap_or(0);
     let mid = (first + last) / 2;
-    let _ = last;
     let (f, m, l) = (fmt_hm(first), fmt_hm(mid), "now".to_string());
     html! {
         (line_chart(title, &[

@@ -2,7 +2,7 @@
 //! queries as `passerelle track` and `passerelle stats`; an establishment's user sees its own.
 
 use super::super::access::{self, Action, Resource};
-use super::super::charts::bars;
+use super::super::charts::{bars, line_chart, Line};
 use super::super::hooks::{HookError, StatsQuery, StatsTable, TrackQuery};
 use super::super::{allow, page as frame, App, PageError, Viewer};
 use super::message::timeline_markup;
@@ -125,12 +125,14 @@ pub async fn indicators(
     check_period(&q.since, &q.until)?;
     let by = q.by.clone().unwrap_or_else(|| "day".into());
     let result = app.backend.journal.stats(&q).await;
+    let month = last_30_days(&app, &q).await;
     let csv = format!(
         "/indicators.csv?{}",
         serde_urlencoded::to_string([
             ("by", by.as_str()),
             ("since", q.since.as_deref().unwrap_or("")),
-            ("until", q.until.as_deref().unwrap_or(""))
+            ("until", q.until.as_deref().unwrap_or("")),
+            ("establishment", q.establishment.as_deref().unwrap_or(""))
         ])
         .unwrap_or_default()
     );
@@ -144,6 +146,17 @@ pub async fn indicators(
                     }
                 }
             }
+            @if access::confined_to(v.role()).is_none() {
+                p {
+                    label for="est" { "Establishment" }
+                    select #est name="establishment" {
+                        option value="" { "all" }
+                        @for e in app.scopes() {
+                            option value=(e.name) selected[q.establishment.as_deref() == Some(e.name.as_str())] { (e.name) }
+                        }
+                    }
+                }
+            }
             (field("since", "Since", &q.since, "2026-01-01"))
             (field("until", "Until", &q.until, ""))
             p.buttons { button type="submit" { "Show" } }
@@ -151,10 +164,11 @@ pub async fn indicators(
         @match &result {
             Err(e) => (unavailable(e)),
             Ok(t) => {
+                @if let Some(c) = &month { (c) }
                 p { a href=(csv) download { "Download as CSV" } }
                 (stats_table(t))
                 @if t.columns.len() > 1 {
-                    (bars(&format!("{} by {by}", t.columns[1]), &t.rows.iter().filter(|r| r.first().is_some_and(|k| k != "total")).map(|r| (r.first().cloned().unwrap_or_default(), r.get(1).and_then(|x| x.parse().ok()).unwrap_or(0.0))).collect::<Vec<_>>()))
+                    (bars(&format!("{} by {}", label(&t.columns[1]), label(&by).to_lowercase()), &t.rows.iter().filter(|r| r.first().is_some_and(|k| k != "total")).map(|r| (r.first().cloned().unwrap_or_default(), r.get(1).and_then(|x| x.parse().ok()).unwrap_or(0.0))).collect::<Vec<_>>()))
                 }
             }
         }
@@ -162,11 +176,96 @@ pub async fn indicators(
     Ok(frame(&app, &v, "/indicators", "Indicators", body))
 }
 
+/// Messages per day over the last 30 days (of the establishment chosen, or the own one of
+/// an establishment's user), as a chart above the table (issue 24 C.4).
+async fn last_30_days(app: &App, q: &StatsQuery) -> Option<Markup> {
+    let per_day = StatsQuery {
+        by: Some("day".into()),
+        since: Some("30d".into()),
+        until: None,
+        establishment: q.establishment.clone(),
+    };
+    let t = app.backend.journal.stats(&per_day).await.ok()?;
+    let today = time::OffsetDateTime::now_utc().date();
+    let days: Vec<String> = (0..30i64)
+        .rev()
+        .map(|d| (today - time::Duration::days(d)).to_string())
+        .collect();
+    let column = |name: &str| -> Vec<Option<f64>> {
+        let Some(i) = t.columns.iter().position(|c| c == name) else {
+            return vec![None; days.len()];
+        };
+        days.iter()
+            .map(|d| {
+                let row = t.rows.iter().find(|r| r.first() == Some(d));
+                Some(row.and_then(|r| r.get(i)?.parse().ok()).unwrap_or(0.0))
+            })
+            .collect()
+    };
+    let whose = q.establishment.as_deref().unwrap_or("all establishments");
+    Some(line_chart(
+        &format!("Messages per day, last 30 days ({whose})"),
+        &[
+            Line {
+                label: "from establishments",
+                class: "s-accepted",
+                points: column("received_from_establishments"),
+            },
+            Line {
+                label: "from the trust space",
+                class: "s-sent",
+                points: column("received_from_trust_space"),
+            },
+            Line {
+                label: "deferred",
+                class: "s-failed",
+                points: column("deferred"),
+            },
+        ],
+        [&days[0], &days[15], &days[29]],
+    ))
+}
+
+/// What a column of the indicators means, in words (the raw name stays in the CSV and in
+/// the header's tooltip).
+fn label(column: &str) -> String {
+    let fixed = match column {
+        "day" => "Day",
+        "week" => "Week",
+        "month" => "Month",
+        "establishment" => "Establishment",
+        "domain" => "Domain",
+        "mailbox" => "Mailbox",
+        "peer" => "Operator (peer)",
+        "received_from_establishments" => "From establishments",
+        "sent_to_trust_space" => "To the trust space",
+        "received_from_trust_space" => "From the trust space",
+        "delivered_to_mailboxes" => "To mailboxes",
+        "deferred" => "Deferred",
+        "bounced" => "Bounced",
+        "refused" => "Refused",
+        "tls_failures" => "TLS failures",
+        "dsn" => "Notifications (DSN)",
+        "active_mailboxes" => "Active mailboxes",
+        _ => "",
+    };
+    if !fixed.is_empty() {
+        return fixed.to_string();
+    }
+    let words = |v: &str| v.replace('_', " ");
+    match column.split_once(':') {
+        Some(("refused", r)) => format!("Refused: {}", words(r)),
+        Some(("tls_failure", r)) => format!("TLS failure: {}", words(r)),
+        Some(("bal_type", b)) => format!("BAL {b}"),
+        _ => words(column),
+    }
+}
+
 fn stats_table(t: &StatsTable) -> Markup {
     html! {
         div.scroll {
-            table {
-                thead { tr { @for c in &t.columns { th scope="col" { (c) } } } }
+            table.indicators {
+                thead { tr { @for c in &t.columns { th scope="col" title=(c) { (label(c)) } } } }
                 tbody { @for r in &t.rows { tr { @for (i, c) in r.iter().enumerate() { @if i == 0 { th scope="row" { (c) } } @else { td.num { (c) } } } } } }
             }
         }
