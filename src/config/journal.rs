@@ -239,7 +239,10 @@ fn take_tls_options(url: &str) -> Result<(String, Option<SslMode>, Option<String
         let mut kept = Vec::new();
         for pair in query.split('&').filter(|p| !p.is_empty()) {
             let (k, v) = pair.split_once('=').unwrap_or((pair, ""));
-            if !take(k, &percent_decode(v))? {
+            if !take(
+                k,
+                &percent_encoding::percent_decode_str(v).decode_utf8_lossy(),
+            )? {
                 kept.push(pair);
             }
         }
@@ -259,31 +262,6 @@ fn take_tls_options(url: &str) -> Result<(String, Option<SslMode>, Option<String
         }
         Ok((kept.join(" "), mode, root))
     }
-}
-
-/// `%XX` escapes of a URL parameter (a path to a CA file may hold a space or a slash).
-fn percent_decode(v: &str) -> String {
-    let b = v.as_bytes();
-    let mut out = Vec::with_capacity(b.len());
-    let mut i = 0;
-    while i < b.len() {
-        let hex = |c: u8| (c as char).to_digit(16);
-        match (
-            b[i],
-            b.get(i + 1).and_then(|&c| hex(c)),
-            b.get(i + 2).and_then(|&c| hex(c)),
-        ) {
-            (b'%', Some(h), Some(l)) => {
-                out.push((h * 16 + l) as u8);
-                i += 3;
-            }
-            (c, _, _) => {
-                out.push(c);
-                i += 1;
-            }
-        }
-    }
-    String::from_utf8_lossy(&out).into_owned()
 }
 
 #[cfg(test)]

@@ -164,7 +164,7 @@ fn with_typos(
         .then(|| {
             unknown.iter().find(|u| {
                 let (t, n) = u.rsplit_once('.').unwrap_or(("", u.as_str()));
-                t == table && edit_distance(n, name) <= 2
+                t == table && strsim::levenshtein(n, name) <= 2
             })
         })
         .flatten();
@@ -179,22 +179,6 @@ fn with_typos(
             .map(|k| Problem::error(k.clone(), "unknown key (typo?)").located(shown, text)),
     );
     out
-}
-
-/// Levenshtein distance of two short key names (no crate for a dozen letters).
-fn edit_distance(a: &str, b: &str) -> usize {
-    let b: Vec<char> = b.chars().collect();
-    let mut row: Vec<usize> = (0..=b.len()).collect();
-    for (i, ca) in a.chars().enumerate() {
-        let mut prev = row[0];
-        row[0] = i + 1;
-        for (j, cb) in b.iter().enumerate() {
-            let cur = row[j + 1];
-            row[j + 1] = (prev + usize::from(ca != *cb)).min(row[j] + 1).min(cur + 1);
-            prev = cur;
-        }
-    }
-    row[b.len()]
 }
 
 /// `serde_ignored`'s path in our `a[0].b` form (options and newtypes are not keys).
@@ -357,8 +341,8 @@ mod tests {
 
     #[test]
     fn a_missing_key_names_its_probable_typo() {
-        assert_eq!(edit_distance("hostnme", "hostname"), 1);
-        assert_eq!(edit_distance("spool", "hostname"), 7);
+        assert_eq!(strsim::levenshtein("hostnme", "hostname"), 1);
+        assert_eq!(strsim::levenshtein("spool", "hostname"), 7);
         let text = "[server]\nhostnme = \"x\"\nspool = \"s\"\n";
         let p = with_typos(
             "server.hostname".into(),
