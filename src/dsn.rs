@@ -168,10 +168,7 @@ pub fn notification(
 
 /// The header section of a message (up to and including the blank line).
 pub fn header_section(msg: &[u8]) -> &[u8] {
-    match msg.windows(4).position(|w| w == b"\r\n\r\n") {
-        Some(i) => &msg[..i + 4],
-        None => msg,
-    }
+    crate::message::header::section(msg)
 }
 
 /// Builds the whole DSN message (headers and body), CRLF line ends throughout.

@@ -2,6 +2,7 @@
 //! (changes with each attempt, with the typed outcome of each recipient). Both are persisted
 //! as JSON inside spool records. The bottom of the house: nothing here imports the stages.
 
+pub mod header;
 mod outcome;
 mod received;
 mod wire;

@@ -113,38 +113,19 @@ const HIDDEN_FIELDS: [&str; 4] = ["subject", "thread-topic", "keywords", "commen
 const MAX_HEADER: u64 = 256 * 1024;
 
 /// The header fields of a message's beginning, continuation lines unfolded; nothing after the
-/// blank line that ends them.
+/// blank line that ends them. Unfolded first, decided after: deciding on the first physical
+/// line showed the continuation of a folded Subject (REVIEW B5).
 pub fn header_fields(raw: &[u8]) -> Vec<(String, String)> {
-    let end = memchr::memmem::find(raw, b"\r\n\r\n")
-        .map(|i| i + 2)
-        .or_else(|| memchr::memmem::find(raw, b"\n\n").map(|i| i + 1))
-        .unwrap_or(raw.len());
-    let text = String::from_utf8_lossy(&raw[..end]);
-    // Unfold first (RFC 5322 2.2.3), decide what is hidden after: deciding on the first
-    // physical line showed the continuation of a folded Subject (REVIEW B2).
-    let mut fields: Vec<(String, String)> = Vec::new();
-    for line in text.split('\n') {
-        let line = line.trim_end_matches('\r');
-        if line.is_empty() {
-            continue;
-        }
-        if line.starts_with([' ', '\t']) {
-            if let Some(last) = fields.last_mut() {
-                last.1.push(' ');
-                last.1.push_str(line.trim());
+    crate::message::header::fields(raw)
+        .into_iter()
+        .map(|f| {
+            if HIDDEN_FIELDS.contains(&f.name.to_ascii_lowercase().as_str()) {
+                (f.name, "(hidden: may carry health data)".to_string())
+            } else {
+                (f.name, f.value)
             }
-            continue;
-        }
-        if let Some((name, value)) = line.split_once(':') {
-            fields.push((name.trim().to_string(), value.trim().to_string()));
-        }
-    }
-    for (name, value) in &mut fields {
-        if HIDDEN_FIELDS.contains(&name.to_ascii_lowercase().as_str()) {
-            *value = "(hidden: may carry health data)".to_string();
-        }
-    }
-    fields
+        })
+        .collect()
 }
 
 pub async fn page(
