@@ -637,7 +637,10 @@ pub async fn mailbox_test(cfg: &Config, name: &str) -> anyhow::Result<(bool, Vec
             .as_ref()
             .map(crate::tls::TlsMaterial::load)
             .transpose()?;
-        let crls = crate::tls::CrlSet::load(&tls_cfg.map(|t| t.crls).unwrap_or_default(), None)?;
+        let crls = match &tls_cfg {
+            Some(t) => crate::tls::CrlSet::load_capped(&t.crls, t.crl_max_size, None)?,
+            None => crate::tls::CrlSet::load(&[], None)?,
+        };
         Ok((tls, crls))
     })
     .await??;

@@ -121,10 +121,22 @@ impl Fetcher {
         dest: &Path,
         verify: impl Fn(&[u8]) -> Result<(), String>,
     ) -> Result<FetchOutcome, FetchError> {
+        self.fetch_capped(url, dest, MAX_BYTES, verify)
+    }
+
+    /// [`Fetcher::fetch_if_changed`] refusing a body over `max` bytes (the bound of the file it
+    /// replaces: `whitelist.max_size`, `tls.crl_max_size`) before it is verified.
+    pub fn fetch_capped(
+        &self,
+        url: &str,
+        dest: &Path,
+        max: u64,
+        verify: impl Fn(&[u8]) -> Result<(), String>,
+    ) -> Result<FetchOutcome, FetchError> {
         let mut pause = self.opts.backoff;
         let mut attempt = 0;
         loop {
-            match self.once(url, dest, &verify) {
+            match self.once(url, dest, max, &verify) {
                 Err(e) if e.transient() && attempt < self.opts.retries => {
                     tracing::debug!(url, attempt, error = %e, "download failed, retrying");
                     std::thread::sleep(pause);
@@ -140,6 +152,7 @@ impl Fetcher {
         &self,
         url: &str,
         dest: &Path,
+        max: u64,
         verify: &dyn Fn(&[u8]) -> Result<(), String>,
     ) -> Result<FetchOutcome, FetchError> {
         let current = std::fs::metadata(dest).ok();
@@ -172,7 +185,7 @@ impl Fetcher {
         let body = resp
             .body_mut()
             .with_config()
-            .limit(MAX_BYTES)
+            .limit(max)
             .read_to_vec()
             .map_err(|e| FetchError::Http(format!("reading the body: {e}")))?;
         if current.is_some() && std::fs::read(dest).is_ok_and(|old| old == body) {
@@ -333,6 +346,8 @@ pub struct Job {
     pub url: String,
     pub dest: PathBuf,
     pub every: Duration,
+    /// The bound of the file it replaces; a larger body is refused.
+    pub max_size: u64,
 }
 
 /// Everything a download pass needs from one config snapshot.
@@ -356,6 +371,7 @@ impl Plan {
                     url: url.clone(),
                     dest: w.file.clone(),
                     every: w.refresh,
+                    max_size: w.max_size,
                 });
             }
         }
@@ -366,6 +382,7 @@ impl Plan {
                     url: url.clone(),
                     dest: dest.clone(),
                     every: t.crl_refresh,
+                    max_size: t.crl_max_size,
                 });
             }
             if !t.crl_urls.is_empty() {
@@ -407,7 +424,7 @@ impl Plan {
         let (label, r) = match job.what {
             What::Whitelist => (
                 "whitelist",
-                fetcher.fetch_if_changed(&job.url, &job.dest, |data| {
+                fetcher.fetch_capped(&job.url, &job.dest, job.max_size, |data| {
                     verify_whitelist(data, &job.url, &self.whitelist_rules, previous)
                 }),
             ),
@@ -415,7 +432,7 @@ impl Plan {
                 let current = std::fs::read(&job.dest).ok();
                 (
                     "crl",
-                    fetcher.fetch_if_changed(&job.url, &job.dest, |data| {
+                    fetcher.fetch_capped(&job.url, &job.dest, job.max_size, |data| {
                         verify_crl(data, &self.crl_issuers, current.as_deref())
                     }),
                 )

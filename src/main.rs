@@ -936,12 +936,10 @@ async fn directory_lookup(
         source: cfg.directory.source.clone(),
         tls: cfg.tls.clone(),
     };
-    let crls = std::sync::Arc::new(arc_swap::ArcSwap::from_pointee(
-        passerelle::tls::CrlSet::load(
-            &cfg.tls.as_ref().map(|t| t.crls.clone()).unwrap_or_default(),
-            None,
-        )?,
-    ));
+    let crls = std::sync::Arc::new(arc_swap::ArcSwap::from_pointee(match &cfg.tls {
+        Some(t) => passerelle::tls::CrlSet::load_capped(&t.crls, t.crl_max_size, None)?,
+        None => passerelle::tls::CrlSet::load(&[], None)?,
+    }));
     let directory = passerelle::server::build_directory(&spec, &crls)?;
     let address = address.trim().trim_matches(['<', '>']);
     let (known, bal_type) = match directory.lookup(address).await {

@@ -62,7 +62,11 @@ impl ProbeContext {
             .as_ref()
             .context("no [tls] section: the probe presents our certificate")?;
         let tls = TlsMaterial::load(t)?;
-        let crls = Arc::new(crate::tls::CrlSet::load(&t.crls, None)?);
+        let crls = Arc::new(crate::tls::CrlSet::load_capped(
+            &t.crls,
+            t.crl_max_size,
+            None,
+        )?);
         let validator = PeerValidator::new(&tls, Arc::new(arc_swap::ArcSwap::new(crls.clone())));
         let w = cfg
             .whitelist

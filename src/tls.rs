@@ -77,9 +77,19 @@ impl CrlSet {
     /// Loads `paths`. With `previous`, a file that does not load keeps its last good copy
     /// (with a warning): a botched CRL download must not stop the trust space.
     pub fn load(paths: &[PathBuf], previous: Option<&CrlSet>) -> Result<CrlSet, TlsError> {
+        Self::load_capped(paths, crate::util::fs::DEFAULT_MAX_CRL_BYTES, previous)
+    }
+
+    /// [`CrlSet::load`] refusing a file over `max_size` bytes before reading it whole
+    /// (`tls.crl_max_size`): a CRL comes from outside, and a huge one must cost nothing.
+    pub fn load_capped(
+        paths: &[PathBuf],
+        max_size: u64,
+        previous: Option<&CrlSet>,
+    ) -> Result<CrlSet, TlsError> {
         let mut files = Vec::new();
         for path in paths {
-            let loaded = match (load_crl(path), previous) {
+            let loaded = match (load_crl(path, max_size), previous) {
                 (Ok(c), _) => c,
                 (Err(e), Some(prev)) => match prev.files.iter().find(|(p, _)| p == path) {
                     Some((_, last_good)) => {
@@ -161,8 +171,12 @@ pub fn load_certs(
 }
 
 /// A CRL file in PEM or DER.
-pub fn load_crl(path: &Path) -> Result<Vec<CertificateRevocationListDer<'static>>, TlsError> {
-    let data = read("tls.crls", path)?;
+pub fn load_crl(
+    path: &Path,
+    max_size: u64,
+) -> Result<Vec<CertificateRevocationListDer<'static>>, TlsError> {
+    let data =
+        crate::util::fs::read_capped(path, max_size).map_err(|e| file_err("tls.crls", path, e))?;
     let pem: Vec<_> = CertificateRevocationListDer::pem_slice_iter(&data)
         .collect::<Result<_, _>>()
         .map_err(|e| file_err("tls.crls", path, e))?;

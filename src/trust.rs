@@ -38,6 +38,7 @@ pub fn acceptance(w: &WhitelistConfig) -> Result<Acceptance, String> {
         require_signature: w.signature_required(),
         signers,
         max_age: w.effective_max_age(),
+        max_size: Some(w.max_size),
     })
 }
 

@@ -48,6 +48,14 @@ pub struct SyncConfig {
     /// Connect and per-operation timeout.
     #[serde(default = "default_timeout", deserialize_with = "de_duration")]
     pub timeout: Duration,
+    /// An extract (its text, or the download) over this many bytes is refused before it is
+    /// read; nothing is written.
+    #[serde(default = "default_max_size")]
+    pub max_size: u64,
+}
+
+fn default_max_size() -> u64 {
+    crate::util::fs::DEFAULT_MAX_EXTRACT_BYTES
 }
 
 fn default_every() -> Duration {
@@ -84,6 +92,7 @@ impl SyncConfig {
             connections: default_connections(),
             transactions: false,
             timeout: default_timeout(),
+            max_size: default_max_size(),
         }
     }
 

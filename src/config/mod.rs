@@ -157,6 +157,10 @@ pub struct TlsConfig {
     /// `/readyz` fails when a CRL is past its nextUpdate by more than this.
     #[serde(default = "default_crl_grace", deserialize_with = "de_duration")]
     pub crl_grace: Duration,
+    /// A CRL file larger than this (bytes) is refused before it is parsed; the last good copy
+    /// stays in force (IGC-Santé's largest CRLs are a few MiB).
+    #[serde(default = "default_crl_max_size")]
+    pub crl_max_size: u64,
 }
 
 impl TlsConfig {
@@ -187,6 +191,10 @@ impl TlsConfig {
 fn default_crl_refresh() -> Duration {
     Duration::from_secs(3600)
 }
+fn default_crl_max_size() -> u64 {
+    crate::util::fs::DEFAULT_MAX_CRL_BYTES
+}
+
 fn default_crl_grace() -> Duration {
     Duration::from_secs(86400)
 }
@@ -616,6 +624,14 @@ pub struct WhitelistConfig {
         deserialize_with = "de_duration"
     )]
     pub refresh: Duration,
+    /// A file (or a download) larger than this many bytes is refused before it is parsed; the
+    /// list in force stays. The real signed list is 3.6 MB.
+    #[serde(default = "default_whitelist_max_size")]
+    pub max_size: u64,
+}
+
+fn default_whitelist_max_size() -> u64 {
+    crate::util::fs::DEFAULT_MAX_WHITELIST_BYTES
 }
 
 impl WhitelistConfig {
@@ -657,8 +673,9 @@ pub enum DirectorySource {
     /// `kind = "none"`: nothing is known; routes cannot ask for the directory.
     #[default]
     None,
-    /// `kind = "extract"`: the ANS extract, held in memory, re-read when the file changes.
-    Extract { file: PathBuf },
+    /// `kind = "extract"`: the ANS extract, held in memory, re-read when the file changes;
+    /// one over `max_size` bytes (its text) is refused before it is read.
+    Extract { file: PathBuf, max_size: u64 },
     /// `kind = "ldap"`: the establishment's LDAP where the national directory is integrated.
     Ldap(LdapConfig),
 }
@@ -731,6 +748,7 @@ struct RawDirectory {
     pool_size: usize,
     starttls: bool,
     bal_type_attribute: String,
+    max_size: u64,
     sync: Option<SyncConfig>,
 }
 
@@ -751,6 +769,7 @@ impl Default for RawDirectory {
             pool_size: 4,
             starttls: false,
             bal_type_attribute: "employeeType".into(),
+            max_size: crate::util::fs::DEFAULT_MAX_EXTRACT_BYTES,
             sync: None,
         }
     }
@@ -763,6 +782,7 @@ impl TryFrom<RawDirectory> for DirectoryConfig {
             DirectoryKind::None => DirectorySource::None,
             DirectoryKind::Extract => DirectorySource::Extract {
                 file: d.file.ok_or("file: required for kind = \"extract\"")?,
+                max_size: d.max_size,
             },
             DirectoryKind::Ldap => {
                 let url = d.url.ok_or("url: required for kind = \"ldap\"")?;
@@ -1077,7 +1097,8 @@ delay_warning = "0"
         assert_eq!(
             c.directory.source,
             DirectorySource::Extract {
-                file: "x.txt".into()
+                file: "x.txt".into(),
+                max_size: crate::util::fs::DEFAULT_MAX_EXTRACT_BYTES,
             }
         );
     }

@@ -4,6 +4,17 @@
 use super::{ClientCert, Config, DirectorySource, Problem, RouteTarget, StartTls, TlsPolicy};
 
 /// Every cross-reference problem (errors) and suspicious setting (warnings), unlocated.
+/// A bound on a file from outside: zero would refuse every file (at least 1 KiB), and one past
+/// 16 GiB is no bound on a gateway's memory.
+fn size_bound(p: &mut Vec<Problem>, key: &str, v: u64) {
+    if !(1 << 10..=16 << 30).contains(&v) {
+        p.push(Problem::error(
+            key,
+            format!("{v} bytes: give a size between 1024 and 17179869184 bytes (16 GiB)"),
+        ));
+    }
+}
+
 pub fn validate(c: &Config) -> Vec<Problem> {
     let mut p = Vec::new();
     if c.server.hostname.trim().is_empty() {
@@ -217,6 +228,13 @@ pub fn validate(c: &Config) -> Vec<Problem> {
         if w.url.is_some() && w.refresh.is_zero() {
             p.push(Problem::error("whitelist.refresh", "must be positive"));
         }
+        size_bound(&mut p, "whitelist.max_size", w.max_size);
+    }
+    if let crate::config::DirectorySource::Extract { max_size, .. } = &c.directory.source {
+        size_bound(&mut p, "directory.max_size", *max_size);
+    }
+    if let Some(s) = &c.directory.sync {
+        size_bound(&mut p, "directory.sync.max_size", s.max_size);
     }
     if let Some(t) = &c.tls {
         if !t.crl_urls.is_empty() && t.crl_urls.len() != t.crls.len() {
@@ -232,6 +250,7 @@ pub fn validate(c: &Config) -> Vec<Problem> {
         if !t.crl_urls.is_empty() && t.crl_refresh.is_zero() {
             p.push(Problem::error("tls.crl_refresh", "must be positive"));
         }
+        size_bound(&mut p, "tls.crl_max_size", t.crl_max_size);
     }
     if l_establishments_without_any(c) {
         p.push(Problem::warning(

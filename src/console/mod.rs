@@ -154,6 +154,7 @@ fn tls_source(
                 crl_urls: Vec::new(),
                 crl_refresh: std::time::Duration::from_secs(3600),
                 crl_grace: std::time::Duration::ZERO,
+                crl_max_size: crate::util::fs::DEFAULT_MAX_CRL_BYTES,
             })
             .context("console certificate")?;
             let cfg = listener::server_config(&*m.server_config(None)?);

@@ -53,6 +53,7 @@ fn gateway_tls(dir: &Path, crls: Vec<PathBuf>) -> crate::config::TlsConfig {
         crl_urls: vec![],
         crl_refresh: Duration::from_secs(3600),
         crl_grace: Duration::from_secs(86400),
+        crl_max_size: crate::util::fs::DEFAULT_MAX_CRL_BYTES,
     }
 }
 

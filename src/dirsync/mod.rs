@@ -38,6 +38,8 @@ pub struct SyncOptions {
     pub source: Source,
     pub target: Target,
     pub min_entries: usize,
+    /// `max_size`: the extract's bound, checked before it is read.
+    pub max_size: u64,
     pub max_delete: f64,
     pub force: bool,
     pub dry_run: bool,
@@ -80,6 +82,7 @@ impl SyncOptions {
                 transactions: s.transactions,
             },
             min_entries: s.min_entries,
+            max_size: s.max_size,
             max_delete: s.max_delete,
             force: false,
             dry_run: false,
@@ -122,7 +125,13 @@ fn ldap_tls(
             .map_err(|e| setup(e.to_string()))?
         }
         (None, Some(t)) => crate::tls::TlsMaterial::load(t)
-            .and_then(|m| m.webpki_server_verifier(&crate::tls::CrlSet::load(&t.crls, None)?))
+            .and_then(|m| {
+                m.webpki_server_verifier(&crate::tls::CrlSet::load_capped(
+                    &t.crls,
+                    t.crl_max_size,
+                    None,
+                )?)
+            })
             .map_err(|e| setup(e.to_string()))?,
         (None, None) => {
             return Err(setup(
@@ -279,8 +288,8 @@ pub async fn run(opts: &SyncOptions, progress: &Progress) -> Result<Summary, Syn
 async fn run_inner(opts: &SyncOptions, progress: &Progress) -> Result<Summary, SyncError> {
     let started = Instant::now();
     progress.phase("reading the extract", None);
-    let (src, min) = (opts.source.clone(), opts.min_entries);
-    let loaded = tokio::task::spawn_blocking(move || source::load(&src, min))
+    let (src, min, max) = (opts.source.clone(), opts.min_entries, opts.max_size);
+    let loaded = tokio::task::spawn_blocking(move || source::load(&src, min, max))
         .await
         .map_err(|e| SyncError::Setup(format!("loading the extract: {e}")))??;
     for (line, why) in loaded.report.bad_lines.iter().take(20) {

@@ -52,13 +52,13 @@ pub struct Loaded {
 }
 
 /// Loads and checks the extract (blocking: run it off the async runtime).
-pub fn load(source: &Source, min_entries: usize) -> Result<Loaded, SourceError> {
+pub fn load(source: &Source, min_entries: usize, max_size: u64) -> Result<Loaded, SourceError> {
     let (extract, report) = match source {
-        Source::File(p) => Extract::load_with(p, ldif::KEEP)?,
+        Source::File(p) => Extract::load_capped(p, ldif::KEEP, max_size)?,
         Source::Url(url) => {
             let tmp = TempFile::new();
-            download(url, &tmp.0)?;
-            Extract::load_with(&tmp.0, ldif::KEEP)?
+            download(url, &tmp.0, max_size.min(MAX_DOWNLOAD))?;
+            Extract::load_capped(&tmp.0, ldif::KEEP, max_size)?
         }
     };
     if report.entries < min_entries {
@@ -96,7 +96,7 @@ impl Drop for TempFile {
 /// HTTP(S) GET into `dest` (HTTPS verified against the Mozilla roots ureq carries; proxies
 /// from the usual environment variables). A non-2xx status, a body cut before its
 /// Content-Length, or one over [`MAX_DOWNLOAD`] are errors.
-fn download(url: &str, dest: &Path) -> Result<(), SourceError> {
+fn download(url: &str, dest: &Path, max: u64) -> Result<(), SourceError> {
     let err = |why: String| SourceError::Download {
         url: url.to_string(),
         why,
@@ -108,7 +108,7 @@ fn download(url: &str, dest: &Path) -> Result<(), SourceError> {
         .build()
         .into();
     let mut resp = agent.get(url).call().map_err(|e| err(e.to_string()))?;
-    let mut reader = resp.body_mut().with_config().limit(MAX_DOWNLOAD).reader();
+    let mut reader = resp.body_mut().with_config().limit(max).reader();
     let mut file = std::fs::File::create(dest)
         .map_err(|e| err(format!("cannot create {}: {e}", dest.display())))?;
     let n = std::io::copy(&mut reader, &mut file).map_err(|e| err(e.to_string()))?;

@@ -51,11 +51,15 @@ pub struct ExtractDirectory {
 }
 
 impl ExtractDirectory {
-    pub fn load(path: &std::path::Path) -> Result<ExtractDirectory, super::extract::ExtractError> {
+    pub fn load(
+        path: &std::path::Path,
+        max_size: u64,
+    ) -> Result<ExtractDirectory, super::extract::ExtractError> {
         let started = std::time::Instant::now();
-        let (extract, report) = super::extract::Extract::load_with(
+        let (extract, report) = super::extract::Extract::load_capped(
             path,
             super::extract::Keep::Columns(super::extract::DIRECTORY_COLUMNS),
+            max_size,
         )?;
         for (line, why) in report.bad_lines.iter().take(20) {
             tracing::warn!(file = %path.display(), line, "directory extract: line skipped: {why}");

@@ -101,6 +101,10 @@ pub enum ExtractError {
         #[source]
         err: std::io::Error,
     },
+    #[error(
+        "{file}: larger than the limit of {limit} (directory.max_size); refused before reading"
+    )]
+    TooLarge { file: String, limit: String },
     #[error("{file}: empty file, no header line")]
     Empty { file: String },
     #[error("{file}:1: header is not valid UTF-8")]
@@ -732,6 +736,21 @@ impl Extract {
 
     /// [`Extract::load`] keeping only some columns.
     pub fn load_with(path: &Path, keep: Keep) -> Result<(Extract, ExtractReport), ExtractError> {
+        Extract::load_capped(path, keep, crate::util::fs::DEFAULT_MAX_EXTRACT_BYTES)
+    }
+
+    /// [`Extract::load_with`] refusing text over `max` bytes (`directory.max_size`): the file's
+    /// size, or a zip member's declared size, is checked before parsing, and the bytes read are
+    /// counted as they come (a zip member may lie about its size).
+    pub fn load_capped(
+        path: &Path,
+        keep: Keep,
+        max: u64,
+    ) -> Result<(Extract, ExtractReport), ExtractError> {
+        let too_large = |file: String| ExtractError::TooLarge {
+            file,
+            limit: crate::util::fs::human_size(max),
+        };
         let io_err = |err| ExtractError::Io {
             path: path.to_path_buf(),
             err,
@@ -771,16 +790,22 @@ impl Extract {
             let member = archive.by_name(&members[0]).map_err(zip_err)?;
             let size = member.size();
             let source = format!("{display}!{}", members[0]);
+            if size > max {
+                return Err(too_large(source));
+            }
             Extract::parse_sized(
-                BufReader::with_capacity(1 << 18, member),
+                BufReader::with_capacity(1 << 18, crate::util::fs::Capped::new(member, max)),
                 &source,
                 size,
                 keep,
             )
         } else {
             let size = file.metadata().map(|m| m.len()).unwrap_or(0);
+            if size > max {
+                return Err(too_large(display));
+            }
             Extract::parse_sized(
-                BufReader::with_capacity(1 << 18, file),
+                BufReader::with_capacity(1 << 18, crate::util::fs::Capped::new(file, max)),
                 &display,
                 size,
                 keep,

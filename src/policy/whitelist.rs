@@ -131,6 +131,9 @@ pub struct Acceptance {
     pub signers: Option<std::sync::Arc<crate::policy::xmldsig::SignerTrust>>,
     /// Refuse a file generated longer ago than this (`DateDeGeneration`); `None`: no limit.
     pub max_age: Option<std::time::Duration>,
+    /// Refuse a file over this many bytes before parsing it (`whitelist.max_size`); `None`:
+    /// [`MAX_FILE_BYTES`].
+    pub max_size: Option<u64>,
 }
 
 /// Clock skew tolerated on `DateDeGeneration` before a list counts as "from the future".
@@ -262,7 +265,7 @@ fn push_piece(out: &mut String, piece: &str) {
 }
 
 /// Largest whitelist file read (the real one is 3.6 MB; the same cap as a download's).
-pub const MAX_FILE_BYTES: u64 = 64 << 20;
+pub const MAX_FILE_BYTES: u64 = crate::util::fs::DEFAULT_MAX_WHITELIST_BYTES;
 /// Deepest element nesting accepted (the real list is 5 deep, its signature 6).
 pub const MAX_NESTING: usize = 64;
 /// Most CDATA sections in a file (the real list has none): the XML parser copies the text
@@ -330,24 +333,22 @@ pub fn check_shape(xml: &str) -> Result<(), String> {
     Ok(())
 }
 
-/// Reads a whitelist file, refusing one over [`MAX_FILE_BYTES`] without reading it whole.
-fn read_bounded(path: &Path) -> Result<String, WhitelistError> {
-    use std::io::Read;
+/// Reads a whitelist file, refusing one over `max` bytes without reading it whole.
+fn read_bounded(path: &Path, max: u64) -> Result<String, WhitelistError> {
     let io = |err| WhitelistError::Io {
         path: path.to_path_buf(),
         err,
     };
-    let f = std::fs::File::open(path).map_err(io)?;
-    let mut buf = Vec::new();
-    f.take(MAX_FILE_BYTES + 1)
-        .read_to_end(&mut buf)
-        .map_err(io)?;
-    if buf.len() as u64 > MAX_FILE_BYTES {
-        return Err(WhitelistError::Bounds {
-            file: path.display().to_string(),
-            reason: format!("larger than {} MiB", MAX_FILE_BYTES >> 20),
-        });
-    }
+    let buf = crate::util::fs::read_capped(path, max).map_err(|e| {
+        if e.kind() == std::io::ErrorKind::InvalidData {
+            WhitelistError::Bounds {
+                file: path.display().to_string(),
+                reason: e.to_string(),
+            }
+        } else {
+            io(e)
+        }
+    })?;
     String::from_utf8(buf).map_err(|e| io(std::io::Error::new(std::io::ErrorKind::InvalidData, e)))
 }
 
@@ -355,7 +356,7 @@ impl Whitelist {
     /// Parse the XML text of `listeblanchemssante.xml`. `source` names the
     /// file in messages.
     pub fn parse(xml: &str, source: &str) -> Result<Whitelist, WhitelistError> {
-        let doc = Self::document(xml, source)?;
+        let doc = Self::document(xml, source, MAX_FILE_BYTES)?;
         Self::from_document(&doc, source)
     }
 
@@ -367,7 +368,7 @@ impl Whitelist {
         rules: &Acceptance,
         now: i64,
     ) -> Result<Whitelist, WhitelistError> {
-        let doc = Self::document(xml, source)?;
+        let doc = Self::document(xml, source, rules.max_size.unwrap_or(MAX_FILE_BYTES))?;
         let generated = doc
             .root_element()
             .children()
@@ -435,7 +436,7 @@ impl Whitelist {
         rules: &Acceptance,
         now: i64,
     ) -> Result<Whitelist, WhitelistError> {
-        let xml = read_bounded(path)?;
+        let xml = read_bounded(path, rules.max_size.unwrap_or(MAX_FILE_BYTES))?;
         Whitelist::parse_accepted(&xml, &path.display().to_string(), rules, now)
     }
 
@@ -449,12 +450,16 @@ impl Whitelist {
         self.generated.as_deref().and_then(parse_generated)
     }
 
-    fn document<'x>(xml: &'x str, source: &str) -> Result<roxmltree::Document<'x>, WhitelistError> {
+    fn document<'x>(
+        xml: &'x str,
+        source: &str,
+        max: u64,
+    ) -> Result<roxmltree::Document<'x>, WhitelistError> {
         let xml = xml.strip_prefix('\u{feff}').unwrap_or(xml);
-        if xml.len() as u64 > MAX_FILE_BYTES {
+        if xml.len() as u64 > max {
             return Err(WhitelistError::Bounds {
                 file: source.to_string(),
-                reason: format!("larger than {} MiB", MAX_FILE_BYTES >> 20),
+                reason: crate::util::fs::too_large(max).to_string(),
             });
         }
         check_shape(xml).map_err(|reason| WhitelistError::Bounds {
@@ -616,7 +621,7 @@ impl Whitelist {
 
     /// Read and parse a whitelist file.
     pub fn load(path: &Path) -> Result<Whitelist, WhitelistError> {
-        let xml = read_bounded(path)?;
+        let xml = read_bounded(path, MAX_FILE_BYTES)?;
         Whitelist::parse(&xml, &path.display().to_string())
     }
 

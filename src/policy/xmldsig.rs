@@ -745,6 +745,7 @@ mod tampering {
             require_signature: true,
             signers: Some(Arc::new(trust)),
             max_age: max_age.map(std::time::Duration::from_secs),
+            max_size: None,
         }
     }
 

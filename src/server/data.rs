@@ -72,7 +72,7 @@ impl Watched for DirectoryData {
     }
     fn files(&self, spec: &Self::Spec) -> Vec<PathBuf> {
         match &spec.source {
-            DirectorySource::Extract { file } => vec![file.clone()],
+            DirectorySource::Extract { file, .. } => vec![file.clone()],
             _ => Vec::new(),
         }
     }
@@ -95,8 +95,8 @@ impl Watched for DirectoryData {
 pub fn build_directory(spec: &DirectorySpec, crls: &Crls) -> anyhow::Result<Box<dyn Directory>> {
     Ok(match &spec.source {
         DirectorySource::None => Box::new(NoDirectory),
-        DirectorySource::Extract { file } => Box::new(
-            crate::policy::directory::ExtractDirectory::load(file)
+        DirectorySource::Extract { file, max_size } => Box::new(
+            crate::policy::directory::ExtractDirectory::load(file, *max_size)
                 .with_context(|| format!("directory.file {}", file.display()))?,
         ),
         DirectorySource::Ldap(d) => {
@@ -123,20 +123,23 @@ pub fn build_directory(spec: &DirectorySpec, crls: &Crls) -> anyhow::Result<Box<
 /// parses keeps its last good copy.
 pub struct CrlData(pub Crls);
 
+/// The CRL files and `tls.crl_max_size`.
+pub type CrlSpec = (Vec<PathBuf>, u64);
+
 impl Watched for CrlData {
-    type Spec = Vec<PathBuf>;
+    type Spec = CrlSpec;
     type Value = CrlSet;
     fn name(&self) -> &'static str {
         "CRLs"
     }
     fn files(&self, spec: &Self::Spec) -> Vec<PathBuf> {
-        spec.clone()
+        spec.0.clone()
     }
     fn period(&self, _: &Self::Spec) -> Duration {
         Duration::from_secs(30)
     }
     fn load(&self, spec: &Self::Spec) -> Result<Self::Value, String> {
-        CrlSet::load(spec, Some(&self.0.load())).map_err(|e| e.to_string())
+        CrlSet::load_capped(&spec.0, spec.1, Some(&self.0.load())).map_err(|e| e.to_string())
     }
     fn store(&self, value: Self::Value) {
         crate::trust::record_crls(&value);

@@ -105,8 +105,12 @@ fn directory_spec(cfg: &Config) -> DirectorySpec {
     }
 }
 
-fn crl_paths(cfg: &Config) -> Vec<PathBuf> {
-    cfg.tls.as_ref().map(|t| t.crls.clone()).unwrap_or_default()
+/// The CRL files `cfg` names and the bound each must stay under.
+fn crl_paths(cfg: &Config) -> data::CrlSpec {
+    match &cfg.tls {
+        Some(t) => (t.crls.clone(), t.crl_max_size),
+        None => (Vec::new(), crate::util::fs::DEFAULT_MAX_CRL_BYTES),
+    }
 }
 
 fn scheduler_config(cfg: &Config) -> SchedulerConfig {
@@ -416,7 +420,8 @@ impl Runtime {
 
 /// The CRLs `cfg` names, loaded (the start fails when one does not load).
 fn lists_crls(cfg: &Config) -> anyhow::Result<Crls> {
-    let set = CrlSet::load(&crl_paths(cfg), None)?;
+    let (paths, max) = crl_paths(cfg);
+    let set = CrlSet::load_capped(&paths, max, None)?;
     crate::trust::record_crls(&set);
     Ok(Arc::new(ArcSwap::from_pointee(set)))
 }

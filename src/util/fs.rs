@@ -6,7 +6,7 @@
 //! mode 0600 (tempfile's default) and only then given its final mode, so a secret is never
 //! readable by others, not even for an instant.
 
-use std::io::Write;
+use std::io::{Read, Write};
 use std::os::unix::fs::PermissionsExt;
 use std::path::{Path, PathBuf};
 use std::time::SystemTime;
@@ -89,6 +89,82 @@ fn parent_dir(path: &Path) -> PathBuf {
     }
 }
 
+/// Default bound of a CRL file (`tls.crl_max_size`); IGC-Santé's largest are a few MiB.
+pub const DEFAULT_MAX_CRL_BYTES: u64 = 64 << 20;
+/// Default bound of the whitelist (`whitelist.max_size`); the real signed list is 3.6 MB.
+pub const DEFAULT_MAX_WHITELIST_BYTES: u64 = 64 << 20;
+/// Default bound of the national extract (`directory.max_size`, `directory.sync.max_size`),
+/// its text after unzipping; the real one (535,000 lines) is about 90 MB.
+pub const DEFAULT_MAX_EXTRACT_BYTES: u64 = 1 << 30;
+
+/// Reads a file that comes from outside, refusing it when it is over `max` bytes: the size is
+/// checked before reading and the read stops one byte past it (a file that grows meanwhile,
+/// or a device, costs no more).
+pub fn read_capped(path: &Path, max: u64) -> std::io::Result<Vec<u8>> {
+    let f = std::fs::File::open(path)?;
+    if f.metadata()?.len() > max {
+        return Err(too_large(max));
+    }
+    let mut buf = Vec::new();
+    f.take(max.saturating_add(1)).read_to_end(&mut buf)?;
+    if buf.len() as u64 > max {
+        return Err(too_large(max));
+    }
+    Ok(buf)
+}
+
+/// A reader that fails, rather than ends, once more than its bound has come through: a
+/// stream that must be read whole (an unzipped member whose declared size may lie) is refused
+/// with a reason instead of being cut silently.
+pub struct Capped<R> {
+    inner: R,
+    left: u64,
+    max: u64,
+}
+
+impl<R> Capped<R> {
+    pub fn new(inner: R, max: u64) -> Capped<R> {
+        Capped {
+            inner,
+            left: max,
+            max,
+        }
+    }
+}
+
+impl<R: Read> Read for Capped<R> {
+    fn read(&mut self, buf: &mut [u8]) -> std::io::Result<usize> {
+        // One byte more than is left is asked for, so reaching the bound exactly is not over it.
+        let want = buf
+            .len()
+            .min(usize::try_from(self.left.saturating_add(1)).unwrap_or(usize::MAX));
+        let n = self.inner.read(&mut buf[..want])?;
+        if n as u64 > self.left {
+            return Err(too_large(self.max));
+        }
+        self.left -= n as u64;
+        Ok(n)
+    }
+}
+
+/// The error of a file over its bound, naming the bound.
+pub fn too_large(max: u64) -> std::io::Error {
+    std::io::Error::new(
+        std::io::ErrorKind::InvalidData,
+        format!("larger than the limit of {}", human_size(max)),
+    )
+}
+
+/// `64 MiB`, `2 GiB`, `1500 bytes`: a size as an administrator reads it.
+pub fn human_size(n: u64) -> String {
+    match n {
+        n if n >= 1 << 30 && n % (1 << 30) == 0 => format!("{} GiB", n >> 30),
+        n if n >= 1 << 20 && n % (1 << 20) == 0 => format!("{} MiB", n >> 20),
+        n if n >= 1 << 10 && n % (1 << 10) == 0 => format!("{} KiB", n >> 10),
+        n => format!("{n} bytes"),
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -153,6 +229,32 @@ mod tests {
         assert!(
             got.iter().all(|b| *b == got[0]),
             "one writer's content, whole"
+        );
+    }
+
+    #[test]
+    fn a_file_over_its_bound_is_refused_before_it_is_read() {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let p = dir.path().join("f");
+        std::fs::write(&p, vec![b'x'; 2048]).expect("write");
+        assert_eq!(read_capped(&p, 2048).map(|b| b.len()).ok(), Some(2048));
+        let e = read_capped(&p, 2047).err().map(|e| e.to_string());
+        assert_eq!(e.as_deref(), Some("larger than the limit of 2047 bytes"));
+        assert_eq!(human_size(64 << 20), "64 MiB");
+        assert_eq!(human_size(2 << 30), "2 GiB");
+        assert_eq!(human_size(3 << 10), "3 KiB");
+    }
+
+    #[test]
+    fn a_capped_stream_fails_past_its_bound() {
+        let mut ok = Vec::new();
+        let r = Capped::new(&[7u8; 100][..], 100).read_to_end(&mut ok);
+        assert_eq!(r.ok(), Some(100));
+        let mut over = Vec::new();
+        let e = Capped::new(&[7u8; 101][..], 100).read_to_end(&mut over);
+        assert_eq!(
+            e.err().map(|e| e.to_string()).as_deref(),
+            Some("larger than the limit of 100 bytes")
         );
     }
 }

@@ -20,6 +20,7 @@ import threading
 import time
 import functools
 import shutil
+import signal
 import stat
 import subprocess
 import unittest
@@ -160,6 +161,68 @@ class WhitelistSignatureTests(E2ETestCase):
         rc, out = gw.cli("check-config", "--strict")
         self.assertEqual(rc, 1, out)
         self.assertIn("refused under --strict", out)
+
+    def test_files_over_their_size_bound_are_refused(self):
+        """Every file from outside has a configurable size bound checked before it is parsed
+        (issue 24 B.17): the whitelist (`whitelist.max_size`), a CRL (`tls.crl_max_size`) and
+        the national extract (`directory.max_size`). Over it: check-config names the key and
+        the limit, a reload is refused, and a running gateway keeps the last good file."""
+        gw, wl = self.start_gateway()
+        gw.wait_log(r"whitelist loaded, signature verified.*domains=4944", 10)
+        good = dict(gw.config)
+
+        # The real list is 3.6 MB: a 3 MiB bound refuses it, at check-config and at reload.
+        cfg = dict(good)
+        cfg["whitelist"] = dict(cfg["whitelist"], max_size=3 * 1024 * 1024)
+        gw.set_config(cfg)
+        rc, out = gw.cli("check-config")
+        self.assertEqual(rc, 1, out)
+        self.assertIn("larger than the limit of 3 MiB", out)
+        gw.proc.send_signal(signal.SIGHUP)
+        gw.wait_log(r"reload refused, keeping the running configuration: .*larger than the limit of 3 MiB", 20)
+        self.assertTrue(gw.running())
+        self.assertEqual(self.readyz(gw)[0], 200)
+        # Zero is no bound: refused with the range.
+        cfg["whitelist"] = dict(cfg["whitelist"], max_size=0)
+        gw.set_config(cfg)
+        rc, out = gw.cli("check-config")
+        self.assertEqual(rc, 1, out)
+        self.assertIn("whitelist.max_size", out)
+        self.assertIn("between 1024", out)
+        gw.set_config(good)
+
+        # A CRL grown over its bound while the gateway runs: the last good copy stays in force.
+        crl = gw.config["tls"]["crls"][0]
+        with open(crl, "rb") as f:
+            crl_good = f.read()
+        cfg = dict(good)
+        cfg["tls"] = dict(cfg["tls"], crl_max_size=64 * 1024)
+        gw.set_config(cfg)
+        gw.proc.send_signal(signal.SIGHUP)
+        gw.wait_log(r"configuration reloaded", 20)
+        with open(crl + ".new", "wb") as f:
+            f.write(crl_good + b"\n" + b"# padding\n" * 8000)
+        os.replace(crl + ".new", crl)
+        gw.wait_log(r"CRL unusable; keeping the last good copy.*larger than the limit of 64 KiB", 60)
+        self.assertTrue(gw.running())
+        rc, out = gw.cli("check-config")
+        self.assertEqual(rc, 1, out)
+        self.assertIn("larger than the limit of 64 KiB", out)
+        with open(crl, "wb") as f:
+            f.write(crl_good)
+
+        # The national extract: refused before it is read.
+        extract = os.path.join(self.tmp, "extract.txt")
+        with open(os.path.join(REPO, "tests", "data", "extraction-header-31-columns.txt"), "rb") as f:
+            header = f.read()
+        with open(extract, "wb") as f:
+            f.write(header + b"x|" * 1000 + b"\n")
+        cfg = dict(good, directory={"kind": "extract", "file": extract, "max_size": 1024})
+        gw.set_config(cfg)
+        rc, out = gw.cli("check-config")
+        self.assertEqual(rc, 1, out)
+        self.assertRegex(out, r"extract.txt: larger than the limit of 1 KiB \(directory.max_size\)")
+        gw.set_config(good)
 
     def test_stale_list_refused_at_start(self):
         # With the default max_age (7 days), the 2025 list is refused: no last good list, so
