@@ -226,38 +226,38 @@ fn print_show(it: &QueueItem, json: bool, out: &mut impl Write) -> anyhow::Resul
     Ok(())
 }
 
-/// Changes the stopped server's spool directly.
-async fn offline_change(cfg: &Config, verb: &Verb) -> anyhow::Result<String> {
-    let done = offline_verb(cfg, verb).await?;
+/// Records an action on one message of a stopped server's spool in the journal, before the
+/// spool is changed: one that cannot be recorded is refused, never done unrecorded (issue 24
+/// B.12, as the running server's reservation does).
+fn record_first(cfg: &Config, id: &str, verb: &Verb) -> anyhow::Result<()> {
     use crate::journal::AdminAction;
     let action = match verb {
-        Verb::Retry(Some(id)) => Some((id, AdminAction::Retried)),
-        Verb::Hold(id) => Some((id, AdminAction::Held)),
-        Verb::Release(id) => Some((id, AdminAction::Released)),
-        Verb::Delete(id) => Some((id, AdminAction::Deleted)),
-        _ => None,
+        Verb::Hold(_) => AdminAction::Held,
+        Verb::Release(_) => AdminAction::Released,
+        Verb::Delete(_) => AdminAction::Deleted,
+        _ => AdminAction::Retried,
     };
-    if let Some((id, action)) = action {
-        let ev =
-            crate::journal::Event::now(crate::journal::EventBody::Admin(crate::journal::Admin {
-                queue_id: id.to_string(),
-                action,
-                user: "cli".into(),
-            }));
-        if let Err(e) = crate::journal::write_now(cfg, vec![ev]) {
-            eprintln!("warning: {e} (the queue was changed)");
-        }
-    }
-    Ok(done)
+    let ev = crate::journal::Event::now(crate::journal::EventBody::Admin(crate::journal::Admin {
+        queue_id: id.to_string(),
+        action,
+        user: "cli".into(),
+    }));
+    crate::journal::write_now(cfg, vec![ev])
+        .map_err(|e| anyhow!("{id}: refused: the journal cannot record it ({e}); nothing was done"))
 }
 
-async fn offline_verb(cfg: &Config, verb: &Verb) -> anyhow::Result<String> {
+/// Changes the stopped server's spool directly: the message is found, the action recorded,
+/// then done.
+async fn offline_change(cfg: &Config, verb: &Verb) -> anyhow::Result<String> {
     let (spool, msgs, _) = Spool::open(&cfg.server.spool)
         .map_err(|e| anyhow!("{e} (is `serve` running without [server].admin?)"))?;
     let pick = |id: &str| {
-        msgs.iter()
+        let m = msgs
+            .iter()
             .find(|m| m.envelope.id == id)
-            .ok_or_else(|| anyhow!("{id}: no such message"))
+            .ok_or_else(|| anyhow!("{id}: no such message"))?;
+        record_first(cfg, id, verb)?;
+        Ok::<_, anyhow::Error>(m)
     };
     match verb {
         Verb::Retry(None) => {

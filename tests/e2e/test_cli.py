@@ -162,6 +162,20 @@ class QueueCliTests(CliTestCase):
         rc, out, err = cli(gw, "queue", "show", b, "--headers")
         self.assertIn("Subject: %s" % SUBJECT, out)
         self.assertEqual(err, "", "no log line for headers")
+        # A change that the journal cannot record is refused and not done (issue 24 B.12): the
+        # journal's database is down (nothing listens on its port).
+        good = dict(gw.config)
+        gw.set_config(dict(good, journal={"kind": "postgres",
+                                          "url": "postgresql://passerelle@127.0.0.1:%d/x" % free_port()}))
+        rc, out, err = cli(gw, "queue", "hold", b)
+        self.assertEqual(rc, 1, out + err)
+        self.assertRegex(err, r"%s: refused: the journal cannot record it .*nothing was done" % b)
+        rc, out, err = cli(gw, "queue", "show", b)
+        self.assertNotIn("on hold", out)
+        rc, out, err = cli(gw, "queue", "delete", b)
+        self.assertEqual(rc, 1, out + err)
+        self.assertIn("-- 2 message(s) in the queue", cli(gw, "queue", "list")[1])
+        gw.set_config(good)
         self.assertEqual(cli(gw, "queue", "hold", b)[:2], (0, "%s: held (server not running)\n" % b))
         self.assertEqual(cli(gw, "queue", "delete", b)[:2], (0, "%s: deleted (server not running)\n" % b))
         rc, out, err = cli(gw, "queue", "list", "--format", "json")
