@@ -483,6 +483,21 @@ def procs_named(name, env_marker=None):
     return res
 
 
+def env_has(pid, marker):
+    """Whether process `pid` has `marker` (NAME=VALUE) in its environment."""
+    try:
+        with open("/proc/%d/environ" % pid, "rb") as f:
+            return marker.encode() in f.read()
+    except OSError:
+        return False
+
+
+def procs_with_env(marker):
+    """PIDs whose environment holds `marker`: a private Postfix's master and every child it
+    started carry MAIL_CONFIG=<its etc>."""
+    return [int(x) for x in os.listdir("/proc") if x.isdigit() and env_has(int(x), marker)]
+
+
 def fmt_rate(x):
     return "-" if x is None else "%.0f" % x
 

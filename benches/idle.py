@@ -226,7 +226,7 @@ def bench(a):
         up_pf = idle_pf.open(n_pf, batch=50, timeout=60)
         idle_pf.hold(2)
         smtpd = B.procs_named("smtpd", marker)
-        allp = [int(x) for x in os.listdir("/proc") if x.isdigit() and _env_has(int(x), marker)]
+        allp = B.procs_with_env(marker)
         rss = sum(B.proc_status(x, "VmRSS") or 0 for x in smtpd)
         pss = sum(B.proc_pss_kb(x) or 0 for x in smtpd)
         pss_all = sum(B.proc_pss_kb(x) or 0 for x in allp)
@@ -265,14 +265,6 @@ def bench(a):
     if a.json:
         print(json.dumps({"passerelle": res, "postfix": pf_res}))
     return B.report_problems(problems)
-
-
-def _env_has(pid, marker):
-    try:
-        with open("/proc/%d/environ" % pid, "rb") as f:
-            return marker.encode() in f.read()
-    except OSError:
-        return False
 
 
 def main():
