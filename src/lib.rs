@@ -7,25 +7,23 @@
 //! the path reports), [`config`], [`tls`], [`pki`], and [`server`], which wires them together.
 
 pub mod admin;
+pub mod cli;
 pub mod config;
 pub mod console;
-pub mod csr;
 pub mod delivery;
-pub mod dirsync;
-pub mod dn;
+pub mod directory;
 pub mod dsn;
-pub mod establishment_cli;
-pub mod fetch;
+pub mod establishment;
 pub mod intake;
 pub mod journal;
+#[cfg(test)]
+mod layout;
 pub mod message;
 pub mod metrics;
 pub mod net;
 pub mod pki;
 pub mod policy;
-pub mod probe;
 pub mod queue;
-pub mod queuectl;
 pub mod reply;
 pub mod server;
 pub mod tls;

@@ -101,7 +101,7 @@ enum Command {
     /// The establishments of a regional gateway: onboard, list, show, test.
     Establishment {
         #[command(subcommand)]
-        what: passerelle::establishment_cli::EstablishmentCommand,
+        what: passerelle::cli::establishment::EstablishmentCommand,
     },
     /// Find messages in the journal and show their timelines (exit 1 when none matches).
     Track(passerelle::journal::cli::TrackArgs),
@@ -257,12 +257,12 @@ enum DirectoryCommand {
         #[arg(long)]
         ldif: PathBuf,
         /// Where the entries go; an `ou=` base gets its container entry too.
-        #[arg(long, default_value = passerelle::policy::ldif::DEFAULT_BASE)]
+        #[arg(long, default_value = passerelle::directory::ldif::DEFAULT_BASE)]
         base: String,
     },
     /// Bring an LDAP in step with the extract by delta (add, modify, delete), same mapping as
     /// `import`; refuses to delete more than --max-delete percent of the entries.
-    Sync(passerelle::dirsync::SyncArgs),
+    Sync(passerelle::directory::sync::SyncArgs),
 }
 
 #[derive(Subcommand)]
@@ -305,7 +305,7 @@ enum PkiCommand {
     },
     /// A private key and a certificate request (PKCS#10) for the gateway's IGC-Santé server
     /// certificate, with the subject in IGC-Santé's form; prints the DN to declare.
-    Csr(passerelle::csr::CsrOptions),
+    Csr(passerelle::pki::csr::CsrOptions),
     /// Revoke certificates issued from a dev PKI: re-signs its ca.crl listing them.
     Revoke {
         /// The dev PKI directory (made by `pki dev`).
@@ -421,7 +421,7 @@ fn run(cli: Cli) -> anyhow::Result<ExitCode> {
                 }
                 _ => (target, port.unwrap_or(25), domain),
             };
-            let opts = passerelle::probe::ProbeOptions {
+            let opts = passerelle::tls::probe::ProbeOptions {
                 target,
                 port,
                 domain,
@@ -432,8 +432,8 @@ fn run(cli: Cli) -> anyhow::Result<ExitCode> {
                 .enable_all()
                 .build()?;
             let report = rt.block_on(async {
-                let ctx = passerelle::probe::ProbeContext::from_config(&cfg)?;
-                anyhow::Ok(passerelle::probe::probe(&ctx, &opts).await)
+                let ctx = passerelle::tls::probe::ProbeContext::from_config(&cfg)?;
+                anyhow::Ok(passerelle::tls::probe::probe(&ctx, &opts).await)
             })?;
             match format {
                 Format::Text => print!("{}", report.render_text()),
@@ -445,7 +445,7 @@ fn run(cli: Cli) -> anyhow::Result<ExitCode> {
                 ExitCode::from(1)
             })
         }
-        Command::Establishment { what } => passerelle::establishment_cli::run(&cli.config, what),
+        Command::Establishment { what } => passerelle::cli::establishment::run(&cli.config, what),
         Command::Track(a) => passerelle::journal::cli::track(&cli.config, &a).map(ExitCode::from),
         Command::Stats(a) => passerelle::journal::cli::stats(&cli.config, &a).map(ExitCode::from),
         Command::Pki {
@@ -526,7 +526,7 @@ fn run(cli: Cli) -> anyhow::Result<ExitCode> {
             Ok(ExitCode::SUCCESS)
         }
         Command::Queue { what } => {
-            use passerelle::queuectl::{Content, Verb};
+            use passerelle::cli::queue::{Content, Verb};
             let json = matches!(
                 what,
                 QueueCommand::List {
@@ -562,7 +562,7 @@ fn run(cli: Cli) -> anyhow::Result<ExitCode> {
             let rt = tokio::runtime::Builder::new_current_thread()
                 .enable_all()
                 .build()?;
-            let ok = rt.block_on(passerelle::queuectl::run(&cfg, verb, json))?;
+            let ok = rt.block_on(passerelle::cli::queue::run(&cfg, verb, json))?;
             Ok(if ok {
                 ExitCode::SUCCESS
             } else {
@@ -575,7 +575,7 @@ fn run(cli: Cli) -> anyhow::Result<ExitCode> {
         Command::Pki {
             what: PkiCommand::Csr(opts),
         } => {
-            let r = passerelle::csr::make_csr(&opts)?;
+            let r = passerelle::pki::csr::make_csr(&opts)?;
             for w in &r.warnings {
                 eprintln!("warning: {w}");
             }
@@ -600,22 +600,22 @@ fn run(cli: Cli) -> anyhow::Result<ExitCode> {
                     base,
                 },
         } => {
-            let (x, report) = passerelle::policy::extract::Extract::load_with(
+            let (x, report) = passerelle::directory::extract::Extract::load_with(
                 &extract,
-                passerelle::policy::ldif::KEEP,
+                passerelle::directory::ldif::KEEP,
             )?;
             for (line, why) in &report.bad_lines {
                 eprintln!("{}:{line}: skipped: {why}", extract.display());
             }
             let n = if ldif.as_os_str() == "-" {
                 let mut out = std::io::BufWriter::new(std::io::stdout().lock());
-                passerelle::policy::ldif::write_ldif(&x, &base, &mut out)?
+                passerelle::directory::ldif::write_ldif(&x, &base, &mut out)?
             } else {
                 passerelle::util::fs::write_atomic_with(
                     &ldif,
                     passerelle::util::fs::Mode::KeepOr(0o644),
                     None,
-                    |mut out| passerelle::policy::ldif::write_ldif(&x, &base, &mut out),
+                    |mut out| passerelle::directory::ldif::write_ldif(&x, &base, &mut out),
                 )?
             };
             eprintln!(
@@ -735,7 +735,7 @@ fn check_config(path: &std::path::Path, strict: bool) -> anyhow::Result<ExitCode
                 let not_after = cert.validity().not_after;
                 let left = not_after.timestamp() - time::OffsetDateTime::now_utc().unix_timestamp();
                 let days = left / 86400;
-                let dn = passerelle::dn::Dn::from_cert_der(chain[0].as_ref())
+                let dn = passerelle::pki::dn::Dn::from_cert_der(chain[0].as_ref())
                     .map(|d| d.to_string())
                     .unwrap_or_default();
                 if left <= 0 {
@@ -775,7 +775,7 @@ fn check_config(path: &std::path::Path, strict: bool) -> anyhow::Result<ExitCode
 }
 
 fn fetch(config: &std::path::Path, missing: bool) -> anyhow::Result<ExitCode> {
-    use passerelle::fetch::{FetchOptions, FetchOutcome, Fetcher, Plan};
+    use passerelle::trust::fetch::{FetchOptions, FetchOutcome, Fetcher, Plan};
     let cfg = Config::load_unvalidated(config)?;
     let plan = Plan::from_config(&cfg).map_err(|e| anyhow::anyhow!(e))?;
     if plan.jobs.is_empty() {
@@ -870,9 +870,9 @@ fn whitelist_show(
 /// when refused or incomplete (a timer's failure).
 fn directory_sync(
     config: &std::path::Path,
-    args: &passerelle::dirsync::SyncArgs,
+    args: &passerelle::directory::sync::SyncArgs,
 ) -> anyhow::Result<ExitCode> {
-    use passerelle::dirsync::{run, Progress, SyncOptions};
+    use passerelle::directory::sync::{run, Progress, SyncOptions};
     // The config file gives defaults and the trust anchors; the command also runs without one.
     let cfg = match Config::load_unvalidated(config) {
         Ok(c) => Some(c),

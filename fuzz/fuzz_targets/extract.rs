@@ -3,7 +3,7 @@
 #![no_main]
 
 use libfuzzer_sys::fuzz_target;
-use passerelle::policy::extract::Extract;
+use passerelle::directory::extract::Extract;
 
 fuzz_target!(|data: &[u8]| {
     let Ok((extract, _report)) = Extract::parse(data, "fuzz") else {

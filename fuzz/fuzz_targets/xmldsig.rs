@@ -4,7 +4,7 @@
 #![no_main]
 
 use libfuzzer_sys::fuzz_target;
-use passerelle::policy::xmldsig::{canonicalize, verify_enveloped, SignerTrust};
+use passerelle::trust::xmldsig::{canonicalize, verify_enveloped, SignerTrust};
 use std::sync::OnceLock;
 
 fn trust() -> &'static SignerTrust {

@@ -9,6 +9,8 @@
 //! A minimal HTTP/1.1 server written by hand: a handful of GET/POST routes with
 //! `Connection: close` do not justify hyper's dependency tree in a security gateway.
 
+pub mod client;
+
 use crate::journal::{self, AdminAction};
 use crate::queue::{QueueError, QueueHandle};
 use std::path::{Path, PathBuf};
@@ -227,7 +229,7 @@ async fn stored_message(
             },
             _ => "admin".into(),
         };
-        crate::queuectl::log_body_read(id, reader.unwrap_or("unnamed"), &via);
+        crate::queue::audit::log_body_read(id, reader.unwrap_or("unnamed"), &via);
         &msg[..]
     } else {
         crate::dsn::header_section(&msg)

@@ -7,13 +7,13 @@
 //! and `-bq`: a body is health data, so it is printed only on that explicit flag and every
 //! read is logged at warn level with the OS user who asked (by the server when it runs).
 
+use crate::admin::client::online;
 use crate::config::Config;
+use crate::queue::audit::{log_body_read, os_reader};
 use crate::queue::scheduler::{QueueItem, QueueRcpt};
 use crate::queue::spool::{read_stored, scan, Spool};
-use anyhow::{anyhow, bail, Context};
-use std::io::{Read, Write};
-use std::net::TcpStream;
-use std::time::Duration;
+use anyhow::{anyhow, bail};
+use std::io::Write;
 
 #[derive(Debug, Clone)]
 pub enum Verb {
@@ -45,93 +45,6 @@ impl Content {
             _ => msg,
         }
     }
-}
-
-/// Who runs this command, for the log line of a body read: the login behind sudo, the user,
-/// and the real uid (which cannot be set from the environment).
-pub fn os_reader() -> String {
-    let var = |k: &str| std::env::var(k).ok().filter(|v| !v.is_empty());
-    // SAFETY: getuid has no preconditions and cannot fail.
-    let uid = unsafe { libc::getuid() };
-    let user = var("USER")
-        .or_else(|| var("LOGNAME"))
-        .unwrap_or_else(|| "?".into());
-    match var("SUDO_USER") {
-        Some(s) => format!("{s} (sudo as {user}, uid {uid})"),
-        None => format!("{user} (uid {uid})"),
-    }
-}
-
-/// Logs the reading of a message's body: who, which message, from where.
-pub fn log_body_read(id: &str, reader: &str, via: &str) {
-    // One line each: the reader comes from the client, keep it printable.
-    let reader: String = reader
-        .chars()
-        .take(200)
-        .map(|c| if c.is_control() { '?' } else { c })
-        .collect();
-    tracing::warn!(queue_id = %id, reader = %reader, via = %via, "message body read by an administrator");
-}
-
-/// An answer of the running server: status and body bytes.
-struct Answer {
-    code: u16,
-    body: Vec<u8>,
-}
-
-impl Answer {
-    fn text(&self) -> String {
-        String::from_utf8_lossy(&self.body).into_owned()
-    }
-}
-
-/// One request to the running server's admin endpoint (with its token): status and body,
-/// or `None` when nothing listens there (`establishment add` asks it to reload).
-pub fn admin_request(
-    cfg: &Config,
-    method: &str,
-    path: &str,
-) -> anyhow::Result<Option<(u16, String)>> {
-    Ok(online(cfg, method, path)?.map(|a| (a.code, a.text())))
-}
-
-/// One request to the running server, or `None` when nothing listens there.
-fn online(cfg: &Config, method: &str, path: &str) -> anyhow::Result<Option<Answer>> {
-    let Some(sa) = cfg.server.admin else {
-        return Ok(None);
-    };
-    let addr = sa;
-    let Ok(mut s) = TcpStream::connect_timeout(&sa, Duration::from_secs(2)) else {
-        return Ok(None);
-    };
-    let token_path = cfg.server.spool.join(crate::admin::TOKEN_FILE);
-    let token = std::fs::read_to_string(&token_path).with_context(|| {
-        format!(
-            "the server runs; reading its token {}",
-            token_path.display()
-        )
-    })?;
-    s.set_read_timeout(Some(Duration::from_secs(60)))?;
-    write!(
-        s,
-        "{method} {path} HTTP/1.1\r\nHost: {addr}\r\nX-Passerelle-Token: {}\r\nX-Passerelle-Reader: {}\r\nContent-Length: 0\r\nConnection: close\r\n\r\n",
-        token.trim(),
-        os_reader()
-    )?;
-    let mut resp = Vec::new();
-    s.read_to_end(&mut resp)?;
-    let split = memchr::memmem::find(&resp, b"\r\n\r\n")
-        .ok_or_else(|| anyhow!("malformed answer from {addr}"))?;
-    let head = String::from_utf8_lossy(&resp[..split]);
-    let code: u16 = head
-        .split_whitespace()
-        .nth(1)
-        .and_then(|c| c.parse().ok())
-        .unwrap_or(0);
-    Ok(Some(Answer {
-        code,
-        body: resp[split + 4..].to_vec(),
-    }))
 }
 
 fn age(secs: u64) -> String {

@@ -1,5 +1,5 @@
 //! `[directory.sync]`: the gateway keeps an LDAP in step with the national extract (the
-//! `directory sync` command reads the same keys as its defaults; see `crate::dirsync`).
+//! `directory sync` command reads the same keys as its defaults; see `crate::directory::sync`).
 
 use super::values::de_duration;
 use serde::Deserialize;

@@ -7,7 +7,7 @@
 use super::source::{self, Problem};
 use super::values::{de_from_str, de_list, ClientNet, DomainPattern, HostPort};
 use super::TlsPolicy;
-use crate::dn::Dn;
+use crate::pki::dn::Dn;
 use serde::{Deserialize, Deserializer};
 use std::path::{Path, PathBuf};
 use std::sync::Arc;

@@ -26,7 +26,7 @@ pub use journal::{postgres_target, JournalConfig, JournalKind, PgTarget, SslMode
 pub use source::{locate, Problem, Severity};
 pub use values::{parse_duration, ClientNet, DomainPattern, HostPort};
 
-use crate::dn::Dn;
+use crate::pki::dn::Dn;
 use crate::reply::Reply;
 use serde::{Deserialize, Deserializer};
 use std::collections::BTreeMap;

@@ -61,7 +61,7 @@ pub enum TlsMode {
     Mutual {
         config: Arc<rustls::ClientConfig>,
         validator: crate::tls::PeerValidator,
-        allowed: Arc<[crate::dn::Dn]>,
+        allowed: Arc<[crate::pki::dn::Dn]>,
         domain: String,
     },
 }
@@ -85,7 +85,7 @@ pub struct Client {
     /// The peer DN this connection has proven in mutual TLS: a valid chain (anchors, CRLs,
     /// dates) whose subject was declared for the domain it was opened for. Another domain may
     /// use the connection only if it declares this DN too (`share::may_carry`).
-    pub verified_dn: Option<crate::dn::Dn>,
+    pub verified_dn: Option<crate::pki::dn::Dn>,
     /// The TLS session was resumed (no certificate sent again): the checks above were still
     /// made, on the chain the original handshake verified (see `check_trust_space_peer`).
     pub resumed: bool,
@@ -212,7 +212,7 @@ impl Client {
         let chain = tls.get_ref().1.peer_certificates().unwrap_or(&[]);
         let peer_dn = chain
             .first()
-            .and_then(|c| crate::dn::Dn::from_cert_der(c.as_ref()).ok());
+            .and_then(|c| crate::pki::dn::Dn::from_cert_der(c.as_ref()).ok());
         if let TlsMode::Mutual {
             validator,
             allowed,
@@ -480,9 +480,9 @@ impl Client {
 /// valid chain, and a subject DN the whitelist declares for `domain`.
 fn check_trust_space_peer(
     chain: &[rustls::pki_types::CertificateDer<'_>],
-    dn: Option<&crate::dn::Dn>,
+    dn: Option<&crate::pki::dn::Dn>,
     validator: &crate::tls::PeerValidator,
-    allowed: &[crate::dn::Dn],
+    allowed: &[crate::pki::dn::Dn],
     domain: &str,
 ) -> Result<(), (TlsRefusal, String)> {
     validator
@@ -503,7 +503,7 @@ fn check_trust_space_peer(
 
 /// Why a peer whose certificate DN is `dn` may not receive `domain`'s mail, which declares
 /// `declared` DNs. The DN is quoted as the certificate writes it, not in its comparison form.
-pub fn pin_refusal(dn: &crate::dn::Dn, domain: &str, declared: usize) -> String {
+pub fn pin_refusal(dn: &crate::pki::dn::Dn, domain: &str, declared: usize) -> String {
     format!(
         "peer certificate DN \"{dn}\" is not declared in the MSSante whitelist for {domain} \
          ({declared} DN(s) declared; see `passerelle whitelist show {domain}`)"

@@ -7,6 +7,7 @@
 // boxing it at each `?` would cost more reading than it saves.
 #![allow(clippy::result_large_err)]
 
+pub mod check;
 pub mod client;
 pub mod resolve;
 pub mod share;
@@ -18,10 +19,10 @@ pub use client::{Client, ClientOptions, TlsMode};
 pub use resolve::{Hop, ResolveError, Resolver};
 
 use crate::config::{Config, NextHop, QueueConfig, TlsPolicy, TransportConfig};
-use crate::dn::Dn;
 use crate::message::{
     now_ms, Envelope, Failure, FailureKind, Outcome, Recipient, Remote, TlsRefusal,
 };
+use crate::pki::dn::Dn;
 use crate::tls::{AcceptAnyServer, Crls, TlsMaterial};
 use std::collections::{BTreeMap, HashMap};
 use std::sync::{Arc, Mutex};

@@ -3,9 +3,9 @@
 //! apply to it although the server sends no certificate on resumption.
 
 use super::client::{Client, ClientOptions, TlsMode};
-use crate::dn::Dn;
 use crate::message::{FailureKind, TlsRefusal};
 use crate::pki;
+use crate::pki::dn::Dn;
 use crate::tls::{AcceptAnyServer, CrlSet, PeerValidator, TlsMaterial};
 use rustls::HandshakeKind;
 use std::path::{Path, PathBuf};

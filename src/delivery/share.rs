@@ -9,7 +9,7 @@
 //! The pin itself is unchanged: every domain is checked against the DN the connection has
 //! proven, before any of its recipients is sent (see [`split_by_pin`]).
 
-use crate::dn::Dn;
+use crate::pki::dn::Dn;
 
 /// Whether a connection whose verified peer DN is `conn_dn` may carry mail for a domain that
 /// declares `declared`. No verified DN (plain or unauthenticated TLS) never carries pinned mail.

@@ -6,8 +6,8 @@
 //! an error (451 4.4.3 at RCPT), never "unknown". Answers are cached with separate positive
 //! and negative TTLs and a size bound.
 
-use super::directory::{BoxFuture, Directory, DirectoryError, Lookup};
 use crate::config::LdapConfig;
+use crate::policy::directory::{BoxFuture, Directory, DirectoryError, Lookup};
 use ldap3::{Ldap, LdapConnAsync, LdapConnSettings, Scope, SearchEntry};
 use std::collections::HashMap;
 use std::sync::atomic::{AtomicUsize, Ordering};

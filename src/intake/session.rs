@@ -61,7 +61,7 @@ pub struct Session {
     /// Subject DN of the client certificate (for logs and the Received header).
     client_dn: Option<String>,
     /// The client certificate's verdict (its subject when valid): `None` when none was presented.
-    client_cert: Option<Result<crate::dn::Dn, Refusal>>,
+    client_cert: Option<Result<crate::pki::dn::Dn, Refusal>>,
     /// The client's address is in `listener.clients`; otherwise only a listed certificate relays.
     ip_authorized: bool,
     /// On a listener with `establishments = true`: the establishment this session speaks for
@@ -1155,14 +1155,14 @@ impl Session {
         let conn = tls.get_ref().1;
         let desc = crate::tls::describe(conn);
         if let Some(chain) = conn.peer_certificates().filter(|c| !c.is_empty()) {
-            self.client_dn = crate::dn::Dn::from_cert_der(chain[0].as_ref())
+            self.client_dn = crate::pki::dn::Dn::from_cert_der(chain[0].as_ref())
                 .ok()
                 .map(|d| d.to_string());
             let verdict = match &self.ctx.validator {
                 Some(v) => v
                     .validate(chain, crate::tls::PeerRole::Client)
                     .and_then(|_| {
-                        crate::dn::Dn::from_cert_der(chain[0].as_ref()).map_err(|e| {
+                        crate::pki::dn::Dn::from_cert_der(chain[0].as_ref()).map_err(|e| {
                             Refusal::new(
                                 crate::message::TlsRefusal::Unreadable,
                                 format!("unreadable subject: {e}"),

@@ -253,7 +253,7 @@ pub fn request_subject(der: &[u8]) -> Result<String, String> {
     use x509_parser::prelude::FromDer;
     let (_, req) = x509_parser::certification_request::X509CertificationRequest::from_der(der)
         .map_err(|e| e.to_string())?;
-    Ok(crate::dn::Dn::from_x509_subject(&req.certification_request_info.subject).to_string())
+    Ok(crate::pki::dn::Dn::from_x509_subject(&req.certification_request_info.subject).to_string())
 }
 
 /// Creates `path` with `mode` (a key is never readable by others, not even for a moment).
@@ -346,8 +346,8 @@ mod tests {
             assert_eq!(a, b);
             // The subject parses as the whitelist parser reads it.
             assert_eq!(
-                crate::dn::Dn::parse_rfc4514(&r.subject).unwrap(),
-                crate::dn::Dn::parse_rfc4514(&r.subject.to_lowercase()).unwrap()
+                crate::pki::dn::Dn::parse_rfc4514(&r.subject).unwrap(),
+                crate::pki::dn::Dn::parse_rfc4514(&r.subject.to_lowercase()).unwrap()
             );
             // Not overwritten without --force.
             assert!(matches!(

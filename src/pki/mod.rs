@@ -17,6 +17,9 @@
 //! Serial numbers are the first 20 bytes (MSB cleared) of the SHA-256 of the
 //! subject public key (rcgen's default), hence unique per generated key.
 
+pub mod csr;
+pub mod dn;
+
 use std::fmt;
 use std::fs;
 use std::io;
@@ -452,7 +455,7 @@ pub fn serial_of(cert_pem_path: &Path) -> Result<Vec<u8>, PkiError> {
 /// characters are kept as UTF-8 (BMPString/UniversalString are decoded,
 /// T61String is read as Latin-1).
 pub fn subject_dn_rfc4514(cert_der: &[u8]) -> Result<String, PkiError> {
-    crate::dn::Dn::from_cert_der(cert_der)
+    crate::pki::dn::Dn::from_cert_der(cert_der)
         .map(|d| d.to_string())
         .map_err(|e| PkiError::X509(e.to_string()))
 }
@@ -746,8 +749,8 @@ fn pem_encode(label: &str, der: &[u8]) -> String {
 
 /// Parses `CN=a,OU=b,O=c\, d,ST=e,C=FR` (RFC 4514 order) into a [`LeafSpec`] subject.
 pub fn parse_subject(s: &str) -> Result<Vec<(DnAttr, String)>, PkiError> {
-    let dn =
-        crate::dn::Dn::parse_rfc4514(s).map_err(|e| PkiError::Invalid(format!("{s:?}: {e}")))?;
+    let dn = crate::pki::dn::Dn::parse_rfc4514(s)
+        .map_err(|e| PkiError::Invalid(format!("{s:?}: {e}")))?;
     dn.attributes()
         .map(|(t, v)| {
             let attr = match t {
@@ -1179,7 +1182,7 @@ mod tests {
 
     #[test]
     fn escaping_unit() {
-        use crate::dn::escape_value;
+        use crate::pki::dn::escape_value;
         assert_eq!(escape_value("Haute-Garonne (31)"), "Haute-Garonne (31)");
         assert_eq!(escape_value("a,b"), "a\\,b");
         assert_eq!(escape_value("#x#"), "\\#x#");

@@ -41,12 +41,12 @@ impl Directory for NoDirectory {
     }
 }
 
-/// The extract's `Identification Structure` (kept by [`super::extract::DIRECTORY_COLUMNS`]).
+/// The extract's `Identification Structure` (kept by [`crate::directory::extract::DIRECTORY_COLUMNS`]).
 const STRUCTURE_COLUMN: usize = 6;
 
 /// `directory.kind = "extract"`: the ANS extract held in memory.
 pub struct ExtractDirectory {
-    extract: super::extract::Extract,
+    extract: crate::directory::extract::Extract,
     name: String,
 }
 
@@ -54,11 +54,11 @@ impl ExtractDirectory {
     pub fn load(
         path: &std::path::Path,
         max_size: u64,
-    ) -> Result<ExtractDirectory, super::extract::ExtractError> {
+    ) -> Result<ExtractDirectory, crate::directory::extract::ExtractError> {
         let started = std::time::Instant::now();
-        let (extract, report) = super::extract::Extract::load_capped(
+        let (extract, report) = crate::directory::extract::Extract::load_capped(
             path,
-            super::extract::Keep::Columns(super::extract::DIRECTORY_COLUMNS),
+            crate::directory::extract::Keep::Columns(crate::directory::extract::DIRECTORY_COLUMNS),
             max_size,
         )?;
         for (line, why) in report.bad_lines.iter().take(20) {

@@ -5,7 +5,7 @@
 //! the `From:` header agrees. Pure: the directory's answers are passed in.
 
 pub use crate::config::{EstablishmentConfig as Establishment, SenderCheck};
-use crate::dn::Dn;
+use crate::pki::dn::Dn;
 use crate::reply::Reply;
 use std::net::IpAddr;
 

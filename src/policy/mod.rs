@@ -6,18 +6,13 @@ pub mod address;
 pub mod directory;
 pub mod establishment;
 pub mod explain;
-pub mod extract;
-pub mod ldap;
-pub mod ldif;
 pub mod routes;
-pub mod whitelist;
-pub mod xmldsig;
 
+pub use crate::trust::whitelist::{Dn, Whitelist};
 pub use address::{parse_path, Address, AddressError};
 pub use directory::{Directory, DirectoryError, Lookup, NoDirectory};
 pub use establishment::{Establishment, Establishments, Owner};
 pub use routes::{DomainPattern, Route, RouteTable, RouteTarget};
-pub use whitelist::{Dn, Whitelist};
 
 use crate::config::establishment::BUILTIN_ROUTE;
 use crate::config::{ClientCert, ListenerConfig};

@@ -5,6 +5,7 @@
 //! notifications the queue makes itself (Postfix's cleanup).
 
 pub mod attempt;
+pub mod audit;
 pub mod scheduler;
 pub mod spool;
 

@@ -109,8 +109,8 @@ pub fn build_directory(spec: &DirectorySpec, crls: &Crls) -> anyhow::Result<Box<
                 }
                 _ => None,
             };
-            Box::new(crate::policy::ldap::LdapDirectory::new(
-                crate::policy::ldap::LdapOptions {
+            Box::new(crate::directory::ldap::LdapDirectory::new(
+                crate::directory::ldap::LdapOptions {
                     config: d.clone(),
                     tls,
                 },

@@ -48,7 +48,7 @@ struct Runtime {
     agent: Arc<Agent>,
     listeners: tokio::sync::Mutex<HashMap<String, Bound>>,
     /// What the download loop fetches (whitelist, CRLs), from the config in force.
-    downloads: Arc<ArcSwap<crate::fetch::Plan>>,
+    downloads: Arc<ArcSwap<crate::trust::fetch::Plan>>,
     /// `[directory.sync]` in force and its periodic task.
     directory_sync: std::sync::Mutex<Scheduled>,
 }
@@ -69,7 +69,7 @@ impl Scheduled {
         if let Some(t) = self.task.take() {
             t.abort();
         }
-        self.task = crate::dirsync::spawn_scheduled(cfg);
+        self.task = crate::directory::sync::spawn_scheduled(cfg);
         self.spec = spec;
     }
 }
@@ -131,7 +131,7 @@ pub async fn serve(config_path: &Path) -> anyhow::Result<()> {
     // Files with a download URL that do not exist yet are fetched before they are loaded.
     {
         let c = cfg.clone();
-        let _ = tokio::task::spawn_blocking(move || crate::fetch::prime(&c)).await;
+        let _ = tokio::task::spawn_blocking(move || crate::trust::fetch::prime(&c)).await;
     }
     let lists = Arc::new(load_lists(&cfg)?);
     let crls = lists_crls(&cfg)?;
@@ -186,7 +186,7 @@ pub async fn serve(config_path: &Path) -> anyhow::Result<()> {
         None => None,
     };
     let downloads = Arc::new(ArcSwap::from_pointee(
-        crate::fetch::Plan::from_config_or_log(cfg),
+        crate::trust::fetch::Plan::from_config_or_log(cfg),
     ));
     let mut directory_sync = Scheduled::default();
     directory_sync.follow(cfg);
@@ -217,7 +217,7 @@ pub async fn serve(config_path: &Path) -> anyhow::Result<()> {
     let (changed_tx, mut changed) = tokio::sync::mpsc::unbounded_channel();
     let downloader = {
         let lists = rt.lists.clone();
-        tokio::spawn(crate::fetch::run(
+        tokio::spawn(crate::trust::fetch::run(
             move || downloads.load_full(),
             move || lists.whitelist.load_full(),
             changed_tx,
@@ -242,8 +242,8 @@ pub async fn serve(config_path: &Path) -> anyhow::Result<()> {
             _ = term.recv() => break,
             _ = int.recv() => break,
             Some(what) = changed.recv() => match what {
-                crate::fetch::What::Crl(_) => rt.crl_files.check_now(),
-                crate::fetch::What::Whitelist => rt.whitelist.check_now(),
+                crate::trust::fetch::What::Crl(_) => rt.crl_files.check_now(),
+                crate::trust::fetch::What::Whitelist => rt.whitelist.check_now(),
             },
             _ = hup.recv() => {
                 let _ = rt.reload_logged().await;
@@ -410,7 +410,7 @@ impl Runtime {
             listeners.insert(l.name.clone(), Bound::start(sock, &l, ctx));
         }
         self.downloads
-            .store(Arc::new(crate::fetch::Plan::from_config_or_log(
+            .store(Arc::new(crate::trust::fetch::Plan::from_config_or_log(
                 &snap.config,
             )));
         self.snapshot.store(Arc::new(snap));

@@ -14,9 +14,9 @@
 //! the peer check refuses).
 
 use crate::delivery::resolve::{Hop, Resolver};
-use crate::dn::Dn;
-use crate::policy::whitelist::Whitelist;
+use crate::pki::dn::Dn;
 use crate::tls::{PeerRole, PeerValidator, TlsMaterial};
+use crate::trust::whitelist::Whitelist;
 use rustls::pki_types::{CertificateDer, ServerName};
 use serde::Serialize;
 use std::net::SocketAddr;
@@ -651,7 +651,7 @@ fn cert_info(c: &CertificateDer<'_>, crls: &crate::tls::CrlSet) -> CertInfo {
         };
     };
     let name =
-        |n: &x509_parser::x509::X509Name<'_>| crate::dn::Dn::from_x509_subject(n).to_string();
+        |n: &x509_parser::x509::X509Name<'_>| crate::pki::dn::Dn::from_x509_subject(n).to_string();
     let mut revocation = "no CRL for its issuer".to_string();
     for crl in crls.der() {
         let Ok((_, l)) = x509_parser::parse_x509_crl(crl.as_ref()) else {

@@ -19,7 +19,7 @@
 //! gateway runs them on tokio's blocking pool ([`run`]).
 
 use crate::config::Config;
-use crate::policy::whitelist::{Acceptance, Whitelist};
+use crate::trust::whitelist::{Acceptance, Whitelist};
 use crate::trust::FetchRecord;
 use std::collections::HashMap;
 use std::path::{Path, PathBuf};

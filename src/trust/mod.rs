@@ -13,9 +13,13 @@
 //! * a CRL past its nextUpdate by more than `tls.crl_grace`, or our own certificate expired,
 //!   fails readiness: peers would refuse us, or we would accept revoked peers.
 
+pub mod fetch;
+pub mod whitelist;
+pub mod xmldsig;
+
 use crate::config::{TlsConfig, WhitelistConfig};
-use crate::policy::whitelist::{Acceptance, Whitelist, WhitelistError};
-use crate::policy::xmldsig::{DsigError, SignerTrust};
+use crate::trust::whitelist::{Acceptance, Whitelist, WhitelistError};
+use crate::trust::xmldsig::{DsigError, SignerTrust};
 use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};
 use std::sync::{Arc, Mutex, OnceLock};
@@ -356,12 +360,12 @@ fn evaluate(st: &State, now: i64) -> Readiness {
             r.ready = false;
             r.problems.push(format!(
                 "our certificate (tls.certificate) expired {} ago",
-                crate::policy::whitelist::human_age(now - na)
+                crate::trust::whitelist::human_age(now - na)
             ));
         } else {
             r.notes.push(format!(
                 "certificate: expires in {}",
-                crate::policy::whitelist::human_age(na - now)
+                crate::trust::whitelist::human_age(na - now)
             ));
         }
     }
@@ -373,19 +377,19 @@ fn evaluate(st: &State, now: i64) -> Readiness {
                 r.problems.push(format!(
                     "CRL {} is past its nextUpdate by {} (grace tls.crl_grace {})",
                     path.display(),
-                    crate::policy::whitelist::human_age(now - n),
+                    crate::trust::whitelist::human_age(now - n),
                     humantime::format_duration(st.crl_grace)
                 ));
             }
             Some(n) if now > *n => r.notes.push(format!(
                 "crl {}: past its nextUpdate by {}, within tls.crl_grace",
                 path.display(),
-                crate::policy::whitelist::human_age(now - n)
+                crate::trust::whitelist::human_age(now - n)
             )),
             Some(n) => r.notes.push(format!(
                 "crl {}: next update in {}",
                 path.display(),
-                crate::policy::whitelist::human_age(n - now)
+                crate::trust::whitelist::human_age(n - now)
             )),
             None => r
                 .notes
@@ -413,15 +417,15 @@ fn evaluate(st: &State, now: i64) -> Readiness {
             w.domains,
             w.file.display(),
             w.generated.as_deref().unwrap_or("?"),
-            age.map(|a| format!(" ({} ago)", crate::policy::whitelist::human_age(a)))
+            age.map(|a| format!(" ({} ago)", crate::trust::whitelist::human_age(a)))
                 .unwrap_or_default(),
-            crate::policy::whitelist::human_age(now - w.loaded_unix),
+            crate::trust::whitelist::human_age(now - w.loaded_unix),
         ));
     }
     if let Some((at, why)) = &st.whitelist_refused {
         r.notes.push(format!(
             "whitelist REFUSED {} ago, last good list kept: {why}",
-            crate::policy::whitelist::human_age(now - at)
+            crate::trust::whitelist::human_age(now - at)
         ));
     }
     for (url, f) in &st.fetches {
@@ -437,7 +441,7 @@ fn evaluate(st: &State, now: i64) -> Readiness {
             (Some(e), Some(ok)) => r.notes.push(format!(
                 "fetch {} {url}: FAILING ({e}); last success {} ago",
                 f.what,
-                crate::policy::whitelist::human_age(now - ok)
+                crate::trust::whitelist::human_age(now - ok)
             )),
             (Some(e), None) => r.notes.push(format!(
                 "fetch {} {url}: FAILING ({e}); never succeeded",
@@ -446,7 +450,7 @@ fn evaluate(st: &State, now: i64) -> Readiness {
             (None, Some(ok)) => r.notes.push(format!(
                 "fetch {} {url}: ok {} ago",
                 f.what,
-                crate::policy::whitelist::human_age(now - ok)
+                crate::trust::whitelist::human_age(now - ok)
             )),
             (None, None) => {}
         }

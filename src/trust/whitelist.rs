@@ -38,7 +38,7 @@ use std::borrow::Cow;
 use std::collections::{BTreeMap, HashMap};
 use std::path::{Path, PathBuf};
 
-pub use crate::dn::{Dn, DnError};
+pub use crate::pki::dn::{Dn, DnError};
 
 /// XML namespace of the ANS whitelist.
 pub const NAMESPACE: &str = "https://listeblanche.mssante.fr/schema";
@@ -70,12 +70,12 @@ pub enum WhitelistError {
         "{file}: no <ListeDomaines> element (namespace https://listeblanche.mssante.fr/schema)"
     )]
     MissingListeDomaines { file: String },
-    /// The signature is missing or does not verify (see [`crate::policy::xmldsig`]).
+    /// The signature is missing or does not verify (see [`crate::trust::xmldsig`]).
     #[error("{file}: refused: {err}")]
     Signature {
         file: String,
         #[source]
-        err: crate::policy::xmldsig::DsigError,
+        err: crate::trust::xmldsig::DsigError,
     },
     /// The file's `DateDeGeneration` is missing, unreadable, too old or in the future.
     #[error("{file}: refused: {reason}")]
@@ -128,7 +128,7 @@ pub struct Whitelist {
 pub struct Acceptance {
     /// Refuse a file whose enveloped signature is missing or does not verify against `signers`.
     pub require_signature: bool,
-    pub signers: Option<std::sync::Arc<crate::policy::xmldsig::SignerTrust>>,
+    pub signers: Option<std::sync::Arc<crate::trust::xmldsig::SignerTrust>>,
     /// Refuse a file generated longer ago than this (`DateDeGeneration`); `None`: no limit.
     pub max_age: Option<std::time::Duration>,
     /// Refuse a file over this many bytes before parsing it (`whitelist.max_size`); `None`:
@@ -410,14 +410,14 @@ impl Whitelist {
                 .as_ref()
                 .ok_or_else(|| WhitelistError::Signature {
                     file: source.to_string(),
-                    err: crate::policy::xmldsig::DsigError::Unsupported(
+                    err: crate::trust::xmldsig::DsigError::Unsupported(
                         "whitelist.require_signature without whitelist.signer_anchors".into(),
                     ),
                 })?;
             let at = rustls_pki_types::UnixTime::since_unix_epoch(std::time::Duration::from_secs(
                 generated_at.unwrap_or(0).max(0) as u64,
             ));
-            let v = crate::policy::xmldsig::verify_enveloped(&doc, trust, at).map_err(|err| {
+            let v = crate::trust::xmldsig::verify_enveloped(&doc, trust, at).map_err(|err| {
                 WhitelistError::Signature {
                     file: source.to_string(),
                     err,

@@ -36,7 +36,7 @@
 //! ANS announces). Which subjects may sign is restricted by `whitelist.signer_dns`: every
 //! IGC-Santé organisation certificate chains to the same anchors.
 
-use crate::dn::Dn;
+use crate::pki::dn::Dn;
 use base64::Engine as _;
 use roxmltree::{Document, Node, NodeId};
 use rustls_pki_types::{CertificateDer, TrustAnchor, UnixTime};
@@ -732,7 +732,7 @@ mod real_file {
 mod tampering {
     use super::real_file::{igc_trust, path, GENERATED};
     use super::*;
-    use crate::policy::whitelist::{Acceptance, Whitelist, WhitelistError};
+    use crate::trust::whitelist::{Acceptance, Whitelist, WhitelistError};
     use std::sync::Arc;
 
     fn real() -> String {

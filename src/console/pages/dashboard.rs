@@ -139,7 +139,7 @@ async fn health(app: &App, series: &[samples::Series], now: u64) -> Markup {
     let cert = snap.tls.as_ref().and_then(|m| {
         let der = m.chain.first()?;
         let (_, c) = x509_parser::parse_x509_certificate(der.as_ref()).ok()?;
-        let dn = crate::dn::Dn::from_cert_der(der.as_ref())
+        let dn = crate::pki::dn::Dn::from_cert_der(der.as_ref())
             .map(|d| d.to_string())
             .unwrap_or_default();
         Some((dn, c.validity().not_after.timestamp()))

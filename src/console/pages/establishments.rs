@@ -8,7 +8,9 @@ use super::super::hooks::StatsQuery;
 use super::super::{allow, page as frame, App, PageError, Viewer};
 use super::layout::csrf;
 use crate::config::EstablishmentConfig;
-use crate::establishment_cli::{self, joined, FileSpec};
+use crate::establishment::onboarding::joined;
+use crate::establishment::store::FileSpec;
+use crate::establishment::{onboarding, store};
 use axum::extract::{Path, State};
 use axum::response::{Html, IntoResponse, Redirect, Response};
 use axum::{Extension, Form};
@@ -103,11 +105,8 @@ async fn establishment_body(
         })
         .await;
     let snap = app.backend.snapshot.load_full();
-    let paste = establishment_cli::render_show(
-        &snap.config,
-        e,
-        establishment_cli::our_dn(&snap.config).as_deref(),
-    );
+    let paste =
+        onboarding::render_show(&snap.config, e, onboarding::our_dn(&snap.config).as_deref());
     let may_edit = access::decide(v.role(), Action::EditEstablishment, Resource::Gateway)
         == access::Verdict::Allow;
     html! {
@@ -179,7 +178,7 @@ pub async fn test(
             false,
             vec!["another mailbox test is running: try again in a few seconds".to_string()],
         ),
-        Ok(_one) => match establishment_cli::mailbox_test(&cfg, &name).await {
+        Ok(_one) => match crate::delivery::check::mailbox_test(&cfg, &name).await {
             Ok(r) => r,
             Err(err) => (false, vec![format!("{err:#}")]),
         },
@@ -330,7 +329,7 @@ fn form_text(f: &AddForm) -> Result<(String, String), String> {
         or(&f.mailbox_tls, "opportunistic"),
         or(&f.sender_check, "envelope+header"),
     );
-    let text = establishment_cli::file_text(&FileSpec {
+    let text = store::file_text(&FileSpec {
         name: &name,
         domains: &domains,
         clients: &clients,
@@ -430,7 +429,7 @@ pub async fn edit(
         )]);
     }
     let config = app.backend.snapshot.load().config.source.clone();
-    let (path, old) = match establishment_cli::replace_checked(&config, &name, &text) {
+    let (path, old) = match store::replace_checked(&config, &name, &text) {
         Ok((path, old, _warnings)) => (path, old),
         Err(problems) => return refuse(problems),
     };
@@ -463,7 +462,7 @@ pub async fn add(
         Err(why) => return refuse(vec![why]),
     };
     let config = app.backend.snapshot.load().config.source.clone();
-    let path = match establishment_cli::write_checked(&config, &name, &text) {
+    let path = match store::write_checked(&config, &name, &text) {
         Ok((path, _warnings)) => path,
         Err(problems) => return refuse(problems),
     };

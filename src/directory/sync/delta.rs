@@ -4,8 +4,8 @@
 //! without a server and never holds the whole LDAP in memory (only the extract, already
 //! loaded, and the list of changes).
 
-use crate::policy::extract::Extract;
-use crate::policy::ldif::{map_entry, MappedEntry, MAPPED_ATTRIBUTES};
+use crate::directory::extract::Extract;
+use crate::directory::ldif::{map_entry, MappedEntry, MAPPED_ATTRIBUTES};
 use std::collections::HashMap;
 
 /// One attribute to set on an existing entry: its new values (none: remove the attribute).
@@ -48,7 +48,7 @@ pub struct Planner<'a> {
 }
 
 impl<'a> Planner<'a> {
-    /// The extract loaded with at least the columns of [`crate::policy::ldif::KEEP`].
+    /// The extract loaded with at least the columns of [`crate::directory::ldif::KEEP`].
     pub fn new(extract: &'a Extract) -> Planner<'a> {
         let n = extract.group_count();
         Planner {
@@ -174,7 +174,7 @@ pub fn deletion_limit(existing: usize, desired: usize, percent: f64) -> usize {
 mod tests {
     use super::*;
 
-    const HEADER: &str = include_str!("../../tests/data/extraction-header-31-columns.txt");
+    const HEADER: &str = include_str!("../../../tests/data/extraction-header-31-columns.txt");
 
     fn line(t: &str, addr: &str, nom: &str, title: &str, org: &str) -> String {
         let mut f = vec![String::new(); 31];

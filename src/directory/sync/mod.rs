@@ -1,7 +1,7 @@
 //! `passerelle directory sync`: keeps the establishment's LDAP in step with the national
 //! extract by delta. Instead of re-importing half a million entries every day, it reads what
 //! is under the base, compares it with the extract through the same mapping as `directory
-//! import` ([`crate::policy::ldif::map_entry`]), and writes only the differences.
+//! import` ([`crate::directory::ldif::map_entry`]), and writes only the differences.
 //!
 //! Safe by construction:
 //! - the extract must load (zip CRCs, 31-column header) and hold a minimum of entries;
@@ -139,7 +139,7 @@ fn ldap_tls(
             ))
         }
     };
-    crate::policy::ldap::tls_client_config(verifier).map_err(|e| setup(e.to_string()))
+    crate::directory::ldap::tls_client_config(verifier).map_err(|e| setup(e.to_string()))
 }
 
 #[derive(Debug, thiserror::Error)]
@@ -386,7 +386,7 @@ async fn run_inner(opts: &SyncOptions, progress: &Progress) -> Result<Summary, S
 /// `--dry-run` lines: a few entries of each kind.
 fn samples(
     plan: &delta::Plan,
-    extract: &crate::policy::extract::Extract,
+    extract: &crate::directory::extract::Extract,
     base: &str,
     base_exists: bool,
 ) -> Vec<String> {
@@ -397,7 +397,7 @@ fn samples(
     for &i in plan.adds.iter().take(SAMPLES) {
         let lines = extract.group(i);
         if !lines.is_empty() {
-            let m = crate::policy::ldif::map_entry(&lines);
+            let m = crate::directory::ldif::map_entry(&lines);
             out.push(format!("add {}", m.dn(base)));
         }
     }

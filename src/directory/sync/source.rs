@@ -3,8 +3,8 @@
 //! reads to its end with good CRCs, the header has the 31 columns, and it holds at least a
 //! minimum number of entries (an empty or cut publication must not reach the LDAP).
 
-use crate::policy::extract::{Extract, ExtractError, ExtractReport};
-use crate::policy::ldif;
+use crate::directory::extract::{Extract, ExtractError, ExtractReport};
+use crate::directory::ldif;
 use std::io::Write;
 use std::path::{Path, PathBuf};
 use std::time::Duration;

@@ -5,8 +5,8 @@
 
 use super::delta::{Modify, Plan, Planner};
 use super::Progress;
-use crate::policy::extract::{Extract, ExtractEntry};
-use crate::policy::ldif::{container_ou, map_entry, MAPPED_ATTRIBUTES, OBJECT_CLASSES};
+use crate::directory::extract::{Extract, ExtractEntry};
+use crate::directory::ldif::{container_ou, map_entry, MAPPED_ATTRIBUTES, OBJECT_CLASSES};
 use ldap3::adapters::{Adapter, EntriesOnly, PagedResults};
 use ldap3::controls::TxnSpec;
 use ldap3::exop::{EndTxn, StartTxn};
@@ -72,7 +72,7 @@ impl Target {
             .bind_dn
             .as_deref()
             .map(|dn| (dn, self.bind_password.as_deref().unwrap_or("")));
-        crate::policy::ldap::connect(
+        crate::directory::ldap::connect(
             &self.url,
             self.timeout,
             self.starttls,
