@@ -856,6 +856,8 @@ mod tests {
         /// Outcome per call, per recipient index; the last entry repeats.
         script: Mutex<Vec<Outcome>>,
         calls: Mutex<Vec<Vec<usize>>>,
+        /// The envelope of each call: sender and recipients.
+        envelopes: Mutex<Vec<(String, Vec<String>)>>,
         revived: Mutex<Vec<Option<String>>>,
     }
 
@@ -873,7 +875,10 @@ mod tests {
                 s[0].clone()
             };
             self.calls.lock().unwrap().push(pending.to_vec());
-            let _ = env;
+            self.envelopes.lock().unwrap().push((
+                env.mail_from.clone(),
+                env.recipients.iter().map(|r| r.address.clone()).collect(),
+            ));
             let attempt = Attempt {
                 transport: "t".into(),
                 remote: None,
@@ -1057,5 +1062,12 @@ mod tests {
             q.handle().list().await.is_empty(),
             "message and bounce both gone"
         );
+        // The report goes from the null sender to the original sender, and only to it.
+        let envelopes = fake.envelopes.lock().unwrap().clone();
+        assert_eq!(
+            envelopes[0],
+            ("s@a.fr".to_string(), vec!["r@b.fr".to_string()])
+        );
+        assert_eq!(envelopes[1], (String::new(), vec!["s@a.fr".to_string()]));
     }
 }
