@@ -1,33 +1,43 @@
-//! One CSV cell writer for every export (the console's indicators, `stats --format csv`).
-//!
-//! Written by hand: the `csv` crate is not available to this build (offline registry), and a
-//! cell is all we need to write: RFC 4180 quoting plus the spreadsheet rule below.
+//! One CSV writer for every export (the console's indicators, `stats --format csv`): the `csv`
+//! crate's RFC 4180 quoting, after the spreadsheet rule below.
 
 use std::borrow::Cow;
 
-/// One cell: a value a spreadsheet would run as a formula (beginning with `=`, `+`, `-`, `@`,
-/// a TAB or a CR: an establishment or address name written by someone else) gets a leading
-/// `'`, numbers stay numbers; then RFC 4180 quoting (comma, quote or line break: quoted,
-/// quotes doubled).
-pub fn cell(s: &str) -> Cow<'_, str> {
-    let risky = s.starts_with(['=', '+', '-', '@', '\t', '\r']) && s.parse::<f64>().is_err();
-    let s: Cow<'_, str> = if risky {
+/// The spreadsheet rule: a value a spreadsheet would run as a formula (beginning with `=`,
+/// `+`, `-`, `@`, a TAB or a CR: an establishment or address name written by someone else) gets
+/// a leading `'`; numbers stay numbers.
+fn neutralised(s: &str) -> Cow<'_, str> {
+    if s.starts_with(['=', '+', '-', '@', '\t', '\r']) && s.parse::<f64>().is_err() {
         Cow::Owned(format!("'{s}"))
     } else {
         Cow::Borrowed(s)
-    };
-    if s.contains([',', '"', '\n', '\r']) {
-        Cow::Owned(format!("\"{}\"", s.replace('"', "\"\"")))
-    } else {
-        s
     }
 }
 
-/// A row of cells, comma-separated, with its CRLF.
+/// A row of cells, neutralised then quoted by the `csv` crate, with its CRLF.
 pub fn row<'a>(cells: impl IntoIterator<Item = &'a str>) -> String {
-    let mut out = cells.into_iter().map(cell).collect::<Vec<_>>().join(",");
-    out.push_str("\r\n");
-    out
+    let mut w = csv::WriterBuilder::new()
+        .terminator(csv::Terminator::CRLF)
+        .from_writer(Vec::new());
+    let fields: Vec<Cow<'_, str>> = cells.into_iter().map(neutralised).collect();
+    // Writing to a Vec cannot fail; an empty row is the only thing a failure could give.
+    if w.write_record(fields.iter().map(|f| f.as_bytes())).is_err() {
+        return "\r\n".to_string();
+    }
+    w.into_inner()
+        .map(|b| String::from_utf8_lossy(&b).into_owned())
+        .unwrap_or_else(|_| "\r\n".to_string())
+}
+
+/// One cell, as [`row`] writes it (without the line end).
+pub fn cell(s: &str) -> Cow<'_, str> {
+    if s.is_empty() {
+        // Alone in a record the crate writes `""` (an empty record would be no row at all);
+        // inside a row an empty cell is nothing.
+        return Cow::Borrowed("");
+    }
+    let r = row([s]);
+    Cow::Owned(r.strip_suffix("\r\n").unwrap_or(&r).to_string())
 }
 
 #[cfg(test)]
@@ -51,5 +61,7 @@ mod tests {
         assert_eq!(cell("+1.5"), "+1.5");
         assert_eq!(cell("a,\"b\""), "\"a,\"\"b\"\"\"");
         assert_eq!(row(["a", "=1+1", "3"]), "a,'=1+1,3\r\n");
+        assert_eq!(row(["a", "", "b"]), "a,,b\r\n");
+        assert_eq!(cell(""), "");
     }
 }
