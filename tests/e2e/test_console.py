@@ -672,6 +672,13 @@ class HostileRequestTests(ConsoleTestCase):
                               self.gw.log())
         held = "on hold" in self.gw.cli("queue", "show", qid)[1]
         self.assertEqual(held, outcomes[-1] == "held", "the refused %s was not done" % refused)
+        # The CLI goes through the admin endpoint, which keeps the same place first: refused
+        # with the reason (exit 1), and not done.
+        rc, out = self.gw.cli("queue", "release" if held else "hold", qid)
+        self.assertEqual(rc, 1, out)
+        self.assertIn("refused: the journal cannot record it now", out)
+        self.assertIn("nothing was done", out)
+        self.assertEqual("on hold" in self.gw.cli("queue", "show", qid)[1], held, "the refused CLI action was not done")
         # The database comes back: every action done is recorded, none was dropped (an action
         # the queue could not do, "delivery in progress", is no fact and has no record).
         done = len(outcomes)
