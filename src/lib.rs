@@ -25,6 +25,7 @@ pub mod pki;
 pub mod policy;
 pub mod queue;
 pub mod reply;
+pub mod runtime;
 pub mod server;
 pub mod tls;
 pub mod trust;

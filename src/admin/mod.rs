@@ -32,7 +32,7 @@ fn token_ok(given: Option<&str>, token: &str) -> bool {
 pub struct AdminState {
     pub queue: QueueHandle,
     /// Asks the server to reload its configuration (as SIGHUP); the answer is its verdict.
-    pub reload: Option<crate::server::ReloadHandle>,
+    pub reload: Option<crate::runtime::reload::ReloadHandle>,
     pub spool: PathBuf,
     pub token: String,
 }

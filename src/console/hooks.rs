@@ -6,7 +6,8 @@
 use super::access::EstablishmentScope;
 use crate::policy::directory::BoxFuture;
 use crate::queue::QueueHandle;
-use crate::server::{ReloadHandle, Snapshot};
+use crate::runtime::reload::ReloadHandle;
+use crate::runtime::snapshot::Snapshot;
 use crate::tls::Crls;
 use arc_swap::ArcSwap;
 use std::path::PathBuf;

@@ -10,7 +10,7 @@ use crate::config::{JournalConfig, JournalKind};
 use crate::journal::event::AdminAction;
 use crate::journal::read::{parse_time, Reader, StatsBy, TrackFilter, Tracked};
 use crate::policy::directory::BoxFuture;
-use crate::server::Snapshot;
+use crate::runtime::snapshot::Snapshot;
 use arc_swap::ArcSwap;
 use std::path::PathBuf;
 use std::sync::Arc;

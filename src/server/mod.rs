@@ -13,11 +13,11 @@
 
 mod data;
 mod listeners;
-mod snapshot;
 mod watch;
 
+pub use crate::runtime::reload::{ReloadHandle, ReloadRequest};
+pub use crate::runtime::snapshot::{ensure_dev_pki, load_config, pending_dev_pki, Snapshot};
 pub use data::{build_directory, load_whitelist, DirectorySpec};
-pub use snapshot::{ensure_dev_pki, load_config, pending_dev_pki, Snapshot};
 
 use crate::config::Config;
 use crate::delivery::{Agent, Transport};
@@ -277,30 +277,6 @@ pub async fn serve(config_path: &Path) -> anyhow::Result<()> {
     crate::journal::shutdown(std::time::Duration::from_secs(5));
     tracing::info!("stopped; the queue is safe on disk");
     Ok(())
-}
-
-/// Asks the running server to reload, as SIGHUP does, and waits for the outcome (the
-/// console's "apply"). The signal loop serves both, so two reloads never run at once.
-#[derive(Clone)]
-pub struct ReloadHandle(tokio::sync::mpsc::Sender<ReloadRequest>);
-
-/// A reload request: where to send the outcome (the refusal as one line).
-pub type ReloadRequest = tokio::sync::oneshot::Sender<Result<(), String>>;
-
-impl ReloadHandle {
-    pub fn channel() -> (ReloadHandle, tokio::sync::mpsc::Receiver<ReloadRequest>) {
-        let (tx, rx) = tokio::sync::mpsc::channel(4);
-        (ReloadHandle(tx), rx)
-    }
-
-    pub async fn reload(&self) -> Result<(), String> {
-        let (tx, rx) = tokio::sync::oneshot::channel();
-        self.0
-            .send(tx)
-            .await
-            .map_err(|_| "the server is stopping".to_string())?;
-        rx.await.map_err(|_| "the server is stopping".to_string())?
-    }
 }
 
 impl Runtime {
