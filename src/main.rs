@@ -421,7 +421,7 @@ fn run(cli: Cli) -> anyhow::Result<ExitCode> {
                 }
                 _ => (target, port.unwrap_or(25), domain),
             };
-            let opts = passerelle::tls::probe::ProbeOptions {
+            let opts = passerelle::trust::probe::ProbeOptions {
                 target,
                 port,
                 domain,
@@ -432,8 +432,8 @@ fn run(cli: Cli) -> anyhow::Result<ExitCode> {
                 .enable_all()
                 .build()?;
             let report = rt.block_on(async {
-                let ctx = passerelle::tls::probe::ProbeContext::from_config(&cfg)?;
-                anyhow::Ok(passerelle::tls::probe::probe(&ctx, &opts).await)
+                let ctx = passerelle::trust::probe::ProbeContext::from_config(&cfg)?;
+                anyhow::Ok(passerelle::trust::probe::probe(&ctx, &opts).await)
             })?;
             match format {
                 Format::Text => print!("{}", report.render_text()),

@@ -9,14 +9,13 @@
 
 pub mod check;
 pub mod client;
-pub mod resolve;
 pub mod share;
 
 #[cfg(test)]
 mod resume_tests;
 
+pub use crate::net::resolve::{Hop, ResolveError, Resolver};
 pub use client::{Client, ClientOptions, TlsMode};
-pub use resolve::{Hop, ResolveError, Resolver};
 
 use crate::config::{Config, NextHop, QueueConfig, TlsPolicy, TransportConfig};
 use crate::message::{
@@ -31,11 +30,8 @@ use tokio::sync::Semaphore;
 
 pub type BoxFuture<'a, T> = std::pin::Pin<Box<dyn std::future::Future<Output = T> + Send + 'a>>;
 
-/// The operator certificate DNs declared for a recipient domain: the ANS whitelist, asked at
-/// delivery time so a refreshed list applies at once.
-pub trait TrustList: Send + Sync {
-    fn declared_dns(&self, domain: &str) -> Vec<Dn>;
-}
+/// Defined by policy, which answers it; delivery asks it at each connection.
+pub use crate::policy::TrustList;
 
 /// What the queue needs of delivery; the scheduler is tested with a fake one.
 pub trait Transport: Send + Sync {
@@ -791,13 +787,7 @@ fn route_of(hops: &[Hop]) -> String {
     format!("mx:{}", names.join(","))
 }
 
-/// The domain of an address, lowercased (the part that routes and pins).
-pub fn domain_of(address: &str) -> String {
-    address
-        .rsplit_once('@')
-        .map(|(_, d)| d.to_ascii_lowercase())
-        .unwrap_or_default()
-}
+pub use crate::policy::address::domain_of;
 
 /// Grows or shrinks a semaphore to `want` permits. Shrinking forgets idle permits now and
 /// takes the rest back as deliveries in flight finish.

@@ -6,4 +6,5 @@
 pub mod extract;
 pub mod ldap;
 pub mod ldif;
+pub mod lookup;
 pub mod sync;

@@ -1,4 +1,9 @@
-//! Small I/O pieces shared by the SMTP server (intake) and client (delivery).
+//! Small I/O pieces shared by the SMTP server (intake) and client (delivery), and the DNS
+//! resolution of next hops (delivery, and the trust space's probe).
+//!
+//! Must not import: anything above config (it sits under intake, delivery and trust).
+
+pub mod resolve;
 
 use std::pin::Pin;
 use std::task::{Context, Poll};

@@ -172,6 +172,14 @@ fn check_domain(d: &str) -> Result<(), AddressError> {
     Ok(())
 }
 
+/// The domain of an address, lowercased (the part that routes and pins).
+pub fn domain_of(address: &str) -> String {
+    address
+        .rsplit_once('@')
+        .map(|(_, d)| d.to_ascii_lowercase())
+        .unwrap_or_default()
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

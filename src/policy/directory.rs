@@ -1,5 +1,6 @@
 //! The recipient directory behind one trait, so RCPT checks are testable without sockets and
-//! the extract, LDAP and "none" kinds are interchangeable.
+//! the extract, LDAP and "none" kinds are interchangeable. The kinds themselves live in
+//! `crate::directory` (which implements this trait; policy never imports it).
 
 use std::future::Future;
 use std::pin::Pin;
@@ -38,90 +39,5 @@ impl Directory for NoDirectory {
     }
     fn describe(&self) -> String {
         "none".into()
-    }
-}
-
-/// The extract's `Identification Structure` (kept by [`crate::directory::extract::DIRECTORY_COLUMNS`]).
-const STRUCTURE_COLUMN: usize = 6;
-
-/// `directory.kind = "extract"`: the ANS extract held in memory.
-pub struct ExtractDirectory {
-    extract: crate::directory::extract::Extract,
-    name: String,
-}
-
-impl ExtractDirectory {
-    pub fn load(
-        path: &std::path::Path,
-        max_size: u64,
-    ) -> Result<ExtractDirectory, crate::directory::extract::ExtractError> {
-        let started = std::time::Instant::now();
-        let (extract, report) = crate::directory::extract::Extract::load_capped(
-            path,
-            crate::directory::extract::Keep::Columns(crate::directory::extract::DIRECTORY_COLUMNS),
-            max_size,
-        )?;
-        for (line, why) in report.bad_lines.iter().take(20) {
-            tracing::warn!(file = %path.display(), line, "directory extract: line skipped: {why}");
-        }
-        if report.bad_lines.len() > 20 {
-            tracing::warn!(file = %path.display(), "directory extract: {} more bad lines skipped", report.bad_lines.len() - 20);
-        }
-        tracing::info!(file = %path.display(), addresses = report.addresses, lines = report.lines,
-            bad_lines = report.bad_lines.len(), load_ms = started.elapsed().as_millis() as u64,
-            "directory extract loaded");
-        release_freed_memory();
-        let name = path
-            .file_name()
-            .map(|n| n.to_string_lossy().into_owned())
-            .unwrap_or_else(|| path.display().to_string());
-        Ok(ExtractDirectory {
-            extract,
-            name: format!("extract {name}"),
-        })
-    }
-}
-
-/// Gives back to the system the memory a load's temporary tables or a replaced directory
-/// held: glibc keeps freed heap memory below its trim threshold (64 MiB in `serve`, see
-/// main.rs), and these are tens of MiB (measured: 94 MB resident for 535,000 lines without
-/// this, see benches/RESULTS.md).
-fn release_freed_memory() {
-    #[cfg(all(target_os = "linux", target_env = "gnu"))]
-    // SAFETY: malloc_trim only returns free memory to the system; it has no preconditions.
-    unsafe {
-        libc::malloc_trim(0);
-    }
-}
-
-impl Drop for ExtractDirectory {
-    /// After a reload the old directory goes: its memory goes back to the system.
-    fn drop(&mut self) {
-        drop(std::mem::take(&mut self.extract));
-        release_freed_memory();
-    }
-}
-
-impl Directory for ExtractDirectory {
-    fn lookup<'a>(&'a self, address: &'a str) -> BoxFuture<'a, Result<Lookup, DirectoryError>> {
-        let r = match self.extract.lookup(address) {
-            Some(entries) => Lookup::Found {
-                bal_type: entries
-                    .first()
-                    .map(|e| e.bal_type.to_string())
-                    .unwrap_or_default(),
-                structures: entries
-                    .iter()
-                    .filter_map(|e| e.field(STRUCTURE_COLUMN))
-                    .map(|s| s.trim().to_string())
-                    .filter(|s| !s.is_empty())
-                    .collect(),
-            },
-            None => Lookup::NotFound,
-        };
-        Box::pin(async move { Ok(r) })
-    }
-    fn describe(&self) -> String {
-        self.name.clone()
     }
 }

@@ -58,7 +58,13 @@ impl Lists {
     }
 }
 
-impl crate::delivery::TrustList for Lists {
+/// The operator certificate DNs declared for a recipient domain: the ANS whitelist, asked at
+/// delivery time so a refreshed list applies at once.
+pub trait TrustList: Send + Sync {
+    fn declared_dns(&self, domain: &str) -> Vec<crate::pki::dn::Dn>;
+}
+
+impl TrustList for Lists {
     fn declared_dns(&self, domain: &str) -> Vec<Dn> {
         self.whitelist
             .load()
@@ -166,7 +172,7 @@ impl Policy {
     /// of every route in config order, whose domains match. Reject routes are skipped and the
     /// directory is not asked.
     pub fn route_for(&self, order: &[String], address: &str) -> Option<(String, String)> {
-        let domain = crate::delivery::domain_of(address);
+        let domain = address::domain_of(address);
         let declared = |d: &str| self.is_declared(d);
         let usable = |r: &&Route| {
             matches!(r.target, RouteTarget::Transport(_))

@@ -96,7 +96,7 @@ pub fn build_directory(spec: &DirectorySpec, crls: &Crls) -> anyhow::Result<Box<
     Ok(match &spec.source {
         DirectorySource::None => Box::new(NoDirectory),
         DirectorySource::Extract { file, max_size } => Box::new(
-            crate::policy::directory::ExtractDirectory::load(file, *max_size)
+            crate::directory::lookup::ExtractDirectory::load(file, *max_size)
                 .with_context(|| format!("directory.file {}", file.display()))?,
         ),
         DirectorySource::Ldap(d) => {

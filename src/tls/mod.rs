@@ -5,8 +5,6 @@
 //! AES-256-GCM, AES-128-GCM, ChaCha20-Poly1305. Groups X25519, P-256, P-384. rustls has no
 //! RSA key exchange, CBC or TLS < 1.2 at all, so nothing weaker can be negotiated.
 
-pub mod probe;
-
 use crate::config::TlsConfig;
 use crate::message::TlsRefusal;
 use rustls::client::danger::{HandshakeSignatureValid, ServerCertVerified, ServerCertVerifier};
@@ -133,7 +131,7 @@ impl CrlSet {
         self.files
             .iter()
             .flat_map(|(_, c)| c.iter())
-            .filter_map(|der| crate::trust::crl_next_update(der.as_ref()))
+            .filter_map(|der| crl_next_update(der.as_ref()))
             .min()
     }
 
@@ -607,4 +605,10 @@ impl rustls::server::danger::ClientCertVerifier for DeferredClientVerifier {
         Ok(rustls::server::danger::ClientCertVerified::assertion())
     }
     handshake_signatures!(provider);
+}
+
+/// nextUpdate of a DER CRL (Unix seconds), `None` when absent or unreadable.
+pub fn crl_next_update(der: &[u8]) -> Option<i64> {
+    let (_, crl) = x509_parser::parse_x509_crl(der).ok()?;
+    crl.next_update().map(|t| t.timestamp())
 }

@@ -14,6 +14,8 @@
 //!   fails readiness: peers would refuse us, or we would accept revoked peers.
 
 pub mod fetch;
+/// `tls probe`: a peer checked as delivery would (resolution, TLS, the whitelist's DN pin).
+pub mod probe;
 pub mod whitelist;
 pub mod xmldsig;
 
@@ -241,7 +243,7 @@ pub fn record_crls(set: &crate::tls::CrlSet) {
     for (path, list) in set.files() {
         let next = list
             .iter()
-            .filter_map(|c| crl_next_update(c.as_ref()))
+            .filter_map(|c| crate::tls::crl_next_update(c.as_ref()))
             .min();
         if let Some(n) = next {
             crate::metrics::gauge_set(
@@ -254,12 +256,6 @@ pub fn record_crls(set: &crate::tls::CrlSet) {
         crls.push((path.clone(), next));
     }
     with(|s| s.crls = crls);
-}
-
-/// nextUpdate of a DER CRL (Unix seconds), `None` when absent or unreadable.
-pub fn crl_next_update(der: &[u8]) -> Option<i64> {
-    let (_, crl) = x509_parser::parse_x509_crl(der).ok()?;
-    crl.next_update().map(|t| t.timestamp())
 }
 
 /// Outcome of one download attempt, recorded by the downloader for `/readyz` and metrics.

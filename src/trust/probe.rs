@@ -13,7 +13,7 @@
 //! and carry on past failures a delivery would stop at (e.g. show the chain of a certificate
 //! the peer check refuses).
 
-use crate::delivery::resolve::{Hop, Resolver};
+use crate::net::resolve::{Hop, Resolver};
 use crate::pki::dn::Dn;
 use crate::tls::{PeerRole, PeerValidator, TlsMaterial};
 use crate::trust::whitelist::Whitelist;
