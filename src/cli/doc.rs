@@ -1,8 +1,8 @@
-//! Keeps `docs/cli.md` in step with the command line (a module of the binary, main.rs).
+//! Keeps `docs/cli.md` in step with the command line (a test module of `cli`).
 //!
 //! The reference part of the doc is the `--help` of every command, rendered from the clap
 //! definitions themselves: the test renders it again and compares. After a change to the
-//! CLI, `PASSERELLE_BLESS=1 cargo test --release --bin passerelle cli_doc` rewrites that part
+//! CLI, `PASSERELLE_BLESS=1 cargo test --release --lib cli::doc` rewrites that part
 //! (then read the diff). A second test refuses a verb, an argument or an option without a
 //! help text: the doc is only as good as those.
 
@@ -10,8 +10,8 @@ use super::Cli;
 use clap::CommandFactory;
 
 const BEGIN: &str =
-    "<!-- Generated from the clap definitions (src/cli_doc.rs); do not edit by hand: \
-PASSERELLE_BLESS=1 cargo test --release --bin passerelle cli_doc -->";
+    "<!-- Generated from the clap definitions (src/cli/doc.rs); do not edit by hand: \
+PASSERELLE_BLESS=1 cargo test --release --lib cli::doc -->";
 const END: &str = "<!-- end of the generated reference -->";
 
 fn doc_path() -> std::path::PathBuf {
@@ -95,8 +95,8 @@ fn docs_cli_md_is_the_generated_reference() {
         return;
     }
     panic!(
-        "{} is out of date with the CLI: run\n  PASSERELLE_BLESS=1 cargo test --release --bin \
-         passerelle cli_doc\nand commit the result",
+        "{} is out of date with the CLI: run\n  PASSERELLE_BLESS=1 cargo test --release --lib \
+         cli::doc\nand commit the result",
         path.display()
     );
 }

@@ -7,13 +7,16 @@
 //! and `-bq`: a body is health data, so it is printed only on that explicit flag and every
 //! read is logged at warn level with the OS user who asked (by the server when it runs).
 
+use super::Format;
 use crate::admin::client::online;
 use crate::config::Config;
 use crate::queue::audit::{log_body_read, os_reader};
 use crate::queue::scheduler::{QueueItem, QueueRcpt};
 use crate::queue::spool::{read_stored, scan, Spool};
 use anyhow::{anyhow, bail};
+use clap::Subcommand;
 use std::io::Write;
+use std::process::ExitCode;
 
 #[derive(Debug, Clone)]
 pub enum Verb {
@@ -310,6 +313,106 @@ pub async fn run(cfg: &Config, verb: Verb, json: bool) -> anyhow::Result<bool> {
             },
         },
     }
+}
+
+#[derive(Subcommand)]
+pub enum QueueCommand {
+    /// Every message: id, size, age, sender, attempts, next attempt; each recipient's status
+    /// and last error (`postqueue -p`).
+    List {
+        /// `json`: an array of messages, for tools.
+        #[arg(long, value_enum, default_value_t)]
+        format: Format,
+        /// Only the messages sent by this establishment.
+        #[arg(long)]
+        establishment: Option<String>,
+    },
+    /// One message's envelope and recipients; its stored headers or body on request
+    /// (`postcat -q`).
+    Show {
+        /// Queue ID (as in `250 ... queued as ID` and the logs).
+        id: String,
+        /// Print the stored message's header section (`postcat -hq`).
+        #[arg(long)]
+        headers: bool,
+        /// Print the stored message's body (`postcat -bq`; with --headers: the whole message).
+        /// Health data: each read is logged with the OS user who asked.
+        #[arg(long)]
+        body: bool,
+        /// `json`: the envelope as a JSON object, for tools (not with --headers/--body).
+        #[arg(long, value_enum, default_value_t, conflicts_with_all = ["headers", "body"])]
+        format: Format,
+    },
+    /// Attempt delivery now: one message, or every one with --all (`postqueue -i` / `-f`).
+    Retry {
+        /// Queue ID.
+        #[arg(required_unless_present = "all", conflicts_with = "all")]
+        id: Option<String>,
+        /// Every message in the queue (not those on hold).
+        #[arg(long)]
+        all: bool,
+    },
+    /// Stop attempting a message; it stays queued (`postsuper -h`).
+    Hold {
+        /// Queue ID.
+        id: String,
+    },
+    /// Resume a held message, attempted now (`postsuper -H`).
+    Release {
+        /// Queue ID.
+        id: String,
+    },
+    /// Remove a message; nobody is notified (`postsuper -d`).
+    Delete {
+        /// Queue ID.
+        id: String,
+    },
+}
+
+/// `passerelle queue ...` from the command line: the verb, then [`run`] on a small runtime.
+pub fn command(config: &std::path::Path, what: QueueCommand) -> anyhow::Result<ExitCode> {
+    use crate::cli::queue::{Content, Verb};
+    let json = matches!(
+        what,
+        QueueCommand::List {
+            format: Format::Json,
+            ..
+        } | QueueCommand::Show {
+            format: Format::Json,
+            ..
+        }
+    );
+    let verb = match what {
+        QueueCommand::List { establishment, .. } => Verb::List(establishment),
+        QueueCommand::Show {
+            id, headers, body, ..
+        } => Verb::Show(id, Content { headers, body }),
+        QueueCommand::Retry {
+            id: None,
+            all: true,
+        } => Verb::Retry(None),
+        QueueCommand::Retry {
+            id: Some(id),
+            all: false,
+        } => Verb::Retry(Some(id)),
+        QueueCommand::Retry { .. } => {
+            eprintln!("passerelle: queue retry takes an ID or --all");
+            return Ok(ExitCode::from(2));
+        }
+        QueueCommand::Hold { id } => Verb::Hold(id),
+        QueueCommand::Release { id } => Verb::Release(id),
+        QueueCommand::Delete { id } => Verb::Delete(id),
+    };
+    let cfg = Config::load_unvalidated(config)?;
+    let rt = tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()?;
+    let ok = rt.block_on(crate::cli::queue::run(&cfg, verb, json))?;
+    Ok(if ok {
+        ExitCode::SUCCESS
+    } else {
+        ExitCode::from(1)
+    })
 }
 
 #[cfg(test)]
