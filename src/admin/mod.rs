@@ -6,18 +6,24 @@
 //! `GET /queue/ID/headers` and `/queue/ID/message` return a stored message (`queue show
 //! --headers/--body`); each message read is logged here with the reader the CLI names.
 //!
-//! A minimal HTTP/1.1 server written by hand: a handful of GET/POST routes with
-//! `Connection: close` do not justify hyper's dependency tree in a security gateway.
+//! Served by axum on the console's bounded server (`net::http`: a connection cap, a header
+//! deadline, a lifetime); one handler keeps the routes' match so every path, method and answer
+//! stays as it was when this server was written by hand (issue 26: one HTTP server stack).
 
 pub mod client;
 
 use crate::journal::{self, AdminAction};
+use crate::net::http::ClientAddr;
 use crate::queue::{QueueError, QueueHandle};
+use axum::body::Body;
+use axum::extract::{ConnectInfo, State};
+use axum::http::{header, HeaderMap, HeaderValue, Method, StatusCode, Uri};
+use axum::response::{IntoResponse, Response};
+use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
 use std::time::Duration;
-use tokio::io::{AsyncReadExt, AsyncWriteExt};
-use tokio::net::{TcpListener, TcpStream};
+use tokio::net::TcpListener;
 
 pub const TOKEN_FILE: &str = "admin.token";
 
@@ -81,93 +87,79 @@ fn spool_probe(spool: &Path) -> Result<(), String> {
 /// The CLI, the monitoring's scrapes and probes need a handful.
 const MAX_CONNECTIONS: usize = 64;
 
-pub async fn run(listener: TcpListener, state: Arc<AdminState>) {
-    let permits = Arc::new(tokio::sync::Semaphore::new(MAX_CONNECTIONS));
-    loop {
-        let Ok((stream, _)) = listener.accept().await else {
-            tokio::time::sleep(Duration::from_millis(100)).await;
-            continue;
-        };
-        let Ok(permit) = permits.clone().try_acquire_owned() else {
-            crate::metrics::inc(
-                "passerelle_admin_connections_refused_total",
-                "Admin connections closed at once: too many open",
-                &[],
-            );
-            continue;
-        };
-        let st = state.clone();
-        // The whole exchange, headers included, within 30 s (the request is read by hand).
-        tokio::spawn(async move {
-            let _permit = permit;
-            let _ = tokio::time::timeout(Duration::from_secs(30), serve_one(stream, st)).await;
-        });
-    }
+/// What a handler sees: the state, and the endpoint's own address (for [`socket_uid`]).
+#[derive(Clone)]
+struct Served {
+    st: Arc<AdminState>,
+    local: Option<SocketAddr>,
 }
 
+pub async fn run(listener: TcpListener, state: Arc<AdminState>) {
+    let served = Served {
+        st: state,
+        local: listener.local_addr().ok(),
+    };
+    let router = axum::Router::new().fallback(dispatch).with_state(served);
+    let bounds = crate::net::http::Bounds {
+        name: "admin",
+        max_connections: MAX_CONNECTIONS,
+        header_timeout: Duration::from_secs(10),
+        // A stored message read by `queue show --body` is the longest answer.
+        lifetime: Duration::from_secs(60),
+        refused_metric: (
+            "passerelle_admin_connections_refused_total",
+            "Admin connections closed at once: too many open",
+        ),
+    };
+    crate::net::http::serve(listener, router, bounds).await
+}
+
+/// One request, as the CLI sends it.
 struct Request {
-    method: String,
+    method: Method,
     path: String,
     token: Option<String>,
     /// `X-Passerelle-Reader`: the OS user of `passerelle queue show --body`.
     reader: Option<String>,
+    /// The client's address and the endpoint's, for the body-read log.
+    peer: SocketAddr,
+    local: Option<SocketAddr>,
 }
 
-async fn read_request(stream: &mut TcpStream) -> Option<Request> {
-    let mut buf = Vec::with_capacity(1024);
-    let mut chunk = [0u8; 1024];
-    while !buf.windows(4).any(|w| w == b"\r\n\r\n") {
-        let n = stream.read(&mut chunk).await.ok()?;
-        if n == 0 || buf.len() > 16 * 1024 {
-            return None;
-        }
-        buf.extend_from_slice(&chunk[..n]);
-    }
-    let head = String::from_utf8_lossy(&buf);
-    let mut lines = head.split("\r\n");
-    let mut first = lines.next()?.split_whitespace();
-    let method = first.next()?.to_string();
-    let path = first.next()?.to_string();
-    let mut token = None;
-    let mut reader = None;
-    for l in lines {
-        if let Some((k, v)) = l.split_once(':') {
-            if k.trim().eq_ignore_ascii_case("x-passerelle-token") {
-                token = Some(v.trim().to_string());
-            } else if k.trim().eq_ignore_ascii_case("x-passerelle-reader") {
-                reader = Some(v.trim().to_string());
-            }
-        }
-    }
-    Some(Request {
-        method,
-        path,
-        token,
-        reader,
-    })
+const TEXT: &str = "text/plain; charset=utf-8";
+
+fn respond(code: u16, ctype: &'static str, body: impl Into<Body>) -> Response {
+    let status = StatusCode::from_u16(code).unwrap_or(StatusCode::INTERNAL_SERVER_ERROR);
+    (
+        status,
+        [(header::CONTENT_TYPE, HeaderValue::from_static(ctype))],
+        body.into(),
+    )
+        .into_response()
 }
 
-async fn respond(stream: &mut TcpStream, code: u16, ctype: &str, body: &str) {
-    respond_bytes(stream, code, ctype, body.as_bytes()).await
-}
-
-async fn respond_bytes(stream: &mut TcpStream, code: u16, ctype: &str, body: &[u8]) {
-    let reason = match code {
-        200 => "OK",
-        400 => "Bad Request",
-        403 => "Forbidden",
-        404 => "Not Found",
-        409 => "Conflict",
-        503 => "Service Unavailable",
-        _ => "Error",
+async fn dispatch(
+    State(served): State<Served>,
+    ConnectInfo(ClientAddr(peer)): ConnectInfo<ClientAddr>,
+    method: Method,
+    uri: Uri,
+    headers: HeaderMap,
+) -> Response {
+    let value = |name: &str| {
+        headers
+            .get(name)
+            .and_then(|v| v.to_str().ok())
+            .map(|v| v.trim().to_string())
     };
-    let head = format!(
-        "HTTP/1.1 {code} {reason}\r\nContent-Type: {ctype}\r\nContent-Length: {}\r\nConnection: close\r\n\r\n",
-        body.len()
-    );
-    let _ = stream.write_all(head.as_bytes()).await;
-    let _ = stream.write_all(body).await;
-    let _ = stream.shutdown().await;
+    let req = Request {
+        method,
+        path: uri.path().to_string(),
+        token: value("x-passerelle-token"),
+        reader: value("x-passerelle-reader"),
+        peer,
+        local: served.local,
+    };
+    serve_one(req, served.st).await
 }
 
 /// The uid owning the client end (`peer`) of a loopback connection to `local`, from the
@@ -200,16 +192,9 @@ fn socket_uid(peer: std::net::SocketAddr, local: std::net::SocketAddr) -> Option
 
 /// `GET /queue/ID/headers` (the header section) or `/queue/ID/message` (the whole message,
 /// logged with its reader: it is health data).
-async fn stored_message(
-    stream: &mut TcpStream,
-    st: &AdminState,
-    id: &str,
-    whole: bool,
-    reader: Option<&str>,
-) {
-    let text = "text/plain; charset=utf-8";
+async fn stored_message(st: &AdminState, req: &Request, id: &str, whole: bool) -> Response {
     let Some(loc) = st.queue.locate(id).await else {
-        return respond(stream, 404, text, &format!("{id}: no such message\n")).await;
+        return respond(404, TEXT, format!("{id}: no such message\n"));
     };
     let spool = st.spool.clone();
     let read = tokio::task::spawn_blocking(move || crate::queue::spool::read_stored(&spool, loc))
@@ -219,36 +204,32 @@ async fn stored_message(
     let msg = match read {
         Ok(m) => m,
         // Moved by a relocation in between: the next try finds it.
-        Err(e) => return respond(stream, 409, text, &format!("{id}: {e}, try again\n")).await,
+        Err(e) => return respond(409, TEXT, format!("{id}: {e}, try again\n")),
     };
     let part = if whole {
-        let via = match (stream.peer_addr(), stream.local_addr()) {
-            (Ok(peer), Ok(local)) => match socket_uid(peer, local) {
-                Some(uid) => format!("admin {peer}, socket of uid {uid}"),
-                None => format!("admin {peer}"),
-            },
-            _ => "admin".into(),
+        let peer = req.peer;
+        let via = match req.local.and_then(|local| socket_uid(peer, local)) {
+            Some(uid) => format!("admin {peer}, socket of uid {uid}"),
+            None => format!("admin {peer}"),
         };
-        crate::queue::audit::log_body_read(id, reader.unwrap_or("unnamed"), &via);
-        &msg[..]
+        let reader = req.reader.as_deref().unwrap_or("unnamed");
+        crate::queue::audit::log_body_read(id, reader, &via);
+        msg
     } else {
-        crate::dsn::header_section(&msg)
+        crate::dsn::header_section(&msg).to_vec()
     };
-    respond_bytes(stream, 200, "message/rfc822", part).await
+    respond(200, "message/rfc822", part)
 }
 
 fn json<T: serde::Serialize>(v: &T) -> String {
     serde_json::to_string(v).unwrap_or_else(|e| format!("{{\"error\":\"{e}\"}}"))
 }
 
-async fn serve_one(mut stream: TcpStream, st: Arc<AdminState>) {
-    let Some(req) = read_request(&mut stream).await else {
-        return;
-    };
-    let text = "text/plain; charset=utf-8";
+async fn serve_one(req: Request, st: Arc<AdminState>) -> Response {
+    let text = TEXT;
     let path = req.path.trim_end_matches('/');
     match (req.method.as_str(), path) {
-        ("GET", "/healthz") => respond(&mut stream, 200, text, "ok\n").await,
+        ("GET", "/healthz") => respond(200, text, "ok\n"),
         // The listeners are bound before this endpoint starts. The spool can fail, and so can
         // the trust-space material: an expired certificate or a CRL past its grace; a stale or
         // refused whitelist and failing downloads are reported without failing (crate::trust).
@@ -262,19 +243,13 @@ async fn serve_one(mut stream: TcpStream, st: Arc<AdminState>) {
                 .await
                 .unwrap_or_else(|e| Err(e.to_string()));
             match writable {
-                Ok(()) if trust.ready => {
-                    respond(&mut stream, 200, text, &format!("ready\n{detail}")).await
-                }
-                Ok(()) => respond(&mut stream, 503, text, &detail).await,
-                Err(e) => {
-                    respond(
-                        &mut stream,
-                        503,
-                        text,
-                        &format!("not ready: spool not writable: {e}\n{detail}"),
-                    )
-                    .await
-                }
+                Ok(()) if trust.ready => respond(200, text, format!("ready\n{detail}")),
+                Ok(()) => respond(503, text, detail),
+                Err(e) => respond(
+                    503,
+                    text,
+                    format!("not ready: spool not writable: {e}\n{detail}"),
+                ),
             }
         }
         ("GET", "/metrics") => {
@@ -303,39 +278,29 @@ async fn serve_one(mut stream: TcpStream, st: Arc<AdminState>) {
                 &[],
                 s.oldest_age as f64,
             );
-            respond(
-                &mut stream,
-                200,
-                crate::metrics::CONTENT_TYPE,
-                &crate::metrics::render(),
-            )
-            .await
+            respond(200, crate::metrics::CONTENT_TYPE, crate::metrics::render())
         }
         ("POST", "/reload") => {
             if !token_ok(req.token.as_deref(), &st.token) {
-                return respond(&mut stream, 403, text, WRONG_TOKEN).await;
+                return respond(403, text, WRONG_TOKEN);
             }
             let verdict = match &st.reload {
                 Some(r) => Some(r.reload().await),
                 None => None,
             };
             match verdict {
-                Some(Ok(())) => respond(&mut stream, 200, text, "reloaded\n").await,
-                Some(Err(why)) => {
-                    respond(
-                        &mut stream,
-                        409,
-                        text,
-                        &format!("reload refused, keeping the running configuration: {why}\n"),
-                    )
-                    .await
-                }
-                _ => respond(&mut stream, 503, text, "reload unavailable\n").await,
+                Some(Ok(())) => respond(200, text, "reloaded\n"),
+                Some(Err(why)) => respond(
+                    409,
+                    text,
+                    format!("reload refused, keeping the running configuration: {why}\n"),
+                ),
+                _ => respond(503, text, "reload unavailable\n"),
             }
         }
         (_, p) if p == "/queue" || p.starts_with("/queue/") => {
             if !token_ok(req.token.as_deref(), &st.token) {
-                return respond(&mut stream, 403, text, WRONG_TOKEN).await;
+                return respond(403, text, WRONG_TOKEN);
             }
             let parts: Vec<&str> = p
                 .trim_start_matches("/queue")
@@ -346,7 +311,7 @@ async fn serve_one(mut stream: TcpStream, st: Arc<AdminState>) {
                 (req.method.as_str(), parts.as_slice())
             {
                 let whole = *what == "message";
-                return stored_message(&mut stream, &st, id, whole, req.reader.as_deref()).await;
+                return stored_message(&st, &req, id, whole).await;
             }
             let q = &st.queue;
             // An action on one message keeps its record's place in the journal first: one
@@ -357,7 +322,7 @@ async fn serve_one(mut stream: TcpStream, st: Arc<AdminState>) {
                         Ok(s) => Some(s),
                         Err(e) => {
                             let msg = format!("refused: {e}; nothing was done, try again later\n");
-                            return respond(&mut stream, 503, text, &msg).await;
+                            return respond(503, text, msg);
                         }
                     }
                 }
@@ -398,17 +363,15 @@ async fn serve_one(mut stream: TcpStream, st: Arc<AdminState>) {
                     .await
                     .inspect(|_| record(id, AdminAction::Deleted))
                     .map(|_| "{}".into()),
-                _ => return respond(&mut stream, 404, text, "no such route\n").await,
+                _ => return respond(404, text, "no such route\n"),
             };
             match r {
-                Ok(body) => respond(&mut stream, 200, "application/json", &body).await,
-                Err(e @ QueueError::NotFound(_)) => {
-                    respond(&mut stream, 404, text, &format!("{e}\n")).await
-                }
-                Err(e) => respond(&mut stream, 409, text, &format!("{e}\n")).await,
+                Ok(body) => respond(200, "application/json", body),
+                Err(e @ QueueError::NotFound(_)) => respond(404, text, format!("{e}\n")),
+                Err(e) => respond(409, text, format!("{e}\n")),
             }
         }
-        _ => respond(&mut stream, 404, text, "no such route\n").await,
+        _ => respond(404, text, "no such route\n"),
     }
 }
 

@@ -90,9 +90,7 @@ impl axum::serve::Listener for ConsoleListener {
     }
 }
 
-/// The client's address, for the login rate limit and the audit log.
-#[derive(Debug, Clone, Copy)]
-pub struct ClientAddr(pub SocketAddr);
+pub use crate::net::http::ClientAddr;
 
 /// Console connections served at once; beyond, a new one is closed at once (issue 24 B.14:
 /// there was no cap). A browser opens six at most; 256 leave room for every administrator.
@@ -104,45 +102,18 @@ pub const HEADER_TIMEOUT: Duration = Duration::from_secs(10);
 pub const CONNECTION_LIFETIME: Duration = Duration::from_secs(300);
 
 /// Serves `router` on the console's connections, each on its own task, bounded as above.
-pub async fn serve(mut listener: ConsoleListener, router: axum::Router) {
-    use axum::serve::Listener as _;
-    use tower::ServiceExt as _;
-    let permits = Arc::new(tokio::sync::Semaphore::new(MAX_CONNECTIONS));
-    loop {
-        let (io, peer) = listener.accept().await;
-        let Ok(permit) = permits.clone().try_acquire_owned() else {
-            crate::metrics::inc(
-                "passerelle_console_connections_refused_total",
-                "Console connections closed at once: too many open",
-                &[],
-            );
-            tracing::debug!(%peer, "console: too many connections, closed");
-            continue;
-        };
-        let svc = router.clone().map_request(
-            move |mut req: axum::http::Request<hyper::body::Incoming>| {
-                req.extensions_mut()
-                    .insert(axum::extract::ConnectInfo(ClientAddr(peer)));
-                req.map(axum::body::Body::new)
-            },
-        );
-        tokio::spawn(async move {
-            let _permit = permit;
-            let mut b = hyper::server::conn::http1::Builder::new();
-            b.timer(hyper_util::rt::TokioTimer::new())
-                .header_read_timeout(HEADER_TIMEOUT);
-            let conn = b.serve_connection(
-                hyper_util::rt::TokioIo::new(io),
-                hyper_util::service::TowerToHyperService::new(svc),
-            );
-            if tokio::time::timeout(CONNECTION_LIFETIME, conn)
-                .await
-                .is_err()
-            {
-                tracing::debug!(%peer, "console: connection closed after its lifetime");
-            }
-        });
-    }
+pub async fn serve(listener: ConsoleListener, router: axum::Router) {
+    let bounds = crate::net::http::Bounds {
+        name: "console",
+        max_connections: MAX_CONNECTIONS,
+        header_timeout: HEADER_TIMEOUT,
+        lifetime: CONNECTION_LIFETIME,
+        refused_metric: (
+            "passerelle_console_connections_refused_total",
+            "Console connections closed at once: too many open",
+        ),
+    };
+    crate::net::http::serve(listener, router, bounds).await
 }
 
 /// A rustls server configuration for the console: HTTP/1.1 over the given identity.

@@ -1,8 +1,10 @@
 //! Small I/O pieces shared by the SMTP server (intake) and client (delivery), and the DNS
-//! resolution of next hops (delivery, and the trust space's probe).
+//! resolution of next hops (delivery, and the trust space's probe), and the bounded HTTP
+//! serving of the console and the admin endpoint.
 //!
 //! Must not import: anything above config (it sits under intake, delivery and trust).
 
+pub mod http;
 pub mod resolve;
 
 use std::pin::Pin;
