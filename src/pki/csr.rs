@@ -174,8 +174,8 @@ pub fn make_csr(o: &CsrOptions) -> Result<CsrReport, CsrError> {
     let mut params =
         rcgen::CertificateParams::new(dns).map_err(|e| CsrError::Request(e.to_string()))?;
     let mut name = rcgen::DistinguishedName::new();
-    let printable =
-        rcgen::PrintableString::try_from("FR").map_err(|e| CsrError::Request(e.to_string()))?;
+    let printable = rcgen::string::PrintableString::try_from("FR")
+        .map_err(|e| CsrError::Request(e.to_string()))?;
     name.push(
         rcgen::DnType::CountryName,
         rcgen::DnValue::PrintableString(printable),

@@ -28,8 +28,8 @@ use std::path::{Path, PathBuf};
 
 use rcgen::{
     BasicConstraints, CertificateParams, CertificateRevocationListParams, DistinguishedName,
-    DnType, DnValue, ExtendedKeyUsagePurpose, IsCa, KeyPair, KeyUsagePurpose, RevokedCertParams,
-    SanType, SerialNumber, PKCS_ECDSA_P256_SHA256,
+    DnType, DnValue, ExtendedKeyUsagePurpose, IsCa, KeyIdMethod, KeyPair, KeyUsagePurpose,
+    PublicKeyData, RevokedCertParams, SanType, SerialNumber, PKCS_ECDSA_P256_SHA256,
 };
 use rustls_pki_types::pem::PemObject;
 use rustls_pki_types::{CertificateDer, PrivateKeyDer};
@@ -232,10 +232,11 @@ pub struct LeafSpec {
 
 /// A CA certificate with its private key, able to sign leaves and CRLs.
 pub struct Issuer {
-    /// rcgen handle used for signing (its params carry the subject DN, with
-    /// the original string types, and the original subject key identifier).
-    signer: rcgen::Certificate,
-    key: KeyPair,
+    /// rcgen's signing handle: the subject DN (with the original string types), the key
+    /// usages and the subject key identifier of the real certificate, and its key.
+    signer: rcgen::Issuer<'static, KeyPair>,
+    /// The CA's subject key identifier, for the authority key identifier of its CRLs.
+    key_id: KeyIdMethod,
     /// The certificate exactly as distributed.
     der: CertificateDer<'static>,
     self_signed: bool,
@@ -272,7 +273,7 @@ impl Issuer {
 
         let (_, x509) =
             X509Certificate::from_der(&der).map_err(|e| PkiError::X509(e.to_string()))?;
-        if x509.public_key().raw != key.public_key_der().as_slice() {
+        if x509.public_key().raw != key.subject_public_key_info().as_slice() {
             return Err(PkiError::KeyMismatch {
                 cert: cert_pem.to_path_buf(),
                 key: key_pem.to_path_buf(),
@@ -280,20 +281,18 @@ impl Issuer {
         }
         let self_signed = x509.subject().as_raw() == x509.issuer().as_raw();
 
-        let params = CertificateParams::from_ca_cert_der(&der)?;
-        if !matches!(params.is_ca, IsCa::Ca(_)) {
+        if !x509.is_ca() {
             return Err(PkiError::X509(format!(
                 "{} is not a CA certificate",
                 cert_pem.display()
             )));
         }
-        // Re-signing the parsed params only yields a signing handle: issued
-        // certificates take the issuer DN and key identifier from its params,
-        // which `from_ca_cert_der` copied verbatim from the real certificate.
-        let signer = params.self_signed(&key)?;
+        let key_id = key_id_of(&x509);
+        // Issued certificates take the issuer DN and key identifier from the real certificate.
+        let signer = rcgen::Issuer::from_ca_cert_der(&der, key)?;
         Ok(Issuer {
             signer,
-            key,
+            key_id,
             der,
             self_signed,
         })
@@ -368,7 +367,7 @@ impl Issuer {
                 .push(ExtendedKeyUsagePurpose::ClientAuth);
         }
         for name in &spec.dns_names {
-            let ia5 = rcgen::Ia5String::try_from(name.as_str())
+            let ia5 = rcgen::string::Ia5String::try_from(name.as_str())
                 .map_err(|e| PkiError::Invalid(format!("DNS name {name:?}: {e}")))?;
             params.subject_alt_names.push(SanType::DnsName(ia5));
         }
@@ -377,9 +376,23 @@ impl Issuer {
         }
         params.use_authority_key_identifier_extension = true;
         let key = KeyPair::generate_for(&PKCS_ECDSA_P256_SHA256)?;
-        let cert = params.signed_by(&key, &self.signer, &self.key)?;
+        let cert = params.signed_by(&key, &self.signer)?;
         Ok((cert, key))
     }
+}
+
+/// How a CA's key is identified: its subjectKeyIdentifier as written, else the SHA-256 of
+/// its key (what rcgen writes by default).
+fn key_id_of(x509: &X509Certificate<'_>) -> KeyIdMethod {
+    use x509_parser::extensions::ParsedExtension;
+    x509.iter_extensions()
+        .find_map(|e| match e.parsed_extension() {
+            ParsedExtension::SubjectKeyIdentifier(k) => {
+                Some(KeyIdMethod::PreSpecified(k.0.to_vec()))
+            }
+            _ => None,
+        })
+        .unwrap_or(KeyIdMethod::Sha256)
 }
 
 /// Writes a CRL signed by `issuer` (PEM if `pem`, DER otherwise) revoking
@@ -418,9 +431,9 @@ pub fn write_crl(
         crl_number: SerialNumber::from(crl_number),
         issuing_distribution_point: None,
         revoked_certs,
-        key_identifier_method: issuer.signer.params().key_identifier_method.clone(),
+        key_identifier_method: issuer.key_id.clone(),
     };
-    let crl = params.signed_by(&issuer.signer, &issuer.key)?;
+    let crl = params.signed_by(&issuer.signer)?;
     if let Some(parent) = out.parent().filter(|p| !p.as_os_str().is_empty()) {
         create_dir(parent)?;
     }
@@ -529,8 +542,8 @@ pub fn generate_dev_pki(opts: &DevPkiOptions) -> Result<DevPkiReport, PkiError> 
     let root_cert = root_params.self_signed(&root_key)?;
     let root = Issuer {
         der: root_cert.der().clone(),
-        signer: root_cert,
-        key: root_key,
+        key_id: root_params.key_identifier_method.clone(),
+        signer: rcgen::Issuer::new(root_params, root_key),
         self_signed: true,
     };
 
@@ -540,11 +553,11 @@ pub fn generate_dev_pki(opts: &DevPkiOptions) -> Result<DevPkiReport, PkiError> 
     int_params.not_before = not_before;
     int_params.not_after = now + Duration::days(INTERMEDIATE_VALIDITY_DAYS);
     int_params.use_authority_key_identifier_extension = true;
-    let int_cert = int_params.signed_by(&int_key, &root.signer, &root.key)?;
+    let int_cert = int_params.signed_by(&int_key, &root.signer)?;
     let intermediate = Issuer {
         der: int_cert.der().clone(),
-        signer: int_cert,
-        key: int_key,
+        key_id: int_params.key_identifier_method.clone(),
+        signer: rcgen::Issuer::new(int_params, int_key),
         self_signed: false,
     };
 
@@ -554,7 +567,7 @@ pub fn generate_dev_pki(opts: &DevPkiOptions) -> Result<DevPkiReport, PkiError> 
     files.push(target(ROOT_CERT_FILE));
     write_file(
         &target(ROOT_KEY_FILE),
-        root.key.serialize_pem().as_bytes(),
+        root.signer.key().serialize_pem().as_bytes(),
         true,
     )?;
     files.push(target(ROOT_KEY_FILE));
@@ -566,7 +579,7 @@ pub fn generate_dev_pki(opts: &DevPkiOptions) -> Result<DevPkiReport, PkiError> 
     files.push(target(INTERMEDIATE_CERT_FILE));
     write_file(
         &target(INTERMEDIATE_KEY_FILE),
-        intermediate.key.serialize_pem().as_bytes(),
+        intermediate.signer.key().serialize_pem().as_bytes(),
         true,
     )?;
     files.push(target(INTERMEDIATE_KEY_FILE));
@@ -663,7 +676,7 @@ fn build_dn(subject: &[(DnAttr, String)]) -> Result<DistinguishedName, PkiError>
                         "country must be two letters, got {value:?}"
                     )));
                 }
-                DnValue::PrintableString(rcgen::PrintableString::try_from(value.as_str())?)
+                DnValue::PrintableString(rcgen::string::PrintableString::try_from(value.as_str())?)
             }
             _ => DnValue::Utf8String(value.clone()),
         };
