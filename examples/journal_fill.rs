@@ -60,7 +60,7 @@ struct Traffic {
 impl Traffic {
     fn new(total: u64) -> Traffic {
         let year: u64 = 365 * 86_400_000;
-        let start = passerelle::message::now_ms() - year;
+        let start = passerelle::util::clock::now_ms() - year;
         Traffic {
             rng: Rng(0x9E37_79B9_7F4A_7C15),
             t: start,

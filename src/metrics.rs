@@ -34,6 +34,9 @@ struct Families {
     plain_counters: HashMap<&'static str, Counter>,
     plain_gauges: HashMap<&'static str, FloatGauge>,
     plain_histograms: HashMap<&'static str, Histogram>,
+    /// The label sets of each family, as first seen (escaped, as keyed) and as given: a
+    /// prometheus-client family cannot be walked, and the console reads the values back.
+    label_sets: HashMap<&'static str, Vec<(Labels, Labels)>>,
 }
 
 struct Metrics {
@@ -95,6 +98,35 @@ fn family<F: Clone + prometheus_client::registry::Metric>(
     f
 }
 
+/// `f` on the series `l` of `fam`, noting the label set when this call creates it (the
+/// family has no public walk; one more lookup per update, ~50 ns).
+fn on_series<M, C>(
+    name: &'static str,
+    fam: &Family<Labels, M, C>,
+    l: &[(&str, &str)],
+    f: impl FnOnce(&M),
+) where
+    C: prometheus_client::metrics::family::MetricConstructor<M>,
+{
+    let key = labels(l);
+    let new = fam.get(&key).is_none();
+    f(&fam.get_or_create(&key));
+    if new {
+        let raw: Labels = l
+            .iter()
+            .map(|(k, v)| (k.to_string(), v.to_string()))
+            .collect();
+        let mut fams = metrics()
+            .families
+            .write()
+            .unwrap_or_else(|p| p.into_inner());
+        let sets = fams.label_sets.entry(name).or_default();
+        if !sets.iter().any(|(k, _)| *k == key) {
+            sets.push((key, raw));
+        }
+    }
+}
+
 /// Adds one to a counter.
 pub fn inc(name: &'static str, help: &'static str, l: &[(&str, &str)]) {
     if l.is_empty() {
@@ -107,14 +139,15 @@ pub fn inc(name: &'static str, help: &'static str, l: &[(&str, &str)]) {
         .inc();
         return;
     }
-    family(
+    let fam = family(
         name,
         help,
         |fs| fs.counters.get(name).cloned(),
         |fs| fs.counters.entry(name).or_default().clone(),
-    )
-    .get_or_create(&labels(l))
-    .inc();
+    );
+    on_series(name, &fam, l, |c| {
+        c.inc();
+    });
 }
 
 /// Adds `n` to a counter (counts kept elsewhere and published in steps, e.g. the journal's).
@@ -129,14 +162,15 @@ pub fn add(name: &'static str, help: &'static str, l: &[(&str, &str)], n: u64) {
         .inc_by(n);
         return;
     }
-    family(
+    let fam = family(
         name,
         help,
         |fs| fs.counters.get(name).cloned(),
         |fs| fs.counters.entry(name).or_default().clone(),
-    )
-    .get_or_create(&labels(l))
-    .inc_by(n);
+    );
+    on_series(name, &fam, l, |c| {
+        c.inc_by(n);
+    });
 }
 
 /// Adds `d` (may be negative) to a gauge.
@@ -167,7 +201,7 @@ fn with_gauge(name: &'static str, help: &'static str, l: &[(&str, &str)], f: imp
         |fs| fs.gauges.get(name).cloned(),
         |fs| fs.gauges.entry(name).or_default().clone(),
     );
-    f(&fam.get_or_create(&labels(l)));
+    on_series(name, &fam, l, f);
 }
 
 pub fn observe(name: &'static str, help: &'static str, l: &[(&str, &str)], d: Duration) {
@@ -198,7 +232,7 @@ pub fn observe(name: &'static str, help: &'static str, l: &[(&str, &str)], d: Du
                 .clone()
         },
     );
-    f.get_or_create(&labels(l)).observe(secs);
+    on_series(name, &f, l, |h| h.observe(secs));
 }
 
 /// The content type of [`render`].
@@ -210,6 +244,57 @@ pub fn render() -> String {
     let registry = metrics().registry.lock().unwrap_or_else(|p| p.into_inner());
     if let Err(e) = encode(&mut out, &registry) {
         tracing::error!(error = %e, "metrics encoding failed");
+    }
+    out
+}
+
+/// One series as the console reads it: the name, the labels as given, the value.
+#[derive(Debug, Clone, PartialEq)]
+pub struct Series {
+    pub name: String,
+    pub labels: Vec<(String, String)>,
+    pub value: f64,
+}
+
+impl Series {
+    pub fn label(&self, k: &str) -> Option<&str> {
+        self.labels
+            .iter()
+            .find(|(n, _)| n == k)
+            .map(|(_, v)| v.as_str())
+    }
+}
+
+/// Every counter and gauge with its current value, read from the registry (the console's
+/// dashboard and charts). Histograms are left out: nothing there reads them.
+pub fn series() -> Vec<Series> {
+    let fams = metrics().families.read().unwrap_or_else(|p| p.into_inner());
+    let one = |name: &str, labels: Labels, value: f64| Series {
+        name: name.to_string(),
+        labels,
+        value,
+    };
+    let mut out = Vec::new();
+    for (name, c) in &fams.plain_counters {
+        out.push(one(name, Vec::new(), c.get() as f64));
+    }
+    for (name, g) in &fams.plain_gauges {
+        out.push(one(name, Vec::new(), g.get()));
+    }
+    let sets = |name: &str| fams.label_sets.get(name).into_iter().flatten();
+    for (name, fam) in &fams.counters {
+        for (key, raw) in sets(name) {
+            if let Some(c) = fam.get(key) {
+                out.push(one(name, raw.clone(), c.get() as f64));
+            }
+        }
+    }
+    for (name, fam) in &fams.gauges {
+        for (key, raw) in sets(name) {
+            if let Some(g) = fam.get(key) {
+                out.push(one(name, raw.clone(), g.get()));
+            }
+        }
     }
     out
 }
@@ -256,5 +341,22 @@ mod tests {
         assert!(t.contains("test_seconds_count{l=\"x\"} 1"), "{t}");
         assert!(t.contains("r=\"say \\\"hi\\\"\\\\\""), "{t}");
         assert!(t.ends_with("# EOF\n"));
+    }
+
+    #[test]
+    fn series_are_read_back_from_the_registry() {
+        inc("read_back_total", "x", &[("r", "say \"hi\"")]);
+        add("read_back_total", "x", &[("r", "say \"hi\"")], 2);
+        inc("read_back_total", "x", &[("r", "other")]);
+        gauge_set("read_back_gauge", "g", &[], 7.5);
+        let all = series();
+        let get = |name: &str, r: Option<&str>| {
+            all.iter()
+                .find(|s| s.name == name && s.label("r") == r)
+                .map(|s| s.value)
+        };
+        assert_eq!(get("read_back_total", Some("say \"hi\"")), Some(3.0));
+        assert_eq!(get("read_back_total", Some("other")), Some(1.0));
+        assert_eq!(get("read_back_gauge", None), Some(7.5));
     }
 }

@@ -234,7 +234,7 @@ async fn serve_one(req: Request, st: Arc<AdminState>) -> Response {
         // the trust-space material: an expired certificate or a CRL past its grace; a stale or
         // refused whitelist and failing downloads are reported without failing (crate::trust).
         ("GET", "/readyz") => {
-            let trust = crate::trust::readiness(crate::trust::now_unix());
+            let trust = crate::trust::readiness(crate::util::clock::now_unix());
             let detail = trust.render();
             // Create + fsync: on a blocking thread, and at most once per 2 s whoever asks
             // (issue 24 B.13: it ran on the runtime at every request).

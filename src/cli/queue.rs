@@ -60,7 +60,7 @@ fn age(secs: u64) -> String {
 }
 
 pub fn print_item(it: &QueueItem, out: &mut impl Write) -> std::io::Result<()> {
-    let now = crate::message::now_ms();
+    let now = crate::util::clock::now_ms();
     let next = if it.held {
         "on hold".to_string()
     } else if it.next_attempt <= now {

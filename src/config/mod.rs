@@ -9,21 +9,25 @@
 //! This is the bottom of the house: it imports only the value types of `reply` and `dn`.
 
 mod console;
+mod directory;
 mod dirsync;
 pub mod establishment;
 mod journal;
 #[cfg(test)]
 mod reference;
 mod source;
+mod trust;
 mod validate;
 pub use validate::trust_warnings;
 pub mod values;
 
 pub use console::{ConsoleConfig, ConsoleTransport};
+pub use directory::{DirectoryConfig, DirectorySource, LdapConfig};
 pub use dirsync::SyncConfig;
 pub use establishment::{EstablishmentConfig, SenderCheck};
 pub use journal::{postgres_target, JournalConfig, JournalKind, PgTarget, SslMode};
 pub use source::{locate, Problem, Severity};
+pub use trust::{TlsConfig, WhitelistConfig};
 pub use values::{parse_duration, ClientNet, DomainPattern, HostPort};
 
 use crate::pki::dn::Dn;
@@ -136,88 +140,6 @@ pub(crate) fn de_socket<'de, D: Deserializer<'de>>(d: D) -> Result<SocketAddr, D
 
 fn de_opt_socket<'de, D: Deserializer<'de>>(d: D) -> Result<Option<SocketAddr>, D::Error> {
     de_socket(d).map(Some)
-}
-
-#[derive(Debug, Clone, PartialEq, Eq, Deserialize)]
-pub struct TlsConfig {
-    /// PEM chain, leaf first: presented as server and as client certificate.
-    pub certificate: PathBuf,
-    pub private_key: PathBuf,
-    /// PEM roots accepted for peers (IGC-Santé in production).
-    #[serde(default)]
-    pub trust_anchors: Option<PathBuf>,
-    /// CRLs, PEM or DER.
-    #[serde(default)]
-    pub crls: Vec<PathBuf>,
-    /// Where the gateway downloads each CRL of `crls` (same order), every `crl_refresh`.
-    #[serde(default, deserialize_with = "de_urls")]
-    pub crl_urls: Vec<String>,
-    #[serde(default = "default_crl_refresh", deserialize_with = "de_duration")]
-    pub crl_refresh: Duration,
-    /// `/readyz` fails when a CRL is past its nextUpdate by more than this.
-    #[serde(default = "default_crl_grace", deserialize_with = "de_duration")]
-    pub crl_grace: Duration,
-    /// A CRL file larger than this (bytes) is refused before it is parsed; the last good copy
-    /// stays in force (IGC-Santé's largest CRLs are a few MiB).
-    #[serde(default = "default_crl_max_size")]
-    pub crl_max_size: u64,
-}
-
-impl TlsConfig {
-    /// The `certs/dev` directory its certificate is in while it is still missing: `serve`
-    /// generates the development PKI there, so the missing files are no problem yet.
-    pub fn pending_dev_pki(&self) -> Option<&Path> {
-        let dir = self.certificate.parent()?;
-        (!self.certificate.exists() && dir.ends_with("certs/dev")).then_some(dir)
-    }
-
-    /// Every file it names inside `from`, named inside `to` instead (check-config's
-    /// throw-away development PKI).
-    pub fn moved(&self, from: &Path, to: &Path) -> TlsConfig {
-        let mv = |p: &PathBuf| match p.strip_prefix(from) {
-            Ok(rest) => to.join(rest),
-            Err(_) => p.clone(),
-        };
-        TlsConfig {
-            certificate: mv(&self.certificate),
-            private_key: mv(&self.private_key),
-            trust_anchors: self.trust_anchors.as_ref().map(mv),
-            crls: self.crls.iter().map(mv).collect(),
-            ..self.clone()
-        }
-    }
-}
-
-fn default_crl_refresh() -> Duration {
-    Duration::from_secs(3600)
-}
-fn default_crl_max_size() -> u64 {
-    crate::util::fs::DEFAULT_MAX_CRL_BYTES
-}
-
-fn default_crl_grace() -> Duration {
-    Duration::from_secs(86400)
-}
-
-/// An `http://` or `https://` URL (downloads).
-fn check_url(u: &str) -> Result<String, String> {
-    if u.starts_with("http://") || u.starts_with("https://") {
-        Ok(u.to_string())
-    } else {
-        Err(format!("{u:?} is not an http:// or https:// URL"))
-    }
-}
-
-fn de_urls<'de, D: Deserializer<'de>>(d: D) -> Result<Vec<String>, D::Error> {
-    Vec::<String>::deserialize(d)?
-        .iter()
-        .map(|u| check_url(u).map_err(serde::de::Error::custom))
-        .collect()
-}
-
-fn de_opt_url<'de, D: Deserializer<'de>>(d: D) -> Result<Option<String>, D::Error> {
-    let u = String::deserialize(d)?;
-    check_url(&u).map(Some).map_err(serde::de::Error::custom)
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize)]
@@ -595,231 +517,6 @@ impl std::str::FromStr for NameServer {
     }
 }
 
-#[derive(Debug, Clone, PartialEq, Eq, Deserialize)]
-pub struct WhitelistConfig {
-    pub file: PathBuf,
-    /// How often the file is checked for a change.
-    #[serde(default = "default_whitelist_reload", deserialize_with = "de_duration")]
-    pub reload: Duration,
-    /// Refuse a file whose ANS signature is missing or wrong; default: true when
-    /// `signer_anchors` is set (see `policy::xmldsig`).
-    #[serde(default)]
-    pub require_signature: Option<bool>,
-    /// PEM certificates the signer must chain to (IGC-Santé).
-    #[serde(default)]
-    pub signer_anchors: Option<PathBuf>,
-    /// Subject DNs allowed to sign (RFC 4514); empty: any certificate chaining to the anchors.
-    #[serde(default, deserialize_with = "de_list")]
-    pub signer_dns: Vec<Dn>,
-    /// Refuse a file generated longer ago; default 7 days with a signature, none without;
-    /// `"0"` disables (test vectors).
-    #[serde(default, deserialize_with = "values::de_opt_duration")]
-    pub max_age: Option<Duration>,
-    /// Where the gateway downloads the list (verified before it replaces `file`).
-    #[serde(default, deserialize_with = "de_opt_url")]
-    pub url: Option<String>,
-    /// How often it is downloaded (conditional GET).
-    #[serde(
-        default = "default_whitelist_refresh",
-        deserialize_with = "de_duration"
-    )]
-    pub refresh: Duration,
-    /// A file (or a download) larger than this many bytes is refused before it is parsed; the
-    /// list in force stays. The real signed list is 3.6 MB.
-    #[serde(default = "default_whitelist_max_size")]
-    pub max_size: u64,
-}
-
-fn default_whitelist_max_size() -> u64 {
-    crate::util::fs::DEFAULT_MAX_WHITELIST_BYTES
-}
-
-impl WhitelistConfig {
-    pub fn signature_required(&self) -> bool {
-        self.require_signature
-            .unwrap_or(self.signer_anchors.is_some())
-    }
-
-    /// The age limit in force (`max_age = "0"` gives none).
-    pub fn effective_max_age(&self) -> Option<Duration> {
-        match self.max_age {
-            Some(d) if d.is_zero() => None,
-            Some(d) => Some(d),
-            None if self.signature_required() => Some(Duration::from_secs(7 * 86400)),
-            None => None,
-        }
-    }
-}
-
-fn default_whitelist_refresh() -> Duration {
-    Duration::from_secs(6 * 3600)
-}
-
-fn default_whitelist_reload() -> Duration {
-    Duration::from_secs(3600)
-}
-
-/// `[directory]`: where RCPT checks that a recipient exists.
-#[derive(Debug, Clone, Default, Deserialize)]
-#[serde(try_from = "RawDirectory")]
-pub struct DirectoryConfig {
-    pub source: DirectorySource,
-    /// `[directory.sync]`: the gateway keeps an LDAP in step with the extract.
-    pub sync: Option<SyncConfig>,
-}
-
-#[derive(Debug, Clone, Default, PartialEq, Eq)]
-pub enum DirectorySource {
-    /// `kind = "none"`: nothing is known; routes cannot ask for the directory.
-    #[default]
-    None,
-    /// `kind = "extract"`: the ANS extract, held in memory, re-read when the file changes;
-    /// one over `max_size` bytes (its text) is refused before it is read.
-    Extract { file: PathBuf, max_size: u64 },
-    /// `kind = "ldap"`: the establishment's LDAP where the national directory is integrated.
-    Ldap(LdapConfig),
-}
-
-impl DirectorySource {
-    pub fn kind(&self) -> &'static str {
-        match self {
-            DirectorySource::None => "none",
-            DirectorySource::Extract { .. } => "extract",
-            DirectorySource::Ldap(_) => "ldap",
-        }
-    }
-}
-
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub struct LdapConfig {
-    /// `ldap://host:port`, `ldaps://host:port` or `ldapi://`.
-    pub url: String,
-    pub base: String,
-    /// With `{address}` replaced by the RFC 4515-escaped recipient.
-    pub filter: String,
-    pub bind_dn: Option<String>,
-    pub bind_password: Option<String>,
-    pub cache_ttl: Duration,
-    pub negative_ttl: Duration,
-    /// Cached answers at most.
-    pub cache_size: usize,
-    /// Connect and per-request timeout.
-    pub timeout: Duration,
-    /// Connections to the LDAP server.
-    pub pool_size: usize,
-    /// StartTLS on an `ldap://` URL, verified against `[tls].trust_anchors`.
-    pub starttls: bool,
-    /// Attribute holding the BAL type (written by `directory import`).
-    pub bal_type_attribute: String,
-}
-
-impl LdapConfig {
-    /// Whether the connection is encrypted (ldaps, or StartTLS), hence needs trust anchors.
-    pub fn uses_tls(&self) -> bool {
-        self.starttls || self.url.starts_with("ldaps://")
-    }
-}
-
-#[derive(Deserialize)]
-#[serde(rename_all = "lowercase")]
-enum DirectoryKind {
-    None,
-    Extract,
-    Ldap,
-}
-
-#[derive(Deserialize)]
-#[serde(default)]
-struct RawDirectory {
-    kind: DirectoryKind,
-    file: Option<PathBuf>,
-    url: Option<String>,
-    base: Option<String>,
-    filter: String,
-    bind_dn: Option<String>,
-    bind_password: Option<String>,
-    #[serde(deserialize_with = "de_duration")]
-    cache_ttl: Duration,
-    #[serde(deserialize_with = "de_duration")]
-    negative_ttl: Duration,
-    cache_size: usize,
-    #[serde(deserialize_with = "de_duration")]
-    timeout: Duration,
-    pool_size: usize,
-    starttls: bool,
-    bal_type_attribute: String,
-    max_size: u64,
-    sync: Option<SyncConfig>,
-}
-
-impl Default for RawDirectory {
-    fn default() -> Self {
-        RawDirectory {
-            kind: DirectoryKind::None,
-            file: None,
-            url: None,
-            base: None,
-            filter: "(mail={address})".into(),
-            bind_dn: None,
-            bind_password: None,
-            cache_ttl: Duration::from_secs(600),
-            negative_ttl: Duration::from_secs(60),
-            cache_size: 100_000,
-            timeout: Duration::from_secs(5),
-            pool_size: 4,
-            starttls: false,
-            bal_type_attribute: "employeeType".into(),
-            max_size: crate::util::fs::DEFAULT_MAX_EXTRACT_BYTES,
-            sync: None,
-        }
-    }
-}
-
-impl TryFrom<RawDirectory> for DirectoryConfig {
-    type Error = String;
-    fn try_from(d: RawDirectory) -> Result<DirectoryConfig, String> {
-        let source = match d.kind {
-            DirectoryKind::None => DirectorySource::None,
-            DirectoryKind::Extract => DirectorySource::Extract {
-                file: d.file.ok_or("file: required for kind = \"extract\"")?,
-                max_size: d.max_size,
-            },
-            DirectoryKind::Ldap => {
-                let url = d.url.ok_or("url: required for kind = \"ldap\"")?;
-                if !["ldap://", "ldaps://", "ldapi://"]
-                    .iter()
-                    .any(|s| url.starts_with(s))
-                {
-                    return Err(format!(
-                        "url: {url:?} is not an ldap://, ldaps:// or ldapi:// URL"
-                    ));
-                }
-                if !d.filter.contains("{address}") {
-                    return Err("filter: must contain {address}".into());
-                }
-                DirectorySource::Ldap(LdapConfig {
-                    url,
-                    base: d.base.ok_or("base: required for kind = \"ldap\"")?,
-                    filter: d.filter,
-                    bind_dn: d.bind_dn.filter(|s| !s.is_empty()),
-                    bind_password: d.bind_password,
-                    cache_ttl: d.cache_ttl,
-                    negative_ttl: d.negative_ttl,
-                    cache_size: d.cache_size,
-                    timeout: d.timeout,
-                    pool_size: d.pool_size.max(1),
-                    starttls: d.starttls,
-                    bal_type_attribute: d.bal_type_attribute,
-                })
-            }
-        };
-        Ok(DirectoryConfig {
-            source,
-            sync: d.sync,
-        })
-    }
-}
-
 /// A config file as read: the typed config and what looked wrong without stopping it.
 pub struct Parsed {
     pub config: Config,
@@ -849,12 +546,20 @@ impl Config {
         path: &Path,
         candidate: establishment::Candidate<'_>,
     ) -> Result<Parsed, ConfigError> {
-        let (parsed, text) = Self::read_with(path, candidate)?;
-        let shown = path.display().to_string();
+        let (parsed, _) = Self::read_with(path, candidate)?;
+        Self::validated(parsed)
+    }
+
+    /// The cross-reference checks of [`Config::check`] on a config already read (by
+    /// [`Config::read_unvalidated`]): `serve` acts between the two (it makes the development
+    /// PKI the config points to), and the file is read and parsed once per start or reload.
+    pub fn validated(parsed: Parsed) -> Result<Parsed, ConfigError> {
+        let shown = parsed.config.source.display().to_string();
+        let text = &parsed.config.source_text;
         let mut errors = Vec::new();
         let mut warnings = parsed.warnings;
         for p in validate::validate(&parsed.config) {
-            let p = p.located(&shown, &text);
+            let p = p.located(&shown, text);
             match p.severity {
                 Severity::Error => errors.push(p),
                 Severity::Warning => warnings.push(p),
@@ -868,6 +573,12 @@ impl Config {
         } else {
             Err(ConfigError::Invalid(errors))
         }
+    }
+
+    /// Reads and parses, with the establishments' files and the parser's warnings, without
+    /// the cross-reference checks: give it to [`Config::validated`].
+    pub fn read_unvalidated(path: &Path) -> Result<Parsed, ConfigError> {
+        Self::read(path).map(|(p, _)| p)
     }
 
     /// Reads and parses without cross-reference checks (the offline CLI verbs need only a
@@ -954,152 +665,4 @@ impl Config {
 }
 
 #[cfg(test)]
-mod tests {
-    use super::*;
-
-    pub(crate) const MIN: &str = r#"
-[server]
-hostname = "gw.test"
-spool = "/tmp/x"
-[[listener]]
-name = "etab"
-address = "127.0.0.1:2525"
-clients = ["127.0.0.0/8"]
-starttls = "off"
-routes = ["a", "others"]
-[[route]]
-name = "a"
-domains = ["*.mssante.fr"]
-transport = "t"
-[[route]]
-name = "others"
-domains = ["*"]
-reject = "550 5.7.1 no"
-[transport.t]
-kind = "relay"
-next_hop = "127.0.0.1:10026"
-tls = "none"
-[queue]
-retry = ["1s", "5m"]
-lifetime = "5d"
-delay_warning = "0"
-"#;
-
-    fn parse(text: &str) -> Result<Config, Vec<String>> {
-        match Config::from_toml_str(text, "t.toml") {
-            Ok(p) => Ok(p.config),
-            Err(ConfigError::Invalid(ps)) => Err(ps.iter().map(|p| p.to_string()).collect()),
-            Err(e) => Err(vec![e.to_string()]),
-        }
-    }
-
-    fn errors(c: &Config) -> Vec<String> {
-        c.validate()
-            .iter()
-            .filter(|p| p.severity == Severity::Error)
-            .map(|p| p.to_string())
-            .collect()
-    }
-
-    #[test]
-    fn parses_minimal() {
-        let c = parse(MIN).unwrap();
-        assert!(errors(&c).is_empty(), "{:?}", errors(&c));
-        assert_eq!(c.queue.retry_after(1), Duration::from_secs(1));
-        assert_eq!(c.queue.retry_after(9), Duration::from_secs(300));
-        assert_eq!(c.queue.delay_warning, Duration::ZERO);
-        assert_eq!(c.smtp.recipient_limit, 1000);
-        assert_eq!(
-            c.transport["t"].hop,
-            NextHop::Relay("127.0.0.1:10026".parse().unwrap())
-        );
-        assert_eq!(
-            c.route[1].target,
-            RouteTarget::Reject(Reply::new(550, "5.7.1", "no"))
-        );
-        assert!(c.listener[0].admits("127.0.0.2".parse().unwrap()));
-        assert!(!c.listener[0].admits("10.0.0.1".parse().unwrap()));
-    }
-
-    #[test]
-    fn reports_dangling_references() {
-        let bad = MIN.replace("transport = \"t\"", "transport = \"nope\"");
-        let c = parse(&bad).unwrap();
-        let p = errors(&c);
-        assert!(p.iter().any(|l| l.contains("no [transport.nope]")), "{p:?}");
-    }
-
-    #[test]
-    fn bad_values_name_their_key_and_line() {
-        let bad = MIN.replace("lifetime = \"5d\"", "lifetime = \"five days\"");
-        let e = parse(&bad).unwrap_err();
-        assert_eq!(e.len(), 1, "{e:?}");
-        assert!(
-            e[0].starts_with("t.toml:25: queue.lifetime: \"five days\" is not a duration"),
-            "{e:?}"
-        );
-        let bad = MIN.replace("tls = \"none\"", "tls = \"mutal\"");
-        let e = parse(&bad).unwrap_err();
-        assert_eq!(
-            e,
-            vec![
-                "t.toml:22: transport.t.tls: \"mutal\" is not one of none, opportunistic, required, mutual"
-            ]
-        );
-        let bad = MIN.replace("reject = \"550 5.7.1 no\"", "reject = \"250 2.0.0 ok\"");
-        let e = parse(&bad).unwrap_err();
-        assert!(e[0].starts_with("t.toml:18: route[1].reject: "), "{e:?}");
-        assert!(e[0].contains("4xx or 5xx"), "{e:?}");
-        let bad = MIN.replace("127.0.0.0/8", "127.0.0.0/99");
-        let e = parse(&bad).unwrap_err();
-        assert!(e[0].starts_with("t.toml:8: listener[0].clients: "), "{e:?}");
-        let bad = MIN.replace("next_hop = \"127.0.0.1:10026\"\n", "");
-        let e = parse(&bad).unwrap_err();
-        assert_eq!(
-            e,
-            vec!["t.toml:19: transport.t: next_hop: required for kind = \"relay\""]
-        );
-        let bad = MIN.replace("hostname = \"gw.test\"\n", "");
-        let e = parse(&bad).unwrap_err();
-        assert_eq!(e, vec!["t.toml:2: server.hostname: required"]);
-    }
-
-    #[test]
-    fn unknown_keys_are_warnings_with_lines() {
-        let text = MIN.replace("spool = \"/tmp/x\"", "spool = \"/tmp/x\"\nhostnme = \"y\"")
-            + "[ smtp ]\ntimeout = \"1m\"\ntimout = \"2m\"\n";
-        let p = Config::from_toml_str(&text, "t.toml");
-        let w: Vec<String> = match p {
-            Ok(p) => p.warnings.iter().map(|w| w.to_string()).collect(),
-            Err(e) => panic!("{e}"),
-        };
-        assert!(
-            w.contains(&"t.toml:5: server.hostnme: unknown key (typo?), ignored".to_string()),
-            "{w:?}"
-        );
-        assert!(
-            w.contains(&"t.toml:30: smtp.timout: unknown key (typo?), ignored".to_string()),
-            "{w:?}"
-        );
-    }
-
-    #[test]
-    fn directory_kinds_are_checked_when_read() {
-        let text =
-            format!("{MIN}[directory]\nkind = \"ldap\"\nurl = \"http://x\"\nbase = \"dc=x\"\n");
-        let e = parse(&text).unwrap_err();
-        assert!(
-            e[0].contains("directory: url: \"http://x\" is not an ldap://"),
-            "{e:?}"
-        );
-        let text = format!("{MIN}[directory]\nkind = \"extract\"\nfile = \"x.txt\"\n");
-        let c = parse(&text).unwrap();
-        assert_eq!(
-            c.directory.source,
-            DirectorySource::Extract {
-                file: "x.txt".into(),
-                max_size: crate::util::fs::DEFAULT_MAX_EXTRACT_BYTES,
-            }
-        );
-    }
-}
+mod tests;

@@ -89,7 +89,7 @@ impl JournalHook {
 
 /// Unix ms from the page's "since"/"until" field (the CLI's forms: a date, a date-time, `2h`).
 fn time_field(v: &Option<String>) -> Result<Option<i64>, HookError> {
-    let now = crate::message::now_ms() as i64;
+    let now = crate::util::clock::now_ms() as i64;
     v.as_deref()
         .map(|t| parse_time(t, now))
         .transpose()

@@ -1,11 +1,7 @@
 //! Throughput history for the dashboard's charts, until the journal gives the real one:
-//! every 10 s the console reads the gateway's counters (the same text `/metrics` serves) and
-//! keeps 24 hours of samples in memory (8,640 small records). History starts when the
-//! console starts; the charts say so.
-//!
-//! The counters are read from the rendered OpenMetrics text rather than through an API of
-//! `metrics.rs`: the text is the registry's stable interface, and its line format (name,
-//! optional labels, value) takes a few lines to read.
+//! every 10 s the console reads the gateway's counters from the metrics registry
+//! (`metrics::series`, the values `/metrics` serves) and keeps 24 hours of samples in memory
+//! (8,640 small records). History starts when the console starts; the charts say so.
 
 use std::collections::VecDeque;
 use std::sync::Mutex;
@@ -14,89 +10,7 @@ use std::time::Duration;
 pub const INTERVAL: Duration = Duration::from_secs(10);
 const KEEP: usize = 24 * 3600 / 10 + 1;
 
-/// One series of the metrics text: `name{k="v",...} value`.
-#[derive(Debug, Clone, PartialEq)]
-pub struct Series {
-    pub name: String,
-    pub labels: Vec<(String, String)>,
-    pub value: f64,
-}
-
-impl Series {
-    pub fn label(&self, k: &str) -> Option<&str> {
-        self.labels
-            .iter()
-            .find(|(n, _)| n == k)
-            .map(|(_, v)| v.as_str())
-    }
-}
-
-/// Reads the samples of an OpenMetrics/Prometheus text; comments and lines that do not parse
-/// are skipped.
-pub fn parse(text: &str) -> Vec<Series> {
-    text.lines()
-        .filter(|l| !l.starts_with('#') && !l.trim().is_empty())
-        .filter_map(parse_line)
-        .collect()
-}
-
-fn parse_line(line: &str) -> Option<Series> {
-    let (head, rest) = match line.find('{') {
-        Some(i) => {
-            let (name, tail) = line.split_at(i);
-            let (labels, after) = parse_labels(&tail[1..])?;
-            (
-                Series {
-                    name: name.to_string(),
-                    labels,
-                    value: 0.0,
-                },
-                after,
-            )
-        }
-        None => {
-            let (name, after) = line.split_once(' ')?;
-            (
-                Series {
-                    name: name.to_string(),
-                    labels: Vec::new(),
-                    value: 0.0,
-                },
-                after,
-            )
-        }
-    };
-    let value = rest.split_whitespace().next()?.parse::<f64>().ok()?;
-    Some(Series { value, ..head })
-}
-
-/// `k="v",k2="v2"} rest` -> the labels and `rest`.
-fn parse_labels(s: &str) -> Option<(Vec<(String, String)>, &str)> {
-    let mut labels = Vec::new();
-    let mut rest = s;
-    loop {
-        rest = rest.trim_start_matches(',');
-        if let Some(after) = rest.strip_prefix('}') {
-            return Some((labels, after));
-        }
-        let (key, after) = rest.split_once("=\"")?;
-        let mut value = String::new();
-        let mut chars = after.char_indices();
-        let end = loop {
-            let (i, c) = chars.next()?;
-            match c {
-                '\\' => match chars.next()?.1 {
-                    'n' => value.push('\n'),
-                    other => value.push(other),
-                },
-                '"' => break i,
-                c => value.push(c),
-            }
-        };
-        labels.push((key.trim().to_string(), value));
-        rest = &after[end + 1..];
-    }
-}
+pub use crate::metrics::Series;
 
 /// Sum of every series named `name` whose labels include `want`.
 pub fn sum(series: &[Series], name: &str, want: &[(&str, &str)]) -> f64 {
@@ -175,9 +89,9 @@ impl Samples {
         let mut tick = tokio::time::interval(INTERVAL);
         loop {
             tick.tick().await;
-            let series = parse(&crate::metrics::render());
+            let series = crate::metrics::series();
             self.push(Sample::from_series(
-                crate::message::now_ms() / 1000,
+                crate::util::clock::now_ms() / 1000,
                 &series,
             ));
         }
@@ -220,21 +134,22 @@ mod tests {
     use super::*;
 
     #[test]
-    fn parses_openmetrics_text() {
-        let text = "# HELP x a\n# TYPE passerelle_deliveries counter\n\
-passerelle_deliveries_total{transport=\"t\",result=\"sent\"} 3\n\
-passerelle_deliveries_total{transport=\"a \\\"b\\\"\",result=\"deferred\"} 2\n\
-passerelle_queue_messages 7.0\n\
-passerelle_deliveries_total{transport=\"u\",result=\"sent\"} 4\n# EOF\n";
-        let s = parse(text);
-        assert_eq!(s.len(), 4);
-        assert_eq!(s[1].label("transport"), Some("a \"b\""));
+    fn sums_the_series_whose_labels_match() {
+        let one = |t: &str, r: &str, v: f64| Series {
+            name: "passerelle_deliveries_total".into(),
+            labels: vec![("transport".into(), t.into()), ("result".into(), r.into())],
+            value: v,
+        };
+        let s = vec![
+            one("t", "sent", 3.0),
+            one("a", "deferred", 2.0),
+            one("u", "sent", 4.0),
+        ];
         assert_eq!(
             sum(&s, "passerelle_deliveries_total", &[("result", "sent")]),
             7.0
         );
-        assert_eq!(sum(&s, "passerelle_queue_messages", &[]), 7.0);
-        assert!(parse("garbage{\nx{a=\"1\"} notanumber\n").is_empty());
+        assert_eq!(sum(&s, "passerelle_queue_messages", &[]), 0.0);
     }
 
     #[test]

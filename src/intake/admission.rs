@@ -423,7 +423,7 @@ impl Admission {
             .unwrap_or_else(|p| p.into_inner())
             .clone();
         let net = Net::of(ip, s.network_prefix_v4, s.network_prefix_v6);
-        let now_s = crate::message::now_ms() / 1000;
+        let now_s = crate::util::clock::now_ms() / 1000;
         let (seq, shed, total) = {
             let mut t = self.lock();
             let shed = match t.decide(&s, ip, net, attributed, now_s) {

@@ -80,7 +80,7 @@ pub struct StatsArgs {
 
 /// The `--since`/`--until` bounds; a bad one is printed (the caller exits 2).
 fn times(since: &Option<String>, until: &Option<String>) -> Option<(Option<i64>, Option<i64>)> {
-    let now = crate::message::now_ms() as i64;
+    let now = crate::util::clock::now_ms() as i64;
     let p = |s: &Option<String>| s.as_deref().map(|t| parse_time(t, now)).transpose();
     match (p(since), p(until)) {
         (Ok(a), Ok(b)) => Some((a, b)),

@@ -272,7 +272,7 @@ pub enum EventBody {
 impl Event {
     pub fn now(body: EventBody) -> Event {
         Event {
-            time: crate::message::now_ms(),
+            time: crate::util::clock::now_ms(),
             body,
         }
     }

@@ -22,6 +22,7 @@ pub mod postgres;
 pub mod read;
 pub mod schema;
 pub mod sqlite;
+pub mod stats;
 #[cfg(test)]
 mod tests;
 pub mod writer;
@@ -226,7 +227,7 @@ impl Journal {
             self.give_back();
         }
         let n = c.dropped.fetch_add(1, Ordering::Relaxed) + 1;
-        let now = crate::message::now_ms() / 1000;
+        let now = crate::util::clock::now_ms() / 1000;
         let last = c.last_drop_log.load(Ordering::Relaxed);
         if now >= last + 10
             && c.last_drop_log
@@ -412,7 +413,7 @@ pub fn refused_connect(listener: &str, peer: std::net::SocketAddr, reply: &str) 
     }
     let r =
         Reply::parse(reply.trim_end()).unwrap_or_else(|_| Reply::new(554, "", reply.trim_end()));
-    if !connect_due(peer.ip(), r.code, crate::message::now_ms()) {
+    if !connect_due(peer.ip(), r.code, crate::util::clock::now_ms()) {
         return;
     }
     let client = Client {

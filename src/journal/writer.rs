@@ -241,7 +241,7 @@ fn run(mut backend: Box<dyn Backend>, rx: Receiver<Event>, s: Settings, c: Arc<C
                         );
                         let oldest = batch.iter().map(|e| e.time).min().unwrap_or(0);
                         lag = Some(Duration::from_millis(
-                            crate::message::now_ms().saturating_sub(oldest),
+                            crate::util::clock::now_ms().saturating_sub(oldest),
                         ));
                         c.written.fetch_add(batch.len() as u64, Ordering::Relaxed);
                         c.batches.fetch_add(1, Ordering::Relaxed);
@@ -297,7 +297,7 @@ fn run(mut backend: Box<dyn Backend>, rx: Receiver<Event>, s: Settings, c: Arc<C
         }
         if !closed && !s.retention.is_zero() && Instant::now() >= next_prune {
             next_prune = Instant::now() + s.prune_interval;
-            let before = crate::message::now_ms() as i64 - s.retention.as_millis() as i64;
+            let before = crate::util::clock::now_ms() as i64 - s.retention.as_millis() as i64;
             match backend.prune(before, PRUNE_STEP) {
                 Ok(0) => {}
                 Ok(n) => {

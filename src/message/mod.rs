@@ -155,13 +155,6 @@ impl State {
     }
 }
 
-pub fn now_ms() -> u64 {
-    SystemTime::now()
-        .duration_since(UNIX_EPOCH)
-        .map(|d| d.as_millis() as u64)
-        .unwrap_or(0)
-}
-
 /// Queue ids: 16 upper-case hex digits, time-ordered (microseconds) plus a counter, unique
 /// across restarts on one host, and safe in file names and log lines.
 pub fn new_queue_id() -> String {

@@ -14,7 +14,8 @@ pub use scheduler::{
 };
 pub use spool::{BodyLoc, Recovered, Spool, SpoolError};
 
-use crate::message::{now_ms, Envelope, State};
+use crate::message::{Envelope, State};
+use crate::util::clock::now_ms;
 use std::sync::Arc;
 
 /// The spool and its scheduler, as the rest of the gateway sees them.

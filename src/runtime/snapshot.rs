@@ -40,13 +40,16 @@ pub fn ensure_dev_pki(cfg: &Config) -> anyhow::Result<()> {
     Ok(())
 }
 
-/// Reads the config as `serve` does: the development PKI made first when the config points
-/// into a missing `certs/dev`, then parsed and validated (warnings logged).
+/// Reads the config as `serve` does, once: parsed, then the development PKI made when the
+/// config points into a missing `certs/dev`, then validated (warnings logged).
 pub fn load_config(path: &Path) -> anyhow::Result<Config> {
-    if let Ok(c) = Config::load_unvalidated(path) {
-        ensure_dev_pki(&c)?;
+    let parsed = Config::read_unvalidated(path)?;
+    ensure_dev_pki(&parsed.config)?;
+    let parsed = Config::validated(parsed)?;
+    for w in &parsed.warnings {
+        tracing::warn!("{w}");
     }
-    Ok(Config::load(path)?)
+    Ok(parsed.config)
 }
 
 impl Snapshot {

@@ -241,9 +241,15 @@ pub fn verify_whitelist(
     rules: &Acceptance,
     previous: Option<&Whitelist>,
 ) -> Result<(), String> {
-    crate::trust::check_whitelist_bytes(data, source, rules, previous, crate::trust::now_unix())
-        .map(|_| ())
-        .map_err(|e| e.to_string())
+    crate::trust::check_whitelist_bytes(
+        data,
+        source,
+        rules,
+        previous,
+        crate::util::clock::now_unix(),
+    )
+    .map(|_| ())
+    .map_err(|e| e.to_string())
 }
 
 /// A downloaded CRL (PEM or DER) must parse, be signed by one of `issuers` (the certificates

@@ -22,6 +22,7 @@ pub mod xmldsig;
 use crate::config::{TlsConfig, WhitelistConfig};
 use crate::trust::whitelist::{Acceptance, Whitelist, WhitelistError};
 use crate::trust::xmldsig::{DsigError, SignerTrust};
+use crate::util::clock::now_unix;
 use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};
 use std::sync::{Arc, Mutex, OnceLock};
@@ -488,14 +489,6 @@ fn with<R>(f: impl FnOnce(&mut State) -> R) -> R {
     let m = S.get_or_init(|| Mutex::new(State::default()));
     let mut g = m.lock().unwrap_or_else(|p| p.into_inner());
     f(&mut g)
-}
-
-/// Seconds since the Unix epoch.
-pub fn now_unix() -> i64 {
-    std::time::SystemTime::now()
-        .duration_since(std::time::UNIX_EPOCH)
-        .map(|d| d.as_secs() as i64)
-        .unwrap_or(0)
 }
 
 #[cfg(test)]

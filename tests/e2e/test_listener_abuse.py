@@ -17,14 +17,13 @@ its memory comes back to within 40 MiB of its idle level once the attack is over
 
 import os
 import re
-import selectors
 import smtplib
-import socket
 import ssl
 import threading
 import time
 from concurrent.futures import ThreadPoolExecutor
 
+from attackers import SlowConnections, addresses, percentile
 from harness import E2ETestCase, Gateway, free_port, gateway_config, http_get, listener, wait_until
 from test_establishments import MTA_D_DN, OP_DN, OP_DOMAIN, message, pki, whitelist_xml
 
@@ -36,88 +35,6 @@ RATE = 50  # legitimate messages per second
 SECONDS = 15
 EST_IP = "127.0.0.11"
 A_DOM, B_DOM = "chu-a.mssante.fr", "chu-b.mssante.fr"
-
-
-class SlowClients:
-    """ADDRESSES x PER_ADDRESS connections that never finish a command (one byte every few
-    seconds, never a line end), reconnected when the gateway closes them, from one thread."""
-
-    def __init__(self, port):
-        self.port = port
-        self.sel = selectors.DefaultSelector()
-        self.stop = threading.Event()
-        self.opened = 0
-        self.closed_by_gateway = 0
-        self.live = 0
-        self.t = threading.Thread(target=self.run, daemon=True)
-
-    def source(self, i):
-        # 127.100.i.1 ... : one /24 each.
-        return "127.%d.%d.1" % (100 + i // 200, i % 200)
-
-    def open(self, i):
-        s = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
-        s.setblocking(False)
-        try:
-            s.bind((self.source(i), 0))
-            s.connect_ex(("127.0.0.1", self.port))
-        except OSError:
-            s.close()
-            return False
-        self.sel.register(s, selectors.EVENT_READ, i)
-        self.opened += 1
-        self.live += 1
-        return True
-
-    def run(self):
-        want = {i: PER_ADDRESS for i in range(ADDRESSES)}
-        last_drip = time.monotonic()
-        while not self.stop.is_set():
-            # Reconnect what was closed, bounded per round so that the loop stays responsive.
-            budget = 2000
-            for i in list(want):
-                while want[i] > 0 and budget > 0:
-                    if not self.open(i):
-                        break
-                    want[i] -= 1
-                    budget -= 1
-            for key, _ in self.sel.select(timeout=0.05):
-                s = key.fileobj
-                try:
-                    data = s.recv(4096)
-                except (BlockingIOError, InterruptedError):
-                    continue
-                except OSError:
-                    data = b""
-                if not data or data.startswith(b"421") or b"\n421" in data:
-                    self.sel.unregister(s)
-                    s.close()
-                    self.live -= 1
-                    self.closed_by_gateway += 1
-                    want[key.data] += 1
-            now = time.monotonic()
-            if now - last_drip > 3:
-                last_drip = now
-                for key in list(self.sel.get_map().values()):
-                    try:
-                        key.fileobj.send(b"E")
-                    except OSError:
-                        pass
-        for key in list(self.sel.get_map().values()):
-            key.fileobj.close()
-
-    def __enter__(self):
-        self.t.start()
-        return self
-
-    def __exit__(self, *exc):
-        self.stop.set()
-        self.t.join(timeout=30)
-
-
-def percentile(values, p):
-    v = sorted(values)
-    return v[min(len(v) - 1, int(len(v) * p))] if v else float("inf")
 
 
 class ListenerAbuseTests(E2ETestCase):
@@ -189,7 +106,7 @@ class ListenerAbuseTests(E2ETestCase):
         def sessions():
             m = re.findall(r'(?m)^passerelle_sessions_active\{[^}]*\} (\S+)', self.metrics())
             return sum(float(x) for x in m)
-        with SlowClients(port) as atk:
+        with SlowConnections(port, addresses(ADDRESSES, 100, per_24=True), PER_ADDRESS) as atk:
             try:
                 # Every connection opened once, and the gateway full of them: the share of
                 # max_connections (10,000) left to unattributed clients, 50%. Shed ones are
@@ -199,7 +116,7 @@ class ListenerAbuseTests(E2ETestCase):
                            timeout=60, what="the slow connections opened and the listener full")
             except TimeoutError as e:
                 raise AssertionError("%s (live %d, opened %d, closed by the gateway %d)"
-                                     % (e, atk.live, atk.opened, atk.closed_by_gateway))
+                                     % (e, atk.live, atk.opened, atk.closed_by_server))
             rss_attack = self.rss_mib()
             accepted, total, p99 = self.legit_traffic(send_one)
             opened = atk.opened

@@ -6,7 +6,8 @@ use super::super::charts::{bars, fmt_count, line_chart, Line};
 use super::super::queue_view::fmt_age;
 use super::super::samples::{self, Bucket};
 use super::super::{allow, page as frame, App, PageError, Viewer};
-use super::{fmt_hm, fmt_time, now_s};
+use super::{fmt_hm, fmt_time};
+use crate::util::clock::now_s;
 use axum::extract::State;
 use axum::response::{IntoResponse, Redirect, Response};
 use axum::Extension;
@@ -17,7 +18,7 @@ use std::sync::Arc;
 async fn body(app: &App, v: &Viewer) -> Result<Markup, PageError> {
     allow(v, Action::View, Resource::Gateway)?;
     let stats = app.backend.queue.stats().await;
-    let series = samples::parse(&crate::metrics::render());
+    let series = crate::metrics::series();
     let now = now_s();
     let hour = app.samples.buckets(now, 60, 60);
     let day = app.samples.buckets(now, 1800, 48);

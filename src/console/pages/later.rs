@@ -34,7 +34,7 @@ fn field(id: &str, label: &str, value: &Option<String>, placeholder: &str) -> Ma
 /// The period's fields, checked before any lookup: a bad or absurd one is a 400 naming it
 /// (the journal also bounds what it is given; this gives the reason to the user).
 fn check_period(since: &Option<String>, until: &Option<String>) -> Result<(), PageError> {
-    let now = crate::message::now_ms() as i64;
+    let now = crate::util::clock::now_ms() as i64;
     for (name, v) in [("since", since), ("until", until)] {
         if let Some(t) = v.as_deref() {
             crate::journal::read::parse_time(t, now)

@@ -10,11 +10,6 @@ pub mod lookups;
 pub mod message;
 pub mod queue;
 
-/// Seconds since the epoch, now.
-pub fn now_s() -> u64 {
-    crate::message::now_ms() / 1000
-}
-
 /// A Unix time as `YYYY-MM-DD HH:MM:SS UTC`.
 pub fn fmt_time(unix: i64) -> String {
     let f = time::macros::format_description!("[year]-[month]-[day] [hour]:[minute]:[second] UTC");

@@ -61,7 +61,7 @@ pub async fn run_scheduled_once(sc: &SyncConfig, tls: Option<&TlsConfig>) -> boo
                 "passerelle_directory_sync_last_success_timestamp_seconds",
                 "when the last successful directory sync ended (Unix time)",
                 &[],
-                crate::message::now_ms() as f64 / 1000.0,
+                crate::util::clock::now_ms() as f64 / 1000.0,
             );
             counts(&s);
             tracing::info!(
