@@ -214,6 +214,79 @@ mod tests {
         assert!(broken.is_empty(), "broken rules:\n{}", broken.join("\n"));
     }
 
+    /// The modules a folder's `mod.rs` says it must not import: its "Must not import: ..."
+    /// sentence (parenthesised reasons left out), with "anything but A and B" and "any other
+    /// module" read as such. `None` when the doc has no such sentence.
+    fn documented_bans(src: &Path, m: &str, modules: &BTreeSet<String>) -> Option<Vec<String>> {
+        let text = std::fs::read_to_string(src.join(m).join("mod.rs")).ok()?;
+        let doc: Vec<&str> = text
+            .lines()
+            .take_while(|l| l.starts_with("//!"))
+            .map(|l| l.trim_start_matches("//!").trim())
+            .collect();
+        let doc = doc.join(" ");
+        let start = doc.find("Must not import:")? + "Must not import:".len();
+        let mut sentence = String::new();
+        let mut depth = 0;
+        let mut chars = doc[start..].chars().peekable();
+        while let Some(c) = chars.next() {
+            match c {
+                '(' => depth += 1,
+                ')' => depth -= 1,
+                '.' if depth == 0 && chars.peek().is_none_or(|n| *n == ' ') => break,
+                _ if depth == 0 => sentence.push(c),
+                _ => {}
+            }
+        }
+        let words: Vec<String> = sentence
+            .split(|c: char| !(c.is_alphanumeric() || c == '_'))
+            .filter(|w| !w.is_empty())
+            .map(str::to_string)
+            .collect();
+        let others = || modules.iter().filter(|o| *o != m).cloned();
+        if sentence.contains("any other module") {
+            return Some(others().collect());
+        }
+        if let Some(i) = sentence.find("anything but") {
+            let kept: Vec<&str> = sentence[i..]
+                .split(|c: char| !c.is_alphanumeric())
+                .collect();
+            return Some(others().filter(|o| !kept.contains(&o.as_str())).collect());
+        }
+        Some(words.into_iter().filter(|w| modules.contains(w)).collect())
+    }
+
+    #[test]
+    fn each_folder_keeps_what_its_doc_says_it_must_not_import() {
+        let src = Path::new(env!("CARGO_MANIFEST_DIR")).join("src");
+        let (edges, uses) = graph();
+        let modules: BTreeSet<String> = edges
+            .keys()
+            .cloned()
+            .chain(edges.values().flatten().cloned())
+            .collect();
+        let mut broken = Vec::new();
+        let mut documented = 0;
+        for m in &modules {
+            let Some(bans) = documented_bans(&src, m, &modules) else {
+                continue;
+            };
+            documented += 1;
+            for (from, to, file, line, text) in &uses {
+                if from == m && bans.contains(to) {
+                    broken.push(format!(
+                        "src/{file}:{line}: {from} imports {to}, which src/{m}/mod.rs says it must not: {text}"
+                    ));
+                }
+            }
+        }
+        assert!(
+            documented >= 15,
+            "only {documented} folders document their bans"
+        );
+        assert!(broken.is_empty(), "broken rules:\n{}", broken.join("\n"));
+    }
+
     #[test]
     fn the_reader_finds_what_a_line_names() {
         assert_eq!(named("use crate::config::Config;"), vec!["config"]);

@@ -9,6 +9,8 @@
 //! Served by axum on the console's bounded server (`net::http`: a connection cap, a header
 //! deadline, a lifetime); one handler keeps the routes' match so every path, method and answer
 //! stays as it was when this server was written by hand (issue 26: one HTTP server stack).
+//!
+//! Must not import: cli (the CLI is its client), console, intake.
 
 pub mod client;
 
@@ -235,7 +237,12 @@ async fn serve_one(req: Request, st: Arc<AdminState>) -> Response {
         // refused whitelist and failing downloads are reported without failing (crate::trust).
         ("GET", "/readyz") => {
             let trust = crate::trust::readiness(crate::util::clock::now_unix());
-            let detail = trust.render();
+            let mut detail = trust.render();
+            // Events kept on disk while the journal's database is away: said, never failing
+            // readiness (mail flows; the journal catches up).
+            if let Some(j) = crate::journal::readiness() {
+                detail.push_str(&j);
+            }
             // Create + fsync: on a blocking thread, and at most once per 2 s whoever asks
             // (issue 24 B.13: it ran on the runtime at every request).
             let spool = st.spool.clone();

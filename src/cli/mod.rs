@@ -5,7 +5,8 @@
 //! `track` and `stats` live in `journal/cli.rs`: the console renders the journal with the
 //! same functions, and the console never imports this module.
 //!
-//! Must not be imported by anything but `main.rs` (checked by `src/layout.rs`).
+//! Must not be imported by anything but `main.rs` (checked by `src/layout.rs`); it may
+//! import every other folder.
 
 pub mod check;
 pub mod console_user;

@@ -7,6 +7,7 @@
 //! each located at its `FILE:LINE`.
 //!
 //! This is the bottom of the house: it imports only the value types of `reply` and `dn`.
+//! Must not import: anything but pki, reply and util.
 
 mod console;
 mod directory;

@@ -10,6 +10,9 @@
 //! - One guard in front of every route: the session (cookie `HttpOnly`, `SameSite=Strict`,
 //!   `Secure` over HTTPS, idle timeout), the CSRF token of every state-changing request
 //!   (403 without it), a same-origin check, and the security headers.
+//!
+//! Must not import: cli (shared work lives in establishment/ and delivery/check.rs), admin,
+//! intake, server.
 
 pub mod access;
 mod charts;

@@ -2,6 +2,8 @@
 //! each carrying all of its recipients, and reports a typed outcome per recipient.
 //! Connections are cached for reuse and limited per destination; a destination that cannot be
 //! reached at all rests before the next try (Postfix's dead destination).
+//!
+//! Must not import: queue (the queue calls delivery), intake, console, cli, admin.
 
 // A `Failure` (who, what they said, why: ~150 bytes) is the cold path of every step here;
 // boxing it at each `?` would cost more reading than it saves.

@@ -1,5 +1,7 @@
 //! `directory.kind = "extract"`: the RCPT-time lookup answered from the extract in memory.
 
+/// Log lines keep the target they had before this code moved here (operators filter on it).
+const LOG_TARGET: &str = "passerelle::policy::directory";
 use crate::directory::extract::{Extract, ExtractError, Keep, DIRECTORY_COLUMNS};
 use crate::policy::directory::{BoxFuture, Directory, DirectoryError, Lookup};
 
@@ -18,12 +20,12 @@ impl ExtractDirectory {
         let (extract, report) =
             Extract::load_capped(path, Keep::Columns(DIRECTORY_COLUMNS), max_size)?;
         for (line, why) in report.bad_lines.iter().take(20) {
-            tracing::warn!(file = %path.display(), line, "directory extract: line skipped: {why}");
+            tracing::warn!(target: LOG_TARGET, file = %path.display(), line, "directory extract: line skipped: {why}");
         }
         if report.bad_lines.len() > 20 {
-            tracing::warn!(file = %path.display(), "directory extract: {} more bad lines skipped", report.bad_lines.len() - 20);
+            tracing::warn!(target: LOG_TARGET, file = %path.display(), "directory extract: {} more bad lines skipped", report.bad_lines.len() - 20);
         }
-        tracing::info!(file = %path.display(), addresses = report.addresses, lines = report.lines,
+        tracing::info!(target: LOG_TARGET, file = %path.display(), addresses = report.addresses, lines = report.lines,
             bad_lines = report.bad_lines.len(), load_ms = started.elapsed().as_millis() as u64,
             "directory extract loaded");
         release_freed_memory();

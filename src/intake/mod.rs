@@ -2,6 +2,8 @@
 //! RFC 5321 dialogue; `data` reads message content. Intake decides nothing itself: it asks
 //! policy at MAIL and RCPT, and hands accepted messages to the queue only once they are on
 //! disk.
+//!
+//! Must not import: delivery (intake only queues), console, cli, admin.
 
 pub mod admission;
 pub mod command;

@@ -19,7 +19,7 @@ use tokio::io::{AsyncWriteExt, BufReader};
 macro_rules! sinfo {
     ($s:expr, $($t:tt)*) => {
         if $s.loud() {
-            tracing::info!($($t)*);
+            tracing::info!(target: "passerelle::intake::session", $($t)*);
         }
     };
 }

@@ -253,14 +253,15 @@ pub struct Admin {
     pub user: String,
 }
 
-/// One fact, stamped with its time (Unix milliseconds).
-#[derive(Debug, Clone)]
+/// One fact, stamped with its time (Unix milliseconds). Serialised only into the spill file
+/// under the spool (`spill.rs`), read back by the same version of the gateway.
+#[derive(Debug, Clone, Serialize, Deserialize)]
 pub struct Event {
     pub time: u64,
     pub body: EventBody,
 }
 
-#[derive(Debug, Clone)]
+#[derive(Debug, Clone, Serialize, Deserialize)]
 pub enum EventBody {
     Refused(Box<Refusal>),
     Accepted(Box<Accepted>),

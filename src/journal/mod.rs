@@ -6,14 +6,17 @@
 //! - **Off the hot path.** [`record`] is a non-blocking push onto a bounded channel; a writer
 //!   thread of its own batches the events (one transaction per `batch_size` events or
 //!   `flush_interval`) into SQLite (default, a file beside the spool) or PostgreSQL (shared by
-//!   several gateways). The database slow or down: events wait in the channel up to `buffer`,
-//!   then are dropped and counted; mail never waits and is never refused for the journal.
+//!   several gateways). The database slow or down: batches it cannot take go to a durable
+//!   file under the spool (`spill`) and are written in order when it returns; mail never
+//!   waits and is never refused for the journal.
 //! - **Not the authority.** The queue is. A crash loses at most the batch in memory.
 //! - **No subject, no body**: addresses and the Message-ID only (see [`event`]).
 //!
 //! The gateway installs one process-wide handle ([`install`]); the emission helpers below are
 //! single calls placed where intake, the scheduler and the admin endpoint learn each fact,
 //! and are no-ops when no journal is installed (tests, one-shot commands).
+//!
+//! Must not import: intake, queue, console, cli, admin (it records what they report).
 
 pub mod cli;
 pub mod event;
@@ -21,6 +24,7 @@ pub mod plan;
 pub mod postgres;
 pub mod read;
 pub mod schema;
+pub mod spill;
 pub mod sqlite;
 pub mod stats;
 #[cfg(test)]
@@ -113,6 +117,12 @@ pub struct Counters {
     pub pending: std::sync::atomic::AtomicUsize,
     /// Unix seconds of the last "dropped" log line (one per 10 s at most).
     last_drop_log: AtomicU64,
+    /// Events waiting in the spill directory (the database away, or taking them back).
+    pub spilled: AtomicU64,
+    /// Unix seconds since which events are on disk (when `spilled` > 0).
+    pub spill_since: AtomicU64,
+    /// The spill reached `journal.spill_max_size`: events are being dropped.
+    pub spill_full: std::sync::atomic::AtomicBool,
 }
 
 /// The running journal: the sending end of the writer's channel, and the writer thread.
@@ -140,13 +150,39 @@ pub fn start(cfg: &crate::config::Config) -> Option<Arc<Journal>> {
     let (tx, rx) = std::sync::mpsc::sync_channel(jc.buffer + ADMIN_HEADROOM);
     let counters = Arc::new(Counters::default());
     tracing::info!(kind = jc.kind.as_str(), gateway = %jc.gateway_name(), "journal: {}", backend.describe());
-    let thread = writer::spawn(backend, rx, writer::Settings::from(jc), counters.clone());
+    let mut settings = writer::Settings::from(jc);
+    settings.spill = Some((cfg.server.spool.join(SPILL_DIR), jc.spill_max_size));
+    let thread = writer::spawn(backend, rx, settings, counters.clone());
     Some(Arc::new(Journal {
         tx,
         buffer: jc.buffer,
         counters,
         writer: std::sync::Mutex::new(Some(thread)),
     }))
+}
+
+/// Under the spool: the events the database could not take yet (`spill.rs`).
+pub const SPILL_DIR: &str = "journal-spill";
+
+/// The journal's line of `/readyz` when there is something to say: events waiting on disk
+/// (since when), or the spill at its bound (an alert: events are being dropped).
+pub fn readiness() -> Option<String> {
+    let j = HANDLE.load();
+    let c = &j.as_ref()?.counters;
+    let n = c.spilled.load(Ordering::Relaxed);
+    if c.spill_full.load(Ordering::Relaxed) {
+        return Some(format!(
+            "journal: ALERT: spill full (journal.spill_max_size), events dropped: {}; {n} events wait on disk\n",
+            c.dropped.load(Ordering::Relaxed)
+        ));
+    }
+    (n > 0).then(|| {
+        let since = c.spill_since.load(Ordering::Relaxed) as i64;
+        let at = time::OffsetDateTime::from_unix_timestamp(since)
+            .map(|t| t.to_string())
+            .unwrap_or_default();
+        format!("journal: database away or catching up: {n} events kept on disk since {at}\n")
+    })
 }
 
 /// The writer's backend for a config (`None` for `kind = "none"`).

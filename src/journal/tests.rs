@@ -478,6 +478,7 @@ fn settings(batch_size: usize) -> Settings {
         flush_interval: Duration::from_millis(50),
         retention: Duration::ZERO,
         prune_interval: Duration::from_secs(3600),
+        spill: None,
     }
 }
 

@@ -1,6 +1,8 @@
 //! What the queue keeps about a message: the envelope (fixed at intake) and the delivery state
 //! (changes with each attempt, with the typed outcome of each recipient). Both are persisted
 //! as JSON inside spool records. The bottom of the house: nothing here imports the stages.
+//!
+//! Must not import: anything but reply and util.
 
 pub mod header;
 mod outcome;

@@ -2,7 +2,8 @@
 //! resolution of next hops (delivery, and the trust space's probe), and the bounded HTTP
 //! serving of the console and the admin endpoint.
 //!
-//! Must not import: anything above config (it sits under intake, delivery and trust).
+//! Must not import: anything but config and metrics (it sits under intake, delivery, trust,
+//! the console and the admin endpoint).
 
 pub mod http;
 pub mod resolve;

@@ -16,6 +16,8 @@
 //! All keys are ECDSA P-256 (PKCS#8 PEM), all signatures ECDSA-SHA256.
 //! Serial numbers are the first 20 bytes (MSB cleared) of the SHA-256 of the
 //! subject public key (rcgen's default), hence unique per generated key.
+//!
+//! Must not import: any other module of the gateway (a library of certificates and DNs).
 
 pub mod csr;
 pub mod dn;

@@ -1,6 +1,9 @@
 //! Policy: who may connect, and what happens to each recipient. Decided at RCPT time so the
 //! sending MTA gets the refusal and nothing is ever backscattered. No I/O here except through
 //! the [`Directory`] trait.
+//!
+//! Must not import: delivery, directory (its kinds answer the trait), queue, intake,
+//! console, cli, admin.
 
 pub mod address;
 pub mod directory;

@@ -3,6 +3,8 @@
 //!
 //! [`Queue::enqueue`] is the one way in, for messages received by SMTP and for the
 //! notifications the queue makes itself (Postfix's cleanup).
+//!
+//! Must not import: intake, console, cli, admin.
 
 pub mod attempt;
 pub mod audit;

@@ -10,6 +10,8 @@
 //!
 //! A reload builds a whole new snapshot (and loads the data it names) beside the old one and
 //! swaps it in only if every part loaded and every new listener is bound.
+//!
+//! Must not import: cli (main.rs reaches it through cli::run).
 
 mod data;
 mod listeners;

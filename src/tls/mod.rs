@@ -4,6 +4,8 @@
 //! AES-256-GCM, AES-128-GCM, ChaCha20-Poly1305; TLS 1.2 with ECDHE-ECDSA/ECDHE-RSA and
 //! AES-256-GCM, AES-128-GCM, ChaCha20-Poly1305. Groups X25519, P-256, P-384. rustls has no
 //! RSA key exchange, CBC or TLS < 1.2 at all, so nothing weaker can be negotiated.
+//!
+//! Must not import: trust (the trust state reads tls), policy, delivery, intake.
 
 use crate::config::TlsConfig;
 use crate::message::TlsRefusal;

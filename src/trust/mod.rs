@@ -12,6 +12,9 @@
 //! * a list in force older than `whitelist.max_age` is reported, not failing;
 //! * a CRL past its nextUpdate by more than `tls.crl_grace`, or our own certificate expired,
 //!   fails readiness: peers would refuse us, or we would accept revoked peers.
+//!
+//! Must not import: policy (policy decides with the trust list), delivery, intake,
+//! console, cli, admin.
 
 pub mod fetch;
 /// `tls probe`: a peer checked as delivery would (resolution, TLS, the whitelist's DN pin).

@@ -1,6 +1,8 @@
 //! Reading the extract: a file or the ANS zip, line by line within bounds, into the compact
 //! table of `Extract` (the builder), with a report of what was skipped.
 
+/// Log lines keep the target they had before this code moved here (operators filter on it).
+const LOG_TARGET: &str = "passerelle::directory::extract";
 use super::*;
 use std::collections::HashMap;
 use std::fs::File;
@@ -272,8 +274,7 @@ impl Extract {
             // The published header names columns 21-31 "... structure BAL".
             let (found_key, expected_key) = (header_key(found), header_key(expected));
             if found_key != expected_key && found_key != format!("{expected_key} structure bal") {
-                tracing::debug!(
-                    source,
+                tracing::debug!(target: LOG_TARGET, source,
                     column = i + 1,
                     found = found.as_str(),
                     expected,
@@ -368,8 +369,7 @@ impl Extract {
         report.lines = line_no - 1 - blank_run.len();
         report.entries = ex.recs.len();
         report.addresses = ex.addresses;
-        tracing::debug!(
-            source,
+        tracing::debug!(target: LOG_TARGET, source,
             lines = report.lines,
             entries = report.entries,
             addresses = report.addresses,

@@ -1,5 +1,7 @@
 //! DATA and BDAT: the message read, checked, received and queued, then answered.
 
+/// Log lines keep the target they had before this code moved here (operators filter on it).
+const LOG_TARGET: &str = "passerelle::intake::session";
 use super::super::command::parse_bdat;
 use super::super::data::{check_bdat, count_received, read_data, DataEnd, DataLimits};
 use super::{Flow, Session, Transaction};
@@ -232,7 +234,7 @@ impl Session {
             .await
         {
             Ok(()) => {
-                tracing::info!(queue_id = %id, client = %self.peer, from = %from, nrcpt,
+                tracing::info!(target: LOG_TARGET, queue_id = %id, client = %self.peer, from = %from, nrcpt,
                     size, tls = self.tls.as_deref().unwrap_or("-"),
                     establishment = self.establishment.as_deref(), "queued");
                 self.reply(&Reply::new(250, "2.0.0", format!("Ok: queued as {id}")));
@@ -254,7 +256,7 @@ impl Session {
                 );
             }
             Err(e) => {
-                tracing::error!(client = %self.peer, error = %e, "spool write failed");
+                tracing::error!(target: LOG_TARGET, client = %self.peer, error = %e, "spool write failed");
                 let r = if e.is_full() {
                     Reply::new(452, "4.3.1", "Insufficient system storage")
                 } else {

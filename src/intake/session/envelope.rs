@@ -1,6 +1,8 @@
 //! MAIL and RCPT: who is sending (the establishment, its sender authorisation, the From:
 //! check's first half) and each recipient's decision.
 
+/// Log lines keep the target they had before this code moved here (operators filter on it).
+const LOG_TARGET: &str = "passerelle::intake::session";
 use super::super::command::{parse_mail, parse_rcpt};
 use super::{Session, Transaction};
 use crate::message::Recipient;
@@ -64,7 +66,7 @@ impl Session {
             size: m.size,
             ..Transaction::default()
         };
-        tracing::debug!(client = %self.peer, from = %tx.mail_from.as_deref().unwrap_or(""), "MAIL");
+        tracing::debug!(target: LOG_TARGET, client = %self.peer, from = %tx.mail_from.as_deref().unwrap_or(""), "MAIL");
         self.tx = tx;
         self.junk = 0;
         self.reply(&Reply::new(250, "2.1.0", "Ok"));

@@ -1,6 +1,8 @@
 //! One delivery attempt of one message (a job), and what its outcome is reported as: metrics,
 //! the journal and the log.
 
+/// Log lines keep the target they had before this code moved here (operators filter on it).
+const LOG_TARGET: &str = "passerelle::queue::scheduler";
 use super::super::attempt::{self, Decision, Event};
 use super::super::spool::{BodyLoc, Spool};
 use super::super::Queue;
@@ -59,9 +61,9 @@ impl Job {
             if let Err(e) = removed {
                 // The message stays in the spool and will be seen again after a restart; the
                 // recipients are final in memory, so nothing is sent twice meanwhile.
-                tracing::error!(queue_id = %id, error = %e, "cannot record completion");
+                tracing::error!(target: LOG_TARGET, queue_id = %id, error = %e, "cannot record completion");
             } else {
-                tracing::info!(queue_id = %id, "removed");
+                tracing::info!(target: LOG_TARGET, queue_id = %id, "removed");
             }
             return Finished {
                 id,
@@ -100,9 +102,11 @@ impl Job {
                 .enqueue_with(n.envelope, Arc::new(n.message), stored)
                 .await
             {
-                Ok(()) => tracing::info!(queue_id = %self.env.id, dsn_id = %dsn_id,
-                    to = %self.env.mail_from, "sender notification ({kind:?}) queued"),
-                Err(e) => tracing::error!(queue_id = %self.env.id, error = %e,
+                Ok(()) => {
+                    tracing::info!(target: LOG_TARGET, queue_id = %self.env.id, dsn_id = %dsn_id,
+                    to = %self.env.mail_from, "sender notification ({kind:?}) queued")
+                }
+                Err(e) => tracing::error!(target: LOG_TARGET, queue_id = %self.env.id, error = %e,
                     "cannot queue {kind:?} notification"),
             }
         }
@@ -125,12 +129,12 @@ impl Job {
                     }
                 }
                 Err(e) => {
-                    tracing::warn!(queue_id = %id, error = %e, "relocation failed; updating in place")
+                    tracing::warn!(target: LOG_TARGET, queue_id = %id, error = %e, "relocation failed; updating in place")
                 }
             }
         }
         if let Err(e) = self.spool.update(&id, &self.state).await {
-            tracing::error!(queue_id = %id, error = %e, "cannot record delivery state");
+            tracing::error!(target: LOG_TARGET, queue_id = %id, error = %e, "cannot record delivery state");
         }
         Finished {
             id,
@@ -140,7 +144,7 @@ impl Job {
     }
 
     pub(super) fn retry_later(mut self, why: String) -> Finished {
-        tracing::error!(queue_id = %self.env.id, error = %why, "delivery postponed");
+        tracing::error!(target: LOG_TARGET, queue_id = %self.env.id, error = %why, "delivery postponed");
         self.state.next_attempt = now_ms() + 60_000;
         Finished {
             id: self.env.id.clone(),
@@ -258,7 +262,7 @@ pub(super) fn log_outcomes(env: &Envelope, attempts: &[Attempt], d: &Decision) {
         }
         .unwrap_or_default();
         let delay = Duration::from_millis(now_ms().saturating_sub(env.received * 1000));
-        tracing::info!(queue_id = %env.id, to = %rcpt.address, relay = %rcpt.transport,
+        tracing::info!(target: LOG_TARGET, queue_id = %env.id, to = %rcpt.address, relay = %rcpt.transport,
             establishment = env.establishment.as_deref().unwrap_or("-"),
             tls = a.and_then(|a| a.tls.as_deref()).unwrap_or("-"),
             peer_dn = a.and_then(|a| a.peer_dn.as_deref()).unwrap_or("-"),

@@ -2,6 +2,8 @@
 //! quarantined, and the queue rebuilt in queue-id order; also `scan`, the read-only walk of
 //! `queue` verbs on a stopped spool.
 
+/// Log lines keep the target they had before this code moved here (operators filter on it).
+const LOG_TARGET: &str = "passerelle::queue::spool";
 use super::*;
 use crate::message::{Envelope, State};
 use std::collections::{BTreeMap, HashMap};
@@ -241,7 +243,7 @@ pub(super) fn scan_segment(
                             f.set_len(pos as u64).map_err(io_err(&path))?;
                             f.sync_all().map_err(io_err(&path))?;
                         }
-                        tracing::warn!(segment = %path.display(), offset = pos, "spool: truncated torn tail");
+                        tracing::warn!(target: LOG_TARGET, segment = %path.display(), offset = pos, "spool: truncated torn tail");
                         pos = data.len();
                     }
                     other => {
@@ -250,7 +252,7 @@ pub(super) fn scan_segment(
                         if repair {
                             quarantine(spool_dir, seg, pos, &data[pos..end]);
                         }
-                        tracing::error!(segment = %path.display(), offset = pos, bytes = end - pos,
+                        tracing::error!(target: LOG_TARGET, segment = %path.display(), offset = pos, bytes = end - pos,
                             "spool: corrupt record quarantined");
                         pos = end;
                     }
@@ -266,7 +268,7 @@ pub(super) fn quarantine(spool_dir: &Path, seg: u64, pos: usize, bytes: &[u8]) {
     let path = qdir.join(format!("{seg:020}-{pos}.bad"));
     let r = fs::create_dir_all(&qdir).and_then(|_| fs::write(&path, bytes));
     if let Err(e) = r {
-        tracing::error!(path = %path.display(), error = %e, "cannot write quarantine file");
+        tracing::error!(target: LOG_TARGET, path = %path.display(), error = %e, "cannot write quarantine file");
     }
 }
 
@@ -307,7 +309,7 @@ pub(super) fn decode(kind: u8, payload: &[u8], seg: u64, payload_off: u64) -> Op
     match kind {
         KIND_STORE => {
             let Some((envelope, state, body_off)) = split_store(payload) else {
-                tracing::error!(segment = seg, "spool: undecodable message record skipped");
+                tracing::error!(target: LOG_TARGET, segment = seg, "spool: undecodable message record skipped");
                 return None;
             };
             let body = BodyLoc {
@@ -324,7 +326,7 @@ pub(super) fn decode(kind: u8, payload: &[u8], seg: u64, payload_off: u64) -> Op
         KIND_UPDATE => match serde_json::from_slice::<UpdateRec>(payload) {
             Ok(u) => Some(Event::Update(u)),
             Err(e) => {
-                tracing::error!(segment = seg, error = %e, "spool: undecodable update skipped");
+                tracing::error!(target: LOG_TARGET, segment = seg, error = %e, "spool: undecodable update skipped");
                 None
             }
         },
