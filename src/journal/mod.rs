@@ -290,6 +290,10 @@ impl Journal {
 
     /// See [`reserve_admin`].
     pub fn reserve_admin(self: &Arc<Journal>) -> Result<AdminSlot, JournalFull> {
+        // The spill at its bound drops what reaches it: an action would go unrecorded.
+        if self.counters.spill_full.load(Ordering::Relaxed) {
+            return Err(JournalFull);
+        }
         if self.take_place(self.buffer + ADMIN_HEADROOM) {
             Ok(AdminSlot {
                 journal: Some(self.clone()),
@@ -310,7 +314,7 @@ pub const ADMIN_HEADROOM: usize = 256;
 
 /// Why an administrator's action cannot be recorded now.
 #[derive(Debug, Clone, thiserror::Error)]
-#[error("the journal cannot record it now: its buffer is full (database slow or down)")]
+#[error("the journal cannot record it now: its buffer or spill is full (database slow or down)")]
 pub struct JournalFull;
 
 /// A place in the journal kept for the record of one administrator's action, taken before

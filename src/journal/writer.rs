@@ -440,7 +440,7 @@ fn to_spill(sp: &mut Spill, batch: &[Event], c: &Counters) {
         let last = c.last_drop_log.load(Ordering::Relaxed);
         if !was_full || now >= last + 30 {
             c.last_drop_log.store(now, Ordering::Relaxed);
-            tracing::error!(bytes = sp.bytes(), dropped = refused,
+            tracing::error!(bytes = sp.waiting_bytes(), dropped = refused,
                 "journal: the spill is at journal.spill_max_size; events dropped until the database takes them back (mail is not affected)");
         }
     } else {
@@ -470,13 +470,18 @@ fn drain(
             return Drained::Failed;
         }
     };
-    let result = if events.is_empty() {
-        Ok(())
-    } else {
-        backend.write(&plan(&events))
-    };
-    match result {
+    // Lines that did not parse (torn by a crash) are dropped, and counted so.
+    let unreadable = cursor.lines().saturating_sub(events.len() as u64);
+    if events.is_empty() {
+        c.dropped.fetch_add(unreadable, Ordering::Relaxed);
+        return match sp.consume(cursor) {
+            Ok(()) => Drained::Some(Duration::ZERO),
+            Err(_) => Drained::Failed,
+        };
+    }
+    match backend.write(&plan(&events)) {
         Ok(()) => {
+            c.dropped.fetch_add(unreadable, Ordering::Relaxed);
             let lag = written(&events, c, errors);
             if let Err(e) = sp.consume(cursor) {
                 // Written but still on disk: they will be written again (twice, never lost).

@@ -638,8 +638,8 @@ class HostileRequestTests(ConsoleTestCase):
         self.assertEqual(status, 303, body)
 
     def test_actions_are_recorded_or_refused_when_the_journal_is_full(self):
-        """B.12: with the journal's database down and its buffer full of mail events, an
-        operator's actions still get their place; once even that headroom is full an action is
+        """B.12: with the journal's database down, no spill directory, and its buffer full of
+        mail events, an operator's actions still get their place; once even that headroom is full an action is
         refused and not done, and every action done is in the journal when it comes back."""
         blocker = os.path.join(self.tmp, "journal-dir")
         with open(blocker, "w") as f:
@@ -648,6 +648,12 @@ class HostileRequestTests(ConsoleTestCase):
         def shape(cfg):
             cfg["journal"] = {"kind": "sqlite", "path": os.path.join(blocker, "journal.db"),
                               "buffer": 1, "batch_size": 1}
+            # And no spill directory either (a file in its place): since issue 27 the events
+            # the database cannot take go to disk, so only then can the journal be full.
+            spool = cfg["server"]["spool"]
+            os.makedirs(spool, exist_ok=True)
+            with open(os.path.join(spool, "journal-spill"), "w") as f:
+                f.write("a file where the spill directory should be\n")
 
         self.start(shape=shape)
         qid = self.send()
