@@ -417,6 +417,33 @@ class JournalPostgresTests(E2ETestCase):
         # The IF NOT EXISTS of every start are not worth a log line each.
         self.assertNotIn("already exists, skipping", gw.log())
 
+    def test_events_kept_on_disk_survive_a_kill_9(self):
+        """Issue 27: what the spill holds is on disk (fsync'd per batch): a gateway killed with
+        SIGKILL while PostgreSQL is down loses none of it."""
+        pg = self.postgres()
+        url = pg.createdb("passerelle")
+        peer = self.peer("mailbox")
+        gw = self.gateway(config(self.tmp, peer.port,
+                                 journal={"kind": "postgres", "url": url, "batch_size": 10}))
+        send(gw)
+        wait_tracked(gw, lambda m: m[0]["status"] == "delivered", "--to", RCPT)
+        pg.stop()
+        sent = 1
+        for _ in range(20):
+            send(gw)
+            sent += 1
+        peer.wait_messages(sent, timeout=30)
+        # Every event of the outage on disk (accepted + delivered per message) before the kill.
+        wait_until(lambda: (metric(gw, "passerelle_journal_spilled_events") or 0) >= 2 * (sent - 1),
+                   30, what="the outage's events to be on disk")
+        gw.kill9()
+        pg.start()
+        gw.start()
+        self.assertIn("events kept on disk by a previous run", gw.log())
+        wait_until(lambda: metric(gw, "passerelle_journal_spilled_events") == 0
+                   and metric(gw, "passerelle_journal_up") == 1, 60, what="the journal to catch up")
+        self.assertEqual(int(pg.psql("SELECT count(*) FROM events")), 2 * sent)
+
     def test_postgres_stopped_and_restarted_under_traffic(self):
         """Issue 27: the database stopped under traffic, and the gateway restarted while it is
         down. Mail flows; what the database cannot take goes to SPOOL/journal-spill (fsync'd)
