@@ -209,8 +209,13 @@ async fn stored_message(st: &AdminState, req: &Request, id: &str, whole: bool) -
         Err(e) => return respond(409, TEXT, format!("{id}: {e}, try again\n")),
     };
     let part = if whole {
-        let peer = req.peer;
-        let via = match req.local.and_then(|local| socket_uid(peer, local)) {
+        let (peer, local) = (req.peer, req.local);
+        // A read of /proc: on a blocking thread, as every file read of this endpoint.
+        let uid = tokio::task::spawn_blocking(move || local.and_then(|l| socket_uid(peer, l)))
+            .await
+            .ok()
+            .flatten();
+        let via = match uid {
             Some(uid) => format!("admin {peer}, socket of uid {uid}"),
             None => format!("admin {peer}"),
         };

@@ -67,10 +67,7 @@ pub fn run(config: &std::path::Path, what: DirectoryCommand) -> anyhow::Result<E
         }
         DirectoryCommand::Sync(args) => sync(config, &args),
         DirectoryCommand::Lookup { address, format } => {
-            let rt = tokio::runtime::Builder::new_current_thread()
-                .enable_all()
-                .build()?;
-            rt.block_on(lookup(config, &address, format))
+            super::block_on(lookup(config, &address, format))?
         }
     }
 }
@@ -102,10 +99,7 @@ fn sync(
     opts.force = args.force;
     // One thread: the client is not the limit (a no-op run of 535,000 entries spends ~10 s
     // of CPU in ~27 s waiting on slapd; two threads measured the same).
-    let rt = tokio::runtime::Builder::new_current_thread()
-        .enable_all()
-        .build()?;
-    let result = rt.block_on(run(&opts, &Progress::on_terminal()));
+    let result = super::block_on(run(&opts, &Progress::on_terminal()))?;
     let summary = match &result {
         Ok(s) => Some(s),
         Err(e) => e.summary(),

@@ -113,12 +113,7 @@ pub fn run(config: &Path, cmd: EstablishmentCommand) -> anyhow::Result<ExitCode>
             add(config, &name, &text)
         }
         EstablishmentCommand::Remove { name } => remove(config, &name),
-        EstablishmentCommand::Test { name } => {
-            let rt = tokio::runtime::Builder::new_current_thread()
-                .enable_all()
-                .build()?;
-            rt.block_on(test(config, &name))
-        }
+        EstablishmentCommand::Test { name } => super::block_on(test(config, &name))?,
     }
 }
 

@@ -404,10 +404,7 @@ pub fn command(config: &std::path::Path, what: QueueCommand) -> anyhow::Result<E
         QueueCommand::Delete { id } => Verb::Delete(id),
     };
     let cfg = Config::load_unvalidated(config)?;
-    let rt = tokio::runtime::Builder::new_current_thread()
-        .enable_all()
-        .build()?;
-    let ok = rt.block_on(crate::cli::queue::run(&cfg, verb, json))?;
+    let ok = super::block_on(crate::cli::queue::run(&cfg, verb, json))??;
     Ok(if ok {
         ExitCode::SUCCESS
     } else {

@@ -67,13 +67,10 @@ pub fn run(config: &std::path::Path, what: TlsCommand) -> anyhow::Result<ExitCod
         rcpt,
         timeout,
     };
-    let rt = tokio::runtime::Builder::new_current_thread()
-        .enable_all()
-        .build()?;
-    let report = rt.block_on(async {
+    let report = super::block_on(async {
         let ctx = crate::trust::probe::ProbeContext::from_config(&cfg)?;
         anyhow::Ok(crate::trust::probe::probe(&ctx, &opts).await)
-    })?;
+    })??;
     match format {
         Format::Text => print!("{}", report.render_text()),
         Format::Json => println!("{}", serde_json::to_string_pretty(&report)?),

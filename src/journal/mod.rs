@@ -178,9 +178,7 @@ pub fn readiness() -> Option<String> {
     }
     (n > 0).then(|| {
         let since = c.spill_since.load(Ordering::Relaxed) as i64;
-        let at = time::OffsetDateTime::from_unix_timestamp(since)
-            .map(|t| t.to_string())
-            .unwrap_or_default();
+        let at = read::format_time(since * 1000);
         format!("journal: database away or catching up: {n} events kept on disk since {at}\n")
     })
 }

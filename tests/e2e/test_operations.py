@@ -109,6 +109,37 @@ class QueueVerbTests(OperationsTestCase):
         rc, out = self.queue("list")
         self.assertIn("-- 0 message(s)", out)
 
+    def test_admin_endpoint_bounds_its_clients(self):
+        """Issue 26 moved the admin endpoint onto axum and the console's bounded server: a
+        client that never finishes its headers is cut after the header deadline (10 s), one
+        with oversized headers is refused without the server growing, and a query string or
+        an unknown route gets a plain answer; the endpoint answers throughout."""
+        import socket
+        peer = self.peer("a")
+        self.gw = self.gateway(self.config(peer.port))
+        base = "http://127.0.0.1:%d" % self.admin_port
+        slow = socket.create_connection(("127.0.0.1", self.admin_port), timeout=20)
+        slow.sendall(b"GET /metrics HTTP/1.1\r\nHost: x\r\nX-Slow: ")
+        t0 = time.monotonic()
+        self.assertEqual(http(base + "/healthz")[0], 200, "answers while a client is slow")
+        huge = socket.create_connection(("127.0.0.1", self.admin_port), timeout=20)
+        try:
+            huge.sendall(b"GET /healthz HTTP/1.1\r\nHost: x\r\nX-Big: " + b"a" * (2 << 20) + b"\r\n\r\n")
+        except OSError:
+            pass  # closed by the server before all of it was sent: refused
+        answer = b""
+        try:
+            answer = huge.recv(100)
+        except OSError:
+            pass
+        self.assertFalse(answer.startswith(b"HTTP/1.1 200"), answer)
+        huge.close()
+        self.assertEqual(http(base + "/nowhere?x=" + "y" * 5000)[0], 404)
+        self.assertEqual(http(base + "/healthz")[0], 200)
+        self.assertEqual(slow.recv(100), b"", "the slow client is cut")
+        self.assertLess(time.monotonic() - t0, 15)
+        slow.close()
+
     def test_admin_endpoint(self):
         peer = self.peer("a")
         self.gw = self.gateway(self.config(peer.port))
