@@ -27,6 +27,7 @@ pub mod queue;
 pub mod reply;
 pub mod runtime;
 pub mod server;
+pub mod state;
 pub mod tls;
 pub mod trust;
 pub mod util;

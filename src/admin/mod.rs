@@ -248,6 +248,11 @@ async fn serve_one(req: Request, st: Arc<AdminState>) -> Response {
             if let Some(j) = crate::journal::readiness() {
                 detail.push_str(&j);
             }
+            // The shared state's database away: said, with since when; mail flows on the
+            // state last applied.
+            if let Some(s) = crate::state::readiness(crate::journal::read::format_time) {
+                detail.push_str(&s);
+            }
             // Create + fsync: on a blocking thread, and at most once per 2 s whoever asks
             // (issue 24 B.13: it ran on the runtime at every request).
             let spool = st.spool.clone();

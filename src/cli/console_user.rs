@@ -42,6 +42,9 @@ pub fn run(config: &std::path::Path, what: ConsoleCommand) -> anyhow::Result<Exi
     use crate::console::users;
     let ConsoleCommand::User { what } = what;
     let cfg = Config::load_unvalidated(config)?;
+    if super::state::shared(&cfg).is_some() {
+        return shared(&cfg, what);
+    }
     let file = cfg
         .console
         .map(|c| c.users_file)
@@ -52,13 +55,8 @@ pub fn run(config: &std::path::Path, what: ConsoleCommand) -> anyhow::Result<Exi
             role,
             password_stdin,
         } => {
-            if !password_stdin {
-                anyhow::bail!("give the password on standard input with --password-stdin");
-            }
-            let mut line = String::new();
-            std::io::stdin().read_line(&mut line)?;
-            let password = line.trim_end_matches(['\r', '\n']);
-            let replaced = users::add(&file, &name, role.clone(), password)?;
+            let password = password(password_stdin)?;
+            let replaced = users::add(&file, &name, role.clone(), &password)?;
             println!(
                 "{}: user {name} ({role}) {}",
                 file.display(),
@@ -85,4 +83,42 @@ pub fn run(config: &std::path::Path, what: ConsoleCommand) -> anyhow::Result<Exi
         }
     }
     Ok(ExitCode::SUCCESS)
+}
+
+/// The same verbs on the shared state (`[state] kind = "postgres"`).
+fn shared(cfg: &Config, what: ConsoleUserCommand) -> anyhow::Result<ExitCode> {
+    use crate::console::users;
+    match what {
+        ConsoleUserCommand::Add {
+            name,
+            role,
+            password_stdin,
+        } => {
+            if !users::valid_name(&name) {
+                return Err(users::UsersError::BadName(name).into());
+            }
+            let hash = users::hash_password(&password(password_stdin)?)?;
+            super::state::user_add(
+                cfg,
+                crate::state::users_file::UserRecord {
+                    name,
+                    role: role.to_string(),
+                    password_hash: hash,
+                },
+            )
+        }
+        ConsoleUserCommand::List => super::state::user_list(cfg),
+        ConsoleUserCommand::Remove { name } => super::state::user_remove(cfg, &name),
+    }
+}
+
+/// The password, from the first line of standard input (never the command line, where `ps`
+/// shows it).
+fn password(password_stdin: bool) -> anyhow::Result<String> {
+    if !password_stdin {
+        anyhow::bail!("give the password on standard input with --password-stdin");
+    }
+    let mut line = String::new();
+    std::io::stdin().read_line(&mut line)?;
+    Ok(line.trim_end_matches(['\r', '\n']).to_string())
 }

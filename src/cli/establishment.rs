@@ -1,5 +1,6 @@
 //! `passerelle establishment add|remove|list|show|test`: onboarding an establishment of a
-//! regional gateway in minutes. `add` writes `establishments_dir/NAME.toml`, validates the
+//! regional gateway in minutes (with `[state] kind = "postgres"`, `add` and `remove` write to
+//! the shared state instead: see `cli/state.rs`). `add` writes `establishments_dir/NAME.toml`, validates the
 //! whole configuration with it (as `check-config` does; nothing is left behind when it is
 //! refused) and asks a running server to reload through its admin endpoint; `show` prints
 //! what the establishment's administrator pastes (Postfix, Exchange) and what is declared to
@@ -154,6 +155,10 @@ fn list(config: &Path, json: bool) -> anyhow::Result<ExitCode> {
 }
 
 fn add(config: &Path, name: &str, text: &str) -> anyhow::Result<ExitCode> {
+    let cfg = Config::load_unvalidated(config)?;
+    if super::state::shared(&cfg).is_some() {
+        return super::state::establishment(config, &cfg, name, Some(text.to_string()));
+    }
     match write_checked(config, name, text) {
         Ok((path, warnings)) => {
             for w in warnings {
@@ -174,6 +179,19 @@ fn add(config: &Path, name: &str, text: &str) -> anyhow::Result<ExitCode> {
 
 fn remove(config: &Path, name: &str) -> anyhow::Result<ExitCode> {
     let cfg = Config::load_unvalidated(config)?;
+    if super::state::shared(&cfg).is_some() {
+        if cfg
+            .establishment
+            .iter()
+            .any(|e| e.name == name && e.file.is_none())
+        {
+            bail!(
+                "establishment {name:?} is declared in {} ([[establishment]]); remove it there",
+                config.display()
+            );
+        }
+        return super::state::establishment(config, &cfg, name, None);
+    }
     let e = find(&cfg, name)?;
     let Some(file) = &e.file else {
         bail!(

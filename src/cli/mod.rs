@@ -16,6 +16,7 @@ mod doc;
 pub mod establishment;
 pub mod pki;
 pub mod queue;
+pub mod state;
 pub mod tls;
 pub mod whitelist;
 
@@ -131,6 +132,11 @@ pub enum Command {
         #[command(subcommand)]
         what: console_user::ConsoleCommand,
     },
+    /// The state several gateways share in PostgreSQL ([state] kind = "postgres").
+    State {
+        #[command(subcommand)]
+        what: state::StateCommand,
+    },
 }
 
 impl Cli {
@@ -192,6 +198,7 @@ pub fn run(cli: Cli) -> anyhow::Result<ExitCode> {
         Command::Directory { what } => directory::run(config, what),
         Command::Establishment { what } => establishment::run(config, what),
         Command::Console { what } => console_user::run(config, what),
+        Command::State { what } => state::run(config, what),
         Command::Track(a) => crate::journal::cli::track(config, &a).map(ExitCode::from),
         Command::Stats(a) => crate::journal::cli::stats(config, &a).map(ExitCode::from),
     }

@@ -293,6 +293,28 @@ pub fn read_dir_with(
     (list, warnings, errors)
 }
 
+/// The establishments `texts` (name, TOML), as if each were `dir/NAME.toml`: the shared
+/// state's rows, checked before a write is committed.
+pub fn read_texts(
+    dir: &Path,
+    texts: &[(String, String)],
+) -> (Vec<EstablishmentConfig>, Vec<Problem>, Vec<Problem>) {
+    let (mut list, mut warnings, mut errors) = (Vec::new(), Vec::new(), Vec::new());
+    for (name, text) in texts {
+        let f = dir.join(format!("{name}.toml"));
+        match parse_file(text, &f.display().to_string()) {
+            Ok((mut e, w)) => {
+                e.file = Some(f);
+                e.file_text = Some(text.as_str().into());
+                warnings.extend(w);
+                list.push(e);
+            }
+            Err(p) => errors.extend(p),
+        }
+    }
+    (list, warnings, errors)
+}
+
 /// What establishments say about each other and about the rest of the config.
 pub fn validate(list: &[EstablishmentConfig], has_tls: bool) -> Vec<Problem> {
     let mut p = Vec::new();

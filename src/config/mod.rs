@@ -17,6 +17,7 @@ mod journal;
 #[cfg(test)]
 mod reference;
 mod source;
+mod state;
 mod trust;
 mod validate;
 pub use validate::trust_warnings;
@@ -28,6 +29,7 @@ pub use dirsync::SyncConfig;
 pub use establishment::{EstablishmentConfig, SenderCheck};
 pub use journal::{postgres_target, JournalConfig, JournalKind, PgTarget, SslMode};
 pub use source::{locate, Problem, Severity};
+pub use state::{StateConfig, StateKind};
 pub use trust::{TlsConfig, WhitelistConfig};
 pub use values::{parse_duration, ClientNet, DomainPattern, HostPort};
 
@@ -100,6 +102,10 @@ pub struct Config {
     /// The establishments of a regional gateway (those of `establishments_dir` added when read).
     #[serde(default)]
     pub establishment: Vec<EstablishmentConfig>,
+    /// Where establishments, console users and sessions live: files, or PostgreSQL shared by
+    /// several gateways.
+    #[serde(default)]
+    pub state: StateConfig,
     /// Where the file was read from (not a key): used in messages.
     #[serde(skip)]
     pub source: PathBuf,
@@ -547,7 +553,7 @@ impl Config {
         path: &Path,
         candidate: establishment::Candidate<'_>,
     ) -> Result<Parsed, ConfigError> {
-        let (parsed, _) = Self::read_with(path, candidate)?;
+        let (parsed, _) = Self::read_with(path, candidate, None)?;
         Self::validated(parsed)
     }
 
@@ -589,12 +595,47 @@ impl Config {
     }
 
     fn read(path: &Path) -> Result<(Parsed, String), ConfigError> {
-        Self::read_with(path, None)
+        Self::read_with(path, None, None)
+    }
+
+    /// [`Config::check`] with the establishments `texts` (name, TOML) in place of the files
+    /// of the establishments directory: a write to the shared state is checked against the
+    /// whole state as the database holds it, before it is committed.
+    pub fn check_with_texts(
+        path: &Path,
+        texts: &[(String, String)],
+    ) -> Result<Parsed, ConfigError> {
+        let (parsed, _) = Self::read_with(path, None, Some(texts))?;
+        Self::validated(parsed)
+    }
+
+    /// Where the establishments' files are read from: `establishments_dir`, or with a shared
+    /// state its local copy under the spool (`SPOOL/state/establishments.d`).
+    pub fn establishments_read_dir(&self) -> PathBuf {
+        if self.state.shared() {
+            self.state
+                .local_dir(&self.server.spool)
+                .join("establishments.d")
+        } else {
+            self.server.establishments_dir.clone()
+        }
+    }
+
+    /// The console's users file: `[console] users_file`, or with a shared state its local
+    /// copy (`SPOOL/state/users.toml`). `None` without a console.
+    pub fn users_read_file(&self) -> Option<PathBuf> {
+        let c = self.console.as_ref()?;
+        Some(if self.state.shared() {
+            self.state.local_dir(&self.server.spool).join("users.toml")
+        } else {
+            c.users_file.clone()
+        })
     }
 
     fn read_with(
         path: &Path,
         candidate: establishment::Candidate<'_>,
+        texts: Option<&[(String, String)]>,
     ) -> Result<(Parsed, String), ConfigError> {
         let shown = path.display().to_string();
         // Read ourselves first so a missing file is a clear one-line error.
@@ -607,8 +648,11 @@ impl Config {
         parsed.config.source_text = text.clone();
         // The establishments' own files: one that does not load fails the whole read (a
         // reload then keeps the config in force).
-        let (list, warnings, errors) =
-            establishment::read_dir_with(&parsed.config.server.establishments_dir, candidate);
+        let dir = parsed.config.establishments_read_dir();
+        let (list, warnings, errors) = match texts {
+            None => establishment::read_dir_with(&dir, candidate),
+            Some(texts) => establishment::read_texts(&dir, texts),
+        };
         if !errors.is_empty() {
             return Err(ConfigError::Invalid(errors));
         }

@@ -72,6 +72,7 @@ fn section_fields(section: &str) -> Option<Vec<&'static str>> {
         "directory" => fields_of::<DirectoryConfig>(),
         "directory.sync" => fields_of::<super::SyncConfig>(),
         "journal" => fields_of::<super::JournalConfig>(),
+        "state" => fields_of::<super::StateConfig>(),
         "console" => fields_of::<super::ConsoleConfig>(),
         "establishment" => fields_of::<super::EstablishmentConfig>(),
         _ => return None,

@@ -262,6 +262,10 @@ pub fn validate(c: &Config) -> Vec<Problem> {
         &c.establishment,
         c.tls.is_some(),
     ));
+    for line in c.state.validate() {
+        let (key, msg) = line.split_once(": ").unwrap_or(("state", &line));
+        p.push(Problem::error(key, msg));
+    }
     for line in c.journal.validate() {
         let (key, msg) = line.split_once(": ").unwrap_or(("journal", &line));
         p.push(Problem::error(key, msg));

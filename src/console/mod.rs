@@ -68,6 +68,10 @@ pub struct App {
     dummy_hash: String,
     /// One configuration change at a time.
     config_lock: tokio::sync::Mutex<()>,
+    /// The shared state's database (`[state] kind = "postgres"`): sessions and writes go there.
+    state: Option<Arc<crate::state::Shared>>,
+    /// This gateway's name, in the shared state's record of who changed what.
+    gateway: String,
 }
 
 /// The logged-in user of a request, put there by the guard.
@@ -111,9 +115,13 @@ pub async fn start(backend: ConsoleBackend) -> anyhow::Result<Option<tokio::task
         .public_origin()
         .transpose()
         .map_err(|e| anyhow::anyhow!("console.public_url: {e}"))?;
-    let users = UsersCache::new(cc.users_file.clone());
+    let users_file = snap
+        .config
+        .users_read_file()
+        .unwrap_or(cc.users_file.clone());
+    let users = UsersCache::new(users_file.clone());
     if users.get().await.is_empty() {
-        tracing::warn!(users_file = %cc.users_file.display(),
+        tracing::warn!(users_file = %users_file.display(),
             "console: no users yet; create the first one with `passerelle console user add NAME --role operator --password-stdin`");
     }
     let app = Arc::new(App {
@@ -129,6 +137,12 @@ pub async fn start(backend: ConsoleBackend) -> anyhow::Result<Option<tokio::task
         samples: samples::Samples::default(),
         dummy_hash,
         config_lock: tokio::sync::Mutex::new(()),
+        state: snap
+            .config
+            .state
+            .shared()
+            .then(|| crate::state::Shared::new(snap.config.state.clone())),
+        gateway: snap.config.journal.gateway_name(),
     });
     let listener = ConsoleListener::new(sock, tls)?;
     tracing::info!(address = %cc.address, https = app.secure, "console listening");
@@ -285,6 +299,92 @@ pub fn allow(v: &Viewer, action: Action, resource: Resource<'_>) -> Result<(), P
 impl App {
     /// Logs an administrator's action (target `passerelle::console::audit`). Actions on a
     /// message are journalled too, in a place kept before they are done ([`hooks::Journal::reserve`]).
+    /// The live session `id`: with a shared state, as the database says (a session opened on
+    /// another gateway, or ended there); the database away, as this gateway last saw it.
+    async fn session_touch(&self, id: &str, now: Instant) -> Option<Session> {
+        let Some(shared) = &self.state else {
+            return self.sessions.touch(id, now);
+        };
+        let (idle, max_age) = (self.sessions.idle(), session::MAX_AGE);
+        let found = shared
+            .bounded(async {
+                let c = shared.client().await?;
+                crate::state::pg::session_touch(&c, id, idle, max_age).await
+            })
+            .await;
+        match found {
+            Ok(Some(row)) => {
+                let role = row.role.parse::<Role>().ok()?;
+                let age = std::time::Duration::from_secs_f64(row.age.clamp(0.0, 1e9));
+                Some(self.sessions.remember(Session {
+                    id: id.to_string(),
+                    user: row.user,
+                    role,
+                    stamp: row.stamp,
+                    csrf: row.csrf,
+                    created: now.checked_sub(age).unwrap_or(now),
+                    last_seen: now,
+                    flash: None,
+                }))
+            }
+            Ok(None) => {
+                self.sessions.remove(id);
+                None
+            }
+            Err(_) => self.sessions.touch(id, now),
+        }
+    }
+
+    /// A new session; with a shared state it is valid on every gateway, and refused while the
+    /// database is away (it could not be).
+    async fn session_create(&self, user: &users::User, now: Instant) -> Result<Session, PageError> {
+        let s = self
+            .sessions
+            .create(&user.name, user.role.clone(), user.stamp(), now)
+            .map_err(|e| PageError::Unavailable(format!("no randomness for a session: {e}")))?;
+        let Some(shared) = &self.state else {
+            return Ok(s);
+        };
+        let row = crate::state::pg::SessionRow {
+            user: s.user.clone(),
+            role: s.role.to_string(),
+            stamp: s.stamp.clone(),
+            csrf: s.csrf.clone(),
+            age: 0.0,
+        };
+        let stored = shared
+            .bounded(async {
+                let c = shared.client().await?;
+                crate::state::pg::session_create(&c, &s.id, &row).await
+            })
+            .await;
+        match stored {
+            Ok(()) => Ok(s),
+            Err(e) => {
+                self.sessions.remove(&s.id);
+                Err(PageError::Unavailable(format!(
+                    "{e}. Logins are refused until it returns; sessions already open keep working."
+                )))
+            }
+        }
+    }
+
+    /// Ends a session here and, with a shared state, on every gateway.
+    async fn session_end(&self, id: &str) {
+        self.sessions.remove(id);
+        if let Some(shared) = &self.state {
+            let ended = shared
+                .bounded(async {
+                    let c = shared.client().await?;
+                    crate::state::pg::session_remove(&c, id).await
+                })
+                .await;
+            if let Err(e) = ended {
+                tracing::warn!(target: "crate::console::audit", "logout: the session ends on this gateway only: {e}");
+            }
+        }
+    }
+
     pub fn audit(&self, v: &Viewer, action: &str, target: &str, outcome: &str) -> AuditEvent {
         self.audit_as(
             v.user(),
@@ -453,8 +553,10 @@ async fn guarded(
     reading: bool,
 ) -> Response {
     let now = Instant::now();
-    let mut session =
-        cookie_value(req.headers(), session::COOKIE).and_then(|id| app.sessions.touch(&id, now));
+    let mut session = match cookie_value(req.headers(), session::COOKIE) {
+        Some(id) => app.session_touch(&id, now).await,
+        None => None,
+    };
     // A user removed from the file, or whose role or password changed, is logged out at once
     // (REVIEW B4: a password reset used to keep the old sessions).
     if let Some(s) = &session {

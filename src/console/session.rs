@@ -94,6 +94,26 @@ impl Sessions {
         Ok(s)
     }
 
+    pub fn idle(&self) -> Duration {
+        self.idle
+    }
+
+    /// A session the shared state vouches for, kept here too (for its flash message, and for
+    /// when the database is away); returned with its flash message taken.
+    pub fn remember(&self, mut s: Session) -> Session {
+        let mut map = self.map.lock().unwrap_or_else(|p| p.into_inner());
+        if let Some(known) = map.get_mut(&s.id) {
+            s.flash = known.flash.take();
+            *known = Session {
+                flash: None,
+                ..s.clone()
+            };
+        } else if map.len() < MAX_SESSIONS {
+            map.insert(s.id.clone(), s.clone());
+        }
+        s
+    }
+
     /// The live session `id` (its idle clock restarted), its flash message taken.
     pub fn touch(&self, id: &str, now: Instant) -> Option<Session> {
         let mut map = self.map.lock().unwrap_or_else(|p| p.into_inner());

@@ -3,9 +3,9 @@
 //! the file changes, so a user added or removed while `serve` runs takes effect at once).
 
 use super::access::Role;
+use crate::state::users_file::{self, UserRecord};
 use argon2::password_hash::{PasswordHash, PasswordHasher, PasswordVerifier, SaltString};
 use argon2::Argon2;
-use serde::{Deserialize, Serialize};
 use std::path::{Path, PathBuf};
 use std::sync::{Arc, Mutex};
 use std::time::SystemTime;
@@ -49,19 +49,6 @@ pub enum UsersError {
     Hash(String),
 }
 
-#[derive(Serialize, Deserialize, Default)]
-struct FileFormat {
-    #[serde(default, rename = "user")]
-    users: Vec<RawUser>,
-}
-
-#[derive(Serialize, Deserialize)]
-struct RawUser {
-    name: String,
-    role: String,
-    password_hash: String,
-}
-
 pub fn valid_name(name: &str) -> bool {
     !name.is_empty()
         && name.len() <= 64
@@ -88,8 +75,8 @@ pub fn load(path: &Path) -> Result<Vec<User>, UsersError> {
         path: path.display().to_string(),
         message,
     };
-    let f: FileFormat = toml::from_str(&text).map_err(|e| invalid(e.to_string()))?;
-    f.users
+    users_file::parse(&text)
+        .map_err(invalid)?
         .into_iter()
         .map(|u| {
             let role = u
@@ -113,28 +100,19 @@ pub fn load(path: &Path) -> Result<Vec<User>, UsersError> {
 /// Writes `users` to `path` atomically, readable by its owner only (the hashes are secrets
 /// too: an offline guess needs them).
 pub fn save(path: &Path, users: &[User]) -> Result<(), UsersError> {
-    let f = FileFormat {
-        users: users
-            .iter()
-            .map(|u| RawUser {
-                name: u.name.clone(),
-                role: u.role.to_string(),
-                password_hash: u.hash.clone(),
-            })
-            .collect(),
-    };
-    let text = toml::to_string(&f).map_err(|e| UsersError::Invalid {
-        path: path.display().to_string(),
-        message: e.to_string(),
-    })?;
-    if let Some(dir) = path.parent().filter(|d| !d.as_os_str().is_empty()) {
-        std::fs::create_dir_all(dir).map_err(io_err(dir))?;
-    }
-    let mut data =
-        b"# passerelle console users: written by `passerelle console user add/remove`.\n".to_vec();
-    data.extend_from_slice(text.as_bytes());
-    crate::util::fs::write_atomic(path, &data, crate::util::fs::Mode::Set(0o600))
-        .map_err(io_err(path))
+    users_file::write(path, &records(users)).map_err(io_err(path))
+}
+
+/// The users as the file (and the shared state) keeps them.
+pub fn records(users: &[User]) -> Vec<UserRecord> {
+    users
+        .iter()
+        .map(|u| UserRecord {
+            name: u.name.clone(),
+            role: u.role.to_string(),
+            password_hash: u.hash.clone(),
+        })
+        .collect()
 }
 
 /// An Argon2id hash with the crate's defaults (19 MiB, 2 passes: OWASP's minimum).

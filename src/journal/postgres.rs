@@ -21,7 +21,9 @@ pub use crate::config::{postgres_target as target, PgTarget as Target, SslMode};
 
 /// The rustls side of a target: reads `sslrootcert` (blocking: call it off the runtime's
 /// threads, see [`connect`]).
-fn tls_connector(t: &Target) -> Result<tokio_postgres_rustls::MakeRustlsConnect, String> {
+pub(crate) fn tls_connector(
+    t: &Target,
+) -> Result<tokio_postgres_rustls::MakeRustlsConnect, String> {
     use crate::tls::{anonymous_client_config, provider, AcceptAnyServer};
     let verifier: Arc<dyn rustls::client::danger::ServerCertVerifier> = match &t.root_cert {
         Some(path) => {
@@ -100,7 +102,7 @@ impl rustls::client::danger::ServerCertVerifier for AnyName {
 
 /// An error and its causes (tokio-postgres says "error performing TLS handshake" and keeps
 /// which certificate was refused, and why, in its source).
-fn with_causes(e: &dyn std::error::Error) -> String {
+pub(crate) fn with_causes(e: &dyn std::error::Error) -> String {
     let mut out = e.to_string();
     let mut cause = e.source();
     while let Some(c) = cause {

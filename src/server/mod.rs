@@ -122,6 +122,26 @@ fn scheduler_config(cfg: &Config) -> SchedulerConfig {
     }
 }
 
+/// With `[state] kind = "postgres"`: the state's settings and its local copy, brought up to
+/// date from the database when it answers.
+async fn shared_state(config_path: &Path) -> Option<(crate::config::StateConfig, PathBuf)> {
+    let path = config_path.to_path_buf();
+    let main = tokio::task::spawn_blocking(move || {
+        let text = std::fs::read_to_string(&path).ok()?;
+        Config::from_toml_str(&text, &path.display().to_string()).ok()
+    })
+    .await
+    .ok()
+    .flatten()?;
+    let c = main.config;
+    if !c.state.shared() || !c.state.validate().is_empty() {
+        return None;
+    }
+    let dir = c.state.local_dir(&c.server.spool);
+    crate::state::sync::initial(&c.state, &dir).await;
+    Some((c.state, dir))
+}
+
 pub async fn serve(config_path: &Path) -> anyhow::Result<()> {
     // Signals first: a SIGHUP that lands while the listeners bind (a supervisor reloading
     // right after start) must be taken as a reload, never by the default action, which exits.
@@ -129,6 +149,9 @@ pub async fn serve(config_path: &Path) -> anyhow::Result<()> {
     let mut term = signal(SignalKind::terminate())?;
     let mut int = signal(SignalKind::interrupt())?;
     let mut hup = signal(SignalKind::hangup())?;
+    // A shared state: its local copy brought up to date before the configuration reads it
+    // (only `[state]` and the spool are needed: the main file's text, parsed alone).
+    let shared_state = shared_state(config_path).await;
     let cfg = load_config(config_path)?;
     // Files with a download URL that do not exist yet are fetched before they are loaded.
     {
@@ -226,6 +249,14 @@ pub async fn serve(config_path: &Path) -> anyhow::Result<()> {
         ))
     };
 
+    if let Some((sc, dir)) = shared_state {
+        let handle = reloader.clone();
+        let reload: crate::state::sync::Reload = Box::new(move || {
+            let h = handle.clone();
+            Box::pin(async move { h.reload().await })
+        });
+        tokio::spawn(crate::state::sync::run(sc, dir, reload));
+    }
     let console = crate::console::start(crate::console::ConsoleBackend {
         queue: queue.handle().clone(),
         queue_dir,

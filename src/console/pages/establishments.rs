@@ -11,6 +11,8 @@ use crate::config::EstablishmentConfig;
 use crate::establishment::onboarding::joined;
 use crate::establishment::store::FileSpec;
 use crate::establishment::{onboarding, store};
+use crate::state::pg::{EstablishmentChange, Expect};
+use crate::state::StateError;
 use axum::extract::{Path, State};
 use axum::response::{Html, IntoResponse, Redirect, Response};
 use axum::{Extension, Form};
@@ -212,6 +214,9 @@ pub struct AddForm {
     structures: String,
     max_message_rate: String,
     max_queued: String,
+    /// The digest of the establishment's text when the edit form was opened: a save over a
+    /// change made meanwhile by someone else is refused, never a silent overwrite.
+    was: String,
 }
 
 /// Items of a list field: one per line; commas also separate, except in DNs (which contain
@@ -260,6 +265,7 @@ fn form_markup_at(
         }
         form.establishment method="post" action=(action) {
             (csrf(v))
+            @if !f.was.is_empty() { input type="hidden" name="was" value=(f.was); }
             p { label for="name" { "Name" } input #name name="name" required value=(f.name) placeholder="chu-a" pattern="[a-z0-9-]+" readonly[editing]; span.hint { "lowercase letters, digits and -" } }
             p { label for="domains" { "Domains" } textarea #domains name="domains" rows="2" required placeholder="chu-a.mssante.fr" { (f.domains) } span.hint { "one per line: exact names or *.suffix" } }
             p { label for="clients" { "MTAs by address" } textarea #clients name="clients" rows="2" placeholder="10.1.0.0/24" { (f.clients) } }
@@ -363,6 +369,11 @@ fn form_of(e: &EstablishmentConfig) -> AddForm {
             .map(|n| n.to_string())
             .unwrap_or_default(),
         max_queued: e.max_queued.map(|n| n.to_string()).unwrap_or_default(),
+        was: e
+            .file_text
+            .as_deref()
+            .map(crate::state::pg::digest)
+            .unwrap_or_default(),
     }
 }
 
@@ -428,6 +439,22 @@ pub async fn edit(
             "the name cannot change ({name} -> {new_name}): add a new establishment and remove this one"
         )]);
     }
+    if let Some(shared) = app.state.clone() {
+        let expect = if f.was.is_empty() {
+            Expect::Present
+        } else {
+            Expect::Text(f.was.clone())
+        };
+        return shared_write(&app, &v, &shared, &name, Some(text), expect, "changed")
+            .await
+            .or_else(refuse);
+    }
+    let now = e.file_text.as_deref().map(crate::state::pg::digest);
+    if !f.was.is_empty() && now.as_deref() != Some(f.was.as_str()) {
+        return refuse(vec![format!(
+            "establishment {name:?} was changed by someone else since you opened it: nothing written; reload it and apply your change again"
+        )]);
+    }
     let config = app.backend.snapshot.load().config.source.clone();
     let (path, old) = match store::replace_checked(&config, &name, &text) {
         Ok((path, old, _warnings)) => (path, old),
@@ -461,6 +488,19 @@ pub async fn add(
         Ok((_, t)) => t,
         Err(why) => return refuse(vec![why]),
     };
+    if let Some(shared) = app.state.clone() {
+        return shared_write(
+            &app,
+            &v,
+            &shared,
+            &name,
+            Some(text),
+            Expect::Absent,
+            "added",
+        )
+        .await
+        .or_else(refuse);
+    }
     let config = app.backend.snapshot.load().config.source.clone();
     let path = match store::write_checked(&config, &name, &text) {
         Ok((path, _warnings)) => path,
@@ -469,6 +509,64 @@ pub async fn add(
     applied(&app, &v, &name, &path, None, "added")
         .await
         .or_else(|why| refuse(vec![why]))
+}
+
+/// A change written to the shared state (`[state] kind = "postgres"`): checked there against
+/// the whole state, then applied by every gateway (this one waited for, up to 3 s).
+async fn shared_write(
+    app: &App,
+    v: &Viewer,
+    shared: &crate::state::Shared,
+    name: &str,
+    text: Option<String>,
+    expect: Expect,
+    done: &str,
+) -> Result<Response, Vec<String>> {
+    let config = app.backend.snapshot.load().config.source.clone();
+    let check: crate::state::pg::Check =
+        Box::new(
+            move |list| match crate::config::Config::check_with_texts(&config, &list) {
+                Ok(p) => Ok(p.warnings.iter().map(|w| w.to_string()).collect()),
+                Err(e) => Err(e.to_string().lines().map(String::from).collect()),
+            },
+        );
+    let by = crate::state::author(&format!("console:{}", v.user()), &app.gateway);
+    let change = EstablishmentChange {
+        name: name.to_string(),
+        text,
+        expect,
+    };
+    let written = shared
+        .bounded(async {
+            let mut c = shared.own_client().await?;
+            crate::state::pg::change_establishment(&mut c, change, &by, check).await
+        })
+        .await;
+    let version = match written {
+        Ok((version, _warnings)) => version,
+        Err(StateError::Refused(p)) => return Err(p),
+        Err(e) => return Err(vec![format!("{e}: nothing changed")]),
+    };
+    let here = crate::state::wait_applied(version, std::time::Duration::from_secs(3)).await;
+    let verb = if done == "added" { "add" } else { "edit" };
+    app.audit(
+        v,
+        &format!("establishment {verb}"),
+        name,
+        &format!("ok: written to the shared state, version {version}"),
+    );
+    app.sessions.set_flash(
+        &v.session.id,
+        format!(
+            "Establishment {name} is {done} (shared state version {version}){}",
+            if here {
+                " and in force here; every gateway applies it within 2 s."
+            } else {
+                "; every gateway applies it within 2 s."
+            }
+        ),
+    );
+    Ok(Redirect::to(&format!("/establishments/{name}")).into_response())
 }
 
 /// Reloads after an establishment's file was written; when the reload refuses it, the file is

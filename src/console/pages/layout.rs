@@ -83,6 +83,13 @@ pub fn frame(app: &App, v: &Viewer, current: &str, title: &str, body: Markup) ->
                     }
                 }
                 main #main {
+                    @if let Some(since) = crate::state::unreachable_since() {
+                        p.error #read-only role="alert" {
+                            "Read-only: the shared state's database is unreachable since "
+                            (crate::journal::read::format_time(since * 1000))
+                            ". Mail flows on the state last applied; changes are refused until it returns."
+                        }
+                    }
                     h1 { (title) }
                     @if let Some(f) = &v.session.flash {
                         p.flash role="status" { (f) }

@@ -1,7 +1,7 @@
 //! Log in (`/login`, form fields `username` and `password`) and log out.
 
 use super::super::listener::ClientAddr;
-use super::super::{users, App, PageError, Viewer};
+use super::super::{users, App, Viewer};
 use axum::extract::{Query, State};
 use axum::http::{header, HeaderValue, StatusCode};
 use axum::response::{Html, IntoResponse, Redirect, Response};
@@ -129,14 +129,11 @@ pub async fn submit(
         );
     };
     app.limiter.succeeded(client.ip(), &name);
-    let s = match app
-        .sessions
-        .create(&user.name, user.role.clone(), user.stamp(), now)
-    {
+    let s = match app.session_create(&user, now).await {
         Ok(s) => s,
         Err(e) => {
-            return PageError::Unavailable(format!("no randomness for a session: {e}"))
-                .into_response()
+            refused("refused: the shared state's database is unreachable");
+            return e.into_response();
         }
     };
     app.audit_as(
@@ -154,7 +151,7 @@ pub async fn submit(
 }
 
 pub async fn logout(State(app): State<Arc<App>>, Extension(v): Extension<Viewer>) -> Response {
-    app.sessions.remove(&v.session.id);
+    app.session_end(&v.session.id).await;
     app.audit(&v, "logout", v.user(), "ok");
     let mut r = Redirect::to("/login").into_response();
     r.headers_mut().insert(
