@@ -276,6 +276,17 @@ class SharedStateTest(E2ETestCase):
         text = self.pg.psql("SELECT toml FROM state_establishments WHERE name = 'chu-a'")
         self.assertIn("max_queued = 5", text, "the first edit stands, never silently overwritten")
 
+        # The list is searchable and paginated; a bad page or an oversized search is a 400.
+        cookie = pages["gw-b"][0]
+        status, _, page = request(self.base("gw-b"), "GET", "/establishments?q=CHU-A.mssante", cookie=cookie)
+        self.assertEqual(status, 200)
+        self.assertIn("1 of 1 establishment(s)", page)
+        status, _, page = request(self.base("gw-b"), "GET", "/establishments?q=nothing-like-it", cookie=cookie)
+        self.assertIn("No establishment matches", page)
+        for query in ("page=abc", "page=0", "q=" + "x" * 201):
+            status, _, _ = request(self.base("gw-b"), "GET", "/establishments?" + query, cookie=cookie)
+            self.assertEqual(status, 400, query)
+
     def test_state_import_export_and_status(self):
         est = os.path.join(self.tmp, "import", "establishments.d")
         os.makedirs(est)

@@ -32,22 +32,80 @@ fn find(app: &App, name: &str) -> Result<EstablishmentConfig, PageError> {
         .ok_or(PageError::NotFound)
 }
 
+/// Establishments shown per page of the list (a region has thousands).
+const PER_PAGE: usize = 50;
+/// A longer search is refused (400): nothing a name, a domain or an address needs.
+const MAX_SEARCH: usize = 200;
+
+/// `/establishments?q=TEXT&page=N`: the search (part of a name, a domain, an MTA address or
+/// DN, the mailbox) and the page, from 1.
+#[derive(Debug, Default, serde::Deserialize)]
+#[serde(default)]
+pub struct ListQuery {
+    q: String,
+    page: String,
+}
+
+/// Whether `e` matches the lowercased search `q`.
+fn matches(e: &EstablishmentConfig, q: &str) -> bool {
+    q.is_empty()
+        || e.name.contains(q)
+        || e.domains.iter().any(|d| d.to_string().contains(q))
+        || e.clients.iter().any(|c| c.to_string().contains(q))
+        || e.client_dns
+            .iter()
+            .any(|d| d.to_string().to_lowercase().contains(q))
+        || e.mailbox.to_string().to_lowercase().contains(q)
+}
+
 pub async fn list(
     State(app): State<Arc<App>>,
     Extension(v): Extension<Viewer>,
+    axum::extract::Query(lq): axum::extract::Query<ListQuery>,
 ) -> Result<Html<String>, PageError> {
     allow(&v, Action::View, Resource::Gateway)?;
+    if lq.q.len() > MAX_SEARCH {
+        return Err(PageError::BadRequest(format!(
+            "the search is {MAX_SEARCH} characters at most"
+        )));
+    }
+    let page: usize = match lq.page.trim() {
+        "" => 1,
+        p => p
+            .parse()
+            .ok()
+            .filter(|n| (1..=1_000_000).contains(n))
+            .ok_or_else(|| PageError::BadRequest(format!("page {p:?}: a number from 1")))?,
+    };
+    let q = lq.q.trim().to_lowercase();
     let snap = app.backend.snapshot.load_full();
     let all = &snap.config.establishment;
+    let found: Vec<&EstablishmentConfig> = all.iter().filter(|e| matches(e, &q)).collect();
+    let pages = found.len().div_ceil(PER_PAGE).max(1);
+    let page = page.min(pages);
+    let shown = found.iter().skip((page - 1) * PER_PAGE).take(PER_PAGE);
+    let link = |p: usize| {
+        let query = serde_urlencoded::to_string([("q", q.as_str()), ("page", &p.to_string())])
+            .unwrap_or_default();
+        format!("/establishments?{query}")
+    };
     let may_add = access::decide(v.role(), Action::EditEstablishment, Resource::Gateway)
         == access::Verdict::Allow;
     let body = html! {
         @if may_add {
             p { a.button href="/establishments/new" { "Add an establishment" } }
         }
+        form.search method="get" action="/establishments" role="search" {
+            label for="q" { "Search" }
+            input #q type="search" name="q" value=(q) maxlength=(MAX_SEARCH) placeholder="name, domain, address or DN";
+            button type="submit" { "Search" }
+        }
         @if all.is_empty() {
             p { "No establishment is declared. Add one with the button above or `passerelle establishment add`." }
+        } @else if found.is_empty() {
+            p #count { "No establishment matches." }
         } @else {
+            p #count { (found.len()) " of " (all.len()) " establishment(s); page " (page) " of " (pages) }
             div.scroll {
                 table.establishments {
                     thead { tr {
@@ -55,7 +113,7 @@ pub async fn list(
                         th scope="col" { "MTAs" } th scope="col" { "Mailbox" } th scope="col" { "Queue" }
                     } }
                     tbody {
-                        @for e in all {
+                        @for e in shown {
                             tr {
                                 th scope="row" { a href=(format!("/establishments/{}", e.name)) { (e.name) } }
                                 td { (joined(&e.domains)) }
@@ -65,6 +123,12 @@ pub async fn list(
                             }
                         }
                     }
+                }
+            }
+            @if pages > 1 {
+                nav.pages aria-label="Pages" {
+                    @if page > 1 { a rel="prev" href=(link(page - 1)) { "Previous" } " " }
+                    @if page < pages { a rel="next" href=(link(page + 1)) { "Next" } }
                 }
             }
         }
