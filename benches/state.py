@@ -26,6 +26,7 @@ import urllib.parse
 
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
 import benchlib as B  # noqa: E402
+from browser import request as http  # noqa: E402
 
 H = B.H
 N = int(os.environ.get("ST_ESTABLISHMENTS", "2000"))
@@ -43,41 +44,9 @@ def est_text(i, box_port):
                   'mailbox = "127.0.0.1:%d"\nmailbox_tls = "none"\n' % (name, name, ip_of(i), box_port))
 
 
-def banner(ip, port):
-    s = socket.socket()
-    s.settimeout(5)
-    try:
-        s.bind((ip, 0))
-        s.connect(("127.0.0.1", port))
-        return s.recv(64).decode(errors="replace")
-    except OSError:
-        return ""
-    finally:
-        s.close()
-
-
 def ms(xs):
     xs = [x * 1000 for x in xs]
     return "%.0f / %.0f / %.0f" % (min(xs), statistics.median(xs), max(xs))
-
-
-def http(base, method, path, form=None, cookie=None):
-    import http.client
-    u = urllib.parse.urlsplit(base)
-    c = http.client.HTTPConnection(u.hostname, u.port, timeout=30)
-    h = {}
-    body = None
-    if form is not None:
-        body = urllib.parse.urlencode(form)
-        h["Content-Type"] = "application/x-www-form-urlencoded"
-    if cookie:
-        h["Cookie"] = cookie
-    c.request(method, path, body=body, headers=h)
-    r = c.getresponse()
-    data = r.read()
-    headers = {k.lower(): v for k, v in r.getheaders()}
-    c.close()
-    return r.status, headers, data
 
 
 def main():
@@ -154,7 +123,7 @@ def main():
         deadline = t0 + 30
         while pending and time.monotonic() < deadline:
             for g in list(pending):
-                if banner(ip_of(i), ports[g][0]).startswith("220"):
+                if H.banner_of(ip_of(i), ports[g][0], timeout=5).startswith("220"):
                     pending.discard(g)
             if pending:
                 time.sleep(0.01)

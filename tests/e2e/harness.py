@@ -402,6 +402,21 @@ def swaks(*args, timeout=60):
     return r.returncode, r.stdout.decode("utf-8", "replace")
 
 
+def banner_of(source_ip, port, host=LOOPBACK, timeout=10):
+    """The first reply a server gives a client connecting from `source_ip` ("" when the
+    connection fails): an establishment's MTA known by its address, seen by the gateway."""
+    s = socket.socket()
+    s.settimeout(timeout)
+    try:
+        s.bind((source_ip, 0))
+        s.connect((host, port))
+        return s.recv(512).decode("utf-8", "replace")
+    except OSError:
+        return ""
+    finally:
+        s.close()
+
+
 @contextlib.contextmanager
 def smtp_session(host, port, helo="client.chu-test.mssante.fr", timeout=30, ehlo=True):
     """smtplib.SMTP connected (and EHLO'd) to host:port; closed on exit."""

@@ -29,7 +29,7 @@ import tempfile
 import unittest
 import uuid
 
-from harness import (PASSERELLE_BIN, E2ETestCase, HarnessError, free_port, gateway_config,
+from harness import (PASSERELLE_BIN, E2ETestCase, HarnessError, banner_of, free_port, gateway_config,
                      listener, rcpts, relay_transport, swaks, wait_until)
 import gen_extract
 
@@ -132,17 +132,6 @@ class Client:
             self.s.quit()
         except Exception:
             self.s.close()
-
-
-def banner_of(source_ip, port):
-    """The first reply the gateway gives a client connecting from `source_ip`."""
-    s = socket.socket()
-    s.settimeout(10)
-    s.bind((source_ip, 0))
-    s.connect(("127.0.0.1", port))
-    banner = s.recv(512).decode()
-    s.close()
-    return banner
 
 
 class EstablishmentsTest(E2ETestCase):

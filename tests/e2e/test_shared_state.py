@@ -23,25 +23,12 @@ import time
 import urllib.parse
 
 from browser import Browser, request
-from harness import (PASSERELLE_BIN, E2ETestCase, free_port, gateway_config, listener,
+from harness import (PASSERELLE_BIN, E2ETestCase, banner_of, free_port, gateway_config, listener,
                      relay_transport, swaks, wait_until)
 
 IP = {"chu-a": "127.0.0.21", "chu-c": "127.0.0.23", "chu-d": "127.0.0.24"}
 PASSWORD = "operator password 1"
 OP_RCPT = "dr.y@autre.mssante.fr"
-
-
-def banner_of(source_ip, port):
-    """The first line the gateway answers a client connecting from `source_ip`."""
-    import socket
-    s = socket.socket()
-    s.settimeout(10)
-    try:
-        s.bind((source_ip, 0))
-        s.connect(("127.0.0.1", port))
-        return s.recv(512).decode(errors="replace")
-    finally:
-        s.close()
 
 
 def login(base, user=None, password=PASSWORD):
