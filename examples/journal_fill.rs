@@ -181,6 +181,8 @@ impl Traffic {
                     dn: (!outbound).then(|| peer.clone()),
                     tls: Some("TLSv1.3 with cipher TLS13_AES_256_GCM_SHA384".into()),
                 },
+                // As the gateway writes it: 64 hex digits per message.
+                sha256: Some(format!("{:064x}", self.rng.below(u64::MAX))),
             })),
         });
         let attempt = |outcome: Outcome, at: u64, nth: u32, text: &str| {

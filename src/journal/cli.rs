@@ -14,6 +14,8 @@ use std::path::Path;
 pub enum TrackFormat {
     Text,
     Json,
+    /// With `--proof`: a printable page.
+    Html,
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum)]
@@ -53,9 +55,14 @@ pub struct TrackArgs {
     /// At most N messages, the most recent.
     #[arg(long, default_value_t = 100, value_name = "N")]
     pub limit: u32,
-    /// text: a timeline per message; json: for tools.
+    /// text: a timeline per message; json: for tools; html: with --proof, a printable page.
     #[arg(long, value_enum, default_value_t = TrackFormat::Text)]
     pub format: TrackFormat,
+    /// With --id: a proof of sending (envelope, size and SHA-256 of the message as accepted,
+    /// each delivery attempt with the peer's DN and reply, the receipts); never a subject or
+    /// a body.
+    #[arg(long, requires = "id")]
+    pub proof: bool,
 }
 
 /// The activity indicators, grouped.
@@ -126,7 +133,24 @@ pub fn track(config: &Path, a: &TrackArgs) -> anyhow::Result<u8> {
             .map_err(anyhow::Error::from)
     })?;
     let mut out = std::io::stdout().lock();
+    if a.proof {
+        let Some(m) = found.iter().find(|m| m.queue_id.is_some()) else {
+            eprintln!("no message with queue id {}", a.id.as_deref().unwrap_or(""));
+            return Ok(1);
+        };
+        let text = match a.format {
+            TrackFormat::Text => super::proof::text(m),
+            TrackFormat::Json => serde_json::to_string_pretty(&super::proof::json(m))? + "\n",
+            TrackFormat::Html => super::proof::html(m),
+        };
+        out.write_all(text.as_bytes())?;
+        return Ok(0);
+    }
     match a.format {
+        TrackFormat::Html => {
+            eprintln!("--format html is for --proof");
+            return Ok(2);
+        }
         TrackFormat::Json => writeln!(out, "{}", serde_json::to_string_pretty(&found)?)?,
         TrackFormat::Text => {
             for m in &found {
@@ -167,7 +191,7 @@ pub fn stats(config: &Path, a: &StatsArgs) -> anyhow::Result<u8> {
     Ok(0)
 }
 
-fn s<'a>(v: &'a Json, k: &str) -> Option<&'a str> {
+pub(crate) fn s<'a>(v: &'a Json, k: &str) -> Option<&'a str> {
     v.get(k).and_then(Json::as_str).filter(|s| !s.is_empty())
 }
 

@@ -155,6 +155,10 @@ pub struct Accepted {
     pub recipients: Vec<AcceptedRcpt>,
     pub size: u64,
     pub client: Client,
+    /// SHA-256 (hex) of the message as the client sent it (without our Received header): the
+    /// proof of sending names it; the message itself is never stored in the journal.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub sha256: Option<String>,
 }
 
 /// How one delivery attempt ended for one recipient.

@@ -22,6 +22,7 @@ pub mod cli;
 pub mod event;
 pub mod plan;
 pub mod postgres;
+pub mod proof;
 pub mod read;
 pub mod schema;
 pub mod spill;
@@ -380,9 +381,16 @@ fn destination_of(transport: &str) -> Option<Destination> {
 // Emission helpers: one call at each place that learns a fact.
 
 /// A message is on disk and about to get its 250. `message` is what was stored (our
-/// Received header and the client's content); only its Message-ID is read. `bal_types`
+/// Received header, `hl` bytes, and the client's content); its Message-ID is read and the
+/// client's content digested (SHA-256, the proof of sending), nothing else. `bal_types`
 /// follows the envelope's recipients (empty when unknown).
-pub fn accepted(env: &Envelope, message: &[u8], mut client: Client, bal_types: &[Option<String>]) {
+pub fn accepted(
+    env: &Envelope,
+    message: &[u8],
+    hl: usize,
+    mut client: Client,
+    bal_types: &[Option<String>],
+) {
     if !enabled() {
         return;
     }
@@ -407,6 +415,9 @@ pub fn accepted(env: &Envelope, message: &[u8], mut client: Client, bal_types: &
             .collect(),
         size: message.len() as u64,
         client,
+        sha256: message.get(hl..).map(|m| {
+            data_encoding::HEXLOWER.encode(ring::digest::digest(&ring::digest::SHA256, m).as_ref())
+        }),
     }))));
 }
 
@@ -576,7 +587,7 @@ pub fn dsn_queued(
         helo: Some(dsn.helo.clone()),
         ..Client::default()
     };
-    accepted(dsn, message, client, &[]);
+    accepted(dsn, message, 0, client, &[]);
 }
 
 /// An administrator acted on a message (`user`: `cli` for the admin token).

@@ -157,6 +157,7 @@ pub fn implied_accepted(m: &MessageRow, rcpts: &[RecipientRow]) -> Value {
             dn: m.client_dn.clone(),
             tls: m.tls.clone(),
         },
+        sha256: None,
     };
     details_value(&a)
 }
@@ -648,6 +649,7 @@ pub(crate) mod tests {
                     .collect(),
                 size: 1234,
                 client: client("etablissement", Origin::Establishment),
+                sha256: None,
             })),
         }
     }

@@ -19,7 +19,7 @@ import subprocess
 import time
 import uuid
 
-from harness import (PASSERELLE_BIN, E2ETestCase, free_port, gateway_config, http_get, listener, relay_transport,
+from harness import (PASSERELLE_BIN, E2ETestCase, free_port, gateway_config, http_get, listener, queued_id, relay_transport,
                      smtp_session, swaks, toml_dumps, wait_until)
 
 DOMAIN = "chu-test.mssante.fr"
@@ -150,6 +150,45 @@ class JournalSqliteTests(E2ETestCase):
         self.assertEqual(rc, 0, csv)
         self.assertTrue(csv.startswith("establishment,received_from_establishments,"), csv)
         self.assertIn("\ntotal,1,", csv)
+
+    def test_proof_of_sending_names_the_sha256_of_the_message_as_sent(self):
+        """Issue 28 item 4: `track --id QID --proof` in text, JSON and HTML; the SHA-256 is
+        the one `sha256sum` gives of the message the client sent, and no subject or body."""
+        peer = self.peer("mailbox")
+        gw = self.gateway(config(self.tmp, peer.port))
+        data, msgid = message("Patient Secret, resultats",
+                              "BODY-NEVER-KEPT\r\n..a line starting with a dot")
+        path = os.path.join(self.tmp, "sent.eml")
+        with open(path, "wb") as f:
+            f.write(data)
+        host, port = gw.listener()
+        with smtp_session(host, port) as s:
+            s.mail(SENDER)
+            s.rcpt(RCPT)
+            code, text = s.data(data)
+        self.assertEqual(code, 250)
+        qid = queued_id(text.decode())
+        peer.wait_messages(1)
+        wait_tracked(gw, lambda m: m[0]["status"] == "delivered", "--id", qid)
+        expected = subprocess.run(["sha256sum", path], stdout=subprocess.PIPE, check=True,
+                                  timeout=10).stdout.split()[0].decode()
+        rc, out = gw.cli("track", "--id", qid, "--proof", "--format", "json")
+        self.assertEqual(rc, 0, out)
+        proof = json.loads(out)
+        self.assertEqual(proof["sha256"], expected)
+        self.assertEqual(proof["message_id"], msgid)
+        self.assertEqual(proof["to"], [RCPT])
+        self.assertIn("delivered", [e["kind"] for e in proof["events"]])
+        rc, text_proof = gw.cli("track", "--id", qid, "--proof")
+        self.assertEqual(rc, 0, text_proof)
+        self.assertIn("sha-256         " + expected, text_proof)
+        rc, page = gw.cli("track", "--id", qid, "--proof", "--format", "html")
+        self.assertIn("<h1>Proof of sending</h1>", page)
+        for out in (text_proof, page, json.dumps(proof)):
+            self.assertNotIn("Secret", out)
+            self.assertNotIn("BODY-NEVER-KEPT", out)
+        rc, _ = gw.cli("track", "--proof")
+        self.assertEqual(rc, 2, "--proof needs --id")
 
     def test_refusal_at_rcpt_is_journaled_with_reply_and_reason(self):
         peer = self.peer("mailbox")

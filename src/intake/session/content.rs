@@ -225,7 +225,7 @@ impl Session {
         // acceptance before any delivery attempt.
         let client = self.journal_client();
         let stored = |env: &Envelope, msg: &[u8]| {
-            crate::journal::accepted(env, msg, client, &tx.bal_types);
+            crate::journal::accepted(env, msg, hl, client, &tx.bal_types);
         };
         match self
             .ctx
