@@ -17,7 +17,7 @@ cd "$(dirname "$0")/.."
 SECONDS_PER_TARGET=${1:-20}
 shift || true
 TARGETS=("$@")
-[ ${#TARGETS[@]} -gt 0 ] || TARGETS=(smtp_command data_reader whitelist_xml extract xmldsig)
+[ ${#TARGETS[@]} -gt 0 ] || TARGETS=(smtp_command data_reader whitelist_xml extract xmldsig receipt)
 
 BIN=target/release
 OUT=target/fuzz

@@ -291,6 +291,34 @@ pub fn event_details(e: &Json) -> String {
                 n(e, "attempt").unwrap_or(0)
             );
         }
+        "remote-delivered" | "remote-delayed" | "remote-failed" => {
+            let _ = write!(
+                d,
+                "<{}> reported by {}: {} ({}, notification {})",
+                s(e, "to").unwrap_or("?"),
+                s(e, "reporter").unwrap_or("?"),
+                s(e, "status").unwrap_or("?"),
+                s(e, "report").unwrap_or("dsn"),
+                s(e, "notification").unwrap_or("?")
+            );
+        }
+        "displayed" | "deleted" | "dispatched" | "processed" => {
+            let verb = match kind {
+                "displayed" => "read",
+                "deleted" => "deleted unread",
+                "dispatched" => "dispatched",
+                _ => "processed",
+            };
+            let _ = write!(
+                d,
+                "{verb} by <{}>{} (notification {})",
+                s(e, "to").unwrap_or("?"),
+                s(e, "reporter")
+                    .map(|r| format!(" with {r}"))
+                    .unwrap_or_default(),
+                s(e, "notification").unwrap_or("?")
+            );
+        }
         "dsn" => {
             let _ = write!(
                 d,

@@ -229,6 +229,14 @@ pub struct DsnQueued {
     pub recipients: Vec<String>,
 }
 
+/// A delivery or read receipt that came in as message `queue_id` (itself journaled as any
+/// message), about another message: joined to it by the writer through its Message-ID.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct ReceiptSeen {
+    pub queue_id: String,
+    pub receipt: crate::message::report::Receipt,
+}
+
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(rename_all = "lowercase")]
 pub enum AdminAction {
@@ -272,6 +280,7 @@ pub enum EventBody {
     Attempt(Box<Attempt>),
     Dsn(Box<DsnQueued>),
     Admin(Admin),
+    Receipt(Box<ReceiptSeen>),
 }
 
 impl Event {
@@ -290,6 +299,7 @@ impl Event {
             EventBody::Attempt(a) => a.outcome.as_str(),
             EventBody::Dsn(_) => "dsn",
             EventBody::Admin(a) => a.action.as_str(),
+            EventBody::Receipt(_) => "receipt",
         }
     }
 }

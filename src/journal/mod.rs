@@ -419,6 +419,41 @@ pub fn accepted(
             data_encoding::HEXLOWER.encode(ring::digest::digest(&ring::digest::SHA256, m).as_ref())
         }),
     }))));
+    receipt(&env.id, message.get(hl..).unwrap_or_default());
+}
+
+/// The most of a notification that is parsed: its report part comes first, the returned
+/// message (possibly large) after it.
+const RECEIPT_READ: usize = 256 * 1024;
+
+/// A message that is a delivery or read receipt (its top-level Content-Type says so): the
+/// receipt, for the writer to join to the message it answers. The notification itself goes
+/// on as any message, byte for byte; one that does not parse is only relayed.
+fn receipt(queue_id: &str, message: &[u8]) {
+    let head = &message[..message.len().min(RECEIPT_READ)];
+    let Some(report) = crate::message::report::announced(head) else {
+        return;
+    };
+    match crate::message::report::parse(head) {
+        Some(r) => record(Event::now(EventBody::Receipt(Box::new(
+            event::ReceiptSeen {
+                queue_id: queue_id.to_string(),
+                receipt: r,
+            },
+        )))),
+        None => {
+            tracing::info!(
+                queue_id,
+                report,
+                "journal: a notification that does not parse: relayed, not joined"
+            );
+            crate::metrics::inc(
+                "passerelle_receipts_total",
+                "delivery (dsn) and read (mdn) notifications seen, joined to their message or not",
+                &[("type", report), ("matched", "false")],
+            );
+        }
+    }
 }
 
 /// A session, a sender, a recipient or a message was refused with `reply`.

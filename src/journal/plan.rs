@@ -89,7 +89,30 @@ pub struct Plan {
     pub rcpt_status: Vec<(String, i32, &'static str)>,
     /// Last directive for each touched message, with the time of the event.
     pub msg_status: Vec<(String, MsgStatus, i64)>,
+    /// Receipts to join to the message they answer (by its Message-ID, in the writer).
+    pub receipts: Vec<ReceiptRow>,
 }
+
+/// One recipient's line of a receipt, for the message whose Message-ID is `message_id`
+/// (looked up among the messages of the last [`RECEIPT_DAYS`] days).
+#[derive(Debug, Clone, PartialEq)]
+pub struct ReceiptRow {
+    /// Which notification of the batch it came from (for counting matched notifications).
+    pub report: usize,
+    /// `dsn` or `mdn`.
+    pub kind_of_report: &'static str,
+    pub message_id: String,
+    pub time: i64,
+    pub kind: &'static str,
+    pub rcpt: String,
+    pub details: String,
+    /// The days probed: the receipt's day and the [`RECEIPT_DAYS`] before.
+    pub days: Vec<i64>,
+}
+
+/// How far back a receipt looks for its message: read receipts come days, sometimes weeks,
+/// after the message; one probe per day of the (day, message_id) index.
+pub const RECEIPT_DAYS: i64 = 60;
 
 /// Text as stored: PostgreSQL refuses NUL in text, and nobody needs one.
 fn clean(s: &str) -> String {
@@ -541,6 +564,40 @@ pub fn plan(batch: &[Event]) -> Plan {
                     }
                 }
                 p.events.push(e);
+            }
+            EventBody::Receipt(r) => {
+                let Some(mid) = r
+                    .receipt
+                    .original_message_id
+                    .as_deref()
+                    .filter(|m| !m.is_empty())
+                else {
+                    continue;
+                };
+                let report = if r.receipt.report == "dsn" {
+                    "dsn"
+                } else {
+                    "mdn"
+                };
+                let d = day(t);
+                for item in &r.receipt.items {
+                    p.receipts.push(ReceiptRow {
+                        report: seq,
+                        kind_of_report: report,
+                        message_id: clean(mid),
+                        time: t,
+                        kind: item.kind.as_str(),
+                        rcpt: lower(&item.recipient),
+                        details: details(&serde_json::json!({
+                            "to": item.recipient,
+                            "status": item.status,
+                            "reporter": item.reporter,
+                            "report": report,
+                            "notification": r.queue_id,
+                        })),
+                        days: (d - RECEIPT_DAYS..=d + 1).collect(),
+                    });
+                }
             }
             EventBody::Admin(a) => {
                 let qid = clean(&a.queue_id);

@@ -433,7 +433,21 @@ async fn write_plan(
         )
         .await?;
     }
-    tx.commit().await
+    let mut matched = std::collections::HashSet::new();
+    for r in &p.receipts {
+        let n = tx
+            .execute(
+                &schema::insert_receipt(&r.days, '$'),
+                &[&r.time, &r.kind, &r.rcpt, &r.details, &r.message_id],
+            )
+            .await?;
+        if n > 0 {
+            matched.insert(r.report);
+        }
+    }
+    tx.commit().await?;
+    schema::count_receipts(&p.receipts, &matched);
+    Ok(())
 }
 
 /// Deletes up to `limit` events and messages (with their recipients) older than `before`.

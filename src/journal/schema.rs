@@ -143,3 +143,41 @@ pub const STATUS_FROM_RECIPIENTS: &str = "(
         WHEN MIN(r.status) = MAX(r.status) THEN MIN(r.status)
         ELSE 'partial' END
     FROM recipients r WHERE r.qid = m.qid AND r.gw = m.gw)";
+
+/// A receipt joined to the message it answers: the most recent queued message with that
+/// Message-ID among `days` (one probe each of the (day, message_id) index), which the event
+/// row takes its key, origin and establishment from (so only its owner sees it). `{days}`:
+/// the integers of [`super::plan::ReceiptRow::days`]; `{p}`: the placeholder prefix (`?` for
+/// SQLite, `$` for PostgreSQL). Parameters: time, kind, rcpt, details, Message-ID.
+pub fn insert_receipt(days: &[i64], p: char) -> String {
+    let days: Vec<String> = days.iter().map(i64::to_string).collect();
+    format!(
+        "INSERT INTO events (qid, gw, time, kind, rcpt, origin, establishment, details)
+         SELECT m.qid, m.gw, {p}1, {p}2, {p}3, m.origin, m.establishment, {p}4
+         FROM messages m WHERE m.day IN ({}) AND m.message_id = {p}5 AND m.queued
+         ORDER BY m.time DESC LIMIT 1",
+        days.join(", ")
+    )
+}
+
+/// Counts the receipts seen, matched to a message or not (`passerelle_receipts_total`).
+pub fn count_receipts(
+    rows: &[super::plan::ReceiptRow],
+    matched: &std::collections::HashSet<usize>,
+) {
+    let mut seen = std::collections::HashSet::new();
+    for r in rows {
+        if seen.insert(r.report) {
+            let m = if matched.contains(&r.report) {
+                "true"
+            } else {
+                "false"
+            };
+            crate::metrics::inc(
+                "passerelle_receipts_total",
+                "delivery (dsn) and read (mdn) notifications seen, joined to their message or not",
+                &[("type", r.kind_of_report), ("matched", m)],
+            );
+        }
+    }
+}

@@ -284,7 +284,16 @@ pub fn write_plan(conn: &mut Connection, gw: i64, p: &Plan) -> rusqlite::Result<
             };
         }
     }
-    tx.commit()
+    let mut matched = std::collections::HashSet::new();
+    for r in &p.receipts {
+        let mut st = tx.prepare_cached(&schema::insert_receipt(&r.days, '?'))?;
+        if st.execute(params![r.time, r.kind, r.rcpt, r.details, r.message_id])? > 0 {
+            matched.insert(r.report);
+        }
+    }
+    tx.commit()?;
+    schema::count_receipts(&p.receipts, &matched);
+    Ok(())
 }
 
 /// Deletes up to `limit` events and messages (with their recipients) older than `before`.

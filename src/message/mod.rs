@@ -7,6 +7,7 @@
 pub mod header;
 mod outcome;
 mod received;
+pub mod report;
 mod wire;
 
 pub use outcome::{Delivered, Failure, FailureKind, Outcome, Remote, TlsRefusal};

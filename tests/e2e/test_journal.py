@@ -190,6 +190,78 @@ class JournalSqliteTests(E2ETestCase):
         rc, _ = gw.cli("track", "--proof")
         self.assertEqual(rc, 2, "--proof needs --id")
 
+    def test_receipts_are_joined_to_the_message_and_relayed_unchanged(self):
+        """Issue 28 items 1-3: a success DSN, a failure DSN and an MDN (built by Python's email
+        package as a mail client does) for a relayed message are recorded against it and its
+        recipient, shown by `track`, and delivered byte for byte; an MDN for a message never
+        relayed is relayed and counted as unmatched."""
+        import email.message
+        import email.utils
+        peer = self.peer("mailbox")
+        gw = self.gateway(config(self.tmp, peer.port))
+        other = "dr.autre@" + DOMAIN
+        data, msgid = message("x", "y")
+        data = data.replace(b"To: " + RCPT.encode(), b"To: %s, %s" % (RCPT.encode(), other.encode()))
+        host, port = gw.listener()
+        with smtp_session(host, port) as s:
+            s.mail(SENDER)
+            s.rcpt(RCPT)
+            s.rcpt(other)
+            code, text = s.data(data)
+        qid = queued_id(text.decode())
+        peer.wait_messages(1)
+
+        def dsn(rcpt, action, status):
+            return ("From: MAILER-DAEMON@op.test\r\nTo: %s\r\nMessage-ID: <%s@op.test>\r\n"
+                    "MIME-Version: 1.0\r\nContent-Type: multipart/report; report-type=delivery-status;\r\n"
+                    "\tboundary=\"B1\"\r\n\r\n--B1\r\nContent-Type: text/plain\r\n\r\nReport.\r\n\r\n"
+                    "--B1\r\nContent-Type: message/delivery-status\r\n\r\nReporting-MTA: dns; mx.op.test\r\n\r\n"
+                    "Final-Recipient: rfc822; %s\r\nAction: %s\r\nStatus: %s\r\n\r\n"
+                    "--B1\r\nContent-Type: text/rfc822-headers\r\n\r\nFrom: %s\r\nMessage-ID: <%s>\r\n"
+                    "Subject: secret\r\n\r\n--B1--\r\n" % (SENDER, uuid.uuid4().hex, rcpt, action, status,
+                                                          SENDER, msgid)).encode()
+
+        def mdn(original_id):
+            m = email.message.EmailMessage()
+            m["From"] = RCPT
+            m["To"] = SENDER
+            m["Subject"] = "Read: x"
+            m["Message-ID"] = email.utils.make_msgid(domain="op.test")
+            m.set_content("Your message was displayed.")
+            part = email.message.Message()
+            part["Content-Type"] = "message/disposition-notification"
+            part.set_payload("Reporting-UA: webmail.op.test; Webmail\r\nFinal-Recipient: rfc822; %s\r\n"
+                             "Original-Message-ID: <%s>\r\nDisposition: manual-action/MDN-sent-manually; "
+                             "displayed\r\n" % (RCPT, original_id))
+            m.make_mixed()
+            m.attach(part)
+            m.replace_header("Content-Type", m.get("Content-Type").replace("multipart/mixed", "multipart/report"))
+            m.set_param("report-type", "disposition-notification")
+            return m.as_bytes(policy=email.policy.SMTP)
+
+        notes = [dsn(RCPT, "delivered", "2.0.0"), dsn(other, "failed", "5.1.1"), mdn(msgid), mdn("never@elsewhere")]
+        for n in notes:
+            with smtp_session(host, port) as s:
+                s.sendmail("", [SENDER], n)
+        peer.wait_messages(1 + len(notes))
+
+        def joined(m):
+            kinds = {(e["kind"], e.get("to")) for e in m[0]["events"]}
+            return {("remote-delivered", RCPT), ("remote-failed", other), ("displayed", RCPT)} <= kinds
+        wait_tracked(gw, joined, "--id", qid)
+        rc, out = gw.cli("track", "--id", qid)
+        self.assertIn("read by <%s> with webmail.op.test" % RCPT, out)
+        self.assertIn("reported by mx.op.test: 2.0.0", out)
+        rc, out = gw.cli("track", "--id", qid, "--proof")
+        self.assertIn("displayed", out)
+        # Each notification reaches its addressee unchanged (after our Received header).
+        got = [eml for _, eml in peer.messages()[1:]]
+        for n in notes:
+            self.assertTrue(any(g.endswith(n) for g in got), "a notification changed on the way")
+        wait_until(lambda: metric(gw, 'passerelle_receipts_total{type="mdn",matched="false"}') == 1, 10,
+                   what="the unmatched MDN counted")
+        self.assertEqual(metric(gw, 'passerelle_receipts_total{type="dsn",matched="true"}'), 2)
+
     def test_refusal_at_rcpt_is_journaled_with_reply_and_reason(self):
         peer = self.peer("mailbox")
         gw = self.gateway(config(self.tmp, peer.port))
