@@ -41,10 +41,10 @@ pub enum ConsoleUserCommand {
 pub fn run(config: &std::path::Path, what: ConsoleCommand) -> anyhow::Result<ExitCode> {
     use crate::console::users;
     let ConsoleCommand::User { what } = what;
-    let cfg = Config::load_unvalidated(config)?;
-    if super::state::shared(&cfg).is_some() {
+    if let Some(cfg) = super::state::shared_main(config) {
         return shared(&cfg, what);
     }
+    let cfg = Config::load_unvalidated(config)?;
     let file = cfg
         .console
         .map(|c| c.users_file)

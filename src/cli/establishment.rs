@@ -155,8 +155,7 @@ fn list(config: &Path, json: bool) -> anyhow::Result<ExitCode> {
 }
 
 fn add(config: &Path, name: &str, text: &str) -> anyhow::Result<ExitCode> {
-    let cfg = Config::load_unvalidated(config)?;
-    if super::state::shared(&cfg).is_some() {
+    if let Some(cfg) = super::state::shared_main(config) {
         return super::state::establishment(config, &cfg, name, Some(text.to_string()));
     }
     match write_checked(config, name, text) {
@@ -192,6 +191,7 @@ fn remove(config: &Path, name: &str) -> anyhow::Result<ExitCode> {
         }
         return super::state::establishment(config, &cfg, name, None);
     }
+    let cfg = Config::load_unvalidated(config)?;
     let e = find(&cfg, name)?;
     let Some(file) = &e.file else {
         bail!(

@@ -5,7 +5,7 @@
 
 use crate::config::{Config, StateConfig};
 use crate::state::pg::{self, Check, EstablishmentChange, Expect};
-use crate::state::users_file::{self, UserRecord};
+use crate::state::users_file::UserRecord;
 use crate::state::StateError;
 use anyhow::Context;
 use clap::Subcommand;
@@ -30,6 +30,15 @@ pub enum StateCommand {
 /// `[state]` when it is shared, from a configuration read without validation.
 pub fn shared(cfg: &Config) -> Option<&StateConfig> {
     cfg.state.shared().then_some(&cfg.state)
+}
+
+/// The main file alone, when its `[state]` is shared (the establishments' files are not
+/// read: with a shared state they are the local copy, and with files the verbs read them as
+/// before). `None` with files, or when the file does not parse (the verb says why).
+pub fn shared_main(config: &Path) -> Option<Config> {
+    let text = std::fs::read_to_string(config).ok()?;
+    let parsed = Config::from_toml_str(&text, &config.display().to_string()).ok()?;
+    parsed.config.state.shared().then_some(parsed.config)
 }
 
 /// Who acts from the command line: `cli:USER on GATEWAY`.
@@ -226,13 +235,10 @@ fn import(config: &Path, cfg: &Config, sc: StateConfig) -> anyhow::Result<ExitCo
         let text = e.file_text.as_deref().unwrap_or_default().to_string();
         establishments.push((e.name, text));
     }
+    // Checked as the console reads them (names, roles, hashes): a user no gateway would load
+    // never enters the database.
     let users = match &cfg.console {
-        Some(c) => match std::fs::read_to_string(&c.users_file) {
-            Ok(t) => users_file::parse(&t)
-                .map_err(|e| anyhow::anyhow!("{}: {e}", c.users_file.display()))?,
-            Err(e) if e.kind() == std::io::ErrorKind::NotFound => Vec::new(),
-            Err(e) => return Err(e).context(format!("reading {}", c.users_file.display())),
-        },
+        Some(c) => crate::console::users::records(&crate::console::users::load(&c.users_file)?),
         None => Vec::new(),
     };
     let (ne, nu) = (establishments.len(), users.len());

@@ -305,6 +305,11 @@ impl App {
         let Some(shared) = &self.state else {
             return self.sessions.touch(id, now);
         };
+        // The database known to be away: no request waits for it (the follower says when it
+        // is back); the sessions seen here keep working.
+        if crate::state::unreachable_since().is_some() {
+            return self.sessions.touch(id, now);
+        }
         let (idle, max_age) = (self.sessions.idle(), session::MAX_AGE);
         let found = shared
             .bounded(async {
@@ -345,6 +350,16 @@ impl App {
         let Some(shared) = &self.state else {
             return Ok(s);
         };
+        let refused = || {
+            PageError::Unavailable(
+                "The shared state's database is unreachable: logins are refused until it returns; sessions already open keep working."
+                    .into(),
+            )
+        };
+        if crate::state::unreachable_since().is_some() {
+            self.sessions.remove(&s.id);
+            return Err(refused());
+        }
         let row = crate::state::pg::SessionRow {
             user: s.user.clone(),
             role: s.role.to_string(),
@@ -361,10 +376,10 @@ impl App {
         match stored {
             Ok(()) => Ok(s),
             Err(e) => {
+                // The details (host, user, TLS) for the log only: the login page is public.
+                tracing::warn!(target: "crate::console::audit", "login refused: {e}");
                 self.sessions.remove(&s.id);
-                Err(PageError::Unavailable(format!(
-                    "{e}. Logins are refused until it returns; sessions already open keep working."
-                )))
+                Err(refused())
             }
         }
     }
@@ -372,7 +387,11 @@ impl App {
     /// Ends a session here and, with a shared state, on every gateway.
     async fn session_end(&self, id: &str) {
         self.sessions.remove(id);
-        if let Some(shared) = &self.state {
+        if let Some(shared) = self
+            .state
+            .as_ref()
+            .filter(|_| crate::state::unreachable_since().is_none())
+        {
             let ended = shared
                 .bounded(async {
                     let c = shared.client().await?;

@@ -138,7 +138,7 @@ async fn shared_state(config_path: &Path) -> Option<(crate::config::StateConfig,
         return None;
     }
     let dir = c.state.local_dir(&c.server.spool);
-    crate::state::sync::initial(&c.state, &dir).await;
+    crate::state::sync::initial(&c.state, &dir, config_path).await;
     Some((c.state, dir))
 }
 
@@ -349,6 +349,13 @@ impl Runtime {
         // blocking thread, never the runtime's (issue 24 B.13).
         let path = self.config_path.clone();
         let cfg = tokio::task::spawn_blocking(move || load_config(&path)).await??;
+        // The shared state's follower and the console's connection are made at start.
+        let running = &self.snapshot.load().config.state;
+        if (running.kind, &running.url, &running.password_file)
+            != (cfg.state.kind, &cfg.state.url, &cfg.state.password_file)
+        {
+            anyhow::bail!("[state] changed: restart the gateway to apply it");
+        }
         // Data first: the CRLs (the directory's TLS may need them), then the lists.
         let crl_spec = crl_paths(&cfg);
         let crls = self

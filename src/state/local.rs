@@ -77,6 +77,26 @@ pub fn write_files(dir: &Path, state: &State) -> std::io::Result<Applied> {
     Ok(applied)
 }
 
+/// The local copy as a state (the one in force here), when there is one.
+pub fn read(dir: &Path) -> Option<State> {
+    let (version, _) = applied_version(dir)?;
+    let mut establishments = Vec::new();
+    for f in crate::config::establishment::dir_files(&establishments_dir(dir)).ok()? {
+        let name = f.file_stem()?.to_string_lossy().into_owned();
+        establishments.push((name, std::fs::read_to_string(&f).ok()?));
+    }
+    let users = match std::fs::read_to_string(users_file(dir)) {
+        Ok(t) => users_file::parse(&t).ok()?,
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => Vec::new(),
+        Err(_) => return None,
+    };
+    Some(State {
+        version,
+        establishments,
+        users,
+    })
+}
+
 /// The version applied here and when (Unix seconds), if any.
 pub fn applied_version(dir: &Path) -> Option<(i64, i64)> {
     let text = std::fs::read_to_string(version_file(dir)).ok()?;
@@ -115,6 +135,7 @@ mod tests {
         assert_eq!(applied_version(dir.path()), Some((3, 100)));
         s.version = 4;
         assert_eq!(apply(dir.path(), &s, 101).unwrap(), Applied::default());
+        assert_eq!(read(dir.path()), Some(s.clone()), "read back as written");
         s.establishments.remove(0);
         s.establishments.push(("../x".into(), String::new()));
         let a = apply(dir.path(), &s, 102).unwrap();

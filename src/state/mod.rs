@@ -151,11 +151,21 @@ impl Shared {
         &self,
         f: impl std::future::Future<Output = Result<T, StateError>>,
     ) -> Result<T, StateError> {
-        let out = match tokio::time::timeout(pg::STATEMENT_TIMEOUT, f).await {
+        self.bounded_for(pg::STATEMENT_TIMEOUT, f).await
+    }
+
+    /// `f` within `limit` (a write: connecting, waiting for the other writers, checking the
+    /// whole configuration); a lost connection is forgotten.
+    pub async fn bounded_for<T>(
+        &self,
+        limit: std::time::Duration,
+        f: impl std::future::Future<Output = Result<T, StateError>>,
+    ) -> Result<T, StateError> {
+        let out = match tokio::time::timeout(limit, f).await {
             Ok(r) => r,
             Err(_) => Err(StateError::Unreachable(format!(
                 "no answer within {} s",
-                pg::STATEMENT_TIMEOUT.as_secs()
+                limit.as_secs()
             ))),
         };
         if let Err(StateError::Unreachable(_)) = &out {

@@ -26,10 +26,11 @@ CREATE TABLE IF NOT EXISTS state_version (
     id int PRIMARY KEY CHECK (id = 1), version bigint NOT NULL);
 INSERT INTO state_version (id, version) VALUES (1, 0) ON CONFLICT (id) DO NOTHING;
 CREATE TABLE IF NOT EXISTS state_establishments (
-    name text PRIMARY KEY, toml text NOT NULL, version bigint NOT NULL,
+    name text PRIMARY KEY CHECK (name ~ '^[a-z0-9][a-z0-9-]{0,63}$'), toml text NOT NULL, version bigint NOT NULL,
     updated_at timestamptz NOT NULL DEFAULT now(), updated_by text NOT NULL);
 CREATE TABLE IF NOT EXISTS state_users (
-    name text PRIMARY KEY, role text NOT NULL, password_hash text NOT NULL,
+    name text PRIMARY KEY CHECK (name ~ '^[A-Za-z0-9._@-]{1,64}$'),
+    role text NOT NULL CHECK (role IN ('operator', 'auditor') OR role ~ '^establishment:[a-z0-9-]+$'), password_hash text NOT NULL,
     version bigint NOT NULL, updated_at timestamptz NOT NULL DEFAULT now(),
     updated_by text NOT NULL);
 CREATE TABLE IF NOT EXISTS state_changes (
@@ -53,8 +54,13 @@ const UPSERT_USER: &str =
      ON CONFLICT (name) DO UPDATE SET role = EXCLUDED.role, password_hash = EXCLUDED.password_hash,
      version = EXCLUDED.version, updated_at = now(), updated_by = EXCLUDED.updated_by";
 
+/// An error of the server itself (a constraint, a lock timeout) refuses the change; any
+/// other (connection lost, refused, TLS) says the database is unreachable.
 fn db(e: tokio_postgres::Error) -> StateError {
-    StateError::Unreachable(crate::journal::postgres::with_causes(&e))
+    match e.as_db_error() {
+        Some(d) => StateError::Refused(vec![format!("the database refused it: {}", d.message())]),
+        None => StateError::Unreachable(crate::journal::postgres::with_causes(&e)),
+    }
 }
 
 /// Connects (the CA and the password files read on a blocking thread). `notify`: where the

@@ -274,6 +274,30 @@ class SharedStateTest(E2ETestCase):
             status, _, _ = request(self.base("gw-b"), "GET", "/establishments?" + query, cookie=cookie)
             self.assertEqual(status, 400, query)
 
+    def test_a_change_this_gateway_refuses_is_taken_back_out_of_its_copy(self):
+        """gw-b declares in its own main file an establishment with chu-c's domain: gw-a accepts
+        chu-c, gw-b's reload refuses it, logs why, keeps running on what it had, and its local
+        copy does not keep the refused file (a restart starts on what ran)."""
+        self.b.stop()
+        cfg = dict(self.b.config)
+        cfg["establishment"] = [{"name": "local-x", "domains": ["chu-c.mssante.fr"], "clients": ["127.0.0.40/32"],
+                                 "mailbox": "127.0.0.1:%d" % self.box.port, "mailbox_tls": "none"}]
+        self.b.set_config(cfg)
+        self.b.start()
+        rc, out = self.add_cli(self.a, "chu-c", "chu-c.mssante.fr")
+        self.assertEqual(rc, 0, out)
+        wait_until(lambda: self.accepted_from("chu-c", "gw-a"), 3, what="chu-c in force on gw-a")
+        self.b.wait_log(r"state: version \d+ \(establishment chu-c added by cli:[^)]*\) NOT applied")
+        copy = os.path.join(self.b.config["server"]["spool"], "state", "establishments.d")
+        wait_until(lambda: not os.path.exists(os.path.join(copy, "chu-c.toml")), 3,
+                   what="the refused file taken back out of gw-b's local copy")
+        self.assertFalse(self.accepted_from("chu-c", "gw-b"))
+        # Restarted, it checks the database's state against its own configuration before
+        # taking it, and starts on its copy.
+        self.b.restart()
+        self.b.wait_log(r"does not validate with this gateway's configuration")
+        self.assertFalse(self.accepted_from("chu-c", "gw-b"))
+
     def test_state_import_export_and_status(self):
         est = os.path.join(self.tmp, "import", "establishments.d")
         os.makedirs(est)

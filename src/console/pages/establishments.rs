@@ -474,8 +474,9 @@ pub async fn edit(
     Form(f): Form<AddForm>,
 ) -> Result<Response, PageError> {
     allow(&v, Action::EditEstablishment, Resource::Gateway)?;
-    let e = find(&app, &name)?;
+    // Locked first: a save that waited for another compares with what that one wrote.
     let _one_at_a_time = app.config_lock.lock().await;
+    let e = find(&app, &name)?;
     let action = format!("/establishments/{name}/edit");
     let title = format!("Edit establishment {name}");
     let refuse = |problems: Vec<String>| {
@@ -504,17 +505,23 @@ pub async fn edit(
         )]);
     }
     if let Some(shared) = app.state.clone() {
-        let expect = if f.was.is_empty() {
-            Expect::Present
-        } else {
-            Expect::Text(f.was.clone())
-        };
+        // A form without the digest of what it was opened on cannot show it overwrites
+        // nobody: it is compared as if opened on nothing.
+        let expect = Expect::Text(f.was.clone());
         return shared_write(&app, &v, &shared, &name, Some(text), expect, "changed")
             .await
             .or_else(refuse);
     }
-    let now = e.file_text.as_deref().map(crate::state::pg::digest);
-    if !f.was.is_empty() && now.as_deref() != Some(f.was.as_str()) {
+    // The file as it is on disk now (it may have been edited since the last reload).
+    let on_disk = match e.file.clone() {
+        Some(path) => tokio::task::spawn_blocking(move || std::fs::read_to_string(path).ok())
+            .await
+            .ok()
+            .flatten(),
+        None => None,
+    };
+    let now = on_disk.as_deref().map(crate::state::pg::digest);
+    if e.file.is_some() && (f.was.is_empty() || now.as_deref() != Some(f.was.as_str())) {
         return refuse(vec![format!(
             "establishment {name:?} was changed by someone else since you opened it: nothing written; reload it and apply your change again"
         )]);
@@ -601,7 +608,7 @@ async fn shared_write(
         expect,
     };
     let written = shared
-        .bounded(async {
+        .bounded_for(std::time::Duration::from_secs(15), async {
             let mut c = shared.own_client().await?;
             crate::state::pg::change_establishment(&mut c, change, &by, check).await
         })

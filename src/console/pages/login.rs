@@ -132,7 +132,7 @@ pub async fn submit(
     let s = match app.session_create(&user, now).await {
         Ok(s) => s,
         Err(e) => {
-            refused("refused: the shared state's database is unreachable");
+            refused("refused: no session could be opened (see the service log)");
             return e.into_response();
         }
     };
