@@ -47,6 +47,12 @@ pub struct JournalEvent {
     pub details: Vec<(String, String)>,
 }
 
+/// A message's proof of sending, and the establishment that owns the message.
+pub struct ProofPage {
+    pub owner: Option<String>,
+    pub html: String,
+}
+
 /// A message as the journal knows it (the contract's JSON shape of `track`).
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct TrackedMessage {
@@ -126,6 +132,15 @@ pub trait Journal: Send + Sync {
     /// B.12); `Err` says why it could not be kept, and the action is then refused. The
     /// console logs every action too, so nothing is lost while no journal is configured.
     fn reserve(&self) -> Result<AuditRecord, HookError>;
+    /// The proof of sending of a message (`track --proof`'s printable page) and the
+    /// establishment that owns it; `None` when the journal has no such message.
+    fn proof<'a>(
+        &'a self,
+        queue_id: &'a str,
+    ) -> BoxFuture<'a, Result<Option<ProofPage>, HookError>> {
+        let _ = queue_id;
+        Box::pin(async { Err(HookError::Unavailable(NO_JOURNAL)) })
+    }
 }
 
 /// The journal hook until the journal lands.

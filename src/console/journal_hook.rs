@@ -210,6 +210,32 @@ impl Journal for JournalHook {
 
     /// Actions on a message go into its timeline, with the console user; the others (config,
     /// users, logins) have the console's audit log line (target `passerelle::console::audit`).
+    fn proof<'a>(
+        &'a self,
+        queue_id: &'a str,
+    ) -> BoxFuture<'a, Result<Option<super::hooks::ProofPage>, HookError>> {
+        Box::pin(async move {
+            let reader = self.reader().await?;
+            let f = TrackFilter {
+                id: Some(queue_id.to_string()),
+                limit: 1,
+                ..TrackFilter::default()
+            };
+            match reader.track(&f).await {
+                Ok(found) => Ok(found.iter().find(|m| m.queue_id.is_some()).map(|m| {
+                    super::hooks::ProofPage {
+                        owner: m.establishment.clone(),
+                        html: crate::journal::proof::html(m),
+                    }
+                })),
+                Err(e) => {
+                    self.forget().await;
+                    Err(HookError::Failed(e.to_string()))
+                }
+            }
+        })
+    }
+
     fn reserve(&self) -> Result<AuditRecord, HookError> {
         let slot = crate::journal::reserve_admin().map_err(|e| HookError::Failed(e.to_string()))?;
         Ok(Box::new(move |event: &AuditEvent| {

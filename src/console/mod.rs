@@ -214,6 +214,7 @@ pub fn router(app: Arc<App>) -> Router {
         )
         .route("/messages/{id}/{action}", post(pages::message::act))
         .route("/track", get(pages::later::track))
+        .route("/track/{id}/proof", get(pages::later::proof))
         .route("/indicators", get(pages::later::indicators))
         .route("/indicators.csv", get(pages::later::indicators_csv))
         .route("/establishments", get(pages::establishments::list))

@@ -384,7 +384,7 @@ pub fn render_tracked(m: &Tracked) -> String {
 }
 
 /// The fixed columns of `stats`, in order: (CSV/JSON name, text heading, value).
-fn columns(r: &StatsRow) -> [(&'static str, &'static str, u64); 10] {
+fn columns(r: &StatsRow) -> [(&'static str, &'static str, u64); 12] {
     [
         (
             "received_from_establishments",
@@ -407,6 +407,8 @@ fn columns(r: &StatsRow) -> [(&'static str, &'static str, u64); 10] {
         ("refused", "refused", r.refused),
         ("tls_failures", "tls-fail", r.tls_failures),
         ("dsn", "dsn", r.dsn),
+        ("remote_delivered", "remote-dlv", r.remote_delivered),
+        ("displayed", "read", r.displayed),
         ("active_mailboxes", "mailboxes", r.active_mailboxes),
     ]
 }

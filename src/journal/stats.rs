@@ -102,6 +102,10 @@ pub struct StatsRow {
     pub tls_failures: u64,
     /// DSNs sent to senders.
     pub dsn: u64,
+    /// Recipients another operator's DSN said were delivered (receipts joined to messages).
+    pub remote_delivered: u64,
+    /// Recipients whose read receipt (MDN, `displayed`) came back.
+    pub displayed: u64,
     /// Distinct mailboxes that sent or received.
     pub active_mailboxes: u64,
     pub refused_by_reason: BTreeMap<String, u64>,
@@ -142,6 +146,8 @@ impl StatsRow {
                 bump(&mut self.refused_by_reason, e.reason.unwrap_or("other"));
             }
             "dsn" => self.dsn += 1,
+            "remote-delivered" => self.remote_delivered += 1,
+            "displayed" => self.displayed += 1,
             _ => {}
         }
         if let Some(t) = e.tls_failure {

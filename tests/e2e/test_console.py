@@ -457,6 +457,40 @@ class AccessTests(ConsoleTestCase):
             request("http://127.0.0.1:%d" % self.console_port, "GET", "/login")
 
 
+class ReceiptPagesTests(ConsoleTestCase):
+
+    def test_a_read_receipt_in_the_timeline_and_the_printable_proof(self):
+        """Issue 28: an MDN for a message shows in its timeline on /track; the proof of sending
+        opens from there (headless Chromium) with the message's SHA-256; an establishment's
+        administrator gets 404 for a message that is not its own."""
+        self.start()
+        qid = self.send()
+        mdn = ("From: <%s>\r\nTo: <%s>\r\nSubject: Read\r\nMessage-ID: <mdn-1@chu-exemple.mssante.fr>\r\n"
+               "MIME-Version: 1.0\r\nContent-Type: multipart/report; report-type=disposition-notification; "
+               "boundary=\"R\"\r\n\r\n--R\r\nContent-Type: text/plain\r\n\r\nDisplayed.\r\n--R\r\n"
+               "Content-Type: message/disposition-notification\r\n\r\nReporting-UA: webmail.test\r\n"
+               "Final-Recipient: rfc822; %s\r\nOriginal-Message-ID: <console-1@chu-exemple.mssante.fr>\r\n"
+               "Disposition: manual-action/MDN-sent-manually; displayed\r\n\r\n--R--\r\n" % (RCPT, SENDER, RCPT))
+        with smtp_session("127.0.0.1", self.gw_port) as s:
+            s.sendmail("", [RCPT], mdn.encode())  # the directory knows RCPT
+        b = self.browser().login("admin", PASSWORDS["admin"])
+
+        def shown():
+            b.get("/track?id=" + qid)
+            return "displayed" in b.text()
+        wait_until(shown, 15, interval=0.5, what="the read receipt in the message's timeline")
+        b.shot("track-receipt")
+        b.click("p.proof a")
+        self.assertEqual(b.h1(), "Proof of sending")
+        self.assertRegex(b.text("table.proof"), r"[0-9a-f]{64}")
+        self.assertIn("displayed", b.text("table.timeline"))
+        self.assertNotIn("Jean Secret", b.driver.page_source)
+        b.shot("proof")
+        e = self.browser().login("chua", PASSWORDS["chua"])
+        status, _, _ = request(self.base, "GET", "/track/%s/proof" % qid, cookie=e.cookie_header())
+        self.assertEqual(status, 404, "another establishment's proof does not exist for it")
+
+
 class EstablishmentPagesTests(ConsoleTestCase):
 
     def fill_form(self, b, name, domain, client):

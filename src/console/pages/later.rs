@@ -51,6 +51,34 @@ fn clean(s: &mut Option<String>) {
     }
 }
 
+/// `/track/QID/proof`: the printable proof of sending of a message, for whoever may see it
+/// (an establishment's administrator: its own messages only, 404 otherwise).
+pub async fn proof(
+    State(app): State<Arc<App>>,
+    Extension(v): Extension<Viewer>,
+    axum::extract::Path(id): axum::extract::Path<String>,
+) -> Result<Html<String>, PageError> {
+    allow(&v, Action::View, Resource::Scoped)?;
+    if id.len() > 64 || !id.bytes().all(|b| b.is_ascii_alphanumeric()) {
+        return Err(PageError::NotFound);
+    }
+    let found = app
+        .backend
+        .journal
+        .proof(&id)
+        .await
+        .map_err(|e| PageError::Unavailable(e.to_string()))?;
+    let Some(page) = found else {
+        return Err(PageError::NotFound);
+    };
+    if let Some(own) = access::confined_to(v.role()) {
+        if page.owner.as_deref() != Some(own) {
+            return Err(PageError::NotFound);
+        }
+    }
+    Ok(Html(page.html))
+}
+
 pub async fn track(
     State(app): State<Arc<App>>,
     Extension(v): Extension<Viewer>,
@@ -96,6 +124,7 @@ pub async fn track(
                     article.tracked {
                         h2 { a.mono href=(format!("/messages/{}", m.queue_id)) { (m.queue_id) } " — " (m.status) }
                         p { "From " (m.from) " to " (m.to.join(", ")) @if let Some(e) = &m.establishment { " · " (e) } @if let Some(id) = &m.message_id { " · " code { (id) } } }
+                        @if m.queue_id != "-" { p.proof { a href=(format!("/track/{}/proof", m.queue_id)) { "Proof of sending" } } }
                         (timeline_markup(&Ok(Some(m.clone()))))
                     }
                 }
@@ -246,6 +275,8 @@ fn label(column: &str) -> String {
         "refused" => "Refused",
         "tls_failures" => "TLS failures",
         "dsn" => "Notifications (DSN)",
+        "remote_delivered" => "Delivered (operator's DSN)",
+        "displayed" => "Read (MDN)",
         "active_mailboxes" => "Active mailboxes",
         _ => "",
     };
