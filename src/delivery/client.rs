@@ -346,8 +346,15 @@ impl Client {
                 Some(Ret::Hdrs) => mail.push_str(" RET=HDRS"),
                 None => {}
             }
-            if let Some(id) = &env.envid {
-                mail.push_str(&format!(" ENVID={}", xtext(id)));
+            // The client's ENVID passes unchanged; without one, ours names the message for the
+            // DSNs that come back (journal: receipts).
+            match &env.envid {
+                Some(id) => mail.push_str(&format!(" ENVID={}", xtext(id))),
+                None if !env.id.is_empty() => mail.push_str(&format!(
+                    " ENVID={}",
+                    xtext(&crate::message::report::our_envid(&env.id))
+                )),
+                None => {}
             }
         }
         mail.push_str("\r\n");

@@ -101,6 +101,8 @@ pub struct ReceiptRow {
     pub report: usize,
     /// `dsn` or `mdn`.
     pub kind_of_report: &'static str,
+    /// The original's queue id, from our ENVID (then `message_id` is not needed).
+    pub queue_id: Option<String>,
     pub message_id: String,
     pub time: i64,
     pub kind: &'static str,
@@ -566,14 +568,22 @@ pub fn plan(batch: &[Event]) -> Plan {
                 p.events.push(e);
             }
             EventBody::Receipt(r) => {
-                let Some(mid) = r
+                // By our ENVID when the DSN names it (exact), else by the Message-ID.
+                let by_qid = r
+                    .receipt
+                    .envid
+                    .as_deref()
+                    .and_then(crate::message::report::queue_id_of_envid)
+                    .map(clean);
+                let mid = r
                     .receipt
                     .original_message_id
                     .as_deref()
                     .filter(|m| !m.is_empty())
-                else {
+                    .map(clean);
+                if by_qid.is_none() && mid.is_none() {
                     continue;
-                };
+                }
                 let report = if r.receipt.report == "dsn" {
                     "dsn"
                 } else {
@@ -584,7 +594,8 @@ pub fn plan(batch: &[Event]) -> Plan {
                     p.receipts.push(ReceiptRow {
                         report: seq,
                         kind_of_report: report,
-                        message_id: clean(mid),
+                        queue_id: by_qid.clone(),
+                        message_id: mid.clone().unwrap_or_default(),
                         time: t,
                         kind: item.kind.as_str(),
                         rcpt: lower(&item.recipient),

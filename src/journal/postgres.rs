@@ -435,11 +435,12 @@ async fn write_plan(
     }
     let mut matched = std::collections::HashSet::new();
     for r in &p.receipts {
+        let (sql, key) = match &r.queue_id {
+            Some(q) => (schema::insert_receipt_by_qid('$'), q),
+            None => (schema::insert_receipt(&r.days, '$'), &r.message_id),
+        };
         let n = tx
-            .execute(
-                &schema::insert_receipt(&r.days, '$'),
-                &[&r.time, &r.kind, &r.rcpt, &r.details, &r.message_id],
-            )
+            .execute(&sql, &[&r.time, &r.kind, &r.rcpt, &r.details, key])
             .await?;
         if n > 0 {
             matched.insert(r.report);

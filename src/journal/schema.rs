@@ -160,6 +160,18 @@ pub fn insert_receipt(days: &[i64], p: char) -> String {
     )
 }
 
+/// A receipt joined to the message our ENVID names (its queue id, parameter 5; the most
+/// recent of that id when several gateways share the journal). Parameters as
+/// [`insert_receipt`].
+pub fn insert_receipt_by_qid(p: char) -> String {
+    format!(
+        "INSERT INTO events (qid, gw, time, kind, rcpt, origin, establishment, details)
+         SELECT m.qid, m.gw, {p}1, {p}2, {p}3, m.origin, m.establishment, {p}4
+         FROM messages m WHERE m.qid = {p}5 AND m.queued
+         ORDER BY m.time DESC LIMIT 1"
+    )
+}
+
 /// Counts the receipts seen, matched to a message or not (`passerelle_receipts_total`).
 pub fn count_receipts(
     rows: &[super::plan::ReceiptRow],

@@ -286,8 +286,12 @@ pub fn write_plan(conn: &mut Connection, gw: i64, p: &Plan) -> rusqlite::Result<
     }
     let mut matched = std::collections::HashSet::new();
     for r in &p.receipts {
-        let mut st = tx.prepare_cached(&schema::insert_receipt(&r.days, '?'))?;
-        if st.execute(params![r.time, r.kind, r.rcpt, r.details, r.message_id])? > 0 {
+        let (sql, key) = match &r.queue_id {
+            Some(q) => (schema::insert_receipt_by_qid('?'), q),
+            None => (schema::insert_receipt(&r.days, '?'), &r.message_id),
+        };
+        let mut st = tx.prepare_cached(&sql)?;
+        if st.execute(params![r.time, r.kind, r.rcpt, r.details, key])? > 0 {
             matched.insert(r.report);
         }
     }

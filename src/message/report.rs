@@ -61,6 +61,22 @@ pub struct Receipt {
     pub items: Vec<ReceiptItem>,
 }
 
+/// The ENVID the gateway gives a message whose client gave none (RFC 3461 lets an MTA that
+/// offers DSN set it), so that a DSN coming back names the message exactly, even one without
+/// a Message-ID: `passerelle-` and the queue id.
+pub fn our_envid(queue_id: &str) -> String {
+    format!("{ENVID_PREFIX}{queue_id}")
+}
+
+const ENVID_PREFIX: &str = "passerelle-";
+
+/// The queue id of an ENVID the gateway set ([`our_envid`]).
+pub fn queue_id_of_envid(envid: &str) -> Option<&str> {
+    envid
+        .strip_prefix(ENVID_PREFIX)
+        .filter(|q| !q.is_empty() && q.len() <= 64 && q.bytes().all(|b| b.is_ascii_alphanumeric()))
+}
+
 /// Fields per block and blocks per report at most: a real DSN has a few recipients.
 const MAX_FIELDS: usize = 64;
 const MAX_BLOCKS: usize = 1000;
@@ -356,6 +372,17 @@ Original-Message-ID: <orig-1@chu-a.mssante.fr>\r\nDisposition: manual-action/MDN
         );
         let long = DSN.replace("ENV-1", &"x".repeat(2000));
         assert_eq!(parse(long.as_bytes()), None);
+    }
+
+    #[test]
+    fn our_envid_names_the_queue_id() {
+        assert_eq!(
+            queue_id_of_envid(&our_envid("000661CE6FAFD884")),
+            Some("000661CE6FAFD884")
+        );
+        assert_eq!(queue_id_of_envid("ENV-1"), None);
+        assert_eq!(queue_id_of_envid("passerelle-"), None);
+        assert_eq!(queue_id_of_envid("passerelle-a b"), None);
     }
 
     /// Every prefix of a report, and a report with bytes changed, parse or not without a panic.
