@@ -470,6 +470,7 @@ impl Client {
             Outcome::Delivered(Delivered {
                 remote: self.remote.clone(),
                 reply: r.clone(),
+                dsn_passed: self.caps.dsn,
             })
         } else if r.is_permanent() {
             Outcome::Failed(Failure::refused(&self.remote, r.clone()))

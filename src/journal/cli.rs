@@ -384,7 +384,7 @@ pub fn render_tracked(m: &Tracked) -> String {
 }
 
 /// The fixed columns of `stats`, in order: (CSV/JSON name, text heading, value).
-fn columns(r: &StatsRow) -> [(&'static str, &'static str, u64); 12] {
+fn columns(r: &StatsRow) -> [(&'static str, &'static str, u64); 14] {
     [
         (
             "received_from_establishments",
@@ -409,6 +409,8 @@ fn columns(r: &StatsRow) -> [(&'static str, &'static str, u64); 12] {
         ("dsn", "dsn", r.dsn),
         ("remote_delivered", "remote-dlv", r.remote_delivered),
         ("displayed", "read", r.displayed),
+        ("read_within_24h", "read-24h", r.read_within_24h),
+        ("read_within_24h_pct", "read-24h-%", r.read_within_24h_pct),
         ("active_mailboxes", "mailboxes", r.active_mailboxes),
     ]
 }

@@ -68,10 +68,19 @@ pub struct EventFacts<'a> {
     pub mailbox: Option<&'a str>,
     pub establishment: Option<&'a str>,
     pub peer: Option<&'a str>,
+    /// For a `displayed` event only: when its message was accepted (ms), to tell a read
+    /// within 24 hours.
+    pub sent: Option<i64>,
 }
 
+/// A read receipt this long after its message was accepted counts as read within a day.
+const READ_WITHIN_MS: i64 = 24 * 3_600_000;
+
+/// The message's time is fetched for read receipts only (a lookup by primary key on a few
+/// rows, not a join over every event).
 const FACTS: &str = "time, kind, origin, destination, reason, tls_failure, bal_type, mailbox, \
-                     establishment, peer";
+                     establishment, peer, CASE WHEN kind = 'displayed' THEN (SELECT m.time FROM \
+                     messages m WHERE m.qid = events.qid AND m.gw = events.gw) END";
 
 #[derive(Debug, Clone)]
 pub struct StatsQuery {
@@ -106,6 +115,11 @@ pub struct StatsRow {
     pub remote_delivered: u64,
     /// Recipients whose read receipt (MDN, `displayed`) came back.
     pub displayed: u64,
+    /// Of those, read receipts that came within 24 hours of the message's acceptance.
+    pub read_within_24h: u64,
+    /// `read_within_24h` per 100 recipients sent to the trust space (rounded; 0 when none
+    /// was sent). A receipt counts in the period it arrives.
+    pub read_within_24h_pct: u64,
     /// Distinct mailboxes that sent or received.
     pub active_mailboxes: u64,
     pub refused_by_reason: BTreeMap<String, u64>,
@@ -147,7 +161,14 @@ impl StatsRow {
             }
             "dsn" => self.dsn += 1,
             "remote-delivered" => self.remote_delivered += 1,
-            "displayed" => self.displayed += 1,
+            "displayed" => {
+                self.displayed += 1;
+                if e.sent
+                    .is_some_and(|s| e.time.saturating_sub(s) <= READ_WITHIN_MS)
+                {
+                    self.read_within_24h += 1;
+                }
+            }
             _ => {}
         }
         if let Some(t) = e.tls_failure {
@@ -206,17 +227,24 @@ impl Fold {
     }
 
     fn finish(self) -> (Vec<StatsRow>, StatsRow) {
+        let share = |r: &mut StatsRow| {
+            r.read_within_24h_pct = (r.read_within_24h * 100 + r.sent_to_trust_space / 2)
+                .checked_div(r.sent_to_trust_space)
+                .unwrap_or(0);
+        };
         let mut rows: Vec<StatsRow> = self
             .rows
             .into_values()
             .map(|(mut r, seen)| {
                 r.active_mailboxes = seen.len() as u64;
+                share(&mut r);
                 r
             })
             .collect();
         rows.sort_by(|a, b| a.key.cmp(&b.key));
         let mut total = self.total;
         total.active_mailboxes = self.mailboxes.len() as u64;
+        share(&mut total);
         (rows, total)
     }
 }
@@ -302,6 +330,7 @@ fn sqlite_fold(
             mailbox: t(7)?,
             establishment: t(8)?,
             peer: t(9)?,
+            sent: r.get(10)?,
         });
     }
     Ok(fold)
@@ -329,7 +358,55 @@ async fn pg_fold(
             mailbox: t(7),
             establishment: t(8),
             peer: t(9),
+            sent: r.try_get(10).ok().flatten(),
         });
     }
     Ok(fold)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn ev<'a>(time: i64, kind: &'a str, est: &'a str, sent: Option<i64>) -> EventFacts<'a> {
+        EventFacts {
+            time,
+            kind,
+            origin: None,
+            destination: (kind == "delivered").then_some("trust-space"),
+            reason: None,
+            tls_failure: None,
+            bal_type: None,
+            mailbox: None,
+            establishment: Some(est),
+            peer: None,
+            sent,
+        }
+    }
+
+    #[test]
+    fn reads_within_a_day_are_counted_and_shared_per_establishment() {
+        let mut f = Fold::new(StatsBy::Establishment);
+        let h = 3_600_000;
+        for _ in 0..4 {
+            f.add(&ev(0, "delivered", "chu-a", None));
+        }
+        f.add(&ev(2 * h, "displayed", "chu-a", Some(0)));
+        f.add(&ev(24 * h, "displayed", "chu-a", Some(0)));
+        f.add(&ev(30 * h, "displayed", "chu-a", Some(0)));
+        // A receipt whose message is gone (pruned): read, but not known to be within a day.
+        f.add(&ev(h, "displayed", "chu-b", None));
+        let (rows, total) = f.finish();
+        let a = rows.iter().find(|r| r.key == "chu-a").expect("chu-a");
+        assert_eq!(
+            (a.displayed, a.read_within_24h, a.read_within_24h_pct),
+            (3, 2, 50)
+        );
+        let b = rows.iter().find(|r| r.key == "chu-b").expect("chu-b");
+        assert_eq!(
+            (b.displayed, b.read_within_24h, b.read_within_24h_pct),
+            (1, 0, 0)
+        );
+        assert_eq!((total.read_within_24h, total.read_within_24h_pct), (2, 50));
+    }
 }

@@ -207,6 +207,10 @@ impl fmt::Display for Failure {
 pub struct Delivered {
     pub remote: Remote,
     pub reply: Reply,
+    /// The server offered DSN and took the recipient's NOTIFY: it reports success itself,
+    /// so no "relayed" notification of ours (RFC 3461 §6.2.2: one success report, not two).
+    #[serde(default)]
+    pub dsn_passed: bool,
 }
 
 impl fmt::Display for Delivered {
@@ -282,6 +286,7 @@ mod tests {
         let d = Delivered {
             remote: remote(),
             reply: Reply::new(250, "2.0.0", "Ok: queued as X"),
+            dsn_passed: true,
         };
         let back: Delivered = serde_json::from_str(&serde_json::to_string(&d).unwrap()).unwrap();
         assert_eq!(back, d);

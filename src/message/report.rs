@@ -87,6 +87,9 @@ const MAX_PART: usize = 256 * 1024;
 /// Which report a message's header section announces, if any: only the top-level
 /// Content-Type is read, so that an ordinary message costs one header pass.
 pub fn announced(msg: &[u8]) -> Option<&'static str> {
+    if !mentions_report(msg) {
+        return None;
+    }
     let ct = header::fields(msg)
         .into_iter()
         .find(|f| f.name.eq_ignore_ascii_case("content-type"))?
@@ -105,6 +108,22 @@ pub fn announced(msg: &[u8]) -> Option<&'static str> {
         "disposition-notification" => Some("mdn"),
         _ => None,
     }
+}
+
+/// Whether the header section says `multipart/report` anywhere (any case): a scan for `/`
+/// with no allocation, so that the ordinary message, on every intake, skips the header
+/// parse of [`announced`].
+fn mentions_report(msg: &[u8]) -> bool {
+    let end = memchr::memmem::find(msg, b"\n\r\n")
+        .or_else(|| memchr::memmem::find(msg, b"\n\n"))
+        .unwrap_or(msg.len());
+    let h = &msg[..end];
+    memchr::memchr_iter(b'/', h).any(|i| {
+        i >= 9
+            && h[i - 9..i].eq_ignore_ascii_case(b"multipart")
+            && h.get(i + 1..i + 7)
+                .is_some_and(|r| r.eq_ignore_ascii_case(b"report"))
+    })
 }
 
 /// The receipt a message carries, when it is one that parses.
@@ -350,6 +369,19 @@ Original-Message-ID: <orig-1@chu-a.mssante.fr>\r\nDisposition: manual-action/MDN
     #[test]
     fn ordinary_and_malformed_messages_are_not_receipts() {
         assert_eq!(announced(b"Subject: x\r\n\r\nbody\r\n"), None);
+        // The scan reads the header section only, in any case, folded or not.
+        assert_eq!(
+            announced(b"Subject: x\r\n\r\nContent-Type: multipart/report; report-type=delivery-status\r\n"),
+            None
+        );
+        assert_eq!(
+            announced(b"Content-Type: Multipart/Report;\r\n\treport-type=\"disposition-notification\"\r\n\r\nx"),
+            Some("mdn")
+        );
+        assert_eq!(
+            announced(b"Content-Type: MULTIPART/REPORT; report-type=delivery-status\n\nx"),
+            Some("dsn")
+        );
         assert_eq!(parse(b"Content-Type: text/plain\r\n\r\nx"), None);
         let failed = DSN
             .replace("Action: delivered", "Action: failed")

@@ -143,6 +143,14 @@ pub fn decide(
             .collect()
     };
     let notify_failure = notify(failed, NOTIFY_FAILURE);
+    // A server that took the DSN request reports success itself (RFC 3461 §6.2.2).
+    succeeded.retain(|&i| {
+        !state
+            .rcpts
+            .get(i)
+            .and_then(|r| r.delivered.as_ref())
+            .is_some_and(|d| d.dsn_passed)
+    });
     let notify_success = notify(succeeded, NOTIFY_SUCCESS);
     let mut notify_delay = Vec::new();
     if !done && !cfg.delay_warning.is_zero() && !state.delay_warned && age >= cfg.delay_warning {
@@ -225,6 +233,7 @@ mod tests {
         Outcome::Delivered(Delivered {
             remote: remote(),
             reply: Reply::new(250, "2.0.0", "ok"),
+            dsn_passed: false,
         })
     }
     fn deferred() -> Outcome {
@@ -305,6 +314,21 @@ mod tests {
         e.mail_from = String::new();
         let d = decide(&e, &State::new(1), &[(0, bounced())], at(1), &cfg());
         assert!(d.done && d.notify_failure.is_empty());
+    }
+
+    #[test]
+    fn a_server_that_took_the_dsn_request_reports_success_itself() {
+        let e = env(1, NOTIFY_SUCCESS);
+        let passed = Outcome::Delivered(Delivered {
+            remote: remote(),
+            reply: Reply::new(250, "2.0.0", "ok"),
+            dsn_passed: true,
+        });
+        let d = decide(&e, &State::new(1), &[(0, passed)], at(1), &cfg());
+        assert!(
+            d.done && d.notify_success.is_empty(),
+            "no 'relayed' of ours"
+        );
     }
 
     #[test]

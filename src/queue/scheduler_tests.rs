@@ -124,6 +124,7 @@ async fn admin_retry_attempts_at_once_and_ends_the_rest_period() {
         Outcome::Delivered(Delivered {
             remote: remote(),
             reply: Reply::new(250, "2.0.0", "ok"),
+            dsn_passed: false,
         }),
     ];
     let q = start(&fake, tmp.path());
@@ -203,6 +204,7 @@ async fn a_bounce_notifies_the_sender_through_the_same_enqueue() {
         Outcome::Delivered(Delivered {
             remote: remote(),
             reply: Reply::new(250, "2.0.0", "ok"),
+            dsn_passed: false,
         }),
     ];
     let q = start(&fake, tmp.path());

@@ -763,6 +763,107 @@ class PostfixInteropTests(TrustTestCase):
         self.assertRegex(norm_ws(eml.decode("utf-8", "replace")),
                          r'Client CN "%s", Issuer "[^"]+" \(verified OK\)' % re.escape(GW_HOST))
 
+    def test_4c_receipts_from_a_postfix_operator(self):
+        """Issue 28 end to end: an establishment sends with NOTIFY=SUCCESS; passerelle relays to
+        a real Postfix standing for the recipient's operator (mutual TLS), which delivers to a
+        local mailbox (virtual(8)) and sends its own success DSN back through the trust-space
+        listener with its IGC certificate; the reader's MDN (Python's email package) goes back
+        the same way. `track` shows remote-delivered and displayed for that recipient, `stats`
+        counts a read within 24 h, the MDN reaches the sender's mailbox byte for byte and the
+        DSN as Postfix wrote it (only our Received header on top)."""
+        import email.message
+        import email.policy
+        import hashlib
+        import json
+        crt, key = self.pki.certs["pfop"]
+        op = self.postfix("op", mydomain="postfix-op.audit.test", start=False, extra_main_cf=dict(
+            postfix_requiring_ccert(crt, key, self.pki.ca_pem),
+            virtual_mailbox_domains=PFOP_DOMAIN, virtual_mailbox_base=os.path.join(self.tmp, "pfop-mail"),
+            virtual_mailbox_maps="inline:{ dr.postfix@%s=dr.postfix/ }" % PFOP_DOMAIN,
+            virtual_uid_maps="static:65534", virtual_gid_maps="static:65534", virtual_minimum_uid="100",
+            smtp_tls_security_level="encrypt", smtp_tls_chain_files="%s, %s" % (key, crt)))
+        os.makedirs(os.path.join(self.tmp, "pfop-mail"))
+        os.chown(os.path.join(self.tmp, "pfop-mail"), 65534, 65534)
+        with open(os.path.join(op.etc, "master.cf"), "a") as f:
+            f.write("virtual   unix  -       n       n       -       -       virtual\n")
+        self.start_gateway(routes_extra=[{"name": "pfop", "domains": [PFOP_DOMAIN], "transport": "op-postfix",
+                                          "whitelist": True, "directory": False}],
+                           transports={"op-postfix": relay_transport(op.port, tls="mutual")})
+        # The operator's mail for our establishment goes to our trust-space listener.
+        with open(os.path.join(op.etc, "transport"), "w") as f:
+            f.write("%s smtp:[127.0.0.1]:%d\n" % (LOCAL_DOMAIN, self.trust_port))
+        op.start()
+        rcpt = "dr.postfix@" + PFOP_DOMAIN
+        mid = "<recu-%s@%s>" % (uuid.uuid4().hex, LOCAL_DOMAIN)
+        data = simple_message("compte rendu", SENDER, rcpt, msgid=mid)
+        with smtp_session("127.0.0.1", self.etab_port) as s:
+            s.ehlo()
+            self.assertTrue(s.has_extn("dsn"))
+            s.mail(SENDER, ["RET=HDRS"])
+            code, _ = s.rcpt(rcpt, ["NOTIFY=SUCCESS,FAILURE"])
+            self.assertEqual(code, 250)
+            code, text = s.data(data)
+            self.assertEqual(code, 250, text)
+        qid = queued_id(text.decode())
+        maildir = os.path.join(self.tmp, "pfop-mail", "dr.postfix", "new")
+        wait_until(lambda: os.path.isdir(maildir) and os.listdir(maildir), 30, what="Postfix's local delivery")
+        with open(os.path.join(maildir, os.listdir(maildir)[0]), "rb") as f:
+            self.assertIn(mid.encode(), f.read())
+        # Postfix's own success DSN comes back through the trust space to the sender's mailbox.
+        meta, dsn = self.sink.wait_messages(1, 30)[0]
+        self.assertEqual(addr(meta["mail_from"]), "")
+        self.assertEqual(rcpts(meta), [SENDER])
+        self.assertEqual(dsn_blocks(dsn), [(rcpt, "delivered", dsn_blocks(dsn)[0][2])])
+        self.assertIn(b"Original-Envelope-Id: passerelle-" + qid.encode(), dsn)
+        # Only our Received header was added: the next line is Postfix's own.
+        first, rest = dsn.split(b"\r\n", 1)
+        self.assertTrue(first.startswith(b"Received: from "), first)
+        body = rest
+        while body[:1] in (b" ", b"\t"):
+            body = body.split(b"\r\n", 1)[1]
+        self.assertTrue(body.startswith(b"Received: by "), body[:200])
+
+        # The reader's read receipt, sent as a mail client does through its operator.
+        m = email.message.EmailMessage()
+        m["From"] = rcpt
+        m["To"] = SENDER
+        m["Subject"] = "Lu : compte rendu"
+        m["Date"] = email.utils.formatdate()
+        m["Message-ID"] = email.utils.make_msgid(domain=PFOP_DOMAIN)
+        m.set_content("Votre message a ete affiche.")
+        part = email.message.Message()
+        part["Content-Type"] = "message/disposition-notification"
+        part.set_payload("Reporting-UA: webmail.postfix-op.audit.test; Webmail\r\nFinal-Recipient: rfc822; %s\r\n"
+                         "Original-Message-ID: %s\r\nDisposition: manual-action/MDN-sent-manually; displayed\r\n"
+                         % (rcpt, mid))
+        m.make_mixed()
+        m.attach(part)
+        m.replace_header("Content-Type", m.get("Content-Type").replace("multipart/mixed", "multipart/report"))
+        m.set_param("report-type", "disposition-notification")
+        mdn = m.as_bytes(policy=email.policy.SMTP)
+        ctx = client_context(cert=(crt, key), verify=False)
+        with smtplib.SMTP("127.0.0.1", op.port, timeout=30) as s:
+            s.starttls(context=ctx)
+            s.sendmail("", [SENDER], mdn)
+        meta, got = self.sink.wait_messages(2, 30)[1]
+        self.assertTrue(got.endswith(mdn), "the MDN changed on the way")
+        self.assertEqual(addr(meta["mail_from"]), "")
+
+        def joined():
+            rc, out = self.gw.cli("track", "--id", qid, "--format", "json")
+            kinds = {(e["kind"], e.get("to")) for e in json.loads(out)[0]["events"]} if rc == 0 else set()
+            return {("remote-delivered", rcpt), ("displayed", rcpt)} <= kinds
+        wait_until(joined, 20, interval=0.3, what="the DSN and the MDN joined to the message")
+        rc, out = self.gw.cli("track", "--id", qid)
+        self.assertIn("read by <%s> with webmail.postfix-op.audit.test" % rcpt, out)
+        self.assertRegex(out, r"remote-delivered .*reported by \S+: 2\.0\.0")
+        rc, out = self.gw.cli("stats", "--by", "establishment", "--format", "json")
+        total = json.loads(out)["total"]
+        self.assertEqual((total["sent_to_trust_space"], total["remote_delivered"], total["displayed"],
+                          total["read_within_24h"], total["read_within_24h_pct"]), (1, 1, 1, 1, 100), total)
+        rc, out = self.gw.cli("track", "--id", qid, "--proof", "--format", "json")
+        self.assertEqual(json.loads(out)["sha256"], hashlib.sha256(data).hexdigest())
+
     def _sending_operator(self, name, cert_key):
         crt, key = self.pki.certs[cert_key]
         return self.postfix(name, relayhost="[127.0.0.1]:%d" % self.trust_port, mydomain="audit.test",

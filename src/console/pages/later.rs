@@ -277,6 +277,8 @@ fn label(column: &str) -> String {
         "dsn" => "Notifications (DSN)",
         "remote_delivered" => "Delivered (operator's DSN)",
         "displayed" => "Read (MDN)",
+        "read_within_24h" => "Read within 24 h",
+        "read_within_24h_pct" => "Read within 24 h (% of sent)",
         "active_mailboxes" => "Active mailboxes",
         _ => "",
     };
