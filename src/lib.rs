@@ -7,6 +7,7 @@
 //! the path reports), [`config`], [`tls`], [`pki`], and [`server`], which wires them together.
 
 pub mod admin;
+pub mod audit;
 pub mod cli;
 pub mod config;
 pub mod console;

@@ -43,6 +43,8 @@ pub struct AdminState {
     pub reload: Option<crate::runtime::reload::ReloadHandle>,
     pub spool: PathBuf,
     pub token: String,
+    /// Every action and every stored message read is one audit entry, or is refused.
+    pub auditor: Arc<crate::audit::Auditor>,
 }
 
 /// Creates (or replaces) the token file, readable by the spool's owner only.
@@ -232,7 +234,94 @@ fn json<T: serde::Serialize>(v: &T) -> String {
     serde_json::to_string(v).unwrap_or_else(|e| format!("{{\"error\":\"{e}\"}}"))
 }
 
+/// What an audited request of the endpoint is (action, target); `None`: not audited (the
+/// probes, metrics, the queue's envelopes).
+fn audited(method: &str, path: &str) -> Option<(String, String)> {
+    let path = path.trim_end_matches('/');
+    let parts: Vec<&str> = path.trim_start_matches('/').split('/').collect();
+    Some(match (method, parts.as_slice()) {
+        ("POST", ["reload"]) => ("reload".into(), "-".into()),
+        ("POST", ["queue", "retry-all"]) => ("queue retry --all".into(), "-".into()),
+        ("POST", ["queue", id, verb]) => (format!("queue {verb}"), id.to_string()),
+        ("GET", ["queue", id, "headers"]) => ("queue show --headers".into(), id.to_string()),
+        ("GET", ["queue", id, "message"]) => ("queue show --body".into(), id.to_string()),
+        ("POST", _) => (format!("POST {path}"), "-".into()),
+        _ => return None,
+    })
+}
+
+/// One audit entry per audited request: its place kept first (refused, 503, when it cannot
+/// be), the outcome written after.
 async fn serve_one(req: Request, st: Arc<AdminState>) -> Response {
+    let Some((action, target)) = audited(req.method.as_str(), &req.path) else {
+        return serve_inner(req, st).await;
+    };
+    let (peer, local) = (req.peer, req.local);
+    // A read of /proc: on a blocking thread.
+    let uid = tokio::task::spawn_blocking(move || local.and_then(|l| socket_uid(peer, l)))
+        .await
+        .ok()
+        .flatten();
+    let user = match uid {
+        Some(u) => crate::util::uid_name_or_number(u),
+        None => "unknown (not a local socket)".into(),
+    };
+    let who = crate::audit::Actor {
+        via: "admin",
+        user,
+        origin: peer.ip().to_string(),
+    };
+    let pending = match st.auditor.begin(&who, &action, &target, None).await {
+        Ok(p) => p,
+        Err(e) => {
+            tracing::error!(target: "passerelle::audit", action, target, "refused: {e}");
+            return respond(
+                503,
+                TEXT,
+                format!("refused: {e}; nothing was done, try again later\n"),
+            );
+        }
+    };
+    let r = serve_inner(req, st).await;
+    let status = r.status().as_u16();
+    // The reason of a refusal is the answer's first line (error answers are short text; a
+    // stored message is never read back here).
+    let (r, why) = if r.status().is_success() {
+        (r, String::new())
+    } else {
+        let (parts, body) = r.into_parts();
+        let bytes = axum::body::to_bytes(body, 64 * 1024)
+            .await
+            .unwrap_or_default();
+        let why = String::from_utf8_lossy(&bytes)
+            .lines()
+            .next()
+            .unwrap_or("")
+            .to_string();
+        (Response::from_parts(parts, Body::from(bytes)), why)
+    };
+    let outcome = match status {
+        200..=399 => crate::audit::Outcome::Ok,
+        400..=499 => crate::audit::Outcome::Refused(format!("{status}: {why}")),
+        _ => crate::audit::Outcome::Failed(format!("{status}: {why}")),
+    };
+    match pending.finish(outcome).await {
+        Ok(_) => r,
+        // A stored message is not handed out unrecorded; an action already done is said.
+        Err(e) if action.starts_with("queue show") => respond(
+            503,
+            TEXT,
+            format!("refused: {e}; nothing was read, try again later\n"),
+        ),
+        Err(e) => respond(
+            500,
+            TEXT,
+            format!("done, but its audit entry could not be written: {e}\n"),
+        ),
+    }
+}
+
+async fn serve_inner(req: Request, st: Arc<AdminState>) -> Response {
     let text = TEXT;
     let path = req.path.trim_end_matches('/');
     match (req.method.as_str(), path) {
@@ -252,6 +341,10 @@ async fn serve_one(req: Request, st: Arc<AdminState>) -> Response {
             // state last applied.
             if let Some(s) = crate::state::readiness(crate::journal::read::format_time) {
                 detail.push_str(&s);
+            }
+            // The audit trail's head, to note for `audit verify --expect-head`.
+            if let Some(a) = crate::audit::readiness() {
+                detail.push_str(&a);
             }
             // Create + fsync: on a blocking thread, and at most once per 2 s whoever asks
             // (issue 24 B.13: it ran on the runtime at every request).

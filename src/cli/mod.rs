@@ -8,6 +8,7 @@
 //! Must not be imported by anything but `main.rs` (checked by `src/layout.rs`); it may
 //! import every other folder.
 
+pub mod audit;
 pub mod check;
 pub mod console_user;
 pub mod directory;
@@ -137,6 +138,12 @@ pub enum Command {
         #[command(subcommand)]
         what: state::StateCommand,
     },
+    /// The administrators' audit trail: every action of the console, the CLI and the admin
+    /// endpoint, chained so that an altered, removed or inserted entry is found.
+    Audit {
+        #[command(subcommand)]
+        what: audit::AuditCommand,
+    },
 }
 
 impl Cli {
@@ -179,7 +186,16 @@ pub fn tune_allocator() {
 /// Runs the command; `Err` is printed by main.rs, one `passerelle: ` line per cause.
 pub fn run(cli: Cli) -> anyhow::Result<ExitCode> {
     let config = cli.config.as_path();
-    match cli.command {
+    // A verb that changes the gateway's state is one audit entry, or is refused.
+    if let Some(what) = audit::audited(&cli.command) {
+        let command = cli.command;
+        return audit::run_audited(config, what, move || dispatch(config, command));
+    }
+    dispatch(config, cli.command)
+}
+
+fn dispatch(config: &std::path::Path, command: Command) -> anyhow::Result<ExitCode> {
+    match command {
         Command::Serve => {
             tune_allocator();
             let rt = tokio::runtime::Builder::new_multi_thread()
@@ -201,6 +217,7 @@ pub fn run(cli: Cli) -> anyhow::Result<ExitCode> {
         Command::State { what } => state::run(config, what),
         Command::Track(a) => crate::journal::cli::track(config, &a).map(ExitCode::from),
         Command::Stats(a) => crate::journal::cli::stats(config, &a).map(ExitCode::from),
+        Command::Audit { what } => audit::run(config, what),
     }
 }
 

@@ -140,6 +140,33 @@ pub fn user_add(cfg: &Config, u: UserRecord) -> anyhow::Result<ExitCode> {
     })
 }
 
+/// A new second-factor secret for `name` in the shared state.
+pub fn user_totp(cfg: &Config, name: &str, secret: &str) -> anyhow::Result<ExitCode> {
+    let sc = cfg.state.clone();
+    let by = author(cfg);
+    let (n, secret) = (name.to_string(), secret.to_string());
+    let r = super::block_on(async move {
+        let mut c = client(&sc).await?;
+        let state = pg::read(&mut c).await?;
+        let Some(mut u) = state.users.into_iter().find(|u| u.name == n) else {
+            return Ok(None);
+        };
+        u.totp = Some(secret);
+        pg::put_user(&mut c, &u, &by).await.map(Some)
+    })?;
+    Ok(match r {
+        Ok(Some((version, _))) => {
+            println!("shared state: user {name}: new second-factor secret (version {version}); their sessions end on every gateway");
+            ExitCode::SUCCESS
+        }
+        Ok(None) => {
+            println!("shared state: no user {name}");
+            ExitCode::from(1)
+        }
+        Err(e) => refused(&format!("user {name}"), e),
+    })
+}
+
 pub fn user_remove(cfg: &Config, name: &str) -> anyhow::Result<ExitCode> {
     let sc = cfg.state.clone();
     let by = author(cfg);

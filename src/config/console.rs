@@ -31,6 +31,11 @@ pub struct ConsoleConfig {
     /// cookies and HSTS although the console itself speaks plain HTTP to the proxy.
     #[serde(default)]
     pub public_url: Option<String>,
+    /// Roles that must give a TOTP code (RFC 6238) after their password: `operator`,
+    /// `auditor`, `establishment` (every establishment's administrators). A user created
+    /// with `--totp` gives one whatever its role.
+    #[serde(default)]
+    pub second_factor: Vec<String>,
 }
 
 impl ConsoleConfig {
@@ -122,6 +127,14 @@ pub(super) fn validate(c: &Config, p: &mut Vec<Problem>) {
                 k.address
             ),
         ));
+    }
+    for r in &k.second_factor {
+        if !matches!(r.as_str(), "operator" | "auditor" | "establishment") {
+            p.push(Problem::error(
+                "console.second_factor",
+                format!("{r:?} is not a role: operator, auditor or establishment"),
+            ));
+        }
     }
     if k.idle_timeout < Duration::from_secs(60) {
         p.push(Problem::error("console.idle_timeout", "at least 1m"));

@@ -62,7 +62,14 @@ pub struct JournalConfig {
     /// counted, and the log and `/readyz` say so. About 400 bytes an event: the 1 GiB
     /// default holds ~2.5 million events, hours of a region's traffic.
     pub spill_max_size: u64,
+    /// Administrators' audit entries are kept this long, whatever `retention` says (the ANS
+    /// recommends six months of such traces; at least that).
+    #[serde(deserialize_with = "de_duration")]
+    pub audit_retention: Duration,
 }
+
+/// The shortest `audit_retention` accepted: six months.
+pub const MIN_AUDIT_RETENTION: Duration = Duration::from_secs(182 * 86400);
 
 impl Default for JournalConfig {
     fn default() -> Self {
@@ -77,6 +84,7 @@ impl Default for JournalConfig {
             buffer: 100_000,
             prune_interval: Duration::from_secs(3600),
             spill_max_size: 1 << 30,
+            audit_retention: Duration::from_secs(365 * 86400),
         }
     }
 }
@@ -126,6 +134,12 @@ impl JournalConfig {
         }
         if self.prune_interval.is_zero() {
             p.push("journal.prune_interval: must be positive".into());
+        }
+        if self.audit_retention < MIN_AUDIT_RETENTION {
+            p.push(format!(
+                "journal.audit_retention: at least 6 months (182d), not {}",
+                humantime::format_duration(self.audit_retention)
+            ));
         }
         if !(1 << 20..=64 << 30).contains(&self.spill_max_size) {
             p.push("journal.spill_max_size: must be between 1 MiB and 64 GiB".into());

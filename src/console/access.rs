@@ -30,6 +30,17 @@ pub fn valid_establishment_name(name: &str) -> bool {
             .all(|b| b.is_ascii_lowercase() || b.is_ascii_digit() || b == b'-')
 }
 
+impl Role {
+    /// The role without its establishment: what `[console] second_factor` lists.
+    pub fn kind(&self) -> &'static str {
+        match self {
+            Role::Operator => "operator",
+            Role::Auditor => "auditor",
+            Role::Establishment(_) => "establishment",
+        }
+    }
+}
+
 impl FromStr for Role {
     type Err = BadRole;
     fn from_str(s: &str) -> Result<Role, BadRole> {

@@ -26,6 +26,8 @@ pub struct ConsoleBackend {
     pub reload: ReloadHandle,
     pub journal: Arc<dyn Journal>,
     pub establishments: Arc<dyn Establishments>,
+    /// The administrators' audit trail: every form is one entry, or is refused.
+    pub auditor: Arc<crate::audit::Auditor>,
 }
 
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]

@@ -25,6 +25,7 @@ pub mod queue_view;
 pub mod redact;
 pub mod samples;
 mod session;
+pub mod totp;
 pub mod users;
 
 pub use hooks::{
@@ -72,7 +73,25 @@ pub struct App {
     state: Option<Arc<crate::state::Shared>>,
     /// This gateway's name, in the shared state's record of who changed what.
     gateway: String,
+    /// Logins whose password was right, waiting for their second factor: ticket -> (user,
+    /// client address, since, where to go next).
+    second_step: std::sync::Mutex<std::collections::HashMap<String, SecondStep>>,
+    /// The last TOTP step each user logged in with (a code is good once).
+    totp_used: totp::Used,
 }
+
+/// A login half done: the password was right, the code is asked.
+pub struct SecondStep {
+    user: String,
+    client: std::net::IpAddr,
+    since: Instant,
+    next: String,
+}
+
+/// A second step not completed within this is forgotten (the password is asked again).
+const SECOND_STEP_TTL: std::time::Duration = std::time::Duration::from_secs(300);
+/// Half-done logins kept at most (each costs a right password: a bound, not a limit met).
+const SECOND_STEP_MAX: usize = 1000;
 
 /// The logged-in user of a request, put there by the guard.
 #[derive(Clone)]
@@ -143,6 +162,8 @@ pub async fn start(backend: ConsoleBackend) -> anyhow::Result<Option<tokio::task
             .shared()
             .then(|| crate::state::Shared::new(snap.config.state.clone())),
         gateway: snap.config.journal.gateway_name(),
+        second_step: Default::default(),
+        totp_used: Default::default(),
     });
     let listener = ConsoleListener::new(sock, tls)?;
     tracing::info!(address = %cc.address, https = app.secure, "console listening");
@@ -238,6 +259,8 @@ pub fn router(app: Arc<App>) -> Router {
         .route("/config/check", post(pages::config::check))
         .route("/config/apply", post(pages::config::apply))
         .route("/config/rollback", post(pages::config::rollback))
+        .route("/audit", get(pages::audit::page))
+        .route("/audit.csv", get(pages::audit::csv))
         .route("/static/console.css", get(pages::layout::css))
         .route("/favicon.svg", get(pages::layout::favicon))
         .route("/favicon.ico", get(pages::layout::favicon))
@@ -427,6 +450,16 @@ impl App {
     ) -> AuditEvent {
         tracing::info!(target: "passerelle::console::audit", user, role, client = %client.ip(),
             action, target, outcome, "console action");
+        let ev = AuditEvent {
+            user: user.to_string(),
+            role: role.to_string(),
+            client: client.ip().to_string(),
+            action: action.to_string(),
+            target: target.to_string(),
+            outcome: outcome.to_string(),
+        };
+        // The request's audit entry (written by the guard) takes what the handler said.
+        let _ = NOTES.try_with(|n| n.borrow_mut().push(ev.clone()));
         AuditEvent {
             user: user.to_string(),
             role: role.to_string(),
@@ -557,7 +590,16 @@ async fn guard(
         PageError::Forbidden("Cross-site request refused.".into()).into_response()
     } else if public {
         req.extensions_mut().insert(ClientAddr(client));
-        next.run(req).await
+        if audited(req.method(), &path) {
+            let who = crate::audit::Actor {
+                via: "console",
+                user: "-".into(),
+                origin: client.ip().to_string(),
+            };
+            audited_run(&app, who, req, next).await
+        } else {
+            next.run(req).await
+        }
     } else {
         guarded(&app, client, req, next, reading).await
     };
@@ -614,6 +656,22 @@ async fn guarded(
                 parts.uri.path(),
                 "missing or wrong CSRF token",
             );
+            let who = crate::audit::Actor {
+                via: "console",
+                user: session.user.clone(),
+                origin: client.ip().to_string(),
+            };
+            let _ = app
+                .backend
+                .auditor
+                .record(
+                    &who,
+                    "refused request",
+                    parts.uri.path(),
+                    None,
+                    crate::audit::Outcome::Refused("missing or wrong CSRF token".into()),
+                )
+                .await;
             return PageError::Forbidden(
                 "This form's security token is missing or out of date. Go back, reload the page and try again."
                     .into(),
@@ -622,8 +680,116 @@ async fn guarded(
         }
         req = Request::from_parts(parts, Body::from(bytes));
     }
+    let who = crate::audit::Actor {
+        via: "console",
+        user: session.user.clone(),
+        origin: client.ip().to_string(),
+    };
     req.extensions_mut().insert(Viewer { session, client });
+    if audited(req.method(), req.uri().path()) {
+        return audited_run(app, who, req, next).await;
+    }
     next.run(req).await
+}
+
+tokio::task_local! {
+    /// What the handler of an audited request said it did ([`App::audit_as`]).
+    static NOTES: std::cell::RefCell<Vec<AuditEvent>>;
+}
+
+/// Requests that are one audit entry each: every form (POST), and the reads of a stored
+/// message's header section.
+fn audited(method: &Method, path: &str) -> bool {
+    *method == Method::POST || (path.starts_with("/messages/") && path.matches('/').count() == 2)
+}
+
+/// The entry's outcome from what the handler said (several notes: a bulk form) and the
+/// answer's status.
+fn entry_outcome(
+    notes: &[AuditEvent],
+    status: StatusCode,
+) -> (crate::audit::Outcome, Option<String>, Option<String>) {
+    use crate::audit::Outcome;
+    let refused = |o: &str| o.starts_with("refused") || o.starts_with("missing");
+    let action = notes.first().map(|n| {
+        if notes.len() > 1 {
+            format!("{} ({} messages)", n.action, notes.len())
+        } else {
+            n.action.clone()
+        }
+    });
+    let target = (!notes.is_empty()).then(|| {
+        notes
+            .iter()
+            .map(|n| n.target.as_str())
+            .collect::<Vec<_>>()
+            .join(" ")
+    });
+    let outcome = if let Some(n) = notes.iter().find(|n| refused(&n.outcome)) {
+        Outcome::Refused(n.outcome.clone())
+    } else if status.is_server_error() {
+        Outcome::Failed(status.to_string())
+    } else if status.is_client_error() {
+        Outcome::Refused(status.to_string())
+    } else {
+        Outcome::Ok
+    };
+    (outcome, action, target)
+}
+
+/// Runs an audited request as one audit entry: its place kept first (a 503, nothing done,
+/// when it cannot be), the handler's account and the answer's status written after.
+async fn audited_run(app: &App, who: crate::audit::Actor, req: Request, next: Next) -> Response {
+    let path = req.uri().path().to_string();
+    let action = format!("{} {path}", req.method());
+    let est = match req.extensions().get::<Viewer>().map(|v| v.role().clone()) {
+        Some(Role::Establishment(e)) => Some(e),
+        _ => None,
+    };
+    let mut pending = match app
+        .backend
+        .auditor
+        .begin(&who, &action, &path, est.as_deref())
+        .await
+    {
+        Ok(p) => p,
+        Err(e) => {
+            tracing::error!(target: "passerelle::console::audit", user = %who.user, action, "refused: {e}");
+            return PageError::Unavailable(format!(
+                "This action cannot be recorded in the audit trail ({e}): it was not done. Try again later."
+            ))
+            .into_response();
+        }
+    };
+    let (resp, notes) = NOTES
+        .scope(std::cell::RefCell::new(Vec::new()), async {
+            let r = next.run(req).await;
+            (r, NOTES.with(|n| n.take()))
+        })
+        .await;
+    let (outcome, act, target) = entry_outcome(&notes, resp.status());
+    let user = notes
+        .iter()
+        .map(|n| n.user.as_str())
+        .find(|u| !u.is_empty() && *u != "-");
+    let est_of_target = act
+        .as_deref()
+        .filter(|a| a.starts_with("establishment"))
+        .and(target.as_deref());
+    pending.amend(user, act.as_deref(), target.as_deref(), est_of_target);
+    match pending.finish(outcome).await {
+        Ok(_) => resp,
+        Err(e) if path.starts_with("/messages/") && !path.ends_with("/delete") => {
+            PageError::Unavailable(format!(
+                "This read cannot be recorded in the audit trail ({e}): nothing is shown."
+            ))
+            .into_response()
+        }
+        Err(e) => {
+            tracing::error!(target: "passerelle::console::audit", "done, but its audit entry could not be written: {e}");
+            resp
+        }
+    }
 }
 
 /// A page in the console's frame.

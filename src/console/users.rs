@@ -19,6 +19,8 @@ pub struct User {
     pub role: Role,
     /// PHC string `$argon2id$v=19$m=...,t=...,p=...$salt$hash`.
     pub hash: String,
+    /// The second factor's secret (base32), when enrolled.
+    pub totp: Option<String>,
 }
 
 impl User {
@@ -26,8 +28,14 @@ impl User {
     /// password hash, so that a new password (or a new salt) ends the old sessions without
     /// the session table holding the hash itself.
     pub fn stamp(&self) -> String {
-        let d = ring::digest::digest(&ring::digest::SHA256, self.hash.as_bytes());
-        data_encoding::HEXLOWER.encode(&d.as_ref()[..16])
+        // A new second-factor secret ends the old sessions too.
+        let mut ctx = ring::digest::Context::new(&ring::digest::SHA256);
+        ctx.update(self.hash.as_bytes());
+        if let Some(t) = &self.totp {
+            ctx.update(b"\0totp\0");
+            ctx.update(t.as_bytes());
+        }
+        data_encoding::HEXLOWER.encode(&ctx.finish().as_ref()[..16])
     }
 }
 
@@ -88,10 +96,20 @@ pub fn load(path: &Path) -> Result<Vec<User>, UsersError> {
             }
             PasswordHash::new(&u.password_hash)
                 .map_err(|e| invalid(format!("user {}: password_hash: {e}", u.name)))?;
+            if u.totp
+                .as_deref()
+                .is_some_and(|t| super::totp::secret_bytes(t).is_none())
+            {
+                return Err(invalid(format!(
+                    "user {}: totp: not a base32 secret",
+                    u.name
+                )));
+            }
             Ok(User {
                 name: u.name,
                 role,
                 hash: u.password_hash,
+                totp: u.totp,
             })
         })
         .collect()
@@ -111,6 +129,7 @@ pub fn records(users: &[User]) -> Vec<UserRecord> {
             name: u.name.clone(),
             role: u.role.to_string(),
             password_hash: u.hash.clone(),
+            totp: u.totp.clone(),
         })
         .collect()
 }
@@ -136,17 +155,30 @@ pub fn verify_password(hash: &str, password: &str) -> bool {
         .is_ok()
 }
 
-/// Creates or replaces `name`; returns true when it replaced one.
-pub fn add(path: &Path, name: &str, role: Role, password: &str) -> Result<bool, UsersError> {
+/// Creates or replaces `name`; returns true when it replaced one. `totp`: a new second
+/// factor's secret; without one, a replaced user keeps its own (a new password does not
+/// drop the second factor).
+pub fn add(
+    path: &Path,
+    name: &str,
+    role: Role,
+    password: &str,
+    totp: Option<String>,
+) -> Result<bool, UsersError> {
     if !valid_name(name) {
         return Err(UsersError::BadName(name.to_string()));
     }
     let hash = hash_password(password)?;
     let mut users = load(path)?;
+    let kept = users
+        .iter()
+        .find(|u| u.name == name)
+        .and_then(|u| u.totp.clone());
     let user = User {
         name: name.to_string(),
         role,
         hash,
+        totp: totp.or(kept),
     };
     let replaced = match users.iter_mut().find(|u| u.name == name) {
         Some(u) => {
@@ -160,6 +192,17 @@ pub fn add(path: &Path, name: &str, role: Role, password: &str) -> Result<bool, 
     };
     save(path, &users)?;
     Ok(replaced)
+}
+
+/// Gives `name` a new second-factor secret; false when there is no such user.
+pub fn set_totp(path: &Path, name: &str, secret: &str) -> Result<bool, UsersError> {
+    let mut users = load(path)?;
+    let Some(u) = users.iter_mut().find(|u| u.name == name) else {
+        return Ok(false);
+    };
+    u.totp = Some(secret.to_string());
+    save(path, &users)?;
+    Ok(true)
 }
 
 /// Removes `name`; returns false when there was no such user.
@@ -249,15 +292,23 @@ mod tests {
         let dir = tempfile::tempdir().unwrap();
         let path = dir.path().join("sub/users.toml");
         assert!(load(&path).unwrap().is_empty(), "missing file: no users");
-        assert!(!add(&path, "alice", Role::Operator, "correct horse battery").unwrap());
+        assert!(!add(
+            &path,
+            "alice",
+            Role::Operator,
+            "correct horse battery",
+            None
+        )
+        .unwrap());
         assert!(!add(
             &path,
             "bob",
             "establishment:chu-a".parse().unwrap(),
-            "0123456789"
+            "0123456789",
+            None
         )
         .unwrap());
-        assert!(add(&path, "alice", Role::Auditor, "another password").unwrap());
+        assert!(add(&path, "alice", Role::Auditor, "another password", None).unwrap());
         let users = load(&path).unwrap();
         assert_eq!(users.len(), 2);
         assert_eq!(users[0].role, Role::Auditor);
@@ -279,11 +330,11 @@ mod tests {
         let dir = tempfile::tempdir().unwrap();
         let path = dir.path().join("users.toml");
         assert!(matches!(
-            add(&path, "a b", Role::Operator, "0123456789"),
+            add(&path, "a b", Role::Operator, "0123456789", None),
             Err(UsersError::BadName(_))
         ));
         assert!(matches!(
-            add(&path, "a", Role::Operator, "short"),
+            add(&path, "a", Role::Operator, "short", None),
             Err(UsersError::ShortPassword)
         ));
         assert!(!verify_password("not a hash", "x"));
@@ -302,7 +353,7 @@ mod tests {
         let path = dir.path().join("users.toml");
         let cache = UsersCache::new(path.clone());
         assert!(cache.get().await.is_empty());
-        add(&path, "alice", Role::Operator, "0123456789").unwrap();
+        add(&path, "alice", Role::Operator, "0123456789", None).unwrap();
         assert!(cache.find("alice").await.is_some());
         std::fs::write(&path, "this is [ not toml").unwrap();
         assert!(cache.find("alice").await.is_some(), "last good list kept");

@@ -154,7 +154,7 @@ impl Reader {
 }
 
 /// `$1` -> `?1` (SQLite's numbered parameters).
-pub(super) fn sqlite_placeholders(sql: &str) -> String {
+pub(crate) fn sqlite_placeholders(sql: &str) -> String {
     let mut out = String::with_capacity(sql.len());
     let mut chars = sql.chars().peekable();
     while let Some(c) = chars.next() {

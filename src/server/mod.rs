@@ -186,6 +186,12 @@ pub async fn serve(config_path: &Path) -> anyhow::Result<()> {
         let ctx = snap.listener_context(l, &crls, &queue)?;
         bound.insert(l.name.clone(), Bound::start(sock, l, ctx));
     }
+    // One audit trail for the console and the admin endpoint; its hourly pruning and head.
+    let auditor = Arc::new(crate::audit::Auditor::new(&cfg.journal, &cfg.server.spool));
+    tokio::spawn(crate::audit::hourly(
+        auditor.clone(),
+        cfg.journal.audit_retention,
+    ));
     let admin = match &cfg.server.admin {
         Some(addr) => {
             let sock = TcpListener::bind(*addr)
@@ -204,6 +210,7 @@ pub async fn serve(config_path: &Path) -> anyhow::Result<()> {
                 queue: queue.handle().clone(),
                 spool: cfg.server.spool.clone(),
                 token,
+                auditor: auditor.clone(),
             });
             tracing::info!(address = %addr, "admin endpoint: /metrics /healthz /readyz /queue");
             Some(tokio::spawn(crate::admin::run(sock, state)))
@@ -267,6 +274,7 @@ pub async fn serve(config_path: &Path) -> anyhow::Result<()> {
             rt.snapshot.clone(),
         )),
         establishments: Arc::new(crate::console::GatewayEstablishments(rt.snapshot.clone())),
+        auditor: auditor.clone(),
     })
     .await?;
 

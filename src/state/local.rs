@@ -122,6 +122,7 @@ mod tests {
                 name: "alice".into(),
                 role: "operator".into(),
                 password_hash: "h".into(),
+                totp: None,
             }],
         };
         let a = apply(dir.path(), &s, 100).unwrap();

@@ -41,6 +41,7 @@ CREATE TABLE IF NOT EXISTS state_sessions (
     stamp text NOT NULL, csrf text NOT NULL,
     created_at timestamptz NOT NULL DEFAULT now(),
     last_seen timestamptz NOT NULL DEFAULT now());
+ALTER TABLE state_users ADD COLUMN IF NOT EXISTS totp text;
 ";
 
 /// Creates or replaces an establishment ($1 name, $2 TOML, $3 version, $4 by whom).
@@ -48,10 +49,11 @@ const UPSERT_ESTABLISHMENT: &str =
     "INSERT INTO state_establishments (name, toml, version, updated_by) VALUES ($1, $2, $3, $4)
      ON CONFLICT (name) DO UPDATE SET toml = EXCLUDED.toml, version = EXCLUDED.version,
      updated_at = now(), updated_by = EXCLUDED.updated_by";
-/// Creates or replaces a user ($1 name, $2 role, $3 hash, $4 version, $5 by whom).
+/// Creates or replaces a user ($1 name, $2 role, $3 hash, $4 version, $5 by whom, $6 the
+/// second factor's secret).
 const UPSERT_USER: &str =
-    "INSERT INTO state_users (name, role, password_hash, version, updated_by) VALUES ($1, $2, $3, $4, $5)
-     ON CONFLICT (name) DO UPDATE SET role = EXCLUDED.role, password_hash = EXCLUDED.password_hash,
+    "INSERT INTO state_users (name, role, password_hash, version, updated_by, totp) VALUES ($1, $2, $3, $4, $5, $6)
+     ON CONFLICT (name) DO UPDATE SET role = EXCLUDED.role, password_hash = EXCLUDED.password_hash, totp = COALESCE(EXCLUDED.totp, state_users.totp),
      version = EXCLUDED.version, updated_at = now(), updated_by = EXCLUDED.updated_by";
 
 /// An error of the server itself (a constraint, a lock timeout) refuses the change; any
@@ -201,7 +203,7 @@ pub async fn read(client: &mut Client) -> Result<State, StateError> {
     let establishments = establishment_rows(&tx).await?;
     let users = tx
         .query(
-            "SELECT name, role, password_hash FROM state_users ORDER BY name",
+            "SELECT name, role, password_hash, totp FROM state_users ORDER BY name",
             &[],
         )
         .await
@@ -211,6 +213,7 @@ pub async fn read(client: &mut Client) -> Result<State, StateError> {
             name: r.get(0),
             role: r.get(1),
             password_hash: r.get(2),
+            totp: r.get(3),
         })
         .collect();
     tx.commit().await.map_err(db)?;
@@ -413,7 +416,7 @@ pub async fn put_user(
         .is_some();
     tx.execute(
         UPSERT_USER,
-        &[&u.name, &u.role, &u.password_hash, &next, &by],
+        &[&u.name, &u.role, &u.password_hash, &next, &by, &u.totp],
     )
     .await
     .map_err(db)?;
@@ -479,16 +482,23 @@ pub async fn import(
     for (n, t) in &new_est {
         all.insert(n.clone(), t.clone());
     }
-    let existing_users: std::collections::BTreeMap<String, (String, String)> = tx
-        .query("SELECT name, role, password_hash FROM state_users", &[])
+    type Kept = (String, String, Option<String>);
+    let existing_users: std::collections::BTreeMap<String, Kept> = tx
+        .query(
+            "SELECT name, role, password_hash, totp FROM state_users",
+            &[],
+        )
         .await
         .map_err(db)?
         .iter()
-        .map(|r| (r.get(0), (r.get(1), r.get(2))))
+        .map(|r| (r.get(0), (r.get(1), r.get(2), r.get(3))))
         .collect();
     let new_users: Vec<UserRecord> = users
         .into_iter()
-        .filter(|u| existing_users.get(&u.name) != Some(&(u.role.clone(), u.password_hash.clone())))
+        .filter(|u| {
+            existing_users.get(&u.name)
+                != Some(&(u.role.clone(), u.password_hash.clone(), u.totp.clone()))
+        })
         .collect();
     if new_est.is_empty() && new_users.is_empty() {
         let v = next - 1;
@@ -508,7 +518,7 @@ pub async fn import(
     for u in &new_users {
         tx.execute(
             UPSERT_USER,
-            &[&u.name, &u.role, &u.password_hash, &next, &by],
+            &[&u.name, &u.role, &u.password_hash, &next, &by, &u.totp],
         )
         .await
         .map_err(db)?;

@@ -11,6 +11,10 @@ pub struct UserRecord {
     pub name: String,
     pub role: String,
     pub password_hash: String,
+    /// The second factor's secret (base32), when the user has one: a secret like the hash,
+    /// kept in this 0600 file or the shared state, never logged.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub totp: Option<String>,
 }
 
 #[derive(Serialize, Deserialize, Default)]
@@ -57,6 +61,7 @@ mod tests {
             name: "alice".into(),
             role: "operator".into(),
             password_hash: "$argon2id$x".into(),
+            totp: Some("GEZDGNBVGY3TQOJQGEZDGNBVGY3TQOJQ".into()),
         }];
         assert_eq!(parse(&text(&u).unwrap()).unwrap(), u);
         assert!(parse("").unwrap().is_empty());

@@ -8,7 +8,7 @@ use axum::response::{Html, IntoResponse};
 use maud::{html, Markup, DOCTYPE};
 
 /// The menu: path, label, and what opening it means for access.
-const MENU: [(&str, &str, Resource<'static>); 9] = [
+const MENU: [(&str, &str, Resource<'static>); 10] = [
     ("/", "Dashboard", Resource::Gateway),
     ("/queue", "Queue", Resource::Scoped),
     ("/track", "Track", Resource::Scoped),
@@ -18,6 +18,7 @@ const MENU: [(&str, &str, Resource<'static>); 9] = [
     ("/directory", "Directory", Resource::Gateway),
     ("/establishments", "Establishments", Resource::Gateway),
     ("/config", "Configuration", Resource::Gateway),
+    ("/audit", "Audit trail", Resource::Scoped),
 ];
 
 /// The menu entries `role` may open, with an establishment user's own page.

@@ -18,10 +18,44 @@ pub struct Next {
 
 #[derive(serde::Deserialize)]
 pub struct Credentials {
+    #[serde(default)]
     username: String,
+    #[serde(default)]
     password: String,
     #[serde(default)]
     next: String,
+    /// The second step: the ticket of the first, and the TOTP code.
+    #[serde(default)]
+    ticket: String,
+    #[serde(default)]
+    code: String,
+}
+
+/// The second step's form: the field `code` (6 digits).
+fn code_page(status: StatusCode, ticket: &str, message: Option<&str>) -> Response {
+    let body = html! {
+        (DOCTYPE)
+        html lang="en" {
+            (super::layout::head("Second factor"))
+            body {
+                main #main .narrow {
+                    h1 { "passerelle console" }
+                    @if let Some(m) = message {
+                        p.error role="alert" { (m) }
+                    }
+                    form.login method="post" action="/login" {
+                        input type="hidden" name="ticket" value=(ticket);
+                        p {
+                            label for="code" { "Code from your authenticator application (6 digits)" }
+                            input #code name="code" type="text" inputmode="numeric" pattern="[0-9]{6}" maxlength="6" autocomplete="one-time-code" required autofocus;
+                        }
+                        p { button type="submit" { "Log in" } }
+                    }
+                }
+            }
+        }
+    };
+    (status, Html(body.into_string())).into_response()
 }
 
 /// Only a path of this console: never an absolute URL (no open redirect).
@@ -83,6 +117,9 @@ pub async fn submit(
     Form(c): Form<Credentials>,
 ) -> Response {
     let now = Instant::now();
+    if !c.ticket.is_empty() {
+        return second_step(&app, client, c, now).await;
+    }
     let name = c.username.trim().to_string();
     let refused = |why: &str| app.audit_as(&name, "-", client, "login", &name, why);
     if let Err(wait) = app.limiter.attempt(client.ip(), &name, now) {
@@ -128,6 +165,63 @@ pub async fn submit(
             Some("Wrong user name or password."),
         );
     };
+    // The second factor: a user enrolled, or whose role `[console] second_factor` lists.
+    let required = app
+        .backend
+        .snapshot
+        .load()
+        .config
+        .console
+        .as_ref()
+        .is_some_and(|k| k.second_factor.iter().any(|r| r == user.role.kind()));
+    if user.totp.is_some() || required {
+        if user.totp.is_none() {
+            refused("refused: a second factor is required and none is enrolled");
+            return login_page(
+                StatusCode::FORBIDDEN,
+                &c.next,
+                Some("Your role needs a second factor and you have none yet: ask an operator to enrol you (passerelle console user totp NAME --reset)."),
+            );
+        }
+        let Ok(ticket) = super::super::session::random_token() else {
+            return login_page(
+                StatusCode::SERVICE_UNAVAILABLE,
+                &c.next,
+                Some("No randomness: try again."),
+            );
+        };
+        {
+            let mut m = app.second_step.lock().unwrap_or_else(|p| p.into_inner());
+            m.retain(|_, s| now.duration_since(s.since) < super::super::SECOND_STEP_TTL);
+            if m.len() >= super::super::SECOND_STEP_MAX {
+                drop(m);
+                refused("refused: too many logins waiting for their code");
+                return login_page(
+                    StatusCode::TOO_MANY_REQUESTS,
+                    &c.next,
+                    Some("Too many logins at once: try again in a moment."),
+                );
+            }
+            m.insert(
+                ticket.clone(),
+                super::super::SecondStep {
+                    user: user.name.clone(),
+                    client: client.ip(),
+                    since: now,
+                    next: c.next.clone(),
+                },
+            );
+        }
+        app.audit_as(
+            &user.name,
+            &user.role.to_string(),
+            client,
+            "login",
+            &user.name,
+            "ok: password right, code asked",
+        );
+        return code_page(StatusCode::OK, &ticket, None);
+    }
     app.limiter.succeeded(client.ip(), &name);
     let s = match app.session_create(&user, now).await {
         Ok(s) => s,
@@ -145,6 +239,108 @@ pub async fn submit(
         "ok",
     );
     let mut r = Redirect::to(safe_next(&c.next)).into_response();
+    r.headers_mut()
+        .insert(header::SET_COOKIE, app.session_cookie(&s.id, None));
+    r
+}
+
+/// The code of a login whose password was right.
+async fn second_step(
+    app: &App,
+    client: std::net::SocketAddr,
+    c: Credentials,
+    now: Instant,
+) -> Response {
+    let step = {
+        let mut m = app.second_step.lock().unwrap_or_else(|p| p.into_inner());
+        m.retain(|_, s| now.duration_since(s.since) < super::super::SECOND_STEP_TTL);
+        match m.get(&c.ticket) {
+            Some(s) if s.client == client.ip() => Some((s.user.clone(), s.next.clone())),
+            _ => None,
+        }
+    };
+    let Some((name, next)) = step else {
+        app.audit_as(
+            "-",
+            "-",
+            client,
+            "login",
+            "-",
+            "refused: second step unknown or expired",
+        );
+        return login_page(
+            StatusCode::UNAUTHORIZED,
+            "/",
+            Some("This login took too long: give your password again."),
+        );
+    };
+    let refused = |why: &str| app.audit_as(&name, "-", client, "login", &name, why);
+    if let Err(wait) = app.limiter.attempt(client.ip(), &name, now) {
+        app.second_step
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .remove(&c.ticket);
+        refused("refused: too many failed attempts");
+        let minutes = wait.as_secs().div_ceil(60);
+        return login_page(
+            StatusCode::TOO_MANY_REQUESTS,
+            &next,
+            Some(&format!(
+                "Too many failed attempts: try again in {minutes} minute(s)."
+            )),
+        );
+    }
+    let user = app.users.find(&name).await;
+    let secret = user
+        .as_ref()
+        .and_then(|u| u.totp.as_deref())
+        .and_then(super::super::totp::secret_bytes);
+    let (Some(user), Some(secret)) = (user, secret) else {
+        refused("refused: the user or its second factor is gone");
+        return login_page(
+            StatusCode::UNAUTHORIZED,
+            &next,
+            Some("Wrong user name or password."),
+        );
+    };
+    let now_unix = crate::util::clock::now_unix().max(0) as u64;
+    let Some(step) = super::super::totp::matching_step(&secret, &c.code, now_unix) else {
+        refused("refused: wrong code");
+        return code_page(
+            StatusCode::UNAUTHORIZED,
+            &c.ticket,
+            Some("Wrong code: give the one your application shows now."),
+        );
+    };
+    if !app.totp_used.take(&name, step) {
+        refused("refused: code already used");
+        return code_page(
+            StatusCode::UNAUTHORIZED,
+            &c.ticket,
+            Some("This code was already used: wait for the next one."),
+        );
+    }
+    app.second_step
+        .lock()
+        .unwrap_or_else(|p| p.into_inner())
+        .remove(&c.ticket);
+    app.limiter.succeeded(client.ip(), &name);
+    let s = match app.session_create(&user, now).await {
+        Ok(s) => s,
+        Err(e) => {
+            refused("refused: no session could be opened (see the service log)");
+            return e.into_response();
+        }
+    };
+    app.audit_as(
+        &user.name,
+        &user.role.to_string(),
+        client,
+        "login",
+        &user.name,
+        "ok: password and code",
+    );
+    let mut r = Redirect::to(safe_next(&next)).into_response();
     r.headers_mut()
         .insert(header::SET_COOKIE, app.session_cookie(&s.id, None));
     r

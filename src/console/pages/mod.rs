@@ -1,5 +1,6 @@
 //! The console's pages, one module per area of the menu.
 
+pub mod audit;
 pub mod config;
 pub mod dashboard;
 pub mod establishments;
