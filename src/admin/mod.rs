@@ -125,6 +125,9 @@ struct Request {
     token: Option<String>,
     /// `X-Passerelle-Reader`: the OS user of `passerelle queue show --body`.
     reader: Option<String>,
+    /// `/reload?part_of=VERB`: a reload asked by a CLI verb that records the action itself
+    /// (`establishment add`), so that one action is one audit entry.
+    part_of: bool,
     /// The client's address and the endpoint's, for the body-read log.
     peer: SocketAddr,
     local: Option<SocketAddr>,
@@ -158,6 +161,9 @@ async fn dispatch(
     let req = Request {
         method,
         path: uri.path().to_string(),
+        part_of: uri
+            .query()
+            .is_some_and(|q| q.split('&').any(|kv| kv.starts_with("part_of="))),
         token: value("x-passerelle-token"),
         reader: value("x-passerelle-reader"),
         peer,
@@ -256,6 +262,11 @@ async fn serve_one(req: Request, st: Arc<AdminState>) -> Response {
     let Some((action, target)) = audited(req.method.as_str(), &req.path) else {
         return serve_inner(req, st).await;
     };
+    if req.part_of && action == "reload" {
+        // The verb's own entry says it reloaded (its outcome), whoever holds the token could
+        // reload by SIGHUP as well: applying what is on disk is not a change of its own.
+        return serve_inner(req, st).await;
+    }
     let (peer, local) = (req.peer, req.local);
     // A read of /proc: on a blocking thread.
     let uid = tokio::task::spawn_blocking(move || local.and_then(|l| socket_uid(peer, l)))

@@ -65,6 +65,8 @@ impl Actor {
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum Outcome {
     Ok,
+    /// Done, with what was done ("held", "password and code").
+    OkWith(String),
     Refused(String),
     Failed(String),
 }
@@ -73,6 +75,7 @@ impl Outcome {
     fn parts(&self) -> (&'static str, Option<String>) {
         match self {
             Outcome::Ok => ("ok", None),
+            Outcome::OkWith(d) => ("ok", Some(bounded(d, 500))),
             Outcome::Refused(r) => ("refused", Some(bounded(r, 500))),
             Outcome::Failed(r) => ("failed", Some(bounded(r, 500))),
         }

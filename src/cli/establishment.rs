@@ -207,7 +207,7 @@ fn remove(config: &Path, name: &str) -> anyhow::Result<ExitCode> {
 /// Asks a running server to reload; says so when none runs.
 fn reload(config: &Path) -> anyhow::Result<ExitCode> {
     let cfg = Config::load_unvalidated(config)?;
-    match crate::admin::client::admin_request(&cfg, "POST", "/reload")? {
+    match crate::admin::client::admin_request(&cfg, "POST", "/reload?part_of=establishment")? {
         None => {
             println!(
                 "no running server answers on server.admin: the change applies at its next start or reload"

@@ -732,7 +732,21 @@ fn entry_outcome(
     } else if status.is_client_error() {
         Outcome::Refused(status.to_string())
     } else {
-        Outcome::Ok
+        // What the handler said it did, when it said more than "ok".
+        let said: Vec<&str> = notes
+            .iter()
+            .map(|n| {
+                n.outcome
+                    .trim_start_matches("ok: ")
+                    .trim_start_matches("ok")
+            })
+            .filter(|o| !o.is_empty())
+            .collect();
+        if said.is_empty() {
+            Outcome::Ok
+        } else {
+            Outcome::OkWith(said.join("; "))
+        }
     };
     (outcome, action, target)
 }

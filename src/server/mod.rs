@@ -287,7 +287,25 @@ pub async fn serve(config_path: &Path) -> anyhow::Result<()> {
                 crate::trust::fetch::What::Whitelist => rt.whitelist.check_now(),
             },
             _ = hup.recv() => {
-                let _ = rt.reload_logged().await;
+                // A reload by signal (`systemctl reload`) is an administrator's action too:
+                // one audit entry, or not done.
+                let who = crate::audit::Actor {
+                    via: "signal",
+                    user: "SIGHUP".into(),
+                    origin: "local".into(),
+                };
+                match auditor.begin(&who, "reload", "-", None).await {
+                    Ok(p) => {
+                        let r = rt.reload_logged().await;
+                        let _ = p
+                            .finish(match r {
+                                Ok(()) => crate::audit::Outcome::Ok,
+                                Err(e) => crate::audit::Outcome::Refused(e),
+                            })
+                            .await;
+                    }
+                    Err(e) => tracing::error!(target: "passerelle::audit", "SIGHUP: reload refused: {e}"),
+                }
             }
             Some(done) = reload_requests.recv() => {
                 let _ = done.send(rt.reload_logged().await);
