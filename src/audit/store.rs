@@ -285,6 +285,7 @@ impl Auditor {
                 c.execute_batch(DDL)
                     .map_err(|e| format!("{}: creating the audit table: {e}", path.display()))?;
             }
+            give_to_directory_owner(&path);
             Ok(c)
         })
         .await?
@@ -685,6 +686,32 @@ async fn rollback(conn: &mut Conn) {
             if !ok {
                 *slot = None;
             }
+        }
+    }
+}
+
+/// Run as root (`sudo passerelle establishment add`) on a journal beside a spool owned by the
+/// service's user: the database and its WAL files we may have created are given to that user,
+/// or `serve` could no longer write its own journal.
+fn give_to_directory_owner(path: &Path) {
+    use std::os::unix::fs::MetadataExt;
+    // SAFETY: geteuid has no preconditions.
+    if unsafe { libc::geteuid() } != 0 {
+        return;
+    }
+    let Some(dir) = path.parent().and_then(|d| std::fs::metadata(d).ok()) else {
+        return;
+    };
+    if dir.uid() == 0 {
+        return;
+    }
+    let name = path.as_os_str().to_owned();
+    for suffix in ["", "-wal", "-shm"] {
+        let mut f = name.clone();
+        f.push(suffix);
+        let f = PathBuf::from(f);
+        if std::fs::metadata(&f).is_ok_and(|m| m.uid() == 0) {
+            let _ = std::os::unix::fs::chown(&f, Some(dir.uid()), Some(dir.gid()));
         }
     }
 }

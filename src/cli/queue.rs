@@ -142,6 +142,50 @@ fn print_show(it: &QueueItem, json: bool, out: &mut impl Write) -> anyhow::Resul
     Ok(())
 }
 
+/// What the running server's endpoint would call the verb, for the audit entry.
+fn offline_action(v: &Verb) -> String {
+    match v {
+        Verb::Retry(None) => "queue retry --all".into(),
+        Verb::Retry(Some(_)) => "queue retry".into(),
+        Verb::Hold(_) => "queue hold".into(),
+        Verb::Release(_) => "queue release".into(),
+        Verb::Delete(_) => "queue delete".into(),
+        Verb::List(_) | Verb::Show(..) => "queue".into(),
+    }
+}
+
+fn offline_target(v: &Verb) -> String {
+    match v {
+        Verb::Retry(Some(id)) | Verb::Hold(id) | Verb::Release(id) | Verb::Delete(id) => id.clone(),
+        _ => "-".into(),
+    }
+}
+
+/// A verb on a stopped server's spool is one audit entry of the CLI (the running server's
+/// endpoint records its own): refused, nothing done, when the entry cannot be written.
+async fn offline_audited<T>(
+    cfg: &Config,
+    action: &str,
+    target: &str,
+    work: impl std::future::Future<Output = anyhow::Result<T>>,
+) -> anyhow::Result<T> {
+    use crate::audit::{Actor, Auditor, Outcome};
+    let a = Auditor::new(&cfg.journal, &cfg.server.spool);
+    let who = Actor::cli();
+    a.probe(&who)
+        .await
+        .map_err(|e| anyhow!("{target}: refused: {e}; nothing was done"))?;
+    let r = work.await;
+    let outcome = match &r {
+        Ok(_) => Outcome::Ok,
+        Err(e) => Outcome::Failed(e.to_string()),
+    };
+    a.record(&who, action, target, None, outcome)
+        .await
+        .map_err(|e| anyhow!("{target}: done, but its audit entry could not be written: {e}"))?;
+    r
+}
+
 /// Records an action on one message of a stopped server's spool in the journal, before the
 /// spool is changed: one that cannot be recorded is refused, never done unrecorded (issue 24
 /// B.12, as the running server's reservation does).
@@ -280,7 +324,14 @@ pub async fn run(cfg: &Config, verb: Verb, json: bool) -> anyhow::Result<bool> {
                 Ok(true)
             }
             Verb::Show(id, c) if c.headers || c.body => {
-                let Some(msg) = offline_message(cfg, id)? else {
+                let action = if c.body {
+                    "queue show --body"
+                } else {
+                    "queue show --headers"
+                };
+                let Some(msg) =
+                    offline_audited(cfg, action, id, async { offline_message(cfg, id) }).await?
+                else {
                     writeln!(out, "{id}: no such message")?;
                     return Ok(false);
                 };
@@ -300,7 +351,14 @@ pub async fn run(cfg: &Config, verb: Verb, json: bool) -> anyhow::Result<bool> {
                     Ok(false)
                 }
             },
-            change => match offline_change(cfg, change).await {
+            change => match offline_audited(
+                cfg,
+                &offline_action(change),
+                &offline_target(change),
+                offline_change(cfg, change),
+            )
+            .await
+            {
                 Ok(msg) => {
                     writeln!(out, "{msg} (server not running)")?;
                     Ok(true)

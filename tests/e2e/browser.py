@@ -124,10 +124,10 @@ class Browser:
         return self.css("input[name=csrf]").get_attribute("value")
 
 
-def request(base, method, path, form=None, cookie=None, headers=None):
+def request(base, method, path, form=None, cookie=None, headers=None, timeout=15):
     """(status, headers dict lower-cased, body text) of one plain request."""
     u = urllib.parse.urlsplit(base)
-    c = http.client.HTTPConnection(u.hostname, u.port, timeout=15)
+    c = http.client.HTTPConnection(u.hostname, u.port, timeout=timeout)
     h = dict(headers or {})
     body = None
     if form is not None:

@@ -1040,3 +1040,17 @@ class E2ETestCase(unittest.TestCase):
         """Wait `wait` seconds and check peer still holds exactly `count` messages."""
         time.sleep(wait)
         self.assertEqual(peer.count(), count, msg or "unexpected message(s) at peer %s" % peer.name)
+
+
+def hold_sqlite_lock(case, path, seconds=60):
+    """Another process holding `path`'s write lock (BEGIN EXCLUSIVE) for `seconds`: the
+    database cannot take a write meanwhile. Killed at the end of the test; returns it."""
+    holder = subprocess.Popen(
+        [sys.executable, "-c", "import sqlite3,sys,time\nc=sqlite3.connect(sys.argv[1],timeout=30)\n"
+         "c.execute('BEGIN EXCLUSIVE')\nprint('locked',flush=True)\ntime.sleep(float(sys.argv[2]))\n",
+         path, str(seconds)],
+        stdout=subprocess.PIPE)
+    case.addCleanup(holder.kill)
+    if holder.stdout.readline().strip() != b"locked":
+        raise HarnessError("could not lock %s" % path)
+    return holder

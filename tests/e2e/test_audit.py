@@ -18,10 +18,11 @@ import re
 import shutil
 import sqlite3
 import subprocess
+import threading
 import urllib.parse
 
 from browser import request
-from harness import PASSERELLE_BIN, REPO, http_get, wait_until
+from harness import PASSERELLE_BIN, REPO, free_port, hold_sqlite_lock, http_get
 from test_console import PASSWORDS, ConsoleTestCase
 
 HEAD = re.compile(r"audit trail intact: (\d+) entries, head ([0-9a-f]{64})")
@@ -123,6 +124,29 @@ class SecondFactorTests(AuditTestCase):
         b.wait_text("main", "dr.browser")
         b.shot("audit")
         self.assertIn("password and code", b.text("main"))
+        # An operator enrols a new user in the console: its secret shown once, as a QR code
+        # drawn by the server and its URI; the new user logs in with a code from it.
+        b.get("/users")
+        b.fill("#name", "dr.new")
+        b.fill("#role", "auditor")
+        b.fill("#password", "new user password 1")
+        b.css("input[name=totp]").click()
+        b.click("form.add button")
+        self.assertEqual(b.h1(), "Second factor for dr.new")
+        self.assertTrue(b.css("div.qr svg"), "the QR code")
+        b.shot("enrolment")
+        uri = b.text("code.uri")
+        new_secret = urllib.parse.parse_qs(urllib.parse.urlsplit(uri).query)["secret"][0]
+        rc, out = self.gw.cli("console", "user", "list")
+        self.assertIn("dr.new", out)
+        b2 = self.browser()
+        b2.login("dr.new", "new user password 1")
+        b2.fill("#code", oathtool(new_secret))
+        b2.click("form.login button")
+        self.assertEqual(b2.path(), "/")
+        self.assertNotIn(new_secret, self.gw.log())
+        adds = [e for e in self.entries("--action", "console user add") if e["target"] == "dr.new"]
+        self.assertEqual([(e["via"], e["user"], e["outcome"]) for e in adds], [("console", "dr.browser", "ok")])
 
 
 class TrailTests(AuditTestCase):
@@ -195,12 +219,7 @@ class TrailTests(AuditTestCase):
         rc, out = self.gw.cli("audit", "verify")
         before = HEAD.search(out).group(1)
         # Another process holds the database's write lock for longer than an entry waits.
-        holder = subprocess.Popen(
-            ["python3", "-c", "import sqlite3,sys,time\nc=sqlite3.connect(sys.argv[1],timeout=30)\n"
-             "c.execute('BEGIN EXCLUSIVE')\nprint('locked',flush=True)\ntime.sleep(40)\n", path],
-            stdout=subprocess.PIPE)
-        self.addCleanup(holder.kill)
-        self.assertEqual(holder.stdout.readline().strip(), b"locked")
+        holder = hold_sqlite_lock(self, path, 40)
         r = subprocess.run([PASSERELLE_BIN, "console", "user", "add", "late", "--role", "auditor",
                             "--password-stdin", "--config", self.gw.config_path],
                            input=b"late user password\n", stdout=subprocess.PIPE, stderr=subprocess.STDOUT,
@@ -375,3 +394,43 @@ class EveryActionTests(AuditTestCase):
             before = self.count()
             request(self.base, "GET", path, cookie=b2.cookie_header())
             self.assertEqual(self.count(), before, "GET %s wrote an entry" % path)
+
+
+class PostgresTrailTests(AuditTestCase):
+
+    def test_two_gateways_one_chain_and_an_entry_altered_with_psql(self):
+        """The journal in PostgreSQL, two gateways: their entries make one chain (appends
+        serialized between them); an entry changed with psql is found."""
+        pg = self.postgres()
+        url = pg.createdb("passerelle")
+
+        def journal(cfg):
+            cfg["journal"] = {"kind": "postgres", "url": url, "gateway": "gw-a"}
+        self.start(shape=journal)
+        other = dict(self.gw.config)
+        other["journal"] = {"kind": "postgres", "url": url, "gateway": "gw-b"}
+        other["server"] = dict(other["server"], spool=os.path.join(self.tmp, "gw-b-spool"),
+                               admin="127.0.0.1:%d" % free_port())
+        other["console"] = dict(other["console"], address="127.0.0.1:%d" % free_port())
+        other["listener"] = [dict(l, address="127.0.0.1:%d" % free_port())
+                             for l in other["listener"]]
+        gw_b = self.gateway(other, name="gw-b")
+        b_console = "http://%s" % other["console"]["address"]
+        # Wrong passwords on both consoles at once: each one entry, one chain.
+        def tries(base):
+            for i in range(5):
+                request(base, "POST", "/login", form={"username": "admin", "password": "wrong %d" % i})
+        ts = [threading.Thread(target=tries, args=(b,)) for b in (self.base, b_console)]
+        for t in ts:
+            t.start()
+        for t in ts:
+            t.join()
+        rc, out = gw_b.cli("audit", "verify")
+        self.assertEqual(rc, 0, out)
+        n = int(HEAD.search(out).group(1))
+        self.assertEqual(n, 3 + 10, out)   # 3 users added, 10 refused logins
+        gateways = {e["gateway"] for e in self.entries()}
+        self.assertEqual(gateways, {"gw-a", "gw-b"})
+        pg.psql("UPDATE audit SET outcome = 'ok', reason = NULL WHERE seq = 6", db="passerelle")
+        rc, out = self.gw.cli("audit", "verify")
+        self.assertEqual((rc, out.strip()), (1, "audit trail broken: entry 6 does not match its hash: it was altered, or inserted"))

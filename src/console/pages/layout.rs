@@ -8,7 +8,7 @@ use axum::response::{Html, IntoResponse};
 use maud::{html, Markup, DOCTYPE};
 
 /// The menu: path, label, and what opening it means for access.
-const MENU: [(&str, &str, Resource<'static>); 10] = [
+const MENU: [(&str, &str, Resource<'static>); 11] = [
     ("/", "Dashboard", Resource::Gateway),
     ("/queue", "Queue", Resource::Scoped),
     ("/track", "Track", Resource::Scoped),
@@ -18,6 +18,7 @@ const MENU: [(&str, &str, Resource<'static>); 10] = [
     ("/directory", "Directory", Resource::Gateway),
     ("/establishments", "Establishments", Resource::Gateway),
     ("/config", "Configuration", Resource::Gateway),
+    ("/users", "Users", Resource::Gateway),
     ("/audit", "Audit trail", Resource::Scoped),
 ];
 

@@ -10,6 +10,7 @@ pub mod login;
 pub mod lookups;
 pub mod message;
 pub mod queue;
+pub mod users;
 
 /// A Unix time as `YYYY-MM-DD HH:MM:SS UTC`.
 pub fn fmt_time(unix: i64) -> String {
