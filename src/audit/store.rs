@@ -911,3 +911,90 @@ async fn pg_prune(c: &tokio_postgres::Client, before: i64) -> Result<u64, tokio_
     c.batch_execute("COMMIT").await?;
     Ok(n)
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn auditor(dir: &Path) -> Auditor {
+        let cfg = JournalConfig {
+            path: dir.join("journal.sqlite"),
+            gateway: Some("gw-test".into()),
+            ..JournalConfig::default()
+        };
+        Auditor::new(&cfg, dir)
+    }
+
+    fn who(user: &str) -> Actor {
+        Actor {
+            via: "console",
+            user: user.into(),
+            origin: "127.0.0.1".into(),
+        }
+    }
+
+    #[tokio::test]
+    async fn entries_chain_list_and_prune_with_their_boundary() {
+        let dir = tempfile::tempdir().unwrap();
+        let a = auditor(dir.path());
+        let e1 = a
+            .record(&who("alice"), "login", "alice", None, Outcome::Ok)
+            .await
+            .unwrap();
+        let mut p = a
+            .begin(&who("-"), "POST /login", "/login", None)
+            .await
+            .unwrap();
+        p.amend(Some("bob"), Some("login"), Some("bob"), None);
+        let e2 = p
+            .finish(Outcome::Refused("wrong password\nand a second line".into()))
+            .await
+            .unwrap();
+        assert_eq!((e1.seq, e2.seq, e2.prev.as_str()), (1, 2, e1.hash.as_str()));
+        assert_eq!(
+            e2.reason.as_deref(),
+            Some("wrong password and a second line")
+        );
+        // A pending entry dropped (the action not done) writes nothing and lets the chain go.
+        drop(
+            a.begin(&who("carol"), "hold", "Q1", Some("chu-a"))
+                .await
+                .unwrap(),
+        );
+        let e3 = a
+            .record(&who("carol"), "hold", "Q1", Some("chu-a"), Outcome::Ok)
+            .await
+            .unwrap();
+        assert_eq!(e3.seq, 3);
+        let v = a.verify(None).await.unwrap().unwrap();
+        assert_eq!((v.count, v.head.as_str()), (3, e3.hash.as_str()));
+        let f = ListFilter {
+            user: Some("bob".into()),
+            limit: 10,
+            ..ListFilter::default()
+        };
+        let (l, n) = a.list(&f).await.unwrap();
+        assert_eq!(
+            (n, l[0].action.as_str(), l[0].outcome.as_str()),
+            (1, "login", "refused")
+        );
+        let f = ListFilter {
+            establishment: Some("chu-a".into()),
+            limit: 10,
+            ..ListFilter::default()
+        };
+        assert_eq!(a.list(&f).await.unwrap().0, vec![e3.clone()]);
+        // Pruning everything but the head keeps the chain verifiable from its boundary.
+        assert_eq!(a.prune(e3.time + 1).await.unwrap(), 2);
+        let v = a.verify(Some(e1.hash.clone())).await.unwrap();
+        assert!(matches!(v, Err(Break::HeadMissing { .. })), "{v:?}");
+        let v = a.verify(Some(e2.hash.clone())).await.unwrap().unwrap();
+        assert_eq!((v.count, v.head_seq), (1, 3));
+        let e4 = a
+            .record(&who("alice"), "logout", "alice", None, Outcome::Ok)
+            .await
+            .unwrap();
+        assert_eq!((e4.seq, e4.prev.as_str()), (4, e3.hash.as_str()));
+        assert_eq!(a.head().await.unwrap().count, 2);
+    }
+}

@@ -187,7 +187,15 @@ pub fn tune_allocator() {
 pub fn run(cli: Cli) -> anyhow::Result<ExitCode> {
     let config = cli.config.as_path();
     // A verb that changes the gateway's state is one audit entry, or is refused.
-    if let Some(what) = audit::audited(&cli.command) {
+    // `directory sync` without a gateway's configuration is the extract's tool for an LDAP
+    // of its own (a timer on the directory's host): no gateway, no trail of one to write.
+    let standalone = matches!(
+        cli.command,
+        Command::Directory {
+            what: directory::DirectoryCommand::Sync(_)
+        }
+    ) && !config.exists();
+    if let Some(what) = audit::audited(&cli.command).filter(|_| !standalone) {
         let command = cli.command;
         return audit::run_audited(config, what, move || dispatch(config, command));
     }
