@@ -348,13 +348,16 @@ def main():
             peers_ms = sum(v[0] for k, v in cpu.items() if k.startswith("op"))
             # The system's own processes: the gateway process, or Postfix's process tree.
             sys_ms = cpu.get("gateway", cpu.get("tree", (float("nan"),)))[0]
+            minutes = N / e2e / 60.0
             row = dict(e2e=e2e, full=100.0 * full / N, resumed=100.0 * resumed / N,
-                       conns=100.0 * conns / N, sys_ms=sys_ms, machine_ms=cpu["machine"][0])
+                       conns=100.0 * conns / N, sys_ms=sys_ms, machine_ms=cpu["machine"][0],
+                       per_op_min=conns / OPS / minutes)
             results.setdefault(system, []).append(row)
             B.log("  %-10s %6.0f msg/s end to end; per 100 msgs: %.2f full + %.2f resumed TLS, "
-                  "%.2f connections; CPU ms/msg: system %.3f, machine %.3f (load client %.3f, operators %.3f, "
+                  "%.2f connections (%.2f per operator per minute); CPU ms/msg: system %.3f, machine %.3f (load client %.3f, operators %.3f, "
                   "bench %.3f, the rest is other work on the machine)" % (
-                      system, e2e, row["full"], row["resumed"], row["conns"], sys_ms, cpu["machine"][0],
+                      system, e2e, row["full"], row["resumed"], row["conns"], row["per_op_min"], sys_ms,
+                      cpu["machine"][0],
                       cpu["source"][0], peers_ms, own_ms))
             time.sleep(3)   # idle cached connections close before the next system
     dns.stop()
@@ -370,17 +373,21 @@ def main():
           "in, %d run(s) after a %d-message warm-up; %s" % (N, DOMAINS, OPS, SESSIONS, REPEAT, WARMUP, B.machine()))
     print()
     print("| system | msg/s end to end | new TLS sessions /100 msgs (full + resumed) | connections /100 msgs "
-          "| CPU ms/msg (its own processes) |")
-    print("|---|---|---|---|---|")
+          "| new connections /operator/minute | CPU ms/msg (its own processes) |")
+    print("|---|---|---|---|---|---|")
     for system in results:
-        print("| %s | %s | %s + %s | %s | %s |" % (system, rng(system, "e2e"), rng(system, "full", "%.2f"),
-                                                   rng(system, "resumed", "%.2f"), rng(system, "conns", "%.2f"),
-                                                   rng(system, "sys_ms", "%.3f")))
+        print("| %s | %s | %s + %s | %s | %s | %s |" % (
+            system, rng(system, "e2e"), rng(system, "full", "%.2f"), rng(system, "resumed", "%.2f"),
+            rng(system, "conns", "%.2f"), rng(system, "per_op_min", "%.2f"), rng(system, "sys_ms", "%.3f")))
     if "postfix" in results and "passerelle" in results:
         rs = [g["e2e"] / p["e2e"] for g, p in zip(results["passerelle"], results["postfix"])]
         print()
         print("passerelle/postfix end to end: %s" % (
             "%.1fx" % rs[0] if len(rs) == 1 else "%.1fx-%.1fx" % (min(rs), max(rs))))
+        # The second yardstick: CPU per message against Postfix's, round by round.
+        cs = [p["sys_ms"] / g["sys_ms"] for g, p in zip(results["passerelle"], results["postfix"])]
+        print("postfix CPU / passerelle CPU per message, same round: %s" % (
+            "%.1fx" % cs[0] if len(cs) == 1 else "%.1fx-%.1fx" % (min(cs), max(cs))))
     if "nojournal" in results and "passerelle" in results:
         rs = [g["e2e"] / p["e2e"] for g, p in zip(results["passerelle"], results["nojournal"])]
         print("journal on / journal off: %s" % (

@@ -3,7 +3,8 @@
 # 4 KiB messages to recipients drawn over 1,000 domains served by 20 mutual-TLS operators
 # (mss-peer on 127.0.0.60-79), whitelist shaped like the real one, MX from a local DNS server.
 # Prints msg/s end to end, new TLS sessions (full + resumed) and connections per 100 messages
-# after warm-up, and CPU per message. See benches/trustspace.py for the bed.
+# after warm-up, new connections per operator per minute, and CPU per message (with the
+# ratio to Postfix's in the same round). See benches/trustspace.py for the bed.
 #
 # Usage: benches/trustspace.sh        (about 2-4 minutes on 2 cores)
 # Environment:
