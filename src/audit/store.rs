@@ -229,21 +229,16 @@ impl Auditor {
         let err = |e: String| AuditError::Unwritable(e);
         match conn {
             Conn::Sqlite(slot) => {
-                let c = match slot.take() {
-                    Some(c) => c,
-                    None => self.sqlite_open(true).await.map_err(err)?,
-                };
-                let (c, r) = blocking(move || {
-                    let r = (|| {
-                        c.execute_batch("BEGIN IMMEDIATE")?;
-                        sqlite_head(&c)
-                    })();
-                    (c, r)
+                if slot.is_none() {
+                    *slot = Some(self.sqlite_open(true).await.map_err(err)?);
+                }
+                on_sqlite(slot, |c| {
+                    c.execute_batch("BEGIN IMMEDIATE")?;
+                    sqlite_head(c)
                 })
                 .await
-                .map_err(err)?;
-                *slot = Some(c);
-                r.map_err(|e| err(e.to_string()))
+                .map_err(err)?
+                .map_err(|e| err(e.to_string()))
             }
             Conn::Postgres(slot) => {
                 if slot.as_ref().is_none_or(|c| c.is_closed()) {
@@ -317,18 +312,13 @@ impl Auditor {
             .map_err(|_| err("busy for 10 s".into()))?;
         match &mut *guard {
             Conn::Sqlite(slot) => {
-                let c = match slot.take() {
-                    Some(c) => c,
-                    None => self.sqlite_open(false).await.map_err(err)?,
-                };
-                let (c, r) = blocking(move || {
-                    let r = sqlite(&c);
-                    (c, r)
-                })
-                .await
-                .map_err(err)?;
-                *slot = Some(c);
-                r.map_err(|e| err(e.to_string()))
+                if slot.is_none() {
+                    *slot = Some(self.sqlite_open(false).await.map_err(err)?);
+                }
+                on_sqlite(slot, sqlite)
+                    .await
+                    .map_err(err)?
+                    .map_err(|e| err(e.to_string()))
             }
             Conn::Postgres(slot) => {
                 if slot.as_ref().is_none_or(|c| c.is_closed()) {
@@ -460,19 +450,10 @@ impl Auditor {
             .take()
             .ok_or_else(|| AuditError::Unwritable("no chain".into()))?;
         let r = match &mut *guard {
-            Conn::Sqlite(slot) => {
-                let c = slot
-                    .take()
-                    .ok_or_else(|| AuditError::Unwritable("no connection".into()))?;
-                let (c, r) = blocking(move || {
-                    let r = sqlite_prune(&c, before);
-                    (c, r)
-                })
+            Conn::Sqlite(slot) => on_sqlite(slot, move |c| sqlite_prune(c, before))
                 .await
-                .map_err(AuditError::Unwritable)?;
-                *slot = Some(c);
-                r.map_err(|e| AuditError::Unwritable(e.to_string()))
-            }
+                .map_err(AuditError::Unwritable)?
+                .map_err(|e| AuditError::Unwritable(e.to_string())),
             Conn::Postgres(Some(c)) => pg_prune(c, before)
                 .await
                 .map_err(|e| AuditError::Unwritable(e.to_string())),
@@ -619,11 +600,8 @@ pub async fn hourly(a: Arc<Auditor>, retention: Duration) {
 async fn insert(conn: &mut Conn, e: Entry) -> Result<(), AuditError> {
     let err = |e: String| AuditError::Unwritable(e);
     match conn {
-        Conn::Sqlite(slot) => {
-            let c = slot.take().ok_or_else(|| err("no connection".into()))?;
-            let (c, r) = blocking(move || {
-                let r = (|| {
-                    c.execute(
+        Conn::Sqlite(slot) => on_sqlite(slot, move |c| {
+            c.execute(
                         &format!(
                             "INSERT INTO audit ({COLUMNS}) VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10, ?11, ?12, ?13)"
                         ),
@@ -632,15 +610,11 @@ async fn insert(conn: &mut Conn, e: Entry) -> Result<(), AuditError> {
                             e.target, e.establishment, e.outcome, e.reason, e.prev, e.hash
                         ],
                     )?;
-                    c.execute_batch("COMMIT")
-                })();
-                (c, r)
-            })
-            .await
-            .map_err(err)?;
-            *slot = Some(c);
-            r.map_err(|e| err(e.to_string()))
-        }
+            c.execute_batch("COMMIT")
+        })
+        .await
+        .map_err(err)?
+        .map_err(|e| err(e.to_string())),
         Conn::Postgres(slot) => {
             let c = slot.as_ref().ok_or_else(|| err("no connection".into()))?;
             c.execute(
@@ -714,6 +688,23 @@ fn give_to_directory_owner(path: &Path) {
             let _ = std::os::unix::fs::chown(&f, Some(dir.uid()), Some(dir.gid()));
         }
     }
+}
+
+/// Runs `f` on the SQLite connection on a blocking thread, then puts the connection back: it
+/// is moved to the thread and returned with the result (a panic there loses it, and the next
+/// call opens another).
+async fn on_sqlite<T: Send + 'static>(
+    slot: &mut Option<rusqlite::Connection>,
+    f: impl FnOnce(&rusqlite::Connection) -> rusqlite::Result<T> + Send + 'static,
+) -> Result<rusqlite::Result<T>, String> {
+    let c = slot.take().ok_or_else(|| "no connection".to_string())?;
+    let (c, r) = blocking(move || {
+        let r = f(&c);
+        (c, r)
+    })
+    .await?;
+    *slot = Some(c);
+    Ok(r)
 }
 
 /// File and database work off the runtime's threads.

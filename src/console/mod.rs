@@ -464,14 +464,7 @@ impl App {
         };
         // The request's audit entry (written by the guard) takes what the handler said.
         let _ = NOTES.try_with(|n| n.borrow_mut().push(ev.clone()));
-        AuditEvent {
-            user: user.to_string(),
-            role: role.to_string(),
-            client: client.ip().to_string(),
-            action: action.to_string(),
-            target: target.to_string(),
-            outcome: outcome.to_string(),
-        }
+        ev
     }
 
     /// The establishments a message belongs to, as intake attributed it ([`access::owners`]).

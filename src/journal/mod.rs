@@ -415,9 +415,7 @@ pub fn accepted(
             .collect(),
         size: message.len() as u64,
         client,
-        sha256: message.get(hl..).map(|m| {
-            data_encoding::HEXLOWER.encode(ring::digest::digest(&ring::digest::SHA256, m).as_ref())
-        }),
+        sha256: message.get(hl..).map(crate::util::sha256_hex),
     }))));
     receipt(&env.id, message.get(hl..).unwrap_or_default());
 }

@@ -279,12 +279,6 @@ pub struct EstablishmentChange {
 /// Ok: the warnings. Runs on a blocking thread.
 pub type Check = Box<dyn FnOnce(Vec<(String, String)>) -> Result<Vec<String>, Vec<String>> + Send>;
 
-/// The SHA-256 of a text, hex: what a form remembers of the text it was opened on.
-pub fn digest(text: &str) -> String {
-    let d = ring::digest::digest(&ring::digest::SHA256, text.as_bytes());
-    data_encoding::HEXLOWER.encode(d.as_ref())
-}
-
 /// Locks the version row (serializing writers across gateways) and returns the next version.
 async fn lock(tx: &tokio_postgres::Transaction<'_>) -> Result<i64, StateError> {
     let v: i64 = tx
@@ -353,7 +347,7 @@ pub async fn change_establishment(
                 "no establishment named {name:?} in the shared state"
             )]))
         }
-        (Expect::Text(d), Some(now)) if &digest(now) != d => {
+        (Expect::Text(d), Some(now)) if &crate::util::sha256_hex(now.as_bytes()) != d => {
             return Err(StateError::Conflict(format!(
                 "establishment {name:?} was changed by someone else since you opened it: nothing written; reload it and apply your change again"
             )))
@@ -374,7 +368,11 @@ pub async fn change_establishment(
             all.remove(i);
             format!("establishment {name} removed")
         }
-        (None, None) => unreachable_removal(name)?,
+        (None, None) => {
+            return Err(StateError::Refused(vec![format!(
+                "no establishment named {name:?} in the shared state"
+            )]))
+        }
     };
     let warnings = tokio::task::spawn_blocking(move || check(all))
         .await
@@ -393,12 +391,6 @@ pub async fn change_establishment(
     bump(&tx, next, &what, by).await?;
     tx.commit().await.map_err(db)?;
     Ok((next, warnings))
-}
-
-fn unreachable_removal(name: &str) -> Result<String, StateError> {
-    Err(StateError::Refused(vec![format!(
-        "no establishment named {name:?} in the shared state"
-    )]))
 }
 
 /// Creates or replaces a user. Ok: the new version and whether it replaced one.

@@ -7,6 +7,12 @@ pub mod clock;
 pub mod csv;
 pub mod fs;
 
+/// The SHA-256 of some bytes, lower-case hex: a message's proof of sending, what a form
+/// remembers of the text it was opened on.
+pub fn sha256_hex(bytes: &[u8]) -> String {
+    data_encoding::HEXLOWER.encode(ring::digest::digest(&ring::digest::SHA256, bytes).as_ref())
+}
+
 /// The OS user running this process, from the kernel's uid (not `$USER`, which whoever runs
 /// the command sets): its name in the password database, else `uid N`; under sudo, who ran
 /// it too (`root (sudo by alice)`). The audit trail's "who" for the CLI.

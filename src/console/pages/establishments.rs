@@ -436,7 +436,7 @@ fn form_of(e: &EstablishmentConfig) -> AddForm {
         was: e
             .file_text
             .as_deref()
-            .map(crate::state::pg::digest)
+            .map(|t| crate::util::sha256_hex(t.as_bytes()))
             .unwrap_or_default(),
     }
 }
@@ -520,7 +520,9 @@ pub async fn edit(
             .flatten(),
         None => None,
     };
-    let now = on_disk.as_deref().map(crate::state::pg::digest);
+    let now = on_disk
+        .as_deref()
+        .map(|t| crate::util::sha256_hex(t.as_bytes()));
     if e.file.is_some() && (f.was.is_empty() || now.as_deref() != Some(f.was.as_str())) {
         return refuse(vec![format!(
             "establishment {name:?} was changed by someone else since you opened it: nothing written; reload it and apply your change again"

@@ -222,11 +222,31 @@ pub async fn submit(
         );
         return code_page(StatusCode::OK, &ticket, None);
     }
-    app.limiter.succeeded(client.ip(), &name);
-    let s = match app.session_create(&user, now).await {
+    open_session(&app, &user, client, &c.next, now, "ok").await
+}
+
+/// The end of a good login, after the password alone or after the code: the limiter forgets
+/// the failures, a session opens, the entry is noted and the browser goes where it was going.
+async fn open_session(
+    app: &App,
+    user: &users::User,
+    client: std::net::SocketAddr,
+    next: &str,
+    now: Instant,
+    outcome: &str,
+) -> Response {
+    app.limiter.succeeded(client.ip(), &user.name);
+    let s = match app.session_create(user, now).await {
         Ok(s) => s,
         Err(e) => {
-            refused("refused: no session could be opened (see the service log)");
+            app.audit_as(
+                &user.name,
+                "-",
+                client,
+                "login",
+                &user.name,
+                "refused: no session could be opened (see the service log)",
+            );
             return e.into_response();
         }
     };
@@ -236,9 +256,9 @@ pub async fn submit(
         client,
         "login",
         &user.name,
-        "ok",
+        outcome,
     );
-    let mut r = Redirect::to(safe_next(&c.next)).into_response();
+    let mut r = Redirect::to(safe_next(next)).into_response();
     r.headers_mut()
         .insert(header::SET_COOKIE, app.session_cookie(&s.id, None));
     r
@@ -324,26 +344,7 @@ async fn second_step(
         .lock()
         .unwrap_or_else(|p| p.into_inner())
         .remove(&c.ticket);
-    app.limiter.succeeded(client.ip(), &name);
-    let s = match app.session_create(&user, now).await {
-        Ok(s) => s,
-        Err(e) => {
-            refused("refused: no session could be opened (see the service log)");
-            return e.into_response();
-        }
-    };
-    app.audit_as(
-        &user.name,
-        &user.role.to_string(),
-        client,
-        "login",
-        &user.name,
-        "ok: password and code",
-    );
-    let mut r = Redirect::to(safe_next(&next)).into_response();
-    r.headers_mut()
-        .insert(header::SET_COOKIE, app.session_cookie(&s.id, None));
-    r
+    open_session(app, &user, client, &next, now, "ok: password and code").await
 }
 
 pub async fn logout(State(app): State<Arc<App>>, Extension(v): Extension<Viewer>) -> Response {
