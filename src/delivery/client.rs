@@ -92,6 +92,8 @@ pub struct Client {
     /// The host: `host[ip]:port` in logs and DSNs.
     pub remote: Remote,
     pub transactions: usize,
+    /// When it was opened: a connection older than `connection_reuse_time` is not reused.
+    pub opened: Instant,
     pub last_used: Instant,
     command_timeout: Duration,
     line: Vec<u8>,
@@ -120,6 +122,7 @@ impl Client {
             resumed: false,
             remote,
             transactions: 0,
+            opened: Instant::now(),
             last_used: Instant::now(),
             command_timeout: opts.command_timeout,
             line: Vec::with_capacity(512),

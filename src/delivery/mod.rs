@@ -12,6 +12,7 @@
 mod batch;
 pub mod check;
 pub mod client;
+mod pool;
 pub mod share;
 
 #[cfg(test)]
@@ -161,6 +162,22 @@ impl DeliveryConfig {
     }
 }
 
+/// A delivery in progress to one destination, counted by the connection pool.
+struct Busy<'a> {
+    agent: &'a Agent,
+    key: &'a str,
+}
+
+impl Drop for Busy<'_> {
+    fn drop(&mut self) {
+        self.agent
+            .pool
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .end(self.key);
+    }
+}
+
 /// The simultaneous deliveries allowed to one destination, resized when a reload changes
 /// `destination_concurrency`.
 struct Limit {
@@ -170,7 +187,7 @@ struct Limit {
 
 pub struct Agent {
     config: arc_swap::ArcSwap<DeliveryConfig>,
-    pool: Mutex<HashMap<String, Vec<Client>>>,
+    pool: Mutex<pool::Pool<Client>>,
     limits: Mutex<HashMap<String, Limit>>,
     /// Destinations that could not be reached at all, until when (Unix ms), and why: like
     /// Postfix's "destination marked dead", the messages queued behind a dead host are
@@ -182,7 +199,7 @@ impl Agent {
     pub fn new(config: DeliveryConfig) -> Arc<Agent> {
         let agent = Arc::new(Agent {
             config: arc_swap::ArcSwap::from_pointee(config),
-            pool: Mutex::new(HashMap::new()),
+            pool: Mutex::new(pool::Pool::default()),
             limits: Mutex::new(HashMap::new()),
             dead: Mutex::new(HashMap::new()),
         });
@@ -291,6 +308,7 @@ impl Agent {
             let f = Failure::new(FailureKind::Local, "shutting down");
             return done_with(attempt, all(Outcome::Deferred(f)));
         };
+        let _busy = self.busy(&b.key);
         let finish = |mut a: Attempt, c: &Client, outcomes| {
             a.remote = Some(c.remote.clone());
             a.tls = c.tls.clone();
@@ -451,8 +469,17 @@ impl Agent {
             .clone()
     }
 
-    /// The most recently used cached connection under `key` that `fits`; expired ones met on
-    /// the way are closed.
+    /// A delivery to `key` runs until the guard drops: the pool keeps as many connections as
+    /// ran at once.
+    fn busy<'a>(&'a self, key: &'a str) -> Busy<'a> {
+        self.pool
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .begin(key, Instant::now());
+        Busy { agent: self, key }
+    }
+
+    /// The most recently used cached connection under `key` that `fits` and is not worn out.
     fn take_pooled(
         &self,
         key: &str,
@@ -460,41 +487,33 @@ impl Agent {
         fits: impl Fn(&Client) -> bool,
     ) -> Option<Client> {
         let mut pool = self.pool.lock().unwrap_or_else(|p| p.into_inner());
-        let v = pool.get_mut(key)?;
-        let ttl = cfg.queue.connection_cache_time;
-        for c in v.extract_if(.., |c| c.last_used.elapsed() >= ttl) {
-            tokio::spawn(c.quit());
-        }
-        let at = v.iter().rposition(fits)?;
-        Some(v.remove(at))
+        pool.take(key, |c| {
+            fits(c) && !reuse_over(c.transactions, c.opened.elapsed(), &cfg.queue)
+        })
     }
 
     fn give_back(&self, key: String, c: Client, cfg: &DeliveryConfig) {
-        if c.transactions >= cfg.queue.connection_reuse_limit
-            || cfg.queue.connection_cache_time.is_zero()
-        {
+        let q = &cfg.queue;
+        if reuse_over(c.transactions, c.opened.elapsed(), q) || q.connection_cache_time.is_zero() {
             tokio::spawn(c.quit());
             return;
         }
         let mut pool = self.pool.lock().unwrap_or_else(|p| p.into_inner());
-        pool.entry(key).or_default().push(c);
+        pool.put(&key, c, Instant::now());
     }
 
-    /// Closes idle connections past their cache time, and forgets the limits of destinations
-    /// nobody is delivering to (the map would otherwise grow with every domain ever seen).
+    /// Closes idle connections past their cache time that the destination's recent peak
+    /// does not keep (see [`pool`]) or too old to reuse, and forgets the limits of
+    /// destinations nobody is delivering to (the map would otherwise grow with every domain
+    /// ever seen).
     async fn sweep(&self) {
-        let ttl = self.config.load().queue.connection_cache_time;
+        let cfg = self.config.load();
+        let q = &cfg.queue;
         let expired: Vec<Client> = {
             let mut pool = self.pool.lock().unwrap_or_else(|p| p.into_inner());
-            let mut out = Vec::new();
-            for v in pool.values_mut() {
-                let (keep, old): (Vec<_>, Vec<_>) =
-                    v.drain(..).partition(|c| c.last_used.elapsed() < ttl);
-                *v = keep;
-                out.extend(old);
-            }
-            pool.retain(|_, v| !v.is_empty());
-            out
+            pool.expire(Instant::now(), q.connection_cache_time, |c| {
+                reuse_over(c.transactions, c.opened.elapsed(), q)
+            })
         };
         {
             // Only the map holds an idle limit: clones are taken under this same lock.
@@ -510,7 +529,7 @@ impl Agent {
     pub async fn close_all(&self) {
         let all: Vec<Client> = {
             let mut pool = self.pool.lock().unwrap_or_else(|p| p.into_inner());
-            pool.drain().flat_map(|(_, v)| v).collect()
+            pool.drain()
         };
         for c in all {
             c.quit().await;
@@ -581,6 +600,14 @@ fn route_of(hops: &[Hop]) -> String {
 }
 
 pub use crate::policy::address::domain_of;
+
+/// Whether a connection has carried its share and must not be reused: `transactions` past
+/// a non-zero count limit, or older than the reuse age (Postfix's rule: by default no count
+/// limit, 300 s of age).
+fn reuse_over(transactions: usize, age: Duration, q: &QueueConfig) -> bool {
+    (q.connection_reuse_limit > 0 && transactions >= q.connection_reuse_limit)
+        || age >= q.connection_reuse_time
+}
 
 /// Grows or shrinks a semaphore to `want` permits. Shrinking forgets idle permits now and
 /// takes the rest back as deliveries in flight finish.

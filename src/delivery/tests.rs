@@ -29,3 +29,19 @@ fn domains() {
     assert_eq!(domain_of("Dr.A@CHU.MSSante.fr"), "chu.mssante.fr");
     assert_eq!(domain_of("nodomain"), "");
 }
+
+#[test]
+fn connections_are_reused_by_postfix_rule() {
+    let mut q = QueueConfig::default();
+    let s = Duration::from_secs;
+    // Default: no count limit, 300 s of age.
+    assert!(!reuse_over(1_000_000, s(299), &q));
+    assert!(reuse_over(1, s(300), &q));
+    // A count limit, when set, closes at that count.
+    q.connection_reuse_limit = 100;
+    assert!(!reuse_over(99, s(1), &q));
+    assert!(reuse_over(100, s(1), &q));
+    // An age of 0: never reused.
+    q.connection_reuse_time = Duration::ZERO;
+    assert!(reuse_over(0, Duration::ZERO, &q));
+}
