@@ -67,13 +67,7 @@ impl<C> Default for Pool<C> {
 impl<C> Pool<C> {
     /// A delivery to `key` starts (whether it takes a cached connection or opens one).
     pub fn begin(&mut self, key: &str, now: Instant) {
-        let d = match self.dests.get_mut(key) {
-            Some(d) => d,
-            None => self
-                .dests
-                .entry(key.to_string())
-                .or_insert_with(|| Dest::new(now)),
-        };
+        let d = self.dest(key, now);
         d.roll(now);
         d.busy += 1;
         d.peak = d.peak.max(d.busy);
@@ -95,14 +89,18 @@ impl<C> Pool<C> {
 
     /// An idle connection, given back at `now`.
     pub fn put(&mut self, key: &str, c: C, now: Instant) {
-        let d = match self.dests.get_mut(key) {
+        self.dest(key, now).idle.push((now, c));
+    }
+
+    /// The destination's entry, made when first seen (the key copied only then).
+    fn dest(&mut self, key: &str, now: Instant) -> &mut Dest<C> {
+        if !self.dests.contains_key(key) {
+            self.dests.insert(key.to_string(), Dest::new(now));
+        }
+        match self.dests.get_mut(key) {
             Some(d) => d,
-            None => self
-                .dests
-                .entry(key.to_string())
-                .or_insert_with(|| Dest::new(now)),
-        };
-        d.idle.push((now, c));
+            None => unreachable!("inserted above"),
+        }
     }
 
     /// What to close now: idle connections `worn` out, and those idle for `ttl` or more
