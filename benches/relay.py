@@ -28,6 +28,7 @@ WARMUP = env_int("RELAY_WARMUP", 200)
 GW_TLS = ENV.get("RELAY_GW_TLS", "required")          # or "opportunistic"
 TLS_SINK_CHECK = ENV.get("RELAY_TLS_SINK_CHECK", "1") == "1"
 ONLY = [c for c in ENV.get("RELAY_CASES", "").split(",") if c]
+PERF = ENV.get("RELAY_PERF")   # a directory: perf record the gateway during each measure
 
 CASES = [
     # name, label, smtp-source args, sink: None = smtp-sink, "tls" = mss-peer with STARTTLS and
@@ -53,6 +54,12 @@ def run_one(label, system, port, counter, n, args, expect_msgs, verify=None, pid
     """One measured run: returns (end-to-end msg/s or None on failure, injection msg/s, CPU use
     as B.CpuMeter.stop gives it, measured from the start of smtp-source to the N-th message)."""
     base = counter()
+    perf = None
+    if PERF and (pids or {}).get("gateway"):
+        # A profile of the gateway alone over the measure (call graphs, 999 Hz).
+        out = os.path.join(PERF, "%s-%s.perf.data" % (label, system))
+        perf = B.subprocess.Popen(["perf", "record", "-F", "999", "-g", "-o", out, "-p", str(pids["gateway"])],
+                                  stdout=B.subprocess.DEVNULL, stderr=B.subprocess.DEVNULL)
     meter = B.CpuMeter(pids or {})
     rc, inj, out = B.smtp_source(port, n, sessions=SESSIONS, timeout=max(120, n / 20), **args)
     if rc != 0 or out.strip():
@@ -64,6 +71,9 @@ def run_one(label, system, port, counter, n, args, expect_msgs, verify=None, pid
         Check.fail("%s/%s: %s" % (label, system, e))
         return None, inj, None
     cpu = meter.stop(n)
+    if perf:
+        perf.send_signal(B.signal.SIGINT)
+        perf.wait(30)
     e2e = t_done - t0_end
     time.sleep(0.3)
     got = counter() - base

@@ -14,6 +14,7 @@
 #   RELAY_TLS_SINK_CHECK=1  also run passerelle (tls=none) into a plaintext mss-peer: is the TLS sink the limit?
 #   BENCH_GW_LOG=info     passerelle log level (PASSERELLE_LOG); Postfix logs every message too
 #   BENCH_KEEP=1          keep the temporary directory (/tmp/passerelle-bench-relay.*)
+#   RELAY_PERF=DIR        perf record the gateway during each measure into DIR/CASE-SYSTEM.perf.data
 #   PASSERELLE_BIN, MSS_PEER_BIN   binaries (default target/release/passerelle,
 #                         target/testpeer/release/mss-peer)
 # Needs: postfix (smtp-source, smtp-sink), root (private Postfix instances, smtp-sink -u nobody).
