@@ -383,7 +383,8 @@ pub struct QueueConfig {
     /// Per SMTP command on the client side.
     #[serde(deserialize_with = "de_duration")]
     pub command_timeout: Duration,
-    /// How long an idle outbound connection is kept for reuse.
+    /// How long a surplus idle outbound connection is kept for reuse: past it, a destination
+    /// keeps as many as its recent peak of deliveries at once (`delivery::pool`).
     #[serde(deserialize_with = "de_duration")]
     pub connection_cache_time: Duration,
     /// Messages per reused connection before a new one is opened; 0: no limit (Postfix's
