@@ -585,12 +585,18 @@ class JournalPostgresTests(E2ETestCase):
                      "--to", RCPT)
         pg.stop()
         # Mail keeps flowing while the journal is away: each message is accepted at once.
+        # At most 100 messages a second (200 events): still 120 events in 0.6 s where the
+        # channel holds 40 + 10, but not 120 events within the ~20 ms the writer's first
+        # failed write takes (on a fast machine the 60 sends took 25 ms, and 10 events were
+        # dropped while that write was under way: no memory buffer can hold a burst faster
+        # than a failure is noticed).
         slowest = 0.0
         for _ in range(60):
             t = time.monotonic()
             send(gw)
             slowest = max(slowest, time.monotonic() - t)
             sent += 1
+            time.sleep(max(0.0, t + 0.01 - time.monotonic()))  # pacing the load, not waiting for a condition
         peer.wait_messages(sent, timeout=30)
         self.assertLess(slowest, 2.0, "a message waited on the journal")
         wait_until(lambda: (metric(gw, "passerelle_journal_write_errors_total") or 0) >= 1, 15,
