@@ -94,7 +94,6 @@ pub struct Client {
     pub transactions: usize,
     /// When it was opened: a connection older than `connection_reuse_time` is not reused.
     pub opened: Instant,
-    pub last_used: Instant,
     command_timeout: Duration,
     line: Vec<u8>,
 }
@@ -123,7 +122,6 @@ impl Client {
             remote,
             transactions: 0,
             opened: Instant::now(),
-            last_used: Instant::now(),
             command_timeout: opts.command_timeout,
             line: Vec::with_capacity(512),
         };
@@ -332,7 +330,6 @@ impl Client {
         rcpts: &[(usize, &crate::message::Recipient)],
         body: &[u8],
     ) -> Result<Vec<(usize, Outcome)>, Failure> {
-        self.last_used = Instant::now();
         let mut mail = format!("MAIL FROM:<{}>", env.mail_from);
         if self.caps.size.is_some() {
             mail.push_str(&format!(" SIZE={}", body.len()));
@@ -451,7 +448,6 @@ impl Client {
         }
         let r = self.read_reply().await?;
         self.transactions += 1;
-        self.last_used = Instant::now();
         for idx in accepted {
             out.push((idx, self.outcome(&r)));
         }
