@@ -396,6 +396,30 @@ class EveryActionTests(AuditTestCase):
             self.assertEqual(self.count(), before, "GET %s wrote an entry" % path)
 
 
+class AuditPageTests(AuditTestCase):
+
+    def test_the_audit_pages_refuse_bad_filters_with_400(self):
+        """Every filter of /audit and /audit.csv is bounded: a bad one is a 400 saying which,
+        never a panic or an unbounded query; good ones still answer."""
+        self.start()
+        st, h, body = request(self.base, "POST", "/login",
+                              form={"username": "admin", "password": PASSWORDS["admin"]})
+        self.assertEqual(st, 303, body[:300])
+        cookie = h.get("set-cookie", "").split(";")[0]
+        self.assertIn("passerelle_session=", cookie)
+        bad = {"page=0": "page", "page=x": "page", "page=1000001": "page",
+               "since=not-a-time": "since", "until=2026-13-45T99:00:00Z": "until",
+               "user=" + "u" * 201: "user", "action=" + "a" * 201: "action"}
+        for path in ("/audit", "/audit.csv"):
+            for q, name in bad.items():
+                st, _, body = request(self.base, "GET", "%s?%s" % (path, q), cookie=cookie)
+                self.assertEqual(st, 400, (path, q, body[:300]))
+                self.assertIn(name, body)
+            st, _, body = request(self.base, "GET", path + "?page=2&user=admin&since=1h", cookie=cookie)
+            self.assertEqual(st, 200, (path, body[:300]))
+        self.assertTrue(self.gw.running())
+
+
 class PostgresTrailTests(AuditTestCase):
 
     def test_two_gateways_one_chain_and_an_entry_altered_with_psql(self):
