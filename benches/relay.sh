@@ -8,6 +8,7 @@
 #   RELAY_N=3000          messages per measured run
 #   RELAY_SESSIONS=20     smtp-source sessions (-s)
 #   RELAY_REPEAT=1        repeat every case R times (the table then shows min-max)
+#   RELAY_SYSTEMS=direct,postfix,passerelle   subset of the systems (A/B runs of the gateway alone)
 #   RELAY_CASES=4k,100k,rcpt10,tls,100k-fast   subset of the cases (100k-fast: sink mss-peer --discard)
 #   RELAY_GW_TLS=required passerelle's TLS policy in the TLS case (or "opportunistic")
 #   RELAY_WARMUP=200      warm-up messages per system before measuring (0 = none)

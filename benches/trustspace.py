@@ -49,12 +49,18 @@ WARMUP = env_int("TS_WARMUP", 1000)
 SESSIONS = env_int("TS_SESSIONS", 20)
 LOAD_PROCS = env_int("TS_LOAD_PROCS", 2)
 REPEAT = env_int("TS_REPEAT", 1)
+# A steady load instead of saturation: messages a second in all, spread evenly over the
+# sessions (0 = each session sends as fast as the gateway answers).
+RATE = float(os.environ.get("TS_RATE", "0"))
 OPS = 20
 PERF = os.environ.get("TS_PERF")   # a directory: perf record the gateway during the measure
 DOMAINS = 1000
 OP_BASE = 60          # operators on 127.0.0.60-79
 SYSTEMS = [s for s in os.environ.get("TS_SYSTEMS", "postfix,passerelle,nojournal").split(",") if s]
 SENDER = "bench@chu-bench.mssante.fr"
+# Connection age past which both systems open a new one (passerelle's connection_reuse_time
+# default, Postfix's smtp_connection_reuse_time_limit): what renews a steady pool.
+REUSE_TIME = 300
 
 
 def domain(i):
@@ -94,12 +100,17 @@ async def _reply(reader):
             return int(line[:3]), line
 
 
-async def _session(port, rcpts, msg):
+async def _session(port, rcpts, msg, pace):
+    """pace: (when the first message is due, seconds between two messages) or None."""
     reader, writer = await asyncio.open_connection("127.0.0.1", port)
     code, _ = await _reply(reader)
     writer.write(b"EHLO client.bench.test\r\n")
     code, _ = await _reply(reader)
-    for r in rcpts:
+    for i, r in enumerate(rcpts):
+        if pace:
+            delay = pace[0] + i * pace[1] - time.time()
+            if delay > 0:
+                await asyncio.sleep(delay)
         writer.write(b"MAIL FROM:<%s>\r\nRCPT TO:<%s>\r\nDATA\r\n" % (SENDER.encode(), r.encode()))
         for want in (250, 250, 354):
             code, line = await _reply(reader)
@@ -114,21 +125,24 @@ async def _session(port, rcpts, msg):
     writer.close()
 
 
-def _load_proc(port, per_session):
+def _load_proc(port, per_session, paces):
     msg = body(0)
 
     async def run():
-        await asyncio.gather(*(_session(port, rcpts, msg) for rcpts in per_session))
+        await asyncio.gather(*(_session(port, rcpts, msg, pace) for rcpts, pace in zip(per_session, paces)))
     asyncio.run(run())
 
 
 def load(port, rcpts):
     """Sends one message per recipient over SESSIONS sessions in LOAD_PROCS processes."""
     sessions = [rcpts[i::SESSIONS] for i in range(SESSIONS)]
+    # Paced: session i sends its messages SESSIONS/RATE apart, offset by i/RATE from the others.
+    t0 = time.time() + 0.5
+    paces = [(t0 + i / RATE, SESSIONS / RATE) if RATE > 0 else None for i in range(SESSIONS)]
     procs = []
     for p in range(LOAD_PROCS):
         mine = sessions[p::LOAD_PROCS]
-        pr = multiprocessing.Process(target=_load_proc, args=(port, mine))
+        pr = multiprocessing.Process(target=_load_proc, args=(port, mine, paces[p::LOAD_PROCS]))
         pr.start()
         procs.append(pr)
     return procs
@@ -171,6 +185,13 @@ class Operators:
             resumed += len(re.findall(r"(?m)^tls ok .*handshake=resumed", log))
             conns += len(re.findall(r"(?m)^connect ", log))
         return full, resumed, conns
+
+    def open_now(self):
+        """TCP connections established to the operators at this moment (the systems' pools)."""
+        r = B.subprocess.run(["ss", "-Htn", "state", "established", "( dport = :%d )" % self.port],
+                             stdout=B.subprocess.PIPE, stderr=B.subprocess.DEVNULL, text=True)
+        return sum(1 for line in r.stdout.splitlines()
+                   if any(line.split()[-1].startswith(op_ip(k) + ":") for k in range(OPS)))
 
     def pids(self):
         return {"op%02d" % k: p.proc.pid for k, p in enumerate(self.peers)}
@@ -281,6 +302,9 @@ def run(system, port, ops, warm, rcpts, pids, verify, tree=None):
     self0 = sum(os.times()[:2])
     cpu = B.CpuMeter(pids)
     t0 = time.monotonic()
+    # The pools as the measure ends, while the load still runs (the last messages in flight).
+    wait(len(warm) + n - max(1, n // 50))
+    pool = ops.open_now()
     wait(len(warm) + n)
     t_end = time.monotonic()
     if perf:
@@ -294,7 +318,7 @@ def run(system, port, ops, warm, rcpts, pids, verify, tree=None):
     own_ms = 1000.0 * (sum(os.times()[:2]) - self0) / n
     s1 = ops.sessions()
     verify()
-    return n / (t_end - t0), c, own_ms, tuple(b - a for a, b in zip(s0, s1))
+    return n / (t_end - t0), c, own_ms, tuple(b - a for a, b in zip(s0, s1)), pool
 
 
 def main():
@@ -344,19 +368,22 @@ def main():
         for system, (port, pids, verify, tree) in beds.items():
             r = run(system, port, ops, draws(WARMUP, 1000 + rep), draws(N, rep), dict(pids(), **ops.pids()),
                     verify(N), tree())
-            e2e, cpu, own_ms, (full, resumed, conns) = r
+            e2e, cpu, own_ms, (full, resumed, conns), pool = r
             peers_ms = sum(v[0] for k, v in cpu.items() if k.startswith("op"))
             # The system's own processes: the gateway process, or Postfix's process tree.
             sys_ms = cpu.get("gateway", cpu.get("tree", (float("nan"),)))[0]
             minutes = N / e2e / 60.0
             row = dict(e2e=e2e, full=100.0 * full / N, resumed=100.0 * resumed / N,
                        conns=100.0 * conns / N, sys_ms=sys_ms, machine_ms=cpu["machine"][0],
-                       per_op_min=conns / OPS / minutes)
+                       per_op_min=conns / OPS / minutes, pool=pool,
+                       # At a steady load the pools stay and only their age renews them:
+                       # passerelle's connection_reuse_time (300 s, Postfix's own default).
+                       renew_op_min=pool / OPS / (REUSE_TIME / 60.0))
             results.setdefault(system, []).append(row)
             B.log("  %-10s %6.0f msg/s end to end; per 100 msgs: %.2f full + %.2f resumed TLS, "
-                  "%.2f connections (%.2f per operator per minute); CPU ms/msg: system %.3f, machine %.3f (load client %.3f, operators %.3f, "
+                  "%.2f connections (%.2f per operator per minute), %d open at the end; CPU ms/msg: system %.3f, machine %.3f (load client %.3f, operators %.3f, "
                   "bench %.3f, the rest is other work on the machine)" % (
-                      system, e2e, row["full"], row["resumed"], row["conns"], row["per_op_min"], sys_ms,
+                      system, e2e, row["full"], row["resumed"], row["conns"], row["per_op_min"], pool, sys_ms,
                       cpu["machine"][0],
                       cpu["source"][0], peers_ms, own_ms))
             time.sleep(3)   # idle cached connections close before the next system
@@ -370,15 +397,19 @@ def main():
 
     print()
     print("Trust-space mix: %d messages of 4 KiB, 1 recipient each over %d domains, %d operators, %d sessions "
-          "in, %d run(s) after a %d-message warm-up; %s" % (N, DOMAINS, OPS, SESSIONS, REPEAT, WARMUP, B.machine()))
+          "in, %d run(s) after a %d-message warm-up, %s; %s" % (
+              N, DOMAINS, OPS, SESSIONS, REPEAT, WARMUP,
+              "paced at %g msg/s" % RATE if RATE > 0 else "as fast as answered", B.machine()))
     print()
     print("| system | msg/s end to end | new TLS sessions /100 msgs (full + resumed) | connections /100 msgs "
-          "| new connections /operator/minute | CPU ms/msg (its own processes) |")
-    print("|---|---|---|---|---|---|")
+          "| new connections /operator/minute | open at the end (renewals /operator/minute at %d s) "
+          "| CPU ms/msg (its own processes) |" % REUSE_TIME)
+    print("|---|---|---|---|---|---|---|")
     for system in results:
-        print("| %s | %s | %s + %s | %s | %s | %s |" % (
+        print("| %s | %s | %s + %s | %s | %s | %s (%s) | %s |" % (
             system, rng(system, "e2e"), rng(system, "full", "%.2f"), rng(system, "resumed", "%.2f"),
-            rng(system, "conns", "%.2f"), rng(system, "per_op_min", "%.2f"), rng(system, "sys_ms", "%.3f")))
+            rng(system, "conns", "%.2f"), rng(system, "per_op_min", "%.2f"), rng(system, "pool"),
+            rng(system, "renew_op_min", "%.2f"), rng(system, "sys_ms", "%.3f")))
     if "postfix" in results and "passerelle" in results:
         rs = [g["e2e"] / p["e2e"] for g, p in zip(results["passerelle"], results["postfix"])]
         print()

@@ -9,6 +9,7 @@
 # Usage: benches/trustspace.sh        (about 2-4 minutes on 2 cores)
 # Environment:
 #   TS_N=4000 TS_WARMUP=1000 TS_SESSIONS=20 TS_LOAD_PROCS=2 TS_REPEAT=1
+#   TS_RATE=0     a steady load of R msg/s in all (0: as fast as answered, i.e. saturation)
 #   TS_SYSTEMS=postfix,passerelle,nojournal (journal kind = "none")   BENCH_GW_LOG=info   BENCH_KEEP=1
 #   TS_JOURNAL={"batch_size":10000}   [journal] settings of the journal-on gateway (JSON)
 #   TS_PERF=DIR   perf record the gateway during each measure into DIR/SYSTEM.perf.data

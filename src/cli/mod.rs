@@ -207,6 +207,7 @@ fn dispatch(config: &std::path::Path, command: Command) -> anyhow::Result<ExitCo
         Command::Serve => {
             tune_allocator();
             let rt = tokio::runtime::Builder::new_multi_thread()
+                .worker_threads(runtime_threads(config))
                 .enable_all()
                 .build()?;
             rt.block_on(crate::server::serve(config))?;
@@ -227,6 +228,17 @@ fn dispatch(config: &std::path::Path, command: Command) -> anyhow::Result<ExitCo
         Command::Stats(a) => crate::journal::cli::stats(config, &a).map(ExitCode::from),
         Command::Audit { what } => audit::run(config, what),
     }
+}
+
+/// `server.runtime_threads` from the main file alone, read before the runtime exists. A file
+/// that does not parse counts as unset here: `serve` then reports its error itself.
+fn runtime_threads(config: &std::path::Path) -> usize {
+    let setting = std::fs::read_to_string(config)
+        .ok()
+        .and_then(|text| Config::from_toml_str(&text, &config.display().to_string()).ok())
+        .map_or(0, |p| p.config.server.runtime_threads);
+    let cores = std::thread::available_parallelism().map_or(1, |n| n.get());
+    crate::config::runtime_threads(setting, cores)
 }
 
 /// A one-thread runtime for the verbs that talk to the network once.

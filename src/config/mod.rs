@@ -128,6 +128,27 @@ pub struct ServerConfig {
     /// One `*.toml` per establishment (`passerelle establishment add` writes there).
     #[serde(default = "default_establishments_dir")]
     pub establishments_dir: PathBuf,
+    /// Threads running the sessions and deliveries; 0: see [`runtime_threads`]. Read when
+    /// `serve` starts (the runtime cannot grow or shrink under a reload).
+    #[serde(default)]
+    pub runtime_threads: usize,
+}
+
+/// The most `server.runtime_threads` accepts: a thread is ~2 MiB of reserved stack, and past
+/// the cores more threads only take turns.
+pub const MAX_RUNTIME_THREADS: usize = 1024;
+
+/// The async runtime's worker threads: `setting` when given, else one fewer than the `cores`
+/// (at least one). Why not one per core, tokio's default: the spool's writer and syncer, the
+/// journal's writer and the kernel's network work need a core too; on 2 cores two workers
+/// competed with them, and one gave 15-20 % less CPU per message and 10 % more messages a
+/// second on plain relaying, as many on the trust-space mix (benches/RESULTS.md, issue 30).
+pub fn runtime_threads(setting: usize, cores: usize) -> usize {
+    if setting > 0 {
+        setting.min(MAX_RUNTIME_THREADS)
+    } else {
+        cores.saturating_sub(1).max(1)
+    }
 }
 
 fn default_establishments_dir() -> PathBuf {

@@ -146,3 +146,26 @@ fn directory_kinds_are_checked_when_read() {
         }
     );
 }
+
+#[test]
+fn runtime_threads_leave_a_core_to_the_spool_and_journal_threads() {
+    use super::{runtime_threads, MAX_RUNTIME_THREADS};
+    assert_eq!(runtime_threads(0, 1), 1);
+    assert_eq!(runtime_threads(0, 2), 1);
+    assert_eq!(runtime_threads(0, 8), 7);
+    assert_eq!(runtime_threads(3, 2), 3, "the setting wins");
+    assert_eq!(runtime_threads(5000, 2), MAX_RUNTIME_THREADS);
+    let c = parse(MIN).unwrap();
+    assert_eq!(c.server.runtime_threads, 0, "default: from the cores");
+    let text = MIN.replacen("[server]\n", "[server]\nruntime_threads = 2000\n", 1);
+    let c = parse(&text).unwrap();
+    assert!(
+        c.validate().iter().any(|p| p
+            .to_string()
+            .contains("server.runtime_threads: at most 1024")),
+        "{:?}",
+        c.validate()
+    );
+    let text = MIN.replacen("[server]\n", "[server]\nruntime_threads = -1\n", 1);
+    assert!(parse(&text).is_err(), "negative refused");
+}

@@ -157,6 +157,12 @@ pub fn validate(c: &Config) -> Vec<Problem> {
             ));
         }
     }
+    if c.server.runtime_threads > super::MAX_RUNTIME_THREADS {
+        p.push(Problem::error(
+            "server.runtime_threads",
+            format!("at most {}", super::MAX_RUNTIME_THREADS),
+        ));
+    }
     let q = &c.queue;
     if q.retry.is_empty() {
         p.push(Problem::error("queue.retry", "at least one interval"));
