@@ -138,16 +138,18 @@ pub struct ServerConfig {
 /// the cores more threads only take turns.
 pub const MAX_RUNTIME_THREADS: usize = 1024;
 
-/// The async runtime's worker threads: `setting` when given, else one fewer than the `cores`
-/// (at least one). Why not one per core, tokio's default: the spool's writer and syncer, the
-/// journal's writer and the kernel's network work need a core too; on 2 cores two workers
-/// competed with them, and one gave 15-20 % less CPU per message and 10 % more messages a
-/// second on plain relaying, as many on the trust-space mix (benches/RESULTS.md, issue 30).
+/// The async runtime's worker threads: `setting` when given, else one per core (tokio's own
+/// default). Why a setting: on 2 cores one worker fewer than the cores left a core to the
+/// spool's and the journal's threads and gave 15-20 % less CPU per message on plain relaying,
+/// but under a flood of 10,000 slow connections only 91-95 % of the legitimate trust-space
+/// sessions got through (p99 0.5-0.7 s) against 100 % (p99 0.09 s) with two: the default
+/// keeps the resilience, a gateway that is never flooded may trade it (benches/RESULTS.md,
+/// issue 30).
 pub fn runtime_threads(setting: usize, cores: usize) -> usize {
     if setting > 0 {
         setting.min(MAX_RUNTIME_THREADS)
     } else {
-        cores.saturating_sub(1).max(1)
+        cores.max(1)
     }
 }
 

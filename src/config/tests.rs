@@ -148,11 +148,12 @@ fn directory_kinds_are_checked_when_read() {
 }
 
 #[test]
-fn runtime_threads_leave_a_core_to_the_spool_and_journal_threads() {
+fn runtime_threads_are_one_per_core_unless_set() {
     use super::{runtime_threads, MAX_RUNTIME_THREADS};
-    assert_eq!(runtime_threads(0, 1), 1);
-    assert_eq!(runtime_threads(0, 2), 1);
-    assert_eq!(runtime_threads(0, 8), 7);
+    assert_eq!(runtime_threads(0, 0), 1);
+    assert_eq!(runtime_threads(0, 2), 2);
+    assert_eq!(runtime_threads(0, 8), 8);
+    assert_eq!(runtime_threads(1, 2), 1);
     assert_eq!(runtime_threads(3, 2), 3, "the setting wins");
     assert_eq!(runtime_threads(5000, 2), MAX_RUNTIME_THREADS);
     let c = parse(MIN).unwrap();
