@@ -395,6 +395,19 @@ def wait_count(fn, target, timeout, interval=0.005, stall=None):
 CLK_TCK = os.sysconf("SC_CLK_TCK")
 
 
+def perf_record(out, pid):
+    """Starts recording `pid`'s call graphs (999 Hz) into `out`; stop with perf_stop."""
+    return subprocess.Popen(["perf", "record", "-F", "999", "-g", "-o", out, "-p", str(pid)],
+                            stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+
+
+def perf_stop(perf):
+    """Ends a perf_record (perf writes its file on SIGINT); None is nothing to stop."""
+    if perf:
+        perf.send_signal(signal.SIGINT)
+        perf.wait(30)
+
+
 def proc_cpu_ticks(pid):
     """utime + stime of a process (all its threads), in clock ticks."""
     with open("/proc/%d/stat" % pid) as f:

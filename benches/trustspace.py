@@ -294,9 +294,7 @@ def run(system, port, ops, warm, rcpts, pids, verify, tree=None):
     perf = None
     if PERF and pids.get("gateway"):
         # A profile of the gateway over the measure (call graphs, 999 Hz), reported at the end.
-        out = os.path.join(PERF, "%s.perf.data" % system)
-        perf = B.subprocess.Popen(["perf", "record", "-F", "999", "-g", "-o", out, "-p", str(pids["gateway"])],
-                                  stdout=B.subprocess.DEVNULL, stderr=B.subprocess.DEVNULL)
+        perf = B.perf_record(os.path.join(PERF, "%s.perf.data" % system), pids["gateway"])
     tree0 = tree_ticks(tree) if tree else None
     s0 = ops.sessions()
     self0 = sum(os.times()[:2])
@@ -307,9 +305,7 @@ def run(system, port, ops, warm, rcpts, pids, verify, tree=None):
     pool = ops.open_now()
     wait(len(warm) + n)
     t_end = time.monotonic()
-    if perf:
-        perf.send_signal(B.signal.SIGINT)
-        perf.wait(30)
+    B.perf_stop(perf)
     for p in procs:
         p.join(60)
     c = cpu.stop(n)

@@ -11,8 +11,8 @@
 //! Why five one-minute windows: a steady load's deliveries at once vary, and a pool sized to
 //! the last minute or two closed a connection whenever a quieter minute followed a busier one,
 //! then opened one at the next burst (at 2,000 msg/s over 20 operators, one new connection
-//! per operator per minute beyond the 300 s renewals). Five is `connection_reuse_time`'s
-//! 300 s: a kept connection is renewed by age about when it would be forgotten anyway.
+//! per operator per minute beyond the 300 s renewals). Five minutes is `connection_reuse_time`'s
+//! default: a kept connection is renewed by age about when it would be forgotten anyway.
 //! Why busy ones count: idle connections kept up to the peak while others were busy let the
 //! pool exceed the peak, and every connection kept is one more renewal every 300 s.
 //!
