@@ -58,9 +58,10 @@ def install_signal_handlers():
 
 
 def workdir(prefix):
-    """A fresh directory under /tmp (mode 755: Postfix's unprivileged daemons enter it),
-    removed on exit unless BENCH_KEEP=1."""
-    d = tempfile.mkdtemp(prefix=prefix, dir="/tmp")
+    """A fresh directory under /tmp, or under BENCH_TMP (e.g. a tmpfs, to measure without the
+    disk), mode 755 (Postfix's unprivileged daemons enter it), removed on exit unless
+    BENCH_KEEP=1."""
+    d = tempfile.mkdtemp(prefix=prefix, dir=os.environ.get("BENCH_TMP", "/tmp"))
     os.chmod(d, 0o755)
     if not os.environ.get("BENCH_KEEP"):
         atexit.register(shutil.rmtree, d, True)

@@ -30,6 +30,8 @@ TLS_SINK_CHECK = ENV.get("RELAY_TLS_SINK_CHECK", "1") == "1"
 ONLY = [c for c in ENV.get("RELAY_CASES", "").split(",") if c]
 # A/B runs of the gateway alone need not wait for Postfix each round (direct stays: the ratio).
 SYSTEMS = [s for s in ENV.get("RELAY_SYSTEMS", "direct,postfix,passerelle").split(",") if s]
+# The plain gateway's [journal] kind ("none" measures without it); default: the SQLite journal.
+JOURNAL = ENV.get("RELAY_JOURNAL") or None
 PERF = ENV.get("RELAY_PERF")   # a directory: perf record the gateway during each measure
 
 CASES = [
@@ -95,7 +97,7 @@ def main():
     p = B.pki(tmp)
     sink = B.SmtpSink(tmp, "sink")
     pf = B.bench_postfix(tmp, "plain", sink.port)
-    gw = B.bench_gateway(tmp, "gw", sink.port, p, tls="none")
+    gw = B.bench_gateway(tmp, "gw", sink.port, p, tls="none", journal=JOURNAL)
     if want_tls:
         tsink = B.TlsPeer(tmp, p, "tlssink")
         psink = B.H.Peer(tmp, name="plainpeer")     # same store code, plaintext: the sink's ceiling

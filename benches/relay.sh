@@ -16,6 +16,8 @@
 #   BENCH_GW_LOG=info     passerelle log level (PASSERELLE_LOG); Postfix logs every message too
 #   BENCH_KEEP=1          keep the temporary directory (/tmp/passerelle-bench-relay.*)
 #   RELAY_PERF=DIR        perf record the gateway during each measure into DIR/CASE-SYSTEM.perf.data
+#   RELAY_JOURNAL=none    the plain gateway without its journal (default: SQLite, as shipped)
+#   BENCH_TMP=DIR         the temporary directory's parent (a tmpfs measures without the disk)
 #   PASSERELLE_BIN, MSS_PEER_BIN   binaries (default target/release/passerelle,
 #                         target/testpeer/release/mss-peer)
 # Needs: postfix (smtp-source, smtp-sink), root (private Postfix instances, smtp-sink -u nobody).

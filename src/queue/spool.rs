@@ -53,8 +53,9 @@ const SEGMENT_TARGET: u64 = 64 * 1024 * 1024;
 const MAX_RECORD: u32 = 1 << 30;
 /// Requests written per fsync at most.
 const MAX_BATCH: usize = 4096;
-/// Zeros are written this far ahead of the head's end, a chunk at a time (see
-/// [`Writer::prepare_ahead`]).
+/// Zeros are kept at least this far ahead of the head's end, written a chunk at a time (see
+/// [`Writer::prepare_ahead`]): a segment takes at most `ZERO_AHEAD + ZERO_CHUNK` more bytes
+/// than its records.
 const ZERO_AHEAD: u64 = 1 << 20;
 const ZERO_CHUNK: u64 = 1 << 20;
 
@@ -463,7 +464,7 @@ struct Writer {
     head: u64,
     file: Arc<File>,
     size: u64,
-    /// The head is known to hold zeros on disk up to here (past `size`).
+    /// The head holds zeros written up to here (past `size`; on disk once the next flush ran).
     prepared: u64,
     /// After a failed zero fill (a full disk), not tried again before the head reaches this.
     zero_retry_at: u64,
