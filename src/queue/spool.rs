@@ -21,8 +21,9 @@
 //! them: on ext4 an fdatasync after appending must also commit the block allocation and the
 //! file size through the filesystem's journal (and, since 5.6, convert "unwritten" extents in
 //! a kernel worker), while one over blocks already written is the data and a cache flush:
-//! 0.08 ms against 0.14 ms, and half the CPU, per flush on the reference VM. Recovery reads a
-//! run of zeros where a record should start as unused space, never as a torn or corrupt record.
+//! 0.08 ms against 0.14 ms, and half the CPU, per flush on the reference VM. Recovery reads
+//! zeros from where a record should start to the end of a segment, or up to the next record,
+//! as unused space; a record cut by zeros is torn or corrupt as before.
 //!
 //! A segment is deleted once every message stored in it and in all older segments is done,
 //! oldest first, so no update record that a live message still needs is ever lost. A message
@@ -683,7 +684,7 @@ impl Writer {
             }
         }
         // After the batch went to the syncer: the zeros are for the batches to come, and
-        // the flush after this one writes them (one flush per chunk pays for the blocks).
+        // the next store's flush writes them (one flush per chunk pays for the blocks).
         if result.is_ok() {
             self.prepare_ahead();
         }

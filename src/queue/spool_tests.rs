@@ -59,6 +59,21 @@ fn recovered_in_id_order() {
     assert_eq!(ids(in_id_order(other)), ["000660D652AD0001", "a", "b"]);
 }
 
+/// Waits (10 s at most) until the writer of a dropped handle has finished: its thread holds
+/// the spool's lock until its last write and flush are done.
+fn wait_released(dir: &Path) {
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(10);
+    let lock = fs::File::open(dir.join("lock")).unwrap();
+    while lock.try_lock().is_err() {
+        assert!(
+            std::time::Instant::now() < deadline,
+            "spool writer still running"
+        );
+        std::thread::sleep(std::time::Duration::from_millis(5));
+    }
+    lock.unlock().unwrap();
+}
+
 #[tokio::test]
 async fn store_update_remove_recover() {
     let dir = tempfile::tempdir().unwrap();
@@ -83,8 +98,7 @@ async fn store_update_remove_recover() {
     spool.update("A", &st).await.unwrap();
     spool.remove("B", l2).await.unwrap();
     drop(spool);
-    // The writer thread holds the lock until its channel closes.
-    std::thread::sleep(std::time::Duration::from_millis(50));
+    wait_released(dir.path());
     let (spool, msgs, report) = Spool::open(dir.path()).unwrap();
     assert_eq!(report.quarantined, 0);
     assert_eq!(msgs.len(), 1);
@@ -109,7 +123,7 @@ async fn torn_tail_is_truncated_and_corruption_quarantined() {
                 .unwrap();
         }
     }
-    std::thread::sleep(std::time::Duration::from_millis(50));
+    wait_released(dir.path());
     let qdir = dir.path().join("queue");
     let seg = segment_path(&qdir, list_segments(&qdir).unwrap()[0]);
     let mut data = fs::read(&seg).unwrap();
@@ -132,20 +146,6 @@ async fn torn_tail_is_truncated_and_corruption_quarantined() {
     );
 }
 
-/// Opens the spool once the writer of a dropped handle has let its lock go (its thread ends
-/// after the handle does).
-fn open_once_released(dir: &Path) -> (Spool, Vec<Recovered>, RecoveryReport) {
-    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(10);
-    loop {
-        match Spool::open(dir) {
-            Err(SpoolError::Locked(_)) if std::time::Instant::now() < deadline => {
-                std::thread::sleep(std::time::Duration::from_millis(10))
-            }
-            r => return r.unwrap(),
-        }
-    }
-}
-
 /// The head is written over zeros prepared ahead of it: the file is longer than its records,
 /// and neither a restart nor a read-only scan takes the zeros for a torn or corrupt record.
 #[tokio::test]
@@ -166,7 +166,7 @@ async fn prepared_zeros_are_unused_space() {
                 .unwrap();
         }
     }
-    std::thread::sleep(std::time::Duration::from_millis(50));
+    wait_released(dir.path());
     let seg = segment_path(&qdir, list_segments(&qdir).unwrap()[0]);
     let data = fs::read(&seg).unwrap();
     let end = find_next_valid(&data, 1)
@@ -187,7 +187,8 @@ async fn prepared_zeros_are_unused_space() {
     );
     // A restart (the segment is no longer the last one written) and more stores after it.
     {
-        let (spool, msgs, report) = open_once_released(dir.path());
+        wait_released(dir.path());
+        let (spool, msgs, report) = Spool::open(dir.path()).unwrap();
         assert_eq!(msgs.len(), 2);
         assert_eq!((report.quarantined, report.truncated_bytes), (0, 0));
         let loc = spool
@@ -196,7 +197,8 @@ async fn prepared_zeros_are_unused_space() {
             .unwrap();
         assert_eq!(spool.read_body(loc).unwrap(), b"body C\r\n");
     }
-    let (_spool, msgs, report) = open_once_released(dir.path());
+    wait_released(dir.path());
+    let (_spool, msgs, report) = Spool::open(dir.path()).unwrap();
     let ids: Vec<_> = msgs.iter().map(|m| m.envelope.id.as_str()).collect();
     assert_eq!(ids, ["A", "B", "C"]);
     assert_eq!((report.quarantined, report.truncated_bytes), (0, 0));
@@ -219,7 +221,7 @@ async fn a_run_of_zeros_between_records_is_skipped() {
                 .unwrap();
         }
     }
-    std::thread::sleep(std::time::Duration::from_millis(50));
+    wait_released(dir.path());
     let seg = segment_path(&qdir, list_segments(&qdir).unwrap()[0]);
     let mut data = fs::read(&seg).unwrap();
     let second = find_next_valid(&data, 1).unwrap();
@@ -260,7 +262,7 @@ async fn empty_segments_are_deleted() {
             .unwrap();
         spool.remove("A", l).await.unwrap();
     }
-    std::thread::sleep(std::time::Duration::from_millis(50));
+    wait_released(dir.path());
     // A deletion a crash interrupted: renamed out of the queue, partly cut.
     let queue = dir.path().join("queue");
     std::fs::write(queue.join("00000000000000000000.del"), b"PSR1\x01cut").unwrap();

@@ -203,8 +203,9 @@ pub(super) fn in_id_order(mut slots: Vec<Option<(Recovered, u64)>>) -> Vec<Recov
 }
 
 /// Reads one segment and decodes its records, repairing a torn tail (`last` segment only)
-/// and quarantining corrupt records when `repair` is set. Zeros where a record should start
-/// are the writer's prepared space: skipped, never repaired or quarantined.
+/// and quarantining corrupt records when `repair` is set. Zeros from where a record should
+/// start to the end, or up to the next valid record, are the writer's prepared space: skipped,
+/// not repaired or quarantined.
 pub(super) fn scan_segment(
     spool_dir: &Path,
     qdir: &Path,
