@@ -234,6 +234,7 @@ async fn a_run_of_zeros_between_records_is_skipped() {
     let ids: Vec<_> = msgs.iter().map(|m| m.envelope.id.as_str()).collect();
     assert_eq!(ids, ["A", "C"]);
     assert_eq!(report.quarantined, 0);
+    assert_eq!(report.skipped_zero_bytes, (third - second) as u64);
     assert!(
         report.truncated_bytes > 0,
         "the torn record in the zeros is a torn tail"

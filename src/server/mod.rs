@@ -168,7 +168,8 @@ pub async fn serve(config_path: &Path) -> anyhow::Result<()> {
     let queue_dir = spool.queue_dir().to_path_buf();
     let (reloader, mut reload_requests) = ReloadHandle::channel();
     tracing::info!(spool = %cfg.server.spool.display(), messages = report.messages, segments = report.segments,
-        quarantined = report.quarantined, "queue recovered");
+        quarantined = report.quarantined, truncated_bytes = report.truncated_bytes,
+        skipped_zero_bytes = report.skipped_zero_bytes, "queue recovered");
     crate::journal::install(crate::journal::start(cfg), cfg);
     let agent = Agent::new(snap.delivery(&crls)?);
     let transport: Arc<dyn Transport> = agent.clone();

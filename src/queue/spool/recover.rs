@@ -44,6 +44,8 @@ pub(super) struct SegmentScan {
     pub(super) stores: usize,
     pub(super) truncated_bytes: u64,
     pub(super) quarantined: usize,
+    /// Zeros skipped between records (a power cut's gap in prepared space).
+    pub(super) skipped_zero_bytes: u64,
 }
 
 /// The replay of the log: messages in the order their latest copy was stored, and where each
@@ -147,6 +149,7 @@ pub(super) fn recover(spool_dir: &Path, repair: bool) -> Result<Recovery, SpoolE
             while let Some(scan) = pending.remove(&want) {
                 report.truncated_bytes += scan.truncated_bytes;
                 report.quarantined += scan.quarantined;
+                report.skipped_zero_bytes += scan.skipped_zero_bytes;
                 replay.slots.reserve(scan.stores);
                 replay.index.reserve(scan.stores);
                 for ev in scan.events {
@@ -220,6 +223,7 @@ pub(super) fn scan_segment(
         stores: 0,
         truncated_bytes: 0,
         quarantined: 0,
+        skipped_zero_bytes: 0,
     };
     let mut pos = 0usize;
     while pos < data.len() {
@@ -259,6 +263,7 @@ pub(super) fn scan_segment(
                         // of the whole file); there is nothing to keep in quarantine.
                         tracing::warn!(target: LOG_TARGET, segment = %path.display(), offset = pos, bytes = end - pos,
                             "spool: skipped a run of zeros between records");
+                        out.skipped_zero_bytes += (end - pos) as u64;
                         pos = end;
                     }
                     other => {
