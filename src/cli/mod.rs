@@ -15,6 +15,7 @@ pub mod directory;
 #[cfg(test)]
 mod doc;
 pub mod establishment;
+pub mod logsink;
 pub mod pki;
 pub mod queue;
 pub mod state;
@@ -162,12 +163,24 @@ pub fn init_logging(format: LogFormat, serve: bool) {
     let ansi = std::io::IsTerminal::is_terminal(&std::io::stderr());
     let b = tracing_subscriber::fmt()
         .with_env_filter(filter)
-        .with_ansi(ansi)
-        .with_writer(std::io::stderr);
-    match format {
-        LogFormat::Text => b.init(),
-        LogFormat::Json => b.json().flatten_event(true).init(),
+        .with_ansi(ansi);
+    // `serve` writes its lines in batches (one syscall per few milliseconds, see logsink);
+    // the one-shot commands' rare warnings go straight to stderr.
+    match (format, serve.then(logsink::stderr_sink).flatten()) {
+        (LogFormat::Text, Some(sink)) => b.with_writer(sink).init(),
+        (LogFormat::Json, Some(sink)) => b.with_writer(sink).json().flatten_event(true).init(),
+        (LogFormat::Text, None) => b.with_writer(std::io::stderr).init(),
+        (LogFormat::Json, None) => b
+            .with_writer(std::io::stderr)
+            .json()
+            .flatten_event(true)
+            .init(),
     }
+}
+
+/// Writes the log lines still gathering (`main` calls it before the process ends).
+pub fn flush_logs() {
+    logsink::flush_stderr();
 }
 
 /// Keeps message buffers on the heap. glibc serves blocks of 128 KiB and more with a fresh
