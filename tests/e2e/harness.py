@@ -515,6 +515,23 @@ class _Proc:
         return self.proc is not None and self.proc.poll() is None
 
     def log(self):
+        """The log once it has settled: the gateway writes its lines in batches up to 5 ms
+        after the event (src/cli/logsink.rs), so a line about what just happened may still be
+        on its way. Waits until the file has not grown for 25 ms (deadline 2 s; a busy process
+        is read as it is then)."""
+        deadline = time.monotonic() + 2.0
+        last, since = None, time.monotonic()
+        while time.monotonic() < deadline:
+            try:
+                size = os.path.getsize(self.logfile)
+            except OSError:
+                size = None
+            now = time.monotonic()
+            if size != last:
+                last, since = size, now
+            elif now - since >= 0.025:
+                break
+            time.sleep(0.005)
         return read_text(self.logfile)
 
     def wait_log(self, regex, timeout=10.0):
