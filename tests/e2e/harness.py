@@ -504,6 +504,11 @@ def http_get(host, port, path="/", timeout=10):
 
 # --------------------------------------------------------------------------- processes
 
+# Gateway.log() waits for the log to settle (the gateway writes its lines up to 5 ms late);
+# benches polling a busy gateway's log turn it off.
+LOG_SETTLE = True
+
+
 class _Proc:
     """Common bits: a subprocess in its own process group with output in a log file."""
 
@@ -515,23 +520,6 @@ class _Proc:
         return self.proc is not None and self.proc.poll() is None
 
     def log(self):
-        """The log once it has settled: the gateway writes its lines in batches up to 5 ms
-        after the event (src/cli/logsink.rs), so a line about what just happened may still be
-        on its way. Waits until the file has not grown for 25 ms (deadline 2 s; a busy process
-        is read as it is then)."""
-        deadline = time.monotonic() + 2.0
-        last, since = None, time.monotonic()
-        while time.monotonic() < deadline:
-            try:
-                size = os.path.getsize(self.logfile)
-            except OSError:
-                size = None
-            now = time.monotonic()
-            if size != last:
-                last, since = size, now
-            elif now - since >= 0.025:
-                break
-            time.sleep(0.005)
         return read_text(self.logfile)
 
     def wait_log(self, regex, timeout=10.0):
@@ -789,6 +777,28 @@ class Gateway(_Proc):
     config: TOML text or a dict (written with toml_dumps).  env: extra environment
     (e.g. {"PASSERELLE__QUEUE__LIFETIME": "10s"}).  Listener addresses are read from
     the config to know when the gateway is up; self.config is the parsed config."""
+
+    def log(self):
+        """The log once it has settled: the gateway writes its lines in batches up to 5 ms
+        after the event (src/cli/logsink.rs), so a line about what just happened may still be
+        on its way. Waits until the file has not grown for 25 ms (deadline 2 s; a busy gateway
+        is read as it is then). Benches, which poll the log under load, set LOG_SETTLE = False."""
+        if not LOG_SETTLE:
+            return read_text(self.logfile)
+        deadline = time.monotonic() + 2.0
+        last, since = None, time.monotonic()
+        while time.monotonic() < deadline:
+            try:
+                size = os.path.getsize(self.logfile)
+            except OSError:
+                size = None
+            now = time.monotonic()
+            if size != last:
+                last, since = size, now
+            elif now - since >= 0.025:
+                break
+            time.sleep(0.005)
+        return read_text(self.logfile)
 
     def __init__(self, tmpdir, config, env=None, name="gw", start=True):
         self.name = name
