@@ -15,7 +15,7 @@ pub mod directory;
 #[cfg(test)]
 mod doc;
 pub mod establishment;
-pub mod logsink;
+mod logsink;
 pub mod pki;
 pub mod queue;
 pub mod state;
