@@ -26,7 +26,13 @@
 //! as unused space; a record cut by zeros is torn or corrupt as before.
 //!
 //! A segment is deleted once every message stored in it and in all older segments is done,
-//! oldest first, so no update record that a live message still needs is ever lost. A message
+//! oldest first, so no update record that a live message still needs is ever lost. A full
+//! one is recycled instead, up to [`FREE_POOL`] of them: overwritten with zeros, flushed, and
+//! kept as `NNN.free` until a rotation renames it to the next head. Freeing 64 MiB and
+//! allocating it again costs ext4 block-allocation commits (and, with the `discard` mount
+//! option, discards) that the syncer's flushes end up waiting for: measured, the slowest
+//! rounds of plain 4 KiB relaying went away with it (`benches/RESULTS.md`). A recycled head
+//! is all prepared zeros, blocks already on disk. A message
 //! that lives long in the oldest segment is stored again at the head ("relocated") so old
 //! segments do not pin the disk.
 
@@ -59,6 +65,13 @@ const MAX_BATCH: usize = 4096;
 /// than its records.
 const ZERO_AHEAD: u64 = 1 << 20;
 const ZERO_CHUNK: u64 = 1 << 20;
+/// Finished full segments kept as zeros for the next heads: two cover a rotation while the
+/// previous one is still being zeroed. At most 2 x ~66 MiB of disk held in advance.
+const FREE_POOL: usize = 2;
+/// A finished segment is recycled only if its size is a normal full one (a small segment
+/// left by a restart, or one a huge last batch made much larger, is deleted).
+const RECYCLE_MIN: u64 = SEGMENT_TARGET;
+const RECYCLE_MAX: u64 = SEGMENT_TARGET + 8 * ZERO_CHUNK;
 
 #[derive(Debug, thiserror::Error)]
 pub enum SpoolError {
@@ -229,6 +242,68 @@ fn remove_segment(path: &Path) {
             tracing::warn!(path = %path.display(), error = %e, "spool: cannot delete segment")
         }
     }
+}
+
+/// Zeroed segments waiting to be the next head (paths of `NNN.free` files).
+type FreePool = Arc<std::sync::Mutex<Vec<PathBuf>>>;
+
+fn pool(free: &FreePool) -> std::sync::MutexGuard<'_, Vec<PathBuf>> {
+    free.lock().unwrap_or_else(|p| p.into_inner())
+}
+
+/// Recycles a finished segment as zeros when it is a full one and the pool has room, else
+/// deletes it ([`remove_segment`]). Runs on the reaper thread.
+fn recycle_or_remove(path: &Path, free: &FreePool) {
+    let full = fs::metadata(path).is_ok_and(|m| (RECYCLE_MIN..=RECYCLE_MAX).contains(&m.len()));
+    if full && pool(free).len() < FREE_POOL {
+        match zero_segment(path) {
+            Ok(p) => {
+                pool(free).push(p);
+                return;
+            }
+            Err(e) => {
+                tracing::warn!(path = %path.display(), error = %e, "spool: cannot recycle a segment; deleted")
+            }
+        }
+    }
+    // A recycling that failed half-way left the segment as `.del`.
+    match path.exists() {
+        true => remove_segment(path),
+        false => remove_segment(&path.with_extension("del")),
+    }
+}
+
+/// Overwrites a finished segment with zeros and names it `NNN.free`. Order matters for a
+/// power cut: the segment leaves the queue's sight (`.del`, directory flushed) before the
+/// first zero is written, since a half-zeroed `.seg` would let recovery replay the stores
+/// whose removals were zeroed; it is named `.free` only once the zeros are flushed, so a head
+/// taken from the pool never shows an old record. A cut in between leaves a `.del`, which
+/// the next start recycles or deletes. The zeros go out 1 MiB at a time, flushed every
+/// 8 MiB with a pause, so the syncer's flushes are never behind 64 MiB of writeback.
+fn zero_segment(path: &Path) -> io::Result<PathBuf> {
+    let dir = path.parent().unwrap_or(Path::new("."));
+    let doomed = path.with_extension("del");
+    if path != doomed {
+        fs::rename(path, &doomed)?;
+    }
+    fsync_dir(dir)?;
+    let f = OpenOptions::new().write(true).open(&doomed)?;
+    let len = f.metadata()?.len();
+    static ZEROS: [u8; ZERO_CHUNK as usize] = [0; ZERO_CHUNK as usize];
+    let mut at = 0u64;
+    while at < len {
+        let n = (len - at).min(ZERO_CHUNK);
+        f.write_all_at(&ZEROS[..n as usize], at)?;
+        at += n;
+        if at.is_multiple_of(8 * ZERO_CHUNK) {
+            f.sync_data()?;
+            std::thread::sleep(std::time::Duration::from_millis(1));
+        }
+    }
+    f.sync_data()?;
+    let free = doomed.with_extension("free");
+    fs::rename(&doomed, &free)?;
+    Ok(free)
 }
 
 fn fsync_dir(dir: &Path) -> io::Result<()> {
@@ -480,6 +555,8 @@ struct Writer {
     /// Deletes finished segments in the background once `run` starts: unlinking a 64 MiB
     /// file takes ext4 ~90 ms, and on this thread it stalled every write (and every 250).
     reaper: Option<mpsc::Sender<PathBuf>>,
+    /// Zeroed segments for the next rotations, filled by the reaper.
+    free: FreePool,
 }
 
 impl Writer {
@@ -514,6 +591,7 @@ impl Writer {
             oldest,
             head_shared,
             reaper: None,
+            free: FreePool::default(),
         })
     }
 
@@ -527,11 +605,12 @@ impl Writer {
             tracing::error!(error = %e, "spool: cannot start the sync thread");
         }
         let (reap_tx, reap_rx) = mpsc::channel::<PathBuf>();
+        let free = self.free.clone();
         let reaper = std::thread::Builder::new()
             .name("spool-reaper".into())
             .spawn(move || {
                 for path in reap_rx {
-                    remove_segment(&path);
+                    recycle_or_remove(&path, &free);
                 }
             });
         match &reaper {
@@ -540,12 +619,22 @@ impl Writer {
                 tracing::warn!(error = %e, "spool: no reaper thread; segments deleted inline")
             }
         }
-        // Segments whose deletion a crash interrupted.
+        // Segments whose deletion or recycling a crash interrupted; zeroed ones from before
+        // (flushed before they were named `.free`) go back to the pool, the surplus is deleted.
         if let Ok(dir) = fs::read_dir(&self.dir) {
-            for e in dir.flatten() {
-                let p = e.path();
+            let mut found: Vec<PathBuf> = dir.flatten().map(|e| e.path()).collect();
+            found.sort();
+            for p in found {
                 if p.extension().is_some_and(|x| x == "del") {
                     self.reap(p);
+                } else if p.extension().is_some_and(|x| x == "free") {
+                    let mut free = pool(&self.free);
+                    if free.len() < FREE_POOL {
+                        free.push(p);
+                    } else {
+                        drop(free);
+                        remove_segment(&p);
+                    }
                 }
             }
         }
@@ -713,6 +802,10 @@ impl Writer {
             Err(e) => {
                 tracing::warn!(error = %e, "spool: cannot prepare the head segment ahead (disk full?)");
                 self.zero_retry_at = self.size + ZERO_CHUNK;
+                // The space held for later heads is given back to the file system.
+                for p in std::mem::take(&mut *pool(&self.free)) {
+                    remove_segment(&p);
+                }
             }
         }
     }
@@ -730,6 +823,18 @@ impl Writer {
         self.file.sync_data()?;
         let next = self.head + 1;
         let path = segment_path(&self.dir, next);
+        // A recycled segment when there is one: zeros already on disk, nothing to allocate.
+        let recycled = pool(&self.free)
+            .pop()
+            .and_then(|free| match fs::rename(&free, &path) {
+                Ok(()) => Some(()),
+                Err(e) => {
+                    tracing::warn!(path = %free.display(), error = %e, "spool: cannot reuse a recycled segment");
+                    remove_segment(&free);
+                    None
+                }
+            })
+            .is_some();
         let file = OpenOptions::new()
             .create(true)
             .truncate(false)
@@ -737,11 +842,12 @@ impl Writer {
             .open(&path)?;
         match_owner(&self.dir, &file);
         fsync_dir(&self.dir)?;
+        let prepared = if recycled { file.metadata()?.len() } else { 0 };
         self.file = Arc::new(file);
         self.head = next;
         self.head_shared.store(next, Ordering::Relaxed);
         self.size = 0;
-        self.prepared = 0;
+        self.prepared = prepared;
         self.zero_retry_at = 0;
         self.counts.insert(next, 0);
         Ok(())
