@@ -32,9 +32,8 @@
 //! allocating it again costs ext4 block-allocation commits (and, with the `discard` mount
 //! option, discards) that the syncer's flushes end up waiting for: measured, the slowest
 //! rounds of plain 4 KiB relaying went away with it (`benches/RESULTS.md`). A recycled head
-//! is all prepared zeros, blocks already on disk. A message
-//! that lives long in the oldest segment is stored again at the head ("relocated") so old
-//! segments do not pin the disk.
+//! is all prepared zeros, blocks already on disk. A message that lives long in the oldest
+//! segment is stored again at the head ("relocated") so old segments do not pin the disk.
 
 mod recover;
 use crate::message::{Envelope, State};

@@ -59,18 +59,20 @@ fn recovered_in_id_order() {
     assert_eq!(ids(in_id_order(other)), ["000660D652AD0001", "a", "b"]);
 }
 
+/// Waits (deadline 10 s) for `f`; the writer and the reaper work in the background.
+fn wait_for(what: &str, mut f: impl FnMut() -> bool) {
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(10);
+    while !f() {
+        assert!(std::time::Instant::now() < deadline, "timed out: {what}");
+        std::thread::sleep(std::time::Duration::from_millis(10));
+    }
+}
+
 /// Waits (10 s at most) until the writer of a dropped handle has finished: its thread holds
 /// the spool's lock until its last write and flush are done.
 fn wait_released(dir: &Path) {
-    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(10);
     let lock = fs::File::open(dir.join("lock")).unwrap();
-    while lock.try_lock().is_err() {
-        assert!(
-            std::time::Instant::now() < deadline,
-            "spool writer still running"
-        );
-        std::thread::sleep(std::time::Duration::from_millis(5));
-    }
+    wait_for("the spool writer to stop", || lock.try_lock().is_ok());
     lock.unlock().unwrap();
 }
 
@@ -270,25 +272,13 @@ async fn empty_segments_are_deleted() {
     let (_s, msgs, _) = Spool::open(dir.path()).unwrap();
     assert!(msgs.is_empty());
     // Only the fresh head segment remains (the old one goes in the background).
-    for _ in 0..200 {
-        if list_segments(&queue).unwrap().len() == 1 {
-            break;
-        }
-        std::thread::sleep(std::time::Duration::from_millis(10));
-    }
+    wait_for("only the fresh head left", || {
+        list_segments(&queue).unwrap().len() == 1
+    });
     assert_eq!(list_segments(&queue).unwrap().len(), 1);
     assert!(!queue.join("00000000000000000000.del").exists());
     let left: Vec<_> = std::fs::read_dir(&queue).unwrap().flatten().collect();
     assert_eq!(left.len(), 1, "{left:?}");
-}
-
-/// Waits (deadline 10 s) for `f`; the reaper works in the background.
-fn wait_for(what: &str, mut f: impl FnMut() -> bool) {
-    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(10);
-    while !f() {
-        assert!(std::time::Instant::now() < deadline, "timed out: {what}");
-        std::thread::sleep(std::time::Duration::from_millis(10));
-    }
 }
 
 fn free_files(queue: &Path) -> Vec<PathBuf> {
