@@ -277,8 +277,9 @@ fn recycle_or_remove(path: &Path, free: &FreePool) {
 /// first zero is written, since a half-zeroed `.seg` would let recovery replay the stores
 /// whose removals were zeroed; it is named `.free` only once the zeros are flushed, so a head
 /// taken from the pool never shows an old record. A cut in between leaves a `.del`, which
-/// the next start recycles or deletes. The zeros go out 1 MiB at a time, flushed every
-/// 8 MiB with a pause, so the syncer's flushes are never behind 64 MiB of writeback.
+/// the next start recycles or deletes. The zeros go out 1 MiB at a time, each flushed with a
+/// pause after it, so a flush of the syncer waits behind 1 MiB of writeback at most (with 8
+/// MiB steps the dot-to-250 maximum doubled, 13-15 to 24-29 ms: `benches/RESULTS.md`).
 fn zero_segment(path: &Path) -> io::Result<PathBuf> {
     let dir = path.parent().unwrap_or(Path::new("."));
     let doomed = path.with_extension("del");
@@ -294,12 +295,11 @@ fn zero_segment(path: &Path) -> io::Result<PathBuf> {
         let n = (len - at).min(ZERO_CHUNK);
         f.write_all_at(&ZEROS[..n as usize], at)?;
         at += n;
-        if at.is_multiple_of(8 * ZERO_CHUNK) {
-            f.sync_data()?;
+        f.sync_data()?;
+        if at < len {
             std::thread::sleep(std::time::Duration::from_millis(1));
         }
     }
-    f.sync_data()?;
     let free = doomed.with_extension("free");
     fs::rename(&doomed, &free)?;
     Ok(free)
