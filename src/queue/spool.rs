@@ -278,8 +278,8 @@ fn recycle_or_remove(path: &Path, free: &FreePool) {
 /// whose removals were zeroed; it is named `.free` only once the zeros are flushed, so a head
 /// taken from the pool never shows an old record. A cut in between leaves a `.del`, which
 /// the next start recycles or deletes. The zeros go out 1 MiB at a time, each flushed with a
-/// pause after it, so a flush of the syncer waits behind 1 MiB of writeback at most (with 8
-/// MiB steps the dot-to-250 maximum doubled, 13-15 to 24-29 ms: `benches/RESULTS.md`).
+/// pause after it, so a flush of the syncer waits behind 1 MiB of writeback at most (8 MiB
+/// steps measured a little worse at p99 and p99.9: `benches/RESULTS.md`).
 fn zero_segment(path: &Path) -> io::Result<PathBuf> {
     let dir = path.parent().unwrap_or(Path::new("."));
     let doomed = path.with_extension("del");
