@@ -6,7 +6,8 @@
 # Usage: benches/relay.sh            (about 2-4 minutes on 2 cores)
 # Environment:
 #   RELAY_N=3000          messages per measured run
-#   RELAY_SESSIONS=20     smtp-source sessions (-s)
+#   RELAY_SESSIONS=20     smtp-source sessions (-s); above 25 the gateway's client_connection_limit
+#                         (50) is raised to twice this (one address opens them all)
 #   RELAY_REPEAT=1        repeat every case R times (the table then shows min-max)
 #   RELAY_SYSTEMS=direct,postfix,passerelle   subset of the systems (A/B runs of the gateway alone)
 #   RELAY_CASES=4k,100k,rcpt10,tls,100k-fast   subset of the cases (100k-fast: sink mss-peer --discard)
