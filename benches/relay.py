@@ -106,9 +106,9 @@ def main():
         psink = B.H.Peer(tmp, name="plainpeer")     # same store code, plaintext: the sink's ceiling
         psink_count = B.PeerCounter(psink.dir).count
         pf_tls = B.bench_postfix(tmp, "tls", tsink.port, p, tls=True)
-        gw_tls = B.bench_gateway(tmp, "gwtls", tsink.port, p, tls=GW_TLS)
+        gw_tls = B.bench_gateway(tmp, "gwtls", tsink.port, p, tls=GW_TLS, smtp=smtp)
         # sink check: passerelle without TLS into the same kind of mss-peer (does the sink limit?)
-        gw_pp = B.bench_gateway(tmp, "gwpeer", psink.port, p, tls="none")
+        gw_pp = B.bench_gateway(tmp, "gwpeer", psink.port, p, tls="none", smtp=smtp)
     # Per sink: (port, count, pid) for direct, then (system, count, sink pid) for each relay.
     beds = {None: ((sink.port, sink.count, sink.proc.pid), (pf, sink.count), (gw, sink.count), sink.proc.pid)}
     if want_tls:
@@ -117,7 +117,7 @@ def main():
     if want_fast:
         fsink = B.DiscardPeer(tmp, "fastsink")
         pf_fast = B.bench_postfix(tmp, "fast", fsink.port)
-        gw_fast = B.bench_gateway(tmp, "gwfast", fsink.port, p, tls="none")
+        gw_fast = B.bench_gateway(tmp, "gwfast", fsink.port, p, tls="none", smtp=smtp)
         beds["fast"] = ((fsink.port, fsink.count, fsink.proc.pid), (pf_fast, fsink.count), (gw_fast, fsink.count),
                         fsink.proc.pid)
 
