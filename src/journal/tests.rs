@@ -877,40 +877,55 @@ fn days_cover_the_period_with_a_margin() {
 #[tokio::test]
 async fn an_acceptance_is_stored_once_and_tracked_whole() {
     // The acceptance's details repeat the message and recipient rows: only the rest is stored
-    // (here the HELO, and the sender's and a recipient's case), and `track` gives back the
-    // whole, as it was recorded.
+    // (the HELO and the SHA-256; with addresses in mixed case, also the sender's and a
+    // recipient's case, found by the general comparison rather than written directly), and
+    // `track` gives back the whole, as it was recorded.
     let (_d, path) = journal_file();
-    let mut ev = accepted("AB12", DAY1, "Sec@Chu.fr", &["dr@op.fr", "Dr.X@Op.fr"]);
-    let EventBody::Accepted(a) = &mut ev.body else {
-        unreachable!()
-    };
-    a.client.helo = Some("mta.chu.fr".into());
-    a.client.tls = Some("TLSv1.3 with cipher TLS13_AES_256_GCM_SHA384".into());
-    a.client.establishment = Some("chu".into());
-    let mut whole = serde_json::to_value(&**a).expect("json");
-    whole.as_object_mut().expect("object").remove("queue_id");
-    write(&path, std::slice::from_ref(&ev));
-    let c = rusqlite::Connection::open(&path).expect("open");
-    let stored: String = c
-        .query_row("SELECT details FROM events WHERE qid = 'AB12'", [], |r| {
-            r.get(0)
-        })
-        .expect("details");
-    let stored: serde_json::Value = serde_json::from_str(&stored).expect("json");
-    assert_eq!(stored["client"], serde_json::json!({"helo": "mta.chu.fr"}));
-    assert_eq!(stored["from"], "Sec@Chu.fr");
-    assert!(stored.get("size").is_none() && stored.get("message_id").is_none());
-    let r = reader(&path).await;
-    let found = r
-        .track(&TrackFilter {
-            id: Some("AB12".into()),
-            ..filter()
-        })
-        .await
-        .expect("track");
-    let mut got = found[0].events[0].clone();
-    let o = got.as_object_mut().expect("object");
-    assert_eq!(o.remove("kind"), Some("accepted".into()));
-    assert!(o.remove("time").is_some());
-    assert_eq!(got, whole);
+    for (qid, from, to, sha256) in [
+        ("AB12", "Sec@Chu.fr", "Dr.X@Op.fr", None),
+        ("AB13", "sec@chu.fr", "dr.x@op.fr", Some("ab".repeat(32))),
+    ] {
+        let mut ev = accepted(qid, DAY1, from, &["dr@op.fr", to]);
+        let EventBody::Accepted(a) = &mut ev.body else {
+            unreachable!()
+        };
+        a.client.helo = Some("mta.chu.fr".into());
+        a.client.tls = Some("TLSv1.3 with cipher TLS13_AES_256_GCM_SHA384".into());
+        a.client.establishment = Some("chu".into());
+        a.sha256 = sha256.clone();
+        let mut whole = serde_json::to_value(&**a).expect("json");
+        whole.as_object_mut().expect("object").remove("queue_id");
+        write(&path, std::slice::from_ref(&ev));
+        let c = rusqlite::Connection::open(&path).expect("open");
+        let stored: String = c
+            .query_row("SELECT details FROM events WHERE qid = ?1", [qid], |r| {
+                r.get(0)
+            })
+            .expect("details");
+        let stored: serde_json::Value = serde_json::from_str(&stored).expect("json");
+        match &sha256 {
+            None => {
+                assert_eq!(stored["client"], serde_json::json!({"helo": "mta.chu.fr"}));
+                assert_eq!(stored["from"], "Sec@Chu.fr");
+                assert!(stored.get("size").is_none() && stored.get("message_id").is_none());
+            }
+            Some(h) => assert_eq!(
+                stored,
+                serde_json::json!({"client": {"helo": "mta.chu.fr"}, "sha256": h})
+            ),
+        }
+        let found = reader(&path)
+            .await
+            .track(&TrackFilter {
+                id: Some(qid.into()),
+                ..filter()
+            })
+            .await
+            .expect("track");
+        let mut got = found[0].events[0].clone();
+        let o = got.as_object_mut().expect("object");
+        assert_eq!(o.remove("kind"), Some("accepted".into()));
+        assert!(o.remove("time").is_some());
+        assert_eq!(got, whole, "{qid}");
+    }
 }
